@@ -1,0 +1,224 @@
+{{/* vim: set filetype=mustache: */}}
+
+{{/* The six services, in start-up order of their dependencies' owners. */}}
+{{- define "hypersdk.serviceNames" -}}
+gateway identity policy secrets exporter audit
+{{- end }}
+
+{{/* Services that own a PostgreSQL database (and run migrations). */}}
+{{- define "hypersdk.databaseServices" -}}
+identity policy exporter audit
+{{- end }}
+
+{{- define "hypersdk.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name prefix of every resource. If the release name contains the chart name it is used
+as is, so `helm install hypersdk` gives hypersdk-gateway, not hypersdk-hypersdk-gateway.
+Truncated so that "<fullname>-<service>-migrate" stays within 63 characters.
+*/}}
+{{- define "hypersdk.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 45 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 45 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 45 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "hypersdk.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that select every pod of the release. */}}
+{{- define "hypersdk.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "hypersdk.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "hypersdk.labels" -}}
+helm.sh/chart: {{ include "hypersdk.chart" . }}
+{{ include "hypersdk.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: hypersdk
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one service: (dict "root" $ "service" "identity") */}}
+{{- define "hypersdk.componentSelectorLabels" -}}
+{{ include "hypersdk.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .service }}
+{{- end }}
+
+{{- define "hypersdk.componentLabels" -}}
+{{ include "hypersdk.labels" .root }}
+app.kubernetes.io/component: {{ .service }}
+{{- end }}
+
+{{/*
+Network capability labels of a service's pods; the NetworkPolicies select on these.
+(dict "root" $ "service" "identity" "rabbitmq" true)
+*/}}
+{{- define "hypersdk.networkLabels" -}}
+{{- if .rabbitmq }}
+hypersdk.io/egress-rabbitmq: "true"
+{{- end }}
+{{- if has .service (splitList " " (include "hypersdk.databaseServices" .root)) }}
+hypersdk.io/egress-postgres: "true"
+{{- end }}
+{{- if eq .service "secrets" }}
+hypersdk.io/egress-vault: "true"
+{{- end }}
+{{- end }}
+
+{{/* Resource name of one service: <fullname>-<service>. */}}
+{{- define "hypersdk.componentName" -}}
+{{- printf "%s-%s" (include "hypersdk.fullname" .root) .service }}
+{{- end }}
+
+{{/* Environment prefix of one service: HYPERSDK_<SERVICE>_ */}}
+{{- define "hypersdk.envPrefix" -}}
+{{- printf "HYPERSDK_%s_" (upper .) }}
+{{- end }}
+
+{{- define "hypersdk.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion }}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment of one service (shared by its Deployment and its migration Job).
+Secrets only ever arrive through secretKeyRef or a mounted file.
+(dict "root" $ "service" "identity")
+*/}}
+{{- define "hypersdk.env" -}}
+{{- $svc := index .root.Values.services .service }}
+{{- $prefix := include "hypersdk.envPrefix" .service }}
+- name: {{ $prefix }}AMQP_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ required (printf "services.%s.existingSecret is required" .service) $svc.existingSecret }}
+      key: {{ $svc.secretKeys.amqpUrl }}
+{{- if has .service (splitList " " (include "hypersdk.databaseServices" .root)) }}
+- name: {{ $prefix }}DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $svc.existingSecret }}
+      key: {{ required (printf "services.%s.secretKeys.databaseUrl is required" .service) $svc.secretKeys.databaseUrl }}
+{{- end }}
+{{- if eq .service "gateway" }}
+- name: HYPERSDK_GATEWAY_HOST
+  value: "0.0.0.0"
+- name: HYPERSDK_GATEWAY_PORT
+  value: {{ $svc.port | quote }}
+{{- else }}
+- name: {{ $prefix }}HEALTH_PORT
+  value: {{ .root.Values.healthPort | quote }}
+{{- end }}
+{{- if eq .service "secrets" }}
+- name: HYPERSDK_SECRETS_VAULT_ADDR
+  value: {{ required "services.secrets.vault.addr is required" $svc.vault.addr | quote }}
+- name: HYPERSDK_SECRETS_VAULT_TOKEN_FILE
+  value: {{ printf "%s/token" (trimSuffix "/" $svc.vault.tokenMountPath) | quote }}
+{{- end }}
+{{- if eq .service "exporter" }}
+- name: HYPERSDK_EXPORTER_EXPORT_DIR
+  value: {{ $svc.exportDir | quote }}
+{{- if $svc.labRoot }}
+- name: HYPERSDK_EXPORTER_LAB_ROOT
+  value: {{ $svc.labRoot | quote }}
+{{- end }}
+{{- end }}
+{{- with $svc.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes of one service: /tmp always, plus its own. (dict "root" $ "service" "x") */}}
+{{- define "hypersdk.volumes" -}}
+{{- $svc := index .root.Values.services .service }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .root.Values.tmpSizeLimit }}
+{{- if eq .service "secrets" }}
+- name: vault-token
+  secret:
+    secretName: {{ required "services.secrets.vault.tokenSecret is required" $svc.vault.tokenSecret }}
+    defaultMode: 288 # 0440: readable by the fsGroup only
+    items:
+      - key: {{ $svc.vault.tokenKey }}
+        path: token
+{{- end }}
+{{- if eq .service "exporter" }}
+- name: exports
+  persistentVolumeClaim:
+    claimName: {{ include "hypersdk.exportsClaimName" .root }}
+{{- if and $svc.labRoot $svc.labVolume }}
+- name: lab
+  {{- toYaml $svc.labVolume | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "hypersdk.volumeMounts" -}}
+{{- $svc := index .root.Values.services .service }}
+- name: tmp
+  mountPath: /tmp
+{{- if eq .service "secrets" }}
+- name: vault-token
+  mountPath: {{ $svc.vault.tokenMountPath }}
+  readOnly: true
+{{- end }}
+{{- if eq .service "exporter" }}
+- name: exports
+  mountPath: {{ $svc.exportDir }}
+{{- if and $svc.labRoot $svc.labVolume }}
+- name: lab
+  mountPath: {{ $svc.labRoot }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "hypersdk.exportsClaimName" -}}
+{{- .Values.services.exporter.persistence.existingClaim | default (printf "%s-exporter-exports" (include "hypersdk.fullname" .)) }}
+{{- end }}
+
+{{/* Pod-level settings shared by Deployments and Jobs. */}}
+{{- define "hypersdk.podCommon" -}}
+automountServiceAccountToken: false
+enableServiceLinks: false
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}

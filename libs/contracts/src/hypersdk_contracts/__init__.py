@@ -1,0 +1,1 @@
+"""Contracts shared by every HyperSDK service: bus names, envelopes, messages, permissions."""

@@ -1,0 +1,97 @@
+"""The CloudEvents 1.0 envelope (structured mode) every message travels in.
+
+The design brief names the extensions ``actor``, ``source_ip`` and ``request_id``. CloudEvents
+attribute names may only hold lower-case letters and digits, so on the wire they are
+``actor``, ``sourceip`` and ``requestid``; Python code uses the snake-case names.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, field_validator
+
+from hypersdk_contracts.base import Message
+from hypersdk_contracts.names import EVENT_TYPE_PREFIX
+
+CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json"
+
+
+class RequestContext(Message):
+    """Who caused a message and through which request."""
+
+    actor: str | None = Field(default=None, description="User name or API key id behind it.")
+    source_ip: str | None = Field(default=None, description="Client address of the request.")
+    request_id: str | None = Field(default=None, description="Request ID of the API call.")
+
+
+class CloudEvent(Message):
+    """A CloudEvents 1.0 envelope with the HyperSDK extensions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    specversion: Literal["1.0"] = Field(default="1.0", description="CloudEvents version.")
+    id: str = Field(min_length=1, max_length=128, description="Unique event id.")
+    source: str = Field(min_length=1, description="URI reference of the producing service.")
+    type: str = Field(min_length=1, description="io.hypersdk. plus the routing key.")
+    time: datetime = Field(description="When it happened, UTC.")
+    subject: str | None = Field(default=None, description="The resource the event is about.")
+    datacontenttype: Literal["application/json"] = Field(
+        default="application/json", description="Media type of data."
+    )
+    data: dict[str, Any] = Field(description="The event payload, typed by the event class.")
+    actor: str | None = Field(default=None, description="User or API key id that caused it.")
+    source_ip: str | None = Field(
+        default=None, alias="sourceip", description="Client address of the causing request."
+    )
+    request_id: str | None = Field(
+        default=None, alias="requestid", description="Request ID of the causing API call."
+    )
+
+    @field_validator("time")
+    @classmethod
+    def _utc_only(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("time must carry a timezone")
+        return value.astimezone(UTC)
+
+    @property
+    def routing_key(self) -> str:
+        """Routing key the event travels under."""
+        return self.type.removeprefix(EVENT_TYPE_PREFIX)
+
+    @property
+    def context(self) -> RequestContext:
+        """The causing request's context, to pass on to follow-up messages."""
+        return RequestContext(
+            actor=self.actor, source_ip=self.source_ip, request_id=self.request_id
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-ready dict with the CloudEvents attribute names."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def new_event(
+    *,
+    service: str,
+    routing_key: str,
+    data: Message,
+    subject: str | None,
+    context: RequestContext | None,
+) -> CloudEvent:
+    """Wrap ``data`` in a fresh envelope from ``service``."""
+    ctx = context or RequestContext()
+    return CloudEvent(
+        id=str(uuid.uuid4()),
+        source=f"/hypersdk/{service}",
+        type=EVENT_TYPE_PREFIX + routing_key,
+        time=datetime.now(UTC),
+        subject=subject,
+        data=data.model_dump(mode="json"),
+        actor=ctx.actor,
+        source_ip=ctx.source_ip,
+        request_id=ctx.request_id,
+    )

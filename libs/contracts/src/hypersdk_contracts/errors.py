@@ -1,0 +1,62 @@
+"""Stable error codes shared by the HTTP API and request/reply on the bus."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from hypersdk_contracts.base import Message
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable error codes; each maps to one HTTP status."""
+
+    INVALID_REQUEST = "invalid_request"
+    VALIDATION_FAILED = "validation_failed"
+    UNAUTHENTICATED = "unauthenticated"
+    INVALID_CREDENTIALS = "invalid_credentials"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    RATE_LIMITED = "rate_limited"
+    INTERNAL_ERROR = "internal_error"
+    NOT_IMPLEMENTED = "not_implemented"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.VALIDATION_FAILED: 422,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.INVALID_CREDENTIALS: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.NOT_IMPLEMENTED: 501,
+    ErrorCode.UPSTREAM_UNAVAILABLE: 503,
+}
+
+
+class ErrorBody(Message):
+    """An error as it crosses a boundary: a stable code and a sentence, never a secret."""
+
+    code: ErrorCode = Field(description="Stable machine-readable error code.")
+    message: str = Field(description="One human sentence; never contains a credential.")
+
+
+class ServiceError(Exception):
+    """A domain error that maps to an error reply; its message is safe to show."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def body(self) -> ErrorBody:
+        """The error as a message."""
+        return ErrorBody(code=self.code, message=self.message)

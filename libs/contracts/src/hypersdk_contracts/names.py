@@ -1,0 +1,78 @@
+"""Exchange, queue and routing-key names on the bus.
+
+Every name that two services must agree on lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+EVENTS_EXCHANGE = "hypersdk.events"
+"""Durable topic exchange carrying every event; routing key ``<service>.<entity>.<verb>``."""
+
+DEAD_LETTER_EXCHANGE = "hypersdk.dlx"
+"""Direct exchange receiving rejected messages; routed by the original queue name."""
+
+EVENT_TYPE_PREFIX = "io.hypersdk."
+"""CloudEvents ``type`` is this prefix plus the routing key."""
+
+AUDIT_EVENTS_QUEUE = "audit.events"
+"""The audit service's queue, bound with ``#`` to the events exchange."""
+
+EXPORT_JOBS_QUEUE = "exporter.jobs"
+"""Durable work queue of export commands; exporter workers compete on it."""
+
+
+def dead_letter_queue(queue: str) -> str:
+    """Name of the dead-letter queue that holds what ``queue`` rejected."""
+    return f"{queue}.dlq"
+
+
+class RoutingKey(StrEnum):
+    """Routing keys of every event, in past tense."""
+
+    LOGIN_SUCCEEDED = "identity.login.succeeded"
+    LOGIN_FAILED = "identity.login.failed"
+    SESSION_CREATED = "identity.session.created"
+    SESSION_REVOKED = "identity.session.revoked"
+    USER_CREATED = "identity.user.created"
+    ROLE_ASSIGNED = "policy.role.assigned"
+    AUTHORIZATION_DENIED = "policy.authorization.denied"
+    SECRET_WRITTEN = "secrets.secret.written"
+    SECRET_DELETED = "secrets.secret.deleted"
+    PROVIDER_REGISTERED = "exporter.provider.registered"
+    PROVIDER_REMOVED = "exporter.provider.removed"
+    JOB_REQUESTED = "exporter.job.requested"
+    JOB_STARTED = "exporter.job.started"
+    JOB_PROGRESSED = "exporter.job.progressed"
+    JOB_COMPLETED = "exporter.job.completed"
+    JOB_FAILED = "exporter.job.failed"
+    REQUEST_COMPLETED = "gateway.request.completed"
+
+
+class RpcQueue(StrEnum):
+    """Request queues of synchronous questions (RabbitMQ request/reply)."""
+
+    IDENTITY_LOGIN = "identity.rpc.login"
+    IDENTITY_AUTHENTICATE = "identity.rpc.authenticate"
+    IDENTITY_LOGOUT = "identity.rpc.logout"
+    IDENTITY_CREATE_USER = "identity.rpc.create_user"
+    IDENTITY_LIST_USERS = "identity.rpc.list_users"
+    POLICY_DECIDE = "policy.rpc.decide"
+    POLICY_ASSIGN_ROLES = "policy.rpc.assign_roles"
+    POLICY_ROLES_OF = "policy.rpc.roles_of"
+    SECRETS_PUT = "secrets.rpc.put_secret"
+    SECRETS_DELETE = "secrets.rpc.delete_secret"
+    SECRETS_LIST = "secrets.rpc.list_secrets"
+    SECRETS_DESCRIBE = "secrets.rpc.describe_secret"
+    EXPORTER_REGISTER_PROVIDER = "exporter.rpc.register_provider"
+    EXPORTER_LIST_PROVIDERS = "exporter.rpc.list_providers"
+    EXPORTER_GET_PROVIDER = "exporter.rpc.get_provider"
+    EXPORTER_REMOVE_PROVIDER = "exporter.rpc.remove_provider"
+    EXPORTER_LIST_VMS = "exporter.rpc.list_vms"
+    EXPORTER_GET_VM = "exporter.rpc.get_vm"
+    EXPORTER_CREATE_EXPORT = "exporter.rpc.create_export"
+    EXPORTER_LIST_JOBS = "exporter.rpc.list_jobs"
+    EXPORTER_GET_JOB = "exporter.rpc.get_job"
+    AUDIT_VERIFY = "audit.rpc.verify"
+    AUDIT_LIST_EVENTS = "audit.rpc.list_events"

@@ -1,0 +1,1 @@
+"""Service kit: what every HyperSDK service is built from."""

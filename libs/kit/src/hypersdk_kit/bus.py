@@ -1,0 +1,313 @@
+"""Bus wiring shared by the services: topology, publishing, consuming and request/reply.
+
+Nothing here connects at import time; a service's composition root builds a broker with
+:func:`build_broker` and registers its subscribers on it before starting it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from faststream import AckPolicy
+from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
+from faststream.rabbit.annotations import RabbitMessage
+from pydantic import BaseModel, ValidationError
+
+from hypersdk_contracts.base import Message
+from hypersdk_contracts.envelope import (
+    CLOUDEVENTS_CONTENT_TYPE,
+    CloudEvent,
+    RequestContext,
+    new_event,
+)
+from hypersdk_contracts.errors import ErrorBody, ErrorCode, ServiceError
+from hypersdk_contracts.events import EventData
+from hypersdk_contracts.names import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, dead_letter_queue
+from hypersdk_contracts.rpc import RpcReply, RpcRequest
+
+logger = logging.getLogger(__name__)
+
+EVENTS = RabbitExchange(EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True)
+DLX = RabbitExchange(DEAD_LETTER_EXCHANGE, type=ExchangeType.DIRECT, durable=True)
+DELIVERY_LIMIT = 10
+"""A message redelivered this often after transient failures is dead-lettered, not looped."""
+
+RequestT = TypeVar("RequestT", bound=RpcRequest)
+
+
+def build_broker(amqp_url: str, *, service: str) -> RabbitBroker:
+    """A broker for ``service``; per-message log lines are off (they carry no value here)."""
+    return RabbitBroker(amqp_url, app_id=f"hypersdk-{service}", logger=None, graceful_timeout=30)
+
+
+def durable_queue(name: str, *, routing_key: str = "") -> RabbitQueue:
+    """A quorum queue whose rejected or too-often-redelivered messages go to ``<name>.dlq``."""
+    return RabbitQueue(
+        name,
+        durable=True,
+        routing_key=routing_key or name,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            "x-dead-letter-routing-key": name,
+            "x-delivery-limit": DELIVERY_LIMIT,
+        },
+    )
+
+
+async def declare_dead_letter_queue(broker: RabbitBroker, queue: str) -> None:
+    """Declare the dead-letter exchange and the DLQ that keeps what ``queue`` rejects."""
+    dlx = await broker.declare_exchange(DLX)
+    dlq = await broker.declare_queue(
+        RabbitQueue(dead_letter_queue(queue), durable=True, routing_key=queue)
+    )
+    await dlq.bind(dlx, routing_key=queue)
+
+
+# ---- publishing events ------------------------------------------------------------------------
+
+
+class EventPublisher(ABC):
+    """Publishes facts to the events exchange."""
+
+    @abstractmethod
+    async def publish(
+        self, data: EventData, *, subject: str | None, context: RequestContext | None
+    ) -> CloudEvent:
+        """Publish one event and return its envelope once the broker confirmed it."""
+
+
+class RabbitEventPublisher(EventPublisher):
+    """Publishes CloudEvents (structured mode) with publisher confirms and persistence."""
+
+    def __init__(self, broker: RabbitBroker, *, service: str) -> None:
+        self._broker = broker
+        self._service = service
+        self._declared = False
+
+    async def publish(
+        self, data: EventData, *, subject: str | None, context: RequestContext | None
+    ) -> CloudEvent:
+        """Publish and wait for the confirm (declaring the exchange on first use)."""
+        if not self._declared:
+            await self._broker.declare_exchange(EVENTS)
+            self._declared = True
+        event = new_event(
+            service=self._service,
+            routing_key=data.routing_key.value,
+            data=data,
+            subject=subject,
+            context=context,
+        )
+        await self._broker.publish(
+            event.model_dump_json(by_alias=True, exclude_none=True).encode(),
+            exchange=EVENTS,
+            routing_key=event.routing_key,
+            content_type=CLOUDEVENTS_CONTENT_TYPE,
+            message_id=event.id,
+            message_type=event.type,
+            persist=True,
+            mandatory=False,
+        )
+        return event
+
+
+class InMemoryEventPublisher(EventPublisher):
+    """Keeps published events in a list; for unit tests."""
+
+    def __init__(self, *, service: str = "test") -> None:
+        self.events: list[CloudEvent] = []
+        self._service = service
+
+    async def publish(
+        self, data: EventData, *, subject: str | None, context: RequestContext | None
+    ) -> CloudEvent:
+        """Record the event."""
+        event = new_event(
+            service=self._service,
+            routing_key=data.routing_key.value,
+            data=data,
+            subject=subject,
+            context=context,
+        )
+        self.events.append(event)
+        return event
+
+    def types(self) -> list[str]:
+        """Routing keys published, in order."""
+        return [event.routing_key for event in self.events]
+
+
+async def send_command(
+    broker: RabbitBroker, *, queue: str, command: Message, context: RequestContext
+) -> CloudEvent:
+    """Send a command to a durable work queue (declared if absent), in an envelope, confirmed."""
+    await broker.declare_queue(durable_queue(queue))
+    command_type: str = getattr(command, "command_type")  # noqa: B009 - ClassVar on commands
+    service = command_type.split(".", 1)[0]
+    event = new_event(
+        service=service, routing_key=command_type, data=command, subject=None, context=context
+    )
+    await broker.publish(
+        event.model_dump_json(by_alias=True, exclude_none=True).encode(),
+        routing_key=queue,
+        content_type=CLOUDEVENTS_CONTENT_TYPE,
+        message_id=event.id,
+        message_type=event.type,
+        persist=True,
+        mandatory=True,
+    )
+    return event
+
+
+# ---- consuming --------------------------------------------------------------------------------
+
+
+class PoisonMessageError(Exception):
+    """The message can never be processed; dead-letter it."""
+
+
+def envelope_consumer(
+    handle: Callable[[CloudEvent], Awaitable[None]],
+) -> Callable[[RabbitMessage], Awaitable[None]]:
+    """Wrap an envelope handler with the one ack policy of the platform.
+
+    - parsed and handled: ack (the handler made its effect durable before returning);
+    - not an envelope, or the handler says it is poison: reject, so it is dead-lettered;
+    - anything else (a database outage, say): back off, then requeue; the queue's delivery
+      limit dead-letters a message that keeps failing, so nothing loops forever.
+    """
+
+    async def consume(msg: RabbitMessage) -> None:
+        try:
+            event = CloudEvent.model_validate_json(msg.body)
+        except ValidationError:
+            logger.warning("dead-lettering a message that is not a valid envelope",
+                           extra={"message_id": msg.message_id})
+            await msg.reject(requeue=False)
+            return
+        try:
+            await handle(event)
+        except (PoisonMessageError, ValidationError) as exc:
+            logger.warning("dead-lettering event %s: %s", event.id, type(exc).__name__)
+            await msg.reject(requeue=False)
+            return
+        except Exception:
+            deliveries = int((msg.headers or {}).get("x-delivery-count", 0) or 0)
+            logger.exception("event %s failed (delivery %d); requeueing", event.id, deliveries + 1)
+            await asyncio.sleep(min(0.2 * 2**deliveries, 5.0))
+            await msg.nack(requeue=True)
+            return
+        await msg.ack()
+
+    return consume
+
+
+def subscribe_envelopes(
+    broker: RabbitBroker,
+    queue: RabbitQueue,
+    handle: Callable[[CloudEvent], Awaitable[None]],
+    *,
+    exchange: RabbitExchange | None = None,
+    prefetch: int = 10,
+) -> None:
+    """Register ``handle`` on ``queue`` with manual acks via :func:`envelope_consumer`."""
+    from faststream.rabbit import Channel
+
+    broker.subscriber(
+        queue,
+        exchange,
+        ack_policy=AckPolicy.MANUAL,
+        channel=Channel(prefetch_count=prefetch),
+    )(envelope_consumer(handle))
+
+
+# ---- request/reply ----------------------------------------------------------------------------
+
+Answer = Message | Sequence[Message] | None
+
+
+def rpc_responder(
+    request_model: type[RequestT], answer: Callable[[RequestT], Awaitable[Answer]]
+) -> Callable[[RabbitMessage], Awaitable[dict[str, Any]]]:
+    """Turn a use case into a request/reply subscriber that always replies.
+
+    Bad requests and domain errors become error replies; unexpected errors become an
+    ``internal_error`` reply without details (they are logged here, never sent).
+    """
+
+    async def respond(msg: RabbitMessage) -> dict[str, Any]:
+        try:
+            request = request_model.model_validate_json(msg.body)
+        except ValidationError as exc:
+            fields = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})
+            return _error(ErrorCode.VALIDATION_FAILED, f"Invalid fields: {', '.join(fields)}.")
+        try:
+            result = await answer(request)
+        except ServiceError as exc:
+            return RpcReply(ok=False, error=exc.body()).model_dump(mode="json")
+        except Exception:
+            logger.exception("request on %s failed", msg.raw_message.routing_key)
+            return _error(ErrorCode.INTERNAL_ERROR, "The service failed to answer.")
+        return RpcReply(ok=True, result=_dump(result)).model_dump(mode="json")
+
+    return respond
+
+
+def _dump(result: Answer) -> Any:
+    if result is None:
+        return None
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    return [item.model_dump(mode="json") for item in result]
+
+
+def _error(code: ErrorCode, message: str) -> dict[str, Any]:
+    return RpcReply(ok=False, error=ErrorBody(code=code, message=message)).model_dump(mode="json")
+
+
+def serve_rpc(
+    broker: RabbitBroker,
+    queue: str,
+    request_model: type[RequestT],
+    answer: Callable[[RequestT], Awaitable[Answer]],
+) -> None:
+    """Register a request/reply subscriber on ``queue``."""
+    broker.subscriber(
+        RabbitQueue(queue, durable=True),
+        ack_policy=AckPolicy.ACK,
+    )(rpc_responder(request_model, answer))
+
+
+class RpcClient:
+    """Asks another service a question over RabbitMQ request/reply."""
+
+    def __init__(self, broker: RabbitBroker, *, timeout_seconds: float = 10.0) -> None:
+        self._broker = broker
+        self._timeout = timeout_seconds
+
+    async def call(self, queue: str, request: RpcRequest) -> Any:
+        """Send ``request`` and return the reply's result, or raise :class:`ServiceError`."""
+        try:
+            response = await self._broker.request(
+                request.model_dump_json().encode(),
+                routing_key=queue,
+                content_type="application/json",
+                timeout=self._timeout,
+                expiration=self._timeout,
+            )
+        except TimeoutError as exc:
+            raise ServiceError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "A backing service did not answer in time."
+            ) from exc
+        reply = RpcReply.model_validate(await response.decode())
+        if not reply.ok:
+            error = reply.error or ErrorBody(
+                code=ErrorCode.INTERNAL_ERROR, message="The service failed to answer."
+            )
+            raise ServiceError(error.code, error.message)
+        return reply.result

@@ -1,0 +1,93 @@
+"""Process life cycle: umask, signals, health endpoint, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+
+from faststream.rabbit import RabbitBroker
+
+logger = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+def restrict_file_modes() -> None:
+    """Files the process creates are 0600 and directories 0700, whatever creates them."""
+    os.umask(0o077)
+
+
+async def start_health_server(
+    *, host: str, port: int, ready: ReadinessCheck
+) -> asyncio.Server | None:
+    """Serve ``GET /healthz`` (alive) and ``GET /readyz`` (dependencies reachable)."""
+    if port == 0:
+        return None
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = await asyncio.wait_for(reader.readline(), timeout=5)
+            parts = request_line.decode("latin-1").split()
+            path = parts[1] if len(parts) >= 2 else ""
+            if path == "/healthz":
+                status, body = "200 OK", b'{"status":"ok"}'
+            elif path == "/readyz":
+                ok = await ready()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                body = b'{"status":"ready"}' if ok else b'{"status":"not_ready"}'
+            else:
+                status, body = "404 Not Found", b'{"status":"not_found"}'
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(answer, host, port)
+
+
+def broker_ready(broker: RabbitBroker) -> ReadinessCheck:
+    """Readiness: the broker connection answers."""
+
+    async def check() -> bool:
+        return await broker.ping(timeout=1.0)
+
+    return check
+
+
+async def serve_until_stopped(
+    broker: RabbitBroker,
+    *,
+    service: str,
+    health_host: str,
+    health_port: int,
+    ready: ReadinessCheck | None = None,
+) -> None:
+    """Start ``broker``'s subscribers and run until SIGTERM or SIGINT, then stop cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await broker.start()
+    server = await start_health_server(
+        host=health_host, port=health_port, ready=ready or broker_ready(broker)
+    )
+    logger.info("%s started", service)
+    try:
+        await stop.wait()
+    finally:
+        logger.info("%s stopping", service)
+        if server is not None:
+            server.close()
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        await broker.stop()

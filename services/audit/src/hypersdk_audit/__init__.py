@@ -1,0 +1,1 @@
+"""HyperSDK audit service: the hash-chained audit log."""

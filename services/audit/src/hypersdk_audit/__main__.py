@@ -1,0 +1,5 @@
+"""Entry point: python -m hypersdk_audit."""
+
+from hypersdk_audit.cli import main
+
+main()

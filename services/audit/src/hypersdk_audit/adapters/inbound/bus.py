@@ -1,0 +1,64 @@
+"""Inbound adapters of the audit service: every event in, queries by request/reply."""
+
+from __future__ import annotations
+
+from faststream.rabbit import RabbitBroker
+
+from hypersdk_audit.core.chain import ChainedEntry
+from hypersdk_audit.core.service import AuditService
+from hypersdk_contracts.envelope import CloudEvent
+from hypersdk_contracts.names import AUDIT_EVENTS_QUEUE, RpcQueue
+from hypersdk_contracts.rpc import (
+    AuditEntryView,
+    ListAuditEventsRequest,
+    VerifyRequest,
+    VerifyResult,
+)
+from hypersdk_kit.bus import EVENTS, durable_queue, serve_rpc, subscribe_envelopes
+
+
+def register_consumers(broker: RabbitBroker, audit: AuditService, *, prefetch: int) -> None:
+    """Record every event of the events exchange; answer verify and list requests."""
+
+    async def record(event: CloudEvent) -> None:
+        await audit.record(event)
+
+    subscribe_envelopes(
+        broker,
+        durable_queue(AUDIT_EVENTS_QUEUE, routing_key="#"),
+        record,
+        exchange=EVENTS,
+        prefetch=prefetch,
+    )
+
+    async def verify(request: VerifyRequest) -> VerifyResult:
+        outcome = await audit.verify()
+        return VerifyResult(
+            valid=outcome.valid,
+            entries=outcome.entries,
+            first_bad_sequence=outcome.first_bad_sequence,
+            reason=outcome.reason,
+        )
+
+    async def list_events(request: ListAuditEventsRequest) -> list[AuditEntryView]:
+        entries = await audit.page(after_sequence=request.after_sequence, limit=request.limit)
+        return [_view(entry) for entry in entries]
+
+    serve_rpc(broker, RpcQueue.AUDIT_VERIFY, VerifyRequest, verify)
+    serve_rpc(broker, RpcQueue.AUDIT_LIST_EVENTS, ListAuditEventsRequest, list_events)
+
+
+def _view(entry: ChainedEntry) -> AuditEntryView:
+    return AuditEntryView(
+        sequence=entry.sequence,
+        event_id=entry.event_id,
+        timestamp=entry.timestamp,
+        user=entry.user,
+        action=entry.action,
+        resource=entry.resource,
+        result=entry.result,
+        source_ip=entry.source_ip,
+        request_id=entry.request_id,
+        prev_hash=entry.prev_hash,
+        hash=entry.hash,
+    )

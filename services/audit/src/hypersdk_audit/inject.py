@@ -1,0 +1,34 @@
+"""Composition root of the audit service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from faststream.rabbit import RabbitBroker
+
+from hypersdk_audit.adapters.inbound.bus import register_consumers
+from hypersdk_audit.adapters.outbound.postgres import PostgresAuditLog
+from hypersdk_audit.config import AuditSettings
+from hypersdk_audit.core.service import AuditService
+from hypersdk_kit.bus import build_broker
+from hypersdk_kit.database import create_pool
+
+SERVICE = "audit"
+
+
+@asynccontextmanager
+async def prepare_audit(
+    settings: AuditSettings,
+) -> AsyncIterator[tuple[AuditService, RabbitBroker]]:
+    """The audit use cases wired to PostgreSQL and the bus (broker not started yet)."""
+    broker = build_broker(settings.amqp_url.get_secret_value(), service=SERVICE)
+    pool = await create_pool(
+        settings.database_url.get_secret_value(), size=settings.database_pool_size
+    )
+    try:
+        audit = AuditService(log=PostgresAuditLog(pool))
+        register_consumers(broker, audit, prefetch=settings.prefetch)
+        yield audit, broker
+    finally:
+        await pool.close()

@@ -1,0 +1,1 @@
+"""HyperSDK exporter service: providers, VM inventory and export workers."""

@@ -1,0 +1,5 @@
+"""Entry point: python -m hypersdk_exporter."""
+
+from hypersdk_exporter.cli import main
+
+main()

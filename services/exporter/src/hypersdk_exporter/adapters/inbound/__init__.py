@@ -1,0 +1,1 @@
+"""adapters inbound of the exporter service."""

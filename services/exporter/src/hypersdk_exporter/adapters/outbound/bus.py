@@ -1,0 +1,43 @@
+"""Bus adapters of the exporter: the work queue out, credential questions to secrets."""
+
+from __future__ import annotations
+
+from faststream.rabbit import RabbitBroker
+
+from hypersdk_contracts.commands import VmExportRequested
+from hypersdk_contracts.envelope import RequestContext
+from hypersdk_contracts.errors import ErrorCode, ServiceError
+from hypersdk_contracts.names import EXPORT_JOBS_QUEUE, RpcQueue
+from hypersdk_contracts.rpc import SecretPathRequest
+from hypersdk_exporter.ports.outbound import CredentialDirectory, JobQueue
+from hypersdk_kit.bus import RpcClient, send_command
+
+
+class RabbitJobQueue(JobQueue):
+    """Sends export commands to the durable ``exporter.jobs`` queue."""
+
+    def __init__(self, broker: RabbitBroker) -> None:
+        self._broker = broker
+
+    async def enqueue(self, command: VmExportRequested, context: RequestContext) -> None:
+        """Publish persistently and wait for the broker's confirm."""
+        await send_command(self._broker, queue=EXPORT_JOBS_QUEUE, command=command, context=context)
+
+
+class RpcCredentialDirectory(CredentialDirectory):
+    """Asks the secrets service whether a path exists (metadata only)."""
+
+    def __init__(self, rpc: RpcClient) -> None:
+        self._rpc = rpc
+
+    async def exists(self, path: str, context: RequestContext) -> bool:
+        """True if the secrets service describes the path."""
+        try:
+            await self._rpc.call(
+                RpcQueue.SECRETS_DESCRIBE, SecretPathRequest(path=path, context=context)
+            )
+        except ServiceError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                return False
+            raise
+        return True

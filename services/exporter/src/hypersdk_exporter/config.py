@@ -1,0 +1,22 @@
+"""Exporter settings, from ``HYPERSDK_EXPORTER_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from hypersdk_kit.settings import DatabaseSettings
+
+
+class ExporterSettings(DatabaseSettings):
+    """Settings of the exporter service."""
+
+    model_config = SettingsConfigDict(env_prefix="HYPERSDK_EXPORTER_", extra="ignore")
+
+    export_dir: Path = Field(description="Where artifacts are written (created 0700).")
+    lab_root: Path = Field(description="Directory under which 'local' providers may live.")
+    qemu_img: str = Field(default="qemu-img", description="qemu-img executable.")
+    job_concurrency: int = Field(default=1, ge=1, le=16, description="Exports run at once.")
+    rpc_timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of questions.")

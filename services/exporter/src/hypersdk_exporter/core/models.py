@@ -1,0 +1,67 @@
+"""Exporter domain: providers, VMs, disks and jobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from hypersdk_contracts.events import Artifact
+from hypersdk_contracts.rpc import DiskFormat, JobStatus
+
+FILE_EXTENSIONS: dict[DiskFormat, str] = {
+    DiskFormat.RAW: "img",
+    DiskFormat.QCOW2: "qcow2",
+    DiskFormat.VMDK: "vmdk",
+    DiskFormat.VHDX: "vhdx",
+    DiskFormat.VPC: "vhd",
+}
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A registered provider connection."""
+
+    name: str
+    type: str
+    config: dict[str, str]
+    credential_ref: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A VM disk the exporter can read."""
+
+    name: str
+    path: Path
+    format: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Vm:
+    """A VM of a provider."""
+
+    name: str
+    cpus: int
+    memory_mib: int
+    disks: list[Disk]
+
+
+@dataclass(frozen=True)
+class Job:
+    """An export job."""
+
+    id: str
+    provider: str
+    vm: str
+    format: DiskFormat
+    status: JobStatus
+    progress: int
+    requested_by: str | None
+    created_at: datetime
+    updated_at: datetime
+    error: str | None = None
+    artifacts: list[Artifact] = field(default_factory=list)

@@ -1,0 +1,54 @@
+"""Composition root of the exporter service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from faststream.rabbit import RabbitBroker
+
+from hypersdk_exporter.adapters.inbound.bus import register_rpc, register_worker
+from hypersdk_exporter.adapters.outbound.bus import RabbitJobQueue, RpcCredentialDirectory
+from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver
+from hypersdk_exporter.adapters.outbound.postgres import PostgresJobStore, PostgresProviderStore
+from hypersdk_exporter.adapters.outbound.qemu_img import QemuImgConverter
+from hypersdk_exporter.config import ExporterSettings
+from hypersdk_exporter.core.service import ExporterService
+from hypersdk_exporter.ports.outbound import DiskConverter
+from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, RpcClient, build_broker
+from hypersdk_kit.database import create_pool
+
+SERVICE = "exporter"
+
+
+@asynccontextmanager
+async def prepare_exporter(
+    settings: ExporterSettings,
+    *,
+    converter: DiskConverter | None = None,
+    events: EventPublisher | None = None,
+) -> AsyncIterator[tuple[ExporterService, RabbitBroker]]:
+    """The exporter use cases wired to PostgreSQL, qemu-img and the bus (not started yet)."""
+    broker = build_broker(settings.amqp_url.get_secret_value(), service=SERVICE)
+    pool = await create_pool(
+        settings.database_url.get_secret_value(), size=settings.database_pool_size
+    )
+    settings.export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        exporter = ExporterService(
+            providers=PostgresProviderStore(pool),
+            jobs=PostgresJobStore(pool),
+            drivers={"local": LocalLabDriver(settings.lab_root)},
+            converter=converter or QemuImgConverter(settings.qemu_img),
+            queue=RabbitJobQueue(broker),
+            credentials=RpcCredentialDirectory(
+                RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
+            ),
+            events=events or RabbitEventPublisher(broker, service=SERVICE),
+            export_dir=settings.export_dir,
+        )
+        register_rpc(broker, exporter)
+        register_worker(broker, exporter, concurrency=settings.job_concurrency)
+        yield exporter, broker
+    finally:
+        await pool.close()

@@ -1,0 +1,1 @@
+"""ports of the exporter service."""

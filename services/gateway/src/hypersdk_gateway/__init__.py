@@ -1,0 +1,1 @@
+"""HyperSDK gateway service: the public HTTP API and its middleware chain."""

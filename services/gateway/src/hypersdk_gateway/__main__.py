@@ -1,0 +1,5 @@
+"""Entry point: python -m hypersdk_gateway."""
+
+from hypersdk_gateway.cli import main
+
+main()

@@ -1,0 +1,556 @@
+"""Routes of the HTTP API (``/api/v1``), authorization per route, and error mapping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hypersdk_contracts.errors import HTTP_STATUS, ErrorCode, ServiceError
+from hypersdk_contracts.names import RpcQueue
+from hypersdk_contracts.permissions import Permission
+from hypersdk_contracts.rpc import (
+    NAME_PATTERN,
+    SECRET_PATH_PATTERN,
+    USERNAME_PATTERN,
+    AssignRolesRequest,
+    AuditEntryView,
+    CreateExportRequest,
+    CreateUserRequest,
+    DecideRequest,
+    DiskFormat,
+    GetVmRequest,
+    JobIdRequest,
+    JobView,
+    ListAuditEventsRequest,
+    ListJobsRequest,
+    ListProvidersRequest,
+    ListSecretsRequest,
+    ListUsersRequest,
+    ListVmsRequest,
+    LoginRequest,
+    LogoutRequest,
+    ProviderNameRequest,
+    ProviderView,
+    PutSecretRequest,
+    RegisterProviderRequest,
+    RolesOfRequest,
+    SecretMetadata,
+    SecretPathRequest,
+    UserView,
+    VerifyRequest,
+    VerifyResult,
+    VmView,
+)
+from hypersdk_gateway.adapters.inbound.errors import ErrorEnvelope, envelope_bytes
+from hypersdk_gateway.adapters.inbound.middleware import API_PREFIX, context_of
+from hypersdk_gateway.ports.outbound import Backend
+
+logger = logging.getLogger(__name__)
+
+_bearer = HTTPBearer(auto_error=False, description="Session token from POST /auth/login.")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key.")
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": description}
+    for status, description in (
+        (400, "Malformed request"),
+        (401, "No valid credential"),
+        (403, "Credential lacks the permission"),
+        (404, "Not found"),
+        (409, "Conflict"),
+        (413, "Body too large"),
+        (422, "Validation failed"),
+        (429, "Rate limited"),
+        (500, "Internal error"),
+        (501, "Not implemented yet"),
+        (503, "A backing service is unavailable"),
+    )
+}
+
+
+class Body(BaseModel):
+    """Request bodies refuse unknown fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginBody(Body):
+    """Credentials to log in with."""
+
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class LoginResponse(BaseModel):
+    """A new session token; shown once."""
+
+    token: str
+    expires_at: datetime
+    user: UserView
+
+
+class MeResponse(BaseModel):
+    """The caller."""
+
+    username: str
+    roles: list[str]
+    session_id: str
+
+
+class CreateUserBody(Body):
+    """A new local user."""
+
+    username: str = Field(pattern=USERNAME_PATTERN)
+    password: str = Field(min_length=1, max_length=1024)
+    roles: list[str] = Field(default_factory=list, max_length=4)
+
+
+class UserWithRoles(BaseModel):
+    """A user and their roles."""
+
+    user: UserView
+    roles: list[str]
+
+
+class ProviderBody(Body):
+    """A provider connection; ``credential_ref`` names a secret path, never a secret."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    type: str = Field(description="Provider type; this version supports 'local'.")
+    config: dict[str, str] = Field(default_factory=dict)
+    credential_ref: str | None = Field(default=None, pattern=SECRET_PATH_PATTERN)
+
+
+class ExportBody(Body):
+    """What to export."""
+
+    provider: str = Field(pattern=NAME_PATTERN)
+    vm: str = Field(min_length=1, max_length=255)
+    format: DiskFormat
+
+
+class SecretBody(Body):
+    """Key/value pairs of a secret."""
+
+    data: dict[str, str] = Field(min_length=1, max_length=64)
+
+
+def not_implemented(what: str) -> ServiceError:
+    """The 501 of a route whose backing capability is not built yet."""
+    return ServiceError(ErrorCode.NOT_IMPLEMENTED, f"{what} is not available in this version.")
+
+
+def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> FastAPI:
+    """The FastAPI application (the middleware chain wraps it in inject.py)."""
+    app = FastAPI(
+        title="HyperSDK API",
+        version="1.0.0",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    def require(permission: Permission | None) -> Callable[..., Awaitable[None]]:
+        async def check(
+            request: Request,
+            _bearer_doc: Annotated[Any, Depends(_bearer)] = None,
+            _key_doc: Annotated[Any, Depends(_api_key)] = None,
+        ) -> None:
+            principal = request.state.principal
+            if permission is None:
+                return
+            route = getattr(request.scope.get("route"), "path", request.url.path)
+            decision = await backend.ask(
+                RpcQueue.POLICY_DECIDE,
+                DecideRequest(
+                    username=principal.username,
+                    permission=permission.value,
+                    resource=f"{request.method} {route}",
+                    context=context_of(request.scope),
+                ),
+            )
+            if not decision["allowed"]:
+                raise ServiceError(
+                    ErrorCode.FORBIDDEN, f"This call needs the {permission.value} permission."
+                )
+
+        return check
+
+    def ctx(request: Request) -> Any:
+        return context_of(request.scope)
+
+    api = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
+
+    # ---- auth ------------------------------------------------------------------------------
+    @api.post("/auth/login", response_model=LoginResponse, tags=["auth"])
+    async def login(body: LoginBody, request: Request) -> Any:
+        """Exchange a username and password for a session token."""
+        result = await backend.ask(
+            RpcQueue.IDENTITY_LOGIN,
+            LoginRequest(username=body.username, password=body.password, context=ctx(request)),
+        )
+        return {"token": result["token"], "expires_at": result["expires_at"],
+                "user": result["user"]}
+
+    @api.post("/auth/logout", status_code=204, tags=["auth"],
+              dependencies=[Depends(require(None))])
+    async def logout(request: Request) -> Response:
+        """End the current session."""
+        await backend.ask(
+            RpcQueue.IDENTITY_LOGOUT, LogoutRequest(token=request.state.token, context=ctx(request))
+        )
+        return Response(status_code=204)
+
+    @api.post("/auth/refresh", tags=["auth"], dependencies=[Depends(require(None))])
+    async def refresh() -> None:
+        """Swap the session token for a new one."""
+        raise not_implemented("Session refresh")
+
+    @api.get("/auth/me", response_model=MeResponse, tags=["auth"],
+             dependencies=[Depends(require(None))])
+    async def me(request: Request) -> Any:
+        """Who the caller is and which roles they hold."""
+        principal = request.state.principal
+        roles = await backend.ask(
+            RpcQueue.POLICY_ROLES_OF,
+            RolesOfRequest(username=principal.username, context=ctx(request)),
+        )
+        return {"username": principal.username, "roles": roles["roles"],
+                "session_id": principal.session_id}
+
+    @api.get("/auth/sessions", tags=["auth"], dependencies=[Depends(require(None))])
+    async def list_sessions() -> None:
+        """The caller's sessions."""
+        raise not_implemented("Session listing")
+
+    @api.delete("/auth/sessions/{session_id}", tags=["auth"],
+                dependencies=[Depends(require(None))])
+    async def revoke_session(session_id: str) -> None:
+        """Revoke one of the caller's sessions."""
+        raise not_implemented("Session revocation by id")
+
+    # ---- users -----------------------------------------------------------------------------
+    users_manage = [Depends(require(Permission.USERS_MANAGE))]
+
+    @api.get("/users", response_model=list[UserView], tags=["users"], dependencies=users_manage)
+    async def list_users(request: Request) -> Any:
+        """Every user."""
+        return await backend.ask(RpcQueue.IDENTITY_LIST_USERS, ListUsersRequest(context=ctx(request)))
+
+    @api.post("/users", status_code=201, response_model=UserWithRoles, tags=["users"],
+              dependencies=users_manage)
+    async def create_user(body: CreateUserBody, request: Request) -> Any:
+        """Create a local user and assign their roles."""
+        user = await backend.ask(
+            RpcQueue.IDENTITY_CREATE_USER,
+            CreateUserRequest(username=body.username, password=body.password, context=ctx(request)),
+        )
+        roles = await backend.ask(
+            RpcQueue.POLICY_ASSIGN_ROLES,
+            AssignRolesRequest(username=body.username, roles=body.roles, context=ctx(request)),
+        )
+        return {"user": user, "roles": roles["roles"]}
+
+    @api.get("/users/{username}", response_model=UserWithRoles, tags=["users"],
+             dependencies=users_manage)
+    async def get_user(username: str, request: Request) -> Any:
+        """One user and their roles."""
+        users = await backend.ask(RpcQueue.IDENTITY_LIST_USERS, ListUsersRequest(context=ctx(request)))
+        match = next((u for u in users if u["username"] == username), None)
+        if match is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "No user of that name.")
+        roles = await backend.ask(
+            RpcQueue.POLICY_ROLES_OF, RolesOfRequest(username=username, context=ctx(request))
+        )
+        return {"user": match, "roles": roles["roles"]}
+
+    @api.patch("/users/{username}", tags=["users"], dependencies=users_manage)
+    async def update_user(username: str) -> None:
+        """Change a user's roles or disable them."""
+        raise not_implemented("Updating users")
+
+    @api.delete("/users/{username}", tags=["users"], dependencies=users_manage)
+    async def delete_user(username: str) -> None:
+        """Delete a user."""
+        raise not_implemented("Deleting users")
+
+    # ---- api keys --------------------------------------------------------------------------
+    keys_manage = [Depends(require(Permission.APIKEYS_MANAGE))]
+
+    @api.get("/api-keys", tags=["api-keys"], dependencies=keys_manage)
+    async def list_keys() -> None:
+        """API keys."""
+        raise not_implemented("API keys")
+
+    @api.post("/api-keys", tags=["api-keys"], dependencies=keys_manage)
+    async def create_key() -> None:
+        """Create an API key."""
+        raise not_implemented("API keys")
+
+    @api.delete("/api-keys/{key_id}", tags=["api-keys"], dependencies=keys_manage)
+    async def revoke_key(key_id: str) -> None:
+        """Revoke an API key."""
+        raise not_implemented("API keys")
+
+    @api.post("/api-keys/{key_id}/rotate", tags=["api-keys"], dependencies=keys_manage)
+    async def rotate_key(key_id: str) -> None:
+        """Rotate an API key."""
+        raise not_implemented("API keys")
+
+    # ---- providers and VMs -----------------------------------------------------------------
+    browse = [Depends(require(Permission.VMS_BROWSE))]
+    configure_providers = [Depends(require(Permission.PROVIDERS_CONFIGURE))]
+
+    @api.get("/providers", response_model=list[ProviderView], tags=["providers"],
+             dependencies=browse)
+    async def list_providers(request: Request) -> Any:
+        """Providers (never their credentials)."""
+        return await backend.ask(
+            RpcQueue.EXPORTER_LIST_PROVIDERS, ListProvidersRequest(context=ctx(request))
+        )
+
+    @api.get("/providers/{name}", response_model=ProviderView, tags=["providers"],
+             dependencies=browse)
+    async def get_provider(name: str, request: Request) -> Any:
+        """One provider (never its credential)."""
+        return await backend.ask(
+            RpcQueue.EXPORTER_GET_PROVIDER, ProviderNameRequest(name=name, context=ctx(request))
+        )
+
+    @api.post("/providers", status_code=201, response_model=ProviderView, tags=["providers"],
+              dependencies=configure_providers)
+    async def register_provider(body: ProviderBody, request: Request) -> Any:
+        """Register a provider that references its credential by secret path."""
+        if body.type != "local":
+            raise ServiceError(ErrorCode.VALIDATION_FAILED, "Supported provider types: local.")
+        return await backend.ask(
+            RpcQueue.EXPORTER_REGISTER_PROVIDER,
+            RegisterProviderRequest(
+                name=body.name, type="local", config=body.config,
+                credential_ref=body.credential_ref, context=ctx(request),
+            ),
+        )
+
+    @api.put("/providers/{name}", tags=["providers"], dependencies=configure_providers)
+    async def update_provider(name: str) -> None:
+        """Change a provider."""
+        raise not_implemented("Updating providers")
+
+    @api.delete("/providers/{name}", status_code=204, tags=["providers"],
+                dependencies=configure_providers)
+    async def remove_provider(name: str, request: Request) -> Response:
+        """Unregister a provider."""
+        await backend.ask(
+            RpcQueue.EXPORTER_REMOVE_PROVIDER, ProviderNameRequest(name=name, context=ctx(request))
+        )
+        return Response(status_code=204)
+
+    @api.get("/vms", response_model=list[VmView], tags=["vms"], dependencies=browse)
+    async def list_vms(request: Request, provider: str | None = None) -> Any:
+        """VMs of every provider, or of one."""
+        return await backend.ask(
+            RpcQueue.EXPORTER_LIST_VMS, ListVmsRequest(provider=provider, context=ctx(request))
+        )
+
+    @api.get("/vms/{vm_id:path}", response_model=VmView, tags=["vms"], dependencies=browse)
+    async def get_vm(vm_id: str, request: Request) -> Any:
+        """One VM; its id is ``provider/vm``."""
+        return await backend.ask(
+            RpcQueue.EXPORTER_GET_VM, GetVmRequest(vm_id=vm_id, context=ctx(request))
+        )
+
+    # ---- exports and jobs ------------------------------------------------------------------
+    @api.post("/exports", status_code=202, response_model=JobView, tags=["jobs"],
+              dependencies=[Depends(require(Permission.VMS_EXPORT))])
+    async def create_export(body: ExportBody, request: Request) -> Any:
+        """Queue an export; the job runs on an exporter worker."""
+        return await backend.ask(
+            RpcQueue.EXPORTER_CREATE_EXPORT,
+            CreateExportRequest(
+                provider=body.provider, vm=body.vm, format=body.format, context=ctx(request)
+            ),
+        )
+
+    view_jobs = [Depends(require(Permission.JOBS_VIEW))]
+
+    @api.get("/jobs", response_model=list[JobView], tags=["jobs"], dependencies=view_jobs)
+    async def list_jobs(request: Request) -> Any:
+        """Jobs, newest first."""
+        return await backend.ask(RpcQueue.EXPORTER_LIST_JOBS, ListJobsRequest(context=ctx(request)))
+
+    @api.get("/jobs/{job_id}", response_model=JobView, tags=["jobs"], dependencies=view_jobs)
+    async def get_job(job_id: str, request: Request) -> Any:
+        """One job: status, progress, artifacts with sizes and SHA-256."""
+        return await backend.ask(
+            RpcQueue.EXPORTER_GET_JOB, JobIdRequest(job_id=job_id, context=ctx(request))
+        )
+
+    @api.post("/jobs/{job_id}/cancel", tags=["jobs"],
+              dependencies=[Depends(require(Permission.JOBS_CANCEL))])
+    async def cancel_job(job_id: str) -> None:
+        """Cancel a job."""
+        raise not_implemented("Job cancellation")
+
+    # ---- secrets ---------------------------------------------------------------------------
+    secrets_manage = [Depends(require(Permission.SECRETS_MANAGE))]
+
+    @api.get("/secrets", response_model=list[SecretMetadata], tags=["secrets"],
+             dependencies=secrets_manage)
+    async def list_secrets(request: Request) -> Any:
+        """Secret metadata (never values)."""
+        return await backend.ask(RpcQueue.SECRETS_LIST, ListSecretsRequest(context=ctx(request)))
+
+    @api.post("/secrets/{path:path}/rotate", tags=["secrets"], dependencies=secrets_manage)
+    async def rotate_secret(path: str) -> None:
+        """Rotate a secret."""
+        raise not_implemented("Secret rotation")
+
+    @api.put("/secrets/{path:path}", response_model=SecretMetadata, tags=["secrets"],
+             dependencies=secrets_manage)
+    async def put_secret(path: str, body: SecretBody, request: Request) -> Any:
+        """Store a new version of a secret; the answer holds metadata only."""
+        _check_secret_path(path)
+        return await backend.ask(
+            RpcQueue.SECRETS_PUT, PutSecretRequest(path=path, data=body.data, context=ctx(request))
+        )
+
+    @api.delete("/secrets/{path:path}", status_code=204, tags=["secrets"],
+                dependencies=secrets_manage)
+    async def delete_secret(path: str, request: Request) -> Response:
+        """Delete a secret and its versions."""
+        _check_secret_path(path)
+        await backend.ask(
+            RpcQueue.SECRETS_DELETE, SecretPathRequest(path=path, context=ctx(request))
+        )
+        return Response(status_code=204)
+
+    # ---- audit -----------------------------------------------------------------------------
+    audit_view = [Depends(require(Permission.AUDIT_VIEW))]
+
+    @api.get("/audit/events", response_model=list[AuditEntryView], tags=["audit"],
+             dependencies=audit_view)
+    async def audit_events(request: Request, after_sequence: int = 0, limit: int = 100) -> Any:
+        """Audit entries in chain order."""
+        if after_sequence < 0 or not 1 <= limit <= 1000:
+            raise ServiceError(
+                ErrorCode.VALIDATION_FAILED, "after_sequence >= 0 and 1 <= limit <= 1000."
+            )
+        return await backend.ask(
+            RpcQueue.AUDIT_LIST_EVENTS,
+            ListAuditEventsRequest(after_sequence=after_sequence, limit=limit, context=ctx(request)),
+        )
+
+    @api.get("/audit/verify", response_model=VerifyResult, tags=["audit"],
+             dependencies=audit_view)
+    async def audit_verify(request: Request) -> Any:
+        """Recompute the hash chain; name the first entry that does not check out."""
+        return await backend.ask(RpcQueue.AUDIT_VERIFY, VerifyRequest(context=ctx(request)))
+
+    @api.get("/audit/export", tags=["audit"], dependencies=audit_view)
+    async def audit_export() -> None:
+        """Export the log."""
+        raise not_implemented("Audit export")
+
+    # ---- system ----------------------------------------------------------------------------
+    system = [Depends(require(Permission.SYSTEM_CONFIGURE))]
+
+    @api.get("/system/config", tags=["system"], dependencies=system)
+    async def get_config() -> None:
+        """Runtime configuration."""
+        raise not_implemented("System configuration")
+
+    @api.put("/system/config", tags=["system"], dependencies=system)
+    async def put_config() -> None:
+        """Change runtime configuration."""
+        raise not_implemented("System configuration")
+
+    @api.get("/webhooks", tags=["system"], dependencies=system)
+    async def list_webhooks() -> None:
+        """Webhooks."""
+        raise not_implemented("Webhooks")
+
+    @api.post("/webhooks", tags=["system"], dependencies=system)
+    async def create_webhook() -> None:
+        """Add a webhook."""
+        raise not_implemented("Webhooks")
+
+    @api.delete("/webhooks/{webhook_id}", tags=["system"], dependencies=system)
+    async def delete_webhook(webhook_id: str) -> None:
+        """Remove a webhook."""
+        raise not_implemented("Webhooks")
+
+    app.include_router(api)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorEnvelope}})
+    async def readyz() -> Any:
+        """The bus is reachable."""
+        if await ready():
+            return {"status": "ready"}
+        raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, "The message bus is unreachable.")
+
+    _install_error_handlers(app)
+    return app
+
+
+def _check_secret_path(path: str) -> None:
+    import re
+
+    if not re.fullmatch(SECRET_PATH_PATTERN, path):
+        raise ServiceError(
+            ErrorCode.VALIDATION_FAILED,
+            "A secret path is 1-8 segments of letters, digits, '_' or '-', joined by '/'.",
+        )
+
+
+def _error(request: Request, code: ErrorCode, message: str, status: int | None = None) -> Response:
+    request_id = getattr(request.state, "request_id", "") or ""
+    return Response(
+        envelope_bytes(code, message, request_id),
+        status_code=status or HTTP_STATUS[code],
+        media_type="application/json",
+    )
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> Response:
+        return _error(request, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        fields = sorted(
+            {".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+             for err in exc.errors()}
+        )
+        return _error(
+            request, ErrorCode.VALIDATION_FAILED, f"Invalid or missing fields: {', '.join(fields)}."
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        codes = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.INVALID_REQUEST,
+                 400: ErrorCode.INVALID_REQUEST}
+        code = codes.get(exc.status_code, ErrorCode.INVALID_REQUEST)
+        messages = {404: "No such route.", 405: "Method not allowed on this route."}
+        return _error(request, code, messages.get(exc.status_code, "Bad request."), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        logger.error("unhandled error", exc_info=exc)
+        return _error(request, ErrorCode.INTERNAL_ERROR, "The gateway failed to answer.")
+
+
+__all__ = ["JSONResponse", "build_api"]

@@ -1,0 +1,401 @@
+"""The seven layers every request passes, outermost first, as plain ASGI middleware:
+
+logging -> request ID -> CORS -> security headers -> authentication -> rate limiting ->
+request size limiting -> (authorization and the handler, in the FastAPI app).
+
+Layers share what they learn through ``scope["state"]`` (Starlette's ``request.state``):
+``request_id``, ``client``, ``principal``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from hypersdk_contracts.envelope import RequestContext
+from hypersdk_contracts.errors import ErrorCode, ServiceError
+from hypersdk_contracts.events import RequestCompleted
+from hypersdk_contracts.names import RpcQueue
+from hypersdk_contracts.rpc import AuthenticateRequest, Principal
+from hypersdk_gateway.adapters.inbound.errors import send_error
+from hypersdk_gateway.core.limits import TokenBuckets
+from hypersdk_gateway.core.requests import accept_request_id, client_address
+from hypersdk_gateway.ports.outbound import Backend
+from hypersdk_kit.bus import EventPublisher
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+logger = logging.getLogger("hypersdk_gateway.access")
+API_PREFIX = "/api/v1"
+LOGIN_PATH = f"{API_PREFIX}/auth/login"
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", f"{API_PREFIX}/openapi.json"})
+
+
+def state(scope: Scope) -> dict[str, Any]:
+    """The per-request state shared by the layers."""
+    return scope.setdefault("state", {})  # type: ignore[no-any-return]
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """First value of a request header, decoded."""
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def with_headers(send: Send, extra: Callable[[], list[tuple[bytes, bytes]]]) -> Send:
+    """Wrap ``send`` so the response start carries ``extra()`` headers."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = dict(message)
+            message["headers"] = [*message.get("headers", []), *extra()]
+        await send(message)
+
+    return wrapped
+
+
+def context_of(scope: Scope) -> RequestContext:
+    """The request context to carry onto the bus."""
+    st = state(scope)
+    principal: Principal | None = st.get("principal")
+    return RequestContext(
+        actor=principal.username if principal else None,
+        source_ip=st.get("client"),
+        request_id=st.get("request_id"),
+    )
+
+
+class LoggingLayer:
+    """One structured line per request, and a ``gateway.request.completed`` event per API call.
+
+    Never logs headers, bodies, tokens or keys; the path is logged as its route template.
+    """
+
+    def __init__(self, app: ASGIApp, *, events: EventPublisher) -> None:
+        self.app = app
+        self.events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Time the request and record its outcome."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            await self._record(scope, status, (time.perf_counter() - started) * 1000)
+
+    async def _record(self, scope: Scope, status: int, duration_ms: float) -> None:
+        # The route template when routing happened; the raw path (bounded) when a layer
+        # answered first, so the audit entry still says what was asked for.
+        route = getattr(scope.get("route"), "path", None) or scope["path"][:256]
+        ctx = context_of(scope)
+        logger.info(
+            "request",
+            extra={
+                "method": scope["method"],
+                "route": route,
+                "status": status,
+                "duration_ms": round(duration_ms, 2),
+                "principal": ctx.actor,
+                "request_id": ctx.request_id,
+                "client": ctx.source_ip,
+            },
+        )
+        if not scope["path"].startswith(API_PREFIX):
+            return
+        try:
+            await self.events.publish(
+                RequestCompleted(
+                    method=scope["method"], route=route, status=status,
+                    duration_ms=round(duration_ms, 2),
+                ),
+                subject=f"{scope['method']} {route}",
+                context=ctx,
+            )
+        except Exception:
+            logger.exception("could not publish gateway.request.completed")
+
+
+class RequestIdLayer:
+    """Keeps a well-formed ``X-Request-ID`` or makes one; echoes it on every response."""
+
+    def __init__(self, app: ASGIApp, *, trusted_proxies: list[str]) -> None:
+        self.app = app
+        self.trusted_proxies = trusted_proxies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Assign the ID (and the client address, which every later layer needs)."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = accept_request_id(header(scope, b"x-request-id"))
+        st = state(scope)
+        st["request_id"] = request_id
+        peer = scope.get("client")
+        st["client"] = client_address(
+            peer[0] if peer else None, header(scope, b"x-forwarded-for"), self.trusted_proxies
+        )
+        await self.app(
+            scope, receive, with_headers(send, lambda: [(b"x-request-id", request_id.encode())])
+        )
+
+
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
+_HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
+
+
+def security_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The security headers for a response to ``scope``."""
+    if scope.get("scheme") == "https":
+        return [*_SECURITY_HEADERS, _HSTS]
+    return list(_SECURITY_HEADERS)
+
+
+class CorsLayer:
+    """CORS from an explicit allow-list; preflights are answered here, before authentication."""
+
+    allow_methods = b"GET, POST, PUT, PATCH, DELETE"
+    allow_headers = frozenset({"authorization", "content-type", "x-api-key", "x-request-id"})
+    expose_headers = b"X-Request-ID, Retry-After, RateLimit, RateLimit-Policy"
+
+    def __init__(
+        self, app: ASGIApp, *, origins: list[str], allow_credentials: bool, max_age: int = 600
+    ) -> None:
+        self.app = app
+        self.origins = frozenset(origins)
+        self.allow_credentials = allow_credentials
+        self.max_age = max_age
+
+    def _allowed(self, origin: str) -> bool:
+        return origin in self.origins or ("*" in self.origins and not self.allow_credentials)
+
+    def _cors_headers(self, origin: str) -> list[tuple[bytes, bytes]]:
+        headers = [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin")]
+        if self.allow_credentials:
+            headers.append((b"access-control-allow-credentials", b"true"))
+        return headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer preflights; decorate responses to allowed origins."""
+        origin = header(scope, b"origin") if scope["type"] == "http" else None
+        if origin is None:
+            await self.app(scope, receive, send)
+            return
+        allowed = self._allowed(origin)
+        requested = header(scope, b"access-control-request-method")
+        if scope["method"] == "OPTIONS" and requested is not None:
+            headers = [*security_headers(scope), (b"vary", b"Origin")]
+            if allowed:
+                wanted = [
+                    h.strip().lower()
+                    for h in (header(scope, b"access-control-request-headers") or "").split(",")
+                    if h.strip()
+                ]
+                headers = [
+                    *security_headers(scope),
+                    *self._cors_headers(origin),
+                    (b"access-control-allow-methods", self.allow_methods),
+                    (
+                        b"access-control-allow-headers",
+                        ", ".join(h for h in wanted if h in self.allow_headers).encode(),
+                    ),
+                    (b"access-control-max-age", str(self.max_age).encode()),
+                ]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if not allowed:
+            await self.app(scope, receive, with_headers(send, lambda: [(b"vary", b"Origin")]))
+            return
+        extra = [*self._cors_headers(origin), (b"access-control-expose-headers", self.expose_headers)]
+        await self.app(scope, receive, with_headers(send, lambda: extra))
+
+
+class SecurityHeadersLayer:
+    """Security headers on every response, errors included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Decorate the response start."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, with_headers(send, lambda: security_headers(scope)))
+
+
+class AuthenticationLayer:
+    """Resolves the credential to a principal via identity; 401 when there is none."""
+
+    def __init__(self, app: ASGIApp, *, backend: Backend) -> None:
+        self.app = app
+        self.backend = backend
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Authenticate everything but the public paths."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        st = state(scope)
+        path = scope["path"]
+        if path in PUBLIC_PATHS or (path == LOGIN_PATH and scope["method"] == "POST"):
+            await self.app(scope, receive, send)
+            return
+        authorization = header(scope, b"authorization") or ""
+        scheme, _, token = authorization.partition(" ")
+        if header(scope, b"x-api-key") is not None and not token:
+            await send_error(
+                send, code=ErrorCode.UNAUTHENTICATED, request_id=st["request_id"],
+                message="API keys are not accepted by this version; use a session token.",
+            )
+            return
+        if scheme.lower() != "bearer" or not token.strip():
+            await send_error(
+                send, code=ErrorCode.UNAUTHENTICATED, request_id=st["request_id"],
+                message="Authentication is required.",
+            )
+            return
+        try:
+            result = await self.backend.ask(
+                RpcQueue.IDENTITY_AUTHENTICATE,
+                AuthenticateRequest(token=token.strip()[:512], context=context_of(scope)),
+            )
+        except ServiceError as exc:
+            code = exc.code if exc.code is ErrorCode.UPSTREAM_UNAVAILABLE else ErrorCode.UNAUTHENTICATED
+            message = exc.message if code is ErrorCode.UPSTREAM_UNAVAILABLE else (
+                "The session is missing or expired."
+            )
+            await send_error(send, code=code, request_id=st["request_id"], message=message)
+            return
+        st["principal"] = Principal.model_validate(result)
+        st["token"] = token.strip()
+        await self.app(scope, receive, send)
+
+
+class RateLimitLayer:
+    """Token buckets per endpoint group and principal (client address when anonymous)."""
+
+    def __init__(self, app: ASGIApp, *, api: TokenBuckets, login: TokenBuckets) -> None:
+        self.app = app
+        self.api = api
+        self.login = login
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Spend a token or answer 429."""
+        if scope["type"] != "http" or scope["path"] in ("/healthz", "/readyz"):
+            await self.app(scope, receive, send)
+            return
+        st = state(scope)
+        principal: Principal | None = st.get("principal")
+        if scope["path"] == LOGIN_PATH:
+            buckets, key = self.login, f"login:{st['client']}"
+        elif principal is not None:
+            buckets, key = self.api, f"api:user:{principal.username}"
+        else:
+            buckets, key = self.api, f"api:addr:{st['client']}"
+        verdict = buckets.take(key)
+        headers = [
+            (b"ratelimit-policy", f"{verdict.limit};w=60".encode()),
+            (
+                b"ratelimit",
+                f"limit={verdict.limit}, remaining={verdict.remaining}, "
+                f"reset={verdict.reset_seconds}".encode(),
+            ),
+        ]
+        if not verdict.allowed:
+            await send_error(
+                send, code=ErrorCode.RATE_LIMITED, request_id=st["request_id"],
+                message="Too many requests; retry later.",
+                headers=[*headers, (b"retry-after", str(verdict.reset_seconds).encode())],
+            )
+            return
+        await self.app(scope, receive, with_headers(send, lambda: headers))
+
+
+class SizeLimitLayer:
+    """Refuses bodies over the limit: by Content-Length before reading, else while streaming."""
+
+    def __init__(self, app: ASGIApp, *, default_bytes: int, limits: dict[str, int]) -> None:
+        self.app = app
+        self.default_bytes = default_bytes
+        self.limits = limits
+
+    def limit_for(self, path: str) -> int:
+        """The limit of a path: the longest matching prefix, else the default."""
+        matches = [p for p in self.limits if path == p or path.startswith(p + "/")]
+        return self.limits[max(matches, key=len)] if matches else self.default_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Buffer up to the limit, then replay the body to the app."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        request_id = state(scope)["request_id"]
+        declared = header(scope, b"content-length")
+        too_large = {
+            "send": send,
+            "code": ErrorCode.PAYLOAD_TOO_LARGE,
+            "request_id": request_id,
+            "message": f"The request body exceeds {limit} bytes.",
+        }
+        if declared is not None:
+            if not declared.isdigit():
+                await send_error(
+                    send, code=ErrorCode.INVALID_REQUEST, request_id=request_id,
+                    message="Content-Length is not a number.",
+                )
+                return
+            if int(declared) > limit:
+                await send_error(**too_large)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await send_error(**too_large)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)

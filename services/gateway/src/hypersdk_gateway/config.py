@@ -1,0 +1,39 @@
+"""Gateway settings, from ``HYPERSDK_GATEWAY_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from hypersdk_kit.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    """Settings of the gateway."""
+
+    model_config = SettingsConfigDict(env_prefix="HYPERSDK_GATEWAY_", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="Listen address.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Listen port.")
+    tls_cert_file: Path | None = Field(default=None, description="PEM certificate (enables TLS).")
+    tls_key_file: Path | None = Field(default=None, description="PEM private key.")
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed browser origins.")
+    cors_allow_credentials: bool = Field(default=False, description="Allow credentialed CORS.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="Peers whose X-Forwarded-For is believed."
+    )
+    rate_limit_per_minute: int = Field(default=600, ge=1, description="Calls per principal.")
+    login_rate_limit_per_minute: int = Field(default=10, ge=1, description="Logins per address.")
+    max_body_bytes: int = Field(default=1_000_000, ge=1, description="Default body limit.")
+    max_export_body_bytes: int = Field(default=10_000_000, ge=1, description="Export limit.")
+    rpc_timeout_seconds: float = Field(default=10.0, gt=0, description="Backend timeout.")
+
+    @model_validator(mode="after")
+    def _cors_is_safe(self) -> GatewaySettings:
+        if "*" in self.cors_origins and self.cors_allow_credentials:
+            raise ValueError("CORS origin '*' cannot be combined with credentials")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        return self

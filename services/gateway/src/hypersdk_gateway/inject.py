@@ -1,0 +1,76 @@
+"""Composition root of the gateway: the FastAPI app inside the seven-layer chain."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from faststream.rabbit import RabbitBroker
+
+from hypersdk_gateway.adapters.inbound.http import build_api
+from hypersdk_gateway.adapters.inbound.middleware import (
+    API_PREFIX,
+    ASGIApp,
+    AuthenticationLayer,
+    CorsLayer,
+    LoggingLayer,
+    RateLimitLayer,
+    RequestIdLayer,
+    SecurityHeadersLayer,
+    SizeLimitLayer,
+)
+from hypersdk_gateway.adapters.outbound.rabbit import RabbitBackend
+from hypersdk_gateway.config import GatewaySettings
+from hypersdk_gateway.core.limits import TokenBuckets
+from hypersdk_gateway.ports.outbound import Backend
+from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, RpcClient, build_broker
+
+SERVICE = "gateway"
+
+
+def build_chain(
+    settings: GatewaySettings,
+    *,
+    backend: Backend,
+    events: EventPublisher,
+    ready: Callable[[], Awaitable[bool]],
+) -> ASGIApp:
+    """The API wrapped in its layers; the first layer listed here runs first."""
+    app: ASGIApp = build_api(backend, ready=ready)
+    app = SizeLimitLayer(
+        app,
+        default_bytes=settings.max_body_bytes,
+        limits={f"{API_PREFIX}/exports": settings.max_export_body_bytes},
+    )
+    app = RateLimitLayer(
+        app,
+        api=TokenBuckets(capacity=settings.rate_limit_per_minute, period_seconds=60),
+        login=TokenBuckets(capacity=settings.login_rate_limit_per_minute, period_seconds=60),
+    )
+    app = AuthenticationLayer(app, backend=backend)
+    app = SecurityHeadersLayer(app)
+    app = CorsLayer(
+        app, origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials
+    )
+    app = RequestIdLayer(app, trusted_proxies=settings.trusted_proxies)
+    return LoggingLayer(app, events=events)
+
+
+@asynccontextmanager
+async def prepare_gateway(settings: GatewaySettings) -> AsyncIterator[tuple[ASGIApp, RabbitBroker]]:
+    """The gateway wired to the bus; the broker is started here and stopped on exit."""
+    broker = build_broker(settings.amqp_url.get_secret_value(), service=SERVICE)
+    await broker.start()
+    try:
+        async def ready() -> bool:
+            return await broker.ping(timeout=1.0)
+
+        app = build_chain(
+            settings,
+            backend=RabbitBackend(RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)),
+            events=RabbitEventPublisher(broker, service=SERVICE),
+            ready=ready,
+        )
+        yield app, broker
+    finally:
+        await broker.stop()

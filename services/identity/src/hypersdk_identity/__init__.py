@@ -1,0 +1,1 @@
+"""HyperSDK identity service: users, passwords and sessions."""

@@ -1,0 +1,1 @@
+"""HyperSDK policy service: roles, permissions and authorization decisions."""

@@ -1,0 +1,5 @@
+"""Entry point: python -m hypersdk_policy."""
+
+from hypersdk_policy.cli import main
+
+main()

@@ -1,0 +1,37 @@
+"""Composition root of the policy service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from faststream.rabbit import RabbitBroker
+
+from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, build_broker
+from hypersdk_kit.database import create_pool
+from hypersdk_policy.adapters.inbound.rpc import register_rpc
+from hypersdk_policy.adapters.outbound.postgres import PostgresRoleStore
+from hypersdk_policy.config import PolicySettings
+from hypersdk_policy.core.service import PolicyService
+
+SERVICE = "policy"
+
+
+@asynccontextmanager
+async def prepare_policy(
+    settings: PolicySettings, *, events: EventPublisher | None = None
+) -> AsyncIterator[tuple[PolicyService, RabbitBroker]]:
+    """The policy use cases wired to PostgreSQL and the bus (broker not started yet)."""
+    broker = build_broker(settings.amqp_url.get_secret_value(), service=SERVICE)
+    pool = await create_pool(
+        settings.database_url.get_secret_value(), size=settings.database_pool_size
+    )
+    try:
+        policy = PolicyService(
+            roles=PostgresRoleStore(pool),
+            events=events or RabbitEventPublisher(broker, service=SERVICE),
+        )
+        register_rpc(broker, policy)
+        yield policy, broker
+    finally:
+        await pool.close()

@@ -1,0 +1,20 @@
+"""Run the policy service."""
+
+from __future__ import annotations
+
+from hypersdk_kit.runtime import serve_until_stopped
+from hypersdk_policy.config import PolicySettings
+from hypersdk_policy.inject import SERVICE, prepare_policy
+
+
+async def serve(settings: PolicySettings) -> None:
+    """Answer decisions until stopped; first make sure someone holds the admin role."""
+    async with prepare_policy(settings) as (policy, broker):
+        await broker.connect()
+        await policy.ensure_bootstrap_admin(settings.bootstrap_admin)
+        await serve_until_stopped(
+            broker,
+            service=SERVICE,
+            health_host=settings.health_host,
+            health_port=settings.health_port,
+        )

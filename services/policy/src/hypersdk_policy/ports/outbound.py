@@ -1,0 +1,25 @@
+"""Outbound ports of the policy service."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class RoleStore(ABC):
+    """Roles, their permissions and who holds them."""
+
+    @abstractmethod
+    async def permissions_of_roles(self, roles: list[str]) -> set[str]:
+        """Union of the permissions of ``roles``."""
+
+    @abstractmethod
+    async def roles_of(self, username: str) -> list[str]:
+        """Roles a user holds, sorted."""
+
+    @abstractmethod
+    async def set_roles(self, username: str, roles: list[str]) -> None:
+        """Replace the roles a user holds."""
+
+    @abstractmethod
+    async def holders_of(self, role: str) -> list[str]:
+        """Users holding ``role``."""

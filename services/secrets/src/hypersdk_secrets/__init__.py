@@ -1,0 +1,1 @@
+"""HyperSDK secrets service: the SecretManager port backed by Vault/OpenBao."""

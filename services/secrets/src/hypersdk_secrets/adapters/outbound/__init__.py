@@ -1,0 +1,1 @@
+"""adapters outbound of the secrets service."""

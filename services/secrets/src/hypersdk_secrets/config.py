@@ -1,0 +1,21 @@
+"""Secrets settings, from ``HYPERSDK_SECRETS_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from hypersdk_kit.settings import ServiceSettings
+
+
+class SecretsSettings(ServiceSettings):
+    """Settings of the secrets service."""
+
+    model_config = SettingsConfigDict(env_prefix="HYPERSDK_SECRETS_", extra="ignore")
+
+    vault_addr: str = Field(default="http://127.0.0.1:8200", description="Vault/OpenBao URL.")
+    vault_token_file: Path = Field(description="File (0600) holding the Vault token.")
+    vault_kv_mount: str = Field(default="secret", description="KV v2 mount point.")
+    vault_path_prefix: str = Field(default="hypersdk", description="Folder of our secrets.")

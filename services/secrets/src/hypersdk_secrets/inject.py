@@ -1,0 +1,44 @@
+"""Composition root of the secrets service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import hvac
+from faststream.rabbit import RabbitBroker
+
+from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, build_broker
+from hypersdk_secrets.adapters.inbound.rpc import register_rpc
+from hypersdk_secrets.adapters.outbound.vault import VaultSecretManager
+from hypersdk_secrets.config import SecretsSettings
+from hypersdk_secrets.core.service import SecretsService
+from hypersdk_secrets.ports.outbound import SecretManager
+
+SERVICE = "secrets"
+
+
+def vault_secret_manager(settings: SecretsSettings) -> VaultSecretManager:
+    """A KV v2 SecretManager authenticated with the token in the token file."""
+    token = settings.vault_token_file.read_text().strip()
+    client = hvac.Client(url=settings.vault_addr, token=token, timeout=10)
+    return VaultSecretManager(
+        client, mount=settings.vault_kv_mount, prefix=settings.vault_path_prefix
+    )
+
+
+@asynccontextmanager
+async def prepare_secrets(
+    settings: SecretsSettings,
+    *,
+    manager: SecretManager | None = None,
+    events: EventPublisher | None = None,
+) -> AsyncIterator[tuple[SecretsService, RabbitBroker]]:
+    """The secrets use cases wired to Vault and the bus (broker not started yet)."""
+    broker = build_broker(settings.amqp_url.get_secret_value(), service=SERVICE)
+    secrets = SecretsService(
+        manager=manager or vault_secret_manager(settings),
+        events=events or RabbitEventPublisher(broker, service=SERVICE),
+    )
+    register_rpc(broker, secrets)
+    yield secrets, broker

@@ -1,0 +1,31 @@
+"""Outbound port of the secrets service."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from hypersdk_contracts.rpc import SecretMetadata
+
+
+class SecretManager(ABC):
+    """Stores secrets by path; values go in, only metadata comes back out."""
+
+    @abstractmethod
+    async def ready(self) -> bool:
+        """Whether the backing store answers and is unsealed."""
+
+    @abstractmethod
+    async def put(self, path: str, data: dict[str, str]) -> SecretMetadata:
+        """Write a new version of the secret at ``path``."""
+
+    @abstractmethod
+    async def describe(self, path: str) -> SecretMetadata | None:
+        """Metadata of the secret at ``path``, if it exists."""
+
+    @abstractmethod
+    async def list(self) -> list[SecretMetadata]:
+        """Metadata of every secret, by path."""
+
+    @abstractmethod
+    async def delete(self, path: str) -> bool:
+        """Remove every version of the secret; return whether it existed."""

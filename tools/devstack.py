@@ -1,0 +1,405 @@
+"""Run the whole platform on this machine: ``up``, ``down``, ``status``.
+
+``up`` checks RabbitMQ and PostgreSQL (starting them if installed but down), creates the
+database, runs migrations, starts one supervisor process that owns an OpenBao dev server and
+the six services, bootstraps the admin user and seeds the demo lab. ``down`` stops that
+supervisor, which stops its children: nothing else is touched.
+
+Integration tests drive the same code with their own database, RabbitMQ vhost, ports and
+state directory, so the tests exercise exactly what ``make up`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SERVICES = ("identity", "policy", "secrets", "exporter", "audit", "gateway")
+MIGRATED = ("identity", "policy", "exporter", "audit")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class StackConfig:
+    """Where and how one instance of the platform runs."""
+
+    state_dir: Path
+    database: str = "hypersdk"
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 5432
+    pg_user: str = "postgres"
+    amqp_host: str = "127.0.0.1"
+    amqp_port: int = 5672
+    amqp_vhost: str = "/"
+    gateway_port: int = 8080
+    vault_port: int = 8200
+    health_base_port: int = 18081
+    python: str = sys.executable
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files and the stack description."""
+        return self.state_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        """One log file per process."""
+        return self.state_dir / "log"
+
+    @property
+    def secret_dir(self) -> Path:
+        """Generated credentials (0600 files)."""
+        return self.state_dir / "secrets"
+
+    @property
+    def gateway_url(self) -> str:
+        """Base URL of the gateway."""
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def database_url(self) -> str:
+        """DSN of the platform database (trust auth on loopback)."""
+        return f"postgresql://{self.pg_user}@{self.pg_host}:{self.pg_port}/{self.database}"
+
+    def amqp_url(self) -> str:
+        """AMQP URL; the local broker's guest account, which only works on loopback."""
+        vhost = "%2F" if self.amqp_vhost == "/" else self.amqp_vhost
+        return f"amqp://guest:guest@{self.amqp_host}:{self.amqp_port}/{vhost}"
+
+    def service_env(self) -> dict[str, str]:
+        """Environment of every platform process."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERSDK_")}
+        for index, service in enumerate(SERVICES):
+            prefix = f"HYPERSDK_{service.upper()}_"
+            env[prefix + "AMQP_URL"] = self.amqp_url()
+            env[prefix + "HEALTH_PORT"] = str(self.health_base_port + index)
+            if service in MIGRATED:
+                env[prefix + "DATABASE_URL"] = self.database_url()
+        env["HYPERSDK_GATEWAY_PORT"] = str(self.gateway_port)
+        env["HYPERSDK_GATEWAY_HEALTH_PORT"] = "0"
+        env["HYPERSDK_SECRETS_VAULT_ADDR"] = f"http://127.0.0.1:{self.vault_port}"
+        env["HYPERSDK_SECRETS_VAULT_TOKEN_FILE"] = str(self.secret_dir / "vault-token")
+        env["HYPERSDK_EXPORTER_EXPORT_DIR"] = str(self.state_dir / "exports")
+        env["HYPERSDK_EXPORTER_LAB_ROOT"] = str(self.state_dir / "lab")
+        env.update(self.extra_env)
+        return env
+
+
+# ---- dependencies -----------------------------------------------------------------------------
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _wait_port(host: str, port: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _port_open(host, port):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def ensure_dependencies(config: StackConfig) -> None:
+    """RabbitMQ and PostgreSQL must answer; start them if they are installed but down."""
+    if not _port_open(config.amqp_host, config.amqp_port):
+        if shutil.which("rabbitmq-server") is None:
+            raise SystemExit("RabbitMQ is not running on 127.0.0.1:5672 and is not installed.")
+        print("starting RabbitMQ ...", flush=True)
+        subprocess.run(["rabbitmq-server", "-detached"], check=False)
+        if not _wait_port(config.amqp_host, config.amqp_port, 90):
+            raise SystemExit("RabbitMQ did not come up on 127.0.0.1:5672.")
+    if not _port_open(config.pg_host, config.pg_port):
+        clusters = Path("/etc/postgresql")
+        if shutil.which("pg_ctlcluster") is None or not clusters.is_dir():
+            raise SystemExit("PostgreSQL is not running on 127.0.0.1:5432 and is not installed.")
+        print("starting PostgreSQL ...", flush=True)
+        for version in sorted(p.name for p in clusters.iterdir()):
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+                check=False,
+            )
+        if not _wait_port(config.pg_host, config.pg_port, 60):
+            raise SystemExit("PostgreSQL did not come up on 127.0.0.1:5432.")
+
+
+async def _create_database(config: StackConfig) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(
+        host=config.pg_host, port=config.pg_port, user=config.pg_user, database="postgres"
+    )
+    try:
+        exists = await conn.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", config.database
+        )
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{config.database}"')
+    finally:
+        await conn.close()
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _private_file(path: Path, content: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as stream:
+        stream.write(content)
+
+
+def _run_module(config: StackConfig, service: str, *args: str, env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [config.python, "-m", f"hypersdk_{service}", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    log = config.log_dir / f"{service}-{args[0]}.log"
+    _private_file(log, result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise SystemExit(f"hypersdk_{service} {' '.join(args)} failed; see {log}")
+
+
+# ---- supervisor -------------------------------------------------------------------------------
+
+
+def _bao_binary(config: StackConfig) -> str:
+    candidate = Path(config.python).parent / "bao"
+    found = str(candidate) if candidate.exists() else shutil.which("bao")
+    if found is None:
+        raise SystemExit("The OpenBao binary 'bao' is missing; run make install.")
+    return found
+
+
+def supervise(config: StackConfig) -> None:
+    """Run OpenBao and the six services; restart what dies; stop all on SIGTERM."""
+    env = config.service_env()
+    token = (config.secret_dir / "vault-token").read_text().strip()
+    commands: dict[str, list[str]] = {
+        "openbao": [
+            _bao_binary(config),
+            "server",
+            "-dev",
+            f"-dev-root-token-id={token}",
+            f"-dev-listen-address=127.0.0.1:{config.vault_port}",
+            "-dev-no-store-token",
+        ]
+    }
+    for service in SERVICES:
+        commands[service] = [config.python, "-m", f"hypersdk_{service}"]
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    restarts: dict[str, list[float]] = {name: [] for name in commands}
+    stopping = False
+
+    def start(name: str) -> None:
+        log = os.open(config.log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        child_env = dict(env)
+        if name == "openbao":
+            child_env = {"PATH": env.get("PATH", ""), "HOME": str(config.state_dir)}
+        children[name] = subprocess.Popen(
+            commands[name], env=child_env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+        )
+        os.close(log)
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    start("openbao")
+    _wait_port("127.0.0.1", config.vault_port, 30)
+    for service in SERVICES:
+        start(service)
+    while not stopping:
+        time.sleep(0.5)
+        for name, child in list(children.items()):
+            if child.poll() is not None and not stopping:
+                recent = [t for t in restarts[name] if time.monotonic() - t < 60]
+                restarts[name] = [*recent, time.monotonic()]
+                time.sleep(min(2 ** len(recent) * 0.5, 10))
+                start(name)
+    # Services first (they drain in-flight work), OpenBao last.
+    for name in [*reversed(SERVICES), "openbao"]:
+        child = children[name]
+        if child.poll() is None:
+            child.terminate()
+        try:
+            child.wait(timeout=35)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+# ---- up / down --------------------------------------------------------------------------------
+
+
+def _pid_file(config: StackConfig) -> Path:
+    return config.run_dir / "supervisor.pid"
+
+
+def running_pid(config: StackConfig) -> int | None:
+    """Pid of this stack's supervisor if it runs."""
+    try:
+        pid = int(_pid_file(config).read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback URL
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def wait_ready(config: StackConfig, seconds: float = 90) -> None:
+    """Wait until every service answers /readyz."""
+    urls = [f"{config.gateway_url}/readyz"] + [
+        f"http://127.0.0.1:{config.health_base_port + i}/readyz"
+        for i, service in enumerate(SERVICES)
+        if service != "gateway"
+    ]
+    deadline = time.monotonic() + seconds
+    pending = list(urls)
+    while pending and time.monotonic() < deadline:
+        pending = [url for url in pending if not _ready(url)]
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        raise SystemExit(f"services not ready: {pending}; see logs in {config.log_dir}")
+
+
+def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, str]:
+    """Start the platform; return how to reach it."""
+    for directory in (config.state_dir, config.run_dir, config.log_dir, config.secret_dir):
+        _private_dir(directory)
+    _private_dir(config.state_dir / "exports")
+    _private_dir(config.state_dir / "lab")
+    if running_pid(config) is not None:
+        print("the platform is already running", flush=True)
+    else:
+        ensure_dependencies(config)
+        asyncio.run(_create_database(config))
+        env = config.service_env()
+        for service in MIGRATED:
+            _run_module(config, service, "migrate", env=env)
+        token_file = config.secret_dir / "vault-token"
+        _private_file(token_file, secrets.token_hex(24))
+        supervisor = subprocess.Popen(
+            [config.python, str(Path(__file__).resolve()), "supervise",
+             "--config", json.dumps(asdict(config), default=str)],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=os.open(config.log_dir / "supervisor.log",
+                           os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+        )
+        _private_file(_pid_file(config), str(supervisor.pid))
+    wait_ready(config)
+    password_file = config.secret_dir / "admin-password"
+    password = admin_password or os.environ.get("HYPERSDK_BOOTSTRAP_ADMIN_PASSWORD")
+    if not password:
+        password = (
+            password_file.read_text().strip()
+            if password_file.exists()
+            else secrets.token_urlsafe(18)
+        )
+    _private_file(password_file, password + "\n")
+    env = config.service_env()
+    env["HYPERSDK_BOOTSTRAP_ADMIN_PASSWORD"] = password
+    _run_module(config, "identity", "bootstrap-admin", env=env)
+    _run_module(config, "exporter", "seed-demo-lab", env=config.service_env())
+    return {
+        "gateway_url": config.gateway_url,
+        "admin_username": "admin",
+        "admin_password_file": str(password_file),
+        "logs": str(config.log_dir),
+    }
+
+
+def down(config: StackConfig, timeout: float = 60) -> bool:
+    """Stop this stack's supervisor and so its children; return whether one was running."""
+    pid = running_pid(config)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            # Reap it if it is our own child (as in tests); otherwise init does.
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                break
+        except ChildProcessError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    _pid_file(config).unlink(missing_ok=True)
+    return True
+
+
+def _config_from_env() -> StackConfig:
+    state_dir = Path(os.environ.get("HYPERSDK_DEV_STATE_DIR", ROOT / "var"))
+    return StackConfig(
+        state_dir=state_dir.resolve(),
+        gateway_port=int(os.environ.get("HYPERSDK_DEV_GATEWAY_PORT", "8080")),
+        vault_port=int(os.environ.get("HYPERSDK_DEV_VAULT_PORT", "8200")),
+    )
+
+
+def main() -> None:
+    """Command line: up, down, status, supervise."""
+    parser = argparse.ArgumentParser(prog="devstack")
+    parser.add_argument("command", choices=["up", "down", "status", "supervise"])
+    parser.add_argument("--config", help="JSON StackConfig (internal, for supervise)")
+    args = parser.parse_args()
+    if args.command == "supervise":
+        raw = json.loads(args.config)
+        raw["state_dir"] = Path(raw["state_dir"])
+        supervise(StackConfig(**raw))
+        return
+    config = _config_from_env()
+    if args.command == "up":
+        info = up(config)
+        print(f"HyperSDK is up: {info['gateway_url']}")
+        print(f"  admin user:      {info['admin_username']}")
+        print(f"  admin password:  in {info['admin_password_file']} (0600)")
+        print(f"  logs:            {info['logs']}")
+        print("  stop with:       make down")
+    elif args.command == "down":
+        print("stopped" if down(config) else "not running")
+    else:
+        pid = running_pid(config)
+        print(f"running (supervisor pid {pid})" if pid else "not running")
+
+
+if __name__ == "__main__":
+    main()
