@@ -310,13 +310,19 @@ def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, s
         token_file = config.secret_dir / "vault-token"
         _private_file(token_file, secrets.token_hex(24))
         supervisor = subprocess.Popen(
-            [config.python, str(Path(__file__).resolve()), "supervise",
-             "--config", json.dumps(asdict(config), default=str)],
+            [
+                config.python,
+                str(Path(__file__).resolve()),
+                "supervise",
+                "--config",
+                json.dumps(asdict(config), default=str),
+            ],
             start_new_session=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=os.open(config.log_dir / "supervisor.log",
-                           os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+            stderr=os.open(
+                config.log_dir / "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+            ),
         )
         _private_file(_pid_file(config), str(supervisor.pid))
     wait_ready(config)

@@ -8,6 +8,7 @@ hash-chained audit log, which detects an edited row -> no credential leaked anyw
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import stat
 import subprocess
@@ -118,8 +119,12 @@ async def test_export_journey(stack: Stack) -> None:
     status, missing, _ = api.call(
         "POST",
         "/api/v1/providers",
-        {"name": "lab3", "type": "local", "config": {"directory": "demo"},
-         "credential_ref": "providers/none"},
+        {
+            "name": "lab3",
+            "type": "local",
+            "config": {"directory": "demo"},
+            "credential_ref": "providers/none",
+        },
         token=admin,
     )
     assert status == 422, missing
@@ -132,8 +137,10 @@ async def test_export_journey(stack: Stack) -> None:
     assert web["disks"][0]["size_bytes"] >= 16 * 1024 * 1024
 
     # 5. Export to qcow2 with a real qemu-img; the manifest's hash matches sha256sum.
-    status, job, headers = api.call(
-        "POST", "/api/v1/exports", {"provider": "lab2", "vm": "web-01", "format": "qcow2"},
+    status, job, _headers = api.call(
+        "POST",
+        "/api/v1/exports",
+        {"provider": "lab2", "vm": "web-01", "format": "qcow2"},
         token=admin,
     )
     assert status == 202, job
@@ -153,19 +160,29 @@ async def test_export_journey(stack: Stack) -> None:
         assert stat.S_IMODE(written.stat().st_mode) == 0o600
     assert stat.S_IMODE(job_dir.stat().st_mode) == 0o700
     info = json.loads(
-        subprocess.run(["qemu-img", "info", "--output=json", str(path)],
-                       capture_output=True, text=True, check=True).stdout
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     )
     assert info["format"] == "qcow2"
     source = stack.config.state_dir / "lab" / "demo" / "web-01" / "disk0.raw"
-    compare = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2",
-                              str(source), str(path)], capture_output=True, text=True)
+    compare = subprocess.run(
+        ["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(source), str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert compare.returncode == 0, compare.stdout + compare.stderr
 
     # 6. A viewer may browse but not export; no credential means 401. Both use the envelope.
     status, created, _ = api.call(
-        "POST", "/api/v1/users",
-        {"username": "vera", "password": VIEWER_PASSWORD, "roles": ["viewer"]}, token=admin,
+        "POST",
+        "/api/v1/users",
+        {"username": "vera", "password": VIEWER_PASSWORD, "roles": ["viewer"]},
+        token=admin,
     )
     assert status == 201, created
     assert created["roles"] == ["viewer"]
@@ -173,7 +190,9 @@ async def test_export_journey(stack: Stack) -> None:
     status, _, _ = api.call("GET", "/api/v1/vms", token=viewer)
     assert status == 200
     status, denied, denied_headers = api.call(
-        "POST", "/api/v1/exports", {"provider": "lab2", "vm": "web-01", "format": "qcow2"},
+        "POST",
+        "/api/v1/exports",
+        {"provider": "lab2", "vm": "web-01", "format": "qcow2"},
         token=viewer,
     )
     assert status == 403
@@ -214,20 +233,24 @@ async def test_export_journey(stack: Stack) -> None:
     assert secret_write["user"] == "admin"
     assert any(e["resource"] == "provider/lab2" for e in by_action["provider.register"])
     export_entries = [e for e in entries if e["resource"] == f"job/{job['id']}"]
-    assert [e["action"] for e in export_entries][0] == "vm.export"
+    assert next(e["action"] for e in export_entries) == "vm.export"
     assert {"vm.export", "vm.export.start", "vm.export.complete"} <= {
         e["action"] for e in export_entries
     }
     calls = by_action["api.call"]
-    assert any(e["resource"] == "POST /api/v1/exports" and e["result"] == "failure: http_403"
-               for e in calls)
-    assert any(e["resource"] == "PUT /api/v1/secrets/{path:path}" and e["result"] == "success"
-               for e in calls)
+    assert any(
+        e["resource"] == "POST /api/v1/exports" and e["result"] == "failure: http_403"
+        for e in calls
+    )
+    assert any(
+        e["resource"] == "PUT /api/v1/secrets/{path:path}" and e["result"] == "success"
+        for e in calls
+    )
     for entry in entries:
         assert entry["timestamp"].endswith("Z")
         assert len(entry["hash"]) == len(entry["prev_hash"]) == 64
     assert [e["sequence"] for e in entries] == list(range(1, len(entries) + 1))
-    for previous, entry in zip(entries, entries[1:], strict=False):
+    for previous, entry in itertools.pairwise(entries):
         assert entry["prev_hash"] == previous["hash"]
 
     status, verdict, _ = api.call("GET", "/api/v1/audit/verify", token=admin)
@@ -263,8 +286,7 @@ async def test_export_journey(stack: Stack) -> None:
         assert envelope["id"] == message.message_id
     planted = [ADMIN_PASSWORD, VIEWER_PASSWORD, PROVIDER_SECRET, admin, viewer]
     event_bodies = b"\n".join(m.body for m in messages).decode()
-    audit_rows = json.dumps([dict(r) for r in stack.db("SELECT * FROM audit.entries")],
-                            default=str)
+    audit_rows = json.dumps([dict(r) for r in stack.db("SELECT * FROM audit.entries")], default=str)
     logs = "\n".join(p.read_text(errors="replace") for p in Path(stack.log_dir).glob("*.log"))
     assert "exporter.job.completed" in event_bodies or any(
         m.routing_key == "exporter.job.completed" for m in messages
@@ -279,15 +301,23 @@ async def test_export_journey(stack: Stack) -> None:
 def test_other_formats_export(stack: Stack, fmt: str) -> None:
     admin = stack.api.login("admin", ADMIN_PASSWORD)
     status, job, _ = stack.api.call(
-        "POST", "/api/v1/exports", {"provider": "demo-lab", "vm": "db-01", "format": fmt},
+        "POST",
+        "/api/v1/exports",
+        {"provider": "demo-lab", "vm": "db-01", "format": fmt},
         token=admin,
     )
     assert status == 202, job
     job = _wait_for_job(stack, admin, job["id"])
     path = stack.config.state_dir / "exports" / job["id"] / job["artifacts"][0]["name"]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == job["artifacts"][0]["sha256"]
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(path)],
-                                     capture_output=True, text=True, check=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert info["format"] == fmt
     source = stack.config.state_dir / "lab" / "demo" / "db-01" / "disk0.raw"
     assert info["virtual-size"] == source.stat().st_size

@@ -13,6 +13,8 @@ from pydantic import AwareDatetime, Field
 from hypersdk_contracts.base import Message
 from hypersdk_contracts.names import RoutingKey
 
+HTTP_ERROR_FLOOR = 400
+
 
 class EventData(Message):
     """Payload of an event."""
@@ -205,7 +207,7 @@ class RequestCompleted(EventData):
 
     def audit_result(self) -> str:
         """Success below 400, else the status."""
-        return "success" if self.status < 400 else f"failure: http_{self.status}"
+        return "success" if self.status < HTTP_ERROR_FLOOR else f"failure: http_{self.status}"
 
 
 EVENT_TYPES: dict[str, type[EventData]] = {

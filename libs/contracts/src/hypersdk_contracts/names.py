@@ -38,8 +38,8 @@ class RoutingKey(StrEnum):
     USER_CREATED = "identity.user.created"
     ROLE_ASSIGNED = "policy.role.assigned"
     AUTHORIZATION_DENIED = "policy.authorization.denied"
-    SECRET_WRITTEN = "secrets.secret.written"
-    SECRET_DELETED = "secrets.secret.deleted"
+    SECRET_WRITTEN = "secrets.secret.written"  # noqa: S105 - a routing key, not a secret
+    SECRET_DELETED = "secrets.secret.deleted"  # noqa: S105 - a routing key, not a secret
     PROVIDER_REGISTERED = "exporter.provider.registered"
     PROVIDER_REMOVED = "exporter.provider.removed"
     JOB_REQUESTED = "exporter.job.requested"

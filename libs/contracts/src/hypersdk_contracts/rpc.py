@@ -18,7 +18,7 @@ from hypersdk_contracts.events import Artifact
 
 USERNAME_PATTERN = r"^[a-z_][a-z0-9_.-]{0,63}$"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-SECRET_PATH_PATTERN = r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+){0,7}$"
+SECRET_PATH_PATTERN = r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+){0,7}$"  # noqa: S105 - a regex
 
 
 class DiskFormat(StrEnum):
@@ -119,7 +119,7 @@ class ListUsersRequest(RpcRequest):
 
 
 class DecideRequest(RpcRequest):
-    """May this principal use this permission on this resource?"""
+    """Ask whether a principal may use a permission on a resource."""
 
     username: str = Field(description="Principal.")
     permission: str = Field(description="Permission name.")
@@ -141,7 +141,7 @@ class AssignRolesRequest(RpcRequest):
 
 
 class RolesOfRequest(RpcRequest):
-    """Which roles does a user hold?"""
+    """Ask which roles a user holds."""
 
     username: str = Field(description="User.")
 

@@ -13,7 +13,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from faststream import AckPolicy
-from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
+from faststream.rabbit import (
+    Channel,
+    ExchangeType,
+    QueueType,
+    RabbitBroker,
+    RabbitExchange,
+    RabbitQueue,
+)
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import BaseModel, ValidationError
 
@@ -48,10 +55,10 @@ def durable_queue(name: str, *, routing_key: str = "") -> RabbitQueue:
     """A quorum queue whose rejected or too-often-redelivered messages go to ``<name>.dlq``."""
     return RabbitQueue(
         name,
+        queue_type=QueueType.QUORUM,
         durable=True,
         routing_key=routing_key or name,
         arguments={
-            "x-queue-type": "quorum",
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
             "x-dead-letter-routing-key": name,
             "x-delivery-limit": DELIVERY_LIMIT,
@@ -186,8 +193,10 @@ def envelope_consumer(
         try:
             event = CloudEvent.model_validate_json(msg.body)
         except ValidationError:
-            logger.warning("dead-lettering a message that is not a valid envelope",
-                           extra={"message_id": msg.message_id})
+            logger.warning(
+                "dead-lettering a message that is not a valid envelope",
+                extra={"message_id": msg.message_id},
+            )
             await msg.reject(requeue=False)
             return
         try:
@@ -216,8 +225,6 @@ def subscribe_envelopes(
     prefetch: int = 10,
 ) -> None:
     """Register ``handle`` on ``queue`` with manual acks via :func:`envelope_consumer`."""
-    from faststream.rabbit import Channel
-
     broker.subscriber(
         queue,
         exchange,

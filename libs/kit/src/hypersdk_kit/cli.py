@@ -55,7 +55,8 @@ class ServiceCli(Generic[SettingsT]):
 
     async def _run(self, settings: SettingsT, args: argparse.Namespace) -> Any:
         if args.command == "migrate":
-            assert self.schema is not None and isinstance(settings, DatabaseSettings)
+            assert self.schema is not None
+            assert isinstance(settings, DatabaseSettings)
             count = await apply_migrations(
                 settings.database_url.get_secret_value(),
                 schema=self.schema,

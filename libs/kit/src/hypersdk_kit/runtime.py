@@ -31,8 +31,7 @@ async def start_health_server(
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), timeout=5)
-            parts = request_line.decode("latin-1").split()
-            path = parts[1] if len(parts) >= 2 else ""
+            _method, path, *_ = [*request_line.decode("latin-1").split(), "", ""]
             if path == "/healthz":
                 status, body = "200 OK", b'{"status":"ok"}'
             elif path == "/readyz":

@@ -10,7 +10,7 @@ from hypersdk_kit.cli import ServiceCli
 
 CLI = ServiceCli(
     service=SERVICE,
-    settings=AuditSettings,  # type: ignore[arg-type]  # filled from the environment
+    settings=AuditSettings,  # filled from the environment
     serve=serve,
     schema=SCHEMA,
     migrations=MIGRATIONS,

@@ -45,7 +45,7 @@ def _size_argument(parser: argparse.ArgumentParser) -> None:
 
 CLI = ServiceCli(
     service=SERVICE,
-    settings=ExporterSettings,  # type: ignore[arg-type]  # filled from the environment
+    settings=ExporterSettings,  # filled from the environment
     serve=serve,
     schema=SCHEMA,
     migrations=MIGRATIONS,

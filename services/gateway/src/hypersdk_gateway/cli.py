@@ -9,7 +9,7 @@ from hypersdk_kit.cli import ServiceCli
 
 CLI = ServiceCli(
     service=SERVICE,
-    settings=GatewaySettings,  # type: ignore[arg-type]  # filled from the environment
+    settings=GatewaySettings,  # filled from the environment
     serve=serve,
 )
 

@@ -62,6 +62,7 @@ async def prepare_gateway(settings: GatewaySettings) -> AsyncIterator[tuple[ASGI
     broker = build_broker(settings.amqp_url.get_secret_value(), service=SERVICE)
     await broker.start()
     try:
+
         async def ready() -> bool:
             return await broker.ping(timeout=1.0)
 

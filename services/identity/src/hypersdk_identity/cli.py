@@ -33,7 +33,8 @@ async def bootstrap_admin(settings: IdentitySettings, args: argparse.Namespace) 
         finally:
             await broker.stop()
     logger.info(
-        "bootstrap admin %s", "created" if created else "already present",
+        "bootstrap admin %s",
+        "created" if created else "already present",
         extra={"username": args.username},
     )
 
@@ -44,7 +45,7 @@ def _username_argument(parser: argparse.ArgumentParser) -> None:
 
 CLI = ServiceCli(
     service=SERVICE,
-    settings=IdentitySettings,  # type: ignore[arg-type]  # filled from the environment
+    settings=IdentitySettings,  # filled from the environment
     serve=serve,
     schema=SCHEMA,
     migrations=MIGRATIONS,

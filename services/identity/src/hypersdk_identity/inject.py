@@ -42,7 +42,9 @@ async def prepare_identity(
                 idle_seconds=settings.session_idle_seconds,
                 lifetime_seconds=settings.session_lifetime_seconds,
             ),
-            dummy_hash=bcrypt.hashpw(b"dummy-password-for-timing", bcrypt.gensalt(settings.bcrypt_cost)),
+            dummy_hash=bcrypt.hashpw(
+                b"dummy-password-for-timing", bcrypt.gensalt(settings.bcrypt_cost)
+            ),
         )
         register_rpc(broker, identity)
         yield identity, broker

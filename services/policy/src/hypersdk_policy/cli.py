@@ -10,7 +10,7 @@ from hypersdk_policy.main import serve
 
 CLI = ServiceCli(
     service=SERVICE,
-    settings=PolicySettings,  # type: ignore[arg-type]  # filled from the environment
+    settings=PolicySettings,  # filled from the environment
     serve=serve,
     schema=SCHEMA,
     migrations=MIGRATIONS,

@@ -9,7 +9,7 @@ from hypersdk_secrets.main import serve
 
 CLI = ServiceCli(
     service=SERVICE,
-    settings=SecretsSettings,  # type: ignore[arg-type]  # filled from the environment
+    settings=SecretsSettings,  # filled from the environment
     serve=serve,
 )
 

@@ -41,6 +41,7 @@ from hypersdk_kit.bus import EventPublisher
 logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 PROGRESS_STEP = 10
+DONE = 100
 
 
 class ExportFailedError(Exception):
@@ -215,7 +216,7 @@ class ExporterService:
 
     async def list_jobs(self, *, limit: int) -> list[Job]:
         """Newest first."""
-        return await self._jobs.list(limit=limit)
+        return await self._jobs.recent(limit=limit)
 
     async def run_export(self, command: VmExportRequested, context: RequestContext) -> Job:
         """Worker side: convert every disk, hash it, write the manifest, record the outcome.
@@ -240,7 +241,8 @@ class ExporterService:
             shutil.rmtree(job_dir, ignore_errors=True)
             failed = await self._jobs.update(job.id, status=JobStatus.FAILED, error=exc.reason)
             await self._events.publish(
-                JobFailed(job_id=job.id, reason=exc.reason), subject=f"job/{job.id}",
+                JobFailed(job_id=job.id, reason=exc.reason),
+                subject=f"job/{job.id}",
                 context=context,
             )
             return failed
@@ -248,7 +250,8 @@ class ExporterService:
             job.id, status=JobStatus.SUCCEEDED, progress=100, artifacts=artifacts
         )
         await self._events.publish(
-            JobCompleted(job_id=job.id, artifacts=artifacts), subject=f"job/{job.id}",
+            JobCompleted(job_id=job.id, artifacts=artifacts),
+            subject=f"job/{job.id}",
             context=context,
         )
         return done
@@ -258,8 +261,8 @@ class ExporterService:
             _, vm = await self.find_vm(job.provider, job.vm)
         except ServiceError as exc:
             raise ExportFailedError("vm_not_found") from exc
-        shutil.rmtree(job_dir, ignore_errors=True)
-        job_dir.mkdir(mode=0o700, parents=True)
+        await asyncio.to_thread(shutil.rmtree, job_dir, ignore_errors=True)
+        await asyncio.to_thread(job_dir.mkdir, mode=0o700, parents=True)
         artifacts: list[Artifact] = []
         reported = 0
         for index, disk in enumerate(vm.disks):
@@ -267,7 +270,7 @@ class ExporterService:
             async def progress(percent: int, index: int = index) -> None:
                 nonlocal reported
                 overall = (index * 100 + percent) // len(vm.disks)
-                if overall >= reported + PROGRESS_STEP and overall < 100:
+                if reported + PROGRESS_STEP <= overall < DONE:
                     reported = overall - overall % PROGRESS_STEP
                     await self._jobs.update(job.id, progress=reported)
                     await self._events.publish(
@@ -296,9 +299,7 @@ class ExporterService:
                 digest = await asyncio.to_thread(sha256_of, target)
             except OSError as exc:
                 raise ExportFailedError("artifact_write_failed") from exc
-            artifacts.append(
-                Artifact(name=name, size_bytes=target.stat().st_size, sha256=digest)
-            )
+            artifacts.append(Artifact(name=name, size_bytes=target.stat().st_size, sha256=digest))
         try:
             self._write_manifest(job, vm, job_dir, artifacts)
         except OSError as exc:

@@ -50,7 +50,7 @@ class JobStore(ABC):
         """One job."""
 
     @abstractmethod
-    async def list(self, *, limit: int) -> list[Job]:
+    async def recent(self, *, limit: int) -> list[Job]:
         """Newest first."""
 
     @abstractmethod

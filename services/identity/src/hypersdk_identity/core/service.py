@@ -24,7 +24,7 @@ from hypersdk_identity.core.models import Session, User
 from hypersdk_identity.ports.outbound import PasswordHasher, SessionStore, UserStore
 from hypersdk_kit.bus import EventPublisher
 
-TOKEN_PREFIX = "hsdk_s_"
+TOKEN_PREFIX = "hsdk_s_"  # noqa: S105 - a public prefix that lets secret scanners spot tokens
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit; longer passwords are refused, never truncated.
 
@@ -95,7 +95,8 @@ class IdentityService:
             # Spend the same time as a real check, so timing does not reveal who exists.
             await self._hasher.check(password, self._dummy_hash)
             await self._fail_login(username, "invalid_credentials", context)
-        assert user is not None and user.password_hash is not None
+        assert user is not None
+        assert user.password_hash is not None
         if len(password.encode()) > MAX_PASSWORD_BYTES or not await self._hasher.check(
             password, user.password_hash
         ):
@@ -132,7 +133,7 @@ class IdentityService:
 
     async def _fail_login(self, username: str, reason: str, context: RequestContext) -> None:
         await self._events.publish(
-            LoginFailed(username=username, reason=reason),  # type: ignore[arg-type]
+            LoginFailed(username=username, reason=reason),
             subject=f"user/{username}",
             context=context,
         )

@@ -41,13 +41,12 @@ class PolicyService:
         known = {r.value for r in Role}
         unknown = sorted(set(roles) - known)
         if unknown:
-            raise ServiceError(
-                ErrorCode.VALIDATION_FAILED, f"Unknown roles: {', '.join(unknown)}."
-            )
+            raise ServiceError(ErrorCode.VALIDATION_FAILED, f"Unknown roles: {', '.join(unknown)}.")
         wanted = sorted(set(roles))
         await self._roles.set_roles(username, wanted)
         await self._events.publish(
-            RoleAssigned(username=username, roles=wanted), subject=f"user/{username}",
+            RoleAssigned(username=username, roles=wanted),
+            subject=f"user/{username}",
             context=context,
         )
         return wanted

@@ -24,19 +24,16 @@ class SecretsService:
         """Whether secrets can be served."""
         return await self._manager.ready()
 
-    async def put(
-        self, path: str, data: dict[str, str], context: RequestContext
-    ) -> SecretMetadata:
+    async def put(self, path: str, data: dict[str, str], context: RequestContext) -> SecretMetadata:
         """Store a new version."""
         if not data or len(data) > MAX_KEYS:
-            raise ServiceError(
-                ErrorCode.VALIDATION_FAILED, f"A secret holds 1 to {MAX_KEYS} keys."
-            )
+            raise ServiceError(ErrorCode.VALIDATION_FAILED, f"A secret holds 1 to {MAX_KEYS} keys.")
         if any(len(value.encode()) > MAX_VALUE_BYTES for value in data.values()):
             raise ServiceError(ErrorCode.VALIDATION_FAILED, "A secret value is too large.")
         meta = await self._manager.put(path, data)
         await self._events.publish(
-            SecretWritten(path=path, version=meta.version), subject=f"secret/{path}",
+            SecretWritten(path=path, version=meta.version),
+            subject=f"secret/{path}",
             context=context,
         )
         return meta

@@ -75,8 +75,7 @@ class PostgresAuditLog(AuditLog):
     async def page(self, *, after_sequence: int, limit: int) -> list[ChainedEntry]:
         """One page."""
         rows = await self._pool.fetch(
-            f"SELECT {_COLUMNS} FROM audit.entries WHERE sequence > $1"
-            " ORDER BY sequence LIMIT $2",
+            f"SELECT {_COLUMNS} FROM audit.entries WHERE sequence > $1 ORDER BY sequence LIMIT $2",
             after_sequence,
             limit,
         )

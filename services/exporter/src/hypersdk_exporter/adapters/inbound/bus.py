@@ -58,7 +58,9 @@ def register_rpc(broker: RabbitBroker, exporter: ExporterService) -> None:
 
     async def create_export(request: CreateExportRequest) -> JobView:
         job = await exporter.create_export(
-            provider=request.provider, vm=request.vm, format=request.format,
+            provider=request.provider,
+            vm=request.vm,
+            format=request.format,
             context=request.context,
         )
         return job_view(job)
@@ -69,8 +71,9 @@ def register_rpc(broker: RabbitBroker, exporter: ExporterService) -> None:
     async def list_jobs(request: ListJobsRequest) -> list[JobView]:
         return [job_view(job) for job in await exporter.list_jobs(limit=request.limit)]
 
-    serve_rpc(broker, RpcQueue.EXPORTER_REGISTER_PROVIDER, RegisterProviderRequest,
-              register_provider)
+    serve_rpc(
+        broker, RpcQueue.EXPORTER_REGISTER_PROVIDER, RegisterProviderRequest, register_provider
+    )
     serve_rpc(broker, RpcQueue.EXPORTER_GET_PROVIDER, ProviderNameRequest, get_provider)
     serve_rpc(broker, RpcQueue.EXPORTER_LIST_PROVIDERS, ListProvidersRequest, list_providers)
     serve_rpc(broker, RpcQueue.EXPORTER_REMOVE_PROVIDER, ProviderNameRequest, remove_provider)

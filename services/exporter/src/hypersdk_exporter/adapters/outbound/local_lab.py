@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from pathlib import Path
 
 from hypersdk_contracts.errors import ErrorCode, ServiceError
@@ -93,8 +94,6 @@ def _read_vm(descriptor: Path) -> Vm | None:
 
 def write_demo_vm(directory: Path, *, name: str, size_mib: int, seed: int) -> Path:
     """Create a demo VM whose disk is a real raw image: random data, text and sparse holes."""
-    import random
-
     vm_dir = directory / name
     vm_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     disk = vm_dir / "disk0.raw"

@@ -61,7 +61,7 @@ class InMemoryJobStore(JobStore):
         """Fetch."""
         return self.jobs.get(job_id)
 
-    async def list(self, *, limit: int) -> list[Job]:
+    async def recent(self, *, limit: int) -> list[Job]:
         """Newest first."""
         return sorted(self.jobs.values(), key=lambda j: j.created_at, reverse=True)[:limit]
 

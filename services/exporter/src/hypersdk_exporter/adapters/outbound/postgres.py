@@ -116,7 +116,7 @@ class PostgresJobStore(JobStore):
             return None
         return None if row is None else _job(row)
 
-    async def list(self, *, limit: int) -> list[Job]:
+    async def recent(self, *, limit: int) -> list[Job]:
         """Newest first."""
         rows = await self._pool.fetch(
             f"SELECT {_JOB_COLUMNS} FROM exporter.jobs ORDER BY created_at DESC LIMIT $1", limit

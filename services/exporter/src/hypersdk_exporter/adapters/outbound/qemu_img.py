@@ -46,7 +46,8 @@ class QemuImgConverter(DiskConverter):
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout is not None
+        assert process.stderr is not None
         buffer = b""
         while chunk := await process.stdout.read(4096):
             buffer += chunk

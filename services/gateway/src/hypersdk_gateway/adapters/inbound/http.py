@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
@@ -56,6 +57,7 @@ from hypersdk_gateway.ports.outbound import Backend
 
 logger = logging.getLogger(__name__)
 
+MAX_PAGE = 1000
 _bearer = HTTPBearer(auto_error=False, description="Session token from POST /auth/login.")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key.")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -148,7 +150,9 @@ def not_implemented(what: str) -> ServiceError:
     return ServiceError(ErrorCode.NOT_IMPLEMENTED, f"{what} is not available in this version.")
 
 
-def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> FastAPI:
+def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement per route
+    backend: Backend, *, ready: Callable[[], Awaitable[bool]]
+) -> FastAPI:
     """The FastAPI application (the middleware chain wraps it in inject.py)."""
     app = FastAPI(
         title="HyperSDK API",
@@ -197,11 +201,13 @@ def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> Fast
             RpcQueue.IDENTITY_LOGIN,
             LoginRequest(username=body.username, password=body.password, context=ctx(request)),
         )
-        return {"token": result["token"], "expires_at": result["expires_at"],
-                "user": result["user"]}
+        return {
+            "token": result["token"],
+            "expires_at": result["expires_at"],
+            "user": result["user"],
+        }
 
-    @api.post("/auth/logout", status_code=204, tags=["auth"],
-              dependencies=[Depends(require(None))])
+    @api.post("/auth/logout", status_code=204, tags=["auth"], dependencies=[Depends(require(None))])
     async def logout(request: Request) -> Response:
         """End the current session."""
         await backend.ask(
@@ -214,8 +220,9 @@ def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> Fast
         """Swap the session token for a new one."""
         raise not_implemented("Session refresh")
 
-    @api.get("/auth/me", response_model=MeResponse, tags=["auth"],
-             dependencies=[Depends(require(None))])
+    @api.get(
+        "/auth/me", response_model=MeResponse, tags=["auth"], dependencies=[Depends(require(None))]
+    )
     async def me(request: Request) -> Any:
         """Who the caller is and which roles they hold."""
         principal = request.state.principal
@@ -223,16 +230,18 @@ def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> Fast
             RpcQueue.POLICY_ROLES_OF,
             RolesOfRequest(username=principal.username, context=ctx(request)),
         )
-        return {"username": principal.username, "roles": roles["roles"],
-                "session_id": principal.session_id}
+        return {
+            "username": principal.username,
+            "roles": roles["roles"],
+            "session_id": principal.session_id,
+        }
 
     @api.get("/auth/sessions", tags=["auth"], dependencies=[Depends(require(None))])
     async def list_sessions() -> None:
         """The caller's sessions."""
         raise not_implemented("Session listing")
 
-    @api.delete("/auth/sessions/{session_id}", tags=["auth"],
-                dependencies=[Depends(require(None))])
+    @api.delete("/auth/sessions/{session_id}", tags=["auth"], dependencies=[Depends(require(None))])
     async def revoke_session(session_id: str) -> None:
         """Revoke one of the caller's sessions."""
         raise not_implemented("Session revocation by id")
@@ -243,10 +252,17 @@ def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> Fast
     @api.get("/users", response_model=list[UserView], tags=["users"], dependencies=users_manage)
     async def list_users(request: Request) -> Any:
         """Every user."""
-        return await backend.ask(RpcQueue.IDENTITY_LIST_USERS, ListUsersRequest(context=ctx(request)))
+        return await backend.ask(
+            RpcQueue.IDENTITY_LIST_USERS, ListUsersRequest(context=ctx(request))
+        )
 
-    @api.post("/users", status_code=201, response_model=UserWithRoles, tags=["users"],
-              dependencies=users_manage)
+    @api.post(
+        "/users",
+        status_code=201,
+        response_model=UserWithRoles,
+        tags=["users"],
+        dependencies=users_manage,
+    )
     async def create_user(body: CreateUserBody, request: Request) -> Any:
         """Create a local user and assign their roles."""
         user = await backend.ask(
@@ -259,11 +275,14 @@ def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> Fast
         )
         return {"user": user, "roles": roles["roles"]}
 
-    @api.get("/users/{username}", response_model=UserWithRoles, tags=["users"],
-             dependencies=users_manage)
+    @api.get(
+        "/users/{username}", response_model=UserWithRoles, tags=["users"], dependencies=users_manage
+    )
     async def get_user(username: str, request: Request) -> Any:
         """One user and their roles."""
-        users = await backend.ask(RpcQueue.IDENTITY_LIST_USERS, ListUsersRequest(context=ctx(request)))
+        users = await backend.ask(
+            RpcQueue.IDENTITY_LIST_USERS, ListUsersRequest(context=ctx(request))
+        )
         match = next((u for u in users if u["username"] == username), None)
         if match is None:
             raise ServiceError(ErrorCode.NOT_FOUND, "No user of that name.")
@@ -309,24 +328,31 @@ def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> Fast
     browse = [Depends(require(Permission.VMS_BROWSE))]
     configure_providers = [Depends(require(Permission.PROVIDERS_CONFIGURE))]
 
-    @api.get("/providers", response_model=list[ProviderView], tags=["providers"],
-             dependencies=browse)
+    @api.get(
+        "/providers", response_model=list[ProviderView], tags=["providers"], dependencies=browse
+    )
     async def list_providers(request: Request) -> Any:
         """Providers (never their credentials)."""
         return await backend.ask(
             RpcQueue.EXPORTER_LIST_PROVIDERS, ListProvidersRequest(context=ctx(request))
         )
 
-    @api.get("/providers/{name}", response_model=ProviderView, tags=["providers"],
-             dependencies=browse)
+    @api.get(
+        "/providers/{name}", response_model=ProviderView, tags=["providers"], dependencies=browse
+    )
     async def get_provider(name: str, request: Request) -> Any:
         """One provider (never its credential)."""
         return await backend.ask(
             RpcQueue.EXPORTER_GET_PROVIDER, ProviderNameRequest(name=name, context=ctx(request))
         )
 
-    @api.post("/providers", status_code=201, response_model=ProviderView, tags=["providers"],
-              dependencies=configure_providers)
+    @api.post(
+        "/providers",
+        status_code=201,
+        response_model=ProviderView,
+        tags=["providers"],
+        dependencies=configure_providers,
+    )
     async def register_provider(body: ProviderBody, request: Request) -> Any:
         """Register a provider that references its credential by secret path."""
         if body.type != "local":
@@ -334,8 +360,11 @@ def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> Fast
         return await backend.ask(
             RpcQueue.EXPORTER_REGISTER_PROVIDER,
             RegisterProviderRequest(
-                name=body.name, type="local", config=body.config,
-                credential_ref=body.credential_ref, context=ctx(request),
+                name=body.name,
+                type="local",
+                config=body.config,
+                credential_ref=body.credential_ref,
+                context=ctx(request),
             ),
         )
 
@@ -344,8 +373,9 @@ def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> Fast
         """Change a provider."""
         raise not_implemented("Updating providers")
 
-    @api.delete("/providers/{name}", status_code=204, tags=["providers"],
-                dependencies=configure_providers)
+    @api.delete(
+        "/providers/{name}", status_code=204, tags=["providers"], dependencies=configure_providers
+    )
     async def remove_provider(name: str, request: Request) -> Response:
         """Unregister a provider."""
         await backend.ask(
@@ -368,8 +398,13 @@ def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> Fast
         )
 
     # ---- exports and jobs ------------------------------------------------------------------
-    @api.post("/exports", status_code=202, response_model=JobView, tags=["jobs"],
-              dependencies=[Depends(require(Permission.VMS_EXPORT))])
+    @api.post(
+        "/exports",
+        status_code=202,
+        response_model=JobView,
+        tags=["jobs"],
+        dependencies=[Depends(require(Permission.VMS_EXPORT))],
+    )
     async def create_export(body: ExportBody, request: Request) -> Any:
         """Queue an export; the job runs on an exporter worker."""
         return await backend.ask(
@@ -393,8 +428,11 @@ def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> Fast
             RpcQueue.EXPORTER_GET_JOB, JobIdRequest(job_id=job_id, context=ctx(request))
         )
 
-    @api.post("/jobs/{job_id}/cancel", tags=["jobs"],
-              dependencies=[Depends(require(Permission.JOBS_CANCEL))])
+    @api.post(
+        "/jobs/{job_id}/cancel",
+        tags=["jobs"],
+        dependencies=[Depends(require(Permission.JOBS_CANCEL))],
+    )
     async def cancel_job(job_id: str) -> None:
         """Cancel a job."""
         raise not_implemented("Job cancellation")
@@ -402,8 +440,12 @@ def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> Fast
     # ---- secrets ---------------------------------------------------------------------------
     secrets_manage = [Depends(require(Permission.SECRETS_MANAGE))]
 
-    @api.get("/secrets", response_model=list[SecretMetadata], tags=["secrets"],
-             dependencies=secrets_manage)
+    @api.get(
+        "/secrets",
+        response_model=list[SecretMetadata],
+        tags=["secrets"],
+        dependencies=secrets_manage,
+    )
     async def list_secrets(request: Request) -> Any:
         """Secret metadata (never values)."""
         return await backend.ask(RpcQueue.SECRETS_LIST, ListSecretsRequest(context=ctx(request)))
@@ -413,8 +455,12 @@ def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> Fast
         """Rotate a secret."""
         raise not_implemented("Secret rotation")
 
-    @api.put("/secrets/{path:path}", response_model=SecretMetadata, tags=["secrets"],
-             dependencies=secrets_manage)
+    @api.put(
+        "/secrets/{path:path}",
+        response_model=SecretMetadata,
+        tags=["secrets"],
+        dependencies=secrets_manage,
+    )
     async def put_secret(path: str, body: SecretBody, request: Request) -> Any:
         """Store a new version of a secret; the answer holds metadata only."""
         _check_secret_path(path)
@@ -422,8 +468,9 @@ def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> Fast
             RpcQueue.SECRETS_PUT, PutSecretRequest(path=path, data=body.data, context=ctx(request))
         )
 
-    @api.delete("/secrets/{path:path}", status_code=204, tags=["secrets"],
-                dependencies=secrets_manage)
+    @api.delete(
+        "/secrets/{path:path}", status_code=204, tags=["secrets"], dependencies=secrets_manage
+    )
     async def delete_secret(path: str, request: Request) -> Response:
         """Delete a secret and its versions."""
         _check_secret_path(path)
@@ -435,21 +482,26 @@ def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> Fast
     # ---- audit -----------------------------------------------------------------------------
     audit_view = [Depends(require(Permission.AUDIT_VIEW))]
 
-    @api.get("/audit/events", response_model=list[AuditEntryView], tags=["audit"],
-             dependencies=audit_view)
+    @api.get(
+        "/audit/events",
+        response_model=list[AuditEntryView],
+        tags=["audit"],
+        dependencies=audit_view,
+    )
     async def audit_events(request: Request, after_sequence: int = 0, limit: int = 100) -> Any:
         """Audit entries in chain order."""
-        if after_sequence < 0 or not 1 <= limit <= 1000:
+        if after_sequence < 0 or not 1 <= limit <= MAX_PAGE:
             raise ServiceError(
                 ErrorCode.VALIDATION_FAILED, "after_sequence >= 0 and 1 <= limit <= 1000."
             )
         return await backend.ask(
             RpcQueue.AUDIT_LIST_EVENTS,
-            ListAuditEventsRequest(after_sequence=after_sequence, limit=limit, context=ctx(request)),
+            ListAuditEventsRequest(
+                after_sequence=after_sequence, limit=limit, context=ctx(request)
+            ),
         )
 
-    @api.get("/audit/verify", response_model=VerifyResult, tags=["audit"],
-             dependencies=audit_view)
+    @api.get("/audit/verify", response_model=VerifyResult, tags=["audit"], dependencies=audit_view)
     async def audit_verify(request: Request) -> Any:
         """Recompute the hash chain; name the first entry that does not check out."""
         return await backend.ask(RpcQueue.AUDIT_VERIFY, VerifyRequest(context=ctx(request)))
@@ -506,8 +558,6 @@ def build_api(backend: Backend, *, ready: Callable[[], Awaitable[bool]]) -> Fast
 
 
 def _check_secret_path(path: str) -> None:
-    import re
-
     if not re.fullmatch(SECRET_PATH_PATTERN, path):
         raise ServiceError(
             ErrorCode.VALIDATION_FAILED,
@@ -532,8 +582,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         fields = sorted(
-            {".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-             for err in exc.errors()}
+            {
+                ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+                for err in exc.errors()
+            }
         )
         return _error(
             request, ErrorCode.VALIDATION_FAILED, f"Invalid or missing fields: {', '.join(fields)}."
@@ -541,8 +593,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.INVALID_REQUEST,
-                 400: ErrorCode.INVALID_REQUEST}
+        codes = {
+            404: ErrorCode.NOT_FOUND,
+            405: ErrorCode.INVALID_REQUEST,
+            400: ErrorCode.INVALID_REQUEST,
+        }
         code = codes.get(exc.status_code, ErrorCode.INVALID_REQUEST)
         messages = {404: "No such route.", 405: "Method not allowed on this route."}
         return _error(request, code, messages.get(exc.status_code, "Bad request."), exc.status_code)

@@ -1,6 +1,6 @@
-"""The seven layers every request passes, outermost first, as plain ASGI middleware:
+"""The seven layers every request passes, outermost first, as plain ASGI middleware.
 
-logging -> request ID -> CORS -> security headers -> authentication -> rate limiting ->
+Order: logging -> request ID -> CORS -> security headers -> authentication -> rate limiting ->
 request size limiting -> (authorization and the handler, in the FastAPI app).
 
 Layers share what they learn through ``scope["state"]`` (Starlette's ``request.state``):
@@ -124,7 +124,9 @@ class LoggingLayer:
         try:
             await self.events.publish(
                 RequestCompleted(
-                    method=scope["method"], route=route, status=status,
+                    method=scope["method"],
+                    route=route,
+                    status=status,
                     duration_ms=round(duration_ms, 2),
                 ),
                 subject=f"{scope['method']} {route}",
@@ -231,7 +233,10 @@ class CorsLayer:
         if not allowed:
             await self.app(scope, receive, with_headers(send, lambda: [(b"vary", b"Origin")]))
             return
-        extra = [*self._cors_headers(origin), (b"access-control-expose-headers", self.expose_headers)]
+        extra = [
+            *self._cors_headers(origin),
+            (b"access-control-expose-headers", self.expose_headers),
+        ]
         await self.app(scope, receive, with_headers(send, lambda: extra))
 
 
@@ -270,13 +275,17 @@ class AuthenticationLayer:
         scheme, _, token = authorization.partition(" ")
         if header(scope, b"x-api-key") is not None and not token:
             await send_error(
-                send, code=ErrorCode.UNAUTHENTICATED, request_id=st["request_id"],
+                send,
+                code=ErrorCode.UNAUTHENTICATED,
+                request_id=st["request_id"],
                 message="API keys are not accepted by this version; use a session token.",
             )
             return
         if scheme.lower() != "bearer" or not token.strip():
             await send_error(
-                send, code=ErrorCode.UNAUTHENTICATED, request_id=st["request_id"],
+                send,
+                code=ErrorCode.UNAUTHENTICATED,
+                request_id=st["request_id"],
                 message="Authentication is required.",
             )
             return
@@ -286,10 +295,11 @@ class AuthenticationLayer:
                 AuthenticateRequest(token=token.strip()[:512], context=context_of(scope)),
             )
         except ServiceError as exc:
-            code = exc.code if exc.code is ErrorCode.UPSTREAM_UNAVAILABLE else ErrorCode.UNAUTHENTICATED
-            message = exc.message if code is ErrorCode.UPSTREAM_UNAVAILABLE else (
-                "The session is missing or expired."
-            )
+            code: ErrorCode
+            if exc.code is ErrorCode.UPSTREAM_UNAVAILABLE:
+                code, message = exc.code, exc.message
+            else:
+                code, message = ErrorCode.UNAUTHENTICATED, "The session is missing or expired."
             await send_error(send, code=code, request_id=st["request_id"], message=message)
             return
         st["principal"] = Principal.model_validate(result)
@@ -329,7 +339,9 @@ class RateLimitLayer:
         ]
         if not verdict.allowed:
             await send_error(
-                send, code=ErrorCode.RATE_LIMITED, request_id=st["request_id"],
+                send,
+                code=ErrorCode.RATE_LIMITED,
+                request_id=st["request_id"],
                 message="Too many requests; retry later.",
                 headers=[*headers, (b"retry-after", str(verdict.reset_seconds).encode())],
             )
@@ -367,7 +379,9 @@ class SizeLimitLayer:
         if declared is not None:
             if not declared.isdigit():
                 await send_error(
-                    send, code=ErrorCode.INVALID_REQUEST, request_id=request_id,
+                    send,
+                    code=ErrorCode.INVALID_REQUEST,
+                    request_id=request_id,
                     message="Content-Length is not a number.",
                 )
                 return

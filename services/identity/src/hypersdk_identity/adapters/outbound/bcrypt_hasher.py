@@ -8,12 +8,15 @@ import bcrypt
 
 from hypersdk_identity.ports.outbound import PasswordHasher
 
+MIN_COST = 12
+MAX_BYTES = 72  # bcrypt ignores (bcrypt 5: refuses) anything longer
+
 
 class BcryptPasswordHasher(PasswordHasher):
     """bcrypt with a configurable cost, never below 12."""
 
-    def __init__(self, *, cost: int = 12) -> None:
-        if cost < 12:
+    def __init__(self, *, cost: int = MIN_COST) -> None:
+        if cost < MIN_COST:
             raise ValueError("bcrypt cost must be at least 12")
         self._cost = cost
 
@@ -25,5 +28,5 @@ class BcryptPasswordHasher(PasswordHasher):
     async def check(self, password: str, password_hash: bytes) -> bool:
         """Check off the event loop; a password over bcrypt's 72 bytes never matches."""
         secret = password.encode()
-        matches = await asyncio.to_thread(bcrypt.checkpw, secret[:72], password_hash)
-        return matches and len(secret) <= 72
+        matches = await asyncio.to_thread(bcrypt.checkpw, secret[:MAX_BYTES], password_hash)
+        return matches and len(secret) <= MAX_BYTES

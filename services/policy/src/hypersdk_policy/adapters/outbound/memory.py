@@ -10,7 +10,9 @@ class InMemoryRoleStore(RoleStore):
     """The seed matrix and assignments in dicts."""
 
     def __init__(self) -> None:
-        self.matrix = {role.value: {p.value for p in perms} for role, perms in ROLE_PERMISSIONS.items()}
+        self.matrix = {
+            role.value: {p.value for p in perms} for role, perms in ROLE_PERMISSIONS.items()
+        }
         self.assignments: dict[str, list[str]] = {}
 
     async def permissions_of_roles(self, roles: list[str]) -> set[str]:

@@ -1,0 +1,75 @@
+"""``make up`` / ``make down``: the supervisor owns every platform process and stops only them."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+from pathlib import Path
+
+from .conftest import _drop_database, _port_free, devstack, free_port, rabbitmqctl
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_down_stops_every_process_it_started_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    suffix = secrets.token_hex(4)
+    vhost = f"hypersdk-test-{suffix}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    config = devstack.StackConfig(
+        state_dir=tmp_path / "state",
+        database=f"hypersdk_test_{suffix}",
+        amqp_vhost=vhost,
+        gateway_port=free_port(),
+        vault_port=free_port(),
+        health_base_port=free_port(),
+    )
+    while not all(_port_free(config.health_base_port + i) for i in range(6)):
+        config.health_base_port = free_port()
+    bystander = subprocess.Popen(["sleep", "300"])
+    try:
+        info = devstack.up(config, admin_password="lifecycle-admin-password")
+        supervisor = devstack.running_pid(config)
+        assert supervisor is not None
+        children = _children(supervisor)
+        # OpenBao and the six services.
+        assert len(children) == 7, children
+        password_file = Path(info["admin_password_file"])
+        assert oct(password_file.stat().st_mode & 0o777) == "0o600"
+        assert oct(config.state_dir.stat().st_mode & 0o777) == "0o700"
+
+        assert devstack.down(config) is True
+        assert not _alive(supervisor)
+        assert [pid for pid in children if _alive(pid)] == []
+        assert _port_free(config.gateway_port)
+        assert bystander.poll() is None, "down must not touch processes it did not start"
+        assert devstack.down(config) is False
+    finally:
+        bystander.kill()
+        bystander.wait()
+        devstack.down(config)
+        asyncio.run(_drop_database(config))
+        rabbitmqctl("delete_vhost", vhost)
