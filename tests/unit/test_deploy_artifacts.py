@@ -25,6 +25,8 @@ import kubernetes_validate.utils as kv_utils  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from hypersdk_kit.bus import durable_queue
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "hypersdk"
 DOCKERFILE = REPO / "docker" / "Dockerfile"
@@ -288,6 +290,8 @@ def test_environment_contract(objects: list[dict[str, Any]], service: str) -> No
         assert env["HYPERSDK_GATEWAY_PORT"]["value"] == str(GATEWAY_PORT)
     else:
         assert env[prefix + "HEALTH_PORT"]["value"] == str(HEALTH_PORT)
+        assert env[prefix + "HEALTH_HOST"]["value"] == "0.0.0.0"
+    assert env[prefix + "DECLARE_TOPOLOGY"]["value"] == "false"
 
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
@@ -898,10 +902,9 @@ def test_rabbitmq_topology(definitions: dict[str, Any]) -> None:
     queues = {q["name"]: q for q in definitions["queues"]}
     for queue in (names.AUDIT_EVENTS_QUEUE, names.EXPORT_JOBS_QUEUE):
         assert queues[queue]["durable"]
-        assert queues[queue]["arguments"] == {
-            "x-dead-letter-exchange": names.DEAD_LETTER_EXCHANGE,
-            "x-dead-letter-routing-key": queue,
-        }
+        # Exactly what the services declare, or RabbitMQ answers PRECONDITION_FAILED.
+        assert queues[queue]["arguments"] == durable_queue(queue).arguments
+        assert queues[queue]["arguments"]["x-dead-letter-routing-key"] == queue
         dlq = names.dead_letter_queue(queue)
         assert queues[dlq]["durable"]
         assert {

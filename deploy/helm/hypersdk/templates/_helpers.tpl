@@ -125,9 +125,14 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 - name: HYPERSDK_GATEWAY_PORT
   value: {{ $svc.port | quote }}
 {{- else }}
+- name: {{ $prefix }}HEALTH_HOST
+  value: "0.0.0.0"
 - name: {{ $prefix }}HEALTH_PORT
   value: {{ .root.Values.healthPort | quote }}
 {{- end }}
+{{- /* Topology comes from deploy/rabbitmq/definitions.json; users may not configure it. */}}
+- name: {{ $prefix }}DECLARE_TOPOLOGY
+  value: "false"
 {{- if eq .service "secrets" }}
 - name: HYPERSDK_SECRETS_VAULT_ADDR
   value: {{ required "services.secrets.vault.addr is required" $svc.vault.addr | quote }}

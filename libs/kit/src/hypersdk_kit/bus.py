@@ -40,6 +40,13 @@ logger = logging.getLogger(__name__)
 
 EVENTS = RabbitExchange(EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True)
 DLX = RabbitExchange(DEAD_LETTER_EXCHANGE, type=ExchangeType.DIRECT, durable=True)
+
+
+def events_exchange(*, declare: bool) -> RabbitExchange:
+    """The events exchange; declared, or only checked (passive) where it is provisioned."""
+    return RabbitExchange(EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True, declare=declare)
+
+
 DELIVERY_LIMIT = 10
 """A message redelivered this often after transient failures is dead-lettered, not looped."""
 
@@ -91,17 +98,20 @@ class EventPublisher(ABC):
 class RabbitEventPublisher(EventPublisher):
     """Publishes CloudEvents (structured mode) with publisher confirms and persistence."""
 
-    def __init__(self, broker: RabbitBroker, *, service: str) -> None:
+    def __init__(
+        self, broker: RabbitBroker, *, service: str, declare_topology: bool = True
+    ) -> None:
         self._broker = broker
         self._service = service
+        self._exchange = events_exchange(declare=declare_topology)
         self._declared = False
 
     async def publish(
         self, data: EventData, *, subject: str | None, context: RequestContext | None
     ) -> CloudEvent:
-        """Publish and wait for the confirm (declaring the exchange on first use)."""
+        """Publish and wait for the confirm (declaring or checking the exchange on first use)."""
         if not self._declared:
-            await self._broker.declare_exchange(EVENTS)
+            await self._broker.declare_exchange(self._exchange)
             self._declared = True
         event = new_event(
             service=self._service,
@@ -150,10 +160,20 @@ class InMemoryEventPublisher(EventPublisher):
 
 
 async def send_command(
-    broker: RabbitBroker, *, queue: str, command: Message, context: RequestContext
+    broker: RabbitBroker,
+    *,
+    queue: str,
+    command: Message,
+    context: RequestContext,
+    declare_queue: bool = True,
 ) -> CloudEvent:
-    """Send a command to a durable work queue (declared if absent), in an envelope, confirmed."""
-    await broker.declare_queue(durable_queue(queue))
+    """Send a command to a durable work queue, in an envelope, confirmed.
+
+    With ``declare_queue`` the queue is declared first (idempotent), so a command sent before
+    any worker started is kept; without it, an unroutable command fails (mandatory publish).
+    """
+    if declare_queue:
+        await broker.declare_queue(durable_queue(queue))
     command_type: str = getattr(command, "command_type")  # noqa: B009 - ClassVar on commands
     service = command_type.split(".", 1)[0]
     event = new_event(

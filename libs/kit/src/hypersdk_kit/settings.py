@@ -18,6 +18,11 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field(default="INFO", description="Python log level name.")
     health_host: str = Field(default="127.0.0.1", description="Address of /healthz, /readyz.")
     health_port: int = Field(default=0, ge=0, le=65535, description="0 disables the endpoint.")
+    declare_topology: bool = Field(
+        default=True,
+        description="Declare exchanges and shared queues at start; false where RabbitMQ is "
+        "provisioned from deploy/rabbitmq/definitions.json and users may not configure them.",
+    )
 
 
 class DatabaseSettings(ServiceSettings):

@@ -28,7 +28,9 @@ async def prepare_audit(
     )
     try:
         audit = AuditService(log=PostgresAuditLog(pool))
-        register_consumers(broker, audit, prefetch=settings.prefetch)
+        register_consumers(
+            broker, audit, prefetch=settings.prefetch, declare_topology=settings.declare_topology
+        )
         yield audit, broker
     finally:
         await pool.close()

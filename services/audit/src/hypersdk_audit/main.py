@@ -13,7 +13,8 @@ async def serve(settings: AuditSettings) -> None:
     """Record events until stopped."""
     async with prepare_audit(settings) as (_, broker):
         await broker.connect()
-        await declare_dead_letter_queue(broker, AUDIT_EVENTS_QUEUE)
+        if settings.declare_topology:
+            await declare_dead_letter_queue(broker, AUDIT_EVENTS_QUEUE)
         await serve_until_stopped(
             broker,
             service=SERVICE,

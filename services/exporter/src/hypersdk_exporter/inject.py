@@ -40,11 +40,14 @@ async def prepare_exporter(
             jobs=PostgresJobStore(pool),
             drivers={"local": LocalLabDriver(settings.lab_root)},
             converter=converter or QemuImgConverter(settings.qemu_img),
-            queue=RabbitJobQueue(broker),
+            queue=RabbitJobQueue(broker, declare_queue=settings.declare_topology),
             credentials=RpcCredentialDirectory(
                 RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
             ),
-            events=events or RabbitEventPublisher(broker, service=SERVICE),
+            events=events
+            or RabbitEventPublisher(
+                broker, service=SERVICE, declare_topology=settings.declare_topology
+            ),
             export_dir=settings.export_dir,
         )
         register_rpc(broker, exporter)

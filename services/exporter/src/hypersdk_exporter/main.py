@@ -13,7 +13,8 @@ async def serve(settings: ExporterSettings) -> None:
     """Answer questions and run export jobs until stopped."""
     async with prepare_exporter(settings) as (_, broker):
         await broker.connect()
-        await declare_dead_letter_queue(broker, EXPORT_JOBS_QUEUE)
+        if settings.declare_topology:
+            await declare_dead_letter_queue(broker, EXPORT_JOBS_QUEUE)
         await serve_until_stopped(
             broker,
             service=SERVICE,

@@ -69,7 +69,9 @@ async def prepare_gateway(settings: GatewaySettings) -> AsyncIterator[tuple[ASGI
         app = build_chain(
             settings,
             backend=RabbitBackend(RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)),
-            events=RabbitEventPublisher(broker, service=SERVICE),
+            events=RabbitEventPublisher(
+                broker, service=SERVICE, declare_topology=settings.declare_topology
+            ),
             ready=ready,
         )
         yield app, broker

@@ -37,7 +37,10 @@ async def prepare_identity(
             users=PostgresUserStore(pool),
             sessions=PostgresSessionStore(pool),
             hasher=hasher,
-            events=events or RabbitEventPublisher(broker, service=SERVICE),
+            events=events
+            or RabbitEventPublisher(
+                broker, service=SERVICE, declare_topology=settings.declare_topology
+            ),
             session_policy=SessionPolicy(
                 idle_seconds=settings.session_idle_seconds,
                 lifetime_seconds=settings.session_lifetime_seconds,

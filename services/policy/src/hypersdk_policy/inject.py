@@ -29,7 +29,10 @@ async def prepare_policy(
     try:
         policy = PolicyService(
             roles=PostgresRoleStore(pool),
-            events=events or RabbitEventPublisher(broker, service=SERVICE),
+            events=events
+            or RabbitEventPublisher(
+                broker, service=SERVICE, declare_topology=settings.declare_topology
+            ),
         )
         register_rpc(broker, policy)
         yield policy, broker

@@ -38,7 +38,10 @@ async def prepare_secrets(
     broker = build_broker(settings.amqp_url.get_secret_value(), service=SERVICE)
     secrets = SecretsService(
         manager=manager or vault_secret_manager(settings),
-        events=events or RabbitEventPublisher(broker, service=SERVICE),
+        events=events
+        or RabbitEventPublisher(
+            broker, service=SERVICE, declare_topology=settings.declare_topology
+        ),
     )
     register_rpc(broker, secrets)
     yield secrets, broker

@@ -14,10 +14,12 @@ from hypersdk_contracts.rpc import (
     VerifyRequest,
     VerifyResult,
 )
-from hypersdk_kit.bus import EVENTS, durable_queue, serve_rpc, subscribe_envelopes
+from hypersdk_kit.bus import durable_queue, events_exchange, serve_rpc, subscribe_envelopes
 
 
-def register_consumers(broker: RabbitBroker, audit: AuditService, *, prefetch: int) -> None:
+def register_consumers(
+    broker: RabbitBroker, audit: AuditService, *, prefetch: int, declare_topology: bool = True
+) -> None:
     """Record every event of the events exchange; answer verify and list requests."""
 
     async def record(event: CloudEvent) -> None:
@@ -27,7 +29,7 @@ def register_consumers(broker: RabbitBroker, audit: AuditService, *, prefetch: i
         broker,
         durable_queue(AUDIT_EVENTS_QUEUE, routing_key="#"),
         record,
-        exchange=EVENTS,
+        exchange=events_exchange(declare=declare_topology),
         prefetch=prefetch,
     )
 

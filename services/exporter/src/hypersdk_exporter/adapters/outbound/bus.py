@@ -16,12 +16,19 @@ from hypersdk_kit.bus import RpcClient, send_command
 class RabbitJobQueue(JobQueue):
     """Sends export commands to the durable ``exporter.jobs`` queue."""
 
-    def __init__(self, broker: RabbitBroker) -> None:
+    def __init__(self, broker: RabbitBroker, *, declare_queue: bool = True) -> None:
         self._broker = broker
+        self._declare_queue = declare_queue
 
     async def enqueue(self, command: VmExportRequested, context: RequestContext) -> None:
         """Publish persistently and wait for the broker's confirm."""
-        await send_command(self._broker, queue=EXPORT_JOBS_QUEUE, command=command, context=context)
+        await send_command(
+            self._broker,
+            queue=EXPORT_JOBS_QUEUE,
+            command=command,
+            context=context,
+            declare_queue=self._declare_queue,
+        )
 
 
 class RpcCredentialDirectory(CredentialDirectory):
