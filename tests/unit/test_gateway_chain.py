@@ -794,6 +794,32 @@ async def test_no_response_event_or_log_line_carries_the_password_or_the_token(
     assert any(r.name == "hypersdk_gateway.access" for r in caplog.records)
 
 
+async def test_a_credential_in_an_unmatched_path_is_never_recorded(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    token = await gateway.login("alice")
+    anonymous = await gateway.client.get(f"/api/v1/{token}")
+    authenticated = await gateway.client.get(f"/api/v1/{token}", headers=bearer(token))
+
+    assert anonymous.status_code == 401
+    assert authenticated.status_code == 404
+    routes = [e.data["route"] for e in gateway.completed()][-2:]
+    assert routes == ["(unmatched)", "(unmatched)"]
+    published = "\n".join(e.model_dump_json(by_alias=True) for e in gateway.all_events())
+    assert token not in published
+    ours = [r for r in caplog.records if r.name.startswith("hypersdk")]
+    assert ours
+    assert token not in "\n".join(repr(vars(record)) for record in ours)
+
+
+async def test_a_refused_call_is_recorded_under_its_route_template(gateway: Gateway) -> None:
+    response = await gateway.client.get("/api/v1/jobs/1234")
+
+    assert response.status_code == 401
+    assert gateway.completed()[-1].data["route"] == "/api/v1/jobs/{job_id}"
+
+
 # ---- token buckets ---------------------------------------------------------------------------
 
 

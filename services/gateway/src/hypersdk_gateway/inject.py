@@ -36,9 +36,9 @@ def build_chain(
     ready: Callable[[], Awaitable[bool]],
 ) -> ASGIApp:
     """The API wrapped in its layers; the first layer listed here runs first."""
-    app: ASGIApp = build_api(backend, ready=ready)
-    app = SizeLimitLayer(
-        app,
+    api = build_api(backend, ready=ready)
+    app: ASGIApp = SizeLimitLayer(
+        api,
         default_bytes=settings.max_body_bytes,
         limits={f"{API_PREFIX}/exports": settings.max_export_body_bytes},
     )
@@ -53,7 +53,7 @@ def build_chain(
         app, origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials
     )
     app = RequestIdLayer(app, trusted_proxies=settings.trusted_proxies)
-    return LoggingLayer(app, events=events)
+    return LoggingLayer(app, events=events, routes=api.state.route_table)
 
 
 @asynccontextmanager

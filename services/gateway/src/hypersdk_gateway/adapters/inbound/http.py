@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -554,6 +554,8 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, "The message bus is unreachable.")
 
     _install_error_handlers(app)
+    # The plain route list, for layers that must name a route before routing happens.
+    app.state.route_table = [*api.routes, *(r for r in app.routes if isinstance(r, APIRoute))]
     return app
 
 
@@ -606,6 +608,3 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> Response:
         logger.error("unhandled error", exc_info=exc)
         return _error(request, ErrorCode.INTERNAL_ERROR, "The gateway failed to answer.")
-
-
-__all__ = ["JSONResponse", "build_api"]

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
+
+from starlette.routing import BaseRoute, Match
 
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
@@ -79,9 +81,27 @@ class LoggingLayer:
     Never logs headers, bodies, tokens or keys; the path is logged as its route template.
     """
 
-    def __init__(self, app: ASGIApp, *, events: EventPublisher) -> None:
+    def __init__(
+        self, app: ASGIApp, *, events: EventPublisher, routes: Sequence[BaseRoute] = ()
+    ) -> None:
         self.app = app
         self.events = events
+        self.routes = routes
+
+    def route_template(self, scope: Scope) -> str:
+        """The route template of the request, even when a layer answered before routing.
+
+        A path that matches no route is recorded as ``(unmatched)``, never as itself: a client
+        may have put a credential in it.
+        """
+        matched = getattr(scope.get("route"), "path", None)
+        if matched:
+            return str(matched)
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                return str(getattr(route, "path", "(unmatched)"))
+        return "(unmatched)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Time the request and record its outcome."""
@@ -103,9 +123,7 @@ class LoggingLayer:
             await self._record(scope, status, (time.perf_counter() - started) * 1000)
 
     async def _record(self, scope: Scope, status: int, duration_ms: float) -> None:
-        # The route template when routing happened; the raw path (bounded) when a layer
-        # answered first, so the audit entry still says what was asked for.
-        route = getattr(scope.get("route"), "path", None) or scope["path"][:256]
+        route = self.route_template(scope)
         ctx = context_of(scope)
         logger.info(
             "request",
