@@ -15,6 +15,7 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,14 +105,15 @@ class Stack:
             return pool.submit(asyncio.run, run()).result()
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextmanager
+def isolated_stack_config(state_dir: Path) -> Iterator[devstack.StackConfig]:
+    """A stack config with its own vhost, database and ports; both are removed afterwards."""
     suffix = secrets.token_hex(4)
     vhost = f"hypersdk-test-{suffix}"
     rabbitmqctl("add_vhost", vhost)
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     config = devstack.StackConfig(
-        state_dir=tmp_path_factory.mktemp(f"stack-{suffix}"),
+        state_dir=state_dir,
         database=f"hypersdk_test_{suffix}",
         amqp_vhost=vhost,
         gateway_port=free_port(),
@@ -122,6 +124,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     while not all(_port_free(config.health_base_port + i) for i in range(6)):
         config.health_base_port = free_port()
     try:
+        yield config
+    finally:
+        devstack.down(config)
+        asyncio.run(_drop_database(config))
+        rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with isolated_stack_config(tmp_path_factory.mktemp("stack")) as config:
         devstack.up(config, admin_password=ADMIN_PASSWORD)
         yield Stack(
             config=config,
@@ -129,10 +141,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             amqp_url=config.amqp_url(),
             database_url=config.database_url(),
         )
-    finally:
-        devstack.down(config)
-        asyncio.run(_drop_database(config))
-        rabbitmqctl("delete_vhost", vhost)
 
 
 def _port_free(port: int) -> bool:

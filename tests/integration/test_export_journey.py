@@ -41,6 +41,13 @@ async def _drain(queue: Any) -> list[aio_pika.abc.AbstractIncomingMessage]:
     return messages
 
 
+def _qemu_img_info(path: Path) -> dict[str, Any]:
+    result = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True, check=True
+    )
+    return dict(json.loads(result.stdout))
+
+
 def _wait_for_job(stack: Stack, token: str, job_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -159,14 +166,7 @@ async def test_export_journey(stack: Stack) -> None:
     for written in (path, job_dir / "manifest.json"):
         assert stat.S_IMODE(written.stat().st_mode) == 0o600
     assert stat.S_IMODE(job_dir.stat().st_mode) == 0o700
-    info = json.loads(
-        subprocess.run(
-            ["qemu-img", "info", "--output=json", str(path)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    info = _qemu_img_info(path)
     assert info["format"] == "qcow2"
     source = stack.config.state_dir / "lab" / "demo" / "web-01" / "disk0.raw"
     compare = subprocess.run(
@@ -310,14 +310,7 @@ def test_other_formats_export(stack: Stack, fmt: str) -> None:
     job = _wait_for_job(stack, admin, job["id"])
     path = stack.config.state_dir / "exports" / job["id"] / job["artifacts"][0]["name"]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == job["artifacts"][0]["sha256"]
-    info = json.loads(
-        subprocess.run(
-            ["qemu-img", "info", "--output=json", str(path)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    info = _qemu_img_info(path)
     assert info["format"] == fmt
     source = stack.config.state_dir / "lab" / "demo" / "db-01" / "disk0.raw"
     assert info["virtual-size"] == source.stat().st_size

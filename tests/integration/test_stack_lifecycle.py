@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 import subprocess
 from pathlib import Path
 
-from .conftest import _drop_database, _port_free, devstack, free_port, rabbitmqctl
+from .conftest import _port_free, devstack, isolated_stack_config
 
 
 def _children(pid: int) -> list[int]:
@@ -35,41 +33,29 @@ def _alive(pid: int) -> bool:
 def test_down_stops_every_process_it_started_and_nothing_else(
     tmp_path: Path,
 ) -> None:
-    suffix = secrets.token_hex(4)
-    vhost = f"hypersdk-test-{suffix}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    config = devstack.StackConfig(
-        state_dir=tmp_path / "state",
-        database=f"hypersdk_test_{suffix}",
-        amqp_vhost=vhost,
-        gateway_port=free_port(),
-        vault_port=free_port(),
-        health_base_port=free_port(),
-    )
-    while not all(_port_free(config.health_base_port + i) for i in range(6)):
-        config.health_base_port = free_port()
     bystander = subprocess.Popen(["sleep", "300"])
     try:
-        info = devstack.up(config, admin_password="lifecycle-admin-password")
-        supervisor = devstack.running_pid(config)
-        assert supervisor is not None
-        children = _children(supervisor)
-        # OpenBao and the six services.
-        assert len(children) == 7, children
-        password_file = Path(info["admin_password_file"])
-        assert oct(password_file.stat().st_mode & 0o777) == "0o600"
-        assert oct(config.state_dir.stat().st_mode & 0o777) == "0o700"
-
-        assert devstack.down(config) is True
-        assert not _alive(supervisor)
-        assert [pid for pid in children if _alive(pid)] == []
-        assert _port_free(config.gateway_port)
-        assert bystander.poll() is None, "down must not touch processes it did not start"
-        assert devstack.down(config) is False
+        with isolated_stack_config(tmp_path / "state") as config:
+            _check_up_and_down(config, bystander)
     finally:
         bystander.kill()
         bystander.wait()
-        devstack.down(config)
-        asyncio.run(_drop_database(config))
-        rabbitmqctl("delete_vhost", vhost)
+
+
+def _check_up_and_down(config: devstack.StackConfig, bystander: subprocess.Popen[bytes]) -> None:
+    info = devstack.up(config, admin_password="lifecycle-admin-password")
+    supervisor = devstack.running_pid(config)
+    assert supervisor is not None
+    children = _children(supervisor)
+    # OpenBao and the six services.
+    assert len(children) == 7, children
+    password_file = Path(info["admin_password_file"])
+    assert oct(password_file.stat().st_mode & 0o777) == "0o600"
+    assert oct(config.state_dir.stat().st_mode & 0o777) == "0o700"
+
+    assert devstack.down(config) is True
+    assert not _alive(supervisor)
+    assert [pid for pid in children if _alive(pid)] == []
+    assert _port_free(config.gateway_port)
+    assert bystander.poll() is None, "down must not touch processes it did not start"
+    assert devstack.down(config) is False
