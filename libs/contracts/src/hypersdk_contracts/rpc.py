@@ -92,10 +92,21 @@ class AuthenticateRequest(RpcRequest):
 
 
 class Principal(Message):
-    """An authenticated caller."""
+    """An authenticated caller: a user through a session, or an API key of a user."""
 
-    username: str = Field(description="User name.")
-    session_id: str = Field(description="Session the call came through.")
+    username: str = Field(description="User name (the key's owner for API keys).")
+    kind: Literal["session", "apikey"] = Field(default="session", description="Credential.")
+    session_id: str | None = Field(default=None, description="Session the call came through.")
+    key_id: str | None = Field(default=None, description="API key the call came through.")
+    scopes: list[str] | None = Field(
+        default=None, description="API key scopes; None means all of the owner's permissions."
+    )
+    external_roles: list[str] = Field(
+        default_factory=list, description="Roles from outside, e.g. the PAM group-to-role map."
+    )
+    assertion: str | None = Field(
+        default=None, repr=False, description="Short-lived principal assertion signed by identity."
+    )
 
 
 class LogoutRequest(RpcRequest):

@@ -104,7 +104,7 @@ class MeResponse(BaseModel):
 
     username: str
     roles: list[str]
-    session_id: str
+    session_id: str | None
 
 
 class CreateUserBody(Body):
