@@ -160,12 +160,13 @@ class IdentityService:
     async def logout(self, token: str, context: RequestContext) -> None:
         """Revoke the session of ``token``."""
         principal = await self.authenticate(token)
-        await self._sessions.revoke(principal.session_id)
+        session_id = principal.session_id
+        if session_id is None:
+            raise _unauthenticated()
+        await self._sessions.revoke(session_id)
         await self._events.publish(
-            SessionRevoked(
-                session_id=principal.session_id, username=principal.username, reason="logout"
-            ),
-            subject=f"session/{principal.session_id}",
+            SessionRevoked(session_id=session_id, username=principal.username, reason="logout"),
+            subject=f"session/{session_id}",
             context=context,
         )
 
