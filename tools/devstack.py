@@ -26,6 +26,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from hypersdk_kit.trust import generate_key_pair
+
 SERVICES = ("identity", "policy", "secrets", "exporter", "audit", "gateway")
 MIGRATED = ("identity", "policy", "exporter", "audit")
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +67,11 @@ class StackConfig:
         return self.state_dir / "secrets"
 
     @property
+    def key_dir(self) -> Path:
+        """Signing keys: identity's and policy's Ed25519 pairs (private keys 0600)."""
+        return self.secret_dir / "keys"
+
+    @property
     def gateway_url(self) -> str:
         """Base URL of the gateway."""
         return f"http://127.0.0.1:{self.gateway_port}"
@@ -91,6 +98,13 @@ class StackConfig:
         env["HYPERSDK_GATEWAY_HEALTH_PORT"] = "0"
         env["HYPERSDK_SECRETS_VAULT_ADDR"] = f"http://127.0.0.1:{self.vault_port}"
         env["HYPERSDK_SECRETS_VAULT_TOKEN_FILE"] = str(self.secret_dir / "vault-token")
+        keys = self.key_dir
+        env["HYPERSDK_IDENTITY_SIGNING_KEY_FILE"] = str(keys / "identity.key")
+        env["HYPERSDK_IDENTITY_POLICY_PUBLIC_KEY_FILE"] = str(keys / "policy.pub")
+        env["HYPERSDK_POLICY_SIGNING_KEY_FILE"] = str(keys / "policy.key")
+        env["HYPERSDK_POLICY_IDENTITY_PUBLIC_KEY_FILE"] = str(keys / "identity.pub")
+        for service in ("secrets", "exporter", "audit"):
+            env[f"HYPERSDK_{service.upper()}_POLICY_PUBLIC_KEY_FILE"] = str(keys / "policy.pub")
         env["HYPERSDK_EXPORTER_EXPORT_DIR"] = str(self.state_dir / "exports")
         env["HYPERSDK_EXPORTER_LAB_ROOT"] = str(self.state_dir / "lab")
         env.update(self.extra_env)
@@ -295,8 +309,17 @@ def wait_ready(config: StackConfig, seconds: float = 90) -> None:
 
 def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, str]:
     """Start the platform; return how to reach it."""
-    for directory in (config.state_dir, config.run_dir, config.log_dir, config.secret_dir):
+    for directory in (
+        config.state_dir,
+        config.run_dir,
+        config.log_dir,
+        config.secret_dir,
+        config.key_dir,
+    ):
         _private_dir(directory)
+    for signer in ("identity", "policy"):
+        if not (config.key_dir / f"{signer}.key").exists():
+            generate_key_pair(config.key_dir / f"{signer}.key", config.key_dir / f"{signer}.pub")
     _private_dir(config.state_dir / "exports")
     _private_dir(config.state_dir / "lab")
     if running_pid(config) is not None:

@@ -17,3 +17,6 @@ class VmExportRequested(Message):
     provider: str = Field(description="Provider name.")
     vm: str = Field(description="VM id within the provider.")
     format: str = Field(description="Target disk format.")
+    grant: str = Field(
+        repr=False, description="The requester's vms:export grant, signed by policy."
+    )

@@ -25,6 +25,12 @@ class RequestContext(Message):
     actor: str | None = Field(default=None, description="User name or API key id behind it.")
     source_ip: str | None = Field(default=None, description="Client address of the request.")
     request_id: str | None = Field(default=None, description="Request ID of the API call.")
+    assertion: str | None = Field(
+        default=None, repr=False, description="Principal assertion signed by identity."
+    )
+    grant: str | None = Field(
+        default=None, repr=False, description="Permission grant signed by policy for this call."
+    )
 
 
 class CloudEvent(Message):

@@ -47,16 +47,29 @@ class ErrorBody(Message):
 
     code: ErrorCode = Field(description="Stable machine-readable error code.")
     message: str = Field(description="One human sentence; never contains a credential.")
+    retry_after_seconds: int | None = Field(
+        default=None, ge=1, description="With rate_limited: seconds to wait before retrying."
+    )
 
 
 class ServiceError(Exception):
     """A domain error that maps to an error reply; its message is safe to show."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(
+        self, code: ErrorCode, message: str, *, retry_after_seconds: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after_seconds = retry_after_seconds
 
     def body(self) -> ErrorBody:
         """The error as a message."""
-        return ErrorBody(code=self.code, message=self.message)
+        return ErrorBody(
+            code=self.code, message=self.message, retry_after_seconds=self.retry_after_seconds
+        )
+
+    @classmethod
+    def from_body(cls, body: ErrorBody) -> ServiceError:
+        """The error an error reply stands for, ``retry_after_seconds`` included."""
+        return cls(body.code, body.message, retry_after_seconds=body.retry_after_seconds)

@@ -50,8 +50,11 @@ class LoginFailed(EventData):
     routing_key = RoutingKey.LOGIN_FAILED
     audit_action = "auth.login"
     username: str = Field(description="The user name that was tried.")
-    reason: Literal["invalid_credentials", "account_disabled"] = Field(
-        description="Why it was refused (the client only ever sees invalid_credentials)."
+    reason: Literal[
+        "invalid_credentials", "account_disabled", "throttled", "locked", "not_provisioned"
+    ] = Field(
+        description="Why it was refused. The client sees invalid_credentials for all but "
+        "throttled and locked (429, which never depends on whether the user exists)."
     )
 
     def audit_result(self) -> str:
@@ -76,15 +79,116 @@ class SessionRevoked(EventData):
     audit_action = "session.revoke"
     session_id: str = Field(description="Public id of the session.")
     username: str = Field(description="Owner of the session.")
-    reason: Literal["logout"] = Field(description="Why it ended.")
+    reason: Literal[
+        "logout", "revoked_by_owner", "user_disabled", "user_deleted", "roles_changed"
+    ] = Field(description="Why it ended.")
 
 
 class UserCreated(EventData):
-    """A local user account was created."""
+    """A user account was created (local, or a PAM user by an admin or on first login)."""
 
     routing_key = RoutingKey.USER_CREATED
     audit_action = "user.create"
     username: str = Field(description="The new user.")
+    source: Literal["local", "pam"] = Field(
+        default="local", description="Where the password is checked."
+    )
+    provisioned: bool = Field(
+        default=False, description="Created on a first PAM login through the group map."
+    )
+
+
+class UserUpdated(EventData):
+    """A user account changed (enabled again, or its roles changed and its sessions ended)."""
+
+    routing_key = RoutingKey.USER_UPDATED
+    audit_action = "user.update"
+    username: str = Field(description="The user.")
+    changed: list[Literal["enabled", "roles"]] = Field(description="What changed.")
+    sessions_revoked: int = Field(default=0, ge=0, description="Sessions ended by the change.")
+
+
+class UserDisabled(EventData):
+    """A user account was disabled; its sessions ended and its API keys stop working."""
+
+    routing_key = RoutingKey.USER_DISABLED
+    audit_action = "user.disable"
+    username: str = Field(description="The user.")
+    sessions_revoked: int = Field(ge=0, description="Sessions ended.")
+
+
+class UserDeleted(EventData):
+    """A user account was deleted with its sessions and API keys."""
+
+    routing_key = RoutingKey.USER_DELETED
+    audit_action = "user.delete"
+    username: str = Field(description="The user.")
+    sessions_revoked: int = Field(ge=0, description="Sessions ended.")
+    api_keys_revoked: int = Field(ge=0, description="API keys removed.")
+
+
+class SessionRefreshed(EventData):
+    """A session got a new token; the old one stopped working. The tokens are never in it."""
+
+    routing_key = RoutingKey.SESSION_REFRESHED
+    audit_action = "session.refresh"
+    session_id: str = Field(description="Public id of the session (unchanged).")
+    username: str = Field(description="Owner of the session.")
+    expires_at: AwareDatetime = Field(description="Absolute end of the session (unchanged).")
+
+
+class AccountLocked(EventData):
+    """Logins for a user name or from a client address are refused for a while."""
+
+    routing_key = RoutingKey.ACCOUNT_LOCKED
+    audit_action = "auth.lockout"
+    username: str | None = Field(default=None, description="The locked user name, if any.")
+    address: str | None = Field(default=None, description="The locked client address, if any.")
+    failures: int = Field(ge=1, description="Failed logins that caused the lockout.")
+    locked_until: AwareDatetime = Field(description="When logins are accepted again, UTC.")
+
+
+class AccountUnlocked(EventData):
+    """A lockout ended: lifted by an admin, or expired."""
+
+    routing_key = RoutingKey.ACCOUNT_UNLOCKED
+    audit_action = "auth.unlock"
+    username: str | None = Field(default=None, description="The user name, if any.")
+    address: str | None = Field(default=None, description="The client address, if any.")
+    reason: Literal["admin", "expired"] = Field(description="Why it ended.")
+
+
+class ApiKeyCreated(EventData):
+    """An API key was issued (never the key, nor any part of it)."""
+
+    routing_key = RoutingKey.APIKEY_CREATED
+    audit_action = "apikey.create"
+    key_id: str = Field(description="Public id of the key.")
+    owner: str = Field(description="User the key acts as.")
+    name: str = Field(description="Label of the key.")
+    scopes: list[str] = Field(description="Permissions the key is limited to.")
+    expires_at: AwareDatetime | None = Field(description="When the key stops working, if ever.")
+
+
+class ApiKeyRotated(EventData):
+    """An API key was replaced by a new one; the old one dies now or after a grace period."""
+
+    routing_key = RoutingKey.APIKEY_ROTATED
+    audit_action = "apikey.rotate"
+    key_id: str = Field(description="The replaced key.")
+    new_key_id: str = Field(description="The key that replaces it.")
+    owner: str = Field(description="User the keys act as.")
+    old_key_valid_until: AwareDatetime = Field(description="When the replaced key stops working.")
+
+
+class ApiKeyRevoked(EventData):
+    """An API key stopped working."""
+
+    routing_key = RoutingKey.APIKEY_REVOKED
+    audit_action = "apikey.revoke"
+    key_id: str = Field(description="Public id of the key.")
+    owner: str = Field(description="User the key acted as.")
+    reason: Literal["revoked", "owner_deleted"] = Field(description="Why it stopped working.")
 
 
 class RoleAssigned(EventData):
@@ -210,6 +314,49 @@ class RequestCompleted(EventData):
         return "success" if self.status < HTTP_ERROR_FLOOR else f"failure: http_{self.status}"
 
 
+class RequestRejected(EventData):
+    """A service refused a request or command that lacked a valid principal or grant."""
+
+    audit_action = "bus.request"
+    operation: str = Field(description="Queue or command the message asked for.")
+    reason: str = Field(description="Stable reason code, e.g. missing_assertion, expired.")
+    claimed_actor: str | None = Field(description="Actor the message claimed (unverified).")
+
+    def audit_result(self) -> str:
+        """Always a failure."""
+        return f"failure: {self.reason}"
+
+
+class IdentityRequestRejected(RequestRejected):
+    """Identity refused a request."""
+
+    routing_key = RoutingKey.IDENTITY_REQUEST_REJECTED
+
+
+class PolicyRequestRejected(RequestRejected):
+    """Policy refused a request."""
+
+    routing_key = RoutingKey.POLICY_REQUEST_REJECTED
+
+
+class SecretsRequestRejected(RequestRejected):
+    """Secrets refused a request."""
+
+    routing_key = RoutingKey.SECRETS_REQUEST_REJECTED
+
+
+class ExporterRequestRejected(RequestRejected):
+    """The exporter refused a request or an export command."""
+
+    routing_key = RoutingKey.EXPORTER_REQUEST_REJECTED
+
+
+class AuditRequestRejected(RequestRejected):
+    """Audit refused a request."""
+
+    routing_key = RoutingKey.AUDIT_REQUEST_REJECTED
+
+
 EVENT_TYPES: dict[str, type[EventData]] = {
     cls.routing_key.value: cls
     for cls in (
@@ -218,6 +365,15 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         SessionCreated,
         SessionRevoked,
         UserCreated,
+        UserUpdated,
+        UserDisabled,
+        UserDeleted,
+        SessionRefreshed,
+        AccountLocked,
+        AccountUnlocked,
+        ApiKeyCreated,
+        ApiKeyRotated,
+        ApiKeyRevoked,
         RoleAssigned,
         AuthorizationDenied,
         SecretWritten,
@@ -230,6 +386,11 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         JobCompleted,
         JobFailed,
         RequestCompleted,
+        IdentityRequestRejected,
+        PolicyRequestRejected,
+        SecretsRequestRejected,
+        ExporterRequestRejected,
+        AuditRequestRejected,
     )
 }
 """Payload class of each routing key."""

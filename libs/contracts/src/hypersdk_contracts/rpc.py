@@ -67,6 +67,12 @@ class UserView(Message):
     source: Literal["local", "pam"] = Field(description="Where the password is checked.")
     created_at: AwareDatetime = Field(description="When the account was created.")
     disabled: bool = Field(default=False, description="Whether logins are refused.")
+    external_roles: list[str] = Field(
+        default_factory=list, description="Roles from the PAM group map (PAM users only)."
+    )
+    locked_until: AwareDatetime | None = Field(
+        default=None, description="Logins are refused until then after repeated failures."
+    )
 
 
 class LoginRequest(RpcRequest):
@@ -116,14 +122,138 @@ class LogoutRequest(RpcRequest):
 
 
 class CreateUserRequest(RpcRequest):
-    """Create a local user."""
+    """Create a local user (with a password) or a PAM user (without: PAM checks it)."""
 
     username: str = Field(pattern=USERNAME_PATTERN, description="Login name.")
-    password: str = Field(min_length=1, max_length=1024, repr=False, description="Password.")
+    password: str | None = Field(
+        default=None, min_length=1, max_length=1024, repr=False, description="Password."
+    )
+    source: Literal["local", "pam"] = Field(
+        default="local", description="Where the password is checked."
+    )
 
 
 class ListUsersRequest(RpcRequest):
     """List users."""
+
+
+class UserNameRequest(RpcRequest):
+    """A request about one user: get, delete, unlock."""
+
+    username: str = Field(min_length=1, max_length=64, description="Login name.")
+
+
+class UpdateUserRequest(RpcRequest):
+    """Disable or enable a user; disabling ends their sessions at once."""
+
+    username: str = Field(min_length=1, max_length=64, description="Login name.")
+    disabled: bool = Field(description="Whether logins are refused from now on.")
+
+
+class RevokeUserSessionsRequest(RpcRequest):
+    """End every session of a user, e.g. after their roles changed."""
+
+    username: str = Field(min_length=1, max_length=64, description="Login name.")
+    reason: Literal["roles_changed"] = Field(description="Why the sessions end.")
+
+
+class RevokedSessions(Message):
+    """How many sessions a request ended."""
+
+    username: str = Field(description="Whose sessions.")
+    sessions_revoked: int = Field(ge=0, description="Sessions ended.")
+
+
+class RefreshRequest(RpcRequest):
+    """Swap a session token for a new one; the old one stops working at once."""
+
+    token: str = Field(min_length=1, max_length=512, repr=False, description="Session token.")
+
+
+class SessionView(Message):
+    """A session as its owner sees it: never its token."""
+
+    id: str = Field(description="Public id of the session.")
+    created_at: AwareDatetime = Field(description="When it was opened.")
+    last_seen_at: AwareDatetime = Field(description="Last authenticated call.")
+    expires_at: AwareDatetime = Field(description="Absolute end.")
+    idle_expires_at: AwareDatetime = Field(description="End if there is no activity until then.")
+    current: bool = Field(description="Whether this call came through it.")
+
+
+class ListSessionsRequest(RpcRequest):
+    """The live sessions of a user."""
+
+    username: str = Field(min_length=1, max_length=64, description="Owner.")
+    current_session_id: str | None = Field(default=None, description="Session of this call.")
+
+
+class RevokeSessionRequest(RpcRequest):
+    """End one session of its owner; another user's session is not found."""
+
+    username: str = Field(min_length=1, max_length=64, description="Owner.")
+    session_id: str = Field(min_length=1, max_length=64, description="Public id of the session.")
+
+
+class AuthenticateApiKeyRequest(RpcRequest):
+    """Resolve an API key to its principal."""
+
+    key: str = Field(min_length=1, max_length=128, repr=False, description="The API key.")
+
+
+class ApiKeyView(Message):
+    """An API key as the API lists it: never the key."""
+
+    id: str = Field(description="Public id of the key.")
+    name: str = Field(description="Label.")
+    owner: str = Field(description="User the key acts as.")
+    hint: str = Field(description="Last four characters (of the checksum), to recognise it.")
+    scopes: list[str] = Field(description="Permissions the key is limited to.")
+    created_at: AwareDatetime = Field(description="When it was issued.")
+    created_by: str | None = Field(description="Who issued it.")
+    expires_at: AwareDatetime | None = Field(description="When it stops working, if ever.")
+    last_used_at: AwareDatetime | None = Field(description="Last use (to the minute).")
+    revoked_at: AwareDatetime | None = Field(
+        description="When it stopped (or, within a rotation grace period, will stop) working."
+    )
+    replaced_by: str | None = Field(description="The key that replaced it on rotation.")
+
+
+class CreateApiKeyRequest(RpcRequest):
+    """Issue an API key; the gateway has checked the scopes against the owner's permissions."""
+
+    owner: str = Field(pattern=USERNAME_PATTERN, description="User the key acts as.")
+    name: str = Field(min_length=1, max_length=64, description="Label.")
+    scopes: list[str] = Field(min_length=1, max_length=10, description="Permission names.")
+    expires_at: AwareDatetime | None = Field(default=None, description="Optional end.")
+
+
+class IssuedApiKey(Message):
+    """A new API key: the only time the key itself is shown."""
+
+    key: str = Field(repr=False, description="The API key; store it now, it is never shown again.")
+    api_key: ApiKeyView = Field(description="What the key is.")
+
+
+class ListApiKeysRequest(RpcRequest):
+    """List API keys that work (or still work during a rotation grace period)."""
+
+    owner: str | None = Field(default=None, max_length=64, description="Only this user's keys.")
+
+
+class ApiKeyIdRequest(RpcRequest):
+    """A request about one API key: get, revoke."""
+
+    key_id: str = Field(min_length=1, max_length=64, description="Public id of the key.")
+
+
+class RotateApiKeyRequest(RpcRequest):
+    """Issue a replacement key; the old one dies now or after a grace period."""
+
+    key_id: str = Field(min_length=1, max_length=64, description="Public id of the key.")
+    grace_seconds: int = Field(
+        default=0, ge=0, le=7 * 24 * 3600, description="How long the old key keeps working."
+    )
 
 
 # ---- policy ---------------------------------------------------------------------------------
@@ -142,6 +272,9 @@ class Decision(Message):
 
     allowed: bool = Field(description="Whether the permission is granted.")
     roles: list[str] = Field(description="Roles the principal holds.")
+    grant: str | None = Field(
+        default=None, repr=False, description="Signed grant to pass on when allowed."
+    )
 
 
 class AssignRolesRequest(RpcRequest):
@@ -155,6 +288,22 @@ class RolesOfRequest(RpcRequest):
     """Ask which roles a user holds."""
 
     username: str = Field(description="User.")
+
+
+class PermissionsOfRequest(RpcRequest):
+    """Ask which permissions a user holds (through assigned and external roles)."""
+
+    username: str = Field(description="User.")
+    external_roles: list[str] = Field(
+        default_factory=list, description="Roles from outside, e.g. PAM groups."
+    )
+
+
+class PermissionList(Message):
+    """The permissions a user holds."""
+
+    username: str = Field(description="User.")
+    permissions: list[str] = Field(description="Permission names, sorted.")
 
 
 # ---- secrets --------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from faststream import AckPolicy
 from faststream.rabbit import (
@@ -258,13 +258,28 @@ def subscribe_envelopes(
 Answer = Message | Sequence[Message] | None
 
 
+class Authorizer(Protocol):
+    """Checks a request's grant before a use case runs (see ``hypersdk_kit.guard``)."""
+
+    async def authorize(
+        self, *, operation: str, context: RequestContext, permissions: frozenset[str]
+    ) -> dict[str, Any]:
+        """Claims of a valid grant, or raise ServiceError(forbidden)."""
+
+
 def rpc_responder(
-    request_model: type[RequestT], answer: Callable[[RequestT], Awaitable[Answer]]
+    request_model: type[RequestT],
+    answer: Callable[[RequestT], Awaitable[Answer]],
+    *,
+    operation: str = "",
+    permissions: frozenset[str] = frozenset(),
+    authorizer: Authorizer | None = None,
 ) -> Callable[[RabbitMessage], Awaitable[dict[str, Any]]]:
     """Turn a use case into a request/reply subscriber that always replies.
 
-    Bad requests and domain errors become error replies; unexpected errors become an
-    ``internal_error`` reply without details (they are logged here, never sent).
+    With ``permissions``, the request must carry a grant for one of them (checked by
+    ``authorizer``; none configured means refused). Bad requests and domain errors become error
+    replies; unexpected errors an ``internal_error`` reply without details (logged here).
     """
 
     async def respond(msg: RabbitMessage) -> dict[str, Any]:
@@ -274,6 +289,12 @@ def rpc_responder(
             fields = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})
             return _error(ErrorCode.VALIDATION_FAILED, f"Invalid fields: {', '.join(fields)}.")
         try:
+            if permissions:
+                if authorizer is None:
+                    raise ServiceError(ErrorCode.FORBIDDEN, "This service cannot check grants.")
+                await authorizer.authorize(
+                    operation=operation, context=request.context, permissions=permissions
+                )
             result = await answer(request)
         except ServiceError as exc:
             return RpcReply(ok=False, error=exc.body()).model_dump(mode="json")
@@ -302,12 +323,23 @@ def serve_rpc(
     queue: str,
     request_model: type[RequestT],
     answer: Callable[[RequestT], Awaitable[Answer]],
+    *,
+    permissions: frozenset[str] = frozenset(),
+    authorizer: Authorizer | None = None,
 ) -> None:
-    """Register a request/reply subscriber on ``queue``."""
+    """Register a request/reply subscriber on ``queue``, guarded by ``permissions`` if any."""
     broker.subscriber(
         RabbitQueue(queue, durable=True),
         ack_policy=AckPolicy.ACK,
-    )(rpc_responder(request_model, answer))
+    )(
+        rpc_responder(
+            request_model,
+            answer,
+            operation=queue,
+            permissions=permissions,
+            authorizer=authorizer,
+        )
+    )
 
 
 class RpcClient:

@@ -11,8 +11,11 @@ from hypersdk_audit.adapters.inbound.bus import register_consumers
 from hypersdk_audit.adapters.outbound.postgres import PostgresAuditLog
 from hypersdk_audit.config import AuditSettings
 from hypersdk_audit.core.service import AuditService
-from hypersdk_kit.bus import build_broker
+from hypersdk_contracts.events import AuditRequestRejected
+from hypersdk_kit.bus import RabbitEventPublisher, build_broker
 from hypersdk_kit.database import create_pool
+from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.trust import AssertionVerifier, load_public_key
 
 SERVICE = "audit"
 
@@ -28,8 +31,21 @@ async def prepare_audit(
     )
     try:
         audit = AuditService(log=PostgresAuditLog(pool))
+        guard = RequestGuard(
+            events=RabbitEventPublisher(
+                broker, service=SERVICE, declare_topology=settings.declare_topology
+            ),
+            rejected=AuditRequestRejected,
+            grants=AssertionVerifier(
+                load_public_key(settings.policy_public_key_file), issuer="policy"
+            ),
+        )
         register_consumers(
-            broker, audit, prefetch=settings.prefetch, declare_topology=settings.declare_topology
+            broker,
+            audit,
+            prefetch=settings.prefetch,
+            guard=guard,
+            declare_topology=settings.declare_topology,
         )
         yield audit, broker
     finally:

@@ -20,3 +20,9 @@ class ExporterSettings(DatabaseSettings):
     qemu_img: str = Field(default="qemu-img", description="qemu-img executable.")
     job_concurrency: int = Field(default=1, ge=1, le=16, description="Exports run at once.")
     rpc_timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of questions.")
+    policy_public_key_file: Path = Field(
+        description="Policy's Ed25519 public key (PEM), to check grants of requests and commands."
+    )
+    max_command_age_seconds: int = Field(
+        default=86400, ge=60, description="Export commands whose grant is older are refused."
+    )

@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 
 from faststream.rabbit import RabbitBroker
 
-from hypersdk_exporter.adapters.inbound.bus import register_rpc, register_worker
+from hypersdk_contracts.events import ExporterRequestRejected
+from hypersdk_exporter.adapters.inbound.bus import CommandVerifier, register_rpc, register_worker
 from hypersdk_exporter.adapters.outbound.bus import RabbitJobQueue, RpcCredentialDirectory
 from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver
 from hypersdk_exporter.adapters.outbound.postgres import PostgresJobStore, PostgresProviderStore
@@ -17,6 +18,8 @@ from hypersdk_exporter.core.service import ExporterService
 from hypersdk_exporter.ports.outbound import DiskConverter
 from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, RpcClient, build_broker
 from hypersdk_kit.database import create_pool
+from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.trust import AssertionVerifier, load_public_key
 
 SERVICE = "exporter"
 
@@ -35,6 +38,12 @@ async def prepare_exporter(
     )
     settings.export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
+        publisher = events or RabbitEventPublisher(
+            broker, service=SERVICE, declare_topology=settings.declare_topology
+        )
+        grants = AssertionVerifier(
+            load_public_key(settings.policy_public_key_file), issuer="policy"
+        )
         exporter = ExporterService(
             providers=PostgresProviderStore(pool),
             jobs=PostgresJobStore(pool),
@@ -44,14 +53,22 @@ async def prepare_exporter(
             credentials=RpcCredentialDirectory(
                 RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
             ),
-            events=events
-            or RabbitEventPublisher(
-                broker, service=SERVICE, declare_topology=settings.declare_topology
-            ),
+            events=publisher,
             export_dir=settings.export_dir,
         )
-        register_rpc(broker, exporter)
-        register_worker(broker, exporter, concurrency=settings.job_concurrency)
+        guard = RequestGuard(events=publisher, rejected=ExporterRequestRejected, grants=grants)
+        register_rpc(broker, exporter, guard=guard)
+        register_worker(
+            broker,
+            exporter,
+            concurrency=settings.job_concurrency,
+            verifier=CommandVerifier(
+                verifier=grants,
+                exporter=exporter,
+                events=publisher,
+                max_age_seconds=settings.max_command_age_seconds,
+            ),
+        )
         yield exporter, broker
     finally:
         await pool.close()

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import bcrypt
 from faststream.rabbit import RabbitBroker
 
+from hypersdk_contracts.events import IdentityRequestRejected
 from hypersdk_identity.adapters.inbound.rpc import register_rpc
 from hypersdk_identity.adapters.outbound.bcrypt_hasher import BcryptPasswordHasher
 from hypersdk_identity.adapters.outbound.postgres import (
@@ -18,6 +19,13 @@ from hypersdk_identity.config import IdentitySettings
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
 from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, build_broker
 from hypersdk_kit.database import create_pool
+from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.trust import (
+    AssertionSigner,
+    AssertionVerifier,
+    load_private_key,
+    load_public_key,
+)
 
 SERVICE = "identity"
 
@@ -33,14 +41,14 @@ async def prepare_identity(
     )
     try:
         hasher = BcryptPasswordHasher(cost=settings.bcrypt_cost)
+        publisher = events or RabbitEventPublisher(
+            broker, service=SERVICE, declare_topology=settings.declare_topology
+        )
         identity = IdentityService(
             users=PostgresUserStore(pool),
             sessions=PostgresSessionStore(pool),
             hasher=hasher,
-            events=events
-            or RabbitEventPublisher(
-                broker, service=SERVICE, declare_topology=settings.declare_topology
-            ),
+            events=publisher,
             session_policy=SessionPolicy(
                 idle_seconds=settings.session_idle_seconds,
                 lifetime_seconds=settings.session_lifetime_seconds,
@@ -49,7 +57,19 @@ async def prepare_identity(
                 b"dummy-password-for-timing", bcrypt.gensalt(settings.bcrypt_cost)
             ),
         )
-        register_rpc(broker, identity)
+        signer = AssertionSigner(
+            load_private_key(settings.signing_key_file),
+            issuer=SERVICE,
+            ttl_seconds=settings.assertion_ttl_seconds,
+        )
+        guard = RequestGuard(
+            events=publisher,
+            rejected=IdentityRequestRejected,
+            grants=AssertionVerifier(
+                load_public_key(settings.policy_public_key_file), issuer="policy"
+            ),
+        )
+        register_rpc(broker, identity, signer=signer, guard=guard)
         yield identity, broker
     finally:
         await pool.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -16,3 +18,8 @@ class PolicySettings(DatabaseSettings):
     bootstrap_admin: str = Field(
         default="admin", description="User given the admin role when nobody holds it."
     )
+    signing_key_file: Path = Field(description="Ed25519 private key (PEM, 0600) for grants.")
+    identity_public_key_file: Path = Field(
+        description="Identity's Ed25519 public key (PEM), to check principal assertions."
+    )
+    grant_ttl_seconds: int = Field(default=60, ge=5, le=600, description="Lifetime of a grant.")

@@ -7,8 +7,16 @@ from contextlib import asynccontextmanager
 
 from faststream.rabbit import RabbitBroker
 
+from hypersdk_contracts.events import PolicyRequestRejected
 from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, build_broker
 from hypersdk_kit.database import create_pool
+from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.trust import (
+    AssertionSigner,
+    AssertionVerifier,
+    load_private_key,
+    load_public_key,
+)
 from hypersdk_policy.adapters.inbound.rpc import register_rpc
 from hypersdk_policy.adapters.outbound.postgres import PostgresRoleStore
 from hypersdk_policy.config import PolicySettings
@@ -27,14 +35,23 @@ async def prepare_policy(
         settings.database_url.get_secret_value(), size=settings.database_pool_size
     )
     try:
-        policy = PolicyService(
-            roles=PostgresRoleStore(pool),
-            events=events
-            or RabbitEventPublisher(
-                broker, service=SERVICE, declare_topology=settings.declare_topology
+        publisher = events or RabbitEventPublisher(
+            broker, service=SERVICE, declare_topology=settings.declare_topology
+        )
+        policy = PolicyService(roles=PostgresRoleStore(pool), events=publisher)
+        signing_key = load_private_key(settings.signing_key_file)
+        guard = RequestGuard(
+            events=publisher,
+            rejected=PolicyRequestRejected,
+            grants=AssertionVerifier(signing_key.public_key(), issuer=SERVICE),
+            principals=AssertionVerifier(
+                load_public_key(settings.identity_public_key_file), issuer="identity"
             ),
         )
-        register_rpc(broker, policy)
+        signer = AssertionSigner(
+            signing_key, issuer=SERVICE, ttl_seconds=settings.grant_ttl_seconds
+        )
+        register_rpc(broker, policy, guard=guard, signer=signer)
         yield policy, broker
     finally:
         await pool.close()

@@ -19,3 +19,6 @@ class SecretsSettings(ServiceSettings):
     vault_token_file: Path = Field(description="File (0600) holding the Vault token.")
     vault_kv_mount: str = Field(default="secret", description="KV v2 mount point.")
     vault_path_prefix: str = Field(default="hypersdk", description="Folder of our secrets.")
+    policy_public_key_file: Path = Field(
+        description="Policy's Ed25519 public key (PEM), to check the grant of every request."
+    )

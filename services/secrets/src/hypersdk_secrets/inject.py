@@ -8,7 +8,10 @@ from contextlib import asynccontextmanager
 import hvac
 from faststream.rabbit import RabbitBroker
 
+from hypersdk_contracts.events import SecretsRequestRejected
 from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, build_broker
+from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.trust import AssertionVerifier, load_public_key
 from hypersdk_secrets.adapters.inbound.rpc import register_rpc
 from hypersdk_secrets.adapters.outbound.vault import VaultSecretManager
 from hypersdk_secrets.config import SecretsSettings
@@ -36,12 +39,14 @@ async def prepare_secrets(
 ) -> AsyncIterator[tuple[SecretsService, RabbitBroker]]:
     """The secrets use cases wired to Vault and the bus (broker not started yet)."""
     broker = build_broker(settings.amqp_url.get_secret_value(), service=SERVICE)
-    secrets = SecretsService(
-        manager=manager or vault_secret_manager(settings),
-        events=events
-        or RabbitEventPublisher(
-            broker, service=SERVICE, declare_topology=settings.declare_topology
-        ),
+    publisher = events or RabbitEventPublisher(
+        broker, service=SERVICE, declare_topology=settings.declare_topology
     )
-    register_rpc(broker, secrets)
+    secrets = SecretsService(manager=manager or vault_secret_manager(settings), events=publisher)
+    guard = RequestGuard(
+        events=publisher,
+        rejected=SecretsRequestRejected,
+        grants=AssertionVerifier(load_public_key(settings.policy_public_key_file), issuer="policy"),
+    )
+    register_rpc(broker, secrets, guard=guard)
     yield secrets, broker

@@ -194,7 +194,13 @@ class ExporterService:
             updated_at=now,
         )
         await self._jobs.add(job)
-        command = VmExportRequested(job_id=job.id, provider=provider, vm=vm, format=format.value)
+        command = VmExportRequested(
+            job_id=job.id,
+            provider=provider,
+            vm=vm,
+            format=format.value,
+            grant=context.grant or "",
+        )
         try:
             await self._queue.enqueue(command, context)
         except Exception:

@@ -19,20 +19,47 @@ class PolicyService:
         self._events = events
 
     async def decide(
-        self, *, username: str, permission: str, resource: str, context: RequestContext
+        self,
+        *,
+        username: str,
+        permission: str,
+        resource: str,
+        context: RequestContext,
+        scopes: list[str] | None = None,
+        external_roles: list[str] | None = None,
     ) -> Decision:
-        """Grant or refuse; every refusal is published (and so audited)."""
+        """Grant or refuse; every refusal is published (and so audited).
+
+        The principal's permissions are those of its assigned roles and its external roles
+        (e.g. from PAM groups), narrowed to ``scopes`` for an API key.
+        """
         if permission not in {p.value for p in Permission}:
             raise ServiceError(ErrorCode.VALIDATION_FAILED, "Unknown permission.")
         held = await self._roles.roles_of(username)
-        allowed = permission in await self._roles.permissions_of_roles(held)
+        known = {r.value for r in Role}
+        roles = sorted({*held, *(r for r in external_roles or [] if r in known)})
+        granted = await self._roles.permissions_of_roles(roles)
+        if scopes is not None:
+            granted &= set(scopes)
+        allowed = permission in granted
         if not allowed:
             await self._events.publish(
                 AuthorizationDenied(principal=username, permission=permission, resource=resource),
                 subject=resource,
                 context=context,
             )
-        return Decision(allowed=allowed, roles=held)
+        return Decision(allowed=allowed, roles=roles)
+
+    async def permissions_of(
+        self, username: str, external_roles: list[str] | None = None
+    ) -> list[str]:
+        """Every permission a user holds through assigned and external roles, sorted."""
+        known = {r.value for r in Role}
+        roles = {
+            *await self._roles.roles_of(username),
+            *(r for r in external_roles or [] if r in known),
+        }
+        return sorted(await self._roles.permissions_of_roles(sorted(roles)))
 
     async def assign_roles(
         self, *, username: str, roles: list[str], context: RequestContext

@@ -8,17 +8,31 @@ from hypersdk_audit.core.chain import ChainedEntry
 from hypersdk_audit.core.service import AuditService
 from hypersdk_contracts.envelope import CloudEvent
 from hypersdk_contracts.names import AUDIT_EVENTS_QUEUE, RpcQueue
+from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import (
     AuditEntryView,
     ListAuditEventsRequest,
     VerifyRequest,
     VerifyResult,
 )
-from hypersdk_kit.bus import durable_queue, events_exchange, serve_rpc, subscribe_envelopes
+from hypersdk_kit.bus import (
+    Authorizer,
+    durable_queue,
+    events_exchange,
+    serve_rpc,
+    subscribe_envelopes,
+)
+
+AUDIT_VIEW = frozenset({Permission.AUDIT_VIEW.value})
 
 
 def register_consumers(
-    broker: RabbitBroker, audit: AuditService, *, prefetch: int, declare_topology: bool = True
+    broker: RabbitBroker,
+    audit: AuditService,
+    *,
+    prefetch: int,
+    guard: Authorizer,
+    declare_topology: bool = True,
 ) -> None:
     """Record every event of the events exchange; answer verify and list requests."""
 
@@ -46,8 +60,22 @@ def register_consumers(
         entries = await audit.page(after_sequence=request.after_sequence, limit=request.limit)
         return [_view(entry) for entry in entries]
 
-    serve_rpc(broker, RpcQueue.AUDIT_VERIFY, VerifyRequest, verify)
-    serve_rpc(broker, RpcQueue.AUDIT_LIST_EVENTS, ListAuditEventsRequest, list_events)
+    serve_rpc(
+        broker,
+        RpcQueue.AUDIT_VERIFY,
+        VerifyRequest,
+        verify,
+        permissions=AUDIT_VIEW,
+        authorizer=guard,
+    )
+    serve_rpc(
+        broker,
+        RpcQueue.AUDIT_LIST_EVENTS,
+        ListAuditEventsRequest,
+        list_events,
+        permissions=AUDIT_VIEW,
+        authorizer=guard,
+    )
 
 
 def _view(entry: ChainedEntry) -> AuditEntryView:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
 from faststream.rabbit import RabbitBroker
 
 from hypersdk_contracts.commands import VmExportRequested
 from hypersdk_contracts.envelope import CloudEvent
+from hypersdk_contracts.errors import ServiceError
+from hypersdk_contracts.events import ExporterRequestRejected
 from hypersdk_contracts.names import EXPORT_JOBS_QUEUE, RpcQueue
+from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import (
     CreateExportRequest,
     DiskView,
@@ -23,10 +31,24 @@ from hypersdk_contracts.rpc import (
 )
 from hypersdk_exporter.core.models import Job, Provider, Vm
 from hypersdk_exporter.core.service import ExporterService
-from hypersdk_kit.bus import durable_queue, serve_rpc, subscribe_envelopes
+from hypersdk_kit.bus import (
+    Authorizer,
+    EventPublisher,
+    PoisonMessageError,
+    durable_queue,
+    serve_rpc,
+    subscribe_envelopes,
+)
+from hypersdk_kit.guard import check_grant
+from hypersdk_kit.trust import MAX_CLOCK_SKEW_SECONDS, AssertionRejectedError, AssertionVerifier
+
+BROWSE = frozenset({Permission.VMS_BROWSE.value})
+CONFIGURE = frozenset({Permission.PROVIDERS_CONFIGURE.value})
+EXPORT = frozenset({Permission.VMS_EXPORT.value})
+VIEW_JOBS = frozenset({Permission.JOBS_VIEW.value})
 
 
-def register_rpc(broker: RabbitBroker, exporter: ExporterService) -> None:
+def register_rpc(broker: RabbitBroker, exporter: ExporterService, *, guard: Authorizer) -> None:
     """Answer provider, inventory and job questions on their request queues."""
 
     async def register_provider(request: RegisterProviderRequest) -> ProviderView:
@@ -71,24 +93,86 @@ def register_rpc(broker: RabbitBroker, exporter: ExporterService) -> None:
     async def list_jobs(request: ListJobsRequest) -> list[JobView]:
         return [job_view(job) for job in await exporter.list_jobs(limit=request.limit)]
 
-    serve_rpc(
-        broker, RpcQueue.EXPORTER_REGISTER_PROVIDER, RegisterProviderRequest, register_provider
-    )
-    serve_rpc(broker, RpcQueue.EXPORTER_GET_PROVIDER, ProviderNameRequest, get_provider)
-    serve_rpc(broker, RpcQueue.EXPORTER_LIST_PROVIDERS, ListProvidersRequest, list_providers)
-    serve_rpc(broker, RpcQueue.EXPORTER_REMOVE_PROVIDER, ProviderNameRequest, remove_provider)
-    serve_rpc(broker, RpcQueue.EXPORTER_LIST_VMS, ListVmsRequest, list_vms)
-    serve_rpc(broker, RpcQueue.EXPORTER_GET_VM, GetVmRequest, get_vm)
-    serve_rpc(broker, RpcQueue.EXPORTER_CREATE_EXPORT, CreateExportRequest, create_export)
-    serve_rpc(broker, RpcQueue.EXPORTER_GET_JOB, JobIdRequest, get_job)
-    serve_rpc(broker, RpcQueue.EXPORTER_LIST_JOBS, ListJobsRequest, list_jobs)
+    routes: list[tuple[str, type[Any], Callable[[Any], Awaitable[Any]], frozenset[str]]] = [
+        (
+            RpcQueue.EXPORTER_REGISTER_PROVIDER,
+            RegisterProviderRequest,
+            register_provider,
+            CONFIGURE,
+        ),
+        (RpcQueue.EXPORTER_GET_PROVIDER, ProviderNameRequest, get_provider, BROWSE),
+        (RpcQueue.EXPORTER_LIST_PROVIDERS, ListProvidersRequest, list_providers, BROWSE),
+        (RpcQueue.EXPORTER_REMOVE_PROVIDER, ProviderNameRequest, remove_provider, CONFIGURE),
+        (RpcQueue.EXPORTER_LIST_VMS, ListVmsRequest, list_vms, BROWSE),
+        (RpcQueue.EXPORTER_GET_VM, GetVmRequest, get_vm, BROWSE),
+        (RpcQueue.EXPORTER_CREATE_EXPORT, CreateExportRequest, create_export, EXPORT),
+        (RpcQueue.EXPORTER_GET_JOB, JobIdRequest, get_job, VIEW_JOBS),
+        (RpcQueue.EXPORTER_LIST_JOBS, ListJobsRequest, list_jobs, VIEW_JOBS),
+    ]
+    for queue, model, answer, permissions in routes:
+        serve_rpc(broker, queue, model, answer, permissions=permissions, authorizer=guard)
 
 
-def register_worker(broker: RabbitBroker, exporter: ExporterService, *, concurrency: int) -> None:
+@dataclass(frozen=True)
+class CommandVerifier:
+    """Checks an export command before a worker acts on it (zero trust on the bus).
+
+    The command must carry the requester's vms:export grant, signed by policy, naming the
+    command's actor and request; the job must exist, belong to that principal and have been
+    created while the grant was valid. The grant may have expired since (the job may have
+    waited in the queue), but not longer ago than ``max_age_seconds``.
+    """
+
+    verifier: AssertionVerifier | None
+    exporter: ExporterService
+    events: EventPublisher
+    max_age_seconds: int
+    clock: Callable[[], float] = time.time
+
+    async def verify(self, event: CloudEvent, command: VmExportRequested) -> None:
+        """Return if the command may run; else publish the refusal and raise poison."""
+        try:
+            await self._check(event, command)
+        except AssertionRejectedError as exc:
+            await self.events.publish(
+                ExporterRequestRejected(
+                    operation=EXPORT_JOBS_QUEUE, reason=exc.reason, claimed_actor=event.actor
+                ),
+                subject=f"job/{command.job_id}",
+                context=event.context,
+            )
+            raise PoisonMessageError(exc.reason) from exc
+
+    async def _check(self, event: CloudEvent, command: VmExportRequested) -> None:
+        if self.verifier is None:
+            raise AssertionRejectedError("no_trust_anchor")
+        claims = self.verifier.verify(command.grant, check_expiry=False)
+        check_grant(claims, context=event.context, permissions=EXPORT)
+        if claims["exp"] < self.clock() - self.max_age_seconds:
+            raise AssertionRejectedError("expired")
+        try:
+            job = await self.exporter.get_job(command.job_id)
+        except ServiceError as exc:
+            raise AssertionRejectedError("unknown_job") from exc
+        if job.requested_by != claims["sub"]:
+            raise AssertionRejectedError("actor_mismatch")
+        created = job.created_at.timestamp()
+        if not claims["iat"] - MAX_CLOCK_SKEW_SECONDS <= created <= claims["exp"]:
+            raise AssertionRejectedError("grant_not_for_job")
+
+
+def register_worker(
+    broker: RabbitBroker,
+    exporter: ExporterService,
+    *,
+    concurrency: int,
+    verifier: CommandVerifier,
+) -> None:
     """Compete for export commands on the durable work queue."""
 
     async def run(event: CloudEvent) -> None:
         command = VmExportRequested.model_validate(event.data)
+        await verifier.verify(event, command)
         await exporter.run_export(command, event.context)
 
     subscribe_envelopes(broker, durable_queue(EXPORT_JOBS_QUEUE), run, prefetch=concurrency)

@@ -185,6 +185,8 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
                 raise ServiceError(
                     ErrorCode.FORBIDDEN, f"This call needs the {permission.value} permission."
                 )
+            # Passed on with every request this call makes, so each service checks it itself.
+            request.state.grant = decision.get("grant")
 
         return check
 

@@ -72,6 +72,8 @@ def context_of(scope: Scope) -> RequestContext:
         actor=principal.username if principal else None,
         source_ip=st.get("client"),
         request_id=st.get("request_id"),
+        assertion=principal.assertion if principal else None,
+        grant=st.get("grant"),
     )
 
 

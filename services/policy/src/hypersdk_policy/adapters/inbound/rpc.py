@@ -1,31 +1,67 @@
-"""Request/reply subscribers of the policy service."""
+"""Request/reply subscribers of the policy service.
+
+Decisions are asked with the caller's principal assertion (signed by identity); an allowed
+decision comes back with a grant signed by policy, which the services acting on the request
+check before they act.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from faststream.rabbit import RabbitBroker
 
+from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.names import RpcQueue
+from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import (
     AssignRolesRequest,
     DecideRequest,
     Decision,
+    PermissionList,
+    PermissionsOfRequest,
     RoleList,
     RolesOfRequest,
 )
 from hypersdk_kit.bus import serve_rpc
+from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.trust import AssertionSigner
 from hypersdk_policy.core.service import PolicyService
 
+USERS_MANAGE = frozenset({Permission.USERS_MANAGE.value})
 
-def register_rpc(broker: RabbitBroker, policy: PolicyService) -> None:
+
+def register_rpc(
+    broker: RabbitBroker, policy: PolicyService, *, guard: RequestGuard, signer: AssertionSigner
+) -> None:
     """Answer the policy questions on their request queues."""
 
     async def decide(request: DecideRequest) -> Decision:
-        return await policy.decide(
+        claims = await guard.authenticate(operation=RpcQueue.POLICY_DECIDE, context=request.context)
+        if claims["sub"] != request.username:
+            await guard.refuse(
+                operation=RpcQueue.POLICY_DECIDE, reason="actor_mismatch", context=request.context
+            )
+        decision = await policy.decide(
             username=request.username,
             permission=request.permission,
             resource=request.resource,
             context=request.context,
+            scopes=claims.get("scopes"),
+            external_roles=claims.get("xroles") or [],
         )
+        if not decision.allowed:
+            return decision
+        grant = signer.sign(
+            {
+                "typ": "grant",
+                "sub": request.username,
+                "perm": request.permission,
+                "res": request.resource,
+                "rid": request.context.request_id,
+            }
+        )
+        return decision.model_copy(update={"grant": grant})
 
     async def assign_roles(request: AssignRolesRequest) -> RoleList:
         roles = await policy.assign_roles(
@@ -34,8 +70,46 @@ def register_rpc(broker: RabbitBroker, policy: PolicyService) -> None:
         return RoleList(username=request.username, roles=roles)
 
     async def roles_of(request: RolesOfRequest) -> RoleList:
+        await _self_or_granted(
+            guard, RpcQueue.POLICY_ROLES_OF, request.context, request.username, USERS_MANAGE
+        )
         return RoleList(username=request.username, roles=await policy.roles_of(request.username))
 
+    async def permissions_of(request: PermissionsOfRequest) -> PermissionList:
+        await _self_or_granted(
+            guard,
+            RpcQueue.POLICY_PERMISSIONS_OF,
+            request.context,
+            request.username,
+            frozenset({Permission.USERS_MANAGE.value, Permission.APIKEYS_MANAGE.value}),
+        )
+        permissions = await policy.permissions_of(request.username, request.external_roles)
+        return PermissionList(username=request.username, permissions=permissions)
+
     serve_rpc(broker, RpcQueue.POLICY_DECIDE, DecideRequest, decide)
-    serve_rpc(broker, RpcQueue.POLICY_ASSIGN_ROLES, AssignRolesRequest, assign_roles)
+    serve_rpc(
+        broker,
+        RpcQueue.POLICY_ASSIGN_ROLES,
+        AssignRolesRequest,
+        assign_roles,
+        permissions=USERS_MANAGE,
+        authorizer=guard,
+    )
     serve_rpc(broker, RpcQueue.POLICY_ROLES_OF, RolesOfRequest, roles_of)
+    serve_rpc(broker, RpcQueue.POLICY_PERMISSIONS_OF, PermissionsOfRequest, permissions_of)
+
+
+async def _self_or_granted(
+    guard: RequestGuard,
+    operation: str,
+    context: RequestContext,
+    username: str,
+    permissions: frozenset[str],
+) -> dict[str, Any]:
+    """A principal may ask about itself; asking about others needs a grant."""
+    if context.grant is not None:
+        return await guard.authorize(operation=operation, context=context, permissions=permissions)
+    claims = await guard.authenticate(operation=operation, context=context)
+    if claims["sub"] != username:
+        await guard.refuse(operation=operation, reason="permission_not_granted", context=context)
+    return claims
