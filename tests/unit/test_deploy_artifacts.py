@@ -267,6 +267,39 @@ def test_probes_hit_health_endpoints(objects: list[dict[str, Any]], service: str
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
 
 
+# Which signing-key files each service reads, and through which variable.
+SIGNING_KEYS = {
+    "identity": {"SIGNING_KEY_FILE": "identity.key", "POLICY_PUBLIC_KEY_FILE": "policy.pub"},
+    "policy": {"SIGNING_KEY_FILE": "policy.key", "IDENTITY_PUBLIC_KEY_FILE": "identity.pub"},
+    "secrets": {"POLICY_PUBLIC_KEY_FILE": "policy.pub"},
+    "exporter": {"POLICY_PUBLIC_KEY_FILE": "policy.pub"},
+    "audit": {"POLICY_PUBLIC_KEY_FILE": "policy.pub"},
+    "gateway": {},
+}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_mounts_only_the_signing_keys_it_needs(
+    objects: list[dict[str, Any]], service: str
+) -> None:
+    spec = deployment_of(objects, service)["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = container_env(container)
+    wanted = SIGNING_KEYS[service]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    if not wanted:
+        assert "signing-keys" not in volumes
+        return
+    secret = volumes["signing-keys"]["secret"]
+    assert secret["defaultMode"] == 0o440
+    assert sorted(item["path"] for item in secret["items"]) == sorted(wanted.values())
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "signing-keys"]
+    assert mount["readOnly"] is True
+    for variable, file_name in wanted.items():
+        value = env[f"HYPERSDK_{service.upper()}_{variable}"]["value"]
+        assert value == f"{mount['mountPath']}/{file_name}"
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_environment_contract(objects: list[dict[str, Any]], service: str) -> None:
     spec = deployment_of(objects, service)["spec"]["template"]["spec"]

@@ -104,9 +104,12 @@ def test_key_files_are_written_private_and_refused_when_readable(tmp_path: Path)
     key = load_private_key(private)
     token = AssertionSigner(key, issuer="x").sign({"typ": "grant"})
     assert AssertionVerifier(load_public_key(public), issuer="x").verify(token)
-    os.chmod(private, 0o640)
-    with pytest.raises(PermissionError):
-        load_private_key(private)
+    os.chmod(private, 0o440)  # a Kubernetes Secret mounted for the pod's fsGroup
+    assert load_private_key(private)
+    for loose in (0o644, 0o660):
+        os.chmod(private, loose)
+        with pytest.raises(PermissionError):
+            load_private_key(private)
 
 
 def guard(events: InMemoryEventPublisher) -> RequestGuard:

@@ -133,6 +133,21 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 {{- /* Topology comes from deploy/rabbitmq/definitions.json; users may not configure it. */}}
 - name: {{ $prefix }}DECLARE_TOPOLOGY
   value: "false"
+{{- $keys := trimSuffix "/" .root.Values.signing.mountPath }}
+{{- if eq .service "identity" }}
+- name: HYPERSDK_IDENTITY_SIGNING_KEY_FILE
+  value: {{ printf "%s/identity.key" $keys | quote }}
+- name: HYPERSDK_IDENTITY_POLICY_PUBLIC_KEY_FILE
+  value: {{ printf "%s/policy.pub" $keys | quote }}
+{{- else if eq .service "policy" }}
+- name: HYPERSDK_POLICY_SIGNING_KEY_FILE
+  value: {{ printf "%s/policy.key" $keys | quote }}
+- name: HYPERSDK_POLICY_IDENTITY_PUBLIC_KEY_FILE
+  value: {{ printf "%s/identity.pub" $keys | quote }}
+{{- else if ne .service "gateway" }}
+- name: {{ $prefix }}POLICY_PUBLIC_KEY_FILE
+  value: {{ printf "%s/policy.pub" $keys | quote }}
+{{- end }}
 {{- if eq .service "secrets" }}
 - name: HYPERSDK_SECRETS_VAULT_ADDR
   value: {{ required "services.secrets.vault.addr is required" $svc.vault.addr | quote }}
@@ -158,6 +173,26 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 - name: tmp
   emptyDir:
     sizeLimit: {{ .root.Values.tmpSizeLimit }}
+{{- if ne .service "gateway" }}
+- name: signing-keys
+  secret:
+    secretName: {{ required "signing.existingSecret is required" .root.Values.signing.existingSecret }}
+    defaultMode: 288 # 0440: readable by the fsGroup only
+    items:
+      {{- if eq .service "identity" }}
+      - key: identity.key
+        path: identity.key
+      {{- else if eq .service "policy" }}
+      - key: policy.key
+        path: policy.key
+      - key: identity.pub
+        path: identity.pub
+      {{- end }}
+      {{- if ne .service "policy" }}
+      - key: policy.pub
+        path: policy.pub
+      {{- end }}
+{{- end }}
 {{- if eq .service "secrets" }}
 - name: vault-token
   secret:
@@ -182,6 +217,11 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 {{- $svc := index .root.Values.services .service }}
 - name: tmp
   mountPath: /tmp
+{{- if ne .service "gateway" }}
+- name: signing-keys
+  mountPath: {{ .root.Values.signing.mountPath }}
+  readOnly: true
+{{- end }}
 {{- if eq .service "secrets" }}
 - name: vault-token
   mountPath: {{ $svc.vault.tokenMountPath }}
