@@ -71,6 +71,17 @@ class Api:
         payload = json.loads(raw) if raw else None
         return status, payload, {k.lower(): v for k, v in response_headers.items()}
 
+    def recent_audit(self, token: str, last: int = 500) -> list[dict[str, Any]]:
+        """The newest ``last`` audit entries, in chain order."""
+        status, verdict, _ = self.call("GET", "/api/v1/audit/verify", token=token)
+        assert status == 200, verdict
+        after = max(0, int(verdict["entries"]) - last)
+        status, entries, _ = self.call(
+            "GET", f"/api/v1/audit/events?after_sequence={after}&limit=1000", token=token
+        )
+        assert status == 200, entries
+        return list(entries)
+
     def login(self, username: str, password: str) -> str:
         status, body, _ = self.call(
             "POST", "/api/v1/auth/login", {"username": username, "password": password}
@@ -119,6 +130,8 @@ def isolated_stack_config(state_dir: Path) -> Iterator[devstack.StackConfig]:
         gateway_port=free_port(),
         vault_port=free_port(),
         health_base_port=free_port(),
+        # Many tests log in from 127.0.0.1 within a minute; the limiter has its own tests.
+        extra_env={"HYPERSDK_GATEWAY_LOGIN_RATE_LIMIT_PER_MINUTE": "1000"},
     )
     # health ports are base..base+5: make sure that whole range is free.
     while not all(_port_free(config.health_base_port + i) for i in range(6)):

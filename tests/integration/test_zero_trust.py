@@ -57,8 +57,7 @@ def _grant(signer: AssertionSigner, *, sub: str, perm: str, request_id: str) -> 
 
 async def _audit_failures(stack: Stack, token: str, wanted: int) -> list[dict[str, Any]]:
     for _ in range(100):
-        status, entries, _ = stack.api.call("GET", "/api/v1/audit/events?limit=1000", token=token)
-        assert status == 200
+        entries = stack.api.recent_audit(token)
         rejected = [e for e in entries if e["action"] == "bus.request"]
         if len(rejected) >= wanted:
             return rejected
