@@ -27,6 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import devstack
 
 ADMIN_PASSWORD = "planted-admin-password-" + secrets.token_hex(8)
+# Identity's PAM service and the Linux group mapped to a role: unique per run, so that the
+# pam.d file and group the PAM test creates (and removes) never collide with the machine's.
+PAM_SERVICE = "hypersdk-it-" + secrets.token_hex(4)
+PAM_GROUP = "hsdk-it-ops-" + secrets.token_hex(3)
 
 
 def free_port() -> int:
@@ -130,8 +134,16 @@ def isolated_stack_config(state_dir: Path) -> Iterator[devstack.StackConfig]:
         gateway_port=free_port(),
         vault_port=free_port(),
         health_base_port=free_port(),
-        # Many tests log in from 127.0.0.1 within a minute; the limiter has its own tests.
-        extra_env={"HYPERSDK_GATEWAY_LOGIN_RATE_LIMIT_PER_MINUTE": "1000"},
+        extra_env={
+            # Many tests log in from 127.0.0.1 within a minute; the limiter has its own tests.
+            "HYPERSDK_GATEWAY_LOGIN_RATE_LIMIT_PER_MINUTE": "1000",
+            # Lockout tests pick their client address with X-Forwarded-For, so that they never
+            # lock 127.0.0.1 for the other tests.
+            "HYPERSDK_GATEWAY_TRUSTED_PROXIES": '["127.0.0.1"]',
+            "HYPERSDK_IDENTITY_PAM_SERVICE": PAM_SERVICE,
+            "HYPERSDK_IDENTITY_PAM_GROUP_ROLES": json.dumps({PAM_GROUP: "operator"}),
+            "HYPERSDK_IDENTITY_SWEEP_INTERVAL_SECONDS": "1",
+        },
     )
     # health ports are base..base+5: make sure that whole range is free.
     while not all(_port_free(config.health_base_port + i) for i in range(6)):

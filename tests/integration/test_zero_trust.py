@@ -26,6 +26,7 @@ from hypersdk_kit.bus import RpcClient, build_broker
 from hypersdk_kit.trust import AssertionSigner, load_private_key
 
 from .conftest import ADMIN_PASSWORD, Stack
+from .test_export_journey import _wait_for_job
 
 
 def _command(job_id: str, grant: str, actor: str, request_id: str) -> bytes:
@@ -77,6 +78,7 @@ async def test_forged_export_commands_are_rejected_dead_lettered_and_audited(
         token=admin,
     )
     assert status == 202
+    _wait_for_job(stack, admin, job["id"])  # its directory exists before the snapshot
     jobs_before = stack.db("SELECT count(*) AS n FROM exporter.jobs")[0]["n"]
     exports_before = set((stack.config.state_dir / "exports").iterdir())
 

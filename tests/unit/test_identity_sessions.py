@@ -1,7 +1,9 @@
-"""Identity: logins, sessions and their expiry, user creation, and the bcrypt hasher."""
+"""Identity: logins, sessions (expiry, refresh, listing, revocation, sweeping), users (create,
+disable, delete, role changes), and the bcrypt hasher."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import re
@@ -26,6 +28,7 @@ IDLE_SECONDS = 15 * 60
 LIFETIME_SECONDS = 8 * 60 * 60
 PASSWORD = "correct horse battery"
 CONTEXT = RequestContext(source_ip="198.51.100.4", request_id="req-login-1")
+ADMIN = RequestContext(actor="admin", request_id="req-admin-1")
 TOKEN_PATTERN = re.compile(r"^hsdk_s_[A-Za-z0-9_-]{43,}$")
 
 
@@ -321,7 +324,7 @@ async def test_create_user_stores_a_hash_and_publishes_no_password(world: World)
     assert password.encode() not in stored.password_hash
     created = world.events.events[-1]
     assert created.routing_key == "identity.user.created"
-    assert created.data == {"username": "bob"}
+    assert created.data == {"username": "bob", "source": "local", "provisioned": False}
     assert created.actor == "alice"
     assert password not in _events_json(world.events)
     assert PASSWORD not in _events_json(world.events)
@@ -412,3 +415,204 @@ async def test_bcrypt_hasher() -> None:
 def test_bcrypt_hasher_refuses_a_cost_below_12(cost: int) -> None:
     with pytest.raises(ValueError, match="at least 12"):
         BcryptPasswordHasher(cost=cost)
+
+
+# ---- refresh ----------------------------------------------------------------------------------
+
+
+async def test_refresh_issues_a_new_token_and_the_old_one_dies_at_once(world: World) -> None:
+    old = await world.service.login("alice", PASSWORD, CONTEXT)
+    world.clock.advance(600)
+
+    new = await world.service.refresh(old.token, CONTEXT)
+
+    assert TOKEN_PATTERN.fullmatch(new.token)
+    assert new.token != old.token
+    assert new.session_id == old.session_id
+    assert new.expires_at == old.expires_at  # the absolute lifetime is not extended
+    assert (await world.service.authenticate(new.token)).session_id == old.session_id
+    for replay in (
+        world.service.authenticate(old.token),
+        world.service.refresh(old.token, CONTEXT),
+    ):
+        with pytest.raises(ServiceError) as error:
+            await replay
+        assert error.value.code is ErrorCode.UNAUTHENTICATED
+    refreshed = world.events.events[-1]
+    assert refreshed.routing_key == "identity.session.refreshed"
+    assert refreshed.data["session_id"] == old.session_id
+    assert old.token not in _events_json(world.events)
+    assert new.token not in _events_json(world.events)
+
+
+async def test_two_refreshes_racing_with_one_token_yield_one_new_token(world: World) -> None:
+    old = await world.service.login("alice", PASSWORD, CONTEXT)
+
+    results = await asyncio.gather(
+        world.service.refresh(old.token, CONTEXT),
+        world.service.refresh(old.token, CONTEXT),
+        return_exceptions=True,
+    )
+
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    assert len(winners) == 1
+    assert sum(isinstance(r, ServiceError) for r in results) == 1
+
+
+async def test_an_expired_session_cannot_be_refreshed(world: World) -> None:
+    old = await world.service.login("alice", PASSWORD, CONTEXT)
+    world.clock.advance(IDLE_SECONDS)
+    with pytest.raises(ServiceError) as error:
+        await world.service.refresh(old.token, CONTEXT)
+    assert error.value.code is ErrorCode.UNAUTHENTICATED
+
+
+# ---- listing and revoking one's sessions ------------------------------------------------------
+
+
+async def test_a_user_lists_their_live_sessions_without_tokens(world: World) -> None:
+    first = await world.service.login("alice", PASSWORD, CONTEXT)
+    world.clock.advance(60)
+    second = await world.service.login("alice", PASSWORD, CONTEXT)
+    ended = await world.service.login("alice", PASSWORD, CONTEXT)
+    await world.service.logout(ended.token, CONTEXT)
+    await world.service.create_user("bob", "bob's long password", CONTEXT)
+    await world.service.login("bob", "bob's long password", CONTEXT)
+
+    sessions = await world.service.list_sessions("alice", current_session_id=second.session_id)
+
+    assert [s.id for s in sessions] == [first.session_id, second.session_id]
+    assert [s.current for s in sessions] == [False, True]
+    assert sessions[0].created_at == world.clock.now - timedelta(seconds=60)
+    assert sessions[0].idle_expires_at == sessions[0].last_seen_at + timedelta(seconds=IDLE_SECONDS)
+    dumped = "".join(s.model_dump_json() for s in sessions)
+    for token in (first.token, second.token):
+        assert token not in dumped
+
+
+async def test_a_user_revokes_one_of_their_sessions_but_not_someone_elses(world: World) -> None:
+    mine = await world.service.login("alice", PASSWORD, CONTEXT)
+    current = await world.service.login("alice", PASSWORD, CONTEXT)
+    await world.service.create_user("bob", "bob's long password", CONTEXT)
+    bobs = await world.service.login("bob", "bob's long password", CONTEXT)
+
+    with pytest.raises(ServiceError) as others:
+        await world.service.revoke_session("alice", bobs.session_id, CONTEXT)
+    with pytest.raises(ServiceError) as malformed:
+        await world.service.revoke_session("alice", "not-a-session-id", CONTEXT)
+    await world.service.revoke_session("alice", mine.session_id, CONTEXT)
+
+    assert others.value.code is malformed.value.code is ErrorCode.NOT_FOUND
+    assert (await world.service.authenticate(bobs.token)).username == "bob"
+    assert (await world.service.authenticate(current.token)).username == "alice"
+    with pytest.raises(ServiceError):
+        await world.service.authenticate(mine.token)
+    assert world.events.events[-1].data == {
+        "session_id": mine.session_id,
+        "username": "alice",
+        "reason": "revoked_by_owner",
+    }
+
+
+async def test_the_sweep_removes_expired_idle_and_revoked_sessions(world: World) -> None:
+    revoked = await world.service.login("alice", PASSWORD, CONTEXT)
+    await world.service.logout(revoked.token, CONTEXT)
+    idle = await world.service.login("alice", PASSWORD, CONTEXT)
+    world.clock.advance(IDLE_SECONDS - 10)
+    live = await world.service.login("alice", PASSWORD, CONTEXT)
+    world.clock.advance(10)
+
+    result = await world.service.sweep()
+
+    assert result.sessions_deleted == 2
+    assert set(world.sessions.sessions) == {live.session_id}
+    assert idle.session_id not in world.sessions.sessions
+
+
+# ---- users: disable, delete, role changes ---------------------------------------------------
+
+
+async def test_disabling_a_user_ends_their_sessions_at_once(world: World) -> None:
+    sessions = [await world.service.login("alice", PASSWORD, CONTEXT) for _ in range(2)]
+
+    view = await world.service.set_disabled("alice", disabled=True, context=ADMIN)
+
+    assert view.disabled
+    assert all(s.revoked for s in world.sessions.sessions.values())
+    for session in sessions:
+        with pytest.raises(ServiceError):
+            await world.service.authenticate(session.token)
+    types = world.events.types()
+    assert types[-3:] == [
+        "identity.session.revoked",
+        "identity.session.revoked",
+        "identity.user.disabled",
+    ]
+    assert world.events.events[-1].data == {"username": "alice", "sessions_revoked": 2}
+    enabled = await world.service.set_disabled("alice", disabled=False, context=ADMIN)
+    assert not enabled.disabled
+    assert world.events.events[-1].data == {
+        "username": "alice",
+        "changed": ["enabled"],
+        "sessions_revoked": 0,
+    }
+    await world.service.login("alice", PASSWORD, CONTEXT)
+
+
+async def test_a_role_change_ends_the_users_sessions(world: World) -> None:
+    session = await world.service.login("alice", PASSWORD, CONTEXT)
+
+    result = await world.service.revoke_user_sessions("alice", ADMIN)
+
+    assert result.sessions_revoked == 1
+    with pytest.raises(ServiceError):
+        await world.service.authenticate(session.token)
+    assert world.events.events[-2].data["reason"] == "roles_changed"
+    assert world.events.events[-1].data == {
+        "username": "alice",
+        "changed": ["roles"],
+        "sessions_revoked": 1,
+    }
+    with pytest.raises(ServiceError) as unknown:
+        await world.service.revoke_user_sessions("nobody", ADMIN)
+    assert unknown.value.code is ErrorCode.NOT_FOUND
+
+
+async def test_deleting_a_user_ends_their_sessions_and_frees_the_name(world: World) -> None:
+    session = await world.service.login("alice", PASSWORD, CONTEXT)
+
+    await world.service.delete_user("alice", ADMIN)
+
+    with pytest.raises(ServiceError):
+        await world.service.authenticate(session.token)
+    with pytest.raises(ServiceError) as login:
+        await world.service.login("alice", PASSWORD, CONTEXT)
+    assert login.value.code is ErrorCode.INVALID_CREDENTIALS
+    assert world.events.events[-1].routing_key == "identity.login.failed"
+    deleted = next(e for e in world.events.events if e.routing_key == "identity.user.deleted")
+    assert deleted.data == {"username": "alice", "sessions_revoked": 1, "api_keys_revoked": 0}
+    with pytest.raises(ServiceError) as again:
+        await world.service.delete_user("alice", ADMIN)
+    assert again.value.code is ErrorCode.NOT_FOUND
+    await world.service.create_user("alice", "a brand new password", ADMIN)
+
+
+@pytest.mark.parametrize("action", ["disable", "delete"])
+async def test_an_admin_cannot_disable_or_delete_themselves(world: World, action: str) -> None:
+    myself = RequestContext(actor="alice")
+    attempt = (
+        world.service.set_disabled("alice", disabled=True, context=myself)
+        if action == "disable"
+        else world.service.delete_user("alice", myself)
+    )
+    with pytest.raises(ServiceError) as error:
+        await attempt
+    assert error.value.code is ErrorCode.CONFLICT
+    assert not world.users.users["alice"].disabled
+
+
+async def test_get_user_is_not_found_for_unknown_names(world: World) -> None:
+    assert (await world.service.get_user("alice")).username == "alice"
+    with pytest.raises(ServiceError) as error:
+        await world.service.get_user("nobody")
+    assert error.value.code is ErrorCode.NOT_FOUND

@@ -22,6 +22,7 @@ from faststream.rabbit import (
     RabbitQueue,
 )
 from faststream.rabbit.annotations import RabbitMessage
+from faststream.security import BaseSecurity
 from pydantic import BaseModel, ValidationError
 
 from hypersdk_contracts.base import Message
@@ -35,6 +36,7 @@ from hypersdk_contracts.errors import ErrorBody, ErrorCode, ServiceError
 from hypersdk_contracts.events import EventData
 from hypersdk_contracts.names import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, dead_letter_queue
 from hypersdk_contracts.rpc import RpcReply, RpcRequest
+from hypersdk_kit.settings import AmqpTls
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +55,20 @@ DELIVERY_LIMIT = 10
 RequestT = TypeVar("RequestT", bound=RpcRequest)
 
 
-def build_broker(amqp_url: str, *, service: str) -> RabbitBroker:
-    """A broker for ``service``; per-message log lines are off (they carry no value here)."""
-    return RabbitBroker(amqp_url, app_id=f"hypersdk-{service}", logger=None, graceful_timeout=30)
+def build_broker(amqp_url: str, *, service: str, tls: AmqpTls | None = None) -> RabbitBroker:
+    """A broker for ``service``; per-message log lines are off (they carry no value here).
+
+    With ``tls`` the connection is amqps, verified against its CA, with the client
+    certificate presented (an ``amqps://`` URL without ``tls`` verifies against the system CAs).
+    """
+    security = None if tls is None else BaseSecurity(ssl_context=tls.ssl_context())
+    return RabbitBroker(
+        amqp_url,
+        app_id=f"hypersdk-{service}",
+        logger=None,
+        graceful_timeout=30,
+        security=security,
+    )
 
 
 def durable_queue(name: str, *, routing_key: str = "") -> RabbitQueue:
@@ -368,5 +381,5 @@ class RpcClient:
             error = reply.error or ErrorBody(
                 code=ErrorCode.INTERNAL_ERROR, message="The service failed to answer."
             )
-            raise ServiceError(error.code, error.message)
+            raise ServiceError.from_body(error)  # keeps retry_after_seconds
         return reply.result

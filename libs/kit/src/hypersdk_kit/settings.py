@@ -2,8 +2,39 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+@dataclass(frozen=True)
+class AmqpTls:
+    """Client TLS for an ``amqps://`` broker: whom to trust, and this service's certificate."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context: TLS 1.2 or newer, the client chain loaded if given.
+
+        The broker's certificate and host name are verified against ``ca_file`` (the system
+        CAs without one). A key file that others may read or anyone but its owner may change
+        is refused (group read is allowed: Kubernetes mounts Secrets 0440 for the fsGroup).
+        """
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert_file is not None:
+            if self.key_file is not None and self.key_file.stat().st_mode & 0o037:
+                raise PermissionError(
+                    f"{self.key_file} must be 0600 or 0440 (no group write, nothing for others)"
+                )
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
 
 class ServiceSettings(BaseSettings):
@@ -23,6 +54,36 @@ class ServiceSettings(BaseSettings):
         description="Declare exchanges and shared queues at start; false where RabbitMQ is "
         "provisioned from deploy/rabbitmq/definitions.json and users may not configure them.",
     )
+    amqp_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle that signs RabbitMQ's certificate (amqps://; without it the "
+        "system CAs).",
+    )
+    amqp_cert_file: Path | None = Field(
+        default=None, description="PEM client certificate (chain) presented to RabbitMQ."
+    )
+    amqp_key_file: Path | None = Field(
+        default=None, description="PEM private key of amqp_cert_file (0600 or 0440)."
+    )
+
+    @model_validator(mode="after")
+    def _amqp_tls_is_consistent(self) -> ServiceSettings:
+        if (self.amqp_cert_file is None) != (self.amqp_key_file is None):
+            raise ValueError("set both amqp_cert_file and amqp_key_file, or neither")
+        if self.amqp_tls is not None:
+            scheme = urlsplit(self.amqp_url.get_secret_value()).scheme
+            if scheme != "amqps":
+                raise ValueError("amqp_ca_file/amqp_cert_file need an amqps:// amqp_url")
+        return self
+
+    @property
+    def amqp_tls(self) -> AmqpTls | None:
+        """Client TLS for the broker connection; None when no TLS file is configured."""
+        if self.amqp_ca_file is None and self.amqp_cert_file is None:
+            return None
+        return AmqpTls(
+            ca_file=self.amqp_ca_file, cert_file=self.amqp_cert_file, key_file=self.amqp_key_file
+        )
 
 
 class DatabaseSettings(ServiceSettings):

@@ -25,7 +25,9 @@ async def prepare_audit(
     settings: AuditSettings,
 ) -> AsyncIterator[tuple[AuditService, RabbitBroker]]:
     """The audit use cases wired to PostgreSQL and the bus (broker not started yet)."""
-    broker = build_broker(settings.amqp_url.get_secret_value(), service=SERVICE)
+    broker = build_broker(
+        settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
+    )
     pool = await create_pool(
         settings.database_url.get_secret_value(), size=settings.database_pool_size
     )

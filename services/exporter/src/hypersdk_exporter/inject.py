@@ -32,7 +32,9 @@ async def prepare_exporter(
     events: EventPublisher | None = None,
 ) -> AsyncIterator[tuple[ExporterService, RabbitBroker]]:
     """The exporter use cases wired to PostgreSQL, qemu-img and the bus (not started yet)."""
-    broker = build_broker(settings.amqp_url.get_secret_value(), service=SERVICE)
+    broker = build_broker(
+        settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
+    )
     pool = await create_pool(
         settings.database_url.get_secret_value(), size=settings.database_pool_size
     )

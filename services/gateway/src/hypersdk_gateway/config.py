@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from hypersdk_kit.settings import ServiceSettings
@@ -19,6 +19,16 @@ class GatewaySettings(ServiceSettings):
     port: int = Field(default=8080, ge=0, le=65535, description="Listen port.")
     tls_cert_file: Path | None = Field(default=None, description="PEM certificate (enables TLS).")
     tls_key_file: Path | None = Field(default=None, description="PEM private key.")
+    tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: enables mutual TLS; client certificates are verified "
+        "against it.",
+    )
+    tls_client_cert_required: bool = Field(
+        default=True,
+        description="With tls_client_ca_file: refuse clients without a certificate (false: "
+        "a certificate is optional, but one that is sent must verify).",
+    )
     cors_origins: list[str] = Field(default_factory=list, description="Allowed browser origins.")
     cors_allow_credentials: bool = Field(default=False, description="Allow credentialed CORS.")
     trusted_proxies: list[str] = Field(
@@ -28,6 +38,16 @@ class GatewaySettings(ServiceSettings):
     login_rate_limit_per_minute: int = Field(default=10, ge=1, description="Logins per address.")
     max_body_bytes: int = Field(default=1_000_000, ge=1, description="Default body limit.")
     max_export_body_bytes: int = Field(default=10_000_000, ge=1, description="Export limit.")
+    rate_limits: dict[str, PositiveInt] = Field(
+        default_factory=dict,
+        description="Calls per minute by path prefix (the longest prefix wins), per principal "
+        "or client address; added to the defaults, and overriding them for the same prefix.",
+    )
+    body_limits: dict[str, PositiveInt] = Field(
+        default_factory=dict,
+        description="Body bytes by path prefix (the longest prefix wins); added to the "
+        "defaults, and overriding them for the same prefix.",
+    )
     rpc_timeout_seconds: float = Field(default=10.0, gt=0, description="Backend timeout.")
 
     @model_validator(mode="after")
@@ -36,4 +56,9 @@ class GatewaySettings(ServiceSettings):
             raise ValueError("CORS origin '*' cannot be combined with credentials")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        for prefix in [*self.rate_limits, *self.body_limits]:
+            if not prefix.startswith("/") or prefix.endswith("/"):
+                raise ValueError(f"limit prefix {prefix!r}: a path starting, not ending, with '/'")
         return self

@@ -10,6 +10,7 @@ from faststream.rabbit import RabbitBroker
 from hypersdk_gateway.adapters.inbound.http import build_api
 from hypersdk_gateway.adapters.inbound.middleware import (
     API_PREFIX,
+    LOGIN_PATH,
     ASGIApp,
     AuthenticationLayer,
     CorsLayer,
@@ -37,15 +38,16 @@ def build_chain(
 ) -> ASGIApp:
     """The API wrapped in its layers; the first layer listed here runs first."""
     api = build_api(backend, ready=ready)
-    app: ASGIApp = SizeLimitLayer(
-        api,
-        default_bytes=settings.max_body_bytes,
-        limits={f"{API_PREFIX}/exports": settings.max_export_body_bytes},
-    )
+    body_limits = {f"{API_PREFIX}/exports": settings.max_export_body_bytes, **settings.body_limits}
+    app: ASGIApp = SizeLimitLayer(api, default_bytes=settings.max_body_bytes, limits=body_limits)
+    per_minute = {LOGIN_PATH: settings.login_rate_limit_per_minute, **settings.rate_limits}
     app = RateLimitLayer(
         app,
-        api=TokenBuckets(capacity=settings.rate_limit_per_minute, period_seconds=60),
-        login=TokenBuckets(capacity=settings.login_rate_limit_per_minute, period_seconds=60),
+        default=TokenBuckets(capacity=settings.rate_limit_per_minute, period_seconds=60),
+        groups={
+            prefix: TokenBuckets(capacity=calls, period_seconds=60)
+            for prefix, calls in per_minute.items()
+        },
     )
     app = AuthenticationLayer(app, backend=backend)
     app = SecurityHeadersLayer(app)
@@ -59,7 +61,9 @@ def build_chain(
 @asynccontextmanager
 async def prepare_gateway(settings: GatewaySettings) -> AsyncIterator[tuple[ASGIApp, RabbitBroker]]:
     """The gateway wired to the bus; the broker is started here and stopped on exit."""
-    broker = build_broker(settings.amqp_url.get_secret_value(), service=SERVICE)
+    broker = build_broker(
+        settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
+    )
     await broker.start()
     try:
 

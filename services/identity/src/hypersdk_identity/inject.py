@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import bcrypt
 from faststream.rabbit import RabbitBroker
@@ -11,12 +12,20 @@ from faststream.rabbit import RabbitBroker
 from hypersdk_contracts.events import IdentityRequestRejected
 from hypersdk_identity.adapters.inbound.rpc import register_rpc
 from hypersdk_identity.adapters.outbound.bcrypt_hasher import BcryptPasswordHasher
+from hypersdk_identity.adapters.outbound.common_passwords import ZxcvbnPasswordBlocklist
+from hypersdk_identity.adapters.outbound.linux import NssAccountDirectory, PythonPamAuthenticator
 from hypersdk_identity.adapters.outbound.postgres import (
+    PostgresApiKeyStore,
     PostgresSessionStore,
+    PostgresThrottleStore,
     PostgresUserStore,
 )
 from hypersdk_identity.config import IdentitySettings
+from hypersdk_identity.core.apikeys import ApiKeyService
+from hypersdk_identity.core.pam import PamSupport
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
+from hypersdk_identity.core.throttle import LoginThrottle, ThrottleRule
+from hypersdk_identity.ports.outbound import ThrottleStore
 from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, build_broker
 from hypersdk_kit.database import create_pool
 from hypersdk_kit.guard import RequestGuard
@@ -35,7 +44,9 @@ async def prepare_identity(
     settings: IdentitySettings, *, events: EventPublisher | None = None
 ) -> AsyncIterator[tuple[IdentityService, RabbitBroker]]:
     """The identity use cases wired to PostgreSQL and the bus (broker not started yet)."""
-    broker = build_broker(settings.amqp_url.get_secret_value(), service=SERVICE)
+    broker = build_broker(
+        settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
+    )
     pool = await create_pool(
         settings.database_url.get_secret_value(), size=settings.database_pool_size
     )
@@ -44,11 +55,24 @@ async def prepare_identity(
         publisher = events or RabbitEventPublisher(
             broker, service=SERVICE, declare_topology=settings.declare_topology
         )
+        users = PostgresUserStore(pool)
+        api_key_store = PostgresApiKeyStore(pool)
+        pam = PamSupport(
+            authenticator=PythonPamAuthenticator(service=settings.pam_service),
+            directory=NssAccountDirectory(),
+            group_roles=settings.pam_group_roles,
+            auto_provision=settings.pam_auto_provision,
+            min_uid=settings.pam_min_uid,
+        )
         identity = IdentityService(
-            users=PostgresUserStore(pool),
+            users=users,
             sessions=PostgresSessionStore(pool),
             hasher=hasher,
             events=publisher,
+            throttle=build_throttle(settings, store=PostgresThrottleStore(pool), events=publisher),
+            blocklist=ZxcvbnPasswordBlocklist(),
+            pam=pam,
+            api_keys=api_key_store,
             session_policy=SessionPolicy(
                 idle_seconds=settings.session_idle_seconds,
                 lifetime_seconds=settings.session_lifetime_seconds,
@@ -57,8 +81,9 @@ async def prepare_identity(
                 b"dummy-password-for-timing", bcrypt.gensalt(settings.bcrypt_cost)
             ),
         )
+        signing_key = load_private_key(settings.signing_key_file)
         signer = AssertionSigner(
-            load_private_key(settings.signing_key_file),
+            signing_key,
             issuer=SERVICE,
             ttl_seconds=settings.assertion_ttl_seconds,
         )
@@ -68,8 +93,38 @@ async def prepare_identity(
             grants=AssertionVerifier(
                 load_public_key(settings.policy_public_key_file), issuer="policy"
             ),
+            # Its own assertions: a caller may list and revoke only its own sessions.
+            principals=AssertionVerifier(signing_key.public_key(), issuer=SERVICE),
         )
-        register_rpc(broker, identity, signer=signer, guard=guard)
+        api_keys = ApiKeyService(keys=api_key_store, users=users, events=publisher, pam=pam)
+        register_rpc(broker, identity, signer=signer, guard=guard, api_keys=api_keys)
         yield identity, broker
     finally:
         await pool.close()
+
+
+def build_throttle(
+    settings: IdentitySettings, *, store: ThrottleStore, events: EventPublisher
+) -> LoginThrottle:
+    """The login throttle the settings describe."""
+    address_rule = None
+    if settings.address_lockout_max_failures > 0:
+        address_rule = ThrottleRule(
+            max_failures=settings.address_lockout_max_failures,
+            window_seconds=settings.lockout_window_seconds,
+            lockout_seconds=settings.lockout_seconds,
+        )
+    return LoginThrottle(
+        store=store,
+        username_rule=ThrottleRule(
+            max_failures=settings.lockout_max_failures,
+            window_seconds=settings.lockout_window_seconds,
+            lockout_seconds=settings.lockout_seconds,
+            free_failures=settings.login_free_failures,
+            delay_base_seconds=settings.login_delay_base_seconds,
+            delay_max_seconds=settings.login_delay_max_seconds,
+        ),
+        address_rule=address_rule,
+        events=events,
+        clock=lambda: datetime.now(UTC),
+    )

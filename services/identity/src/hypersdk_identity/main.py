@@ -1,18 +1,57 @@
-"""Run the identity service."""
+"""Run the identity service: answer requests, and sweep expired sessions and lockouts."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
 from hypersdk_identity.config import IdentitySettings
+from hypersdk_identity.core.service import IdentityService
 from hypersdk_identity.inject import SERVICE, prepare_identity
 from hypersdk_kit.runtime import serve_until_stopped
+
+logger = logging.getLogger(__name__)
+
+
+async def sweep_periodically(identity: IdentityService, *, interval_seconds: float) -> None:
+    """Sweep every ``interval_seconds`` until cancelled.
+
+    The first sweep runs after one interval (once the bus is up); a failed sweep is logged and
+    tried again at the next. Every replica sweeps: the deletes are idempotent, and each expired
+    lockout is returned (and its unlock published) by exactly one of them.
+    """
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            result = await identity.sweep()
+        except Exception:
+            logger.exception("sweeping expired sessions and lockouts failed")
+        else:
+            if result.sessions_deleted or result.lockouts_ended:
+                logger.info(
+                    "swept",
+                    extra={
+                        "sessions_deleted": result.sessions_deleted,
+                        "lockouts_ended": result.lockouts_ended,
+                    },
+                )
 
 
 async def serve(settings: IdentitySettings) -> None:
     """Answer identity requests until stopped."""
-    async with prepare_identity(settings) as (_, broker):
-        await serve_until_stopped(
-            broker,
-            service=SERVICE,
-            health_host=settings.health_host,
-            health_port=settings.health_port,
+    async with prepare_identity(settings) as (identity, broker):
+        sweeper = asyncio.create_task(
+            sweep_periodically(identity, interval_seconds=settings.sweep_interval_seconds)
         )
+        try:
+            await serve_until_stopped(
+                broker,
+                service=SERVICE,
+                health_host=settings.health_host,
+                health_port=settings.health_port,
+            )
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper

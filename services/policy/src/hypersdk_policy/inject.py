@@ -30,7 +30,9 @@ async def prepare_policy(
     settings: PolicySettings, *, events: EventPublisher | None = None
 ) -> AsyncIterator[tuple[PolicyService, RabbitBroker]]:
     """The policy use cases wired to PostgreSQL and the bus (broker not started yet)."""
-    broker = build_broker(settings.amqp_url.get_secret_value(), service=SERVICE)
+    broker = build_broker(
+        settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
+    )
     pool = await create_pool(
         settings.database_url.get_secret_value(), size=settings.database_pool_size
     )

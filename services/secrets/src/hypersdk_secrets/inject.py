@@ -38,7 +38,9 @@ async def prepare_secrets(
     events: EventPublisher | None = None,
 ) -> AsyncIterator[tuple[SecretsService, RabbitBroker]]:
     """The secrets use cases wired to Vault and the bus (broker not started yet)."""
-    broker = build_broker(settings.amqp_url.get_secret_value(), service=SERVICE)
+    broker = build_broker(
+        settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
+    )
     publisher = events or RabbitEventPublisher(
         broker, service=SERVICE, declare_topology=settings.declare_topology
     )

@@ -1,10 +1,10 @@
-"""Rate limiting: token buckets keyed by endpoint group and principal."""
+"""Limits: token buckets keyed by endpoint group and principal; limits by path prefix."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 
@@ -71,3 +71,13 @@ class TokenBuckets:
         ]
         for key in full or list(self._buckets)[: len(self._buckets) // 2]:
             del self._buckets[key]
+
+
+def longest_prefix(path: str, prefixes: Iterable[str]) -> str | None:
+    """The longest of ``prefixes`` that ``path`` equals or lies under (by whole segments).
+
+    ``/api/v1/exports`` covers ``/api/v1/exports`` and ``/api/v1/exports/x``, not
+    ``/api/v1/exportsx``.
+    """
+    matches = [p for p in prefixes if path == p or path.startswith(p + "/")]
+    return max(matches, key=len) if matches else None

@@ -5,7 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from datetime import datetime
 
-from hypersdk_identity.core.models import Session, User
+from hypersdk_identity.core.models import (
+    ApiKey,
+    Session,
+    SystemAccount,
+    ThrottleKind,
+    ThrottleState,
+    User,
+)
 
 
 class UserStore(ABC):
@@ -25,6 +32,14 @@ class UserStore(ABC):
     @abstractmethod
     async def list(self) -> list[User]:
         """All users, by name."""
+
+    @abstractmethod
+    async def set_disabled(self, username: str, *, disabled: bool) -> User | None:
+        """Disable or enable a user; the user as now stored, or None if there is none."""
+
+    @abstractmethod
+    async def delete(self, username: str) -> bool:
+        """Remove a user with their sessions and API keys; whether there was one."""
 
 
 class SessionStore(ABC):
@@ -46,6 +61,86 @@ class SessionStore(ABC):
     async def revoke(self, session_id: str) -> None:
         """End a session now."""
 
+    @abstractmethod
+    async def replace_token(
+        self, session_id: str, *, old_hash: bytes, new_hash: bytes, at: datetime
+    ) -> bool:
+        """Swap the token hash if it still is ``old_hash`` (atomically); whether it did.
+
+        Two refreshes racing with the same token: exactly one wins, the other gets False.
+        """
+
+    @abstractmethod
+    async def list_for_user(self, username: str) -> list[Session]:
+        """Every session of a user that is not revoked, oldest first."""
+
+    @abstractmethod
+    async def revoke_all_for_user(self, username: str) -> list[str]:
+        """End every live session of a user; the ids of those it ended."""
+
+    @abstractmethod
+    async def delete_expired(self, *, now: datetime, idle_seconds: int) -> int:
+        """Remove revoked, expired and idle sessions; how many."""
+
+
+class ThrottleStore(ABC):
+    """Failed-login counters shared by every identity replica."""
+
+    @abstractmethod
+    async def get(self, kind: ThrottleKind, key: str) -> ThrottleState | None:
+        """The counter of one user name or address, if any."""
+
+    @abstractmethod
+    async def save(self, state: ThrottleState) -> bool:
+        """Store ``state`` if the stored version still is ``state.version`` (0: none stored).
+
+        On success the stored version is ``state.version + 1``; False means another replica
+        changed the counter first and the caller must read it again.
+        """
+
+    @abstractmethod
+    async def delete(self, kind: ThrottleKind, key: str) -> ThrottleState | None:
+        """Remove a counter; the removed state, if there was one."""
+
+    @abstractmethod
+    async def sweep(self, *, now: datetime, stale_before: datetime) -> list[ThrottleState]:
+        """Remove expired lockouts (returned) and counters without failures since a time."""
+
+
+class ApiKeyStore(ABC):
+    """Keeps API keys by the hash of the key."""
+
+    @abstractmethod
+    async def add(self, key: ApiKey) -> None:
+        """Store a new key."""
+
+    @abstractmethod
+    async def get(self, key_id: str) -> ApiKey | None:
+        """The key of that id, if any."""
+
+    @abstractmethod
+    async def by_hash(self, key_hash: bytes) -> ApiKey | None:
+        """The key that hashes to ``key_hash``, if any."""
+
+    @abstractmethod
+    async def list(self, *, owner: str | None, working_at: datetime) -> list[ApiKey]:
+        """Keys not revoked (or still in a grace period) at ``working_at``, oldest first."""
+
+    @abstractmethod
+    async def revoke(self, key_id: str, *, at: datetime) -> ApiKey | None:
+        """Make a key stop working at ``at`` unless it stops earlier; None if it already has."""
+
+    @abstractmethod
+    async def rotate(self, key_id: str, *, replacement: ApiKey, old_valid_until: datetime) -> bool:
+        """Store ``replacement`` and end the old key at ``old_valid_until``, atomically.
+
+        False (nothing stored) if the old key was already revoked or replaced.
+        """
+
+    @abstractmethod
+    async def touch(self, key_id: str, at: datetime) -> None:
+        """Record a use (stores may skip writes within a minute of the last one)."""
+
 
 class PasswordHasher(ABC):
     """Hashes and checks passwords without blocking the event loop."""
@@ -57,3 +152,27 @@ class PasswordHasher(ABC):
     @abstractmethod
     async def check(self, password: str, password_hash: bytes) -> bool:
         """Whether ``password`` matches ``password_hash``."""
+
+
+class PasswordBlocklist(ABC):
+    """Passwords too common to allow."""
+
+    @abstractmethod
+    async def contains(self, password: str) -> bool:
+        """Whether ``password`` is on the list, ignoring case."""
+
+
+class PamAuthenticator(ABC):
+    """Checks a Linux user's password through PAM, off the event loop."""
+
+    @abstractmethod
+    async def authenticate(self, username: str, password: str) -> bool:
+        """Whether PAM accepts the password (and the account); PAM's messages stay inside."""
+
+
+class AccountDirectory(ABC):
+    """Looks up Linux accounts and their groups through the name service switch."""
+
+    @abstractmethod
+    async def account(self, username: str) -> SystemAccount | None:
+        """The account of that name and its groups, if there is one."""

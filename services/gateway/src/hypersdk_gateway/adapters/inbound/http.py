@@ -6,13 +6,13 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hypersdk_contracts.errors import HTTP_STATUS, ErrorCode, ServiceError
@@ -22,30 +22,45 @@ from hypersdk_contracts.rpc import (
     NAME_PATTERN,
     SECRET_PATH_PATTERN,
     USERNAME_PATTERN,
+    ApiKeyIdRequest,
+    ApiKeyView,
     AssignRolesRequest,
     AuditEntryView,
+    CreateApiKeyRequest,
     CreateExportRequest,
     CreateUserRequest,
     DecideRequest,
     DiskFormat,
     GetVmRequest,
+    IssuedApiKey,
     JobIdRequest,
     JobView,
+    ListApiKeysRequest,
     ListAuditEventsRequest,
     ListJobsRequest,
     ListProvidersRequest,
     ListSecretsRequest,
+    ListSessionsRequest,
     ListUsersRequest,
     ListVmsRequest,
     LoginRequest,
     LogoutRequest,
+    PermissionsOfRequest,
+    Principal,
     ProviderNameRequest,
     ProviderView,
     PutSecretRequest,
+    RefreshRequest,
     RegisterProviderRequest,
+    RevokeSessionRequest,
+    RevokeUserSessionsRequest,
     RolesOfRequest,
+    RotateApiKeyRequest,
     SecretMetadata,
     SecretPathRequest,
+    SessionView,
+    UpdateUserRequest,
+    UserNameRequest,
     UserView,
     VerifyRequest,
     VerifyResult,
@@ -105,14 +120,49 @@ class MeResponse(BaseModel):
     username: str
     roles: list[str]
     session_id: str | None
+    kind: Literal["session", "apikey"] = "session"
+    key_id: str | None = None
+    scopes: list[str] | None = Field(
+        default=None, description="API key scopes; null: all of the user's permissions."
+    )
+    external_roles: list[str] = Field(
+        default_factory=list, description="Roles from the PAM group map (PAM users)."
+    )
 
 
 class CreateUserBody(Body):
-    """A new local user."""
+    """A new user: local (with a password) or PAM (without: PAM checks it)."""
 
     username: str = Field(pattern=USERNAME_PATTERN)
-    password: str = Field(min_length=1, max_length=1024)
+    password: str | None = Field(default=None, min_length=1, max_length=1024)
+    source: Literal["local", "pam"] = "local"
     roles: list[str] = Field(default_factory=list, max_length=4)
+
+
+class UpdateUserBody(Body):
+    """Replace a user's roles, disable or enable them; either ends their sessions at once."""
+
+    roles: list[str] | None = Field(default=None, max_length=4)
+    disabled: bool | None = None
+
+
+UserNameParam = Annotated[str, Path(max_length=64, description="Login name.")]
+IdParam = Annotated[str, Path(max_length=64, description="Public id.")]
+
+
+class CreateApiKeyBody(Body):
+    """A new API key; ``owner`` defaults to the caller, scopes must be the owner's."""
+
+    name: str = Field(min_length=1, max_length=64)
+    scopes: list[Permission] = Field(min_length=1, max_length=10)
+    expires_at: AwareDatetime | None = None
+    owner: str | None = Field(default=None, pattern=USERNAME_PATTERN)
+
+
+class RotateApiKeyBody(Body):
+    """How long the replaced key keeps working (0: it dies at once)."""
+
+    grace_seconds: int = Field(default=0, ge=0, le=7 * 24 * 3600)
 
 
 class UserWithRoles(BaseModel):
@@ -213,14 +263,32 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     async def logout(request: Request) -> Response:
         """End the current session."""
         await backend.ask(
-            RpcQueue.IDENTITY_LOGOUT, LogoutRequest(token=request.state.token, context=ctx(request))
+            RpcQueue.IDENTITY_LOGOUT,
+            LogoutRequest(token=session_token(request), context=ctx(request)),
         )
         return Response(status_code=204)
 
-    @api.post("/auth/refresh", tags=["auth"], dependencies=[Depends(require(None))])
-    async def refresh() -> None:
-        """Swap the session token for a new one."""
-        raise not_implemented("Session refresh")
+    @api.post(
+        "/auth/refresh",
+        response_model=LoginResponse,
+        tags=["auth"],
+        dependencies=[Depends(require(None))],
+    )
+    async def refresh(request: Request) -> Any:
+        """Swap the session token for a new one; the old token stops working at once.
+
+        The session keeps its absolute expiry: refreshing rotates the token, it does not
+        extend the session.
+        """
+        result = await backend.ask(
+            RpcQueue.IDENTITY_REFRESH,
+            RefreshRequest(token=session_token(request), context=ctx(request)),
+        )
+        return {
+            "token": result["token"],
+            "expires_at": result["expires_at"],
+            "user": result["user"],
+        }
 
     @api.get(
         "/auth/me", response_model=MeResponse, tags=["auth"], dependencies=[Depends(require(None))]
@@ -236,17 +304,46 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
             "username": principal.username,
             "roles": roles["roles"],
             "session_id": principal.session_id,
+            "kind": principal.kind,
+            "key_id": principal.key_id,
+            "scopes": principal.scopes,
+            "external_roles": principal.external_roles,
         }
 
-    @api.get("/auth/sessions", tags=["auth"], dependencies=[Depends(require(None))])
-    async def list_sessions() -> None:
-        """The caller's sessions."""
-        raise not_implemented("Session listing")
+    @api.get(
+        "/auth/sessions",
+        response_model=list[SessionView],
+        tags=["auth"],
+        dependencies=[Depends(require(None))],
+    )
+    async def list_sessions(request: Request) -> Any:
+        """The caller's live sessions (never their tokens); ``current`` marks this one."""
+        principal: Principal = request.state.principal
+        return await backend.ask(
+            RpcQueue.IDENTITY_LIST_SESSIONS,
+            ListSessionsRequest(
+                username=principal.username,
+                current_session_id=principal.session_id,
+                context=ctx(request),
+            ),
+        )
 
-    @api.delete("/auth/sessions/{session_id}", tags=["auth"], dependencies=[Depends(require(None))])
-    async def revoke_session(session_id: str) -> None:
-        """Revoke one of the caller's sessions."""
-        raise not_implemented("Session revocation by id")
+    @api.delete(
+        "/auth/sessions/{session_id}",
+        status_code=204,
+        tags=["auth"],
+        dependencies=[Depends(require(None))],
+    )
+    async def revoke_session(session_id: IdParam, request: Request) -> Response:
+        """Revoke one of the caller's sessions (another user's session is a 404)."""
+        principal: Principal = request.state.principal
+        await backend.ask(
+            RpcQueue.IDENTITY_REVOKE_SESSION,
+            RevokeSessionRequest(
+                username=principal.username, session_id=session_id, context=ctx(request)
+            ),
+        )
+        return Response(status_code=204)
 
     # ---- users -----------------------------------------------------------------------------
     users_manage = [Depends(require(Permission.USERS_MANAGE))]
@@ -266,10 +363,15 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         dependencies=users_manage,
     )
     async def create_user(body: CreateUserBody, request: Request) -> Any:
-        """Create a local user and assign their roles."""
+        """Create a local user (with a password) or a PAM user (without), and their roles."""
         user = await backend.ask(
             RpcQueue.IDENTITY_CREATE_USER,
-            CreateUserRequest(username=body.username, password=body.password, context=ctx(request)),
+            CreateUserRequest(
+                username=body.username,
+                password=body.password,
+                source=body.source,
+                context=ctx(request),
+            ),
         )
         roles = await backend.ask(
             RpcQueue.POLICY_ASSIGN_ROLES,
@@ -280,51 +382,169 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     @api.get(
         "/users/{username}", response_model=UserWithRoles, tags=["users"], dependencies=users_manage
     )
-    async def get_user(username: str, request: Request) -> Any:
-        """One user and their roles."""
-        users = await backend.ask(
-            RpcQueue.IDENTITY_LIST_USERS, ListUsersRequest(context=ctx(request))
+    async def get_user(username: UserNameParam, request: Request) -> Any:
+        """One user (with PAM group roles and any lockout in force) and their assigned roles."""
+        user = await backend.ask(
+            RpcQueue.IDENTITY_GET_USER,
+            UserNameRequest(username=username, context=ctx(request)),
         )
-        match = next((u for u in users if u["username"] == username), None)
-        if match is None:
-            raise ServiceError(ErrorCode.NOT_FOUND, "No user of that name.")
         roles = await backend.ask(
             RpcQueue.POLICY_ROLES_OF, RolesOfRequest(username=username, context=ctx(request))
         )
-        return {"user": match, "roles": roles["roles"]}
+        return {"user": user, "roles": roles["roles"]}
 
-    @api.patch("/users/{username}", tags=["users"], dependencies=users_manage)
-    async def update_user(username: str) -> None:
-        """Change a user's roles or disable them."""
-        raise not_implemented("Updating users")
+    @api.patch(
+        "/users/{username}", response_model=UserWithRoles, tags=["users"], dependencies=users_manage
+    )
+    async def update_user(username: UserNameParam, body: UpdateUserBody, request: Request) -> Any:
+        """Replace a user's roles and/or disable or enable them.
 
-    @api.delete("/users/{username}", tags=["users"], dependencies=users_manage)
-    async def delete_user(username: str) -> None:
-        """Delete a user."""
-        raise not_implemented("Deleting users")
+        Disabling a user or changing their roles ends all their sessions at once.
+        """
+        if body.roles is None and body.disabled is None:
+            raise ServiceError(ErrorCode.VALIDATION_FAILED, "Give roles, disabled, or both.")
+        name = username
+        if body.disabled is not None:
+            user = await backend.ask(
+                RpcQueue.IDENTITY_UPDATE_USER,
+                UpdateUserRequest(username=name, disabled=body.disabled, context=ctx(request)),
+            )
+        else:
+            user = await backend.ask(
+                RpcQueue.IDENTITY_GET_USER, UserNameRequest(username=name, context=ctx(request))
+            )
+        if body.roles is None:
+            roles = await backend.ask(
+                RpcQueue.POLICY_ROLES_OF, RolesOfRequest(username=name, context=ctx(request))
+            )
+            return {"user": user, "roles": roles["roles"]}
+        roles = await backend.ask(
+            RpcQueue.POLICY_ASSIGN_ROLES,
+            AssignRolesRequest(username=name, roles=body.roles, context=ctx(request)),
+        )
+        await backend.ask(
+            RpcQueue.IDENTITY_REVOKE_USER_SESSIONS,
+            RevokeUserSessionsRequest(username=name, reason="roles_changed", context=ctx(request)),
+        )
+        return {"user": user, "roles": roles["roles"]}
+
+    @api.delete("/users/{username}", status_code=204, tags=["users"], dependencies=users_manage)
+    async def delete_user(username: UserNameParam, request: Request) -> Response:
+        """Delete a user with their sessions and API keys, and clear their role assignments."""
+        name = username
+        await backend.ask(
+            RpcQueue.IDENTITY_DELETE_USER, UserNameRequest(username=name, context=ctx(request))
+        )
+        await backend.ask(
+            RpcQueue.POLICY_ASSIGN_ROLES,
+            AssignRolesRequest(username=name, roles=[], context=ctx(request)),
+        )
+        return Response(status_code=204)
+
+    @api.post(
+        "/users/{username}/unlock", status_code=204, tags=["users"], dependencies=users_manage
+    )
+    async def unlock_user(username: UserNameParam, request: Request) -> Response:
+        """Lift a login lockout of a user name (also one not provisioned yet, e.g. PAM)."""
+        await backend.ask(
+            RpcQueue.IDENTITY_UNLOCK_USER,
+            UserNameRequest(username=username, context=ctx(request)),
+        )
+        return Response(status_code=204)
 
     # ---- api keys --------------------------------------------------------------------------
     keys_manage = [Depends(require(Permission.APIKEYS_MANAGE))]
 
-    @api.get("/api-keys", tags=["api-keys"], dependencies=keys_manage)
-    async def list_keys() -> None:
-        """API keys."""
-        raise not_implemented("API keys")
+    @api.get(
+        "/api-keys", response_model=list[ApiKeyView], tags=["api-keys"], dependencies=keys_manage
+    )
+    async def list_keys(
+        request: Request, owner: Annotated[str | None, Query(max_length=64)] = None
+    ) -> Any:
+        """API keys that work (never the keys themselves), of every user or of ``owner``."""
+        return await backend.ask(
+            RpcQueue.IDENTITY_LIST_API_KEYS,
+            ListApiKeysRequest(owner=owner, context=ctx(request)),
+        )
 
-    @api.post("/api-keys", tags=["api-keys"], dependencies=keys_manage)
-    async def create_key() -> None:
-        """Create an API key."""
-        raise not_implemented("API keys")
+    @api.post(
+        "/api-keys",
+        status_code=201,
+        response_model=IssuedApiKey,
+        tags=["api-keys"],
+        dependencies=keys_manage,
+    )
+    async def create_key(body: CreateApiKeyBody, request: Request) -> Any:
+        """Issue an API key; the answer is the only time the key is shown.
 
-    @api.delete("/api-keys/{key_id}", tags=["api-keys"], dependencies=keys_manage)
-    async def revoke_key(key_id: str) -> None:
-        """Revoke an API key."""
-        raise not_implemented("API keys")
+        The scopes must be permissions the owner holds now (and, when the caller is itself an
+        API key, within that key's scopes).
+        """
+        principal: Principal = request.state.principal
+        owner = body.owner or principal.username
+        scopes = sorted({scope.value for scope in body.scopes})
+        if owner == principal.username:
+            external_roles = principal.external_roles
+        else:
+            user = await backend.ask(
+                RpcQueue.IDENTITY_GET_USER, UserNameRequest(username=owner, context=ctx(request))
+            )
+            external_roles = user["external_roles"]
+        held = await backend.ask(
+            RpcQueue.POLICY_PERMISSIONS_OF,
+            PermissionsOfRequest(
+                username=owner, external_roles=external_roles, context=ctx(request)
+            ),
+        )
+        allowed = set(held["permissions"])
+        if principal.scopes is not None:
+            allowed &= set(principal.scopes)
+        beyond = [scope for scope in scopes if scope not in allowed]
+        if beyond:
+            raise ServiceError(
+                ErrorCode.VALIDATION_FAILED,
+                "A key's scopes must be permissions its owner holds (and the calling key's); "
+                f"not held: {', '.join(beyond)}.",
+            )
+        return await backend.ask(
+            RpcQueue.IDENTITY_CREATE_API_KEY,
+            CreateApiKeyRequest(
+                owner=owner,
+                name=body.name,
+                scopes=scopes,
+                expires_at=body.expires_at,
+                context=ctx(request),
+            ),
+        )
 
-    @api.post("/api-keys/{key_id}/rotate", tags=["api-keys"], dependencies=keys_manage)
-    async def rotate_key(key_id: str) -> None:
-        """Rotate an API key."""
-        raise not_implemented("API keys")
+    @api.delete("/api-keys/{key_id}", status_code=204, tags=["api-keys"], dependencies=keys_manage)
+    async def revoke_key(key_id: IdParam, request: Request) -> Response:
+        """Revoke an API key: once this returns, no gateway accepts it."""
+        await backend.ask(
+            RpcQueue.IDENTITY_REVOKE_API_KEY,
+            ApiKeyIdRequest(key_id=key_id, context=ctx(request)),
+        )
+        return Response(status_code=204)
+
+    @api.post(
+        "/api-keys/{key_id}/rotate",
+        status_code=201,
+        response_model=IssuedApiKey,
+        tags=["api-keys"],
+        dependencies=keys_manage,
+    )
+    async def rotate_key(
+        key_id: IdParam, request: Request, body: RotateApiKeyBody | None = None
+    ) -> Any:
+        """Issue a replacement key; the old one dies at once or after ``grace_seconds``."""
+        return await backend.ask(
+            RpcQueue.IDENTITY_ROTATE_API_KEY,
+            RotateApiKeyRequest(
+                key_id=key_id,
+                grace_seconds=body.grace_seconds if body else 0,
+                context=ctx(request),
+            ),
+        )
 
     # ---- providers and VMs -----------------------------------------------------------------
     browse = [Depends(require(Permission.VMS_BROWSE))]
@@ -561,6 +781,17 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     return app
 
 
+def session_token(request: Request) -> str:
+    """The session token of the call; a call made with an API key has none."""
+    token: str | None = getattr(request.state, "token", None)
+    if token is None:
+        raise ServiceError(
+            ErrorCode.INVALID_REQUEST,
+            "This call needs a session token; API keys are revoked with DELETE /api-keys/{id}.",
+        )
+    return token
+
+
 def _check_secret_path(path: str) -> None:
     if not re.fullmatch(SECRET_PATH_PATTERN, path):
         raise ServiceError(
@@ -581,7 +812,10 @@ def _error(request: Request, code: ErrorCode, message: str, status: int | None =
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> Response:
-        return _error(request, exc.code, exc.message)
+        response = _error(request, exc.code, exc.message)
+        if exc.retry_after_seconds is not None:
+            response.headers["Retry-After"] = str(exc.retry_after_seconds)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

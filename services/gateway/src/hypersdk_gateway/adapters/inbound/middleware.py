@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from starlette.routing import BaseRoute, Match
 
+from hypersdk_contracts.credentials import is_well_formed_api_key
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import RequestCompleted
 from hypersdk_contracts.names import RpcQueue
-from hypersdk_contracts.rpc import AuthenticateRequest, Principal
+from hypersdk_contracts.rpc import AuthenticateApiKeyRequest, AuthenticateRequest, Principal
 from hypersdk_gateway.adapters.inbound.errors import send_error
-from hypersdk_gateway.core.limits import TokenBuckets
+from hypersdk_gateway.core.limits import TokenBuckets, longest_prefix
 from hypersdk_gateway.core.requests import accept_request_id, client_address
 from hypersdk_gateway.ports.outbound import Backend
 from hypersdk_kit.bus import EventPublisher
@@ -275,7 +276,12 @@ class SecurityHeadersLayer:
 
 
 class AuthenticationLayer:
-    """Resolves the credential to a principal via identity; 401 when there is none."""
+    """Resolves the credential to a principal via identity; 401 when there is none.
+
+    A session token (``Authorization: Bearer``) or an API key (``X-API-Key``), not both. Every
+    call is checked by identity, without a cache, so a logout or a key revocation holds at once
+    on every gateway replica. A malformed key (wrong prefix or checksum) is refused here.
+    """
 
     def __init__(self, app: ASGIApp, *, backend: Backend) -> None:
         self.app = app
@@ -293,13 +299,17 @@ class AuthenticationLayer:
             return
         authorization = header(scope, b"authorization") or ""
         scheme, _, token = authorization.partition(" ")
-        if header(scope, b"x-api-key") is not None and not token:
-            await send_error(
-                send,
-                code=ErrorCode.UNAUTHENTICATED,
-                request_id=st["request_id"],
-                message="API keys are not accepted by this version; use a session token.",
-            )
+        api_key = header(scope, b"x-api-key")
+        if api_key is not None:
+            if authorization:
+                await send_error(
+                    send,
+                    code=ErrorCode.UNAUTHENTICATED,
+                    request_id=st["request_id"],
+                    message="Send a session token or an API key, not both.",
+                )
+                return
+            await self._with_api_key(api_key.strip(), scope, receive, send)
             return
         if scheme.lower() != "bearer" or not token.strip():
             await send_error(
@@ -326,14 +336,44 @@ class AuthenticationLayer:
         st["token"] = token.strip()
         await self.app(scope, receive, send)
 
+    async def _with_api_key(self, key: str, scope: Scope, receive: Receive, send: Send) -> None:
+        st = state(scope)
+        refused = "The API key is not valid."
+        if not is_well_formed_api_key(key):
+            await send_error(
+                send, code=ErrorCode.UNAUTHENTICATED, request_id=st["request_id"], message=refused
+            )
+            return
+        try:
+            result = await self.backend.ask(
+                RpcQueue.IDENTITY_AUTHENTICATE_API_KEY,
+                AuthenticateApiKeyRequest(key=key, context=context_of(scope)),
+            )
+        except ServiceError as exc:
+            code: ErrorCode = ErrorCode.UNAUTHENTICATED
+            message = refused
+            if exc.code is ErrorCode.UPSTREAM_UNAVAILABLE:
+                code, message = exc.code, exc.message
+            await send_error(send, code=code, request_id=st["request_id"], message=message)
+            return
+        st["principal"] = Principal.model_validate(result)
+        await self.app(scope, receive, send)
+
 
 class RateLimitLayer:
-    """Token buckets per endpoint group and principal (client address when anonymous)."""
+    """Token buckets per endpoint group and principal (client address when anonymous).
 
-    def __init__(self, app: ASGIApp, *, api: TokenBuckets, login: TokenBuckets) -> None:
+    A call spends one token from the group of the longest path prefix in ``groups`` that it
+    falls under (login is such a group, and always anonymous, so per client address), or else
+    from the ``default`` group. Each group has its own buckets.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, default: TokenBuckets, groups: Mapping[str, TokenBuckets]
+    ) -> None:
         self.app = app
-        self.api = api
-        self.login = login
+        self.default = default
+        self.groups = dict(groups)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Spend a token or answer 429."""
@@ -342,13 +382,10 @@ class RateLimitLayer:
             return
         st = state(scope)
         principal: Principal | None = st.get("principal")
-        if scope["path"] == LOGIN_PATH:
-            buckets, key = self.login, f"login:{st['client']}"
-        elif principal is not None:
-            buckets, key = self.api, f"api:user:{principal.username}"
-        else:
-            buckets, key = self.api, f"api:addr:{st['client']}"
-        verdict = buckets.take(key)
+        group = longest_prefix(scope["path"], self.groups)
+        buckets = self.default if group is None else self.groups[group]
+        who = f"user:{principal.username}" if principal else f"addr:{st['client']}"
+        verdict = buckets.take(f"{group or '*'} {who}")
         headers = [
             (b"ratelimit-policy", f"{verdict.limit};w=60".encode()),
             (
@@ -379,8 +416,8 @@ class SizeLimitLayer:
 
     def limit_for(self, path: str) -> int:
         """The limit of a path: the longest matching prefix, else the default."""
-        matches = [p for p in self.limits if path == p or path.startswith(p + "/")]
-        return self.limits[max(matches, key=len)] if matches else self.default_bytes
+        prefix = longest_prefix(path, self.limits)
+        return self.default_bytes if prefix is None else self.limits[prefix]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Buffer up to the limit, then replay the body to the app."""

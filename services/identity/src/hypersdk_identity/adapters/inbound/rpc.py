@@ -2,26 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from faststream.rabbit import RabbitBroker
 
+from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import (
+    ApiKeyIdRequest,
+    ApiKeyView,
+    AuthenticateApiKeyRequest,
     AuthenticateRequest,
+    CreateApiKeyRequest,
     CreateUserRequest,
+    IssuedApiKey,
+    ListApiKeysRequest,
+    ListSessionsRequest,
     ListUsersRequest,
     LoginRequest,
     LoginResult,
     LogoutRequest,
     Principal,
+    RefreshRequest,
+    RevokedSessions,
+    RevokeSessionRequest,
+    RevokeUserSessionsRequest,
+    RotateApiKeyRequest,
+    SessionView,
+    UpdateUserRequest,
+    UserNameRequest,
     UserView,
 )
+from hypersdk_identity.core.apikeys import ApiKeyService
 from hypersdk_identity.core.service import IdentityService
-from hypersdk_kit.bus import serve_rpc
+from hypersdk_kit.bus import Answer, RequestT, serve_rpc
 from hypersdk_kit.guard import RequestGuard
 from hypersdk_kit.trust import AssertionSigner
 
 USERS_MANAGE = frozenset({Permission.USERS_MANAGE.value})
+APIKEYS_MANAGE = frozenset({Permission.APIKEYS_MANAGE.value})
+Answerer = Callable[[RequestT], Awaitable[Answer]]
 
 
 def sign_principal(signer: AssertionSigner, principal: Principal) -> Principal:
@@ -46,6 +68,7 @@ def register_rpc(
     *,
     signer: AssertionSigner,
     guard: RequestGuard,
+    api_keys: ApiKeyService,
 ) -> None:
     """Answer the identity questions on their request queues."""
 
@@ -59,11 +82,15 @@ def register_rpc(
         await identity.logout(request.token, request.context)
 
     async def create_user(request: CreateUserRequest) -> UserView:
-        return await identity.create_user(request.username, request.password, request.context)
+        return await identity.create_user(
+            request.username, request.password, request.context, source=request.source
+        )
 
     async def list_users(request: ListUsersRequest) -> list[UserView]:
         return await identity.list_users()
 
+    register_account_rpc(broker, identity, signer=signer, guard=guard)
+    register_api_key_rpc(broker, api_keys, signer=signer, guard=guard)
     serve_rpc(broker, RpcQueue.IDENTITY_LOGIN, LoginRequest, login)
     serve_rpc(broker, RpcQueue.IDENTITY_AUTHENTICATE, AuthenticateRequest, authenticate)
     serve_rpc(broker, RpcQueue.IDENTITY_LOGOUT, LogoutRequest, logout)
@@ -83,3 +110,122 @@ def register_rpc(
         permissions=USERS_MANAGE,
         authorizer=guard,
     )
+
+
+def register_account_rpc(
+    broker: RabbitBroker,
+    identity: IdentityService,
+    *,
+    signer: AssertionSigner,
+    guard: RequestGuard,
+) -> None:
+    """Sessions of the caller, and user management (users:manage)."""
+
+    async def refresh(request: RefreshRequest) -> LoginResult:
+        return await identity.refresh(request.token, request.context)
+
+    async def list_sessions(request: ListSessionsRequest) -> list[SessionView]:
+        claims = await _own(
+            guard, RpcQueue.IDENTITY_LIST_SESSIONS, request.context, request.username
+        )
+        return await identity.list_sessions(request.username, current_session_id=claims.get("sid"))
+
+    async def revoke_session(request: RevokeSessionRequest) -> None:
+        await _own(guard, RpcQueue.IDENTITY_REVOKE_SESSION, request.context, request.username)
+        await identity.revoke_session(request.username, request.session_id, request.context)
+
+    async def get_user(request: UserNameRequest) -> UserView:
+        return await identity.get_user(request.username)
+
+    async def update_user(request: UpdateUserRequest) -> UserView:
+        return await identity.set_disabled(
+            request.username, disabled=request.disabled, context=request.context
+        )
+
+    async def delete_user(request: UserNameRequest) -> None:
+        await identity.delete_user(request.username, request.context)
+
+    async def unlock_user(request: UserNameRequest) -> None:
+        await identity.unlock_user(request.username, request.context)
+
+    async def revoke_user_sessions(request: RevokeUserSessionsRequest) -> RevokedSessions:
+        return await identity.revoke_user_sessions(request.username, request.context)
+
+    serve_rpc(broker, RpcQueue.IDENTITY_REFRESH, RefreshRequest, refresh)
+    serve_rpc(broker, RpcQueue.IDENTITY_LIST_SESSIONS, ListSessionsRequest, list_sessions)
+    serve_rpc(broker, RpcQueue.IDENTITY_REVOKE_SESSION, RevokeSessionRequest, revoke_session)
+
+    def manage(queue: str, model: type[RequestT], answer: Answerer[RequestT]) -> None:
+        serve_rpc(broker, queue, model, answer, permissions=USERS_MANAGE, authorizer=guard)
+
+    # Issuing an API key for another user (apikeys:manage) looks the owner up too.
+    serve_rpc(
+        broker,
+        RpcQueue.IDENTITY_GET_USER,
+        UserNameRequest,
+        get_user,
+        permissions=USERS_MANAGE | APIKEYS_MANAGE,
+        authorizer=guard,
+    )
+    manage(RpcQueue.IDENTITY_UPDATE_USER, UpdateUserRequest, update_user)
+    manage(RpcQueue.IDENTITY_DELETE_USER, UserNameRequest, delete_user)
+    manage(RpcQueue.IDENTITY_UNLOCK_USER, UserNameRequest, unlock_user)
+    manage(RpcQueue.IDENTITY_REVOKE_USER_SESSIONS, RevokeUserSessionsRequest, revoke_user_sessions)
+
+
+def register_api_key_rpc(
+    broker: RabbitBroker,
+    api_keys: ApiKeyService,
+    *,
+    signer: AssertionSigner,
+    guard: RequestGuard,
+) -> None:
+    """API keys: authentication (any caller with a key), management (apikeys:manage)."""
+
+    async def authenticate_api_key(request: AuthenticateApiKeyRequest) -> Principal:
+        return sign_principal(signer, await api_keys.authenticate(request.key))
+
+    async def create_api_key(request: CreateApiKeyRequest) -> IssuedApiKey:
+        return await api_keys.create(
+            owner=request.owner,
+            name=request.name,
+            scopes=request.scopes,
+            expires_at=request.expires_at,
+            context=request.context,
+        )
+
+    async def list_api_keys(request: ListApiKeysRequest) -> list[ApiKeyView]:
+        return await api_keys.list_keys(owner=request.owner)
+
+    async def revoke_api_key(request: ApiKeyIdRequest) -> None:
+        await api_keys.revoke(request.key_id, request.context)
+
+    async def rotate_api_key(request: RotateApiKeyRequest) -> IssuedApiKey:
+        return await api_keys.rotate(
+            request.key_id, grace_seconds=request.grace_seconds, context=request.context
+        )
+
+    serve_rpc(
+        broker,
+        RpcQueue.IDENTITY_AUTHENTICATE_API_KEY,
+        AuthenticateApiKeyRequest,
+        authenticate_api_key,
+    )
+
+    def manage(queue: str, model: type[RequestT], answer: Answerer[RequestT]) -> None:
+        serve_rpc(broker, queue, model, answer, permissions=APIKEYS_MANAGE, authorizer=guard)
+
+    manage(RpcQueue.IDENTITY_CREATE_API_KEY, CreateApiKeyRequest, create_api_key)
+    manage(RpcQueue.IDENTITY_LIST_API_KEYS, ListApiKeysRequest, list_api_keys)
+    manage(RpcQueue.IDENTITY_REVOKE_API_KEY, ApiKeyIdRequest, revoke_api_key)
+    manage(RpcQueue.IDENTITY_ROTATE_API_KEY, RotateApiKeyRequest, rotate_api_key)
+
+
+async def _own(
+    guard: RequestGuard, operation: str, context: RequestContext, username: str
+) -> dict[str, Any]:
+    """The caller's verified principal claims; it may only ask about its own sessions."""
+    claims = await guard.authenticate(operation=operation, context=context)
+    if claims.get("sub") != username:
+        await guard.refuse(operation=operation, reason="actor_mismatch", context=context)
+    return claims

@@ -5,10 +5,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from hypersdk_identity.core.models import Session, User
-from hypersdk_identity.ports.outbound import PasswordHasher, SessionStore, UserStore
+from hypersdk_identity.core.models import (
+    ApiKey,
+    Session,
+    SystemAccount,
+    ThrottleKind,
+    ThrottleState,
+    User,
+)
+from hypersdk_identity.ports.outbound import (
+    AccountDirectory,
+    ApiKeyStore,
+    PamAuthenticator,
+    PasswordBlocklist,
+    PasswordHasher,
+    SessionStore,
+    ThrottleStore,
+    UserStore,
+)
 
 
 class InMemoryUserStore(UserStore):
@@ -30,6 +46,17 @@ class InMemoryUserStore(UserStore):
     async def list(self) -> list[User]:
         """All, by name."""
         return [self.users[name] for name in sorted(self.users)]
+
+    async def set_disabled(self, username: str, *, disabled: bool) -> User | None:
+        """Flip the flag."""
+        if username not in self.users:
+            return None
+        self.users[username] = dataclasses.replace(self.users[username], disabled=disabled)
+        return self.users[username]
+
+    async def delete(self, username: str) -> bool:
+        """Remove."""
+        return self.users.pop(username, None) is not None
 
 
 class InMemorySessionStore(SessionStore):
@@ -56,6 +83,171 @@ class InMemorySessionStore(SessionStore):
     async def revoke(self, session_id: str) -> None:
         """Mark revoked."""
         self.sessions[session_id] = dataclasses.replace(self.sessions[session_id], revoked=True)
+
+    async def replace_token(
+        self, session_id: str, *, old_hash: bytes, new_hash: bytes, at: datetime
+    ) -> bool:
+        """Compare and swap the hash."""
+        session = self.sessions.get(session_id)
+        if session is None or session.revoked or session.token_hash != old_hash:
+            return False
+        self.sessions[session_id] = dataclasses.replace(
+            session, token_hash=new_hash, last_seen_at=max(session.last_seen_at, at)
+        )
+        return True
+
+    async def list_for_user(self, username: str) -> list[Session]:
+        """Not revoked, oldest first."""
+        return sorted(
+            (s for s in self.sessions.values() if s.username == username and not s.revoked),
+            key=lambda s: s.created_at,
+        )
+
+    async def revoke_all_for_user(self, username: str) -> list[str]:
+        """Revoke the live ones."""
+        ended = [s.id for s in await self.list_for_user(username)]
+        for session_id in ended:
+            await self.revoke(session_id)
+        return ended
+
+    async def delete_expired(self, *, now: datetime, idle_seconds: int) -> int:
+        """Drop what can never work again."""
+        idle = timedelta(seconds=idle_seconds)
+        dead = [
+            s.id
+            for s in self.sessions.values()
+            if s.revoked or s.expires_at <= now or s.last_seen_at <= now - idle
+        ]
+        for session_id in dead:
+            del self.sessions[session_id]
+        return len(dead)
+
+
+class InMemoryThrottleStore(ThrottleStore):
+    """Counters in a dict, with the same compare-and-swap rule as PostgreSQL."""
+
+    def __init__(self) -> None:
+        self.states: dict[tuple[ThrottleKind, str], ThrottleState] = {}
+
+    async def get(self, kind: ThrottleKind, key: str) -> ThrottleState | None:
+        """Fetch."""
+        return self.states.get((kind, key))
+
+    async def save(self, state: ThrottleState) -> bool:
+        """Store if the version matches."""
+        stored = self.states.get((state.kind, state.key))
+        if (stored.version if stored else 0) != state.version:
+            return False
+        self.states[(state.kind, state.key)] = dataclasses.replace(state, version=state.version + 1)
+        return True
+
+    async def delete(self, kind: ThrottleKind, key: str) -> ThrottleState | None:
+        """Remove."""
+        return self.states.pop((kind, key), None)
+
+    async def sweep(self, *, now: datetime, stale_before: datetime) -> list[ThrottleState]:
+        """Drop expired lockouts (returned) and stale counters."""
+        expired = [
+            s for s in self.states.values() if s.locked_until is not None and s.locked_until <= now
+        ]
+        stale = [
+            s
+            for s in self.states.values()
+            if s.locked_until is None
+            and (s.last_failure_at is None or s.last_failure_at < stale_before)
+        ]
+        for state in [*expired, *stale]:
+            del self.states[(state.kind, state.key)]
+        return expired
+
+
+class InMemoryApiKeyStore(ApiKeyStore):
+    """API keys in a dict."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, ApiKey] = {}
+
+    async def add(self, key: ApiKey) -> None:
+        """Insert."""
+        self.keys[key.id] = key
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        """Fetch."""
+        return self.keys.get(key_id)
+
+    async def by_hash(self, key_hash: bytes) -> ApiKey | None:
+        """Scan for the hash."""
+        return next((k for k in self.keys.values() if k.key_hash == key_hash), None)
+
+    async def list(self, *, owner: str | None, working_at: datetime) -> list[ApiKey]:
+        """Not revoked at ``working_at``, oldest first."""
+        return sorted(
+            (
+                k
+                for k in self.keys.values()
+                if (owner is None or k.owner == owner)
+                and (k.revoked_at is None or k.revoked_at > working_at)
+            ),
+            key=lambda k: k.created_at,
+        )
+
+    async def revoke(self, key_id: str, *, at: datetime) -> ApiKey | None:
+        """End now unless already ended."""
+        key = self.keys.get(key_id)
+        if key is None or (key.revoked_at is not None and key.revoked_at <= at):
+            return None
+        self.keys[key_id] = dataclasses.replace(key, revoked_at=at)
+        return self.keys[key_id]
+
+    async def rotate(self, key_id: str, *, replacement: ApiKey, old_valid_until: datetime) -> bool:
+        """Replace once."""
+        old = self.keys.get(key_id)
+        if old is None or old.revoked_at is not None or old.replaced_by is not None:
+            return False
+        self.keys[key_id] = dataclasses.replace(
+            old, revoked_at=old_valid_until, replaced_by=replacement.id
+        )
+        self.keys[replacement.id] = replacement
+        return True
+
+    async def touch(self, key_id: str, at: datetime) -> None:
+        """Record the use."""
+        self.keys[key_id] = dataclasses.replace(self.keys[key_id], last_used_at=at)
+
+
+class InMemoryPasswordBlocklist(PasswordBlocklist):
+    """A handful of passwords, compared ignoring case."""
+
+    def __init__(self, passwords: list[str]) -> None:
+        self.passwords = {password.casefold() for password in passwords}
+
+    async def contains(self, password: str) -> bool:
+        """Membership."""
+        return password.casefold() in self.passwords
+
+
+class InMemoryPam(PamAuthenticator, AccountDirectory):
+    """Linux accounts, their groups and passwords, as PAM and NSS would report them."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, SystemAccount] = {}
+        self.passwords: dict[str, str] = {}
+        self.attempts: list[str] = []
+
+    def add(self, username: str, password: str, *, uid: int = 1001, groups: list[str]) -> None:
+        """A Linux user."""
+        self.accounts[username] = SystemAccount(username=username, uid=uid, groups=tuple(groups))
+        self.passwords[username] = password
+
+    async def authenticate(self, username: str, password: str) -> bool:
+        """Compare in constant time."""
+        self.attempts.append(username)
+        expected = self.passwords.get(username)
+        return expected is not None and hmac.compare_digest(expected.encode(), password.encode())
+
+    async def account(self, username: str) -> SystemAccount | None:
+        """Look up."""
+        return self.accounts.get(username)
 
 
 class InsecureFastHasher(PasswordHasher):

@@ -6,8 +6,8 @@ from datetime import datetime
 
 import asyncpg
 
-from hypersdk_identity.core.models import Session, User
-from hypersdk_identity.ports.outbound import SessionStore, UserStore
+from hypersdk_identity.core.models import ApiKey, Session, ThrottleKind, ThrottleState, User
+from hypersdk_identity.ports.outbound import ApiKeyStore, SessionStore, ThrottleStore, UserStore
 
 SCHEMA = "identity"
 MIGRATIONS = [
@@ -30,7 +30,52 @@ MIGRATIONS = [
     );
     CREATE INDEX sessions_username ON sessions (username);
     """,
+    # 2: login throttling shared by all replicas, API keys, sweeping of expired sessions.
+    """
+    CREATE TABLE login_throttle (
+        kind text NOT NULL CHECK (kind IN ('username', 'address')),
+        key text NOT NULL,
+        failures integer NOT NULL CHECK (failures >= 0),
+        window_started_at timestamptz,
+        last_failure_at timestamptz,
+        locked_until timestamptz,
+        version bigint NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
+    CREATE INDEX login_throttle_locked_until ON login_throttle (locked_until)
+        WHERE locked_until IS NOT NULL;
+    CREATE TABLE api_keys (
+        id uuid PRIMARY KEY,
+        owner text NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+        name text NOT NULL,
+        key_hash bytea NOT NULL UNIQUE,
+        hint text NOT NULL,
+        scopes text[] NOT NULL,
+        created_at timestamptz NOT NULL,
+        created_by text,
+        expires_at timestamptz,
+        revoked_at timestamptz,
+        replaced_by uuid,
+        last_used_at timestamptz
+    );
+    CREATE INDEX api_keys_owner ON api_keys (owner);
+    CREATE INDEX sessions_expires_at ON sessions (expires_at);
+    """,
 ]
+SESSION_COLUMNS = (
+    "id::text AS id, username, token_hash, created_at, last_seen_at, expires_at, revoked"
+)
+THROTTLE_COLUMNS = "kind, key, failures, window_started_at, last_failure_at, locked_until, version"
+API_KEY_COLUMNS = (
+    "id::text AS id, owner, name, key_hash, hint, scopes, created_at, created_by, expires_at,"
+    " revoked_at, replaced_by::text AS replaced_by, last_used_at"
+)
+LAST_USED_PRECISION_SECONDS = 60  # last_used_at is written at most once a minute per key
+
+
+def _changed(status: str) -> bool:
+    """Whether an INSERT/UPDATE/DELETE status string says a row was touched."""
+    return not status.endswith(" 0")
 
 
 class PostgresUserStore(UserStore):
@@ -66,6 +111,22 @@ class PostgresUserStore(UserStore):
         rows = await self._pool.fetch("SELECT * FROM identity.users ORDER BY username")
         return [User(**dict(row)) for row in rows]
 
+    async def set_disabled(self, username: str, *, disabled: bool) -> User | None:
+        """Set the flag; the user as now stored."""
+        row = await self._pool.fetchrow(
+            "UPDATE identity.users SET disabled = $2 WHERE username = $1 RETURNING *",
+            username,
+            disabled,
+        )
+        return None if row is None else User(**dict(row))
+
+    async def delete(self, username: str) -> bool:
+        """Delete; sessions and API keys go with the user (ON DELETE CASCADE)."""
+        status = await self._pool.execute(
+            "DELETE FROM identity.users WHERE username = $1", username
+        )
+        return _changed(status)
+
 
 class PostgresSessionStore(SessionStore):
     """Sessions in ``identity.sessions``."""
@@ -91,8 +152,7 @@ class PostgresSessionStore(SessionStore):
     async def by_token_hash(self, token_hash: bytes) -> Session | None:
         """Look a session up by its token hash."""
         row = await self._pool.fetchrow(
-            "SELECT id::text AS id, username, token_hash, created_at, last_seen_at, expires_at,"
-            " revoked FROM identity.sessions WHERE token_hash = $1",
+            f"SELECT {SESSION_COLUMNS} FROM identity.sessions WHERE token_hash = $1",
             token_hash,
         )
         return None if row is None else Session(**dict(row))
@@ -109,4 +169,215 @@ class PostgresSessionStore(SessionStore):
         """Mark revoked."""
         await self._pool.execute(
             "UPDATE identity.sessions SET revoked = true WHERE id = $1", session_id
+        )
+
+    async def replace_token(
+        self, session_id: str, *, old_hash: bytes, new_hash: bytes, at: datetime
+    ) -> bool:
+        """Swap the hash in one statement; a second refresh with the old token matches nothing."""
+        status = await self._pool.execute(
+            "UPDATE identity.sessions SET token_hash = $3,"
+            " last_seen_at = greatest(last_seen_at, $4)"
+            " WHERE id = $1 AND token_hash = $2 AND NOT revoked",
+            session_id,
+            old_hash,
+            new_hash,
+            at,
+        )
+        return _changed(status)
+
+    async def list_for_user(self, username: str) -> list[Session]:
+        """Sessions not revoked, oldest first."""
+        rows = await self._pool.fetch(
+            f"SELECT {SESSION_COLUMNS} FROM identity.sessions"
+            " WHERE username = $1 AND NOT revoked ORDER BY created_at, id",
+            username,
+        )
+        return [Session(**dict(row)) for row in rows]
+
+    async def revoke_all_for_user(self, username: str) -> list[str]:
+        """Revoke in one statement; the ids it revoked."""
+        rows = await self._pool.fetch(
+            "UPDATE identity.sessions SET revoked = true WHERE username = $1 AND NOT revoked"
+            " RETURNING id::text AS id",
+            username,
+        )
+        return [row["id"] for row in rows]
+
+    async def delete_expired(self, *, now: datetime, idle_seconds: int) -> int:
+        """Delete what can never work again."""
+        status = await self._pool.execute(
+            "DELETE FROM identity.sessions WHERE revoked OR expires_at <= $1"
+            " OR last_seen_at <= $1::timestamptz - make_interval(secs => $2)",
+            now,
+            float(idle_seconds),
+        )
+        return int(status.split()[-1])
+
+
+class PostgresThrottleStore(ThrottleStore):
+    """Failed-login counters in ``identity.login_throttle``, swapped on ``version``."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def get(self, kind: ThrottleKind, key: str) -> ThrottleState | None:
+        """One counter."""
+        row = await self._pool.fetchrow(
+            f"SELECT {THROTTLE_COLUMNS} FROM identity.login_throttle WHERE kind = $1 AND key = $2",
+            kind,
+            key,
+        )
+        return None if row is None else ThrottleState(**dict(row))
+
+    async def save(self, state: ThrottleState) -> bool:
+        """Insert (version 0) or update where the version still matches."""
+        values = (
+            state.kind,
+            state.key,
+            state.failures,
+            state.window_started_at,
+            state.last_failure_at,
+            state.locked_until,
+        )
+        if state.version == 0:
+            status = await self._pool.execute(
+                "INSERT INTO identity.login_throttle"
+                f" ({THROTTLE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, 1)"
+                " ON CONFLICT (kind, key) DO NOTHING",
+                *values,
+            )
+        else:
+            status = await self._pool.execute(
+                "UPDATE identity.login_throttle SET failures = $3, window_started_at = $4,"
+                " last_failure_at = $5, locked_until = $6, version = version + 1"
+                " WHERE kind = $1 AND key = $2 AND version = $7",
+                *values,
+                state.version,
+            )
+        return _changed(status)
+
+    async def delete(self, kind: ThrottleKind, key: str) -> ThrottleState | None:
+        """Delete and return."""
+        row = await self._pool.fetchrow(
+            "DELETE FROM identity.login_throttle WHERE kind = $1 AND key = $2"
+            f" RETURNING {THROTTLE_COLUMNS}",
+            kind,
+            key,
+        )
+        return None if row is None else ThrottleState(**dict(row))
+
+    async def sweep(self, *, now: datetime, stale_before: datetime) -> list[ThrottleState]:
+        """Delete expired lockouts (each returned to exactly one replica) and stale counters."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "DELETE FROM identity.login_throttle"
+                " WHERE locked_until IS NOT NULL AND locked_until <= $1"
+                f" RETURNING {THROTTLE_COLUMNS}",
+                now,
+            )
+            await conn.execute(
+                "DELETE FROM identity.login_throttle WHERE locked_until IS NULL"
+                " AND (last_failure_at IS NULL OR last_failure_at < $1)",
+                stale_before,
+            )
+        return [ThrottleState(**dict(row)) for row in rows]
+
+
+def _api_key(row: asyncpg.Record) -> ApiKey:
+    fields = dict(row)
+    fields["scopes"] = tuple(fields["scopes"])
+    return ApiKey(**fields)
+
+
+class PostgresApiKeyStore(ApiKeyStore):
+    """API keys in ``identity.api_keys`` (hash of the key, never the key)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def add(self, key: ApiKey) -> None:
+        """Insert."""
+        await self._insert(self._pool, key)
+
+    @staticmethod
+    async def _insert(conn: asyncpg.Pool | asyncpg.Connection, key: ApiKey) -> None:
+        await conn.execute(
+            "INSERT INTO identity.api_keys (id, owner, name, key_hash, hint, scopes, created_at,"
+            " created_by, expires_at, revoked_at, replaced_by, last_used_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            key.id,
+            key.owner,
+            key.name,
+            key.key_hash,
+            key.hint,
+            list(key.scopes),
+            key.created_at,
+            key.created_by,
+            key.expires_at,
+            key.revoked_at,
+            key.replaced_by,
+            key.last_used_at,
+        )
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        """By id."""
+        row = await self._pool.fetchrow(
+            f"SELECT {API_KEY_COLUMNS} FROM identity.api_keys WHERE id = $1", key_id
+        )
+        return None if row is None else _api_key(row)
+
+    async def by_hash(self, key_hash: bytes) -> ApiKey | None:
+        """By the hash of the key (unique index)."""
+        row = await self._pool.fetchrow(
+            f"SELECT {API_KEY_COLUMNS} FROM identity.api_keys WHERE key_hash = $1", key_hash
+        )
+        return None if row is None else _api_key(row)
+
+    async def list(self, *, owner: str | None, working_at: datetime) -> list[ApiKey]:
+        """Keys not revoked at ``working_at``."""
+        rows = await self._pool.fetch(
+            f"SELECT {API_KEY_COLUMNS} FROM identity.api_keys"
+            " WHERE ($1::text IS NULL OR owner = $1) AND (revoked_at IS NULL OR revoked_at > $2)"
+            " ORDER BY created_at, id",
+            owner,
+            working_at,
+        )
+        return [_api_key(row) for row in rows]
+
+    async def revoke(self, key_id: str, *, at: datetime) -> ApiKey | None:
+        """End at ``at`` unless it ends sooner."""
+        row = await self._pool.fetchrow(
+            "UPDATE identity.api_keys SET revoked_at = $2"
+            " WHERE id = $1 AND (revoked_at IS NULL OR revoked_at > $2)"
+            f" RETURNING {API_KEY_COLUMNS}",
+            key_id,
+            at,
+        )
+        return None if row is None else _api_key(row)
+
+    async def rotate(self, key_id: str, *, replacement: ApiKey, old_valid_until: datetime) -> bool:
+        """Mark the old key replaced and insert the new one in one transaction."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                "UPDATE identity.api_keys SET revoked_at = $2, replaced_by = $3"
+                " WHERE id = $1 AND revoked_at IS NULL AND replaced_by IS NULL",
+                key_id,
+                old_valid_until,
+                replacement.id,
+            )
+            if not _changed(status):
+                return False
+            await self._insert(conn, replacement)
+        return True
+
+    async def touch(self, key_id: str, at: datetime) -> None:
+        """Write ``last_used_at`` at most once a minute."""
+        await self._pool.execute(
+            "UPDATE identity.api_keys SET last_used_at = $2 WHERE id = $1"
+            " AND (last_used_at IS NULL"
+            " OR last_used_at < $2::timestamptz - make_interval(secs => $3))",
+            key_id,
+            at,
+            float(LAST_USED_PRECISION_SECONDS),
         )

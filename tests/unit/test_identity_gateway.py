@@ -1,0 +1,646 @@
+"""Gateway routes of identity, over ASGI against the real identity and policy use cases.
+
+Auth (refresh, sessions), users (create local or PAM, get, PATCH roles/disabled, delete,
+unlock), API keys (X-API-Key, scopes within the owner's permissions, rotation, revocation),
+and the 429 with Retry-After of a throttled login. No RabbitMQ: a fake backend parses each
+request as the owning service would and calls its use case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import BaseModel
+
+from hypersdk_contracts.credentials import new_api_key
+from hypersdk_contracts.envelope import RequestContext
+from hypersdk_contracts.errors import ErrorCode, ServiceError
+from hypersdk_contracts.names import RpcQueue
+from hypersdk_contracts.rpc import (
+    ApiKeyIdRequest,
+    AssignRolesRequest,
+    AuthenticateApiKeyRequest,
+    AuthenticateRequest,
+    CreateApiKeyRequest,
+    CreateUserRequest,
+    DecideRequest,
+    ListApiKeysRequest,
+    ListSessionsRequest,
+    ListUsersRequest,
+    LoginRequest,
+    LogoutRequest,
+    PermissionList,
+    PermissionsOfRequest,
+    RefreshRequest,
+    RevokeSessionRequest,
+    RevokeUserSessionsRequest,
+    RoleList,
+    RolesOfRequest,
+    RotateApiKeyRequest,
+    RpcRequest,
+    UpdateUserRequest,
+    UserNameRequest,
+)
+from hypersdk_gateway.config import GatewaySettings
+from hypersdk_gateway.inject import build_chain
+from hypersdk_gateway.ports.outbound import Backend
+from hypersdk_identity.adapters.outbound.memory import (
+    InMemoryApiKeyStore,
+    InMemoryPam,
+    InMemorySessionStore,
+    InMemoryThrottleStore,
+    InMemoryUserStore,
+    InsecureFastHasher,
+)
+from hypersdk_identity.core.apikeys import ApiKeyService
+from hypersdk_identity.core.pam import PamSupport
+from hypersdk_identity.core.service import IdentityService, SessionPolicy
+from hypersdk_identity.core.throttle import LoginThrottle, ThrottleRule
+from hypersdk_kit.bus import InMemoryEventPublisher
+from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
+from hypersdk_policy.core.service import PolicyService
+
+PASSWORD = "correct horse battery staple"
+LINUX_PASSWORD = "penguins on the ice floe"
+USERS = {"root": "admin", "olga": "operator", "vera": "viewer"}
+
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+class IdentityBackend(Backend):
+    """Answers identity and policy queues in process, as their RPC subscribers would."""
+
+    def __init__(
+        self, *, identity: IdentityService, keys: ApiKeyService, policy: PolicyService
+    ) -> None:
+        self.asked: list[str] = []
+
+        async def decide(r: DecideRequest) -> Any:
+            return await policy.decide(
+                username=r.username,
+                permission=r.permission,
+                resource=r.resource,
+                context=r.context,
+            )
+
+        async def roles_of(r: RolesOfRequest) -> RoleList:
+            return RoleList(username=r.username, roles=await policy.roles_of(r.username))
+
+        async def assign(r: AssignRolesRequest) -> RoleList:
+            roles = await policy.assign_roles(username=r.username, roles=r.roles, context=r.context)
+            return RoleList(username=r.username, roles=roles)
+
+        async def permissions_of(r: PermissionsOfRequest) -> PermissionList:
+            held = await policy.permissions_of(r.username, r.external_roles)
+            return PermissionList(username=r.username, permissions=held)
+
+        self._routes: dict[str, tuple[type[RpcRequest], Handler]] = {
+            RpcQueue.IDENTITY_LOGIN: (
+                LoginRequest,
+                lambda r: identity.login(r.username, r.password, r.context),
+            ),
+            RpcQueue.IDENTITY_AUTHENTICATE: (
+                AuthenticateRequest,
+                lambda r: identity.authenticate(r.token),
+            ),
+            RpcQueue.IDENTITY_LOGOUT: (
+                LogoutRequest,
+                lambda r: identity.logout(r.token, r.context),
+            ),
+            RpcQueue.IDENTITY_REFRESH: (
+                RefreshRequest,
+                lambda r: identity.refresh(r.token, r.context),
+            ),
+            RpcQueue.IDENTITY_LIST_SESSIONS: (
+                ListSessionsRequest,
+                lambda r: identity.list_sessions(
+                    r.username, current_session_id=r.current_session_id
+                ),
+            ),
+            RpcQueue.IDENTITY_REVOKE_SESSION: (
+                RevokeSessionRequest,
+                lambda r: identity.revoke_session(r.username, r.session_id, r.context),
+            ),
+            RpcQueue.IDENTITY_CREATE_USER: (
+                CreateUserRequest,
+                lambda r: identity.create_user(r.username, r.password, r.context, source=r.source),
+            ),
+            RpcQueue.IDENTITY_LIST_USERS: (ListUsersRequest, lambda r: identity.list_users()),
+            RpcQueue.IDENTITY_GET_USER: (UserNameRequest, lambda r: identity.get_user(r.username)),
+            RpcQueue.IDENTITY_UPDATE_USER: (
+                UpdateUserRequest,
+                lambda r: identity.set_disabled(r.username, disabled=r.disabled, context=r.context),
+            ),
+            RpcQueue.IDENTITY_DELETE_USER: (
+                UserNameRequest,
+                lambda r: identity.delete_user(r.username, r.context),
+            ),
+            RpcQueue.IDENTITY_UNLOCK_USER: (
+                UserNameRequest,
+                lambda r: identity.unlock_user(r.username, r.context),
+            ),
+            RpcQueue.IDENTITY_REVOKE_USER_SESSIONS: (
+                RevokeUserSessionsRequest,
+                lambda r: identity.revoke_user_sessions(r.username, r.context),
+            ),
+            RpcQueue.IDENTITY_AUTHENTICATE_API_KEY: (
+                AuthenticateApiKeyRequest,
+                lambda r: keys.authenticate(r.key),
+            ),
+            RpcQueue.IDENTITY_CREATE_API_KEY: (
+                CreateApiKeyRequest,
+                lambda r: keys.create(
+                    owner=r.owner,
+                    name=r.name,
+                    scopes=r.scopes,
+                    expires_at=r.expires_at,
+                    context=r.context,
+                ),
+            ),
+            RpcQueue.IDENTITY_LIST_API_KEYS: (
+                ListApiKeysRequest,
+                lambda r: keys.list_keys(owner=r.owner),
+            ),
+            RpcQueue.IDENTITY_REVOKE_API_KEY: (
+                ApiKeyIdRequest,
+                lambda r: keys.revoke(r.key_id, r.context),
+            ),
+            RpcQueue.IDENTITY_ROTATE_API_KEY: (
+                RotateApiKeyRequest,
+                lambda r: keys.rotate(r.key_id, grace_seconds=r.grace_seconds, context=r.context),
+            ),
+            RpcQueue.POLICY_DECIDE: (DecideRequest, decide),
+            RpcQueue.POLICY_ROLES_OF: (RolesOfRequest, roles_of),
+            RpcQueue.POLICY_ASSIGN_ROLES: (AssignRolesRequest, assign),
+            RpcQueue.POLICY_PERMISSIONS_OF: (PermissionsOfRequest, permissions_of),
+        }
+
+    async def ask(self, queue: str, request: RpcRequest) -> Any:
+        """Parse as the owner would, answer, and return the reply's JSON result."""
+        self.asked.append(queue)
+        if queue not in self._routes:
+            raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, f"No fake answers {queue}.")
+        model, handler = self._routes[queue]
+        result = await handler(model.model_validate(request.model_dump(mode="json")))
+        return _as_json(result)
+
+
+def _as_json(result: Any) -> Any:
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    if isinstance(result, list):
+        return [_as_json(item) for item in result]
+    return result
+
+
+@dataclass
+class Gateway:
+    client: httpx.AsyncClient
+    backend: IdentityBackend
+    identity_events: InMemoryEventPublisher
+    linux: InMemoryPam
+
+    async def login(self, username: str, password: str = PASSWORD) -> str:
+        response = await self.client.post(
+            "/api/v1/auth/login", json={"username": username, "password": password}
+        )
+        assert response.status_code == 200, response.text
+        return str(response.json()["token"])
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def key_header(key: str) -> dict[str, str]:
+    return {"X-API-Key": key}
+
+
+def error_code(response: httpx.Response) -> str:
+    return str(response.json()["error"]["code"])
+
+
+async def _ready() -> bool:
+    return True
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Gateway]:
+    identity_events = InMemoryEventPublisher(service="identity")
+    policy_events = InMemoryEventPublisher(service="policy")
+    hasher = InsecureFastHasher()
+    users = InMemoryUserStore()
+    key_store = InMemoryApiKeyStore()
+    linux = InMemoryPam()
+    linux.add("penny", LINUX_PASSWORD, groups=["penny", "hypersdk-ops"])
+    pam = PamSupport(
+        authenticator=linux, directory=linux, group_roles={"hypersdk-ops": ["operator"]}
+    )
+    identity = IdentityService(
+        users=users,
+        sessions=InMemorySessionStore(),
+        hasher=hasher,
+        events=identity_events,
+        session_policy=SessionPolicy(idle_seconds=900, lifetime_seconds=3600),
+        dummy_hash=await hasher.hash("dummy password for timing"),
+        throttle=LoginThrottle(
+            store=InMemoryThrottleStore(),
+            username_rule=ThrottleRule(
+                max_failures=2,
+                window_seconds=60,
+                lockout_seconds=120,
+                free_failures=1,
+                delay_base_seconds=1,
+                delay_max_seconds=10,
+            ),
+            address_rule=None,
+            events=identity_events,
+            clock=lambda: datetime.now(UTC),
+        ),
+        pam=pam,
+        api_keys=key_store,
+    )
+    keys = ApiKeyService(keys=key_store, users=users, events=identity_events, pam=pam)
+    policy = PolicyService(roles=InMemoryRoleStore(), events=policy_events)
+    setup = RequestContext(actor="setup")
+    for username, role in USERS.items():
+        await identity.create_user(username, PASSWORD, setup)
+        await policy.assign_roles(username=username, roles=[role], context=setup)
+    identity_events.events.clear()
+    backend = IdentityBackend(identity=identity, keys=keys, policy=policy)
+    chain = build_chain(
+        GatewaySettings(amqp_url="amqp://unused"),
+        backend=backend,
+        events=InMemoryEventPublisher(service="gateway"),
+        ready=_ready,
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=chain), base_url="http://testserver"
+    ) as client:
+        yield Gateway(client, backend, identity_events, linux)
+
+
+# ---- auth -----------------------------------------------------------------------------------
+
+
+async def test_refresh_returns_a_new_token_and_the_old_one_stops(gateway: Gateway) -> None:
+    old = await gateway.login("vera")
+
+    refreshed = await gateway.client.post("/api/v1/auth/refresh", headers=bearer(old))
+    new = refreshed.json()["token"]
+    with_old = await gateway.client.get("/api/v1/auth/me", headers=bearer(old))
+    with_new = await gateway.client.get("/api/v1/auth/me", headers=bearer(new))
+
+    assert refreshed.status_code == 200, refreshed.text
+    assert new != old
+    assert refreshed.json()["user"]["username"] == "vera"
+    assert with_old.status_code == 401
+    assert with_new.status_code == 200
+
+
+async def test_sessions_are_listed_and_revoked_by_their_owner_only(gateway: Gateway) -> None:
+    first = await gateway.login("vera")
+    second = await gateway.login("vera")
+    others = await gateway.login("olga")
+
+    listed = await gateway.client.get("/api/v1/auth/sessions", headers=bearer(second))
+    sessions = listed.json()
+    current = next(s for s in sessions if s["current"])
+    other_id = next(s["id"] for s in sessions if not s["current"])
+    olga_id = (await gateway.client.get("/api/v1/auth/me", headers=bearer(others))).json()[
+        "session_id"
+    ]
+    not_mine = await gateway.client.delete(
+        f"/api/v1/auth/sessions/{olga_id}", headers=bearer(second)
+    )
+    mine = await gateway.client.delete(f"/api/v1/auth/sessions/{other_id}", headers=bearer(second))
+
+    assert listed.status_code == 200
+    assert len(sessions) == 2
+    assert set(sessions[0]) == {
+        "id",
+        "created_at",
+        "last_seen_at",
+        "expires_at",
+        "idle_expires_at",
+        "current",
+    }
+    assert first not in listed.text
+    assert second not in listed.text
+    assert current["id"] != other_id
+    assert not_mine.status_code == 404
+    assert mine.status_code == 204
+    assert (await gateway.client.get("/api/v1/auth/me", headers=bearer(first))).status_code == 401
+    assert (await gateway.client.get("/api/v1/auth/me", headers=bearer(others))).status_code == 200
+
+
+async def test_a_throttled_login_gets_429_with_retry_after(gateway: Gateway) -> None:
+    wrong = {"username": "vera", "password": "not the right password"}
+    first = await gateway.client.post("/api/v1/auth/login", json=wrong)
+    second = await gateway.client.post("/api/v1/auth/login", json=wrong)
+    third = await gateway.client.post("/api/v1/auth/login", json=wrong)
+
+    assert [first.status_code, second.status_code] == [401, 401]
+    assert third.status_code == 429
+    assert error_code(third) == "rate_limited"
+    assert int(third.headers["retry-after"]) >= 1
+    assert set(third.json()["error"]) == {"code", "message", "request_id"}
+
+
+# ---- users ----------------------------------------------------------------------------------
+
+
+async def test_patching_roles_assigns_them_and_ends_the_users_sessions(gateway: Gateway) -> None:
+    admin = await gateway.login("root")
+    vera = await gateway.login("vera")
+
+    patched = await gateway.client.patch(
+        "/api/v1/users/vera", json={"roles": ["operator"]}, headers=bearer(admin)
+    )
+
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["roles"] == ["operator"]
+    assert (await gateway.client.get("/api/v1/auth/me", headers=bearer(vera))).status_code == 401
+    again = await gateway.login("vera")
+    me = await gateway.client.get("/api/v1/auth/me", headers=bearer(again))
+    assert me.json()["roles"] == ["operator"]
+    assert gateway.backend.asked.index(RpcQueue.POLICY_ASSIGN_ROLES) < gateway.backend.asked.index(
+        RpcQueue.IDENTITY_REVOKE_USER_SESSIONS
+    )
+
+
+async def test_disabling_and_enabling_through_patch(gateway: Gateway) -> None:
+    admin = await gateway.login("root")
+    vera = await gateway.login("vera")
+
+    disabled = await gateway.client.patch(
+        "/api/v1/users/vera", json={"disabled": True}, headers=bearer(admin)
+    )
+    refused = await gateway.client.post(
+        "/api/v1/auth/login", json={"username": "vera", "password": PASSWORD}
+    )
+    enabled = await gateway.client.patch(
+        "/api/v1/users/vera", json={"disabled": False}, headers=bearer(admin)
+    )
+
+    assert disabled.status_code == 200
+    assert disabled.json()["user"]["disabled"] is True
+    assert disabled.json()["roles"] == ["viewer"]
+    assert (await gateway.client.get("/api/v1/auth/me", headers=bearer(vera))).status_code == 401
+    assert refused.status_code == 401
+    assert enabled.json()["user"]["disabled"] is False
+    await gateway.login("vera")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/api/v1/users/vera", {}, 422),
+        ("/api/v1/users/nobody", {"roles": ["viewer"]}, 404),
+        ("/api/v1/users/nobody", {"disabled": True}, 404),
+        ("/api/v1/users/vera", {"roles": ["wizard"]}, 422),
+        ("/api/v1/users/root", {"disabled": True}, 409),
+        ("/api/v1/users/" + "x" * 65, {"disabled": True}, 422),
+    ],
+)
+async def test_patch_refusals(gateway: Gateway, path: str, body: Any, status: int) -> None:
+    admin = await gateway.login("root")
+    response = await gateway.client.patch(path, json=body, headers=bearer(admin))
+    assert response.status_code == status, response.text
+
+
+async def test_delete_removes_the_user_and_clears_their_roles(gateway: Gateway) -> None:
+    admin = await gateway.login("root")
+    vera = await gateway.login("vera")
+
+    deleted = await gateway.client.delete("/api/v1/users/vera", headers=bearer(admin))
+    fetched = await gateway.client.get("/api/v1/users/vera", headers=bearer(admin))
+    recreated = await gateway.client.post(
+        "/api/v1/users",
+        json={"username": "vera", "password": "a completely new password"},
+        headers=bearer(admin),
+    )
+
+    assert deleted.status_code == 204
+    assert (await gateway.client.get("/api/v1/auth/me", headers=bearer(vera))).status_code == 401
+    assert fetched.status_code == 404
+    assert recreated.status_code == 201
+    assert recreated.json()["roles"] == []
+
+
+async def test_a_pam_user_is_created_without_a_password(gateway: Gateway) -> None:
+    admin = await gateway.login("root")
+
+    created = await gateway.client.post(
+        "/api/v1/users",
+        json={"username": "penny", "source": "pam", "roles": ["viewer"]},
+        headers=bearer(admin),
+    )
+    penny = await gateway.login("penny", LINUX_PASSWORD)
+    me = await gateway.client.get("/api/v1/auth/me", headers=bearer(penny))
+    fetched = await gateway.client.get("/api/v1/users/penny", headers=bearer(admin))
+
+    assert created.status_code == 201, created.text
+    assert created.json()["user"]["source"] == "pam"
+    assert me.json()["roles"] == ["viewer"]
+    assert me.json()["external_roles"] == ["operator"]
+    assert fetched.json()["user"]["external_roles"] == ["operator"]
+
+
+async def test_an_admin_unlocks_a_locked_user(gateway: Gateway) -> None:
+    admin = await gateway.login("root")
+    for _ in range(2):
+        await gateway.client.post(
+            "/api/v1/auth/login", json={"username": "olga", "password": "wrong password!"}
+        )
+    locked = await gateway.client.post(
+        "/api/v1/auth/login", json={"username": "olga", "password": PASSWORD}
+    )
+    assert locked.status_code == 429
+    assert int(locked.headers["retry-after"]) > 60
+    gateway.identity_events.events.clear()
+
+    unlocked = await gateway.client.post("/api/v1/users/olga/unlock", headers=bearer(admin))
+
+    assert unlocked.status_code == 204
+    await gateway.login("olga")
+    assert gateway.identity_events.types()[0] == "identity.account.unlocked"
+
+
+async def test_a_viewer_may_not_unlock(gateway: Gateway) -> None:
+    vera = await gateway.login("vera")
+    response = await gateway.client.post("/api/v1/users/olga/unlock", headers=bearer(vera))
+    assert response.status_code == 403
+
+
+# ---- API keys -------------------------------------------------------------------------------
+
+
+async def _issue(gateway: Gateway, token: str, **body: Any) -> httpx.Response:
+    payload = {"name": "ci", "scopes": ["vms:browse"], **body}
+    return await gateway.client.post("/api/v1/api-keys", json=payload, headers=bearer(token))
+
+
+async def test_an_api_key_authenticates_with_its_scopes(gateway: Gateway) -> None:
+    admin = await gateway.login("root")
+    issued = await _issue(gateway, admin, scopes=["vms:browse", "jobs:view"])
+    key = issued.json()["key"]
+
+    me = await gateway.client.get("/api/v1/auth/me", headers=key_header(key))
+    browse = await gateway.client.get("/api/v1/users", headers=key_header(key))
+
+    assert issued.status_code == 201, issued.text
+    assert issued.json()["api_key"]["owner"] == "root"
+    assert me.status_code == 200
+    assert me.json()["kind"] == "apikey"
+    assert me.json()["scopes"] == ["jobs:view", "vms:browse"]
+    assert me.json()["key_id"] == issued.json()["api_key"]["id"]
+    # This fake policy ignores scopes (the real one narrows them); the route passed.
+    assert browse.status_code in (200, 403)
+    listed = await gateway.client.get("/api/v1/api-keys", headers=bearer(admin))
+    assert key not in listed.text
+    assert listed.json()[0]["hint"] == key[-4:]
+
+
+async def test_scopes_beyond_the_owners_permissions_are_a_422(gateway: Gateway) -> None:
+    admin = await gateway.login("root")
+
+    for_olga = await _issue(gateway, admin, owner="olga", scopes=["vms:export", "users:manage"])
+    fine = await _issue(gateway, admin, owner="olga", scopes=["vms:export"])
+    unknown_owner = await _issue(gateway, admin, owner="nobody")
+    unknown_scope = await _issue(gateway, admin, scopes=["vms:teleport"])
+
+    assert for_olga.status_code == 422
+    assert "users:manage" in for_olga.json()["error"]["message"]
+    assert "vms:export" not in for_olga.json()["error"]["message"]
+    assert fine.status_code == 201
+    assert fine.json()["api_key"]["owner"] == "olga"
+    assert unknown_owner.status_code == 404
+    assert unknown_scope.status_code == 422
+
+
+async def test_a_scoped_key_cannot_mint_a_broader_key(gateway: Gateway) -> None:
+    admin = await gateway.login("root")
+    narrow = (await _issue(gateway, admin, scopes=["apikeys:manage", "vms:browse"])).json()["key"]
+
+    broader = await gateway.client.post(
+        "/api/v1/api-keys",
+        json={"name": "escalate", "scopes": ["secrets:manage"]},
+        headers=key_header(narrow),
+    )
+    same = await gateway.client.post(
+        "/api/v1/api-keys",
+        json={"name": "same", "scopes": ["vms:browse"]},
+        headers=key_header(narrow),
+    )
+
+    assert broader.status_code == 422
+    assert same.status_code == 201
+
+
+async def test_revoked_and_rotated_keys_stop_working(gateway: Gateway) -> None:
+    admin = await gateway.login("root")
+    first = (await _issue(gateway, admin)).json()
+    second = (await _issue(gateway, admin, name="rotating")).json()
+
+    revoked = await gateway.client.delete(
+        f"/api/v1/api-keys/{first['api_key']['id']}", headers=bearer(admin)
+    )
+    rotated = await gateway.client.post(
+        f"/api/v1/api-keys/{second['api_key']['id']}/rotate", headers=bearer(admin)
+    )
+    graceful = await gateway.client.post(
+        f"/api/v1/api-keys/{rotated.json()['api_key']['id']}/rotate",
+        json={"grace_seconds": 300},
+        headers=bearer(admin),
+    )
+
+    assert revoked.status_code == 204
+    assert rotated.status_code == 201
+    for dead in (first["key"], second["key"]):
+        response = await gateway.client.get("/api/v1/auth/me", headers=key_header(dead))
+        assert response.status_code == 401
+        assert dead not in response.text
+    assert graceful.status_code == 201
+    for alive in (rotated.json()["key"], graceful.json()["key"]):
+        response = await gateway.client.get("/api/v1/auth/me", headers=key_header(alive))
+        assert response.status_code == 200
+
+
+async def test_key_credentials_are_refused_without_asking_when_malformed(
+    gateway: Gateway,
+) -> None:
+    token = await gateway.login("vera")
+    gateway.backend.asked.clear()
+
+    malformed = await gateway.client.get("/api/v1/vms", headers=key_header("hsdk_k_nope"))
+    both = await gateway.client.get(
+        "/api/v1/vms", headers={**bearer(token), **key_header(new_api_key())}
+    )
+    unknown = await gateway.client.get("/api/v1/vms", headers=key_header(new_api_key()))
+
+    assert [malformed.status_code, both.status_code, unknown.status_code] == [401, 401, 401]
+    assert gateway.backend.asked == [RpcQueue.IDENTITY_AUTHENTICATE_API_KEY]
+
+
+async def test_session_only_calls_refuse_an_api_key(gateway: Gateway) -> None:
+    admin = await gateway.login("root")
+    key = (await _issue(gateway, admin)).json()["key"]
+
+    for path in ("/api/v1/auth/logout", "/api/v1/auth/refresh"):
+        response = await gateway.client.post(path, headers=key_header(key))
+        assert response.status_code == 400, path
+        assert error_code(response) == "invalid_request"
+
+
+async def test_no_identity_event_carries_a_password_token_or_key(gateway: Gateway) -> None:
+    admin = await gateway.login("root")
+    issued = (await _issue(gateway, admin)).json()
+    rotated = (
+        await gateway.client.post(
+            f"/api/v1/api-keys/{issued['api_key']['id']}/rotate", headers=bearer(admin)
+        )
+    ).json()
+    refreshed = (await gateway.client.post("/api/v1/auth/refresh", headers=bearer(admin))).json()[
+        "token"
+    ]
+    await gateway.client.post(
+        "/api/v1/users",
+        json={"username": "newbie", "password": "newbie's long password"},
+        headers=bearer(refreshed),
+    )
+    await gateway.client.post(
+        "/api/v1/auth/login", json={"username": "newbie", "password": "wrong guess here"}
+    )
+    await gateway.client.patch(
+        "/api/v1/users/newbie", json={"disabled": True}, headers=bearer(refreshed)
+    )
+    await gateway.client.delete("/api/v1/users/newbie", headers=bearer(refreshed))
+
+    published = "\n".join(e.model_dump_json(by_alias=True) for e in gateway.identity_events.events)
+    secrets_used = [
+        PASSWORD,
+        "newbie's long password",
+        "wrong guess here",
+        admin,
+        refreshed,
+        issued["key"],
+        rotated["key"],
+    ]
+    for secret in secrets_used:
+        assert secret not in published
+        assert secret.removeprefix("hsdk_s_").removeprefix("hsdk_k_") not in published
+    assert {
+        "identity.apikey.created",
+        "identity.apikey.rotated",
+        "identity.session.refreshed",
+        "identity.user.created",
+        "identity.user.disabled",
+        "identity.user.deleted",
+        "identity.login.failed",
+    } <= set(gateway.identity_events.types())
