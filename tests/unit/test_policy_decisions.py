@@ -139,6 +139,43 @@ async def test_role_assignment_replaces_the_old_roles(world: World) -> None:
     assert last.actor == "dave"
 
 
+async def test_losing_roles_is_published_as_role_removed(world: World) -> None:
+    await world.service.assign_roles(username="erin", roles=["admin", "auditor"], context=CONTEXT)
+    assert world.events.types().count("policy.role.removed") == 0
+
+    await world.service.assign_roles(username="erin", roles=["auditor"], context=CONTEXT)
+
+    removed = [e for e in world.events.events if e.routing_key == "policy.role.removed"]
+    assert [e.data for e in removed] == [{"username": "erin", "roles": ["admin"]}]
+
+
+async def test_external_roles_count_and_api_key_scopes_narrow(world: World) -> None:
+    decide = world.service.decide
+    external = await decide(
+        username="pam-user",
+        permission="vms:export",
+        resource="r",
+        context=CONTEXT,
+        external_roles=["operator", "not-a-role"],
+    )
+    assert external.allowed
+    assert external.roles == ["operator"]
+    scoped = await decide(
+        username="pam-user",
+        permission="vms:export",
+        resource="r",
+        context=CONTEXT,
+        external_roles=["operator"],
+        scopes=["vms:browse"],
+    )
+    assert not scoped.allowed
+    assert await world.service.permissions_of("pam-user", ["auditor"]) == [
+        "audit:view",
+        "jobs:view",
+        "vms:browse",
+    ]
+
+
 @pytest.mark.parametrize("roles", [["superuser"], ["viewer", "root"], ["Admin"], [""]])
 async def test_unknown_role_is_refused(world: World, roles: list[str]) -> None:
     await world.service.assign_roles(username="dave", roles=["viewer"], context=CONTEXT)

@@ -200,6 +200,15 @@ class RoleAssigned(EventData):
     roles: list[str] = Field(description="The roles the user now holds.")
 
 
+class RoleRemoved(EventData):
+    """A user lost roles (published with the role.assigned that replaced them)."""
+
+    routing_key = RoutingKey.ROLE_REMOVED
+    audit_action = "role.remove"
+    username: str = Field(description="Whose roles changed.")
+    roles: list[str] = Field(description="The roles the user no longer holds.")
+
+
 class AuthorizationDenied(EventData):
     """The policy refused a permission to a principal."""
 
@@ -375,6 +384,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         ApiKeyRotated,
         ApiKeyRevoked,
         RoleAssigned,
+        RoleRemoved,
         AuthorizationDenied,
         SecretWritten,
         SecretDeleted,

@@ -46,6 +46,7 @@ class RoutingKey(StrEnum):
     APIKEY_ROTATED = "identity.apikey.rotated"
     APIKEY_REVOKED = "identity.apikey.revoked"
     ROLE_ASSIGNED = "policy.role.assigned"
+    ROLE_REMOVED = "policy.role.removed"
     AUTHORIZATION_DENIED = "policy.authorization.denied"
     SECRET_WRITTEN = "secrets.secret.written"  # noqa: S105 - a routing key, not a secret
     SECRET_DELETED = "secrets.secret.deleted"  # noqa: S105 - a routing key, not a secret

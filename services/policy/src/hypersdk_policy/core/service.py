@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
-from hypersdk_contracts.events import AuthorizationDenied, RoleAssigned
+from hypersdk_contracts.events import AuthorizationDenied, RoleAssigned, RoleRemoved
 from hypersdk_contracts.permissions import Permission, Role
 from hypersdk_contracts.rpc import Decision
 from hypersdk_kit.bus import EventPublisher
@@ -70,12 +70,19 @@ class PolicyService:
         if unknown:
             raise ServiceError(ErrorCode.VALIDATION_FAILED, f"Unknown roles: {', '.join(unknown)}.")
         wanted = sorted(set(roles))
+        removed = sorted(set(await self._roles.roles_of(username)) - set(wanted))
         await self._roles.set_roles(username, wanted)
         await self._events.publish(
             RoleAssigned(username=username, roles=wanted),
             subject=f"user/{username}",
             context=context,
         )
+        if removed:
+            await self._events.publish(
+                RoleRemoved(username=username, roles=removed),
+                subject=f"user/{username}",
+                context=context,
+            )
         return wanted
 
     async def roles_of(self, username: str) -> list[str]:
