@@ -20,12 +20,14 @@ import json
 import os
 import platform
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,18 @@ from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
 
 PASSWORD = "bench-admin-" + secrets.token_hex(6)
+
+
+PHASE_LIMIT_SECONDS = 300
+
+
+async def bounded(phase: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """Every phase stops by itself."""
+    return await asyncio.wait_for(phase, timeout=PHASE_LIMIT_SECONDS)
+
+
+def progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:
@@ -372,9 +386,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         try:
             await asyncio.to_thread(devstack.up, config, admin_password=PASSWORD)
             token = await asyncio.to_thread(login, config)
-            results["policy_over_bus"] = await decisions_over_bus(config, args.decisions)
-            results["gateway"] = await gateway_vs_bare(config, token, args.requests)
-            results["login_storm"] = await login_storm(config, token, args.requests // 2)
+            progress("platform up; policy decisions over the bus")
+            results["policy_over_bus"] = await bounded(decisions_over_bus(config, args.decisions))
+            progress("gateway chain against a bare endpoint")
+            results["gateway"] = await bounded(gateway_vs_bare(config, token, args.requests))
+            progress("login storm")
+            results["login_storm"] = await bounded(login_storm(config, token, args.requests // 2))
         finally:
             devstack.down(config)
             await drop_database(config)
@@ -383,6 +400,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so the platform started here is always stopped.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     parser = argparse.ArgumentParser(prog="bench")
     parser.add_argument("--decisions", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=2000)

@@ -732,6 +732,37 @@ async def test_unknown_body_fields_get_422(gateway: Gateway) -> None:
     assert "priority" in error["message"]
 
 
+async def test_nul_characters_are_refused_before_any_backend_sees_them(gateway: Gateway) -> None:
+    # PostgreSQL cannot store U+0000: found by the API contract fuzzing as 500s from identity
+    # and the exporter. The gateway refuses it as invalid input, after authorization.
+    token = await gateway.login("olga")
+    asked_before = list(gateway.backend.asked)
+
+    login = await gateway.client.post(
+        "/api/v1/auth/login", json={"username": "ali\x00ce", "password": PASSWORD}
+    )
+    body = await gateway.client.post(
+        "/api/v1/exports", json={**EXPORT_BODY, "vm": "web\x00-1"}, headers=bearer(token)
+    )
+    query = await gateway.client.get("/api/v1/vms?provider=la%00b", headers=bearer(token))
+    path = await gateway.client.get("/api/v1/jobs/j%00b", headers=bearer(token))
+    viewer = await gateway.login("alice")
+    forbidden = await gateway.client.post(
+        "/api/v1/exports", json={**EXPORT_BODY, "vm": "web\x00-1"}, headers=bearer(viewer)
+    )
+
+    for response in (login, body, query, path):
+        assert_envelope(response, 422, "validation_failed")
+    assert_envelope(forbidden, 403, "forbidden")
+    backend_calls = gateway.backend.asked[len(asked_before) :]
+    assert backend_calls.count(RpcQueue.IDENTITY_LOGIN) == 1  # the viewer's, not the NUL one
+    assert not {
+        RpcQueue.EXPORTER_CREATE_EXPORT,
+        RpcQueue.EXPORTER_LIST_VMS,
+        RpcQueue.EXPORTER_GET_JOB,
+    } & set(backend_calls)
+
+
 async def test_no_response_event_or_log_line_carries_the_password_or_the_token(
     gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:

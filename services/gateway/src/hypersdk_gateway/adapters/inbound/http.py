@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPBearer
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hypersdk_contracts.errors import HTTP_STATUS, ErrorCode, ServiceError
@@ -87,16 +87,40 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (422, "Validation failed"),
         (429, "Rate limited"),
         (500, "Internal error"),
-        (501, "Not implemented yet"),
         (503, "A backing service is unavailable"),
     )
 }
+# Only on routes whose backing capability is not built yet.
+NOT_BUILT: dict[int | str, dict[str, Any]] = {
+    501: {"model": ErrorEnvelope, "description": "Not available in this version"}
+}
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 class Body(BaseModel):
-    """Request bodies refuse unknown fields."""
+    """Request bodies refuse unknown fields, and text with NUL characters.
+
+    No backing store takes U+0000 in text (PostgreSQL refuses it), so it is refused here, as
+    invalid input, rather than failing deep inside a service.
+    """
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_nul(cls, data: Any) -> Any:
+        if _holds_nul(data):
+            raise ValueError("text may not contain NUL characters")
+        return data
 
 
 class LoginBody(Body):
@@ -219,26 +243,35 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
             _key_doc: Annotated[Any, Depends(_api_key)] = None,
         ) -> None:
             principal = request.state.principal
-            if permission is None:
-                return
-            route = getattr(request.scope.get("route"), "path", request.url.path)
-            decision = await backend.ask(
-                RpcQueue.POLICY_DECIDE,
-                DecideRequest(
-                    username=principal.username,
-                    permission=permission.value,
-                    resource=f"{request.method} {route}",
-                    context=context_of(request.scope),
-                ),
-            )
-            if not decision["allowed"]:
+            if permission is not None:
+                await authorize(request, principal, permission)
+            # After authorization, so a caller without the permission learns nothing more.
+            if _holds_nul(request.scope["path"]) or _holds_nul(
+                list(request.query_params.multi_items())
+            ):
                 raise ServiceError(
-                    ErrorCode.FORBIDDEN, f"This call needs the {permission.value} permission."
+                    ErrorCode.VALIDATION_FAILED, "Paths and queries may not contain NUL."
                 )
-            # Passed on with every request this call makes, so each service checks it itself.
-            request.state.grant = decision.get("grant")
 
         return check
+
+    async def authorize(request: Request, principal: Principal, permission: Permission) -> None:
+        route = getattr(request.scope.get("route"), "path", request.url.path)
+        decision = await backend.ask(
+            RpcQueue.POLICY_DECIDE,
+            DecideRequest(
+                username=principal.username,
+                permission=permission.value,
+                resource=f"{request.method} {route}",
+                context=context_of(request.scope),
+            ),
+        )
+        if not decision["allowed"]:
+            raise ServiceError(
+                ErrorCode.FORBIDDEN, f"This call needs the {permission.value} permission."
+            )
+        # Passed on with every request this call makes, so each service checks it itself.
+        request.state.grant = decision.get("grant")
 
     def ctx(request: Request) -> Any:
         return context_of(request.scope)
@@ -590,7 +623,12 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
             ),
         )
 
-    @api.put("/providers/{name}", tags=["providers"], dependencies=configure_providers)
+    @api.put(
+        "/providers/{name}",
+        tags=["providers"],
+        dependencies=configure_providers,
+        responses=NOT_BUILT,
+    )
     async def update_provider(name: str) -> None:
         """Change a provider."""
         raise not_implemented("Updating providers")
@@ -654,6 +692,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         "/jobs/{job_id}/cancel",
         tags=["jobs"],
         dependencies=[Depends(require(Permission.JOBS_CANCEL))],
+        responses=NOT_BUILT,
     )
     async def cancel_job(job_id: str) -> None:
         """Cancel a job."""
@@ -672,7 +711,12 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         """Secret metadata (never values)."""
         return await backend.ask(RpcQueue.SECRETS_LIST, ListSecretsRequest(context=ctx(request)))
 
-    @api.post("/secrets/{path:path}/rotate", tags=["secrets"], dependencies=secrets_manage)
+    @api.post(
+        "/secrets/{path:path}/rotate",
+        tags=["secrets"],
+        dependencies=secrets_manage,
+        responses=NOT_BUILT,
+    )
     async def rotate_secret(path: str) -> None:
         """Rotate a secret."""
         raise not_implemented("Secret rotation")
@@ -728,7 +772,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         """Recompute the hash chain; name the first entry that does not check out."""
         return await backend.ask(RpcQueue.AUDIT_VERIFY, VerifyRequest(context=ctx(request)))
 
-    @api.get("/audit/export", tags=["audit"], dependencies=audit_view)
+    @api.get("/audit/export", tags=["audit"], dependencies=audit_view, responses=NOT_BUILT)
     async def audit_export() -> None:
         """Export the log."""
         raise not_implemented("Audit export")
@@ -736,27 +780,27 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     # ---- system ----------------------------------------------------------------------------
     system = [Depends(require(Permission.SYSTEM_CONFIGURE))]
 
-    @api.get("/system/config", tags=["system"], dependencies=system)
+    @api.get("/system/config", tags=["system"], dependencies=system, responses=NOT_BUILT)
     async def get_config() -> None:
         """Runtime configuration."""
         raise not_implemented("System configuration")
 
-    @api.put("/system/config", tags=["system"], dependencies=system)
+    @api.put("/system/config", tags=["system"], dependencies=system, responses=NOT_BUILT)
     async def put_config() -> None:
         """Change runtime configuration."""
         raise not_implemented("System configuration")
 
-    @api.get("/webhooks", tags=["system"], dependencies=system)
+    @api.get("/webhooks", tags=["system"], dependencies=system, responses=NOT_BUILT)
     async def list_webhooks() -> None:
         """Webhooks."""
         raise not_implemented("Webhooks")
 
-    @api.post("/webhooks", tags=["system"], dependencies=system)
+    @api.post("/webhooks", tags=["system"], dependencies=system, responses=NOT_BUILT)
     async def create_webhook() -> None:
         """Add a webhook."""
         raise not_implemented("Webhooks")
 
-    @api.delete("/webhooks/{webhook_id}", tags=["system"], dependencies=system)
+    @api.delete("/webhooks/{webhook_id}", tags=["system"], dependencies=system, responses=NOT_BUILT)
     async def delete_webhook(webhook_id: str) -> None:
         """Remove a webhook."""
         raise not_implemented("Webhooks")
