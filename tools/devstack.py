@@ -180,7 +180,7 @@ def _private_file(path: Path, content: str) -> None:
         stream.write(content)
 
 
-def _run_module(config: StackConfig, service: str, *args: str, env: dict[str, str]) -> None:
+def _run_module(config: StackConfig, service: str, *args: str, env: dict[str, str]) -> str:
     result = subprocess.run(
         [config.python, "-m", f"hypersdk_{service}", *args],
         env=env,
@@ -192,6 +192,7 @@ def _run_module(config: StackConfig, service: str, *args: str, env: dict[str, st
     _private_file(log, result.stdout + result.stderr)
     if result.returncode != 0:
         raise SystemExit(f"hypersdk_{service} {' '.join(args)} failed; see {log}")
+    return result.stdout + result.stderr
 
 
 # ---- supervisor -------------------------------------------------------------------------------
@@ -357,10 +358,19 @@ def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, s
             if password_file.exists()
             else secrets.token_urlsafe(18)
         )
-    _private_file(password_file, password + "\n")
     env = config.service_env()
     env["HYPERSDK_BOOTSTRAP_ADMIN_PASSWORD"] = password
-    _run_module(config, "identity", "bootstrap-admin", env=env)
+    output = _run_module(config, "identity", "bootstrap-admin", env=env)
+    if "bootstrap admin created" in output or not password_file.exists():
+        _private_file(password_file, password + "\n")
+    elif password_file.read_text().strip() != password:
+        # The admin exists already (the database outlived the state directory, or the
+        # password was changed): its password is not ours to reset.
+        print(
+            "warning: the admin user already exists; its password was not changed and may "
+            f"differ from {password_file}",
+            file=sys.stderr,
+        )
     _run_module(config, "exporter", "seed-demo-lab", env=config.service_env())
     return {
         "gateway_url": config.gateway_url,

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
+import aio_pika
+import aio_pika.abc
+import aio_pika.exceptions
 from faststream import AckPolicy
 from faststream.rabbit import (
     Channel,
@@ -355,31 +359,87 @@ def serve_rpc(
     )
 
 
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
 class RpcClient:
-    """Asks another service a question over RabbitMQ request/reply."""
+    """Asks other services questions over RabbitMQ request/reply, many at a time.
+
+    FastStream's ``broker.request`` holds one lock for a whole round trip, so every question a
+    process asks would wait for the previous answer: one slow login would stall every other
+    call through the gateway. This client keeps its own channel on the broker's connection,
+    consumes RabbitMQ's direct reply-to pseudo-queue, and matches answers to questions by
+    correlation id, so questions overlap freely.
+    """
 
     def __init__(self, broker: RabbitBroker, *, timeout_seconds: float = 10.0) -> None:
         self._broker = broker
         self._timeout = timeout_seconds
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._opening: asyncio.Lock | None = None
+
+    async def _ready(self) -> aio_pika.abc.AbstractChannel:
+        if self._channel is not None and not self._channel.is_closed:
+            return self._channel
+        self._opening = self._opening or asyncio.Lock()
+        async with self._opening:
+            if self._channel is None or self._channel.is_closed:
+                connection = broker_connection(self._broker)
+                channel = await connection.channel(publisher_confirms=True)
+                replies = await channel.get_queue(DIRECT_REPLY_TO, ensure=False)
+                await replies.consume(self._on_reply, no_ack=True)
+                self._channel = channel
+        return self._channel
+
+    async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        waiter = self._pending.pop(message.correlation_id or "", None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(message.body)
 
     async def call(self, queue: str, request: RpcRequest) -> Any:
         """Send ``request`` and return the reply's result, or raise :class:`ServiceError`."""
+        channel = await self._ready()
+        correlation_id = uuid.uuid4().hex
+        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = waiter
         try:
-            response = await self._broker.request(
-                request.model_dump_json().encode(),
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    request.model_dump_json().encode(),
+                    content_type="application/json",
+                    correlation_id=correlation_id,
+                    reply_to=DIRECT_REPLY_TO,
+                    expiration=self._timeout,
+                ),
                 routing_key=queue,
-                content_type="application/json",
-                timeout=self._timeout,
-                expiration=self._timeout,
+                mandatory=True,
             )
-        except TimeoutError as exc:
+            body = await asyncio.wait_for(waiter, timeout=self._timeout)
+        except (TimeoutError, aio_pika.exceptions.DeliveryError) as exc:
             raise ServiceError(
                 ErrorCode.UPSTREAM_UNAVAILABLE, "A backing service did not answer in time."
             ) from exc
-        reply = RpcReply.model_validate(await response.decode())
+        finally:
+            self._pending.pop(correlation_id, None)
+        reply = RpcReply.model_validate_json(body)
         if not reply.ok:
             error = reply.error or ErrorBody(
                 code=ErrorCode.INTERNAL_ERROR, message="The service failed to answer."
             )
             raise ServiceError.from_body(error)  # keeps retry_after_seconds
         return reply.result
+
+    async def close(self) -> None:
+        """Close the channel (the broker owns the connection)."""
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+        self._channel = None
+
+
+def broker_connection(broker: RabbitBroker) -> aio_pika.abc.AbstractRobustConnection:
+    """The aio-pika connection of a started broker (FastStream keeps it private)."""
+    connection = getattr(broker, "_connection", None)
+    if connection is None:
+        raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, "The message bus is not connected.")
+    return connection  # type: ignore[no-any-return]

@@ -28,6 +28,9 @@ class IdentitySettings(DatabaseSettings):
     )
 
     bcrypt_cost: int = Field(default=12, ge=12, le=16, description="bcrypt work factor.")
+    bcrypt_workers: int | None = Field(
+        default=None, ge=1, le=64, description="bcrypt threads; default one per core but one."
+    )
     session_idle_seconds: int = Field(default=1800, ge=60, description="Inactivity timeout.")
     session_lifetime_seconds: int = Field(default=43200, ge=300, description="Absolute lifetime.")
     sweep_interval_seconds: float = Field(

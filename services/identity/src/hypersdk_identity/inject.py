@@ -51,7 +51,7 @@ async def prepare_identity(
         settings.database_url.get_secret_value(), size=settings.database_pool_size
     )
     try:
-        hasher = BcryptPasswordHasher(cost=settings.bcrypt_cost)
+        hasher = BcryptPasswordHasher(cost=settings.bcrypt_cost, workers=settings.bcrypt_workers)
         publisher = events or RabbitEventPublisher(
             broker, service=SERVICE, declare_topology=settings.declare_topology
         )
