@@ -21,8 +21,6 @@ import os
 import platform
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,7 +30,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -187,7 +184,7 @@ async def load(
 
 
 async def gateway_vs_bare(config: devstack.StackConfig, token: str, total: int) -> dict[str, Any]:
-    bare_port = devstack_free_port()
+    bare_port = devstack.free_port()
     server = start_bare_server(bare_port)
     auth = {"authorization": f"Bearer {token}"}
     chain_url = f"{config.gateway_url}/api/v1/jobs"
@@ -251,22 +248,6 @@ async def login_storm(config: devstack.StackConfig, token: str, total: int) -> d
 
 
 # ---- orchestration -------------------------------------------------------------------------------
-
-
-def devstack_free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def drop_database(config: devstack.StackConfig) -> None:
-    conn = await asyncpg.connect(
-        host=config.pg_host, port=config.pg_port, user=config.pg_user, database="postgres"
-    )
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{config.database}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 def login(config: devstack.StackConfig) -> str:
@@ -368,41 +349,26 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
     }
     results["policy_in_process"] = await decisions_in_process(args.decisions * 5)
-    suffix = secrets.token_hex(4)
-    vhost = f"hypersdk-bench-{suffix}"
-    subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(
-        ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-    )
-    with tempfile.TemporaryDirectory(prefix="hypersdk-bench-") as state:
-        config = devstack.StackConfig(
-            state_dir=Path(state),
-            database=f"hypersdk_bench_{suffix}",
-            amqp_vhost=vhost,
-            gateway_port=devstack_free_port(),
-            vault_port=devstack_free_port(),
-            health_base_port=20000 + secrets.randbelow(20000),
+    with (
+        tempfile.TemporaryDirectory(prefix="hypersdk-bench-") as state,
+        devstack.isolated(
+            Path(state),
+            prefix="hypersdk-bench",
             extra_env={
                 "HYPERSDK_GATEWAY_RATE_LIMIT_PER_MINUTE": "10000000",
                 "HYPERSDK_GATEWAY_LOGIN_RATE_LIMIT_PER_MINUTE": "10000000",
                 "HYPERSDK_GATEWAY_LOG_LEVEL": "WARNING",
             },
-        )
-        try:
-            await asyncio.to_thread(devstack.up, config, admin_password=PASSWORD)
-            token = await asyncio.to_thread(login, config)
-            progress("platform up; policy decisions over the bus")
-            results["policy_over_bus"] = await bounded(decisions_over_bus(config, args.decisions))
-            progress("gateway chain against a bare endpoint")
-            results["gateway"] = await bounded(gateway_vs_bare(config, token, args.requests))
-            progress("login storm")
-            results["login_storm"] = await bounded(login_storm(config, token, args.requests // 2))
-        finally:
-            devstack.down(config)
-            await drop_database(config)
-            subprocess.run(["rabbitmqctl", "delete_vhost", vhost], check=False, capture_output=True)
+        ) as config,
+    ):
+        await asyncio.to_thread(devstack.up, config, admin_password=PASSWORD)
+        token = await asyncio.to_thread(login, config)
+        progress("platform up; policy decisions over the bus")
+        results["policy_over_bus"] = await bounded(decisions_over_bus(config, args.decisions))
+        progress("gateway chain against a bare endpoint")
+        results["gateway"] = await bounded(gateway_vs_bare(config, token, args.requests))
+        progress("login storm")
+        results["login_storm"] = await bounded(login_storm(config, token, args.requests // 2))
     return results
 
 

@@ -23,6 +23,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -264,6 +267,69 @@ def supervise(config: StackConfig) -> None:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+
+
+# ---- isolated stacks (tests, benchmarks) ---------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rabbitmqctl(*args: str) -> None:
+    """Run rabbitmqctl (as root on the machine that runs the broker)."""
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True)
+
+
+async def _drop_database(config: StackConfig) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(
+        host=config.pg_host, port=config.pg_port, user=config.pg_user, database="postgres"
+    )
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{config.database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def isolated(
+    state_dir: Path, *, prefix: str = "hypersdk-test", extra_env: dict[str, str] | None = None
+) -> Iterator[StackConfig]:
+    """A stack config with its own RabbitMQ vhost, database and ports, all removed afterwards.
+
+    The stack itself is started by the caller (``up``) and stopped here on the way out.
+    """
+    suffix = secrets.token_hex(4)
+    vhost = f"{prefix}-{suffix}"
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        config = StackConfig(
+            state_dir=state_dir,
+            database=f"{prefix.replace('-', '_')}_{suffix}",
+            amqp_vhost=vhost,
+            gateway_port=free_port(),
+            vault_port=free_port(),
+            health_base_port=free_port(),
+            extra_env=dict(extra_env or {}),
+        )
+        # Health ports are base..base+5: the whole range must be free.
+        while not all(not _port_open("127.0.0.1", config.health_base_port + i) for i in range(6)):
+            config.health_base_port = free_port()
+        try:
+            yield config
+        finally:
+            down(config)
+            # In a thread of its own: the caller may be inside an event loop (the benchmark).
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pool.submit(asyncio.run, _drop_database(config)).result()
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
 
 
 # ---- up / down --------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import asyncio
 import json
 import secrets
 import socket
-import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -33,14 +32,7 @@ PAM_SERVICE = "hypersdk-it-" + secrets.token_hex(4)
 PAM_GROUP = "hsdk-it-ops-" + secrets.token_hex(3)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True)
+free_port = devstack.free_port
 
 
 @dataclass
@@ -120,40 +112,22 @@ class Stack:
             return pool.submit(asyncio.run, run()).result()
 
 
+# Many tests log in from 127.0.0.1 within a minute (the limiter has its own tests); lockout
+# tests pick their client address with X-Forwarded-For, so they never lock 127.0.0.1.
+TEST_ENV = {
+    "HYPERSDK_GATEWAY_LOGIN_RATE_LIMIT_PER_MINUTE": "1000",
+    "HYPERSDK_GATEWAY_TRUSTED_PROXIES": '["127.0.0.1"]',
+    "HYPERSDK_IDENTITY_PAM_SERVICE": PAM_SERVICE,
+    "HYPERSDK_IDENTITY_PAM_GROUP_ROLES": json.dumps({PAM_GROUP: "operator"}),
+    "HYPERSDK_IDENTITY_SWEEP_INTERVAL_SECONDS": "1",
+}
+
+
 @contextmanager
 def isolated_stack_config(state_dir: Path) -> Iterator[devstack.StackConfig]:
-    """A stack config with its own vhost, database and ports; both are removed afterwards."""
-    suffix = secrets.token_hex(4)
-    vhost = f"hypersdk-test-{suffix}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    config = devstack.StackConfig(
-        state_dir=state_dir,
-        database=f"hypersdk_test_{suffix}",
-        amqp_vhost=vhost,
-        gateway_port=free_port(),
-        vault_port=free_port(),
-        health_base_port=free_port(),
-        extra_env={
-            # Many tests log in from 127.0.0.1 within a minute; the limiter has its own tests.
-            "HYPERSDK_GATEWAY_LOGIN_RATE_LIMIT_PER_MINUTE": "1000",
-            # Lockout tests pick their client address with X-Forwarded-For, so that they never
-            # lock 127.0.0.1 for the other tests.
-            "HYPERSDK_GATEWAY_TRUSTED_PROXIES": '["127.0.0.1"]',
-            "HYPERSDK_IDENTITY_PAM_SERVICE": PAM_SERVICE,
-            "HYPERSDK_IDENTITY_PAM_GROUP_ROLES": json.dumps({PAM_GROUP: "operator"}),
-            "HYPERSDK_IDENTITY_SWEEP_INTERVAL_SECONDS": "1",
-        },
-    )
-    # health ports are base..base+5: make sure that whole range is free.
-    while not all(_port_free(config.health_base_port + i) for i in range(6)):
-        config.health_base_port = free_port()
-    try:
+    """A stack config with its own vhost, database and ports; all removed afterwards."""
+    with devstack.isolated(state_dir, extra_env=TEST_ENV) as config:
         yield config
-    finally:
-        devstack.down(config)
-        asyncio.run(_drop_database(config))
-        rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture(scope="session")
@@ -171,13 +145,3 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
-async def _drop_database(config: devstack.StackConfig) -> None:
-    conn = await asyncpg.connect(
-        host=config.pg_host, port=config.pg_port, user=config.pg_user, database="postgres"
-    )
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{config.database}" WITH (FORCE)')
-    finally:
-        await conn.close()

@@ -22,7 +22,7 @@ from hypersdk_contracts.events import ApiKeyCreated, ApiKeyRevoked, ApiKeyRotate
 from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import ApiKeyView, IssuedApiKey, Principal
 from hypersdk_identity.core.models import ApiKey, User
-from hypersdk_identity.core.pam import PamSupport
+from hypersdk_identity.core.pam import PamSupport, usable_owner
 from hypersdk_identity.core.service import is_uuid
 from hypersdk_identity.ports.outbound import ApiKeyStore, UserStore
 from hypersdk_kit.bus import EventPublisher
@@ -178,12 +178,10 @@ class ApiKeyService:
             or not stored.works_at(now)
         ):
             raise _unauthenticated()
-        owner = await self._users.get(stored.owner)
-        if owner is None or owner.disabled:
+        usable = await usable_owner(self._users, self._pam, stored.owner)
+        if usable is None:
             raise _unauthenticated()
-        external_roles = await self._external_roles(owner)
-        if external_roles is None:
-            raise _unauthenticated()
+        _, external_roles = usable
         await self._keys.touch(stored.id, now)
         return Principal(
             username=stored.owner,
@@ -200,13 +198,6 @@ class ApiKeyService:
         if owner.disabled:
             raise ServiceError(ErrorCode.CONFLICT, "The owner's account is disabled.")
         return owner
-
-    async def _external_roles(self, user: User) -> list[str] | None:
-        if user.source != "pam":
-            return []
-        if self._pam is None:
-            return None
-        return await self._pam.roles_of_user(user)
 
 
 def _checked_scopes(scopes: list[str]) -> tuple[str, ...]:

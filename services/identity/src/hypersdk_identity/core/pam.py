@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hypersdk_identity.core.models import SystemAccount, User
-from hypersdk_identity.ports.outbound import AccountDirectory, PamAuthenticator
+from hypersdk_identity.ports.outbound import AccountDirectory, PamAuthenticator, UserStore
 
 
 @dataclass(frozen=True)
@@ -46,3 +46,20 @@ class PamSupport:
         """External roles of a PAM user now; None if their Linux account is gone."""
         account = await self.account(user.username)
         return None if account is None else self.external_roles(account)
+
+
+async def usable_owner(
+    users: UserStore, pam: PamSupport | None, username: str
+) -> tuple[User, list[str]] | None:
+    """The enabled user behind a credential and their external roles, or None if unusable.
+
+    A PAM user whose Linux account is gone, or who is PAM-backed while PAM is not configured,
+    is unusable like a disabled one: their sessions and keys stop working.
+    """
+    user = await users.get(username)
+    if user is None or user.disabled:
+        return None
+    if user.source != "pam":
+        return user, []
+    roles = None if pam is None else await pam.roles_of_user(user)
+    return None if roles is None else (user, roles)

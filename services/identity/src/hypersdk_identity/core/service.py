@@ -37,7 +37,7 @@ from hypersdk_contracts.rpc import (
     UserView,
 )
 from hypersdk_identity.core.models import Session, User
-from hypersdk_identity.core.pam import PamSupport
+from hypersdk_identity.core.pam import PamSupport, usable_owner
 from hypersdk_identity.core.passwords import (
     MAX_PASSWORD_BYTES,
     check_new_password,
@@ -300,12 +300,10 @@ class IdentityService:
             or not hmac.compare_digest(session.token_hash, hash_token(token))
         ):
             raise _unauthenticated()
-        user = await self._users.get(session.username)
-        if user is None or user.disabled:
+        usable = await usable_owner(self._users, self._pam, session.username)
+        if usable is None:
             raise _unauthenticated()
-        external_roles = await self._external_roles(user)
-        if external_roles is None:
-            raise _unauthenticated()
+        user, external_roles = usable
         return _LiveSession(session=session, user=user, external_roles=external_roles)
 
     def _is_live(self, session: Session, now: datetime) -> bool:
