@@ -286,6 +286,39 @@ async def test_a_call_without_credential_gets_401_with_envelope_headers_and_one_
     assert gateway.backend.asked == []
 
 
+async def test_a_refused_call_is_logged_exactly_once(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hypersdk_gateway.access")
+    response = await gateway.client.get("/api/v1/jobs/42", headers={"X-Request-ID": "req-12345678"})
+
+    assert response.status_code == 401
+    lines = [r for r in caplog.records if r.name == "hypersdk_gateway.access"]
+    assert len(lines) == 1
+    line = vars(lines[0])
+    assert line["status"] == 401
+    assert line["route"] == "/api/v1/jobs/{job_id}"
+    assert line["request_id"] == "req-12345678"
+    assert line["principal"] is None
+
+
+async def test_security_headers_are_on_404_413_and_429_too(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(max_body_bytes=100, login_rate_limit_per_minute=1)
+    token = await gateway.login("alice")
+    not_found = await gateway.client.get("/api/v1/nothing-here", headers=bearer(token))
+    too_large = await gateway.client.post(
+        "/api/v1/users", content=b"x" * 500, headers=bearer(token)
+    )
+    limited = await gateway.client.post(
+        "/api/v1/auth/login", json={"username": "alice", "password": PASSWORD}
+    )
+    for response, status in ((not_found, 404), (too_large, 413), (limited, 429)):
+        assert response.status_code == status
+        for name, value in SECURITY_HEADERS.items():
+            assert response.headers.get(name) == value, (status, name)
+        assert response.json()["error"]["request_id"] == response.headers["x-request-id"]
+
+
 async def test_security_headers_are_on_successful_responses_too(gateway: Gateway) -> None:
     token = await gateway.login("alice")
 
