@@ -21,7 +21,7 @@ from hypersdk_identity.adapters.outbound.memory import (
     InMemoryUserStore,
     InsecureFastHasher,
 )
-from hypersdk_identity.core.service import IdentityService, SessionPolicy
+from hypersdk_identity.core.service import TOUCH_INTERVAL_SECONDS, IdentityService, SessionPolicy
 from hypersdk_kit.bus import InMemoryEventPublisher
 
 IDLE_SECONDS = 15 * 60
@@ -247,6 +247,19 @@ async def test_session_expires_after_idle_time(world: World) -> None:
     with pytest.raises(ServiceError) as error:
         await world.service.authenticate(result.token)
     assert error.value.code is ErrorCode.UNAUTHENTICATED
+
+
+async def test_activity_is_written_at_most_once_per_touch_interval(world: World) -> None:
+    result = await world.service.login("alice", PASSWORD, CONTEXT)
+    created = world.sessions.sessions[result.session_id].last_seen_at
+
+    world.clock.advance(TOUCH_INTERVAL_SECONDS - 1)
+    await world.service.authenticate(result.token)
+    assert world.sessions.sessions[result.session_id].last_seen_at == created
+
+    world.clock.advance(1)
+    await world.service.authenticate(result.token)
+    assert world.sessions.sessions[result.session_id].last_seen_at == world.clock.now
 
 
 async def test_session_ends_at_its_absolute_lifetime_despite_activity(world: World) -> None:
