@@ -278,12 +278,22 @@ async def test_export_journey(stack: Stack) -> None:
     messages = await _drain(capture)
     await connection.close()
     assert messages, "the capture queue saw no events"
+    traces = {}
     for message in messages:
         assert message.content_type == "application/cloudevents+json"
+        assert message.headers["traceparent"] == json.loads(message.body)["traceparent"]
+        traces[json.loads(message.body)["id"]] = message.headers["traceparent"].split("-")[1]
         envelope = json.loads(message.body)
         assert envelope["specversion"] == "1.0"
         assert envelope["type"] == f"io.hypersdk.{message.routing_key}"
         assert envelope["id"] == message.message_id
+    # The export's events, from two services and a worker, share the trace of its API call.
+    job_traces = {
+        traces[json.loads(m.body)["id"]]
+        for m in messages
+        if json.loads(m.body).get("subject") == f"job/{job['id']}"
+    }
+    assert len(job_traces) == 1
     planted = [ADMIN_PASSWORD, VIEWER_PASSWORD, PROVIDER_SECRET, admin, viewer]
     event_bodies = b"\n".join(m.body for m in messages).decode()
     audit_rows = json.dumps([dict(r) for r in stack.db("SELECT * FROM audit.entries")], default=str)

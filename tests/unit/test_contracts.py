@@ -119,9 +119,28 @@ def test_wire_form_round_trips_through_json() -> None:
 
     assert parsed == event
     assert parsed.routing_key == "identity.login.failed"
-    assert parsed.context == CONTEXT
+    assert parsed.context.model_copy(update={"traceparent": None}) == CONTEXT
+    assert parsed.traceparent == event.traceparent
     assert parsed.time == event.time
     assert parsed.time.utcoffset() == timedelta(0)
+
+
+def test_events_continue_the_callers_trace_with_a_new_span() -> None:
+    parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    event = new_event(
+        service="identity",
+        routing_key=RoutingKey.USER_CREATED.value,
+        data=events.UserCreated(username="bob"),
+        subject=None,
+        context=CONTEXT.model_copy(update={"traceparent": parent}),
+    )
+    assert event.traceparent is not None
+    version, trace_id, span_id, flags = event.traceparent.split("-")
+    assert (version, trace_id, flags) == ("00", "ab" * 16, "01")
+    assert span_id != "cd" * 8
+    assert event.to_wire()["traceparent"] == event.traceparent
+    with pytest.raises(ValidationError):
+        RequestContext(traceparent="00-not-a-trace")
 
 
 def test_wire_form_leaves_out_absent_extensions() -> None:

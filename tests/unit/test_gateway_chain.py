@@ -319,6 +319,22 @@ async def test_security_headers_are_on_404_413_and_429_too(make_gateway: Gateway
         assert response.json()["error"]["request_id"] == response.headers["x-request-id"]
 
 
+async def test_an_inbound_trace_is_continued_and_a_bad_one_replaced(gateway: Gateway) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    inbound = f"00-{trace_id}-00f067aa0ba902b7-01"
+    await gateway.client.get("/api/v1/vms", headers={"traceparent": inbound})
+    await gateway.client.get("/api/v1/vms", headers={"traceparent": "00-zz-bad-01"})
+    await gateway.client.get("/api/v1/vms")
+
+    continued, replaced, fresh = (e.traceparent for e in gateway.completed()[-3:])
+    assert continued is not None
+    assert continued.split("-")[1] == trace_id
+    assert continued.split("-")[2] != "00f067aa0ba902b7"
+    assert replaced is not None
+    assert fresh is not None
+    assert len({continued.split("-")[1], replaced.split("-")[1], fresh.split("-")[1]}) == 3
+
+
 async def test_security_headers_are_on_successful_responses_too(gateway: Gateway) -> None:
     token = await gateway.login("alice")
 

@@ -7,6 +7,7 @@ attribute names may only hold lower-case letters and digits, so on the wire they
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -17,6 +18,8 @@ from hypersdk_contracts.base import Message
 from hypersdk_contracts.names import EVENT_TYPE_PREFIX
 
 CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json"
+TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+"""W3C Trace Context ``traceparent``, version 00."""
 
 
 class RequestContext(Message):
@@ -31,6 +34,15 @@ class RequestContext(Message):
     grant: str | None = Field(
         default=None, repr=False, description="Permission grant signed by policy for this call."
     )
+    traceparent: str | None = Field(
+        default=None, pattern=TRACEPARENT_PATTERN, description="W3C trace context of the call."
+    )
+
+
+def child_traceparent(parent: str | None) -> str:
+    """A W3C traceparent for the next hop: the same trace, a new span (a new trace if none)."""
+    trace_id = parent.split("-")[1] if parent else secrets.token_hex(16)
+    return f"00-{trace_id}-{secrets.token_hex(8)}-01"
 
 
 class CloudEvent(Message):
@@ -55,6 +67,11 @@ class CloudEvent(Message):
     request_id: str | None = Field(
         default=None, alias="requestid", description="Request ID of the causing API call."
     )
+    traceparent: str | None = Field(
+        default=None,
+        pattern=TRACEPARENT_PATTERN,
+        description="W3C trace context (CloudEvents distributed-tracing extension).",
+    )
 
     @field_validator("time")
     @classmethod
@@ -72,7 +89,10 @@ class CloudEvent(Message):
     def context(self) -> RequestContext:
         """The causing request's context, to pass on to follow-up messages."""
         return RequestContext(
-            actor=self.actor, source_ip=self.source_ip, request_id=self.request_id
+            actor=self.actor,
+            source_ip=self.source_ip,
+            request_id=self.request_id,
+            traceparent=self.traceparent,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -100,4 +120,5 @@ def new_event(
         actor=ctx.actor,
         source_ip=ctx.source_ip,
         request_id=ctx.request_id,
+        traceparent=child_traceparent(ctx.traceparent),
     )

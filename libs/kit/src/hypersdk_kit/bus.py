@@ -27,6 +27,7 @@ from faststream.rabbit import (
 )
 from faststream.rabbit.annotations import RabbitMessage
 from faststream.security import BaseSecurity
+from pamqp.common import FieldValue
 from pydantic import BaseModel, ValidationError
 
 from hypersdk_contracts.base import Message
@@ -34,6 +35,7 @@ from hypersdk_contracts.envelope import (
     CLOUDEVENTS_CONTENT_TYPE,
     CloudEvent,
     RequestContext,
+    child_traceparent,
     new_event,
 )
 from hypersdk_contracts.errors import ErrorBody, ErrorCode, ServiceError
@@ -144,6 +146,7 @@ class RabbitEventPublisher(EventPublisher):
             content_type=CLOUDEVENTS_CONTENT_TYPE,
             message_id=event.id,
             message_type=event.type,
+            headers=_trace_headers(event),
             persist=True,
             mandatory=False,
         )
@@ -202,10 +205,16 @@ async def send_command(
         content_type=CLOUDEVENTS_CONTENT_TYPE,
         message_id=event.id,
         message_type=event.type,
+        headers=_trace_headers(event),
         persist=True,
         mandatory=True,
     )
     return event
+
+
+def _trace_headers(event: CloudEvent) -> dict[str, FieldValue]:
+    """W3C trace context as AMQP headers, as well as inside the envelope."""
+    return {"traceparent": event.traceparent} if event.traceparent else {}
 
 
 # ---- consuming --------------------------------------------------------------------------------
@@ -411,6 +420,7 @@ class RpcClient:
                     correlation_id=correlation_id,
                     reply_to=DIRECT_REPLY_TO,
                     expiration=self._timeout,
+                    headers={"traceparent": child_traceparent(request.context.traceparent)},
                 ),
                 routing_key=queue,
                 mandatory=True,

@@ -6,6 +6,8 @@ import ipaddress
 import re
 import uuid
 
+from hypersdk_contracts.envelope import TRACEPARENT_PATTERN, child_traceparent
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
 
 
@@ -14,6 +16,17 @@ def accept_request_id(inbound: str | None) -> str:
     if inbound and _REQUEST_ID.fullmatch(inbound):
         return inbound
     return uuid.uuid4().hex
+
+
+def accept_traceparent(inbound: str | None) -> str:
+    """Continue a well-formed inbound W3C trace (a new span of it), or start a new trace."""
+    if inbound:
+        candidate = inbound.strip().lower()
+        if re.fullmatch(TRACEPARENT_PATTERN, candidate):
+            trace_id, parent_id = candidate.split("-")[1:3]
+            if trace_id != "0" * 32 and parent_id != "0" * 16:
+                return child_traceparent(candidate)
+    return child_traceparent(None)
 
 
 def client_address(peer: str | None, forwarded_for: str | None, trusted: list[str]) -> str:

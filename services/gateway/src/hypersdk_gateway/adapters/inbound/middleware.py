@@ -24,7 +24,11 @@ from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.rpc import AuthenticateApiKeyRequest, AuthenticateRequest, Principal
 from hypersdk_gateway.adapters.inbound.errors import send_error
 from hypersdk_gateway.core.limits import TokenBuckets, longest_prefix
-from hypersdk_gateway.core.requests import accept_request_id, client_address
+from hypersdk_gateway.core.requests import (
+    accept_request_id,
+    accept_traceparent,
+    client_address,
+)
 from hypersdk_gateway.ports.outbound import Backend
 from hypersdk_kit.bus import EventPublisher
 
@@ -75,6 +79,7 @@ def context_of(scope: Scope) -> RequestContext:
         request_id=st.get("request_id"),
         assertion=principal.assertion if principal else None,
         grant=st.get("grant"),
+        traceparent=st.get("traceparent"),
     )
 
 
@@ -172,6 +177,7 @@ class RequestIdLayer:
         request_id = accept_request_id(header(scope, b"x-request-id"))
         st = state(scope)
         st["request_id"] = request_id
+        st["traceparent"] = accept_traceparent(header(scope, b"traceparent"))
         peer = scope.get("client")
         st["client"] = client_address(
             peer[0] if peer else None, header(scope, b"x-forwarded-for"), self.trusted_proxies
