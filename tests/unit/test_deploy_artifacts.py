@@ -997,3 +997,57 @@ def test_rabbitmq_queues_and_exchanges_are_not_shared(definitions: dict[str, Any
     gateway = _permissions(definitions, "gateway")
     assert gateway["configure"] in ("", "^$")
     assert gateway["read"] in ("", "^$")
+
+
+@pytest.mark.parametrize("client_cert_required", [True, False])
+def test_gateway_tls_mtls_cors_and_limits_values(client_cert_required: bool) -> None:
+    objects = documents(
+        render(
+            {
+                "services": {
+                    "gateway": {
+                        "tls": {
+                            "existingSecret": "gateway-tls",
+                            "clientCaKey": "ca.crt",
+                            "clientCertRequired": client_cert_required,
+                        },
+                        "corsOrigins": ["https://console.example"],
+                        "trustedProxies": ["10.0.0.0/8"],
+                        "rateLimits": {"/api/v1/exports": 60},
+                        "bodyLimits": {"/api/v1/exports": 20000000},
+                    }
+                }
+            }
+        )
+    )
+    for o in objects:
+        kubernetes_validate.validate(o, KUBE_VERSIONS[-1], strict=True)
+    spec = deployment_of(objects, "gateway")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {k: v["value"] for k, v in container_env(container).items() if "value" in v}
+    base = "/var/run/secrets/hypersdk/tls"
+    assert env["HYPERSDK_GATEWAY_TLS_CERT_FILE"] == f"{base}/tls.crt"
+    assert env["HYPERSDK_GATEWAY_TLS_KEY_FILE"] == f"{base}/tls.key"
+    assert env["HYPERSDK_GATEWAY_TLS_CLIENT_CA_FILE"] == f"{base}/client-ca.crt"
+    assert env["HYPERSDK_GATEWAY_TLS_CLIENT_CERT_REQUIRED"] == str(client_cert_required).lower()
+    assert json.loads(env["HYPERSDK_GATEWAY_CORS_ORIGINS"]) == ["https://console.example"]
+    assert json.loads(env["HYPERSDK_GATEWAY_TRUSTED_PROXIES"]) == ["10.0.0.0/8"]
+    assert json.loads(env["HYPERSDK_GATEWAY_RATE_LIMITS"]) == {"/api/v1/exports": 60}
+    assert json.loads(env["HYPERSDK_GATEWAY_BODY_LIMITS"]) == {"/api/v1/exports": 20000000}
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "gateway-tls"]
+    assert volume["secret"]["secretName"] == "gateway-tls"
+    assert {i["path"] for i in volume["secret"]["items"]} == {
+        "tls.crt", "tls.key", "client-ca.crt",
+    }  # fmt: skip
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "gateway-tls"]
+    assert mount == {"name": "gateway-tls", "mountPath": base, "readOnly": True}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        if client_cert_required:  # the kubelet has no client certificate
+            assert container[probe]["tcpSocket"] == {"port": 8080}
+        else:
+            assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+
+
+def test_the_schema_refuses_a_wildcard_cors_origin() -> None:
+    with pytest.raises(Exception, match=r"(?i)schema|corsOrigins|pattern"):
+        render({"services": {"gateway": {"corsOrigins": ["*"]}}})

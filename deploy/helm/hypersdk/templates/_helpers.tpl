@@ -124,6 +124,35 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
   value: "0.0.0.0"
 - name: HYPERSDK_GATEWAY_PORT
   value: {{ $svc.port | quote }}
+{{- $tls := $svc.tls | default dict }}
+{{- if $tls.existingSecret }}
+- name: HYPERSDK_GATEWAY_TLS_CERT_FILE
+  value: {{ printf "%s/tls.crt" (trimSuffix "/" $tls.mountPath) | quote }}
+- name: HYPERSDK_GATEWAY_TLS_KEY_FILE
+  value: {{ printf "%s/tls.key" (trimSuffix "/" $tls.mountPath) | quote }}
+{{- if $tls.clientCaKey }}
+- name: HYPERSDK_GATEWAY_TLS_CLIENT_CA_FILE
+  value: {{ printf "%s/client-ca.crt" (trimSuffix "/" $tls.mountPath) | quote }}
+- name: HYPERSDK_GATEWAY_TLS_CLIENT_CERT_REQUIRED
+  value: {{ $tls.clientCertRequired | quote }}
+{{- end }}
+{{- end }}
+{{- with $svc.corsOrigins }}
+- name: HYPERSDK_GATEWAY_CORS_ORIGINS
+  value: {{ toJson . | quote }}
+{{- end }}
+{{- with $svc.trustedProxies }}
+- name: HYPERSDK_GATEWAY_TRUSTED_PROXIES
+  value: {{ toJson . | quote }}
+{{- end }}
+{{- with $svc.rateLimits }}
+- name: HYPERSDK_GATEWAY_RATE_LIMITS
+  value: {{ toJson . | quote }}
+{{- end }}
+{{- with $svc.bodyLimits }}
+- name: HYPERSDK_GATEWAY_BODY_LIMITS
+  value: {{ toJson . | quote }}
+{{- end }}
 {{- else }}
 - name: {{ $prefix }}HEALTH_HOST
   value: "0.0.0.0"
@@ -193,6 +222,22 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
         path: policy.pub
       {{- end }}
 {{- end }}
+{{- $tls := $svc.tls | default dict }}
+{{- if and (eq .service "gateway") $tls.existingSecret }}
+- name: gateway-tls
+  secret:
+    secretName: {{ $tls.existingSecret }}
+    defaultMode: 288 # 0440: readable by the fsGroup only
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+      {{- if $tls.clientCaKey }}
+      - key: {{ $tls.clientCaKey }}
+        path: client-ca.crt
+      {{- end }}
+{{- end }}
 {{- if eq .service "secrets" }}
 - name: vault-token
   secret:
@@ -217,6 +262,12 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 {{- $svc := index .root.Values.services .service }}
 - name: tmp
   mountPath: /tmp
+{{- $tls := $svc.tls | default dict }}
+{{- if and (eq .service "gateway") $tls.existingSecret }}
+- name: gateway-tls
+  mountPath: {{ $tls.mountPath }}
+  readOnly: true
+{{- end }}
 {{- if ne .service "gateway" }}
 - name: signing-keys
   mountPath: {{ .root.Values.signing.mountPath }}
