@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -15,6 +16,7 @@ from hypersdk_contracts.envelope import CloudEvent, RequestContext, new_event
 from hypersdk_contracts.events import EVENT_TYPES, LoginFailed, SessionCreated
 from hypersdk_contracts.names import RoutingKey
 from hypersdk_contracts.permissions import ROLE_PERMISSIONS, Permission, Role
+from hypersdk_contracts.rpc import LoginRequest
 
 # DESIGN.md, "Roles and permissions (exactly this matrix)", copied by hand.
 # Columns: admin, operator, viewer, auditor.
@@ -279,3 +281,27 @@ def test_routing_keys_are_service_entity_verb(routing_key: RoutingKey) -> None:
     assert service in {"gateway", "identity", "policy", "secrets", "exporter", "audit"}
     assert entity
     assert verb.endswith(("ed", "en"))  # past tense: created, failed, written
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: LoginRequest(username="ali\x00ce", password="correct horse battery"),
+        lambda: LoginRequest.model_validate_json(
+            '{"username": "alice", "password": "pass\\u0000word"}'
+        ),
+        lambda: CloudEvent.model_validate(
+            {
+                "id": "e-1",
+                "source": "/x",
+                "type": "io.hypersdk.identity.user.created",
+                "time": "2026-01-01T00:00:00Z",
+                "data": {"username": {"nested": ["a\x00"]}},
+            }
+        ),
+    ],
+)
+def test_text_with_nul_is_refused_by_every_message(build: Any) -> None:
+    with pytest.raises(ValidationError) as refused:
+        build()
+    assert "NUL" in str(refused.value.errors()[0]["msg"])

@@ -1049,5 +1049,5 @@ def test_gateway_tls_mtls_cors_and_limits_values(client_cert_required: bool) -> 
 
 
 def test_the_schema_refuses_a_wildcard_cors_origin() -> None:
-    with pytest.raises(Exception, match=r"(?i)schema|corsOrigins|pattern"):
+    with pytest.raises(Exception, match="gateway/corsOrigins/0"):
         render({"services": {"gateway": {"corsOrigins": ["*"]}}})

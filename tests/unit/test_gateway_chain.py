@@ -783,7 +783,8 @@ async def test_unknown_body_fields_get_422(gateway: Gateway) -> None:
 
 async def test_nul_characters_are_refused_before_any_backend_sees_them(gateway: Gateway) -> None:
     # PostgreSQL cannot store U+0000: found by the API contract fuzzing as 500s from identity
-    # and the exporter. The gateway refuses it as invalid input, after authorization.
+    # and the exporter. The contracts refuse it, so the gateway answers 422 when a handler
+    # builds its request, after authorization, and no service ever sees it.
     token = await gateway.login("olga")
     asked_before = list(gateway.backend.asked)
 

@@ -46,7 +46,6 @@ from hypersdk_kit.settings import AmqpTls
 
 logger = logging.getLogger(__name__)
 
-EVENTS = RabbitExchange(EVENTS_EXCHANGE, type=ExchangeType.TOPIC, durable=True)
 DLX = RabbitExchange(DEAD_LETTER_EXCHANGE, type=ExchangeType.DIRECT, durable=True)
 
 
@@ -141,7 +140,7 @@ class RabbitEventPublisher(EventPublisher):
         )
         await self._broker.publish(
             event.model_dump_json(by_alias=True, exclude_none=True).encode(),
-            exchange=EVENTS,
+            exchange=self._exchange,
             routing_key=event.routing_key,
             content_type=CLOUDEVENTS_CONTENT_TYPE,
             message_id=event.id,
@@ -432,7 +431,12 @@ class RpcClient:
             ) from exc
         finally:
             self._pending.pop(correlation_id, None)
-        reply = RpcReply.model_validate_json(body)
+        try:
+            reply = RpcReply.model_validate_json(body)
+        except ValidationError as exc:
+            raise ServiceError(
+                ErrorCode.INTERNAL_ERROR, "A backing service answered in an unexpected form."
+            ) from exc
         if not reply.ok:
             error = reply.error or ErrorBody(
                 code=ErrorCode.INTERNAL_ERROR, message="The service failed to answer."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from hypersdk_audit.core.chain import ChainedEntry, Verification, verify
 from hypersdk_audit.core.recorder import entry_fields
 from hypersdk_audit.ports.outbound import AuditLog
@@ -23,5 +25,6 @@ class AuditService:
         return await self._log.page(after_sequence=after_sequence, limit=limit)
 
     async def verify(self) -> Verification:
-        """Recompute the whole chain."""
-        return verify([entry async for entry in self._log.walk()])
+        """Recompute the whole chain; the hashing, CPU work as long as the log, runs in a thread."""
+        entries = [entry async for entry in self._log.walk()]
+        return await asyncio.to_thread(verify, entries)

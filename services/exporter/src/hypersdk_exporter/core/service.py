@@ -307,7 +307,7 @@ class ExporterService:
                 raise ExportFailedError("artifact_write_failed") from exc
             artifacts.append(Artifact(name=name, size_bytes=target.stat().st_size, sha256=digest))
         try:
-            self._write_manifest(job, vm, job_dir, artifacts)
+            await asyncio.to_thread(self._write_manifest, job, vm, job_dir, artifacts)
         except OSError as exc:
             raise ExportFailedError("artifact_write_failed") from exc
         return artifacts
