@@ -92,7 +92,7 @@ async def decisions_in_process(count: int) -> dict[str, Any]:
             username="op", permission=permission, resource="GET /x", context=context
         )
         if decision.allowed:
-            signer.sign({"typ": "grant", "sub": "op", "perm": permission, "rid": "bench"})
+            signer.sign({"typ": "grant", "sub": "op", "perm": permission})
         signed.append(time.perf_counter() - started)
     return {
         "count": count,

@@ -50,9 +50,9 @@ def _command(job_id: str, grant: str, actor: str, request_id: str) -> bytes:
     ).encode()
 
 
-def _grant(signer: AssertionSigner, *, sub: str, perm: str, request_id: str) -> str:
+def _grant(signer: AssertionSigner, *, sub: str, perm: str) -> str:
     return signer.sign(
-        {"typ": "grant", "sub": sub, "perm": perm, "res": "POST /api/v1/exports", "rid": request_id}
+        {"typ": "grant", "sub": sub, "perm": perm}
     )
 
 
@@ -91,31 +91,31 @@ async def test_forged_export_commands_are_rejected_dead_lettered_and_audited(
         "missing_assertion": _command(str(uuid.uuid4()), "", "admin", rid),
         "bad_signature": _command(
             str(uuid.uuid4()),
-            _grant(impostor, sub="admin", perm="vms:export", request_id=rid),
+            _grant(impostor, sub="admin", perm="vms:export"),
             "admin",
             rid,
         ),
         "expired": _command(
             str(uuid.uuid4()),
-            _grant(expired, sub="admin", perm="vms:export", request_id=rid),
+            _grant(expired, sub="admin", perm="vms:export"),
             "admin",
             rid,
         ),
         "permission_not_granted": _command(
             str(uuid.uuid4()),
-            _grant(real_policy, sub="mallory", perm="jobs:view", request_id=rid),
+            _grant(real_policy, sub="mallory", perm="jobs:view"),
             "mallory",
             rid,
         ),
         "actor_mismatch": _command(
             job["id"],
-            _grant(real_policy, sub="mallory", perm="vms:export", request_id=rid),
+            _grant(real_policy, sub="mallory", perm="vms:export"),
             "mallory",
             rid,
         ),
         "unknown_job": _command(
             str(uuid.uuid4()),
-            _grant(real_policy, sub="admin", perm="vms:export", request_id=rid),
+            _grant(real_policy, sub="admin", perm="vms:export"),
             "admin",
             rid,
         ),

@@ -41,6 +41,7 @@ from hypersdk_gateway.adapters.inbound.middleware import ASGIApp
 from hypersdk_gateway.config import GatewaySettings
 from hypersdk_gateway.core.limits import TokenBuckets
 from hypersdk_gateway.core.requests import client_address
+from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_gateway.inject import build_chain
 from hypersdk_gateway.ports.outbound import Backend
 from hypersdk_identity.adapters.outbound.memory import (
@@ -235,7 +236,9 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         policy_events.events.clear()
         backend = InMemoryBackend(identity=identity, policy=policy)
         events = InMemoryEventPublisher(service="gateway")
-        chain = build_chain(settings, backend=backend, events=events, ready=_ready)
+        cache = CredentialCache(ttl_seconds=10)
+        cache.resume()
+        chain = build_chain(settings, backend=backend, events=events, ready=_ready, cache=cache)
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=chain), base_url="http://testserver"
         )

@@ -47,6 +47,7 @@ from hypersdk_contracts.rpc import (
     UserNameRequest,
 )
 from hypersdk_gateway.config import GatewaySettings
+from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_gateway.inject import build_chain
 from hypersdk_gateway.ports.outbound import Backend
 from hypersdk_identity.adapters.outbound.memory import (
@@ -273,11 +274,14 @@ async def gateway() -> AsyncIterator[Gateway]:
         await policy.assign_roles(username=username, roles=[role], context=setup)
     identity_events.events.clear()
     backend = IdentityBackend(identity=identity, keys=keys, policy=policy)
+    cache = CredentialCache(ttl_seconds=10)
+    cache.resume()
     chain = build_chain(
         GatewaySettings(amqp_url="amqp://unused"),
         backend=backend,
         events=InMemoryEventPublisher(service="gateway"),
         ready=_ready,
+        cache=cache,
     )
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=chain), base_url="http://testserver"

@@ -113,6 +113,11 @@ class Principal(Message):
     assertion: str | None = Field(
         default=None, repr=False, description="Short-lived principal assertion signed by identity."
     )
+    valid_until: AwareDatetime | None = Field(
+        default=None,
+        description="When the credential stops working at the latest (session expiry, key "
+        "expiry or the end of a rotation's grace); None: no fixed end.",
+    )
 
 
 class LogoutRequest(RpcRequest):

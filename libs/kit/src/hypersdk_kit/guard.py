@@ -67,12 +67,14 @@ class RequestGuard:
 def check_grant(
     claims: dict[str, Any], *, context: RequestContext, permissions: frozenset[str]
 ) -> None:
-    """A verified grant must be a grant, for one of ``permissions``, for this actor and request."""
+    """A verified grant must be a grant, for one of ``permissions``, for this actor.
+
+    A grant is not tied to one request: the gateway reuses it while it lives (60 s) and drops
+    it on any revocation (decision 0015).
+    """
     if claims.get("typ") != "grant":
         raise AssertionRejectedError("malformed_assertion")
     if claims.get("perm") not in permissions:
         raise AssertionRejectedError("permission_not_granted")
     if context.actor is not None and claims.get("sub") != context.actor:
         raise AssertionRejectedError("actor_mismatch")
-    if context.request_id is not None and claims.get("rid") != context.request_id:
-        raise AssertionRejectedError("request_mismatch")

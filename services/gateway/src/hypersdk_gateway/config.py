@@ -49,6 +49,17 @@ class GatewaySettings(ServiceSettings):
         "defaults, and overriding them for the same prefix.",
     )
     rpc_timeout_seconds: float = Field(default=10.0, gt=0, description="Backend timeout.")
+    credential_cache_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=30,
+        description="How long a verified credential and its grants are reused (0: never). "
+        "Any revocation event empties the cache at once; the bound keeps identity's view of "
+        "session activity fresh and stays under the 60 s life of assertions and grants.",
+    )
+    credential_cache_entries: int = Field(
+        default=10_000, ge=1, description="Most credentials cached at once (oldest dropped)."
+    )
 
     @model_validator(mode="after")
     def _cors_is_safe(self) -> GatewaySettings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+from fastapi import FastAPI
 from faststream.rabbit import RabbitBroker
 
 from hypersdk_gateway.adapters.inbound.http import build_api
@@ -20,8 +21,10 @@ from hypersdk_gateway.adapters.inbound.middleware import (
     SecurityHeadersLayer,
     SizeLimitLayer,
 )
+from hypersdk_gateway.adapters.inbound.revocations import RevocationFeed
 from hypersdk_gateway.adapters.outbound.rabbit import RabbitBackend
 from hypersdk_gateway.config import GatewaySettings
+from hypersdk_gateway.core.credentials import CredentialCache, InvalidatingBackend
 from hypersdk_gateway.core.limits import TokenBuckets
 from hypersdk_gateway.ports.outbound import Backend
 from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, RpcClient, build_broker
@@ -35,9 +38,17 @@ def build_chain(
     backend: Backend,
     events: EventPublisher,
     ready: Callable[[], Awaitable[bool]],
+    cache: CredentialCache,
+    extend: Callable[[FastAPI], None] | None = None,
 ) -> ASGIApp:
-    """The API wrapped in its layers; the first layer listed here runs first."""
-    api = build_api(backend, ready=ready)
+    """The API wrapped in its layers; the first layer listed here runs first.
+
+    ``extend`` may add routes to the API before it is wrapped (the benchmark adds one).
+    """
+    backend = InvalidatingBackend(backend, cache)
+    api = build_api(backend, cache=cache, ready=ready)
+    if extend is not None:
+        extend(api)
     body_limits = {f"{API_PREFIX}/exports": settings.max_export_body_bytes, **settings.body_limits}
     app: ASGIApp = SizeLimitLayer(api, default_bytes=settings.max_body_bytes, limits=body_limits)
     per_minute = {LOGIN_PATH: settings.login_rate_limit_per_minute, **settings.rate_limits}
@@ -49,7 +60,7 @@ def build_chain(
             for prefix, calls in per_minute.items()
         },
     )
-    app = AuthenticationLayer(app, backend=backend)
+    app = AuthenticationLayer(app, backend=backend, cache=cache)
     app = SecurityHeadersLayer(app)
     app = CorsLayer(
         app, origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials
@@ -59,13 +70,22 @@ def build_chain(
 
 
 @asynccontextmanager
-async def prepare_gateway(settings: GatewaySettings) -> AsyncIterator[tuple[ASGIApp, RabbitBroker]]:
+async def prepare_gateway(
+    settings: GatewaySettings, *, extend: Callable[[FastAPI], None] | None = None
+) -> AsyncIterator[tuple[ASGIApp, RabbitBroker]]:
     """The gateway wired to the bus; the broker is started here and stopped on exit."""
     broker = build_broker(
         settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
     )
+    cache = CredentialCache(
+        ttl_seconds=settings.credential_cache_seconds,
+        max_entries=settings.credential_cache_entries,
+    )
+    feed = RevocationFeed(broker, cache)
     await broker.start()
     try:
+        if settings.credential_cache_seconds > 0:
+            await feed.start(declare_topology=settings.declare_topology)
 
         async def ready() -> bool:
             return await broker.ping(timeout=1.0)
@@ -77,7 +97,10 @@ async def prepare_gateway(settings: GatewaySettings) -> AsyncIterator[tuple[ASGI
                 broker, service=SERVICE, declare_topology=settings.declare_topology
             ),
             ready=ready,
+            cache=cache,
+            extend=extend,
         )
         yield app, broker
     finally:
+        await feed.stop()
         await broker.stop()

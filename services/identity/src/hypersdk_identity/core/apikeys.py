@@ -189,6 +189,7 @@ class ApiKeyService:
             key_id=stored.id,
             scopes=list(stored.scopes),
             external_roles=external_roles,
+            valid_until=stored.valid_until,
         )
 
     async def _active_owner(self, username: str) -> User:

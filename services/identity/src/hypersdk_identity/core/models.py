@@ -48,6 +48,12 @@ class ApiKey:
     replaced_by: str | None = None
     last_used_at: datetime | None = None
 
+    @property
+    def valid_until(self) -> datetime | None:
+        """When the key stops working at the latest: its expiry or its revocation time."""
+        ends = [when for when in (self.revoked_at, self.expires_at) if when is not None]
+        return min(ends) if ends else None
+
     def works_at(self, now: datetime) -> bool:
         """Whether the key is accepted at ``now`` (not revoked, not expired)."""
         return (self.revoked_at is None or now < self.revoked_at) and (

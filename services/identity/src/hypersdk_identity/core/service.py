@@ -335,6 +335,7 @@ class IdentityService:
             kind="session",
             session_id=live.session.id,
             external_roles=live.external_roles,
+            valid_until=live.session.expires_at,
         )
 
     async def logout(self, token: str, context: RequestContext) -> None:

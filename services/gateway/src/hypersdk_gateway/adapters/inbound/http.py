@@ -67,6 +67,7 @@ from hypersdk_contracts.rpc import (
 )
 from hypersdk_gateway.adapters.inbound.errors import ErrorEnvelope, envelope_bytes
 from hypersdk_gateway.adapters.inbound.middleware import API_PREFIX, context_of
+from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_gateway.ports.outbound import Backend
 
 logger = logging.getLogger(__name__)
@@ -207,9 +208,13 @@ def not_implemented(what: str) -> ServiceError:
 
 
 def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement per route
-    backend: Backend, *, ready: Callable[[], Awaitable[bool]]
+    backend: Backend, *, cache: CredentialCache, ready: Callable[[], Awaitable[bool]]
 ) -> FastAPI:
-    """The FastAPI application (the middleware chain wraps it in inject.py)."""
+    """The FastAPI application (the middleware chain wraps it in inject.py).
+
+    ``backend`` should be the :class:`InvalidatingBackend` over the bus, so that a revocation
+    made through this replica empties its credential cache before the call returns.
+    """
     app = FastAPI(
         title="HyperSDK API",
         version="1.0.0",
@@ -231,6 +236,12 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         return check
 
     async def authorize(request: Request, principal: Principal, permission: Permission) -> None:
+        credential: bytes = request.state.credential
+        cached = cache.grant(credential, permission.value)
+        if cached is not None:
+            request.state.grant = cached
+            return
+        generation = cache.generation
         route = getattr(request.scope.get("route"), "path", request.url.path)
         decision = await backend.ask(
             RpcQueue.POLICY_DECIDE,
@@ -247,6 +258,10 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
             )
         # Passed on with every request this call makes, so each service checks it itself.
         request.state.grant = decision.get("grant")
+        if request.state.grant:
+            cache.remember_grant(
+                credential, permission.value, request.state.grant, generation=generation
+            )
 
     def ctx(request: Request) -> Any:
         return context_of(request.scope)

@@ -4,7 +4,7 @@ Order: logging -> request ID -> CORS -> security headers -> authentication -> ra
 request size limiting -> (authorization and the handler, in the FastAPI app).
 
 Layers share what they learn through ``scope["state"]`` (Starlette's ``request.state``):
-``request_id``, ``client``, ``principal``.
+``request_id``, ``client``, ``principal``, ``credential`` (its cache key).
 """
 
 from __future__ import annotations
@@ -21,8 +21,14 @@ from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import RequestCompleted
 from hypersdk_contracts.names import RpcQueue
-from hypersdk_contracts.rpc import AuthenticateApiKeyRequest, AuthenticateRequest, Principal
+from hypersdk_contracts.rpc import (
+    AuthenticateApiKeyRequest,
+    AuthenticateRequest,
+    Principal,
+    RpcRequest,
+)
 from hypersdk_gateway.adapters.inbound.errors import send_error
+from hypersdk_gateway.core.credentials import CredentialCache, credential_key
 from hypersdk_gateway.core.limits import TokenBuckets, longest_prefix
 from hypersdk_gateway.core.requests import (
     accept_request_id,
@@ -284,14 +290,34 @@ class SecurityHeadersLayer:
 class AuthenticationLayer:
     """Resolves the credential to a principal via identity; 401 when there is none.
 
-    A session token (``Authorization: Bearer``) or an API key (``X-API-Key``), not both. Every
-    call is checked by identity, without a cache, so a logout or a key revocation holds at once
-    on every gateway replica. A malformed key (wrong prefix or checksum) is refused here.
+    A session token (``Authorization: Bearer``) or an API key (``X-API-Key``), not both. What
+    identity answers is kept for a few seconds in the credential cache, which any revocation
+    event empties, so a logout or a key revocation holds at once on every gateway replica
+    (decision 0015). Refusals are never cached. A malformed key (wrong prefix or checksum) is
+    refused here.
     """
 
-    def __init__(self, app: ASGIApp, *, backend: Backend) -> None:
+    def __init__(self, app: ASGIApp, *, backend: Backend, cache: CredentialCache) -> None:
         self.app = app
         self.backend = backend
+        self.cache = cache
+
+    async def _principal(self, credential: str, request: RpcRequest, scope: Scope) -> Principal:
+        """The principal of a credential: from the cache, or asked of identity and cached."""
+        key = credential_key(credential)
+        state(scope)["credential"] = key
+        cached = self.cache.principal(key)
+        if cached is not None:
+            return cached
+        generation = self.cache.generation
+        queue = (
+            RpcQueue.IDENTITY_AUTHENTICATE_API_KEY
+            if isinstance(request, AuthenticateApiKeyRequest)
+            else RpcQueue.IDENTITY_AUTHENTICATE
+        )
+        principal = Principal.model_validate(await self.backend.ask(queue, request))
+        self.cache.remember_principal(key, principal, generation=generation)
+        return principal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Authenticate everything but the public paths."""
@@ -325,10 +351,12 @@ class AuthenticationLayer:
                 message="Authentication is required.",
             )
             return
+        token = token.strip()[:512]
         try:
-            result = await self.backend.ask(
-                RpcQueue.IDENTITY_AUTHENTICATE,
-                AuthenticateRequest(token=token.strip()[:512], context=context_of(scope)),
+            principal = await self._principal(
+                f"session:{token}",
+                AuthenticateRequest(token=token, context=context_of(scope)),
+                scope,
             )
         except ServiceError as exc:
             code: ErrorCode
@@ -338,8 +366,8 @@ class AuthenticationLayer:
                 code, message = ErrorCode.UNAUTHENTICATED, "The session is missing or expired."
             await send_error(send, code=code, request_id=st["request_id"], message=message)
             return
-        st["principal"] = Principal.model_validate(result)
-        st["token"] = token.strip()
+        st["principal"] = principal
+        st["token"] = token
         await self.app(scope, receive, send)
 
     async def _with_api_key(self, key: str, scope: Scope, receive: Receive, send: Send) -> None:
@@ -351,9 +379,10 @@ class AuthenticationLayer:
             )
             return
         try:
-            result = await self.backend.ask(
-                RpcQueue.IDENTITY_AUTHENTICATE_API_KEY,
+            principal = await self._principal(
+                f"apikey:{key}",
                 AuthenticateApiKeyRequest(key=key, context=context_of(scope)),
+                scope,
             )
         except ServiceError as exc:
             code: ErrorCode = ErrorCode.UNAUTHENTICATED
@@ -362,7 +391,7 @@ class AuthenticationLayer:
                 code, message = exc.code, exc.message
             await send_error(send, code=code, request_id=st["request_id"], message=message)
             return
-        st["principal"] = Principal.model_validate(result)
+        st["principal"] = principal
         await self.app(scope, receive, send)
 
 

@@ -52,15 +52,9 @@ def register_rpc(
         )
         if not decision.allowed:
             return decision
-        grant = signer.sign(
-            {
-                "typ": "grant",
-                "sub": request.username,
-                "perm": request.permission,
-                "res": request.resource,
-                "rid": request.context.request_id,
-            }
-        )
+        # Bound to the actor and the permission, not to one request: the gateway reuses it
+        # while it lives, and drops it on any revocation (decision 0015).
+        grant = signer.sign({"typ": "grant", "sub": request.username, "perm": request.permission})
         return decision.model_copy(update={"grant": grant})
 
     async def assign_roles(request: AssignRolesRequest) -> RoleList:
