@@ -6,7 +6,7 @@ measures, in one run so that the figures compare side by side:
 1. policy decisions: in-process (the core with an in-memory store, plus grant signing) and
    through the bus (request/reply to the real policy service, PostgreSQL behind it);
 2. the gateway: an authenticated, authorized GET through the whole chain against a bare
-   FastAPI endpoint served by the same uvicorn, sequentially and with 100 concurrent clients;
+   FastAPI endpoint served by the same uvicorn process, with 1, 10 and 100 clients (wrk);
 3. a storm of logins (bcrypt cost 12) and the latency of other requests during it.
 
 Every load targets 127.0.0.1, is bounded in count, and stops by itself.
@@ -19,11 +19,13 @@ import asyncio
 import json
 import os
 import platform
+import re
 import secrets
+import shutil
 import signal
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -31,9 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import FastAPI
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -140,25 +140,76 @@ async def decisions_over_bus(config: devstack.StackConfig, count: int) -> dict[s
 # ---- 2. the gateway chain against a bare endpoint ------------------------------------------------
 
 
-def start_bare_server(port: int) -> uvicorn.Server:
-    app = FastAPI()
+GATEWAY_LOADS = (1, 10, 100)
+"""Concurrent clients; 10 is the "moderate load" the target is judged at."""
+MODERATE = 10
+WRK_SECONDS = 8
 
-    @app.get("/bare")
-    async def bare() -> list[dict[str, str]]:
-        return []
 
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return server
+def start_chain_server(
+    config: devstack.StackConfig, log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """bench/chain_server.py: a gateway replica and the bare endpoint in one uvicorn process."""
+    port = devstack.free_port()
+    env = {**config.service_env(), "HYPERSDK_GATEWAY_LOG_LEVEL": "INFO"}
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [config.python, str(ROOT / "bench" / "chain_server.py"), "--port", str(port)],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/bare", timeout=1).status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"the chain server did not start: {log.read_text()[-2000:]}")
+
+
+_WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _wrk_ms(text: str) -> float:
+    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"wrk latency {text!r}")
+    return float(match[1]) * _WRK_UNITS[match[2]]
+
+
+def wrk(url: str, *, headers: dict[str, str], clients: int) -> dict[str, Any]:
+    """Load ``url`` with wrk for WRK_SECONDS; requests/s, p50/p99 and non-2xx answers."""
+    command = ["wrk", f"-t{min(clients, 2)}", f"-c{clients}", f"-d{WRK_SECONDS}s", "--latency"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    out = subprocess.run(
+        [*command, url], capture_output=True, text=True, check=True, timeout=WRK_SECONDS + 30
+    ).stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    if set(latency) != {"50", "99"}:
+        raise RuntimeError(f"wrk measured nothing at {url}:\n{out}")
+    requests = re.search(r"(\d+) requests in", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(r"Socket errors: (.*)$", out, re.MULTILINE)
+    return {
+        "requests": int(requests[1]) if requests else 0,
+        "per_s": float(re.search(r"Requests/sec:\s+([0-9.]+)", out)[1]),  # type: ignore[index]
+        "p50_ms": _wrk_ms(latency["50"]),
+        "p99_ms": _wrk_ms(latency["99"]),
+        "errors": int(errors[1]) if errors else 0,
+        "socket_errors": sockets[1] if sockets else "",
+    }
 
 
 async def load(
     url: str, *, headers: dict[str, str], total: int, concurrency: int
 ) -> dict[str, Any]:
+    """``total`` GETs from ``concurrency`` httpx clients (for the login storm's bystanders)."""
     samples: list[float] = []
     errors = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -183,22 +234,30 @@ async def load(
     return {"requests": total, "errors": errors, "per_s": total / elapsed, **percentiles(samples)}
 
 
-async def gateway_vs_bare(config: devstack.StackConfig, token: str, total: int) -> dict[str, Any]:
-    bare_port = devstack.free_port()
-    server = start_bare_server(bare_port)
-    auth = {"authorization": f"Bearer {token}"}
-    chain_url = f"{config.gateway_url}/api/v1/jobs"
-    bare_url = f"http://127.0.0.1:{bare_port}/bare"
+async def gateway_vs_bare(config: devstack.StackConfig, token: str, state: Path) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("make bench needs wrk (Debian: apt-get install wrk)")
+    process, base = await asyncio.to_thread(start_chain_server, config, state / "chain.log")
+    auth = {"Authorization": f"Bearer {token}"}
+    endpoints = {
+        "bare": (f"{base}/bare", {}),
+        "chain": (f"{base}/api/v1/bench/jobs", auth),
+        "jobs": (f"{base}/api/v1/jobs", auth),
+    }
     results: dict[str, Any] = {}
     try:
-        for concurrency in (1, 100):
-            await load(chain_url, headers=auth, total=50, concurrency=min(concurrency, 10))
-            results[f"c{concurrency}"] = {
-                "chain": await load(chain_url, headers=auth, total=total, concurrency=concurrency),
-                "bare": await load(bare_url, headers={}, total=total, concurrency=concurrency),
-            }
+        for clients in GATEWAY_LOADS:
+            row: dict[str, Any] = {}
+            for name, (url, headers) in endpoints.items():
+                progress(f"  {name}, {clients} client(s)")
+                row[name] = await asyncio.to_thread(wrk, url, headers=headers, clients=clients)
+            results[f"c{clients}"] = row
+    except Exception:
+        progress(f"chain server log: {(state / 'chain.log').read_text()[-3000:]}")
+        raise
     finally:
-        server.should_exit = True
+        process.terminate()
+        process.wait(timeout=30)
     return results
 
 
@@ -288,42 +347,54 @@ def render(results: dict[str, Any], command: str) -> str:
         "",
         "## Gateway: the whole chain against a bare endpoint",
         "",
-        "`GET /api/v1/jobs` with a session token passes the seven layers, authentication",
-        "(identity over the bus), authorization (policy over the bus, grant signed), then the",
-        "handler asks the exporter (grant verified, PostgreSQL). The bare endpoint is a FastAPI",
-        "route returning `[]` on the same uvicorn.",
+        "One uvicorn process (`bench/chain_server.py`, a gateway replica wired to the running",
+        "platform) serves three endpoints; [wrk](https://github.com/wg/wrk) loads each for "
+        f"{WRK_SECONDS} s per row:",
         "",
-        "| clients | endpoint | requests/s | p50 | p99 | errors |",
+        "- **bare**: `GET /bare`, a FastAPI route outside the chain, answering `[]`;",
+        "- **chain**: `GET /api/v1/bench/jobs`, the same handler inside the whole chain: the",
+        "  seven layers (access log at INFO, a `gateway.request.completed` event per call),",
+        "  authentication of a session token and authorization for `jobs:view`, from the",
+        "  credential cache after the first call (decision 0015);",
+        "- **jobs**: `GET /api/v1/jobs`, the chain plus the handler's own request/reply to the",
+        "  exporter (grant verified, PostgreSQL).",
+        "",
+        "| clients | endpoint | requests/s | p50 | p99 | non-2xx |",
         "|---|---|---|---|---|---|",
     ]
-    for key, label in (("c1", "1"), ("c100", "100")):
-        for endpoint in ("chain", "bare"):
-            row = results["gateway"][key][endpoint]
+    gateway = results["gateway"]
+    for clients in GATEWAY_LOADS:
+        for endpoint in ("bare", "chain", "jobs"):
+            row = gateway[f"c{clients}"][endpoint]
             lines.append(
-                f"| {label} | {endpoint} | {row['per_s']:.0f} | {row['p50_ms']:.2f} ms | "
+                f"| {clients} | {endpoint} | {row['per_s']:.0f} | {row['p50_ms']:.2f} ms | "
                 f"{row['p99_ms']:.2f} ms | {row['errors']} |"
             )
-    for key, label in (("c1", "1 client"), ("c100", "100 clients")):
-        chain, bare = results["gateway"][key]["chain"], results["gateway"][key]["bare"]
-        lines.append("")
-        lines.append(
-            f"{label}: the chain serves {chain['per_s'] / bare['per_s']:.2f}x the bare throughput "
-            f"and adds {chain['p99_ms'] - bare['p99_ms']:.2f} ms at p99."
-        )
+    lines.append("")
+    for clients in GATEWAY_LOADS:
+        row = gateway[f"c{clients}"]
+        bare = row["bare"]
+        for endpoint in ("chain", "jobs"):
+            lines.append(
+                f"- {clients} client(s), {endpoint}: "
+                f"{row[endpoint]['per_s'] / bare['per_s']:.2f}x the bare throughput, "
+                f"{row[endpoint]['p99_ms'] - bare['p99_ms']:+.2f} ms at p99."
+            )
     storm = results["login_storm"]
     ratio = storm["during_storm"]["p99_ms"] / storm["quiet"]["p99_ms"]
-    moderate = results["gateway"]["c1"]
+    moderate = gateway[f"c{MODERATE}"]
     throughput_ok = moderate["chain"]["per_s"] >= 0.5 * moderate["bare"]["per_s"]
     latency_ok = moderate["chain"]["p99_ms"] - moderate["bare"]["p99_ms"] <= 3.0
     verdict = "met" if throughput_ok and latency_ok else "not met"
     lines += [
         "",
         "Target (issue 4: at least half the bare throughput and at most 3 ms added at p99 under",
-        f"moderate load, here 1 client): **{verdict}** "
+        f"moderate load, here {MODERATE} clients, chain against bare): **{verdict}** "
         f"(throughput {'ok' if throughput_ok else 'below half'}, "
-        f"p99 {'ok' if latency_ok else 'over 3 ms'}). A call through the chain makes three",
-        "request/reply round trips on the bus (identity, policy, exporter); the bare endpoint",
-        "makes none.",
+        f"p99 {'ok' if latency_ok else 'over 3 ms'}).",
+        "",
+        "`jobs` adds one request/reply round trip to the exporter on top of the chain; the",
+        "target compares like with like (the same handler, with and without the chain).",
         "",
         "## A storm of logins",
         "",
@@ -366,7 +437,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         progress("platform up; policy decisions over the bus")
         results["policy_over_bus"] = await bounded(decisions_over_bus(config, args.decisions))
         progress("gateway chain against a bare endpoint")
-        results["gateway"] = await bounded(gateway_vs_bare(config, token, args.requests))
+        results["gateway"] = await bounded(gateway_vs_bare(config, token, Path(state)))
         progress("login storm")
         results["login_storm"] = await bounded(login_storm(config, token, args.requests // 2))
     return results

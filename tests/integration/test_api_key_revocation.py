@@ -1,8 +1,10 @@
 """API keys against the real stack, with TWO gateway processes.
 
 A key is issued through one gateway and works on both; once ``DELETE /api-keys/{id}`` returns
-on one, neither accepts it: gateways keep no credential cache, every call is checked by
-identity. Also: shown once, stored as a hash, scopes limited to the owner's permissions and
+on one, neither accepts it. Each gateway caches verified credentials and grants for seconds,
+so these tests warm both caches first: the revocation events (decision 0015) must empty them
+before the revoking call returns. The same holds for a logout and a role change. Also: shown
+once, stored as a hash, scopes limited to the owner's permissions and
 enforced, rotation with a grace period, last use recorded, no key in any event or log.
 """
 
@@ -90,6 +92,78 @@ def test_a_revoked_key_is_refused_by_every_gateway_at_once(
     assert status == 401
     assert body["error"]["code"] == "unauthenticated"
     assert key not in json.dumps(body)
+
+
+def _warm(api: Api, headers: dict[str, str], path: str = "/api/v1/vms") -> None:
+    """Two calls: the credential and the grant are cached after the first."""
+    for _ in range(2):
+        status, body, _ = api.call("GET", path, headers=headers)
+        assert status == 200, body
+
+
+def test_revocations_hold_at_once_on_replicas_with_warm_caches(
+    stack: Stack, second_gateway: Api
+) -> None:
+    admin = stack.api.login("admin", ADMIN_PASSWORD)
+    replicas = (stack.api, second_gateway)
+    refused: list[int] = []
+    for round_number in range(10):
+        status, issued, _ = stack.api.call(
+            "POST", "/api/v1/api-keys", {"name": "warm", "scopes": ["vms:browse"]}, token=admin
+        )
+        assert status == 201, issued
+        key = {"X-API-Key": issued["key"]}
+        for api in replicas:
+            _warm(api, key)
+        revoker, other = replicas[round_number % 2], replicas[1 - round_number % 2]
+        status, _, _ = revoker.call(
+            "DELETE", f"/api/v1/api-keys/{issued['api_key']['id']}", token=admin
+        )
+        assert status == 204
+        # The replica that did not serve the DELETE first: it only has the event to go by.
+        refused += [other.call("GET", "/api/v1/vms", headers=key)[0] for _ in range(3)]
+        refused.append(revoker.call("GET", "/api/v1/vms", headers=key)[0])
+    assert refused == [401] * 40
+
+
+def test_a_logout_on_one_replica_ends_the_session_on_the_other(
+    stack: Stack, second_gateway: Api
+) -> None:
+    token = stack.api.login("admin", ADMIN_PASSWORD)
+    for api in (stack.api, second_gateway):
+        _warm(api, {"Authorization": f"Bearer {token}"}, "/api/v1/jobs")
+
+    assert stack.api.call("POST", "/api/v1/auth/logout", token=token)[0] == 204
+
+    assert second_gateway.call("GET", "/api/v1/jobs", token=token)[0] == 401
+
+
+def test_a_role_change_narrows_a_cached_key_at_once(stack: Stack, second_gateway: Api) -> None:
+    admin = stack.api.login("admin", ADMIN_PASSWORD)
+    username = f"narrowed-{secrets.token_hex(3)}"
+    status, _, _ = stack.api.call(
+        "POST",
+        "/api/v1/users",
+        {"username": username, "password": f"owner-{secrets.token_hex(8)}", "roles": ["viewer"]},
+        token=admin,
+    )
+    assert status == 201
+    status, issued, _ = stack.api.call(
+        "POST",
+        "/api/v1/api-keys",
+        {"name": "narrowed", "scopes": ["vms:browse"], "owner": username},
+        token=admin,
+    )
+    assert status == 201, issued
+    key = {"X-API-Key": issued["key"]}
+    _warm(second_gateway, key)
+
+    status, _, _ = stack.api.call("PATCH", f"/api/v1/users/{username}", {"roles": []}, token=admin)
+    assert status == 200
+
+    # The key still authenticates (its owner exists), but the cached grant is gone.
+    status, body, _ = second_gateway.call("GET", "/api/v1/vms", headers=key)
+    assert (status, body["error"]["code"]) == (403, "forbidden")
 
 
 def test_keys_are_shown_once_and_stored_as_hashes(stack: Stack) -> None:

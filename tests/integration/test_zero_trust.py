@@ -51,9 +51,7 @@ def _command(job_id: str, grant: str, actor: str, request_id: str) -> bytes:
 
 
 def _grant(signer: AssertionSigner, *, sub: str, perm: str) -> str:
-    return signer.sign(
-        {"typ": "grant", "sub": sub, "perm": perm}
-    )
+    return signer.sign({"typ": "grant", "sub": sub, "perm": perm})
 
 
 async def _audit_failures(stack: Stack, token: str, wanted: int) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -25,6 +26,7 @@ import kubernetes_validate.utils as kv_utils  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from hypersdk_gateway.adapters.inbound.revocations import QUEUE_PREFIX, REVOKING_EVENTS
 from hypersdk_kit.bus import durable_queue
 
 REPO = Path(__file__).resolve().parents[2]
@@ -989,14 +991,27 @@ def test_rabbitmq_queues_and_exchanges_are_not_shared(definitions: dict[str, Any
             dlq = names.dead_letter_queue(queue)
             for kind in ("configure", "read", "write"):
                 assert not rabbit_allows(perms[kind], dlq), (service, kind, dlq)
-        # Only audit may bind a queue to the event stream (read on the exchange).
-        assert rabbit_allows(perms["read"], names.EVENTS_EXCHANGE) is (service == "audit")
+        # Only audit binds to the whole event stream; the gateway only to revocations.
+        binds = service in ("audit", "gateway")
+        assert rabbit_allows(perms["read"], names.EVENTS_EXCHANGE) is binds
         topic_read = _topic(definitions, service)["read"]
         assert rabbit_allows(topic_read, "#") is (service == "audit")
         assert not rabbit_allows(topic_read, "identity.#")
+
+
+def test_rabbitmq_gateway_reads_only_its_revocation_feed(definitions: dict[str, Any]) -> None:
+    names = contract_names()
     gateway = _permissions(definitions, "gateway")
-    assert gateway["configure"] in ("", "^$")
-    assert gateway["read"] in ("", "^$")
+    feed_queue = f"{QUEUE_PREFIX}{uuid.uuid4().hex}"
+    for kind in ("configure", "read", "write"):
+        assert rabbit_allows(gateway[kind], feed_queue), kind
+        assert not rabbit_allows(gateway[kind], f"{QUEUE_PREFIX}x"), kind
+        assert not rabbit_allows(gateway[kind], names.AUDIT_EVENTS_QUEUE), kind
+        assert not rabbit_allows(gateway[kind], names.EXPORT_JOBS_QUEUE), kind
+    topic_read = _topic(definitions, "gateway")["read"]
+    for key in names.RoutingKey:
+        # Exactly the events the feed binds, so the feed can bind and nothing more.
+        assert rabbit_allows(topic_read, key.value) is (key in REVOKING_EVENTS), key
 
 
 @pytest.mark.parametrize("client_cert_required", [True, False])

@@ -27,6 +27,7 @@ from hypersdk_contracts.rpc import (
     AuthenticateRequest,
     CreateExportRequest,
     DecideRequest,
+    Decision,
     GetVmRequest,
     JobIdRequest,
     ListJobsRequest,
@@ -39,9 +40,9 @@ from hypersdk_contracts.rpc import (
 )
 from hypersdk_gateway.adapters.inbound.middleware import ASGIApp
 from hypersdk_gateway.config import GatewaySettings
+from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_gateway.core.limits import TokenBuckets
 from hypersdk_gateway.core.requests import client_address
-from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_gateway.inject import build_chain
 from hypersdk_gateway.ports.outbound import Backend
 from hypersdk_identity.adapters.outbound.memory import (
@@ -82,6 +83,7 @@ class InMemoryBackend(Backend):
 
     def __init__(self, *, identity: IdentityService, policy: PolicyService) -> None:
         self.asked: list[str] = []
+        self.requests: list[tuple[str, RpcRequest]] = []
         self._routes: dict[str, tuple[type[RpcRequest], Handler]] = {
             RpcQueue.IDENTITY_LOGIN: (
                 LoginRequest,
@@ -95,15 +97,7 @@ class InMemoryBackend(Backend):
                 LogoutRequest,
                 lambda r: identity.logout(r.token, r.context),
             ),
-            RpcQueue.POLICY_DECIDE: (
-                DecideRequest,
-                lambda r: policy.decide(
-                    username=r.username,
-                    permission=r.permission,
-                    resource=r.resource,
-                    context=r.context,
-                ),
-            ),
+            RpcQueue.POLICY_DECIDE: (DecideRequest, self._decide(policy)),
             RpcQueue.POLICY_ROLES_OF: (RolesOfRequest, self._roles_of(policy)),
             RpcQueue.EXPORTER_LIST_VMS: (ListVmsRequest, self._canned([])),
             RpcQueue.EXPORTER_GET_VM: (GetVmRequest, self._not_found("No such VM.")),
@@ -115,11 +109,30 @@ class InMemoryBackend(Backend):
     async def ask(self, queue: str, request: RpcRequest) -> Any:
         """Parse as the owner would, answer, and return the reply's JSON result."""
         self.asked.append(queue)
+        self.requests.append((queue, request))
         if queue not in self._routes:
             raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, f"No fake answers {queue}.")
         model, handler = self._routes[queue]
         result = await handler(model.model_validate(request.model_dump(mode="json")))
         return _as_json(result)
+
+    @staticmethod
+    def _decide(policy: PolicyService) -> Handler:
+        """Policy's decision; when allowed, with a (fake, unsigned) grant as policy adds one."""
+
+        async def answer(request: DecideRequest) -> Decision:
+            decision = await policy.decide(
+                username=request.username,
+                permission=request.permission,
+                resource=request.resource,
+                context=request.context,
+            )
+            if not decision.allowed:
+                return decision
+            grant = f"grant:{request.username}:{request.permission}:{uuid.uuid4().hex}"
+            return decision.model_copy(update={"grant": grant})
+
+        return answer
 
     @staticmethod
     def _roles_of(policy: PolicyService) -> Handler:
@@ -182,6 +195,8 @@ class Gateway:
     events: InMemoryEventPublisher
     identity_events: InMemoryEventPublisher
     policy_events: InMemoryEventPublisher
+    cache: CredentialCache
+    identity: IdentityService
     responses: list[httpx.Response] = field(default_factory=list)
 
     async def login(self, username: str) -> str:
@@ -243,7 +258,9 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
             transport=httpx.ASGITransport(app=chain), base_url="http://testserver"
         )
         clients.append(client)
-        return Gateway(chain, client, backend, events, identity_events, policy_events)
+        return Gateway(
+            chain, client, backend, events, identity_events, policy_events, cache, identity
+        )
 
     yield make
     for client in clients:
@@ -527,6 +544,9 @@ async def test_a_bad_credential_gets_401(gateway: Gateway, headers: dict[str, st
 
 async def test_a_token_stops_working_after_logout(gateway: Gateway) -> None:
     token = await gateway.login("alice")
+    warm = await gateway.client.get("/api/v1/jobs", headers=bearer(token))
+    assert warm.status_code == 200
+    assert len(gateway.cache) == 1
 
     logout = await gateway.client.post("/api/v1/auth/logout", headers=bearer(token))
     after = await gateway.client.get("/api/v1/auth/me", headers=bearer(token))
@@ -541,6 +561,89 @@ async def test_an_api_key_alone_gets_401_with_the_envelope(gateway: Gateway) -> 
     assert_envelope(response, 401, "unauthenticated")
     assert gateway.backend.asked == []
     assert "hsdk_k_whatever" not in response.text
+
+
+# ---- the credential cache --------------------------------------------------------------------
+
+
+def asked(gateway: Gateway, queue: str) -> int:
+    return gateway.backend.asked.count(queue)
+
+
+async def test_a_credential_and_its_grant_are_asked_for_once_then_reused(gateway: Gateway) -> None:
+    token = await gateway.login("alice")
+
+    for _ in range(3):
+        response = await gateway.client.get("/api/v1/jobs", headers=bearer(token))
+        assert response.status_code == 200
+
+    assert asked(gateway, RpcQueue.IDENTITY_AUTHENTICATE) == 1
+    assert asked(gateway, RpcQueue.POLICY_DECIDE) == 1
+    assert asked(gateway, RpcQueue.EXPORTER_LIST_JOBS) == 3
+    # Each call carries the one grant to the exporter, under its own request id.
+    contexts = [
+        request.context
+        for queue, request in gateway.backend.requests
+        if queue == RpcQueue.EXPORTER_LIST_JOBS
+    ]
+    assert len({context.grant for context in contexts}) == 1
+    assert contexts[0].grant is not None
+    assert contexts[0].grant.startswith("grant:alice:jobs:view:")
+    assert len({context.request_id for context in contexts}) == 3
+    assert gateway.cache.hits == 2
+
+
+async def test_a_grant_is_reused_only_for_its_own_permission(gateway: Gateway) -> None:
+    token = await gateway.login("olga")
+
+    await gateway.client.get("/api/v1/jobs", headers=bearer(token))
+    await gateway.client.get("/api/v1/vms", headers=bearer(token))
+    await gateway.client.get("/api/v1/vms", headers=bearer(token))
+
+    assert asked(gateway, RpcQueue.POLICY_DECIDE) == 2
+
+
+async def test_refusals_are_never_cached(gateway: Gateway) -> None:
+    token = await gateway.login("alice")
+    unknown = bearer("hsdk_s_" + "A" * 43)
+
+    for _ in range(2):
+        assert (await gateway.client.get("/api/v1/jobs", headers=unknown)).status_code == 401
+        denied = await gateway.client.post(
+            "/api/v1/exports", json=EXPORT_BODY, headers=bearer(token)
+        )
+        assert denied.status_code == 403
+
+    assert asked(gateway, RpcQueue.IDENTITY_AUTHENTICATE) == 3  # two unknown, alice once
+    assert asked(gateway, RpcQueue.POLICY_DECIDE) == 2
+    denials = [
+        e for e in gateway.policy_events.events if e.routing_key == "policy.authorization.denied"
+    ]
+    assert len(denials) == 2
+
+
+async def test_an_invalidation_makes_a_revocation_elsewhere_hold_at_once(gateway: Gateway) -> None:
+    """What another replica's revocation does: identity revokes, the feed empties the cache."""
+    token = await gateway.login("alice")
+    assert (await gateway.client.get("/api/v1/jobs", headers=bearer(token))).status_code == 200
+    await gateway.identity.logout(token, RequestContext(actor="alice"))
+
+    gateway.cache.invalidate()  # the revocation feed's reaction to identity.session.revoked
+    after = await gateway.client.get("/api/v1/jobs", headers=bearer(token))
+
+    assert_envelope(after, 401, "unauthenticated")
+
+
+async def test_a_suspended_cache_sends_every_call_to_identity(gateway: Gateway) -> None:
+    token = await gateway.login("alice")
+    gateway.cache.suspend()  # the revocation feed is down
+
+    for _ in range(2):
+        assert (await gateway.client.get("/api/v1/jobs", headers=bearer(token))).status_code == 200
+
+    assert asked(gateway, RpcQueue.IDENTITY_AUTHENTICATE) == 2
+    assert asked(gateway, RpcQueue.POLICY_DECIDE) == 2
+    assert len(gateway.cache) == 0
 
 
 # ---- authorization ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Identity: API keys. Format and checksum, shown once, stored as a hash, scopes, expiry,
+"""Identity: API keys. Format and checksum, shown once, stored as a hash, scopes (checked by
+identity itself against the owner's permissions and the calling key's scopes), expiry,
 rotation with and without a grace period, revocation, last use, events without the key.
 """
 
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from faststream.rabbit import RabbitBroker
 
 from hypersdk_contracts.credentials import (
     API_KEY_PATTERN,
@@ -20,15 +23,23 @@ from hypersdk_contracts.credentials import (
 )
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
+from hypersdk_contracts.events import IdentityRequestRejected
+from hypersdk_contracts.names import RpcQueue
+from hypersdk_contracts.rpc import Principal, RpcRequest
+from hypersdk_identity.adapters.inbound.rpc import calling_key_scopes, sign_principal
+from hypersdk_identity.adapters.outbound.bus import RpcPermissionDirectory
 from hypersdk_identity.adapters.outbound.memory import (
     InMemoryApiKeyStore,
+    InMemoryPermissionDirectory,
     InMemorySessionStore,
     InMemoryUserStore,
     InsecureFastHasher,
 )
 from hypersdk_identity.core.apikeys import ApiKeyService
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
-from hypersdk_kit.bus import InMemoryEventPublisher
+from hypersdk_kit.bus import InMemoryEventPublisher, RpcClient
+from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 
 from .test_identity_sessions import Clock
 
@@ -43,6 +54,7 @@ class World:
     identity: IdentityService
     events: InMemoryEventPublisher
     clock: Clock
+    permissions: InMemoryPermissionDirectory
 
     async def issue(self, **overrides: object) -> tuple[str, str]:
         arguments: dict[str, object] = {
@@ -50,6 +62,7 @@ class World:
             "name": "ci",
             "scopes": ["vms:browse", "vms:export"],
             "expires_at": None,
+            "calling_key_scopes": None,
             "context": ADMIN,
         }
         arguments.update(overrides)
@@ -80,8 +93,11 @@ async def world() -> World:
     for name in ("admin", "olga"):
         await identity.create_user(name, f"{name}'s long password", ADMIN)
     events.events.clear()
-    keys = ApiKeyService(keys=store, users=users, events=events, clock=clock)
-    return World(keys, store, identity, events, clock)
+    permissions = InMemoryPermissionDirectory({"admin": ["admin"], "olga": ["operator"]})
+    keys = ApiKeyService(
+        keys=store, users=users, events=events, permissions=permissions, clock=clock
+    )
+    return World(keys, store, identity, events, clock, permissions)
 
 
 # ---- the format ---------------------------------------------------------------------------
@@ -172,6 +188,115 @@ async def test_an_expiry_in_the_past_is_refused(world: World) -> None:
     with pytest.raises(ServiceError) as error:
         await world.issue(expires_at=world.clock.now)
     assert error.value.code is ErrorCode.VALIDATION_FAILED
+
+
+# ---- scopes: identity checks them itself (zero trust), whoever calls ----------------------
+
+
+async def test_scopes_beyond_the_owners_permissions_are_refused_without_a_gateway(
+    world: World,
+) -> None:
+    with pytest.raises(ServiceError) as error:
+        await world.issue(scopes=["vms:export", "users:manage", "secrets:manage"])
+
+    assert error.value.code is ErrorCode.VALIDATION_FAILED
+    assert error.value.message == (
+        "A key's scopes must be permissions its owner holds (and the calling key's); "
+        "not held: secrets:manage, users:manage."
+    )
+    assert world.store.keys == {}
+    assert world.events.events == []
+    # Asked about the owner (not the caller), on behalf of the request being served.
+    assert world.permissions.asked == [("olga", [], ADMIN)]
+
+
+async def test_an_owner_who_lost_a_permission_cannot_put_it_in_a_key(world: World) -> None:
+    await world.issue(scopes=["vms:export"])
+    world.permissions.roles["olga"] = ["viewer"]
+
+    with pytest.raises(ServiceError) as error:
+        await world.issue(scopes=["vms:export"])
+
+    assert error.value.code is ErrorCode.VALIDATION_FAILED
+    assert len(world.store.keys) == 1
+
+
+async def test_a_key_cannot_mint_a_key_broader_than_itself(world: World) -> None:
+    calling_key = ["apikeys:manage", "vms:browse"]
+
+    with pytest.raises(ServiceError) as error:
+        await world.issue(owner="admin", scopes=["secrets:manage"], calling_key_scopes=calling_key)
+    _, narrower = await world.issue(
+        owner="admin", scopes=["vms:browse"], calling_key_scopes=calling_key
+    )
+
+    assert error.value.code is ErrorCode.VALIDATION_FAILED
+    assert "secrets:manage" in error.value.message
+    assert world.store.keys[narrower].scopes == ("vms:browse",)
+    with pytest.raises(ServiceError):
+        await world.issue(owner="admin", scopes=["vms:browse"], calling_key_scopes=[])
+
+
+IDENTITY_KEY = Ed25519PrivateKey.generate()
+
+
+def _guard() -> RequestGuard:
+    return RequestGuard(
+        events=InMemoryEventPublisher(service="identity"),
+        rejected=IdentityRequestRejected,
+        principals=AssertionVerifier(IDENTITY_KEY.public_key(), issuer="identity"),
+    )
+
+
+def _context(principal: Principal, key: Ed25519PrivateKey = IDENTITY_KEY) -> RequestContext:
+    signed = sign_principal(AssertionSigner(key, issuer="identity"), principal)
+    return RequestContext(actor=principal.username, assertion=signed.assertion)
+
+
+async def test_the_calling_keys_scopes_come_from_its_verified_assertion() -> None:
+    operation = RpcQueue.IDENTITY_CREATE_API_KEY
+    key = Principal(username="admin", kind="apikey", key_id="k1", scopes=["vms:browse"])
+    session = Principal(username="admin", kind="session", session_id="s1")
+
+    assert await calling_key_scopes(_guard(), operation, _context(key)) == ["vms:browse"]
+    assert await calling_key_scopes(_guard(), operation, _context(session)) is None
+    for unverifiable in (
+        RequestContext(actor="admin"),
+        _context(session, key=Ed25519PrivateKey.generate()),
+    ):
+        with pytest.raises(ServiceError) as error:
+            await calling_key_scopes(_guard(), operation, unverifiable)
+        assert error.value.code is ErrorCode.FORBIDDEN
+
+
+class RecordingRpc(RpcClient):
+    """Records the question and answers as policy would."""
+
+    def __init__(self) -> None:
+        super().__init__(RabbitBroker())
+        self.calls: list[tuple[str, RpcRequest]] = []
+
+    async def call(self, queue: str, request: RpcRequest) -> object:
+        self.calls.append((queue, request))
+        return {"username": "olga", "permissions": ["jobs:view", "vms:browse"]}
+
+
+async def test_the_policy_adapter_asks_permissions_of_with_the_callers_grant() -> None:
+    rpc = RecordingRpc()
+    context = RequestContext(actor="admin", assertion="v1.a.b", grant="v1.c.d")
+
+    held = await RpcPermissionDirectory(rpc).permissions_of(
+        "olga", external_roles=["operator"], context=context
+    )
+
+    assert held == {"jobs:view", "vms:browse"}
+    ((queue, request),) = rpc.calls
+    assert queue == RpcQueue.POLICY_PERMISSIONS_OF
+    assert request.model_dump() == {
+        "username": "olga",
+        "external_roles": ["operator"],
+        "context": context.model_dump(),
+    }
 
 
 # ---- authenticating -----------------------------------------------------------------------

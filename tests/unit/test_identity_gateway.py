@@ -3,7 +3,8 @@
 Auth (refresh, sessions), users (create local or PAM, get, PATCH roles/disabled, delete,
 unlock), API keys (X-API-Key, scopes within the owner's permissions, rotation, revocation),
 and the 429 with Retry-After of a throttled login. No RabbitMQ: a fake backend parses each
-request as the owning service would and calls its use case.
+request as the owning service would and calls its use case; principals carry real signed
+assertions, which identity verifies to learn a calling key's scopes.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
 from hypersdk_contracts.credentials import new_api_key
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
+from hypersdk_contracts.events import IdentityRequestRejected
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.rpc import (
     ApiKeyIdRequest,
@@ -34,8 +37,6 @@ from hypersdk_contracts.rpc import (
     ListUsersRequest,
     LoginRequest,
     LogoutRequest,
-    PermissionList,
-    PermissionsOfRequest,
     RefreshRequest,
     RevokeSessionRequest,
     RevokeUserSessionsRequest,
@@ -50,6 +51,7 @@ from hypersdk_gateway.config import GatewaySettings
 from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_gateway.inject import build_chain
 from hypersdk_gateway.ports.outbound import Backend
+from hypersdk_identity.adapters.inbound.rpc import calling_key_scopes, sign_principal
 from hypersdk_identity.adapters.outbound.memory import (
     InMemoryApiKeyStore,
     InMemoryPam,
@@ -62,7 +64,10 @@ from hypersdk_identity.core.apikeys import ApiKeyService
 from hypersdk_identity.core.pam import PamSupport
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
 from hypersdk_identity.core.throttle import LoginThrottle, ThrottleRule
+from hypersdk_identity.ports.outbound import PermissionDirectory
 from hypersdk_kit.bus import InMemoryEventPublisher
+from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
 
@@ -73,13 +78,38 @@ USERS = {"root": "admin", "olga": "operator", "vera": "viewer"}
 Handler = Callable[[Any], Awaitable[Any]]
 
 
+class PolicyPermissions(PermissionDirectory):
+    """Identity's question to policy, answered by the policy use case in process."""
+
+    def __init__(self, policy: PolicyService) -> None:
+        self.policy = policy
+
+    async def permissions_of(
+        self, username: str, *, external_roles: list[str], context: RequestContext
+    ) -> frozenset[str]:
+        """What policy.rpc.permissions_of would answer."""
+        return frozenset(await self.policy.permissions_of(username, external_roles))
+
+
 class IdentityBackend(Backend):
-    """Answers identity and policy queues in process, as their RPC subscribers would."""
+    """Answers identity and policy queues in process, as their RPC subscribers would.
+
+    Principals come back with an assertion signed as identity signs them, and key creation
+    reads the calling key's scopes from that assertion once verified, as identity's
+    subscriber does.
+    """
 
     def __init__(
         self, *, identity: IdentityService, keys: ApiKeyService, policy: PolicyService
     ) -> None:
         self.asked: list[str] = []
+        identity_key = Ed25519PrivateKey.generate()
+        signer = AssertionSigner(identity_key, issuer="identity")
+        guard = RequestGuard(
+            events=InMemoryEventPublisher(service="identity"),
+            rejected=IdentityRequestRejected,
+            principals=AssertionVerifier(identity_key.public_key(), issuer="identity"),
+        )
 
         async def decide(r: DecideRequest) -> Any:
             return await policy.decide(
@@ -96,19 +126,30 @@ class IdentityBackend(Backend):
             roles = await policy.assign_roles(username=r.username, roles=r.roles, context=r.context)
             return RoleList(username=r.username, roles=roles)
 
-        async def permissions_of(r: PermissionsOfRequest) -> PermissionList:
-            held = await policy.permissions_of(r.username, r.external_roles)
-            return PermissionList(username=r.username, permissions=held)
+        async def authenticate(r: AuthenticateRequest) -> Any:
+            return sign_principal(signer, await identity.authenticate(r.token))
+
+        async def authenticate_api_key(r: AuthenticateApiKeyRequest) -> Any:
+            return sign_principal(signer, await keys.authenticate(r.key))
+
+        async def create_api_key(r: CreateApiKeyRequest) -> Any:
+            return await keys.create(
+                owner=r.owner,
+                name=r.name,
+                scopes=r.scopes,
+                expires_at=r.expires_at,
+                calling_key_scopes=await calling_key_scopes(
+                    guard, RpcQueue.IDENTITY_CREATE_API_KEY, r.context
+                ),
+                context=r.context,
+            )
 
         self._routes: dict[str, tuple[type[RpcRequest], Handler]] = {
             RpcQueue.IDENTITY_LOGIN: (
                 LoginRequest,
                 lambda r: identity.login(r.username, r.password, r.context),
             ),
-            RpcQueue.IDENTITY_AUTHENTICATE: (
-                AuthenticateRequest,
-                lambda r: identity.authenticate(r.token),
-            ),
+            RpcQueue.IDENTITY_AUTHENTICATE: (AuthenticateRequest, authenticate),
             RpcQueue.IDENTITY_LOGOUT: (
                 LogoutRequest,
                 lambda r: identity.logout(r.token, r.context),
@@ -151,18 +192,9 @@ class IdentityBackend(Backend):
             ),
             RpcQueue.IDENTITY_AUTHENTICATE_API_KEY: (
                 AuthenticateApiKeyRequest,
-                lambda r: keys.authenticate(r.key),
+                authenticate_api_key,
             ),
-            RpcQueue.IDENTITY_CREATE_API_KEY: (
-                CreateApiKeyRequest,
-                lambda r: keys.create(
-                    owner=r.owner,
-                    name=r.name,
-                    scopes=r.scopes,
-                    expires_at=r.expires_at,
-                    context=r.context,
-                ),
-            ),
+            RpcQueue.IDENTITY_CREATE_API_KEY: (CreateApiKeyRequest, create_api_key),
             RpcQueue.IDENTITY_LIST_API_KEYS: (
                 ListApiKeysRequest,
                 lambda r: keys.list_keys(owner=r.owner),
@@ -178,7 +210,6 @@ class IdentityBackend(Backend):
             RpcQueue.POLICY_DECIDE: (DecideRequest, decide),
             RpcQueue.POLICY_ROLES_OF: (RolesOfRequest, roles_of),
             RpcQueue.POLICY_ASSIGN_ROLES: (AssignRolesRequest, assign),
-            RpcQueue.POLICY_PERMISSIONS_OF: (PermissionsOfRequest, permissions_of),
         }
 
     async def ask(self, queue: str, request: RpcRequest) -> Any:
@@ -266,8 +297,14 @@ async def gateway() -> AsyncIterator[Gateway]:
         pam=pam,
         api_keys=key_store,
     )
-    keys = ApiKeyService(keys=key_store, users=users, events=identity_events, pam=pam)
     policy = PolicyService(roles=InMemoryRoleStore(), events=policy_events)
+    keys = ApiKeyService(
+        keys=key_store,
+        users=users,
+        events=identity_events,
+        permissions=PolicyPermissions(policy),
+        pam=pam,
+    )
     setup = RequestContext(actor="setup")
     for username, role in USERS.items():
         await identity.create_user(username, PASSWORD, setup)
@@ -520,12 +557,17 @@ async def test_scopes_beyond_the_owners_permissions_are_a_422(gateway: Gateway) 
     unknown_scope = await _issue(gateway, admin, scopes=["vms:teleport"])
 
     assert for_olga.status_code == 422
+    assert error_code(for_olga) == "validation_failed"
     assert "users:manage" in for_olga.json()["error"]["message"]
     assert "vms:export" not in for_olga.json()["error"]["message"]
     assert fine.status_code == 201
     assert fine.json()["api_key"]["owner"] == "olga"
     assert unknown_owner.status_code == 404
     assert unknown_scope.status_code == 422
+    assert gateway.identity_events.types().count("identity.apikey.created") == 1
+    # The gateway only forwards: identity checks the scopes (zero trust).
+    assert RpcQueue.POLICY_PERMISSIONS_OF not in gateway.backend.asked
+    assert RpcQueue.IDENTITY_GET_USER not in gateway.backend.asked
 
 
 async def test_a_scoped_key_cannot_mint_a_broader_key(gateway: Gateway) -> None:
@@ -544,7 +586,29 @@ async def test_a_scoped_key_cannot_mint_a_broader_key(gateway: Gateway) -> None:
     )
 
     assert broader.status_code == 422
+    assert error_code(broader) == "validation_failed"
+    assert "secrets:manage" in broader.json()["error"]["message"]
     assert same.status_code == 201
+    assert same.json()["api_key"]["scopes"] == ["vms:browse"]
+
+
+async def test_a_pam_owners_group_roles_count_for_their_keys(gateway: Gateway) -> None:
+    admin = await gateway.login("root")
+    created = await gateway.client.post(
+        "/api/v1/users", json={"username": "penny", "source": "pam"}, headers=bearer(admin)
+    )
+
+    by_group = await _issue(gateway, admin, owner="penny", scopes=["vms:export"])
+    beyond = await _issue(gateway, admin, owner="penny", scopes=["users:manage"])
+    gateway.linux.add("penny", LINUX_PASSWORD, groups=["penny"])
+    after_leaving = await _issue(gateway, admin, owner="penny", scopes=["vms:export"])
+
+    assert created.status_code == 201, created.text
+    assert created.json()["roles"] == []
+    assert by_group.status_code == 201, by_group.text
+    assert beyond.status_code == 422
+    assert after_leaving.status_code == 422
+    assert "vms:export" in after_leaving.json()["error"]["message"]
 
 
 async def test_revoked_and_rotated_keys_stop_working(gateway: Gateway) -> None:

@@ -14,6 +14,7 @@ from hypersdk_identity.adapters.outbound.linux import NssAccountDirectory
 from hypersdk_identity.adapters.outbound.memory import (
     InMemoryApiKeyStore,
     InMemoryPam,
+    InMemoryPermissionDirectory,
     InMemorySessionStore,
     InMemoryUserStore,
 )
@@ -65,7 +66,14 @@ async def make_world(*, auto_provision: bool = True, group_roles: object = None)
         dummy_hash=await hasher.hash("dummy password for timing"),
         pam=pam,
     )
-    keys = ApiKeyService(keys=InMemoryApiKeyStore(), users=users, events=events, pam=pam)
+    keys = ApiKeyService(
+        keys=InMemoryApiKeyStore(),
+        users=users,
+        events=events,
+        # No role assigned through policy: a PAM user holds only what their groups map to.
+        permissions=InMemoryPermissionDirectory(),
+        pam=pam,
+    )
     return World(service, keys, users, linux, hasher, events)
 
 
@@ -182,7 +190,12 @@ async def test_external_roles_follow_the_groups_on_every_call(world: World) -> N
 async def test_removing_the_linux_account_ends_sessions_and_keys(world: World) -> None:
     result = await world.service.login("olga", LINUX_PASSWORD, CONTEXT)
     issued = await world.keys.create(
-        owner="olga", name="ci", scopes=["vms:browse"], expires_at=None, context=ADMIN
+        owner="olga",
+        name="ci",
+        scopes=["vms:browse"],
+        expires_at=None,
+        calling_key_scopes=None,
+        context=ADMIN,
     )
     assert (await world.keys.authenticate(issued.key)).external_roles == ["operator"]
 
@@ -195,6 +208,33 @@ async def test_removing_the_linux_account_ends_sessions_and_keys(world: World) -
         with pytest.raises(ServiceError) as error:
             await attempt
         assert error.value.code is ErrorCode.UNAUTHENTICATED
+
+
+async def test_a_pam_owners_group_roles_count_when_a_key_is_issued(world: World) -> None:
+    await world.service.login("olga", LINUX_PASSWORD, CONTEXT)
+
+    async def issue(scopes: list[str]) -> None:
+        await world.keys.create(
+            owner="olga",
+            name="ci",
+            scopes=scopes,
+            expires_at=None,
+            calling_key_scopes=None,
+            context=ADMIN,
+        )
+
+    await issue(["vms:export"])  # operator, through hypersdk-ops
+    with pytest.raises(ServiceError) as beyond:
+        await issue(["audit:view"])
+    account = world.linux.accounts["olga"]
+    world.linux.accounts["olga"] = dataclasses.replace(account, groups=("olga", "hypersdk-audit"))
+    await issue(["audit:view"])
+    with pytest.raises(ServiceError) as left_the_group:
+        await issue(["vms:export"])
+
+    assert beyond.value.code is ErrorCode.VALIDATION_FAILED
+    assert left_the_group.value.code is ErrorCode.VALIDATION_FAILED
+    assert "vms:export" in left_the_group.value.message
 
 
 async def test_a_disabled_pam_user_is_refused(world: World) -> None:

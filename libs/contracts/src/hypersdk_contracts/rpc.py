@@ -225,7 +225,7 @@ class ApiKeyView(Message):
 
 
 class CreateApiKeyRequest(RpcRequest):
-    """Issue an API key; the gateway has checked the scopes against the owner's permissions."""
+    """Issue an API key; identity checks the scopes against the owner's permissions."""
 
     owner: str = Field(pattern=USERNAME_PATTERN, description="User the key acts as.")
     name: str = Field(min_length=1, max_length=64, description="Label.")

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
 from faststream.rabbit import RabbitBroker
 
-from hypersdk_gateway.adapters.inbound.http import build_api
+from hypersdk_gateway.adapters.inbound.http import ExtendApi, build_api
 from hypersdk_gateway.adapters.inbound.middleware import (
     API_PREFIX,
     LOGIN_PATH,
@@ -39,16 +38,14 @@ def build_chain(
     events: EventPublisher,
     ready: Callable[[], Awaitable[bool]],
     cache: CredentialCache,
-    extend: Callable[[FastAPI], None] | None = None,
+    extend: ExtendApi | None = None,
 ) -> ASGIApp:
     """The API wrapped in its layers; the first layer listed here runs first.
 
     ``extend`` may add routes to the API before it is wrapped (the benchmark adds one).
     """
     backend = InvalidatingBackend(backend, cache)
-    api = build_api(backend, cache=cache, ready=ready)
-    if extend is not None:
-        extend(api)
+    api = build_api(backend, cache=cache, ready=ready, extend=extend)
     body_limits = {f"{API_PREFIX}/exports": settings.max_export_body_bytes, **settings.body_limits}
     app: ASGIApp = SizeLimitLayer(api, default_bytes=settings.max_body_bytes, limits=body_limits)
     per_minute = {LOGIN_PATH: settings.login_rate_limit_per_minute, **settings.rate_limits}
@@ -71,7 +68,7 @@ def build_chain(
 
 @asynccontextmanager
 async def prepare_gateway(
-    settings: GatewaySettings, *, extend: Callable[[FastAPI], None] | None = None
+    settings: GatewaySettings, *, extend: ExtendApi | None = None
 ) -> AsyncIterator[tuple[ASGIApp, RabbitBroker]]:
     """The gateway wired to the bus; the broker is started here and stopped on exit."""
     broker = build_broker(

@@ -26,6 +26,9 @@ class IdentitySettings(DatabaseSettings):
     assertion_ttl_seconds: int = Field(
         default=60, ge=5, le=600, description="Lifetime of a principal assertion."
     )
+    rpc_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Timeout of questions to policy (issuing API keys)."
+    )
 
     bcrypt_cost: int = Field(default=12, ge=12, le=16, description="bcrypt work factor.")
     bcrypt_workers: int | None = Field(

@@ -12,6 +12,7 @@ from faststream.rabbit import RabbitBroker
 from hypersdk_contracts.events import IdentityRequestRejected
 from hypersdk_identity.adapters.inbound.rpc import register_rpc
 from hypersdk_identity.adapters.outbound.bcrypt_hasher import BcryptPasswordHasher
+from hypersdk_identity.adapters.outbound.bus import RpcPermissionDirectory
 from hypersdk_identity.adapters.outbound.common_passwords import ZxcvbnPasswordBlocklist
 from hypersdk_identity.adapters.outbound.linux import NssAccountDirectory, PythonPamAuthenticator
 from hypersdk_identity.adapters.outbound.postgres import (
@@ -26,7 +27,7 @@ from hypersdk_identity.core.pam import PamSupport
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
 from hypersdk_identity.core.throttle import LoginThrottle, ThrottleRule
 from hypersdk_identity.ports.outbound import ThrottleStore
-from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, build_broker
+from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, RpcClient, build_broker
 from hypersdk_kit.database import create_pool
 from hypersdk_kit.guard import RequestGuard
 from hypersdk_kit.trust import (
@@ -93,10 +94,20 @@ async def prepare_identity(
             grants=AssertionVerifier(
                 load_public_key(settings.policy_public_key_file), issuer="policy"
             ),
-            # Its own assertions: a caller may list and revoke only its own sessions.
+            # Its own assertions: a caller may list and revoke only its own sessions, and a
+            # key issuing a key is held to the scopes its assertion names.
             principals=AssertionVerifier(signing_key.public_key(), issuer=SERVICE),
         )
-        api_keys = ApiKeyService(keys=api_key_store, users=users, events=publisher, pam=pam)
+        api_keys = ApiKeyService(
+            keys=api_key_store,
+            users=users,
+            events=publisher,
+            # Scopes of a new key are checked against policy here (zero trust), not trusted.
+            permissions=RpcPermissionDirectory(
+                RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
+            ),
+            pam=pam,
+        )
         register_rpc(broker, identity, signer=signer, guard=guard, api_keys=api_keys)
         yield identity, broker
     finally:

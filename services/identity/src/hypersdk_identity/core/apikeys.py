@@ -3,8 +3,12 @@
 The key is ``hsdk_k_`` + 32 random base62 characters + a 6-character CRC32 checksum (see
 ``hypersdk_contracts.credentials``). Only its SHA-256 is stored: the key carries ~190 bits from
 the CSPRNG, so a fast hash is as good as a slow one here (nothing to guess, no dictionary), and
-every API call can be checked without bcrypt's 240 ms. There is no cache: every call is checked
-against the store, so a revoked key stops working on every gateway replica at once.
+every API call can be checked without bcrypt's 240 ms. Gateways cache a verified key for
+seconds; revoking one publishes ``identity.apikey.revoked`` (confirmed) before answering, which
+empties every replica's cache, so a revoked key stops working everywhere at once.
+
+A new key's scopes are checked here, not trusted from the caller: they must be permissions the
+owner holds now (asked of policy) and, when an API key issues the key, within its own scopes.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from hypersdk_contracts.credentials import is_well_formed_api_key, new_api_key
@@ -24,7 +28,7 @@ from hypersdk_contracts.rpc import ApiKeyView, IssuedApiKey, Principal
 from hypersdk_identity.core.models import ApiKey, User
 from hypersdk_identity.core.pam import PamSupport, usable_owner
 from hypersdk_identity.core.service import is_uuid
-from hypersdk_identity.ports.outbound import ApiKeyStore, UserStore
+from hypersdk_identity.ports.outbound import ApiKeyStore, PermissionDirectory, UserStore
 from hypersdk_kit.bus import EventPublisher
 
 HINT_LENGTH = 4
@@ -52,12 +56,14 @@ class ApiKeyService:
         keys: ApiKeyStore,
         users: UserStore,
         events: EventPublisher,
+        permissions: PermissionDirectory,
         pam: PamSupport | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._keys = keys
         self._users = users
         self._events = events
+        self._permissions = permissions
         self._pam = pam
         self._clock = clock
 
@@ -68,14 +74,22 @@ class ApiKeyService:
         name: str,
         scopes: list[str],
         expires_at: datetime | None,
+        calling_key_scopes: Sequence[str] | None,
         context: RequestContext,
     ) -> IssuedApiKey:
-        """Issue a key for ``owner``; the caller has checked ``scopes`` against their rights."""
+        """Issue a key for ``owner`` with scopes the owner holds now.
+
+        ``calling_key_scopes`` are the scopes of the API key making the call (from its verified
+        assertion), None when the caller uses a session: a key cannot mint a broader key.
+        """
         wanted = _checked_scopes(scopes)
         now = self._clock()
         if expires_at is not None and expires_at <= now:
             raise ServiceError(ErrorCode.VALIDATION_FAILED, "expires_at must be in the future.")
-        await self._active_owner(owner)
+        user = await self._active_owner(owner)
+        await self._check_held(
+            user, wanted=wanted, calling_key_scopes=calling_key_scopes, context=context
+        )
         secret = new_api_key()
         key = ApiKey(
             id=str(uuid.uuid4()),
@@ -191,6 +205,33 @@ class ApiKeyService:
             external_roles=external_roles,
             valid_until=stored.valid_until,
         )
+
+    async def _check_held(
+        self,
+        owner: User,
+        *,
+        wanted: tuple[str, ...],
+        calling_key_scopes: Sequence[str] | None,
+        context: RequestContext,
+    ) -> None:
+        """Refuse scopes the owner does not hold now, or the calling key does not have."""
+        external_roles: list[str] = []
+        if owner.source == "pam" and self._pam is not None:
+            external_roles = await self._pam.roles_of_user(owner) or []
+        allowed = set(
+            await self._permissions.permissions_of(
+                owner.username, external_roles=external_roles, context=context
+            )
+        )
+        if calling_key_scopes is not None:
+            allowed &= set(calling_key_scopes)
+        beyond = [scope for scope in wanted if scope not in allowed]
+        if beyond:
+            raise ServiceError(
+                ErrorCode.VALIDATION_FAILED,
+                "A key's scopes must be permissions its owner holds (and the calling key's); "
+                f"not held: {', '.join(beyond)}.",
+            )
 
     async def _active_owner(self, username: str) -> User:
         owner = await self._users.get(username)

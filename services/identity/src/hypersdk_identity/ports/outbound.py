@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from datetime import datetime
 
+from hypersdk_contracts.envelope import RequestContext
 from hypersdk_identity.core.models import (
     ApiKey,
     Session,
@@ -176,3 +177,17 @@ class AccountDirectory(ABC):
     @abstractmethod
     async def account(self, username: str) -> SystemAccount | None:
         """The account of that name and its groups, if there is one."""
+
+
+class PermissionDirectory(ABC):
+    """Knows which permissions a user holds (the policy service owns the answer)."""
+
+    @abstractmethod
+    async def permissions_of(
+        self, username: str, *, external_roles: list[str], context: RequestContext
+    ) -> frozenset[str]:
+        """Permissions ``username`` holds now through assigned and ``external_roles``.
+
+        ``context`` is the request being served: its grant lets the owner of the answer
+        check that the question is asked on behalf of someone allowed to ask it.
+        """

@@ -44,7 +44,6 @@ from hypersdk_contracts.rpc import (
     ListVmsRequest,
     LoginRequest,
     LogoutRequest,
-    PermissionsOfRequest,
     Principal,
     ProviderNameRequest,
     ProviderView,
@@ -202,18 +201,28 @@ class SecretBody(Body):
     data: dict[str, str] = Field(min_length=1, max_length=64)
 
 
+Requirement = Callable[[Permission | None], Callable[..., Awaitable[None]]]
+"""``require(permission)``: the dependency that authorizes a route (None: any principal)."""
+ExtendApi = Callable[[APIRouter, Requirement], None]
+
+
 def not_implemented(what: str) -> ServiceError:
     """The 501 of a route whose backing capability is not built yet."""
     return ServiceError(ErrorCode.NOT_IMPLEMENTED, f"{what} is not available in this version.")
 
 
 def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement per route
-    backend: Backend, *, cache: CredentialCache, ready: Callable[[], Awaitable[bool]]
+    backend: Backend,
+    *,
+    cache: CredentialCache,
+    ready: Callable[[], Awaitable[bool]],
+    extend: ExtendApi | None = None,
 ) -> FastAPI:
     """The FastAPI application (the middleware chain wraps it in inject.py).
 
     ``backend`` should be the :class:`InvalidatingBackend` over the bus, so that a revocation
     made through this replica empties its credential cache before the call returns.
+    ``extend`` may add routes under ``/api/v1``, guarded like the others (the benchmark does).
     """
     app = FastAPI(
         title="HyperSDK API",
@@ -500,41 +509,16 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     async def create_key(body: CreateApiKeyBody, request: Request) -> Any:
         """Issue an API key; the answer is the only time the key is shown.
 
-        The scopes must be permissions the owner holds now (and, when the caller is itself an
-        API key, within that key's scopes).
+        Identity checks the scopes: permissions the owner holds now (and, when the caller is
+        itself an API key, within that key's scopes), else 422.
         """
         principal: Principal = request.state.principal
-        owner = body.owner or principal.username
-        scopes = sorted({scope.value for scope in body.scopes})
-        if owner == principal.username:
-            external_roles = principal.external_roles
-        else:
-            user = await backend.ask(
-                RpcQueue.IDENTITY_GET_USER, UserNameRequest(username=owner, context=ctx(request))
-            )
-            external_roles = user["external_roles"]
-        held = await backend.ask(
-            RpcQueue.POLICY_PERMISSIONS_OF,
-            PermissionsOfRequest(
-                username=owner, external_roles=external_roles, context=ctx(request)
-            ),
-        )
-        allowed = set(held["permissions"])
-        if principal.scopes is not None:
-            allowed &= set(principal.scopes)
-        beyond = [scope for scope in scopes if scope not in allowed]
-        if beyond:
-            raise ServiceError(
-                ErrorCode.VALIDATION_FAILED,
-                "A key's scopes must be permissions its owner holds (and the calling key's); "
-                f"not held: {', '.join(beyond)}.",
-            )
         return await backend.ask(
             RpcQueue.IDENTITY_CREATE_API_KEY,
             CreateApiKeyRequest(
-                owner=owner,
+                owner=body.owner or principal.username,
                 name=body.name,
-                scopes=scopes,
+                scopes=sorted({scope.value for scope in body.scopes}),
                 expires_at=body.expires_at,
                 context=ctx(request),
             ),
@@ -793,6 +777,8 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         """Remove a webhook."""
         raise not_implemented("Webhooks")
 
+    if extend is not None:
+        extend(api, require)
     app.include_router(api)
 
     @app.get("/healthz", tags=["health"])

@@ -191,6 +191,9 @@ def register_api_key_rpc(
             name=request.name,
             scopes=request.scopes,
             expires_at=request.expires_at,
+            calling_key_scopes=await calling_key_scopes(
+                guard, RpcQueue.IDENTITY_CREATE_API_KEY, request.context
+            ),
             context=request.context,
         )
 
@@ -219,6 +222,22 @@ def register_api_key_rpc(
     manage(RpcQueue.IDENTITY_LIST_API_KEYS, ListApiKeysRequest, list_api_keys)
     manage(RpcQueue.IDENTITY_REVOKE_API_KEY, ApiKeyIdRequest, revoke_api_key)
     manage(RpcQueue.IDENTITY_ROTATE_API_KEY, RotateApiKeyRequest, rotate_api_key)
+
+
+async def calling_key_scopes(
+    guard: RequestGuard, operation: str, context: RequestContext
+) -> list[str] | None:
+    """The scopes of the API key making the call, None for a session.
+
+    Read from the caller's principal assertion once verified (identity signed it), never from a
+    request field, so a caller cannot claim a broader key than it holds. Anything but a session
+    without scopes counts as a key, and a key without readable scopes has none.
+    """
+    claims = await guard.authenticate(operation=operation, context=context)
+    scopes = claims.get("scopes")
+    if claims.get("kind") == "session" and scopes is None:
+        return None
+    return [str(scope) for scope in scopes] if isinstance(scopes, list) else []
 
 
 async def _own(

@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
+from hypersdk_contracts.envelope import RequestContext
+from hypersdk_contracts.permissions import ROLE_PERMISSIONS, Role
 from hypersdk_identity.core.models import (
     ApiKey,
     Session,
@@ -21,6 +24,7 @@ from hypersdk_identity.ports.outbound import (
     PamAuthenticator,
     PasswordBlocklist,
     PasswordHasher,
+    PermissionDirectory,
     SessionStore,
     ThrottleStore,
     UserStore,
@@ -248,6 +252,23 @@ class InMemoryPam(PamAuthenticator, AccountDirectory):
     async def account(self, username: str) -> SystemAccount | None:
         """Look up."""
         return self.accounts.get(username)
+
+
+class InMemoryPermissionDirectory(PermissionDirectory):
+    """Assigned roles in a dict, mapped through the seed matrix as policy does; remembers asks."""
+
+    def __init__(self, roles: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.roles: dict[str, list[str]] = {user: list(r) for user, r in (roles or {}).items()}
+        self.asked: list[tuple[str, list[str], RequestContext]] = []
+
+    async def permissions_of(
+        self, username: str, *, external_roles: list[str], context: RequestContext
+    ) -> frozenset[str]:
+        """Permissions of the assigned and the known external roles."""
+        self.asked.append((username, list(external_roles), context))
+        known = {role.value for role in Role}
+        held = {r for r in [*self.roles.get(username, []), *external_roles] if r in known}
+        return frozenset(p.value for role in held for p in ROLE_PERMISSIONS[Role(role)])
 
 
 class InsecureFastHasher(PasswordHasher):
