@@ -184,13 +184,21 @@ def _wrk_ms(text: str) -> float:
 
 def wrk(url: str, *, headers: dict[str, str], clients: int) -> dict[str, Any]:
     """Load ``url`` with wrk for WRK_SECONDS; requests/s, p50/p99 and non-2xx answers."""
-    command = ["wrk", f"-t{min(clients, 2)}", f"-c{clients}", f"-d{WRK_SECONDS}s", "--latency"]
+    command = [
+        "wrk",
+        f"-t{min(clients, 2)}",
+        f"-c{clients}",
+        f"-d{WRK_SECONDS}s",
+        "--timeout",
+        "10s",
+        "--latency",
+    ]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     out = subprocess.run(
         [*command, url], capture_output=True, text=True, check=True, timeout=WRK_SECONDS + 30
     ).stdout
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))
     if set(latency) != {"50", "99"}:
         raise RuntimeError(f"wrk measured nothing at {url}:\n{out}")
     requests = re.search(r"(\d+) requests in", out)

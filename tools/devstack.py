@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import secrets
@@ -353,7 +354,9 @@ def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback URL
             return bool(response.status == 200)
-    except OSError:
+    except (OSError, http.client.HTTPException):
+        # HTTPException: e.g. a loopback connection to a port nobody listens on yet can meet
+        # itself (same source and destination port) and read back its own request.
         return False
 
 

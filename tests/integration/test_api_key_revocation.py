@@ -10,6 +10,7 @@ enforced, rotation with a grace period, last use recorded, no key in any event o
 
 from __future__ import annotations
 
+import http.client
 import json
 import secrets
 import subprocess
@@ -45,7 +46,7 @@ def second_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> It
                 with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
                     if response.status == 200:
                         break
-            except OSError:
+            except (OSError, http.client.HTTPException):  # not up yet (or met itself)
                 time.sleep(0.2)
         else:
             raise AssertionError(f"the second gateway did not start: {log.read_text()}")

@@ -162,6 +162,43 @@ async def test_duplicate_event_is_recorded_once() -> None:
     assert (await service.verify()).valid
 
 
+async def test_a_batch_is_chained_in_order_and_continues_the_chain() -> None:
+    audit_log = InMemoryAuditLog()
+    service = AuditService(log=audit_log)
+    story = _story()
+    await service.record(story[0])
+
+    added = await service.record_batch(story[1:])
+
+    assert [entry.event_id for entry in added] == [event.id for event in story[1:]]
+    assert [entry.sequence for entry in audit_log.entries] == list(range(1, ENTRY_COUNT + 1))
+    assert (await service.verify()).valid
+
+
+async def test_a_batch_skips_events_already_recorded_or_repeated_in_it() -> None:
+    audit_log = InMemoryAuditLog()
+    service = AuditService(log=audit_log)
+    first, second, third = _story()[:3]
+    await service.record(first)
+
+    added = await service.record_batch([first, second, second, third])
+
+    assert [entry.event_id for entry in added] == [second.id, third.id]
+    assert len(audit_log.entries) == 3
+    assert (await service.verify()).valid
+
+
+async def test_one_poison_event_makes_the_batch_poison_and_records_nothing() -> None:
+    audit_log = InMemoryAuditLog()
+    good = _story()[1]
+    poison = CloudEvent.model_validate({**good.to_wire(), "id": "poison", "data": {"x": 1}})
+
+    with pytest.raises(PoisonMessageError):
+        await AuditService(log=audit_log).record_batch([good, poison])
+
+    assert audit_log.entries == []
+
+
 # ---- tampering --------------------------------------------------------------------------------
 
 

@@ -278,6 +278,148 @@ def subscribe_envelopes(
     )(envelope_consumer(handle))
 
 
+class Delivery(Protocol):
+    """What a batch consumer needs of a delivered message (FastStream's RabbitMessage is one)."""
+
+    @property
+    def body(self) -> bytes:
+        """The message body."""
+
+    @property
+    def message_id(self) -> str | None:
+        """The AMQP message id."""
+
+    @property
+    def headers(self) -> Any:
+        """The AMQP headers (``x-delivery-count`` on quorum queues)."""
+
+    async def ack(self) -> None:
+        """Done with: remove it from the queue."""
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        """Not done: put it back (or dead-letter it)."""
+
+    async def reject(self, *, requeue: bool = False) -> None:
+        """Never processable: dead-letter it."""
+
+
+class EnvelopeBatcher:
+    """Hands envelopes to ``handle_batch`` in batches, with the ack policy of envelope_consumer.
+
+    A delivery is added and the consumer moves on; a batch is handled when it reaches
+    ``max_batch`` or ``max_wait_seconds`` after its first envelope, one batch at a time, in
+    delivery order. Each delivery of a batch is acked once the handler returned (its effect is
+    durable); a handler that calls a batch poison is retried envelope by envelope so that only
+    the poison one is dead-lettered; any other failure requeues the whole batch after a backoff
+    (the queue's delivery limit still dead-letters what keeps failing).
+    """
+
+    def __init__(
+        self,
+        handle_batch: Callable[[list[CloudEvent]], Awaitable[None]],
+        *,
+        max_batch: int,
+        max_wait_seconds: float,
+    ) -> None:
+        self._handle_batch = handle_batch
+        self._max_batch = max_batch
+        self._max_wait = max_wait_seconds
+        self._pending: list[tuple[Delivery, CloudEvent]] = []
+        self._flushing = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def add(self, delivery: Delivery) -> None:
+        """Take a delivery: dead-letter it if it is no envelope, else queue it for a batch."""
+        try:
+            event = CloudEvent.model_validate_json(delivery.body)
+        except ValidationError:
+            logger.warning(
+                "dead-lettering a message that is not a valid envelope",
+                extra={"message_id": delivery.message_id},
+            )
+            await delivery.reject(requeue=False)
+            return
+        self._pending.append((delivery, event))
+        if len(self._pending) >= self._max_batch:
+            self._spawn_flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._max_wait, self._spawn_flush)
+
+    def _spawn_flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        task = asyncio.get_running_loop().create_task(self.flush())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def flush(self) -> None:
+        """Handle what is pending now (after any batch being handled)."""
+        async with self._flushing:
+            batch, self._pending = self._pending, []
+            if self._timer is not None and not self._pending:
+                self._timer.cancel()
+                self._timer = None
+            if batch:
+                await self._deliver(batch)
+
+    async def _deliver(self, batch: list[tuple[Delivery, CloudEvent]]) -> None:
+        try:
+            await self._handle_batch([event for _, event in batch])
+        except (PoisonMessageError, ValidationError) as exc:
+            if len(batch) > 1:
+                for item in batch:
+                    await self._deliver([item])
+                return
+            delivery, event = batch[0]
+            logger.warning("dead-lettering event %s: %s", event.id, type(exc).__name__)
+            await delivery.reject(requeue=False)
+            return
+        except Exception:
+            deliveries = max(
+                int((delivery.headers or {}).get("x-delivery-count", 0) or 0)
+                for delivery, _ in batch
+            )
+            logger.exception(
+                "a batch of %d events failed (delivery %d); requeueing", len(batch), deliveries + 1
+            )
+            await asyncio.sleep(min(0.2 * 2**deliveries, 5.0))
+            for delivery, _ in batch:
+                await delivery.nack(requeue=True)
+            return
+        for delivery, _ in batch:
+            await delivery.ack()
+
+
+def subscribe_envelope_batches(
+    broker: RabbitBroker,
+    queue: RabbitQueue,
+    handle_batch: Callable[[list[CloudEvent]], Awaitable[None]],
+    *,
+    exchange: RabbitExchange | None = None,
+    prefetch: int,
+    max_batch: int,
+    max_wait_seconds: float,
+) -> EnvelopeBatcher:
+    """Register ``handle_batch`` on ``queue`` through an :class:`EnvelopeBatcher`.
+
+    ``prefetch`` bounds how many envelopes are unacknowledged at once, so also a batch.
+    """
+    batcher = EnvelopeBatcher(handle_batch, max_batch=max_batch, max_wait_seconds=max_wait_seconds)
+
+    async def consume(msg: RabbitMessage) -> None:
+        await batcher.add(msg)
+
+    broker.subscriber(
+        queue,
+        exchange,
+        ack_policy=AckPolicy.MANUAL,
+        channel=Channel(prefetch_count=prefetch),
+    )(consume)
+    return batcher
+
+
 # ---- request/reply ----------------------------------------------------------------------------
 
 Answer = Message | Sequence[Message] | None

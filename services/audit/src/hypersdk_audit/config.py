@@ -15,7 +15,15 @@ class AuditSettings(DatabaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HYPERSDK_AUDIT_", extra="ignore")
 
-    prefetch: int = Field(default=50, ge=1, le=1000, description="Events in flight per consumer.")
+    prefetch: int = Field(
+        default=500, ge=1, le=5000, description="Events unacknowledged at once (bounds a batch)."
+    )
+    batch_size: int = Field(
+        default=200, ge=1, description="Record a batch once this many events are waiting."
+    )
+    batch_wait_seconds: float = Field(
+        default=0.02, gt=0, le=5, description="...or this long after its first event."
+    )
     policy_public_key_file: Path = Field(
         description="Policy's Ed25519 public key (PEM), to check the grant of every request."
     )

@@ -46,6 +46,8 @@ async def prepare_audit(
             broker,
             audit,
             prefetch=settings.prefetch,
+            batch_size=settings.batch_size,
+            batch_wait_seconds=settings.batch_wait_seconds,
             guard=guard,
             declare_topology=settings.declare_topology,
         )

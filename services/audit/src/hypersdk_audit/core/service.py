@@ -20,6 +20,14 @@ class AuditService:
         """Append the entry an event stands for (once per event id)."""
         return await self._log.append(entry_fields(event))
 
+    async def record_batch(self, events: list[CloudEvent]) -> list[ChainedEntry]:
+        """Append the entries of events in order, all or none (each event id once).
+
+        One event that breaks its contract makes the batch poison (PoisonMessageError); the
+        consumer then records the events one by one.
+        """
+        return await self._log.append_batch([entry_fields(event) for event in events])
+
     async def page(self, *, after_sequence: int, limit: int) -> list[ChainedEntry]:
         """Entries in order."""
         return await self._log.page(after_sequence=after_sequence, limit=limit)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from hypersdk_audit.core.chain import ChainedEntry, EntryFields
 
@@ -12,8 +12,17 @@ class AuditLog(ABC):
     """An append-only, hash-chained log."""
 
     @abstractmethod
+    async def append_batch(self, batch: Sequence[EntryFields]) -> list[ChainedEntry]:
+        """Chain and store entries durably, in order, in one step; all or none.
+
+        An entry whose event id is already recorded (or earlier in the batch) is skipped; the
+        entries returned are the ones added.
+        """
+
     async def append(self, fields: EntryFields) -> ChainedEntry | None:
-        """Chain and store an entry durably; None if its event id is already recorded."""
+        """Chain and store one entry; None if its event id is already recorded."""
+        added = await self.append_batch([fields])
+        return added[0] if added else None
 
     @abstractmethod
     async def page(self, *, after_sequence: int, limit: int) -> list[ChainedEntry]:

@@ -20,7 +20,7 @@ from hypersdk_kit.bus import (
     durable_queue,
     events_exchange,
     serve_rpc,
-    subscribe_envelopes,
+    subscribe_envelope_batches,
 )
 
 AUDIT_VIEW = frozenset({Permission.AUDIT_VIEW.value})
@@ -31,20 +31,27 @@ def register_consumers(
     audit: AuditService,
     *,
     prefetch: int,
+    batch_size: int,
+    batch_wait_seconds: float,
     guard: Authorizer,
     declare_topology: bool = True,
 ) -> None:
-    """Record every event of the events exchange; answer verify and list requests."""
+    """Record every event of the events exchange; answer verify and list requests.
 
-    async def record(event: CloudEvent) -> None:
-        await audit.record(event)
+    Events are recorded in batches (one transaction each), acked once their batch is stored.
+    """
 
-    subscribe_envelopes(
+    async def record(events: list[CloudEvent]) -> None:
+        await audit.record_batch(events)
+
+    subscribe_envelope_batches(
         broker,
         durable_queue(AUDIT_EVENTS_QUEUE, routing_key="#"),
         record,
         exchange=events_exchange(declare=declare_topology),
         prefetch=prefetch,
+        max_batch=batch_size,
+        max_wait_seconds=batch_wait_seconds,
     )
 
     async def verify(request: VerifyRequest) -> VerifyResult:

@@ -1,0 +1,166 @@
+"""The batch consumer: envelopes handled in batches, acked after their batch, poison isolated."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from hypersdk_contracts.envelope import CloudEvent, RequestContext, new_event
+from hypersdk_contracts.events import UserCreated
+from hypersdk_kit.bus import EnvelopeBatcher, PoisonMessageError
+
+
+class FakeDelivery:
+    """A delivered message that remembers how it was settled."""
+
+    def __init__(self, body: bytes, *, deliveries: int = 0) -> None:
+        self.body = body
+        self.message_id: str | None = None
+        self.headers: Any = {"x-delivery-count": deliveries}
+        self.settled: str | None = None
+
+    async def ack(self) -> None:
+        self.settled = "ack"
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        self.settled = "requeue" if requeue else "nack"
+
+    async def reject(self, *, requeue: bool = False) -> None:
+        self.settled = "dead-letter"
+
+
+def delivery(username: str) -> FakeDelivery:
+    event = new_event(
+        service="identity",
+        routing_key="identity.user.created",
+        data=UserCreated(username=username),
+        subject=f"user/{username}",
+        context=RequestContext(actor="root"),
+    )
+    return FakeDelivery(event.model_dump_json(by_alias=True, exclude_none=True).encode())
+
+
+class Recorder:
+    """A batch handler that records batches and can be told to fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.poison: set[str] = set()
+        self.down = False
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def __call__(self, events: list[CloudEvent]) -> None:
+        await self.release.wait()
+        if self.down:
+            raise ConnectionError("database unavailable")
+        names = [str(event.data["username"]) for event in events]
+        if self.poison & set(names):
+            raise PoisonMessageError("a user name is poison")
+        self.batches.append(names)
+
+
+async def test_a_full_batch_is_handled_at_once_in_delivery_order_then_acked() -> None:
+    recorder = Recorder()
+    batcher = EnvelopeBatcher(recorder, max_batch=3, max_wait_seconds=60)
+    deliveries = [delivery(name) for name in ("a", "b", "c")]
+
+    for item in deliveries:
+        await batcher.add(item)
+    await asyncio.sleep(0.01)
+
+    assert recorder.batches == [["a", "b", "c"]]
+    assert [item.settled for item in deliveries] == ["ack"] * 3
+
+
+async def test_a_short_batch_waits_at_most_the_wait() -> None:
+    recorder = Recorder()
+    batcher = EnvelopeBatcher(recorder, max_batch=100, max_wait_seconds=0.05)
+    lone = delivery("a")
+
+    await batcher.add(lone)
+    assert recorder.batches == []
+    await asyncio.sleep(0.15)
+
+    assert recorder.batches == [["a"]]
+    assert lone.settled == "ack"
+
+
+async def test_nothing_is_acked_before_its_batch_is_handled() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = EnvelopeBatcher(recorder, max_batch=2, max_wait_seconds=60)
+    deliveries = [delivery("a"), delivery("b")]
+    for item in deliveries:
+        await batcher.add(item)
+    await asyncio.sleep(0.01)
+    assert [item.settled for item in deliveries] == [None, None]
+
+    recorder.release.set()
+    await asyncio.sleep(0.01)
+
+    assert [item.settled for item in deliveries] == ["ack", "ack"]
+
+
+async def test_a_message_that_is_no_envelope_is_dead_lettered_alone() -> None:
+    recorder = Recorder()
+    batcher = EnvelopeBatcher(recorder, max_batch=2, max_wait_seconds=60)
+    garbage = FakeDelivery(b"not json")
+    good = [delivery("a"), delivery("b")]
+
+    await batcher.add(garbage)
+    for item in good:
+        await batcher.add(item)
+    await asyncio.sleep(0.01)
+
+    assert garbage.settled == "dead-letter"
+    assert recorder.batches == [["a", "b"]]
+
+
+async def test_only_the_poison_event_of_a_batch_is_dead_lettered() -> None:
+    recorder = Recorder()
+    recorder.poison = {"b"}
+    batcher = EnvelopeBatcher(recorder, max_batch=3, max_wait_seconds=60)
+    deliveries = [delivery(name) for name in ("a", "b", "c")]
+
+    for item in deliveries:
+        await batcher.add(item)
+    await asyncio.sleep(0.01)
+
+    assert recorder.batches == [["a"], ["c"]]
+    assert [item.settled for item in deliveries] == ["ack", "dead-letter", "ack"]
+
+
+async def test_a_failed_batch_is_requeued_whole_after_a_backoff() -> None:
+    recorder = Recorder()
+    recorder.down = True
+    batcher = EnvelopeBatcher(recorder, max_batch=2, max_wait_seconds=60)
+    deliveries = [delivery("a"), delivery("b")]
+
+    for item in deliveries:
+        await batcher.add(item)
+    await asyncio.sleep(0.05)
+    assert [item.settled for item in deliveries] == [None, None]  # backing off
+    await asyncio.sleep(0.3)
+
+    assert [item.settled for item in deliveries] == ["requeue", "requeue"]
+    assert recorder.batches == []
+
+
+@pytest.mark.parametrize("size", [1, 7])
+async def test_batches_are_handled_one_at_a_time(size: int) -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = EnvelopeBatcher(recorder, max_batch=size, max_wait_seconds=0.01)
+    names = [f"u{index}" for index in range(3 * size)]
+
+    for name in names:
+        await batcher.add(delivery(name))
+    await asyncio.sleep(0.05)
+    recorder.release.set()
+    await asyncio.sleep(0.1)
+
+    handled = [name for batch in recorder.batches for name in batch]
+    assert handled == names
