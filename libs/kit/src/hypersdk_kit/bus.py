@@ -114,7 +114,12 @@ class EventPublisher(ABC):
 
 
 class RabbitEventPublisher(EventPublisher):
-    """Publishes CloudEvents (structured mode) with publisher confirms and persistence."""
+    """Publishes CloudEvents (structured mode) with publisher confirms and persistence.
+
+    On a channel of its own on the broker's connection, through aio-pika: FastStream's publish
+    path costs about half as much CPU again per message, and the gateway publishes one event
+    per API call.
+    """
 
     def __init__(
         self, broker: RabbitBroker, *, service: str, declare_topology: bool = True
@@ -122,15 +127,28 @@ class RabbitEventPublisher(EventPublisher):
         self._broker = broker
         self._service = service
         self._exchange = events_exchange(declare=declare_topology)
-        self._declared = False
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._events: aio_pika.abc.AbstractExchange | None = None
+        self._opening: asyncio.Lock | None = None
+
+    async def _ready(self) -> aio_pika.abc.AbstractExchange:
+        if self._events is not None and self._channel is not None and not self._channel.is_closed:
+            return self._events
+        self._opening = self._opening or asyncio.Lock()
+        async with self._opening:
+            if self._events is None or self._channel is None or self._channel.is_closed:
+                # Declared (or only checked, without topology rights) once, through FastStream.
+                await self._broker.declare_exchange(self._exchange)
+                channel = await broker_connection(self._broker).channel(publisher_confirms=True)
+                self._events = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
+                self._channel = channel
+        return self._events
 
     async def publish(
         self, data: EventData, *, subject: str | None, context: RequestContext | None
     ) -> CloudEvent:
         """Publish and wait for the confirm (declaring or checking the exchange on first use)."""
-        if not self._declared:
-            await self._broker.declare_exchange(self._exchange)
-            self._declared = True
+        exchange = await self._ready()
         event = new_event(
             service=self._service,
             routing_key=data.routing_key.value,
@@ -138,15 +156,16 @@ class RabbitEventPublisher(EventPublisher):
             subject=subject,
             context=context,
         )
-        await self._broker.publish(
-            event.model_dump_json(by_alias=True, exclude_none=True).encode(),
-            exchange=self._exchange,
+        await exchange.publish(
+            aio_pika.Message(
+                event.model_dump_json(by_alias=True, exclude_none=True).encode(),
+                content_type=CLOUDEVENTS_CONTENT_TYPE,
+                message_id=event.id,
+                type=event.type,
+                headers=_trace_headers(event),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
             routing_key=event.routing_key,
-            content_type=CLOUDEVENTS_CONTENT_TYPE,
-            message_id=event.id,
-            message_type=event.type,
-            headers=_trace_headers(event),
-            persist=True,
             mandatory=False,
         )
         return event
@@ -270,12 +289,28 @@ def subscribe_envelopes(
     prefetch: int = 10,
 ) -> None:
     """Register ``handle`` on ``queue`` with manual acks via :func:`envelope_consumer`."""
+    consume = envelope_consumer(handle)
+
+    async def consume_current() -> None:
+        await consume(current_message(broker))
+
     broker.subscriber(
         queue,
         exchange,
         ack_policy=AckPolicy.MANUAL,
         channel=Channel(prefetch_count=prefetch),
-    )(envelope_consumer(handle))
+    )(consume_current)
+
+
+def current_message(broker: RabbitBroker) -> RabbitMessage:
+    """The message being handled, from the broker's context.
+
+    Handlers take no arguments and read the message here: FastStream injects a ``RabbitMessage``
+    argument through a synchronous dependency that it runs in a worker thread, one thread hop
+    per message (about 0.5 ms of every request/reply round trip on a 2-core machine).
+    """
+    message: RabbitMessage = broker.context.get_local("message")
+    return message
 
 
 class Delivery(Protocol):
@@ -408,8 +443,8 @@ def subscribe_envelope_batches(
     """
     batcher = EnvelopeBatcher(handle_batch, max_batch=max_batch, max_wait_seconds=max_wait_seconds)
 
-    async def consume(msg: RabbitMessage) -> None:
-        await batcher.add(msg)
+    async def consume() -> None:
+        await batcher.add(current_message(broker))
 
     broker.subscriber(
         queue,
@@ -495,18 +530,14 @@ def serve_rpc(
     authorizer: Authorizer | None = None,
 ) -> None:
     """Register a request/reply subscriber on ``queue``, guarded by ``permissions`` if any."""
-    broker.subscriber(
-        RabbitQueue(queue, durable=True),
-        ack_policy=AckPolicy.ACK,
-    )(
-        rpc_responder(
-            request_model,
-            answer,
-            operation=queue,
-            permissions=permissions,
-            authorizer=authorizer,
-        )
+    respond = rpc_responder(
+        request_model, answer, operation=queue, permissions=permissions, authorizer=authorizer
     )
+
+    async def respond_current() -> dict[str, Any]:
+        return await respond(current_message(broker))
+
+    broker.subscriber(RabbitQueue(queue, durable=True), ack_policy=AckPolicy.ACK)(respond_current)
 
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
