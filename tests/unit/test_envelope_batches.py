@@ -164,3 +164,24 @@ async def test_batches_are_handled_one_at_a_time(size: int) -> None:
 
     handled = [name for batch in recorder.batches for name in batch]
     assert handled == names
+
+
+class LostChannelDelivery(FakeDelivery):
+    """A delivery whose channel closed before it could be settled."""
+
+    async def ack(self) -> None:
+        raise ConnectionError("channel closed")
+
+
+async def test_a_delivery_that_cannot_be_acked_does_not_stop_the_others() -> None:
+    recorder = Recorder()
+    batcher = EnvelopeBatcher(recorder, max_batch=3, max_wait_seconds=60)
+    lost = LostChannelDelivery(delivery("a").body)
+    deliveries = [lost, delivery("b"), delivery("c")]
+
+    for item in deliveries:
+        await batcher.add(item)
+    await asyncio.sleep(0.01)
+
+    assert recorder.batches == [["a", "b", "c"]]
+    assert [item.settled for item in deliveries] == [None, "ack", "ack"]

@@ -409,7 +409,7 @@ class EnvelopeBatcher:
                 return
             delivery, event = batch[0]
             logger.warning("dead-lettering event %s: %s", event.id, type(exc).__name__)
-            await delivery.reject(requeue=False)
+            await _settle(delivery.reject(requeue=False))
             return
         except Exception:
             deliveries = max(
@@ -421,10 +421,18 @@ class EnvelopeBatcher:
             )
             await asyncio.sleep(min(0.2 * 2**deliveries, 5.0))
             for delivery, _ in batch:
-                await delivery.nack(requeue=True)
+                await _settle(delivery.nack(requeue=True))
             return
         for delivery, _ in batch:
-            await delivery.ack()
+            await _settle(delivery.ack())
+
+
+async def _settle(action: Awaitable[None]) -> None:
+    """Ack, nack or reject; if the channel is gone, RabbitMQ redelivers the message anyway."""
+    try:
+        await action
+    except Exception:
+        logger.warning("could not settle a delivery; RabbitMQ will redeliver it", exc_info=True)
 
 
 def subscribe_envelope_batches(

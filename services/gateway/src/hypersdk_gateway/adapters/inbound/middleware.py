@@ -302,7 +302,9 @@ class AuthenticationLayer:
         self.backend = backend
         self.cache = cache
 
-    async def _principal(self, credential: str, request: RpcRequest, scope: Scope) -> Principal:
+    async def _principal(
+        self, credential: str, queue: str, request: Callable[[], RpcRequest], scope: Scope
+    ) -> Principal:
         """The principal of a credential: from the cache, or asked of identity and cached."""
         key = credential_key(credential)
         state(scope)["credential"] = key
@@ -310,12 +312,7 @@ class AuthenticationLayer:
         if cached is not None:
             return cached
         generation = self.cache.generation
-        queue = (
-            RpcQueue.IDENTITY_AUTHENTICATE_API_KEY
-            if isinstance(request, AuthenticateApiKeyRequest)
-            else RpcQueue.IDENTITY_AUTHENTICATE
-        )
-        principal = Principal.model_validate(await self.backend.ask(queue, request))
+        principal = Principal.model_validate(await self.backend.ask(queue, request()))
         self.cache.remember_principal(key, principal, generation=generation)
         return principal
 
@@ -355,7 +352,8 @@ class AuthenticationLayer:
         try:
             principal = await self._principal(
                 f"session:{token}",
-                AuthenticateRequest(token=token, context=context_of(scope)),
+                RpcQueue.IDENTITY_AUTHENTICATE,
+                lambda: AuthenticateRequest(token=token, context=context_of(scope)),
                 scope,
             )
         except ServiceError as exc:
@@ -381,7 +379,8 @@ class AuthenticationLayer:
         try:
             principal = await self._principal(
                 f"apikey:{key}",
-                AuthenticateApiKeyRequest(key=key, context=context_of(scope)),
+                RpcQueue.IDENTITY_AUTHENTICATE_API_KEY,
+                lambda: AuthenticateApiKeyRequest(key=key, context=context_of(scope)),
                 scope,
             )
         except ServiceError as exc:
