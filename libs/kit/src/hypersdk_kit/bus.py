@@ -393,7 +393,7 @@ class EnvelopeBatcher:
         """Handle what is pending now (after any batch being handled)."""
         async with self._flushing:
             batch, self._pending = self._pending, []
-            if self._timer is not None and not self._pending:
+            if self._timer is not None:  # set for envelopes this batch now takes
                 self._timer.cancel()
                 self._timer = None
             if batch:
