@@ -7,6 +7,7 @@ get canned answers. No RabbitMQ.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -84,6 +85,7 @@ class InMemoryBackend(Backend):
     def __init__(self, *, identity: IdentityService, policy: PolicyService) -> None:
         self.asked: list[str] = []
         self.requests: list[tuple[str, RpcRequest]] = []
+        self.reply_delay_seconds = 0.0  # how long an answer takes to come back
         self._routes: dict[str, tuple[type[RpcRequest], Handler]] = {
             RpcQueue.IDENTITY_LOGIN: (
                 LoginRequest,
@@ -114,6 +116,8 @@ class InMemoryBackend(Backend):
             raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, f"No fake answers {queue}.")
         model, handler = self._routes[queue]
         result = await handler(model.model_validate(request.model_dump(mode="json")))
+        if self.reply_delay_seconds:
+            await asyncio.sleep(self.reply_delay_seconds)
         return _as_json(result)
 
     @staticmethod
@@ -632,6 +636,35 @@ async def test_an_invalidation_makes_a_revocation_elsewhere_hold_at_once(gateway
     after = await gateway.client.get("/api/v1/jobs", headers=bearer(token))
 
     assert_envelope(after, 401, "unauthenticated")
+
+
+async def test_calls_that_miss_together_ask_identity_once(gateway: Gateway) -> None:
+    token = await gateway.login("alice")
+    gateway.backend.reply_delay_seconds = 0.02
+
+    answers = await asyncio.gather(
+        *(gateway.client.get("/api/v1/jobs", headers=bearer(token)) for _ in range(5))
+    )
+
+    assert [answer.status_code for answer in answers] == [200] * 5
+    assert asked(gateway, RpcQueue.IDENTITY_AUTHENTICATE) == 1
+
+
+async def test_a_call_after_a_revocation_never_joins_a_question_asked_before_it(
+    gateway: Gateway,
+) -> None:
+    token = await gateway.login("alice")
+    gateway.backend.reply_delay_seconds = 0.05
+    before = asyncio.create_task(gateway.client.get("/api/v1/jobs", headers=bearer(token)))
+    await asyncio.sleep(0.01)  # identity has answered "live"; the answer is on its way
+
+    await gateway.identity.logout(token, RequestContext(actor="alice"))
+    gateway.cache.invalidate()  # the revocation feed
+    after = await gateway.client.get("/api/v1/jobs", headers=bearer(token))
+
+    assert_envelope(after, 401, "unauthenticated")
+    assert (await before).status_code == 200  # concurrent with the revocation: either is fair
+    assert asked(gateway, RpcQueue.IDENTITY_AUTHENTICATE) == 2
 
 
 async def test_a_suspended_cache_sends_every_call_to_identity(gateway: Gateway) -> None:

@@ -9,6 +9,7 @@ Layers share what they learn through ``scope["state"]`` (Starlette's ``request.s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
@@ -301,18 +302,37 @@ class AuthenticationLayer:
         self.app = app
         self.backend = backend
         self.cache = cache
+        self._lookups: dict[tuple[bytes, int], asyncio.Future[Principal]] = {}
 
     async def _principal(
         self, credential: str, queue: str, request: Callable[[], RpcRequest], scope: Scope
     ) -> Principal:
-        """The principal of a credential: from the cache, or asked of identity and cached."""
+        """The principal of a credential: from the cache, or asked of identity and cached.
+
+        Calls that miss the cache together with the same credential share one question to
+        identity (when an entry expires under load, identity is asked once, not once per call).
+        A call never joins a question asked before the last revocation: its answer may predate it.
+        """
         key = credential_key(credential)
         state(scope)["credential"] = key
         cached = self.cache.principal(key)
         if cached is not None:
             return cached
-        generation = self.cache.generation
-        principal = Principal.model_validate(await self.backend.ask(queue, request()))
+        flight = (key, self.cache.generation)
+        lookup = self._lookups.get(flight)
+        if lookup is None:
+            lookup = asyncio.ensure_future(
+                self._ask_identity(key, queue, request(), generation=flight[1])
+            )
+            self._lookups[flight] = lookup
+            lookup.add_done_callback(lambda _: self._lookups.pop(flight, None))
+        # Shielded: a caller that goes away does not cancel the others' answer.
+        return await asyncio.shield(lookup)
+
+    async def _ask_identity(
+        self, key: bytes, queue: str, request: RpcRequest, *, generation: int
+    ) -> Principal:
+        principal = Principal.model_validate(await self.backend.ask(queue, request))
         self.cache.remember_principal(key, principal, generation=generation)
         return principal
 
