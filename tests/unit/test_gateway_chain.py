@@ -85,7 +85,7 @@ class InMemoryBackend(Backend):
     def __init__(self, *, identity: IdentityService, policy: PolicyService) -> None:
         self.asked: list[str] = []
         self.requests: list[tuple[str, RpcRequest]] = []
-        self.reply_delay_seconds = 0.0  # how long an answer takes to come back
+        self.reply_delays: dict[str, float] = {}  # queue -> how long its answers take
         self._routes: dict[str, tuple[type[RpcRequest], Handler]] = {
             RpcQueue.IDENTITY_LOGIN: (
                 LoginRequest,
@@ -116,8 +116,8 @@ class InMemoryBackend(Backend):
             raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, f"No fake answers {queue}.")
         model, handler = self._routes[queue]
         result = await handler(model.model_validate(request.model_dump(mode="json")))
-        if self.reply_delay_seconds:
-            await asyncio.sleep(self.reply_delay_seconds)
+        if queue in self.reply_delays:
+            await asyncio.sleep(self.reply_delays[queue])
         return _as_json(result)
 
     @staticmethod
@@ -233,7 +233,7 @@ async def _ready() -> bool:
 async def make_gateway() -> AsyncIterator[GatewayFactory]:
     clients: list[httpx.AsyncClient] = []
 
-    async def make(**overrides: Any) -> Gateway:
+    async def make(cache_clock: Callable[[], float] | None = None, **overrides: Any) -> Gateway:
         settings = GatewaySettings(amqp_url="amqp://unused", **overrides)
         identity_events = InMemoryEventPublisher(service="identity")
         policy_events = InMemoryEventPublisher(service="policy")
@@ -255,7 +255,7 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         policy_events.events.clear()
         backend = InMemoryBackend(identity=identity, policy=policy)
         events = InMemoryEventPublisher(service="gateway")
-        cache = CredentialCache(ttl_seconds=10)
+        cache = CredentialCache(ttl_seconds=10, **({"clock": cache_clock} if cache_clock else {}))
         cache.resume()
         chain = build_chain(settings, backend=backend, events=events, ready=_ready, cache=cache)
         client = httpx.AsyncClient(
@@ -640,7 +640,7 @@ async def test_an_invalidation_makes_a_revocation_elsewhere_hold_at_once(gateway
 
 async def test_calls_that_miss_together_ask_identity_once(gateway: Gateway) -> None:
     token = await gateway.login("alice")
-    gateway.backend.reply_delay_seconds = 0.02
+    gateway.backend.reply_delays[RpcQueue.IDENTITY_AUTHENTICATE] = 0.02
 
     answers = await asyncio.gather(
         *(gateway.client.get("/api/v1/jobs", headers=bearer(token)) for _ in range(5))
@@ -654,7 +654,7 @@ async def test_a_call_after_a_revocation_never_joins_a_question_asked_before_it(
     gateway: Gateway,
 ) -> None:
     token = await gateway.login("alice")
-    gateway.backend.reply_delay_seconds = 0.05
+    gateway.backend.reply_delays[RpcQueue.IDENTITY_AUTHENTICATE] = 0.05
     before = asyncio.create_task(gateway.client.get("/api/v1/jobs", headers=bearer(token)))
     await asyncio.sleep(0.01)  # identity has answered "live"; the answer is on its way
 
@@ -665,6 +665,65 @@ async def test_a_call_after_a_revocation_never_joins_a_question_asked_before_it(
     assert_envelope(after, 401, "unauthenticated")
     assert (await before).status_code == 200  # concurrent with the revocation: either is fair
     assert asked(gateway, RpcQueue.IDENTITY_AUTHENTICATE) == 2
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def settle() -> None:
+    """Let background refreshes run."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_an_active_credential_is_refreshed_in_the_background_not_waited_for(
+    make_gateway: GatewayFactory,
+) -> None:
+    clock = Clock()
+    gateway = await make_gateway(cache_clock=clock)
+    token = await gateway.login("alice")
+
+    async def jobs() -> int:
+        return (await gateway.client.get("/api/v1/jobs", headers=bearer(token))).status_code
+
+    assert await jobs() == 200  # asks identity and policy
+    clock.now += 6  # past half of the 10 s lifetime
+    assert await jobs() == 200  # served from the cache; identity asked in the background
+    await settle()
+    assert asked(gateway, RpcQueue.IDENTITY_AUTHENTICATE) == 2
+    clock.now += 6  # the first entry would have expired; the refreshed one lives
+    gateway.backend.reply_delays[RpcQueue.IDENTITY_AUTHENTICATE] = 1.0  # a call would wait
+    assert await asyncio.wait_for(jobs(), 0.5) == 200
+
+    # The grant was kept across the refresh (the same principal, the grant 12 s old).
+    assert asked(gateway, RpcQueue.POLICY_DECIDE) == 1
+    await asyncio.sleep(1.1)  # let the last background refresh finish
+
+
+async def test_a_refresh_that_identity_refuses_drops_the_credential(
+    make_gateway: GatewayFactory,
+) -> None:
+    clock = Clock()
+    gateway = await make_gateway(cache_clock=clock)
+    token = await gateway.login("alice")
+    assert (await gateway.client.get("/api/v1/jobs", headers=bearer(token))).status_code == 200
+    # Revoked where this replica hears nothing of it (no feed in this test).
+    await gateway.identity.logout(token, RequestContext(actor="alice"))
+    clock.now += 6
+
+    served = await gateway.client.get("/api/v1/jobs", headers=bearer(token))
+    await settle()
+    after = await gateway.client.get("/api/v1/jobs", headers=bearer(token))
+
+    assert served.status_code == 200  # within the entry's lifetime
+    assert_envelope(after, 401, "unauthenticated")
 
 
 async def test_a_suspended_cache_sends_every_call_to_identity(gateway: Gateway) -> None:

@@ -147,6 +147,58 @@ def test_the_oldest_credentials_make_room_for_new_ones() -> None:
     assert cache.principal(keys[2]) == ALICE
 
 
+def test_an_entry_is_due_for_refresh_once_past_half_its_life() -> None:
+    clock = Clock()
+    cache = live_cache(clock)
+    cache.remember_principal(KEY, ALICE, generation=cache.generation)
+
+    clock.now += 4.9
+    assert not cache.should_refresh(KEY)
+    clock.now += 0.1
+    assert cache.should_refresh(KEY)
+    assert not cache.should_refresh(KEY), "one refresh at a time"
+    assert cache.principal(KEY) == ALICE
+
+
+def test_a_refreshed_entry_keeps_young_grants_of_the_same_principal_only() -> None:
+    clock = Clock()
+    cache = live_cache(clock)
+    cache.remember_principal(KEY, ALICE, generation=cache.generation)
+    cache.remember_grant(KEY, "jobs:view", "old", generation=cache.generation)
+    for refresh in range(6):  # refreshed every 6 s, each time before the entry ends
+        clock.now += 6
+        # The same principal; its new assertion does not make it another one.
+        cache.remember_principal(
+            KEY,
+            ALICE.model_copy(update={"assertion": f"v1.{refresh}.x"}),
+            generation=cache.generation,
+        )
+        if refresh == 4:
+            cache.remember_grant(KEY, "vms:browse", "young", generation=cache.generation)
+
+    assert cache.grant(KEY, "jobs:view") == "old"  # 36 s old
+    clock.now += 9
+    assert cache.grant(KEY, "jobs:view") is None  # 45 s old: policy is asked again
+    assert cache.grant(KEY, "vms:browse") == "young"
+
+    # A different principal for the same credential (e.g. other external roles): no grants.
+    cache.remember_principal(
+        KEY, ALICE.model_copy(update={"external_roles": ["operator"]}), generation=cache.generation
+    )
+    assert cache.grant(KEY, "vms:browse") is None
+
+
+def test_forgetting_one_credential_respects_the_generation() -> None:
+    cache = live_cache(Clock())
+    cache.remember_principal(KEY, ALICE, generation=cache.generation)
+    stale = cache.generation - 1
+
+    cache.forget(KEY, generation=stale)
+    assert cache.principal(KEY) == ALICE
+    cache.forget(KEY, generation=cache.generation)
+    assert cache.principal(KEY) is None
+
+
 def test_a_zero_lifetime_turns_the_cache_off() -> None:
     cache = live_cache(Clock(), ttl=0)
     cache.remember_principal(KEY, ALICE, generation=cache.generation)

@@ -29,11 +29,26 @@ def credential_key(credential: str) -> bytes:
     return hashlib.sha256(credential.encode()).digest()
 
 
+GRANT_REUSE_SECONDS = 45.0
+"""How long a grant is reused; policy signs grants for 60 s, the rest is margin."""
+REFRESH_FRACTION = 0.5
+"""Past this share of its lifetime, a used entry is refreshed in the background."""
+
+
 @dataclass
 class _Entry:
     principal: Principal
     expires_at: float
-    grants: dict[str, str] = field(default_factory=dict)
+    refresh_at: float
+    refreshing: bool = False
+    grants: dict[str, tuple[str, float]] = field(default_factory=dict)  # grant, obtained at
+
+
+def _same_principal(one: Principal, other: Principal) -> bool:
+    """Whether two answers of identity describe the same principal (assertions aside)."""
+    return one.model_copy(update={"assertion": None}) == other.model_copy(
+        update={"assertion": None}
+    )
 
 
 class CredentialCache:
@@ -42,6 +57,12 @@ class CredentialCache:
     ``generation`` changes on every invalidation; a lookup that went to identity or policy
     stores its answer only if no invalidation happened meanwhile (``remember_*`` take the
     generation read before asking), so a revocation racing with a lookup is never undone.
+
+    An entry used past half its lifetime is due for a refresh (``should_refresh``): identity is
+    asked again in the background while the entry keeps serving, so an active credential does
+    not wait for identity every ``ttl_seconds``. A refreshed entry for the same principal keeps
+    its grants while they are younger than ``GRANT_REUSE_SECONDS``. Nothing is ever served
+    past its own lifetime.
     """
 
     def __init__(
@@ -105,6 +126,14 @@ class CredentialCache:
         self.hits += 1
         return entry.principal
 
+    def should_refresh(self, key: bytes) -> bool:
+        """Whether to ask identity again for a live entry now; true once per entry."""
+        entry = self._entry(key)
+        if entry is None or entry.refreshing or self._clock() < entry.refresh_at:
+            return False
+        entry.refreshing = True
+        return True
+
     def remember_principal(self, key: bytes, principal: Principal, *, generation: int) -> None:
         """Keep what identity said about a credential, unless something was revoked since."""
         if not self.live or generation != self.generation:
@@ -113,16 +142,40 @@ class CredentialCache:
         if principal.valid_until is not None:
             lifetime = min(lifetime, (principal.valid_until - self._wall_clock()).total_seconds())
         if lifetime <= 0:
+            self._entries.pop(key, None)
             return
-        self._entries[key] = _Entry(principal=principal, expires_at=self._clock() + lifetime)
+        now = self._clock()
+        entry = _Entry(
+            principal=principal,
+            expires_at=now + lifetime,
+            refresh_at=now + lifetime * REFRESH_FRACTION,
+        )
+        previous = self._entry(key)
+        if previous is not None and _same_principal(previous.principal, principal):
+            entry.grants = {
+                permission: (grant, obtained_at)
+                for permission, (grant, obtained_at) in previous.grants.items()
+                if now - obtained_at < GRANT_REUSE_SECONDS
+            }
+        self._entries[key] = entry
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
+    def forget(self, key: bytes, *, generation: int) -> None:
+        """Drop one credential (identity no longer accepts it), unless revoked since anyway."""
+        if generation == self.generation:
+            self._entries.pop(key, None)
+
     def grant(self, key: bytes, permission: str) -> str | None:
         """A grant policy signed for this credential and permission, if still fresh."""
         entry = self._entry(key)
-        return None if entry is None else entry.grants.get(permission)
+        if entry is None or permission not in entry.grants:
+            return None
+        grant, obtained_at = entry.grants[permission]
+        if self._clock() - obtained_at >= GRANT_REUSE_SECONDS:
+            return None
+        return grant
 
     def remember_grant(self, key: bytes, permission: str, grant: str, *, generation: int) -> None:
         """Keep a grant with its credential's entry (it lives no longer than the entry)."""
@@ -130,7 +183,7 @@ class CredentialCache:
             return
         entry = self._entry(key)
         if entry is not None:
-            entry.grants[permission] = grant
+            entry.grants[permission] = (grant, self._clock())
 
 
 REVOKING_QUEUES = frozenset(

@@ -303,6 +303,7 @@ class AuthenticationLayer:
         self.backend = backend
         self.cache = cache
         self._lookups: dict[tuple[bytes, int], asyncio.Future[Principal]] = {}
+        self._refreshes: set[asyncio.Task[None]] = set()
 
     async def _principal(
         self, credential: str, queue: str, request: Callable[[], RpcRequest], scope: Scope
@@ -317,6 +318,12 @@ class AuthenticationLayer:
         state(scope)["credential"] = key
         cached = self.cache.principal(key)
         if cached is not None:
+            if self.cache.should_refresh(key):
+                refresh = asyncio.create_task(
+                    self._refresh(key, queue, request(), generation=self.cache.generation)
+                )
+                self._refreshes.add(refresh)
+                refresh.add_done_callback(self._refreshes.discard)
             return cached
         flight = (key, self.cache.generation)
         lookup = self._lookups.get(flight)
@@ -328,6 +335,18 @@ class AuthenticationLayer:
             lookup.add_done_callback(lambda _: self._lookups.pop(flight, None))
         # Shielded: a caller that goes away does not cancel the others' answer.
         return await asyncio.shield(lookup)
+
+    async def _refresh(
+        self, key: bytes, queue: str, request: RpcRequest, *, generation: int
+    ) -> None:
+        """Ask identity again for a cached credential while its entry keeps serving."""
+        try:
+            await self._ask_identity(key, queue, request, generation=generation)
+        except ServiceError as exc:
+            if exc.code is not ErrorCode.UPSTREAM_UNAVAILABLE:
+                self.cache.forget(key, generation=generation)  # identity no longer accepts it
+        except Exception:
+            logger.exception("refreshing a cached credential failed")
 
     async def _ask_identity(
         self, key: bytes, queue: str, request: RpcRequest, *, generation: int
