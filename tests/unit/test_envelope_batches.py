@@ -51,9 +51,20 @@ class Recorder:
         self.down = False
         self.release = asyncio.Event()
         self.release.set()
+        self.active = 0
+        self.most_active = 0
 
     async def __call__(self, events: list[CloudEvent]) -> None:
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        try:
+            await self.handle(events)
+        finally:
+            self.active -= 1
+
+    async def handle(self, events: list[CloudEvent]) -> None:
         await self.release.wait()
+        await asyncio.sleep(0.001)  # room for another batch to start, were that allowed
         if self.down:
             raise ConnectionError("database unavailable")
         names = [str(event.data["username"]) for event in events]
@@ -158,12 +169,13 @@ async def test_batches_are_handled_one_at_a_time(size: int) -> None:
 
     for name in names:
         await batcher.add(delivery(name))
-    await asyncio.sleep(0.05)
+        await asyncio.sleep(0.005)  # a batch may start meanwhile
     recorder.release.set()
     await asyncio.sleep(0.1)
 
     handled = [name for batch in recorder.batches for name in batch]
     assert handled == names
+    assert recorder.most_active == 1
 
 
 class LostChannelDelivery(FakeDelivery):

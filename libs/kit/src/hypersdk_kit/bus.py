@@ -254,14 +254,8 @@ def envelope_consumer(
     """
 
     async def consume(msg: RabbitMessage) -> None:
-        try:
-            event = CloudEvent.model_validate_json(msg.body)
-        except ValidationError:
-            logger.warning(
-                "dead-lettering a message that is not a valid envelope",
-                extra={"message_id": msg.message_id},
-            )
-            await msg.reject(requeue=False)
+        event = await _envelope_or_reject(msg)
+        if event is None:
             return
         try:
             await handle(event)
@@ -270,14 +264,37 @@ def envelope_consumer(
             await msg.reject(requeue=False)
             return
         except Exception:
-            deliveries = int((msg.headers or {}).get("x-delivery-count", 0) or 0)
+            deliveries = _delivery_count(msg)
             logger.exception("event %s failed (delivery %d); requeueing", event.id, deliveries + 1)
-            await asyncio.sleep(min(0.2 * 2**deliveries, 5.0))
+            await _back_off(deliveries)
             await msg.nack(requeue=True)
             return
         await msg.ack()
 
     return consume
+
+
+async def _envelope_or_reject(delivery: Delivery) -> CloudEvent | None:
+    """The envelope of a delivery; a body that is none is dead-lettered (None returned)."""
+    try:
+        return CloudEvent.model_validate_json(delivery.body)
+    except ValidationError:
+        logger.warning(
+            "dead-lettering a message that is not a valid envelope",
+            extra={"message_id": delivery.message_id},
+        )
+        await delivery.reject(requeue=False)
+        return None
+
+
+def _delivery_count(delivery: Delivery) -> int:
+    """How often RabbitMQ delivered it before (a quorum queue's ``x-delivery-count``)."""
+    return int((delivery.headers or {}).get("x-delivery-count", 0) or 0)
+
+
+async def _back_off(deliveries: int) -> None:
+    """Wait before requeueing: 0.2 s, doubling with each delivery, at most 5 s."""
+    await asyncio.sleep(min(0.2 * 2**deliveries, 5.0))
 
 
 def subscribe_envelopes(
@@ -366,14 +383,8 @@ class EnvelopeBatcher:
 
     async def add(self, delivery: Delivery) -> None:
         """Take a delivery: dead-letter it if it is no envelope, else queue it for a batch."""
-        try:
-            event = CloudEvent.model_validate_json(delivery.body)
-        except ValidationError:
-            logger.warning(
-                "dead-lettering a message that is not a valid envelope",
-                extra={"message_id": delivery.message_id},
-            )
-            await delivery.reject(requeue=False)
+        event = await _envelope_or_reject(delivery)
+        if event is None:
             return
         self._pending.append((delivery, event))
         if len(self._pending) >= self._max_batch:
@@ -412,14 +423,11 @@ class EnvelopeBatcher:
             await _settle(delivery.reject(requeue=False))
             return
         except Exception:
-            deliveries = max(
-                int((delivery.headers or {}).get("x-delivery-count", 0) or 0)
-                for delivery, _ in batch
-            )
+            deliveries = max(_delivery_count(delivery) for delivery, _ in batch)
             logger.exception(
                 "a batch of %d events failed (delivery %d); requeueing", len(batch), deliveries + 1
             )
-            await asyncio.sleep(min(0.2 * 2**deliveries, 5.0))
+            await _back_off(deliveries)
             for delivery, _ in batch:
                 await _settle(delivery.nack(requeue=True))
             return
