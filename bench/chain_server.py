@@ -16,21 +16,19 @@ import asyncio
 from typing import Any
 
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, FastAPI
 
 from hypersdk_contracts.permissions import Permission
-from hypersdk_gateway.adapters.inbound.http import Requirement
+from hypersdk_gateway.adapters.inbound.http import guarded
 from hypersdk_gateway.config import GatewaySettings
 from hypersdk_gateway.inject import prepare_gateway
 from hypersdk_kit.logs import configure_logging
 
 
-def add_bench_route(router: APIRouter, require: Requirement) -> None:
+def add_bench_route(router: APIRouter) -> None:
     """``GET /api/v1/bench/jobs``: authorized for jobs:view, answers what /bare answers."""
 
-    @router.get(
-        "/bench/jobs", dependencies=[Depends(require(Permission.JOBS_VIEW))], tags=["bench"]
-    )
+    @router.get("/bench/jobs", openapi_extra=guarded(Permission.JOBS_VIEW), tags=["bench"])
     async def bench_jobs() -> list[dict[str, str]]:
         return []
 

@@ -23,6 +23,12 @@ _REDACTIONS = (
     ),
 )
 
+# Every ASCII text a pattern above can match holds one of these once lower-cased, so ASCII
+# text without any is returned as it is: the four case-insensitive scans cost about 20 us per
+# log line. (Other text always goes through the patterns: outside ASCII, case-insensitive
+# matching has equivalences that lower-casing does not reproduce, e.g. U+0130 for "i".)
+_TRIGGERS = ("hsdk_", "bearer", "://", "passw", "secret", "token", "apikey", "api_key", "api-key")
+
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime"}
 )
@@ -30,6 +36,10 @@ _STANDARD_ATTRS = frozenset(
 
 def redact(text: str) -> str:
     """Mask anything in ``text`` that looks like a credential."""
+    if text.isascii():
+        lowered = text.lower()
+        if not any(trigger in lowered for trigger in _TRIGGERS):
+            return text
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
     return text

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -72,8 +71,6 @@ from hypersdk_gateway.ports.outbound import Backend
 logger = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
-_bearer = HTTPBearer(auto_error=False, description="Session token from POST /auth/login.")
-_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key.")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": description}
     for status, description in (
@@ -201,9 +198,63 @@ class SecretBody(Body):
     data: dict[str, str] = Field(min_length=1, max_length=64)
 
 
-Requirement = Callable[[Permission | None], Callable[..., Awaitable[None]]]
-"""``require(permission)``: the dependency that authorizes a route (None: any principal)."""
-ExtendApi = Callable[[APIRouter, Requirement], None]
+PERMISSION_EXTENSION = "x-required-permission"
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "HTTPBearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Session token from POST /auth/login.",
+    },
+    "APIKeyHeader": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "API key.",
+    },
+}
+
+
+def guarded(permission: Permission | None) -> dict[str, Any]:
+    """The ``openapi_extra`` of a route that needs a credential, and ``permission`` unless None.
+
+    :class:`GuardedRoute` reads it to authorize the caller before the route reads its input;
+    the OpenAPI document shows it as both credential schemes and ``x-required-permission``.
+    """
+    extra: dict[str, Any] = {"security": [{scheme: []} for scheme in SECURITY_SCHEMES]}
+    if permission is not None:
+        extra[PERMISSION_EXTENSION] = permission.value
+    return extra
+
+
+Authorize = Callable[[Request, Permission], Awaitable[None]]
+
+
+def guarded_route(authorize: Authorize) -> type[APIRoute]:
+    """The route class of the API: each route marked :func:`guarded` calls ``authorize`` first.
+
+    Authorization wraps the route's handler instead of being a FastAPI dependency: it then
+    runs before the body is read or validated (a caller without the permission learns nothing
+    about the input it sent), and costs no dependency resolution per call (decision 0017).
+    """
+
+    class GuardedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+            extra = self.openapi_extra or {}
+            if PERMISSION_EXTENSION not in extra:
+                return handler  # public, or any authenticated principal (the chain checked)
+            permission = Permission(extra[PERMISSION_EXTENSION])
+
+            async def authorized(request: Request) -> Response:
+                await authorize(request, permission)
+                return await handler(request)
+
+            return authorized
+
+    return GuardedRoute
+
+
+ExtendApi = Callable[[APIRouter], None]
 
 
 def not_implemented(what: str) -> ServiceError:
@@ -222,29 +273,12 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
 
     ``backend`` should be the :class:`InvalidatingBackend` over the bus, so that a revocation
     made through this replica empties its credential cache before the call returns.
-    ``extend`` may add routes under ``/api/v1``, guarded like the others (the benchmark does).
+    ``extend`` may add routes under ``/api/v1``, marked :func:`guarded` like the others (the
+    benchmark does).
     """
-    app = FastAPI(
-        title="HyperSDK API",
-        version="1.0.0",
-        openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=None,
-        redoc_url=None,
-    )
 
-    def require(permission: Permission | None) -> Callable[..., Awaitable[None]]:
-        async def check(
-            request: Request,
-            _bearer_doc: Annotated[Any, Depends(_bearer)] = None,
-            _key_doc: Annotated[Any, Depends(_api_key)] = None,
-        ) -> None:
-            principal = request.state.principal
-            if permission is not None:
-                await authorize(request, principal, permission)
-
-        return check
-
-    async def authorize(request: Request, principal: Principal, permission: Permission) -> None:
+    async def authorize(request: Request, permission: Permission) -> None:
+        principal: Principal = request.state.principal
         credential: bytes = request.state.credential
         cached = cache.grant(credential, permission.value)
         if cached is not None:
@@ -275,7 +309,9 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     def ctx(request: Request) -> Any:
         return context_of(request.scope)
 
-    api = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
+    api = APIRouter(
+        prefix=API_PREFIX, responses=ERROR_RESPONSES, route_class=guarded_route(authorize)
+    )
 
     # ---- auth ------------------------------------------------------------------------------
     @api.post("/auth/login", response_model=LoginResponse, tags=["auth"])
@@ -291,7 +327,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
             "user": result["user"],
         }
 
-    @api.post("/auth/logout", status_code=204, tags=["auth"], dependencies=[Depends(require(None))])
+    @api.post("/auth/logout", status_code=204, tags=["auth"], openapi_extra=guarded(None))
     async def logout(request: Request) -> Response:
         """End the current session."""
         await backend.ask(
@@ -304,7 +340,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         "/auth/refresh",
         response_model=LoginResponse,
         tags=["auth"],
-        dependencies=[Depends(require(None))],
+        openapi_extra=guarded(None),
     )
     async def refresh(request: Request) -> Any:
         """Swap the session token for a new one; the old token stops working at once.
@@ -322,9 +358,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
             "user": result["user"],
         }
 
-    @api.get(
-        "/auth/me", response_model=MeResponse, tags=["auth"], dependencies=[Depends(require(None))]
-    )
+    @api.get("/auth/me", response_model=MeResponse, tags=["auth"], openapi_extra=guarded(None))
     async def me(request: Request) -> Any:
         """Who the caller is and which roles they hold."""
         principal = request.state.principal
@@ -346,7 +380,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         "/auth/sessions",
         response_model=list[SessionView],
         tags=["auth"],
-        dependencies=[Depends(require(None))],
+        openapi_extra=guarded(None),
     )
     async def list_sessions(request: Request) -> Any:
         """The caller's live sessions (never their tokens); ``current`` marks this one."""
@@ -364,7 +398,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         "/auth/sessions/{session_id}",
         status_code=204,
         tags=["auth"],
-        dependencies=[Depends(require(None))],
+        openapi_extra=guarded(None),
     )
     async def revoke_session(session_id: IdParam, request: Request) -> Response:
         """Revoke one of the caller's sessions (another user's session is a 404)."""
@@ -378,9 +412,9 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         return Response(status_code=204)
 
     # ---- users -----------------------------------------------------------------------------
-    users_manage = [Depends(require(Permission.USERS_MANAGE))]
+    users_manage = guarded(Permission.USERS_MANAGE)
 
-    @api.get("/users", response_model=list[UserView], tags=["users"], dependencies=users_manage)
+    @api.get("/users", response_model=list[UserView], tags=["users"], openapi_extra=users_manage)
     async def list_users(request: Request) -> Any:
         """Every user."""
         return await backend.ask(
@@ -392,7 +426,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         status_code=201,
         response_model=UserWithRoles,
         tags=["users"],
-        dependencies=users_manage,
+        openapi_extra=users_manage,
     )
     async def create_user(body: CreateUserBody, request: Request) -> Any:
         """Create a local user (with a password) or a PAM user (without), and their roles."""
@@ -412,7 +446,10 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         return {"user": user, "roles": roles["roles"]}
 
     @api.get(
-        "/users/{username}", response_model=UserWithRoles, tags=["users"], dependencies=users_manage
+        "/users/{username}",
+        response_model=UserWithRoles,
+        tags=["users"],
+        openapi_extra=users_manage,
     )
     async def get_user(username: UserNameParam, request: Request) -> Any:
         """One user (with PAM group roles and any lockout in force) and their assigned roles."""
@@ -426,7 +463,10 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         return {"user": user, "roles": roles["roles"]}
 
     @api.patch(
-        "/users/{username}", response_model=UserWithRoles, tags=["users"], dependencies=users_manage
+        "/users/{username}",
+        response_model=UserWithRoles,
+        tags=["users"],
+        openapi_extra=users_manage,
     )
     async def update_user(username: UserNameParam, body: UpdateUserBody, request: Request) -> Any:
         """Replace a user's roles and/or disable or enable them.
@@ -460,7 +500,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         )
         return {"user": user, "roles": roles["roles"]}
 
-    @api.delete("/users/{username}", status_code=204, tags=["users"], dependencies=users_manage)
+    @api.delete("/users/{username}", status_code=204, tags=["users"], openapi_extra=users_manage)
     async def delete_user(username: UserNameParam, request: Request) -> Response:
         """Delete a user with their sessions and API keys, and clear their role assignments."""
         name = username
@@ -474,7 +514,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         return Response(status_code=204)
 
     @api.post(
-        "/users/{username}/unlock", status_code=204, tags=["users"], dependencies=users_manage
+        "/users/{username}/unlock", status_code=204, tags=["users"], openapi_extra=users_manage
     )
     async def unlock_user(username: UserNameParam, request: Request) -> Response:
         """Lift a login lockout of a user name (also one not provisioned yet, e.g. PAM)."""
@@ -485,10 +525,10 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         return Response(status_code=204)
 
     # ---- api keys --------------------------------------------------------------------------
-    keys_manage = [Depends(require(Permission.APIKEYS_MANAGE))]
+    keys_manage = guarded(Permission.APIKEYS_MANAGE)
 
     @api.get(
-        "/api-keys", response_model=list[ApiKeyView], tags=["api-keys"], dependencies=keys_manage
+        "/api-keys", response_model=list[ApiKeyView], tags=["api-keys"], openapi_extra=keys_manage
     )
     async def list_keys(
         request: Request, owner: Annotated[str | None, Query(max_length=64)] = None
@@ -504,7 +544,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         status_code=201,
         response_model=IssuedApiKey,
         tags=["api-keys"],
-        dependencies=keys_manage,
+        openapi_extra=keys_manage,
     )
     async def create_key(body: CreateApiKeyBody, request: Request) -> Any:
         """Issue an API key; the answer is the only time the key is shown.
@@ -524,7 +564,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
             ),
         )
 
-    @api.delete("/api-keys/{key_id}", status_code=204, tags=["api-keys"], dependencies=keys_manage)
+    @api.delete("/api-keys/{key_id}", status_code=204, tags=["api-keys"], openapi_extra=keys_manage)
     async def revoke_key(key_id: IdParam, request: Request) -> Response:
         """Revoke an API key: once this returns, no gateway accepts it."""
         await backend.ask(
@@ -538,7 +578,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         status_code=201,
         response_model=IssuedApiKey,
         tags=["api-keys"],
-        dependencies=keys_manage,
+        openapi_extra=keys_manage,
     )
     async def rotate_key(
         key_id: IdParam, request: Request, body: RotateApiKeyBody | None = None
@@ -554,11 +594,11 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         )
 
     # ---- providers and VMs -----------------------------------------------------------------
-    browse = [Depends(require(Permission.VMS_BROWSE))]
-    configure_providers = [Depends(require(Permission.PROVIDERS_CONFIGURE))]
+    browse = guarded(Permission.VMS_BROWSE)
+    configure_providers = guarded(Permission.PROVIDERS_CONFIGURE)
 
     @api.get(
-        "/providers", response_model=list[ProviderView], tags=["providers"], dependencies=browse
+        "/providers", response_model=list[ProviderView], tags=["providers"], openapi_extra=browse
     )
     async def list_providers(request: Request) -> Any:
         """Providers (never their credentials)."""
@@ -567,7 +607,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         )
 
     @api.get(
-        "/providers/{name}", response_model=ProviderView, tags=["providers"], dependencies=browse
+        "/providers/{name}", response_model=ProviderView, tags=["providers"], openapi_extra=browse
     )
     async def get_provider(name: str, request: Request) -> Any:
         """One provider (never its credential)."""
@@ -580,7 +620,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         status_code=201,
         response_model=ProviderView,
         tags=["providers"],
-        dependencies=configure_providers,
+        openapi_extra=configure_providers,
     )
     async def register_provider(body: ProviderBody, request: Request) -> Any:
         """Register a provider that references its credential by secret path."""
@@ -600,7 +640,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     @api.put(
         "/providers/{name}",
         tags=["providers"],
-        dependencies=configure_providers,
+        openapi_extra=configure_providers,
         responses=NOT_BUILT,
     )
     async def update_provider(name: str) -> None:
@@ -608,7 +648,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         raise not_implemented("Updating providers")
 
     @api.delete(
-        "/providers/{name}", status_code=204, tags=["providers"], dependencies=configure_providers
+        "/providers/{name}", status_code=204, tags=["providers"], openapi_extra=configure_providers
     )
     async def remove_provider(name: str, request: Request) -> Response:
         """Unregister a provider."""
@@ -617,14 +657,14 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         )
         return Response(status_code=204)
 
-    @api.get("/vms", response_model=list[VmView], tags=["vms"], dependencies=browse)
+    @api.get("/vms", response_model=list[VmView], tags=["vms"], openapi_extra=browse)
     async def list_vms(request: Request, provider: str | None = None) -> Any:
         """VMs of every provider, or of one."""
         return await backend.ask(
             RpcQueue.EXPORTER_LIST_VMS, ListVmsRequest(provider=provider, context=ctx(request))
         )
 
-    @api.get("/vms/{vm_id:path}", response_model=VmView, tags=["vms"], dependencies=browse)
+    @api.get("/vms/{vm_id:path}", response_model=VmView, tags=["vms"], openapi_extra=browse)
     async def get_vm(vm_id: str, request: Request) -> Any:
         """One VM; its id is ``provider/vm``."""
         return await backend.ask(
@@ -637,7 +677,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         status_code=202,
         response_model=JobView,
         tags=["jobs"],
-        dependencies=[Depends(require(Permission.VMS_EXPORT))],
+        openapi_extra=guarded(Permission.VMS_EXPORT),
     )
     async def create_export(body: ExportBody, request: Request) -> Any:
         """Queue an export; the job runs on an exporter worker."""
@@ -648,14 +688,14 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
             ),
         )
 
-    view_jobs = [Depends(require(Permission.JOBS_VIEW))]
+    view_jobs = guarded(Permission.JOBS_VIEW)
 
-    @api.get("/jobs", response_model=list[JobView], tags=["jobs"], dependencies=view_jobs)
+    @api.get("/jobs", response_model=list[JobView], tags=["jobs"], openapi_extra=view_jobs)
     async def list_jobs(request: Request) -> Any:
         """Jobs, newest first."""
         return await backend.ask(RpcQueue.EXPORTER_LIST_JOBS, ListJobsRequest(context=ctx(request)))
 
-    @api.get("/jobs/{job_id}", response_model=JobView, tags=["jobs"], dependencies=view_jobs)
+    @api.get("/jobs/{job_id}", response_model=JobView, tags=["jobs"], openapi_extra=view_jobs)
     async def get_job(job_id: str, request: Request) -> Any:
         """One job: status, progress, artifacts with sizes and SHA-256."""
         return await backend.ask(
@@ -665,7 +705,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     @api.post(
         "/jobs/{job_id}/cancel",
         tags=["jobs"],
-        dependencies=[Depends(require(Permission.JOBS_CANCEL))],
+        openapi_extra=guarded(Permission.JOBS_CANCEL),
         responses=NOT_BUILT,
     )
     async def cancel_job(job_id: str) -> None:
@@ -673,13 +713,13 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         raise not_implemented("Job cancellation")
 
     # ---- secrets ---------------------------------------------------------------------------
-    secrets_manage = [Depends(require(Permission.SECRETS_MANAGE))]
+    secrets_manage = guarded(Permission.SECRETS_MANAGE)
 
     @api.get(
         "/secrets",
         response_model=list[SecretMetadata],
         tags=["secrets"],
-        dependencies=secrets_manage,
+        openapi_extra=secrets_manage,
     )
     async def list_secrets(request: Request) -> Any:
         """Secret metadata (never values)."""
@@ -688,7 +728,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     @api.post(
         "/secrets/{path:path}/rotate",
         tags=["secrets"],
-        dependencies=secrets_manage,
+        openapi_extra=secrets_manage,
         responses=NOT_BUILT,
     )
     async def rotate_secret(path: str) -> None:
@@ -699,7 +739,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         "/secrets/{path:path}",
         response_model=SecretMetadata,
         tags=["secrets"],
-        dependencies=secrets_manage,
+        openapi_extra=secrets_manage,
     )
     async def put_secret(path: str, body: SecretBody, request: Request) -> Any:
         """Store a new version of a secret; the answer holds metadata only."""
@@ -708,7 +748,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         )
 
     @api.delete(
-        "/secrets/{path:path}", status_code=204, tags=["secrets"], dependencies=secrets_manage
+        "/secrets/{path:path}", status_code=204, tags=["secrets"], openapi_extra=secrets_manage
     )
     async def delete_secret(path: str, request: Request) -> Response:
         """Delete a secret and its versions."""
@@ -718,13 +758,13 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         return Response(status_code=204)
 
     # ---- audit -----------------------------------------------------------------------------
-    audit_view = [Depends(require(Permission.AUDIT_VIEW))]
+    audit_view = guarded(Permission.AUDIT_VIEW)
 
     @api.get(
         "/audit/events",
         response_model=list[AuditEntryView],
         tags=["audit"],
-        dependencies=audit_view,
+        openapi_extra=audit_view,
     )
     async def audit_events(request: Request, after_sequence: int = 0, limit: int = 100) -> Any:
         """Audit entries in chain order."""
@@ -739,47 +779,59 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
             ),
         )
 
-    @api.get("/audit/verify", response_model=VerifyResult, tags=["audit"], dependencies=audit_view)
+    @api.get("/audit/verify", response_model=VerifyResult, tags=["audit"], openapi_extra=audit_view)
     async def audit_verify(request: Request) -> Any:
         """Recompute the hash chain; name the first entry that does not check out."""
         return await backend.ask(RpcQueue.AUDIT_VERIFY, VerifyRequest(context=ctx(request)))
 
-    @api.get("/audit/export", tags=["audit"], dependencies=audit_view, responses=NOT_BUILT)
+    @api.get("/audit/export", tags=["audit"], openapi_extra=audit_view, responses=NOT_BUILT)
     async def audit_export() -> None:
         """Export the log."""
         raise not_implemented("Audit export")
 
     # ---- system ----------------------------------------------------------------------------
-    system = [Depends(require(Permission.SYSTEM_CONFIGURE))]
+    system = guarded(Permission.SYSTEM_CONFIGURE)
 
-    @api.get("/system/config", tags=["system"], dependencies=system, responses=NOT_BUILT)
+    @api.get("/system/config", tags=["system"], openapi_extra=system, responses=NOT_BUILT)
     async def get_config() -> None:
         """Runtime configuration."""
         raise not_implemented("System configuration")
 
-    @api.put("/system/config", tags=["system"], dependencies=system, responses=NOT_BUILT)
+    @api.put("/system/config", tags=["system"], openapi_extra=system, responses=NOT_BUILT)
     async def put_config() -> None:
         """Change runtime configuration."""
         raise not_implemented("System configuration")
 
-    @api.get("/webhooks", tags=["system"], dependencies=system, responses=NOT_BUILT)
+    @api.get("/webhooks", tags=["system"], openapi_extra=system, responses=NOT_BUILT)
     async def list_webhooks() -> None:
         """Webhooks."""
         raise not_implemented("Webhooks")
 
-    @api.post("/webhooks", tags=["system"], dependencies=system, responses=NOT_BUILT)
+    @api.post("/webhooks", tags=["system"], openapi_extra=system, responses=NOT_BUILT)
     async def create_webhook() -> None:
         """Add a webhook."""
         raise not_implemented("Webhooks")
 
-    @api.delete("/webhooks/{webhook_id}", tags=["system"], dependencies=system, responses=NOT_BUILT)
+    @api.delete(
+        "/webhooks/{webhook_id}", tags=["system"], openapi_extra=system, responses=NOT_BUILT
+    )
     async def delete_webhook(webhook_id: str) -> None:
         """Remove a webhook."""
         raise not_implemented("Webhooks")
 
     if extend is not None:
-        extend(api, require)
-    app.include_router(api)
+        extend(api)
+    # The API's routes go straight into the application's route table: FastAPI's
+    # include_router matches an included route twice per call (decision 0017).
+    app = FastAPI(
+        title="HyperSDK API",
+        version="1.0.0",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        routes=api.routes,
+    )
+    _document_security(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -795,8 +847,20 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
 
     _install_error_handlers(app)
     # The plain route list, for layers that must name a route before routing happens.
-    app.state.route_table = [*api.routes, *(r for r in app.routes if isinstance(r, APIRoute))]
+    app.state.route_table = [r for r in app.routes if isinstance(r, APIRoute)]
     return app
+
+
+def _document_security(app: FastAPI) -> None:
+    """Name the credential schemes that :func:`guarded` routes refer to in the document."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = generate()
+        document.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def session_token(request: Request) -> str:
