@@ -7,22 +7,31 @@ Started by bench/run.py with the platform's environment (``HYPERSDK_GATEWAY_*``)
   authentication (identity, or the credential cache) and authorization for ``jobs:view``
   (policy's grant, or the cache). The difference between the two is the chain's cost.
 - every route of the API, e.g. ``GET /api/v1/jobs`` (which also asks the exporter).
+
+``--without events`` and ``--without access-log`` switch off, for diagnostic rows only, the
+``gateway.request.completed`` event (still built, never sent) and the access log line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 from typing import Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI
 
+from hypersdk_contracts.envelope import CloudEvent, RequestContext, new_event
+from hypersdk_contracts.events import EventData
 from hypersdk_contracts.permissions import Permission
 from hypersdk_gateway.adapters.inbound.http import guarded
 from hypersdk_gateway.config import GatewaySettings
-from hypersdk_gateway.inject import prepare_gateway
+from hypersdk_gateway.inject import SERVICE, prepare_gateway
+from hypersdk_kit.bus import EventPublisher
 from hypersdk_kit.logs import configure_logging
+
+PARTS = ("events", "access-log")
 
 
 def add_bench_route(router: APIRouter) -> None:
@@ -33,16 +42,37 @@ def add_bench_route(router: APIRouter) -> None:
         return []
 
 
-async def serve(port: int) -> None:
+class UnsentEvents(EventPublisher):
+    """Builds each event as the real publisher does, and sends none (``--without events``)."""
+
+    async def publish(
+        self, data: EventData, *, subject: str | None, context: RequestContext | None
+    ) -> CloudEvent:
+        """The envelope, serialized, as if published."""
+        event = new_event(
+            service=SERVICE,
+            routing_key=data.routing_key.value,
+            data=data,
+            subject=subject,
+            context=context,
+        )
+        event.model_dump_json(by_alias=True, exclude_none=True)
+        return event
+
+
+async def serve(port: int, without: set[str]) -> None:
     settings = GatewaySettings()
     configure_logging("gateway", settings.log_level)
+    if "access-log" in without:
+        logging.getLogger("hypersdk_gateway.access").setLevel(logging.WARNING)
     bare = FastAPI()
 
     @bare.get("/bare")
     async def bare_jobs() -> list[dict[str, str]]:
         return []
 
-    async with prepare_gateway(settings, extend=add_bench_route) as (chain, _):
+    events = UnsentEvents() if "events" in without else None
+    async with prepare_gateway(settings, extend=add_bench_route, events=events) as (chain, _):
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] == "http" and scope["path"] == "/bare":
@@ -65,7 +95,9 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="chain_server")
     parser.add_argument("--port", type=int, required=True)
-    asyncio.run(serve(parser.parse_args().port))
+    parser.add_argument("--without", action="append", choices=PARTS, default=[])
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, set(args.without)))
 
 
 if __name__ == "__main__":

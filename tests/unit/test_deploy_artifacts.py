@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from hypersdk_gateway.adapters.inbound.revocations import QUEUE_PREFIX, REVOKING_EVENTS
+from hypersdk_gateway.config import GatewaySettings
 from hypersdk_kit.bus import durable_queue
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,6 +191,8 @@ def test_schema_validation_catches_an_invalid_manifest() -> None:
         ({"podSecurityContext": {"runAsNonRoot": False}}, "runAsNonRoot"),
         ({"services": {"identity": {"existingSecret": ""}}}, "existingSecret"),
         ({"services": {"gatway": {}}}, "gatway"),
+        ({"services": {"gateway": {"credentialCacheSeconds": 60}}}, "credentialCacheSeconds"),
+        ({"services": {"gateway": {"maxPendingEvents": 0}}}, "maxPendingEvents"),
         (
             {"services": {"policy": {"extraEnv": [{"name": "DB_PASSWORD", "value": "x"}]}}},
             "extraEnv",
@@ -1030,6 +1033,8 @@ def test_gateway_tls_mtls_cors_and_limits_values(client_cert_required: bool) -> 
                         "trustedProxies": ["10.0.0.0/8"],
                         "rateLimits": {"/api/v1/exports": 60},
                         "bodyLimits": {"/api/v1/exports": 20000000},
+                        "credentialCacheSeconds": 0,
+                        "maxPendingEvents": 250,
                     }
                 }
             }
@@ -1049,6 +1054,16 @@ def test_gateway_tls_mtls_cors_and_limits_values(client_cert_required: bool) -> 
     assert json.loads(env["HYPERSDK_GATEWAY_TRUSTED_PROXIES"]) == ["10.0.0.0/8"]
     assert json.loads(env["HYPERSDK_GATEWAY_RATE_LIMITS"]) == {"/api/v1/exports": 60}
     assert json.loads(env["HYPERSDK_GATEWAY_BODY_LIMITS"]) == {"/api/v1/exports": 20000000}
+    assert env["HYPERSDK_GATEWAY_CREDENTIAL_CACHE_SECONDS"] == "0"
+    assert env["HYPERSDK_GATEWAY_MAX_PENDING_EVENTS"] == "250"
+    settings = GatewaySettings.model_validate(
+        {
+            "amqp_url": "amqp://unused",
+            "credential_cache_seconds": env["HYPERSDK_GATEWAY_CREDENTIAL_CACHE_SECONDS"],
+            "max_pending_events": env["HYPERSDK_GATEWAY_MAX_PENDING_EVENTS"],
+        }
+    )
+    assert (settings.credential_cache_seconds, settings.max_pending_events) == (0, 250)
     (volume,) = [v for v in spec["volumes"] if v["name"] == "gateway-tls"]
     assert volume["secret"]["secretName"] == "gateway-tls"
     assert {i["path"] for i in volume["secret"]["items"]} == {

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from hypersdk_contracts.envelope import CloudEvent, RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
+from hypersdk_contracts.events import EventData
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.rpc import (
     AuthenticateRequest,
@@ -233,7 +234,11 @@ async def _ready() -> bool:
 async def make_gateway() -> AsyncIterator[GatewayFactory]:
     clients: list[httpx.AsyncClient] = []
 
-    async def make(cache_clock: Callable[[], float] | None = None, **overrides: Any) -> Gateway:
+    async def make(
+        cache_clock: Callable[[], float] | None = None,
+        events: InMemoryEventPublisher | None = None,
+        **overrides: Any,
+    ) -> Gateway:
         settings = GatewaySettings(amqp_url="amqp://unused", **overrides)
         identity_events = InMemoryEventPublisher(service="identity")
         policy_events = InMemoryEventPublisher(service="policy")
@@ -254,7 +259,7 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         identity_events.events.clear()
         policy_events.events.clear()
         backend = InMemoryBackend(identity=identity, policy=policy)
-        events = InMemoryEventPublisher(service="gateway")
+        events = events or InMemoryEventPublisher(service="gateway")
         cache = CredentialCache(ttl_seconds=10, **({"clock": cache_clock} if cache_clock else {}))
         cache.resume()
         chain = build_chain(settings, backend=backend, events=events, ready=_ready, cache=cache)
@@ -826,6 +831,101 @@ async def test_an_admin_passes_authorization_on_an_unbuilt_route_a_viewer_does_n
     assert_envelope(as_viewer, 403, "forbidden")
     (denied,) = gateway.policy_events.events
     assert denied.data["resource"] == "POST /api/v1/jobs/{job_id}/cancel"
+
+
+# ---- events the broker has not confirmed yet ---------------------------------------------------
+
+
+class HeldEvents(InMemoryEventPublisher):
+    """Records each event only once the test lets the "broker" confirm it."""
+
+    def __init__(self) -> None:
+        super().__init__(service="gateway")
+        self.confirm = asyncio.Event()
+        self.confirm.set()
+
+    async def publish(
+        self, data: EventData, *, subject: str | None, context: RequestContext | None
+    ) -> CloudEvent:
+        await self.confirm.wait()
+        return await super().publish(data, subject=subject, context=context)
+
+
+async def test_a_call_waits_while_too_many_events_are_unconfirmed(
+    make_gateway: GatewayFactory,
+) -> None:
+    events = HeldEvents()
+    gateway = await make_gateway(events=events, max_pending_events=2)
+    token = await gateway.login("alice")
+    events.confirm.clear()
+
+    held = [asyncio.create_task(gateway.client.get("/api/v1/vms", headers=bearer(token)))]
+    held.append(asyncio.create_task(gateway.client.get("/api/v1/vms", headers=bearer(token))))
+    await asyncio.sleep(0.05)
+    waiting = asyncio.create_task(gateway.client.get("/api/v1/vms", headers=bearer(token)))
+    await asyncio.sleep(0.1)
+
+    try:
+        assert asked(gateway, RpcQueue.EXPORTER_LIST_VMS) == 2  # the third has not started
+        assert not waiting.done()
+    finally:
+        events.confirm.set()
+    responses = await asyncio.gather(*held, waiting)
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert asked(gateway, RpcQueue.EXPORTER_LIST_VMS) == 3
+    assert [e.data["route"] for e in gateway.completed()][-3:] == ["/api/v1/vms"] * 3
+
+
+async def test_a_call_that_waits_too_long_for_the_audit_trail_gets_503(
+    make_gateway: GatewayFactory,
+) -> None:
+    events = HeldEvents()
+    gateway = await make_gateway(
+        events=events, max_pending_events=1, pending_event_wait_seconds=0.1
+    )
+    token = await gateway.login("alice")
+    events.confirm.clear()
+
+    held = asyncio.create_task(gateway.client.get("/api/v1/vms", headers=bearer(token)))
+    await asyncio.sleep(0.05)
+    try:
+        refused = await asyncio.wait_for(
+            gateway.client.get(
+                "/api/v1/vms", headers={**bearer(token), "X-Request-ID": "refused-call-1"}
+            ),
+            timeout=5,
+        )
+        assert asked(gateway, RpcQueue.EXPORTER_LIST_VMS) == 1
+    finally:
+        events.confirm.set()
+
+    error = assert_envelope(refused, 503, "upstream_unavailable")
+    assert error["request_id"] == "refused-call-1"
+    assert refused.headers["retry-after"] == "1"
+    assert refused.headers["x-content-type-options"] == "nosniff"
+    assert refused.headers["cache-control"] == "no-store"
+    assert (await held).status_code == 200
+    after = await gateway.client.get("/api/v1/vms", headers=bearer(token))
+    assert after.status_code == 200
+    assert [e.data["status"] for e in gateway.completed()][-2:] == [200, 200]
+
+
+async def test_health_probes_never_wait_for_the_audit_trail(make_gateway: GatewayFactory) -> None:
+    events = HeldEvents()
+    gateway = await make_gateway(
+        events=events, max_pending_events=1, pending_event_wait_seconds=0.1
+    )
+    token = await gateway.login("alice")
+    events.confirm.clear()
+    held = asyncio.create_task(gateway.client.get("/api/v1/vms", headers=bearer(token)))
+    await asyncio.sleep(0.05)
+
+    try:
+        probe = await asyncio.wait_for(gateway.client.get("/healthz"), timeout=5)
+        assert probe.status_code == 200
+    finally:
+        events.confirm.set()
+    assert (await held).status_code == 200
 
 
 # ---- rate limiting ---------------------------------------------------------------------------

@@ -153,6 +153,10 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 - name: HYPERSDK_GATEWAY_BODY_LIMITS
   value: {{ toJson . | quote }}
 {{- end }}
+- name: HYPERSDK_GATEWAY_CREDENTIAL_CACHE_SECONDS
+  value: {{ $svc.credentialCacheSeconds | toString | quote }}
+- name: HYPERSDK_GATEWAY_MAX_PENDING_EVENTS
+  value: {{ $svc.maxPendingEvents | toString | quote }}
 {{- else }}
 - name: {{ $prefix }}HEALTH_HOST
   value: "0.0.0.0"

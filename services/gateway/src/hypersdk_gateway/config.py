@@ -57,6 +57,19 @@ class GatewaySettings(ServiceSettings):
         "Any revocation event empties the cache at once; the bound keeps identity's view of "
         "session activity fresh and stays under the 60 s life of assertions and grants.",
     )
+    max_pending_events: int = Field(
+        default=1000,
+        ge=1,
+        description="Most API calls in progress whose gateway.request.completed event the "
+        "broker has not confirmed yet; further calls wait for one to finish.",
+    )
+    pending_event_wait_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="How long a call waits for room among the pending events before it is "
+        "refused with 503 (the audit trail is not keeping up).",
+    )
     credential_cache_entries: int = Field(
         default=10_000, ge=1, description="Most credentials cached at once (oldest dropped)."
     )

@@ -63,14 +63,26 @@ def build_chain(
         app, origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials
     )
     app = RequestIdLayer(app, trusted_proxies=settings.trusted_proxies)
-    return LoggingLayer(app, events=events, routes=api.state.route_table)
+    return LoggingLayer(
+        app,
+        events=events,
+        routes=api.state.route_table,
+        max_pending_events=settings.max_pending_events,
+        pending_event_wait_seconds=settings.pending_event_wait_seconds,
+    )
 
 
 @asynccontextmanager
 async def prepare_gateway(
-    settings: GatewaySettings, *, extend: ExtendApi | None = None
+    settings: GatewaySettings,
+    *,
+    extend: ExtendApi | None = None,
+    events: EventPublisher | None = None,
 ) -> AsyncIterator[tuple[ASGIApp, RabbitBroker]]:
-    """The gateway wired to the bus; the broker is started here and stopped on exit."""
+    """The gateway wired to the bus; the broker is started here and stopped on exit.
+
+    ``events`` replaces the publisher of events (the benchmark measures the chain without them).
+    """
     broker = build_broker(
         settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
     )
@@ -90,7 +102,8 @@ async def prepare_gateway(
         app = build_chain(
             settings,
             backend=RabbitBackend(RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)),
-            events=RabbitEventPublisher(
+            events=events
+            or RabbitEventPublisher(
                 broker, service=SERVICE, declare_topology=settings.declare_topology
             ),
             ready=ready,

@@ -94,14 +94,28 @@ class LoggingLayer:
     """One structured line per request, and a ``gateway.request.completed`` event per API call.
 
     Never logs headers, bodies, tokens or keys; the path is logged as its route template.
+
+    At most ``max_pending_events`` API calls are in progress with their events not yet
+    confirmed by the broker: a call that finds none free waits for one before anything else
+    happens, and after ``pending_event_wait_seconds`` gets 503 (the audit trail is not keeping
+    up), so a gateway faster than its audit pipeline slows down instead of holding events in
+    memory without bound.
     """
 
     def __init__(
-        self, app: ASGIApp, *, events: EventPublisher, routes: Sequence[BaseRoute] = ()
+        self,
+        app: ASGIApp,
+        *,
+        events: EventPublisher,
+        routes: Sequence[BaseRoute] = (),
+        max_pending_events: int = 1000,
+        pending_event_wait_seconds: float = 5.0,
     ) -> None:
         self.app = app
         self.events = events
         self.routes = routes
+        self.pending_event_wait_seconds = pending_event_wait_seconds
+        self._event_slots = asyncio.Semaphore(max_pending_events)
 
     def route_template(self, scope: Scope) -> str:
         """The route template of the request, even when a layer answered before routing.
@@ -124,6 +138,11 @@ class LoggingLayer:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        audited = scope["path"].startswith(API_PREFIX)
+        if audited and not await self._event_slot():
+            await self._refuse_unaudited(scope, send)
+            await self._record(scope, 503, (time.perf_counter() - started) * 1000, audited=False)
+            return
         status = 500
 
         async def watch(message: Message) -> None:
@@ -135,9 +154,43 @@ class LoggingLayer:
         try:
             await self.app(scope, receive, watch)
         finally:
-            await self._record(scope, status, (time.perf_counter() - started) * 1000)
+            try:
+                duration_ms = (time.perf_counter() - started) * 1000
+                await self._record(scope, status, duration_ms, audited=audited)
+            finally:
+                if audited:
+                    self._event_slots.release()
 
-    async def _record(self, scope: Scope, status: int, duration_ms: float) -> None:
+    async def _event_slot(self) -> bool:
+        if not self._event_slots.locked():
+            await self._event_slots.acquire()  # free: returns at once
+            return True
+        try:
+            async with asyncio.timeout(self.pending_event_wait_seconds):
+                await self._event_slots.acquire()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _refuse_unaudited(self, scope: Scope, send: Send) -> None:
+        """503 before any other layer ran: with the request ID and security headers they'd add."""
+        request_id = accept_request_id(header(scope, b"x-request-id"))
+        state(scope)["request_id"] = request_id
+        await send_error(
+            send,
+            code=ErrorCode.UPSTREAM_UNAVAILABLE,
+            request_id=request_id,
+            message="The audit trail is not keeping up; retry later.",
+            headers=[
+                *security_headers(scope),
+                (b"x-request-id", request_id.encode()),
+                (b"retry-after", b"1"),
+            ],
+        )
+
+    async def _record(
+        self, scope: Scope, status: int, duration_ms: float, *, audited: bool
+    ) -> None:
         route = self.route_template(scope)
         ctx = context_of(scope)
         logger.info(
@@ -152,7 +205,7 @@ class LoggingLayer:
                 "client": ctx.source_ip,
             },
         )
-        if not scope["path"].startswith(API_PREFIX):
+        if not audited:
             return
         try:
             await self.events.publish(
