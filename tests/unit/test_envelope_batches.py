@@ -12,34 +12,57 @@ from hypersdk_contracts.events import UserCreated
 from hypersdk_kit.bus import EnvelopeBatcher, PoisonMessageError
 
 
+class FakeChannel:
+    """Settles deliveries as RabbitMQ does: each once, ``multiple`` acks included."""
+
+    def __init__(self) -> None:
+        self.unsettled: list[FakeDelivery] = []
+        self.frames = 0
+
+    def delivery(self, username: str, *, deliveries: int = 0) -> FakeDelivery:
+        event = new_event(
+            service="identity",
+            routing_key="identity.user.created",
+            data=UserCreated(username=username),
+            subject=f"user/{username}",
+            context=RequestContext(actor="root"),
+        )
+        body = event.model_dump_json(by_alias=True, exclude_none=True).encode()
+        return self.deliver(FakeDelivery(self, body, deliveries=deliveries))
+
+    def deliver(self, delivery: FakeDelivery) -> FakeDelivery:
+        self.unsettled.append(delivery)
+        return delivery
+
+    def settle(self, delivery: FakeDelivery, how: str, *, multiple: bool = False) -> None:
+        self.frames += 1
+        if delivery not in self.unsettled:  # RabbitMQ closes the channel: unknown delivery tag
+            raise AssertionError(f"{delivery.body[:40]!r} was settled twice")
+        upto = self.unsettled.index(delivery) + 1 if multiple else None
+        covered = self.unsettled[:upto] if multiple else [delivery]
+        for item in covered:
+            item.settled = how
+            self.unsettled.remove(item)
+
+
 class FakeDelivery:
     """A delivered message that remembers how it was settled."""
 
-    def __init__(self, body: bytes, *, deliveries: int = 0) -> None:
+    def __init__(self, channel: FakeChannel, body: bytes, *, deliveries: int = 0) -> None:
+        self.channel = channel
         self.body = body
         self.message_id: str | None = None
         self.headers: Any = {"x-delivery-count": deliveries}
         self.settled: str | None = None
 
-    async def ack(self) -> None:
-        self.settled = "ack"
+    async def ack(self, multiple: bool = False) -> None:
+        self.channel.settle(self, "ack", multiple=multiple)
 
     async def nack(self, *, requeue: bool = True) -> None:
-        self.settled = "requeue" if requeue else "nack"
+        self.channel.settle(self, "requeue" if requeue else "nack")
 
     async def reject(self, *, requeue: bool = False) -> None:
-        self.settled = "dead-letter"
-
-
-def delivery(username: str) -> FakeDelivery:
-    event = new_event(
-        service="identity",
-        routing_key="identity.user.created",
-        data=UserCreated(username=username),
-        subject=f"user/{username}",
-        context=RequestContext(actor="root"),
-    )
-    return FakeDelivery(event.model_dump_json(by_alias=True, exclude_none=True).encode())
+        self.channel.settle(self, "dead-letter")
 
 
 class Recorder:
@@ -76,7 +99,8 @@ class Recorder:
 async def test_a_full_batch_is_handled_at_once_in_delivery_order_then_acked() -> None:
     recorder = Recorder()
     batcher = EnvelopeBatcher(recorder, max_batch=3, max_wait_seconds=60)
-    deliveries = [delivery(name) for name in ("a", "b", "c")]
+    channel = FakeChannel()
+    deliveries = [channel.delivery(name) for name in ("a", "b", "c")]
 
     for item in deliveries:
         await batcher.add(item)
@@ -84,12 +108,13 @@ async def test_a_full_batch_is_handled_at_once_in_delivery_order_then_acked() ->
 
     assert recorder.batches == [["a", "b", "c"]]
     assert [item.settled for item in deliveries] == ["ack"] * 3
+    assert channel.frames == 1  # one multiple ack for the batch
 
 
 async def test_a_short_batch_waits_at_most_the_wait() -> None:
     recorder = Recorder()
     batcher = EnvelopeBatcher(recorder, max_batch=100, max_wait_seconds=0.05)
-    lone = delivery("a")
+    lone = FakeChannel().delivery("a")
 
     await batcher.add(lone)
     assert recorder.batches == []
@@ -103,23 +128,28 @@ async def test_nothing_is_acked_before_its_batch_is_handled() -> None:
     recorder = Recorder()
     recorder.release.clear()
     batcher = EnvelopeBatcher(recorder, max_batch=2, max_wait_seconds=60)
-    deliveries = [delivery("a"), delivery("b")]
-    for item in deliveries:
+    channel = FakeChannel()
+    deliveries = [channel.delivery("a"), channel.delivery("b"), channel.delivery("c")]
+    for item in deliveries[:2]:
         await batcher.add(item)
+    await asyncio.sleep(0.01)  # the batch of a and b is being handled
+    await batcher.add(deliveries[2])
     await asyncio.sleep(0.01)
-    assert [item.settled for item in deliveries] == [None, None]
+    assert [item.settled for item in deliveries] == [None, None, None]
 
     recorder.release.set()
     await asyncio.sleep(0.01)
 
-    assert [item.settled for item in deliveries] == ["ack", "ack"]
+    # "c" came while the first batch was being handled: its ack did not cover it.
+    assert [item.settled for item in deliveries] == ["ack", "ack", None]
 
 
 async def test_a_message_that_is_no_envelope_is_dead_lettered_alone() -> None:
     recorder = Recorder()
     batcher = EnvelopeBatcher(recorder, max_batch=2, max_wait_seconds=60)
-    garbage = FakeDelivery(b"not json")
-    good = [delivery("a"), delivery("b")]
+    channel = FakeChannel()
+    garbage = channel.deliver(FakeDelivery(channel, b"not json"))
+    good = [channel.delivery("a"), channel.delivery("b")]
 
     await batcher.add(garbage)
     for item in good:
@@ -128,13 +158,15 @@ async def test_a_message_that_is_no_envelope_is_dead_lettered_alone() -> None:
 
     assert garbage.settled == "dead-letter"
     assert recorder.batches == [["a", "b"]]
+    assert [item.settled for item in good] == ["ack", "ack"]
 
 
 async def test_only_the_poison_event_of_a_batch_is_dead_lettered() -> None:
     recorder = Recorder()
     recorder.poison = {"b"}
     batcher = EnvelopeBatcher(recorder, max_batch=3, max_wait_seconds=60)
-    deliveries = [delivery(name) for name in ("a", "b", "c")]
+    channel = FakeChannel()
+    deliveries = [channel.delivery(name) for name in ("a", "b", "c")]
 
     for item in deliveries:
         await batcher.add(item)
@@ -148,7 +180,8 @@ async def test_a_failed_batch_is_requeued_whole_after_a_backoff() -> None:
     recorder = Recorder()
     recorder.down = True
     batcher = EnvelopeBatcher(recorder, max_batch=2, max_wait_seconds=60)
-    deliveries = [delivery("a"), delivery("b")]
+    channel = FakeChannel()
+    deliveries = [channel.delivery("a"), channel.delivery("b")]
 
     for item in deliveries:
         await batcher.add(item)
@@ -166,9 +199,10 @@ async def test_batches_are_handled_one_at_a_time(size: int) -> None:
     recorder.release.clear()
     batcher = EnvelopeBatcher(recorder, max_batch=size, max_wait_seconds=0.01)
     names = [f"u{index}" for index in range(3 * size)]
+    channel = FakeChannel()
 
     for name in names:
-        await batcher.add(delivery(name))
+        await batcher.add(channel.delivery(name))
         await asyncio.sleep(0.005)  # a batch may start meanwhile
     recorder.release.set()
     await asyncio.sleep(0.1)
@@ -176,24 +210,30 @@ async def test_batches_are_handled_one_at_a_time(size: int) -> None:
     handled = [name for batch in recorder.batches for name in batch]
     assert handled == names
     assert recorder.most_active == 1
+    assert channel.unsettled == []
 
 
 class LostChannelDelivery(FakeDelivery):
     """A delivery whose channel closed before it could be settled."""
 
-    async def ack(self) -> None:
+    async def ack(self, multiple: bool = False) -> None:
         raise ConnectionError("channel closed")
 
 
-async def test_a_delivery_that_cannot_be_acked_does_not_stop_the_others() -> None:
+async def test_an_ack_that_cannot_be_sent_does_not_stop_the_next_batch() -> None:
     recorder = Recorder()
-    batcher = EnvelopeBatcher(recorder, max_batch=3, max_wait_seconds=60)
-    lost = LostChannelDelivery(delivery("a").body)
-    deliveries = [lost, delivery("b"), delivery("c")]
+    batcher = EnvelopeBatcher(recorder, max_batch=2, max_wait_seconds=60)
+    lost, restored = FakeChannel(), FakeChannel()  # the connection dropped, then came back
+    a = lost.delivery("a")
+    b = lost.deliver(LostChannelDelivery(lost, FakeChannel().delivery("b").body))
+    second = [restored.delivery("c"), restored.delivery("d")]
 
-    for item in deliveries:
-        await batcher.add(item)
-    await asyncio.sleep(0.01)
+    for batch in ([a, b], second):
+        for item in batch:
+            await batcher.add(item)
+        await asyncio.sleep(0.01)
 
-    assert recorder.batches == [["a", "b", "c"]]
-    assert [item.settled for item in deliveries] == [None, "ack", "ack"]
+    # RabbitMQ redelivers a and b on the new channel; recording them again is a no-op.
+    assert recorder.batches == [["a", "b"], ["c", "d"]]
+    assert [a.settled, b.settled] == [None, None]
+    assert [item.settled for item in second] == ["ack", "ack"]

@@ -347,7 +347,7 @@ def current_message(broker: RabbitBroker) -> RabbitMessage:
 
 
 class Delivery(Protocol):
-    """What a batch consumer needs of a delivered message (FastStream's RabbitMessage is one)."""
+    """What a batch consumer needs of a delivered message (aio-pika's incoming message is one)."""
 
     @property
     def body(self) -> bytes:
@@ -361,8 +361,8 @@ class Delivery(Protocol):
     def headers(self) -> Any:
         """The AMQP headers (``x-delivery-count`` on quorum queues)."""
 
-    async def ack(self) -> None:
-        """Done with: remove it from the queue."""
+    async def ack(self, multiple: bool = False) -> None:
+        """Done with: remove it (``multiple``: and every unsettled earlier one) from the queue."""
 
     async def nack(self, *, requeue: bool = True) -> None:
         """Not done: put it back (or dead-letter it)."""
@@ -447,8 +447,11 @@ class EnvelopeBatcher:
             for delivery, _ in batch:
                 await _settle(delivery.nack(requeue=True))
             return
-        for delivery, _ in batch:
-            await _settle(delivery.ack())
+        # One frame for the whole batch: deliveries reach the batcher in the channel's order,
+        # batches are handled one at a time, and everything earlier was settled before, so
+        # the last delivery's tag covers exactly this batch.
+        last, _ = batch[-1]
+        await _settle(last.ack(multiple=len(batch) > 1))
 
 
 async def _settle(action: Awaitable[None]) -> None:
@@ -459,32 +462,60 @@ async def _settle(action: Awaitable[None]) -> None:
         logger.warning("could not settle a delivery; RabbitMQ will redeliver it", exc_info=True)
 
 
-def subscribe_envelope_batches(
-    broker: RabbitBroker,
-    queue: RabbitQueue,
-    handle_batch: Callable[[list[CloudEvent]], Awaitable[None]],
-    *,
-    exchange: RabbitExchange | None = None,
-    prefetch: int,
-    max_batch: int,
-    max_wait_seconds: float,
-) -> EnvelopeBatcher:
-    """Register ``handle_batch`` on ``queue`` through an :class:`EnvelopeBatcher`.
+class BatchConsumer:
+    """Consumes a queue through an :class:`EnvelopeBatcher`, on a channel of its own.
 
-    ``prefetch`` bounds how many envelopes are unacknowledged at once, so also a batch.
+    Not through a FastStream subscriber: FastStream's per-message path (decoding, dependency
+    injection, its middlewares, one ack frame per message) took about 40 % of the audit
+    service's CPU per event. Deliveries are taken one at a time in the channel's order, and
+    the channel is this consumer's alone, so a stored batch is settled with one ``multiple``
+    ack. ``prefetch`` bounds how many envelopes are unacknowledged at once, so also a batch.
+    aio-pika's robust channel restores the consumer after a reconnection.
     """
-    batcher = EnvelopeBatcher(handle_batch, max_batch=max_batch, max_wait_seconds=max_wait_seconds)
 
-    async def consume() -> None:
-        await batcher.add(current_message(broker))
+    def __init__(
+        self,
+        broker: RabbitBroker,
+        queue: RabbitQueue,
+        handle_batch: Callable[[list[CloudEvent]], Awaitable[None]],
+        *,
+        exchange: RabbitExchange,
+        prefetch: int,
+        max_batch: int,
+        max_wait_seconds: float,
+    ) -> None:
+        self._broker = broker
+        self._queue = queue
+        self._exchange = exchange
+        self._prefetch = prefetch
+        self.batcher = EnvelopeBatcher(
+            handle_batch, max_batch=max_batch, max_wait_seconds=max_wait_seconds
+        )
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._taking: asyncio.Lock = asyncio.Lock()
 
-    broker.subscriber(
-        queue,
-        exchange,
-        ack_policy=AckPolicy.MANUAL,
-        channel=Channel(prefetch_count=prefetch),
-    )(consume)
-    return batcher
+    async def start(self) -> None:
+        """Declare (or check) the exchange, the queue and its binding; then consume."""
+        await self._broker.declare_exchange(self._exchange)
+        declared = await self._broker.declare_queue(self._queue)
+        await declared.bind(self._exchange.name, routing_key=self._queue.routing())
+        channel = await broker_connection(self._broker).channel()
+        await channel.set_qos(prefetch_count=self._prefetch)
+        queue = await channel.get_queue(self._queue.name, ensure=False)
+        await queue.consume(self._take)
+        self._channel = channel
+
+    async def _take(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        # aio-pika runs a callback per delivery as it arrives; the lock keeps them in order.
+        async with self._taking:
+            await self.batcher.add(message)
+
+    async def stop(self) -> None:
+        """Stop consuming: close the channel (what is not acked yet goes back to the queue)."""
+        if self._channel is None or self._channel.is_closed:
+            return
+        await self._channel.close()
+        self._channel = None
 
 
 # ---- request/reply ----------------------------------------------------------------------------

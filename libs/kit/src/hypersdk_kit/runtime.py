@@ -7,13 +7,24 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from faststream.rabbit import RabbitBroker
 
 logger = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+class Component(Protocol):
+    """Something on the broker's connection that starts after the broker and stops before it."""
+
+    async def start(self) -> None:
+        """Start (the broker is connected)."""
+
+    async def stop(self) -> None:
+        """Stop (the broker is still connected)."""
 
 
 def restrict_file_modes() -> None:
@@ -70,13 +81,19 @@ async def serve_until_stopped(
     health_host: str,
     health_port: int,
     ready: ReadinessCheck | None = None,
+    components: Sequence[Component] = (),
 ) -> None:
-    """Start ``broker``'s subscribers and run until SIGTERM or SIGINT, then stop cleanly."""
+    """Start ``broker``'s subscribers, then ``components``; run until SIGTERM or SIGINT.
+
+    Stops in the reverse order: the components, then the broker.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await broker.start()
+    for component in components:
+        await component.start()
     server = await start_health_server(
         host=health_host, port=health_port, ready=ready or broker_ready(broker)
     )
@@ -89,4 +106,7 @@ async def serve_until_stopped(
             server.close()
             with contextlib.suppress(Exception):
                 await server.wait_closed()
+        for component in reversed(components):
+            with contextlib.suppress(Exception):
+                await component.stop()
         await broker.stop()

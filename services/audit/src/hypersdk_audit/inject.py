@@ -12,7 +12,7 @@ from hypersdk_audit.adapters.outbound.postgres import PostgresAuditLog
 from hypersdk_audit.config import AuditSettings
 from hypersdk_audit.core.service import AuditService
 from hypersdk_contracts.events import AuditRequestRejected
-from hypersdk_kit.bus import RabbitEventPublisher, build_broker
+from hypersdk_kit.bus import BatchConsumer, RabbitEventPublisher, build_broker
 from hypersdk_kit.database import create_pool
 from hypersdk_kit.guard import RequestGuard
 from hypersdk_kit.trust import AssertionVerifier, load_public_key
@@ -23,8 +23,8 @@ SERVICE = "audit"
 @asynccontextmanager
 async def prepare_audit(
     settings: AuditSettings,
-) -> AsyncIterator[tuple[AuditService, RabbitBroker]]:
-    """The audit use cases wired to PostgreSQL and the bus (broker not started yet)."""
+) -> AsyncIterator[tuple[AuditService, RabbitBroker, BatchConsumer]]:
+    """The audit use cases wired to PostgreSQL and the bus (broker and consumer not started)."""
     broker = build_broker(
         settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
     )
@@ -42,7 +42,7 @@ async def prepare_audit(
                 load_public_key(settings.policy_public_key_file), issuer="policy"
             ),
         )
-        register_consumers(
+        events = register_consumers(
             broker,
             audit,
             prefetch=settings.prefetch,
@@ -51,6 +51,6 @@ async def prepare_audit(
             guard=guard,
             declare_topology=settings.declare_topology,
         )
-        yield audit, broker
+        yield audit, broker, events
     finally:
         await pool.close()

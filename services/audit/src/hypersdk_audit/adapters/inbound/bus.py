@@ -17,10 +17,10 @@ from hypersdk_contracts.rpc import (
 )
 from hypersdk_kit.bus import (
     Authorizer,
+    BatchConsumer,
     durable_queue,
     events_exchange,
     serve_rpc,
-    subscribe_envelope_batches,
 )
 
 AUDIT_VIEW = frozenset({Permission.AUDIT_VIEW.value})
@@ -35,16 +35,17 @@ def register_consumers(
     batch_wait_seconds: float,
     guard: Authorizer,
     declare_topology: bool = True,
-) -> None:
+) -> BatchConsumer:
     """Record every event of the events exchange; answer verify and list requests.
 
-    Events are recorded in batches (one transaction each), acked once their batch is stored.
+    Events are recorded in batches (one transaction each), acked once their batch is stored,
+    by the returned consumer: start it once the broker is started.
     """
 
     async def record(events: list[CloudEvent]) -> None:
         await audit.record_batch(events)
 
-    subscribe_envelope_batches(
+    events = BatchConsumer(
         broker,
         durable_queue(AUDIT_EVENTS_QUEUE, routing_key="#"),
         record,
@@ -83,6 +84,7 @@ def register_consumers(
         permissions=AUDIT_VIEW,
         authorizer=guard,
     )
+    return events
 
 
 def _view(entry: ChainedEntry) -> AuditEntryView:
