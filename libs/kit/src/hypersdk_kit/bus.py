@@ -501,7 +501,9 @@ class BatchConsumer:
         await declared.bind(self._exchange.name, routing_key=self._queue.routing())
         channel = await broker_connection(self._broker).channel()
         await channel.set_qos(prefetch_count=self._prefetch)
-        queue = await channel.get_queue(self._queue.name, ensure=False)
+        # Checked (passively declared) on this channel, so that aio-pika restores the consumer
+        # with the channel after a reconnection.
+        queue = await channel.get_queue(self._queue.name)
         await queue.consume(self._take)
         self._channel = channel
 
