@@ -33,6 +33,8 @@ from pathlib import Path
 from hypersdk_kit.trust import generate_key_pair
 
 SERVICES = ("identity", "policy", "secrets", "exporter", "audit", "gateway")
+HEALTH_PORTS = len(SERVICES)
+"""Each service's health port is the stack's base port plus its index in SERVICES."""
 MIGRATED = ("identity", "policy", "exporter", "audit")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -273,11 +275,38 @@ def supervise(config: StackConfig) -> None:
 # ---- isolated stacks (tests, benchmarks) ---------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes local ports of outgoing connections from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(count: int = 1) -> int:
+    """The first of ``count`` consecutive TCP ports that can be bound on 127.0.0.1 now.
+
+    Taken below the ephemeral range: a port the kernel hands out for ``bind(0)`` is also one it
+    gives outgoing connections (to RabbitMQ, PostgreSQL) as their local port, so such a port
+    could be taken by a client socket before the service that was to listen on it starts.
+    """
+    ephemeral_low, _ = _ephemeral_ports()
+    low = 10000
+    for _ in range(500):
+        base = low + secrets.randbelow(max(1, ephemeral_low - low - count))
+        if all(_bindable(base + offset) for offset in range(count)):
+            return base
+    raise RuntimeError(f"no {count} free consecutive ports below {ephemeral_low}")
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -316,12 +345,9 @@ def isolated(
             amqp_vhost=vhost,
             gateway_port=free_port(),
             vault_port=free_port(),
-            health_base_port=free_port(),
+            health_base_port=free_port(count=HEALTH_PORTS),
             extra_env=dict(extra_env or {}),
         )
-        # Health ports are base..base+5: the whole range must be free.
-        while not all(not _port_open("127.0.0.1", config.health_base_port + i) for i in range(6)):
-            config.health_base_port = free_port()
         try:
             yield config
         finally:

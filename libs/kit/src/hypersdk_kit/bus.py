@@ -633,7 +633,9 @@ class RpcClient:
             if self._channel is None or self._channel.is_closed:
                 connection = broker_connection(self._broker)
                 channel = await connection.channel(publisher_confirms=True)
-                replies = await channel.get_queue(DIRECT_REPLY_TO, ensure=False)
+                # Checked (passively declared) on the channel, so that aio-pika consumes it
+                # again when it restores the channel after a reconnection.
+                replies = await channel.get_queue(DIRECT_REPLY_TO)
                 await replies.consume(self._on_reply, no_ack=True)
                 self._channel = channel
         return self._channel
