@@ -58,7 +58,7 @@ class GatewaySettings(ServiceSettings):
         "session activity fresh and stays under the 60 s life of assertions and grants.",
     )
     max_pending_events: int = Field(
-        default=1000,
+        default=256,
         ge=1,
         description="Most API calls in progress whose gateway.request.completed event the "
         "broker has not confirmed yet; further calls wait for one to finish.",

@@ -108,7 +108,7 @@ class LoggingLayer:
         *,
         events: EventPublisher,
         routes: Sequence[BaseRoute] = (),
-        max_pending_events: int = 1000,
+        max_pending_events: int = 256,
         pending_event_wait_seconds: float = 5.0,
     ) -> None:
         self.app = app
