@@ -72,11 +72,16 @@ class Api:
         status, verdict, _ = self.call("GET", "/api/v1/audit/verify", token=token)
         assert status == 200, verdict
         after = max(0, int(verdict["entries"]) - last)
-        status, entries, _ = self.call(
-            "GET", f"/api/v1/audit/events?after_sequence={after}&limit=1000", token=token
-        )
-        assert status == 200, entries
-        return list(entries)
+        entries: list[dict[str, Any]] = []
+        while True:  # pages of at most 1000
+            status, page, _ = self.call(
+                "GET", f"/api/v1/audit/events?after_sequence={after}&limit=1000", token=token
+            )
+            assert status == 200, page
+            entries += page
+            if len(page) < 1000:
+                return entries
+            after = int(page[-1]["sequence"])
 
     def login(self, username: str, password: str) -> str:
         status, body, _ = self.call(
