@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from hypersdk_contracts.envelope import CloudEvent, RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
@@ -46,7 +47,6 @@ from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_gateway.core.limits import TokenBuckets
 from hypersdk_gateway.core.requests import client_address
 from hypersdk_gateway.inject import build_chain
-from hypersdk_gateway.ports.outbound import Backend
 from hypersdk_identity.adapters.outbound.memory import (
     InMemorySessionStore,
     InMemoryUserStore,
@@ -56,6 +56,7 @@ from hypersdk_identity.core.service import IdentityService, SessionPolicy
 from hypersdk_kit.bus import InMemoryEventPublisher
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
+from tests.unit.fake_backend import Handler, InProcessBackend, Routes
 
 PASSWORD = "correct horse battery staple"
 ORIGIN = "https://console.example.com"
@@ -73,21 +74,12 @@ EXPORT_BODY = {"provider": "lab", "vm": "web-1", "format": "qcow2"}
 
 # ---- the backend fake -----------------------------------------------------------------------
 
-Handler = Callable[[Any], Awaitable[Any]]
 
-
-class InMemoryBackend(Backend):
-    """Answers request queues in process, as the services' RPC subscribers would.
-
-    Each request is dumped to JSON and parsed with the model the owning service expects on
-    that queue, and each answer is returned as the JSON the reply would carry.
-    """
+class InMemoryBackend(InProcessBackend):
+    """Identity (login, authenticate, logout), policy (decide, roles), canned exporter answers."""
 
     def __init__(self, *, identity: IdentityService, policy: PolicyService) -> None:
-        self.asked: list[str] = []
-        self.requests: list[tuple[str, RpcRequest]] = []
-        self.reply_delays: dict[str, float] = {}  # queue -> how long its answers take
-        self._routes: dict[str, tuple[type[RpcRequest], Handler]] = {
+        routes: Routes = {
             RpcQueue.IDENTITY_LOGIN: (
                 LoginRequest,
                 lambda r: identity.login(r.username, r.password, r.context),
@@ -108,18 +100,7 @@ class InMemoryBackend(Backend):
             RpcQueue.EXPORTER_LIST_JOBS: (ListJobsRequest, self._canned([])),
             RpcQueue.EXPORTER_GET_JOB: (JobIdRequest, self._not_found("No such job.")),
         }
-
-    async def ask(self, queue: str, request: RpcRequest) -> Any:
-        """Parse as the owner would, answer, and return the reply's JSON result."""
-        self.asked.append(queue)
-        self.requests.append((queue, request))
-        if queue not in self._routes:
-            raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, f"No fake answers {queue}.")
-        model, handler = self._routes[queue]
-        result = await handler(model.model_validate(request.model_dump(mode="json")))
-        if queue in self.reply_delays:
-            await asyncio.sleep(self.reply_delays[queue])
-        return _as_json(result)
+        super().__init__(routes)
 
     @staticmethod
     def _decide(policy: PolicyService) -> Handler:
@@ -177,14 +158,6 @@ class InMemoryBackend(Backend):
             "created_at": now,
             "updated_at": now,
         }
-
-
-def _as_json(result: Any) -> Any:
-    if isinstance(result, BaseModel):
-        return result.model_dump(mode="json")
-    if isinstance(result, list):
-        return [_as_json(item) for item in result]
-    return result
 
 
 # ---- the world ------------------------------------------------------------------------------
@@ -260,7 +233,7 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         policy_events.events.clear()
         backend = InMemoryBackend(identity=identity, policy=policy)
         events = events or InMemoryEventPublisher(service="gateway")
-        cache = CredentialCache(ttl_seconds=10, **({"clock": cache_clock} if cache_clock else {}))
+        cache = CredentialCache(ttl_seconds=10, clock=cache_clock or time.monotonic)
         cache.resume()
         chain = build_chain(settings, backend=backend, events=events, ready=_ready, cache=cache)
         client = httpx.AsyncClient(

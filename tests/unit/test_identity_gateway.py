@@ -9,7 +9,7 @@ assertions, which identity verifies to learn a calling key's scopes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,11 +17,9 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import BaseModel
 
 from hypersdk_contracts.credentials import new_api_key
 from hypersdk_contracts.envelope import RequestContext
-from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import IdentityRequestRejected
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.rpc import (
@@ -43,14 +41,12 @@ from hypersdk_contracts.rpc import (
     RoleList,
     RolesOfRequest,
     RotateApiKeyRequest,
-    RpcRequest,
     UpdateUserRequest,
     UserNameRequest,
 )
 from hypersdk_gateway.config import GatewaySettings
 from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_gateway.inject import build_chain
-from hypersdk_gateway.ports.outbound import Backend
 from hypersdk_identity.adapters.inbound.rpc import calling_key_scopes, sign_principal
 from hypersdk_identity.adapters.outbound.memory import (
     InMemoryApiKeyStore,
@@ -70,12 +66,11 @@ from hypersdk_kit.guard import RequestGuard
 from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
+from tests.unit.fake_backend import InProcessBackend, Routes
 
 PASSWORD = "correct horse battery staple"
 LINUX_PASSWORD = "penguins on the ice floe"
 USERS = {"root": "admin", "olga": "operator", "vera": "viewer"}
-
-Handler = Callable[[Any], Awaitable[Any]]
 
 
 class PolicyPermissions(PermissionDirectory):
@@ -91,7 +86,7 @@ class PolicyPermissions(PermissionDirectory):
         return frozenset(await self.policy.permissions_of(username, external_roles))
 
 
-class IdentityBackend(Backend):
+class IdentityBackend(InProcessBackend):
     """Answers identity and policy queues in process, as their RPC subscribers would.
 
     Principals come back with an assertion signed as identity signs them, and key creation
@@ -102,7 +97,6 @@ class IdentityBackend(Backend):
     def __init__(
         self, *, identity: IdentityService, keys: ApiKeyService, policy: PolicyService
     ) -> None:
-        self.asked: list[str] = []
         identity_key = Ed25519PrivateKey.generate()
         signer = AssertionSigner(identity_key, issuer="identity")
         guard = RequestGuard(
@@ -144,7 +138,7 @@ class IdentityBackend(Backend):
                 context=r.context,
             )
 
-        self._routes: dict[str, tuple[type[RpcRequest], Handler]] = {
+        routes: Routes = {
             RpcQueue.IDENTITY_LOGIN: (
                 LoginRequest,
                 lambda r: identity.login(r.username, r.password, r.context),
@@ -211,23 +205,7 @@ class IdentityBackend(Backend):
             RpcQueue.POLICY_ROLES_OF: (RolesOfRequest, roles_of),
             RpcQueue.POLICY_ASSIGN_ROLES: (AssignRolesRequest, assign),
         }
-
-    async def ask(self, queue: str, request: RpcRequest) -> Any:
-        """Parse as the owner would, answer, and return the reply's JSON result."""
-        self.asked.append(queue)
-        if queue not in self._routes:
-            raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, f"No fake answers {queue}.")
-        model, handler = self._routes[queue]
-        result = await handler(model.model_validate(request.model_dump(mode="json")))
-        return _as_json(result)
-
-
-def _as_json(result: Any) -> Any:
-    if isinstance(result, BaseModel):
-        return result.model_dump(mode="json")
-    if isinstance(result, list):
-        return [_as_json(item) for item in result]
-    return result
+        super().__init__(routes)
 
 
 @dataclass
