@@ -12,15 +12,19 @@ import secrets
 import socket
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import asyncpg
 import pytest
+from faststream.rabbit import RabbitBroker
+
+from hypersdk_kit.bus import build_broker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import devstack
@@ -145,6 +149,31 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             amqp_url=config.amqp_url(),
             database_url=config.database_url(),
         )
+
+
+@pytest.fixture
+async def broker(stack: Stack) -> AsyncIterator[RabbitBroker]:
+    """A started broker on the stack's vhost, for tests that drive the kit's bus parts."""
+    broker = build_broker(stack.amqp_url, service="test")
+    await broker.start()
+    yield broker
+    await broker.stop()
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    """Whether ``condition`` holds within ``seconds`` (polled every 10 ms)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def close_under(channel: aio_pika.abc.AbstractChannel) -> None:
+    """Make RabbitMQ close ``channel``, as a lost connection would; aio-pika then reopens it."""
+    with pytest.raises(aio_pika.exceptions.ChannelClosed):
+        await channel.declare_exchange("hypersdk.no-such-exchange", passive=True)
 
 
 def _port_free(port: int) -> bool:

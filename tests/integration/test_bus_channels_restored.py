@@ -8,9 +8,6 @@ and the revocation feed have theirs in test_batch_consumer.py and test_revocatio
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 import aio_pika
 import pytest
 from faststream.rabbit import RabbitBroker
@@ -20,21 +17,13 @@ from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import JobProgressed
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.rpc import AuthenticateRequest
-from hypersdk_kit.bus import RabbitEventPublisher, RpcClient, build_broker
+from hypersdk_kit.bus import RabbitEventPublisher, RpcClient
 
-from .conftest import Stack
+from .conftest import close_under, until
 
 QUESTION = AuthenticateRequest(
     token="hsdk_s_" + "x" * 43, context=RequestContext(request_id="rpc-client-test-1")
 )
-
-
-@pytest.fixture
-async def broker(stack: Stack) -> AsyncIterator[RabbitBroker]:
-    broker = build_broker(stack.amqp_url, service="gateway")
-    await broker.start()
-    yield broker
-    await broker.stop()
 
 
 async def answer_code(client: RpcClient) -> ErrorCode:
@@ -44,16 +33,10 @@ async def answer_code(client: RpcClient) -> ErrorCode:
     return refused.value.code
 
 
-async def close_under(channel: aio_pika.abc.AbstractChannel) -> None:
-    """Close ``channel`` on the server's side and wait until aio-pika has reopened it."""
-    with pytest.raises(aio_pika.exceptions.ChannelClosed):
-        # Any channel error closes the channel on the server's side, like a lost connection.
-        await channel.declare_exchange("hypersdk.no-such-exchange", passive=True)
-    for _ in range(500):  # aio-pika reopens the same channel object
-        if not channel.is_closed:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("aio-pika did not reopen the channel")
+async def close_and_reopen(channel: aio_pika.abc.AbstractChannel) -> None:
+    """Close ``channel`` under its user and wait until aio-pika has reopened the same object."""
+    await close_under(channel)
+    assert await until(lambda: not channel.is_closed), "aio-pika did not reopen the channel"
 
 
 async def test_replies_arrive_again_after_the_channel_is_restored(broker: RabbitBroker) -> None:
@@ -61,7 +44,7 @@ async def test_replies_arrive_again_after_the_channel_is_restored(broker: Rabbit
     assert await answer_code(client) is ErrorCode.UNAUTHENTICATED
     assert client._channel is not None
 
-    await close_under(client._channel)
+    await close_and_reopen(client._channel)
 
     for _ in range(3):
         assert await answer_code(client) is ErrorCode.UNAUTHENTICATED
@@ -76,7 +59,7 @@ async def test_events_are_confirmed_again_after_the_channel_is_restored(
     await events.publish(progressed, subject="job/j-restored", context=context)
     assert events._channel is not None
 
-    await close_under(events._channel)
+    await close_and_reopen(events._channel)
 
     for _ in range(3):  # returns only once the broker confirmed it
         await events.publish(progressed, subject="job/j-restored", context=context)
