@@ -323,6 +323,30 @@ class RequestCompleted(EventData):
         return "success" if self.status < HTTP_ERROR_FLOOR else f"failure: http_{self.status}"
 
 
+class RefusalsSummarized(EventData):
+    """The gateway refused calls from one client address in bulk, throttling it.
+
+    One event per client address, reason and window (the address is the event's
+    ``source_ip``), instead of one ``gateway.request.completed`` per refused call: a flood of
+    anonymous calls must not become a flood of audit entries.
+    """
+
+    routing_key = RoutingKey.REFUSALS_SUMMARIZED
+    audit_action = "api.throttle"
+    reason: Literal["authentication_failures", "rate_limited"] = Field(
+        description="authentication_failures: too many failed authentications from the "
+        "address (429 before identity is asked); rate_limited: anonymous calls over their "
+        "rate limit (429)."
+    )
+    refused: int = Field(ge=1, le=2**63 - 1, description="Calls refused in the window.")
+    window_started_at: AwareDatetime = Field(description="First refusal of the window, UTC.")
+    window_ended_at: AwareDatetime = Field(description="End of the window, UTC.")
+
+    def audit_result(self) -> str:
+        """Failure with its reason and how many calls it stands for."""
+        return f"failure: {self.reason} ({self.refused} calls)"
+
+
 class RequestRejected(EventData):
     """A service refused a request or command that lacked a valid principal or grant."""
 
@@ -396,6 +420,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         JobCompleted,
         JobFailed,
         RequestCompleted,
+        RefusalsSummarized,
         IdentityRequestRejected,
         PolicyRequestRejected,
         SecretsRequestRejected,

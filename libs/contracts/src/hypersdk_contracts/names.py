@@ -58,6 +58,7 @@ class RoutingKey(StrEnum):
     JOB_COMPLETED = "exporter.job.completed"
     JOB_FAILED = "exporter.job.failed"
     REQUEST_COMPLETED = "gateway.request.completed"
+    REFUSALS_SUMMARIZED = "gateway.refusals.summarized"
     IDENTITY_REQUEST_REJECTED = "identity.request.rejected"
     POLICY_REQUEST_REJECTED = "policy.request.rejected"
     SECRETS_REQUEST_REJECTED = "secrets.request.rejected"

@@ -36,6 +36,21 @@ class GatewaySettings(ServiceSettings):
     )
     rate_limit_per_minute: int = Field(default=600, ge=1, description="Calls per principal.")
     login_rate_limit_per_minute: int = Field(default=10, ge=1, description="Logins per address.")
+    auth_failures_per_minute: int = Field(
+        default=10,
+        ge=1,
+        description="Failed authentications allowed per client address and minute (a "
+        "bucket of this size, refilled over a minute); beyond, calls get 429 before identity "
+        "is asked, unless their credential is one the gateway verified a moment ago.",
+    )
+    refusal_summary_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Calls refused for too many failed authentications, and anonymous calls "
+        "over their rate limit, are audited as one gateway.refusals.summarized event per "
+        "client address and window of this length.",
+    )
     max_body_bytes: int = Field(default=1_000_000, ge=1, description="Default body limit.")
     max_export_body_bytes: int = Field(default=10_000_000, ge=1, description="Export limit.")
     rate_limits: dict[str, PositiveInt] = Field(
@@ -69,6 +84,26 @@ class GatewaySettings(ServiceSettings):
         le=60,
         description="How long a call waits for room among the pending events before it is "
         "refused with 503 (the audit trail is not keeping up).",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="How long a connection may take to send a request's headers (from its "
+        "first byte, or from when the connection opened) before it is closed.",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How long a request may take to send its whole body before it gets 408 "
+        "request_timeout and its connection is closed.",
+    )
+    max_connections_per_address: int = Field(
+        default=64,
+        ge=1,
+        description="Most open connections from one client address (socket peer); further "
+        "ones are closed at once. Trusted proxies are not capped.",
     )
     credential_cache_entries: int = Field(
         default=10_000, ge=1, description="Most credentials cached at once (oldest dropped)."

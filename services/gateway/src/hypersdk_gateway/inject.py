@@ -20,6 +20,7 @@ from hypersdk_gateway.adapters.inbound.middleware import (
     SecurityHeadersLayer,
     SizeLimitLayer,
 )
+from hypersdk_gateway.adapters.inbound.refusals import FailedAuthenticationThrottle, RefusalSummary
 from hypersdk_gateway.adapters.inbound.revocations import RevocationFeed
 from hypersdk_gateway.adapters.outbound.rabbit import RabbitBackend
 from hypersdk_gateway.config import GatewaySettings
@@ -39,15 +40,23 @@ def build_chain(
     ready: Callable[[], Awaitable[bool]],
     cache: CredentialCache,
     extend: ExtendApi | None = None,
+    refusals: RefusalSummary | None = None,
 ) -> ASGIApp:
     """The API wrapped in its layers; the first layer listed here runs first.
 
     ``extend`` may add routes to the API before it is wrapped (the benchmark adds one).
+    ``refusals`` summarises refused floods (its owner closes it); by default one of its own.
     """
+    refusals = refusals or RefusalSummary(events, window_seconds=settings.refusal_summary_seconds)
     backend = InvalidatingBackend(backend, cache)
     api = build_api(backend, cache=cache, ready=ready, extend=extend)
     body_limits = {f"{API_PREFIX}/exports": settings.max_export_body_bytes, **settings.body_limits}
-    app: ASGIApp = SizeLimitLayer(api, default_bytes=settings.max_body_bytes, limits=body_limits)
+    app: ASGIApp = SizeLimitLayer(
+        api,
+        default_bytes=settings.max_body_bytes,
+        limits=body_limits,
+        body_timeout_seconds=settings.body_timeout_seconds,
+    )
     per_minute = {LOGIN_PATH: settings.login_rate_limit_per_minute, **settings.rate_limits}
     app = RateLimitLayer(
         app,
@@ -56,8 +65,15 @@ def build_chain(
             prefix: TokenBuckets(capacity=calls, period_seconds=60)
             for prefix, calls in per_minute.items()
         },
+        count_anonymous_refusal=lambda address: refusals.count(address, "rate_limited"),
     )
     app = AuthenticationLayer(app, backend=backend, cache=cache)
+    app = FailedAuthenticationThrottle(
+        app,
+        failures=TokenBuckets(capacity=settings.auth_failures_per_minute, period_seconds=60),
+        cache=cache,
+        refusals=refusals,
+    )
     app = SecurityHeadersLayer(app)
     app = CorsLayer(
         app, origins=settings.cors_origins, allow_credentials=settings.cors_allow_credentials
@@ -99,18 +115,23 @@ async def prepare_gateway(
         async def ready() -> bool:
             return await broker.ping(timeout=1.0)
 
+        events = events or RabbitEventPublisher(
+            broker, service=SERVICE, declare_topology=settings.declare_topology
+        )
+        refusals = RefusalSummary(events, window_seconds=settings.refusal_summary_seconds)
         app = build_chain(
             settings,
             backend=RabbitBackend(RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)),
-            events=events
-            or RabbitEventPublisher(
-                broker, service=SERVICE, declare_topology=settings.declare_topology
-            ),
+            events=events,
             ready=ready,
             cache=cache,
             extend=extend,
+            refusals=refusals,
         )
-        yield app, broker
+        try:
+            yield app, broker
+        finally:
+            await refusals.close()
     finally:
         await feed.stop()
         await broker.stop()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import uvicorn
 
+from hypersdk_gateway.adapters.inbound.connections import ConnectionLimits, limited_h11
 from hypersdk_gateway.config import GatewaySettings
 from hypersdk_gateway.inject import prepare_gateway
 
@@ -56,5 +57,13 @@ async def serve(settings: GatewaySettings) -> None:
             proxy_headers=False,
             server_header=False,
             ssl_context_factory=_tls_factory(settings),
+            # Headers due within a deadline, connections capped per client address.
+            http=limited_h11(
+                ConnectionLimits(
+                    header_timeout_seconds=settings.header_timeout_seconds,
+                    per_address=settings.max_connections_per_address,
+                    trusted_proxies=settings.trusted_proxies,
+                )
+            ),
         )
         await uvicorn.Server(config).serve()

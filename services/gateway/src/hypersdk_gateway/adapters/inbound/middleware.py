@@ -49,6 +49,14 @@ logger = logging.getLogger("hypersdk_gateway.access")
 API_PREFIX = "/api/v1"
 LOGIN_PATH = f"{API_PREFIX}/auth/login"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", f"{API_PREFIX}/openapi.json"})
+SUMMARISED = "refusal_summarised"
+"""State key: the call was refused in bulk; a summary audits it, not its own event."""
+
+
+def is_public(scope: Scope) -> bool:
+    """Whether a call needs no credential (probes, the API document, logging in)."""
+    path = scope["path"]
+    return path in PUBLIC_PATHS or (path == LOGIN_PATH and scope["method"] == "POST")
 
 
 def state(scope: Scope) -> dict[str, Any]:
@@ -90,16 +98,46 @@ def context_of(scope: Scope) -> RequestContext:
     )
 
 
+class EventSlot:
+    """One API call's room among the pending events: claimed at most once, then kept."""
+
+    def __init__(self, acquire: Callable[[], Awaitable[bool]]) -> None:
+        self._acquire = acquire
+        self._outcome: bool | None = None
+        self.refusal_sent = False
+
+    async def claim(self) -> bool:
+        """Whether the call holds room (waiting for some the first time it is asked)."""
+        if self._outcome is None:
+            self._outcome = await self._acquire()
+        return self._outcome
+
+
+async def send_unaudited_refusal(
+    send: Send, *, request_id: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """The 503 of a call that found no room among the pending events."""
+    await send_error(
+        send,
+        code=ErrorCode.UPSTREAM_UNAVAILABLE,
+        request_id=request_id,
+        message="The audit trail is not keeping up; retry later.",
+        headers=[*(headers or []), (b"retry-after", b"1")],
+    )
+
+
 class LoggingLayer:
     """One structured line per request, and a ``gateway.request.completed`` event per API call.
 
     Never logs headers, bodies, tokens or keys; the path is logged as its route template.
 
     At most ``max_pending_events`` API calls are in progress with their events not yet
-    confirmed by the broker: a call that finds none free waits for one before anything else
-    happens, and after ``pending_event_wait_seconds`` gets 503 (the audit trail is not keeping
-    up), so a gateway faster than its audit pipeline slows down instead of holding events in
-    memory without bound.
+    confirmed by the broker: a call that finds none free waits for one, and after
+    ``pending_event_wait_seconds`` gets 503 (the audit trail is not keeping up), so a gateway
+    faster than its audit pipeline slows down instead of holding events in memory without
+    bound. A call claims its room once it has its whole body (``SizeLimitLayer`` claims it
+    before the handler runs) or when it is answered before that, never while its body is
+    still on the way: clients that stall their bodies hold no room (decision 0023).
     """
 
     def __init__(
@@ -138,22 +176,35 @@ class LoggingLayer:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        audited = scope["path"].startswith(API_PREFIX)
-        if audited and not await self._event_slot():
-            await self._refuse_unaudited(scope, send)
-            await self._record(scope, 503, (time.perf_counter() - started) * 1000, audited=False)
-            return
+        slot: EventSlot | None = None
+        if scope["path"].startswith(API_PREFIX):
+            slot = state(scope)["event_slot"] = EventSlot(self._event_slot)
         status = 500
+        replaced = False
 
         async def watch(message: Message) -> None:
-            nonlocal status
+            nonlocal status, replaced
+            if replaced:
+                return  # the app's answer, after the 503 that replaced it
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if (
+                    slot is not None
+                    and not state(scope).get(SUMMARISED)
+                    and not await slot.claim()
+                    and not slot.refusal_sent
+                ):
+                    # Answered before its body was read (401, 413, ...), and no room now.
+                    replaced = True
+                    status = 503
+                    await self._refuse_unaudited(scope, send)
+                    return
             await send(message)
 
         try:
             await self.app(scope, receive, watch)
         finally:
+            audited = slot is not None and not state(scope).get(SUMMARISED) and await slot.claim()
             try:
                 duration_ms = (time.perf_counter() - started) * 1000
                 await self._record(scope, status, duration_ms, audited=audited)
@@ -173,19 +224,15 @@ class LoggingLayer:
         return True
 
     async def _refuse_unaudited(self, scope: Scope, send: Send) -> None:
-        """503 before any other layer ran: with the request ID and security headers they'd add."""
-        request_id = accept_request_id(header(scope, b"x-request-id"))
+        """503 past the other layers: with the request ID and security headers they'd add."""
+        request_id = state(scope).get("request_id") or accept_request_id(
+            header(scope, b"x-request-id")
+        )
         state(scope)["request_id"] = request_id
-        await send_error(
+        await send_unaudited_refusal(
             send,
-            code=ErrorCode.UPSTREAM_UNAVAILABLE,
             request_id=request_id,
-            message="The audit trail is not keeping up; retry later.",
-            headers=[
-                *security_headers(scope),
-                (b"x-request-id", request_id.encode()),
-                (b"retry-after", b"1"),
-            ],
+            headers=[*security_headers(scope), (b"x-request-id", request_id.encode())],
         )
 
     async def _record(
@@ -495,11 +542,18 @@ class RateLimitLayer:
     """
 
     def __init__(
-        self, app: ASGIApp, *, default: TokenBuckets, groups: Mapping[str, TokenBuckets]
+        self,
+        app: ASGIApp,
+        *,
+        default: TokenBuckets,
+        groups: Mapping[str, TokenBuckets],
+        count_anonymous_refusal: Callable[[str], None] | None = None,
     ) -> None:
         self.app = app
         self.default = default
         self.groups = dict(groups)
+        # Anonymous refusals are summarised per address rather than audited one by one.
+        self.count_anonymous_refusal = count_anonymous_refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Spend a token or answer 429."""
@@ -521,6 +575,9 @@ class RateLimitLayer:
             ),
         ]
         if not verdict.allowed:
+            if principal is None and self.count_anonymous_refusal is not None:
+                st[SUMMARISED] = True
+                self.count_anonymous_refusal(st["client"])
             await send_error(
                 send,
                 code=ErrorCode.RATE_LIMITED,
@@ -533,12 +590,25 @@ class RateLimitLayer:
 
 
 class SizeLimitLayer:
-    """Refuses bodies over the limit: by Content-Length before reading, else while streaming."""
+    """Refuses bodies over the limit: by Content-Length before reading, else while streaming.
 
-    def __init__(self, app: ASGIApp, *, default_bytes: int, limits: dict[str, int]) -> None:
+    A body must arrive whole within ``body_timeout_seconds``, else 408 ``request_timeout`` and
+    the connection is closed. Once the body is here, the call claims its room among the
+    pending events (see :class:`LoggingLayer`) before the handler runs.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        default_bytes: int,
+        limits: dict[str, int],
+        body_timeout_seconds: float = 30.0,
+    ) -> None:
         self.app = app
         self.default_bytes = default_bytes
         self.limits = limits
+        self.body_timeout_seconds = body_timeout_seconds
 
     def limit_for(self, path: str) -> int:
         """The limit of a path: the longest matching prefix, else the default."""
@@ -553,12 +623,6 @@ class SizeLimitLayer:
         limit = self.limit_for(scope["path"])
         request_id = state(scope)["request_id"]
         declared = header(scope, b"content-length")
-        too_large = {
-            "send": send,
-            "code": ErrorCode.PAYLOAD_TOO_LARGE,
-            "request_id": request_id,
-            "message": f"The request body exceeds {limit} bytes.",
-        }
         if declared is not None:
             if not declared.isdigit():
                 await send_error(
@@ -569,23 +633,21 @@ class SizeLimitLayer:
                 )
                 return
             if int(declared) > limit:
-                await send_error(**too_large)
+                await send_error(
+                    send,
+                    code=ErrorCode.PAYLOAD_TOO_LARGE,
+                    request_id=request_id,
+                    message=f"The request body exceeds {limit} bytes.",
+                )
                 return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await send_error(**too_large)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body = await self._read_body(receive, send, request_id=request_id, limit=limit)
+        if body is None:
+            return
+        slot: EventSlot | None = state(scope).get("event_slot")
+        if slot is not None and not await slot.claim():
+            slot.refusal_sent = True
+            await send_unaudited_refusal(send, request_id=request_id)
+            return
         delivered = False
 
         async def replay() -> Message:
@@ -596,3 +658,38 @@ class SizeLimitLayer:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+    async def _read_body(
+        self, receive: Receive, send: Send, *, request_id: str, limit: int
+    ) -> bytes | None:
+        """The whole body; None once refused (413, 408) or when the client went away."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.body_timeout_seconds):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        await send_error(
+                            send,
+                            code=ErrorCode.PAYLOAD_TOO_LARGE,
+                            request_id=request_id,
+                            message=f"The request body exceeds {limit} bytes.",
+                        )
+                        return None
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError:
+            await send_error(
+                send,
+                code=ErrorCode.REQUEST_TIMEOUT,
+                request_id=request_id,
+                message=f"The request body did not arrive within {self.body_timeout_seconds:g} s.",
+                headers=[(b"connection", b"close")],
+            )
+            return None

@@ -1,0 +1,162 @@
+"""Floods of refused calls: failed authentications throttled per address, refusals summarised.
+
+Every call that fails authentication spends a token of its client address's bucket; an
+address with none left gets 429 with ``Retry-After`` before identity is asked (so before any
+hash is computed), unless its credential is one the gateway already verified (cached). Such
+refusals, and anonymous calls over their rate limit, are not audited one by one: they are
+counted per address and reason, and each window ends with one ``gateway.refusals.summarized``
+event per address and reason, with the count (decision 0024).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import Literal
+
+from hypersdk_contracts.envelope import RequestContext
+from hypersdk_contracts.errors import ErrorCode
+from hypersdk_contracts.events import RefusalsSummarized
+from hypersdk_gateway.adapters.inbound.errors import send_error
+from hypersdk_gateway.adapters.inbound.middleware import (
+    API_PREFIX,
+    SUMMARISED,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    header,
+    is_public,
+    state,
+)
+from hypersdk_gateway.core.credentials import CredentialCache, credential_key
+from hypersdk_gateway.core.limits import TokenBuckets
+from hypersdk_kit.bus import EventPublisher
+
+logger = logging.getLogger(__name__)
+
+Reason = Literal["authentication_failures", "rate_limited"]
+UNAUTHORIZED = 401
+
+
+class RefusalSummary:
+    """Counts refused calls per client address and reason; one event each per window.
+
+    A window opens with the first refusal counted after the last one closed and lasts
+    ``window_seconds``. At most ``max_addresses`` addresses are told apart in a window; the
+    refusals of any further ones are counted together, without an address.
+    """
+
+    def __init__(
+        self, events: EventPublisher, *, window_seconds: float, max_addresses: int = 10_000
+    ) -> None:
+        self._events = events
+        self._window_seconds = window_seconds
+        self._max_addresses = max_addresses
+        self._counts: dict[tuple[str | None, Reason], tuple[datetime, int]] = {}
+        self._window: asyncio.Task[None] | None = None
+
+    def count(self, address: str, reason: Reason) -> None:
+        """Count one refused call from ``address``."""
+        key: tuple[str | None, Reason] = (address, reason)
+        if key not in self._counts and len(self._counts) >= self._max_addresses:
+            key = (None, reason)
+        started, refused = self._counts.get(key, (datetime.now(UTC), 0))
+        self._counts[key] = (started, refused + 1)
+        if self._window is None:
+            self._window = asyncio.get_running_loop().create_task(self._close_window_later())
+
+    async def _close_window_later(self) -> None:
+        await asyncio.sleep(self._window_seconds)
+        self._window = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Publish what was counted so far, one event per address and reason."""
+        counts, self._counts = self._counts, {}
+        ended = datetime.now(UTC)
+        for (address, reason), (started, refused) in counts.items():
+            try:
+                await self._events.publish(
+                    RefusalsSummarized(
+                        reason=reason,
+                        refused=refused,
+                        window_started_at=started,
+                        window_ended_at=ended,
+                    ),
+                    subject=API_PREFIX,
+                    context=RequestContext(source_ip=address),
+                )
+            except Exception:
+                logger.exception("could not publish gateway.refusals.summarized")
+
+    async def close(self) -> None:
+        """End the current window now (on shutdown)."""
+        if self._window is not None:
+            self._window.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._window
+            self._window = None
+        await self.flush()
+
+
+class FailedAuthenticationThrottle:
+    """Around the authentication layer: 429 for addresses that failed authentication too often.
+
+    Public paths pass untouched (logins have their own limit and identity's throttling).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        failures: TokenBuckets,
+        cache: CredentialCache,
+        refusals: RefusalSummary,
+    ) -> None:
+        self.app = app
+        self.failures = failures
+        self.cache = cache
+        self.refusals = refusals
+
+    def _already_verified(self, scope: Scope) -> bool:
+        """Whether the call's credential is one the gateway verified a moment ago (cached)."""
+        api_key = header(scope, b"x-api-key")
+        if api_key is not None:
+            credential = f"apikey:{api_key.strip()}"
+        else:
+            scheme, _, token = (header(scope, b"authorization") or "").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return False
+            credential = f"session:{token.strip()[:512]}"
+        return self.cache.principal(credential_key(credential)) is not None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse a throttled address, or authenticate and count a failure."""
+        if scope["type"] != "http" or is_public(scope):
+            await self.app(scope, receive, send)
+            return
+        st = state(scope)
+        address: str = st["client"]
+        verdict = self.failures.peek(address)
+        if not verdict.allowed and not self._already_verified(scope):
+            st[SUMMARISED] = True
+            self.refusals.count(address, "authentication_failures")
+            await send_error(
+                send,
+                code=ErrorCode.RATE_LIMITED,
+                request_id=st["request_id"],
+                message="Too many failed authentications from this address; retry later.",
+                headers=[(b"retry-after", str(verdict.reset_seconds).encode())],
+            )
+            return
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == UNAUTHORIZED:
+                self.failures.take(address)
+            await send(message)
+
+        await self.app(scope, receive, watch)
