@@ -158,15 +158,29 @@ def test_a_summary_becomes_one_audit_entry_with_its_count_and_address() -> None:
     )
 
 
-def test_peeking_at_a_bucket_spends_nothing() -> None:
-    now = [0.0]
-    buckets = TokenBuckets(capacity=2, period_seconds=60, clock=lambda: now[0])
-    for _ in range(5):
-        assert buckets.peek("a").allowed
+def test_a_refunded_token_can_be_spent_again_but_never_beyond_capacity() -> None:
+    buckets = TokenBuckets(capacity=2, period_seconds=60, clock=lambda: 0.0)
     buckets.take("a")
     buckets.take("a")
-    verdict = buckets.peek("a")
-    assert not verdict.allowed
-    assert verdict.reset_seconds == 30
-    now[0] = 30.0
-    assert buckets.peek("a").allowed
+    assert not buckets.take("a").allowed
+    buckets.refund("a")
+    assert buckets.take("a").allowed
+    buckets.refund("a")
+    buckets.refund("a")
+    buckets.refund("a")
+    assert [buckets.take("a").allowed for _ in range(3)] == [True, True, False]
+
+
+async def test_calls_arriving_together_reach_identity_no_more_than_the_bucket_allows(
+    make_gateway: GatewayFactory,
+) -> None:
+    gateway = await make_gateway(trusted_proxies=["127.0.0.1"], auth_failures_per_minute=3)
+    answers = await asyncio.gather(
+        *(
+            gateway.client.get("/api/v1/vms", headers=from_address(ATTACKER, BOGUS))
+            for _ in range(20)
+        )
+    )
+
+    assert sorted(a.status_code for a in answers) == [401] * 3 + [429] * 17
+    assert gateway.backend.asked.count(RpcQueue.IDENTITY_AUTHENTICATE) <= 3

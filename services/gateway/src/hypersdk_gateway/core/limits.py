@@ -60,15 +60,11 @@ class TokenBuckets:
         wait = math.ceil((1 - bucket.tokens) / self._rate)
         return Verdict(False, self._capacity, 0, max(1, wait))
 
-    def peek(self, key: str) -> Verdict:
-        """Whether ``key``'s bucket holds a token now, without spending it."""
+    def refund(self, key: str) -> None:
+        """Give back a token spent on a call that turned out not to count."""
         bucket = self._buckets.get(key)
-        if bucket is None:
-            return Verdict(True, self._capacity, self._capacity, 0)
-        tokens = min(self._capacity, bucket.tokens + (self._clock() - bucket.updated) * self._rate)
-        if tokens >= 1:
-            return Verdict(True, self._capacity, int(tokens), 0)
-        return Verdict(False, self._capacity, 0, max(1, math.ceil((1 - tokens) / self._rate)))
+        if bucket is not None:
+            bucket.tokens = min(self._capacity, bucket.tokens + 1)
 
     def _until_full(self, bucket: _Bucket) -> int:
         return math.ceil((self._capacity - bucket.tokens) / self._rate)

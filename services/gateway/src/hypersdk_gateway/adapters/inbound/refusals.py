@@ -1,8 +1,9 @@
 """Floods of refused calls: failed authentications throttled per address, refusals summarised.
 
-Every call that fails authentication spends a token of its client address's bucket; an
-address with none left gets 429 with ``Retry-After`` before identity is asked (so before any
-hash is computed), unless its credential is one the gateway already verified (cached). Such
+Every call that fails authentication spends a token of its client address's bucket (spent
+before identity is asked, given back when the call authenticates); an address with none left
+gets 429 with ``Retry-After`` before identity is asked (so before any hash is computed),
+unless its credential is one the gateway already verified (cached). Such
 refusals, and anonymous calls over their rate limit, are not audited one by one: they are
 counted per address and reason, and each window ends with one ``gateway.refusals.summarized``
 event per address and reason, with the count (decision 0024).
@@ -139,10 +140,15 @@ class FailedAuthenticationThrottle:
         if scope["type"] != "http" or is_public(scope):
             await self.app(scope, receive, send)
             return
+        if self._already_verified(scope):
+            await self.app(scope, receive, send)  # identity is not asked: nothing to spend
+            return
         st = state(scope)
         address: str = st["client"]
-        verdict = self.failures.peek(address)
-        if not verdict.allowed and not self._already_verified(scope):
+        # Spent before identity is asked and given back unless the call fails authentication:
+        # however many calls arrive at once, at most the bucket's worth reach identity.
+        verdict = self.failures.take(address)
+        if not verdict.allowed:
             st[SUMMARISED] = True
             self.refusals.count(address, "authentication_failures")
             await send_error(
@@ -155,8 +161,8 @@ class FailedAuthenticationThrottle:
             return
 
         async def watch(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] == UNAUTHORIZED:
-                self.failures.take(address)
+            if message["type"] == "http.response.start" and message["status"] != UNAUTHORIZED:
+                self.failures.refund(address)
             await send(message)
 
         await self.app(scope, receive, watch)
