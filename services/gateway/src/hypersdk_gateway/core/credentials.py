@@ -117,6 +117,10 @@ class CredentialCache:
             return None
         return entry
 
+    def holds(self, key: bytes) -> bool:
+        """Whether a fresh principal of the credential is cached (not counted as a hit)."""
+        return self._entry(key) is not None
+
     def principal(self, key: bytes) -> Principal | None:
         """The cached principal of a credential, if still fresh."""
         entry = self._entry(key)

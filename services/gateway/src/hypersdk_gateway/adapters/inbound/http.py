@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
+from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
@@ -12,7 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from hypersdk_contracts.base import INT64_MAX
 from hypersdk_contracts.errors import HTTP_STATUS, ErrorCode, ServiceError
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.permissions import Permission
@@ -766,12 +769,12 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         tags=["audit"],
         openapi_extra=audit_view,
     )
-    async def audit_events(request: Request, after_sequence: int = 0, limit: int = 100) -> Any:
+    async def audit_events(
+        request: Request,
+        after_sequence: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    ) -> Any:
         """Audit entries in chain order."""
-        if after_sequence < 0 or not 1 <= limit <= MAX_PAGE:
-            raise ServiceError(
-                ErrorCode.VALIDATION_FAILED, "after_sequence >= 0 and 1 <= limit <= 1000."
-            )
         return await backend.ask(
             RpcQueue.AUDIT_LIST_EVENTS,
             ListAuditEventsRequest(
@@ -874,6 +877,16 @@ def session_token(request: Request) -> str:
     return token
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the application accepts on the request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)  # PARTIAL: the path matches, the method not
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def _error(request: Request, code: ErrorCode, message: str, status: int | None = None) -> Response:
     request_id = getattr(request.state, "request_id", "") or ""
     return Response(
@@ -920,7 +933,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         }
         code = codes.get(exc.status_code, ErrorCode.INVALID_REQUEST)
         messages = {404: "No such route.", 405: "Method not allowed on this route."}
-        return _error(request, code, messages.get(exc.status_code, "Bad request."), exc.status_code)
+        response = _error(
+            request, code, messages.get(exc.status_code, "Bad request."), exc.status_code
+        )
+        if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+            response.headers["Allow"] = ", ".join(allowed_methods(request))
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:

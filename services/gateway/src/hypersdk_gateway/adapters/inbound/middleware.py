@@ -374,8 +374,13 @@ class CorsLayer:
         await self.app(scope, receive, with_headers(send, lambda: extra))
 
 
+CHALLENGE = (b"www-authenticate", b'Bearer realm="hypersdk", ApiKey header="X-API-Key"')
+"""What a 401 asks for: a session token, or an API key in X-API-Key (RFC 9110 11.6.1)."""
+UNAUTHORIZED = 401
+
+
 class SecurityHeadersLayer:
-    """Security headers on every response, errors included."""
+    """Security headers on every response, errors included; the credential challenge on 401s."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -385,7 +390,17 @@ class SecurityHeadersLayer:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, with_headers(send, lambda: security_headers(scope)))
+
+        async def decorated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = security_headers(scope)
+                if message["status"] == UNAUTHORIZED:
+                    extra.append(CHALLENGE)
+                message = dict(message)
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, decorated)
 
 
 class AuthenticationLayer:

@@ -133,7 +133,7 @@ class FailedAuthenticationThrottle:
             if scheme.lower() != "bearer" or not token.strip():
                 return False
             credential = f"session:{token.strip()[:512]}"
-        return self.cache.principal(credential_key(credential)) is not None
+        return self.cache.holds(credential_key(credential))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse a throttled address, or authenticate and count a failure."""
