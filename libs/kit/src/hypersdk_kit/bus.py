@@ -156,8 +156,20 @@ class RabbitEventPublisher(EventPublisher):
     ) -> CloudEvent:
         """Publish and wait for the confirm (declaring or checking the exchange on first use).
 
-        Raises ``TimeoutError`` when the broker has not confirmed within the confirm timeout.
+        Raises ``TimeoutError`` when the broker has not confirmed within the confirm timeout,
+        and ``ServiceError(upstream_unavailable)`` at once when there is no connection to the
+        broker, or it is lost before the confirm arrives.
         """
+        if not broker_connection(self._broker).connected.is_set():
+            raise bus_unavailable()
+        try:
+            return await self._publish(data, subject=subject, context=context)
+        except CONNECTION_LOST as exc:
+            raise bus_unavailable() from exc
+
+    async def _publish(
+        self, data: EventData, *, subject: str | None, context: RequestContext | None
+    ) -> CloudEvent:
         channel = await self._ready()
         event = new_event(
             service=self._service,
@@ -637,8 +649,17 @@ class RpcClient:
                 # again when it restores the channel after a reconnection.
                 replies = await channel.get_queue(DIRECT_REPLY_TO)
                 await replies.consume(self._on_reply, no_ack=True)
+                # Replies to questions asked on a channel never arrive once it closed (the
+                # reply-to address dies with it): their callers learn it at once.
+                channel.close_callbacks.add(self._fail_pending)
                 self._channel = channel
         return self._channel
+
+    def _fail_pending(self, _channel: object, _reason: BaseException | None) -> None:
+        pending, self._pending = self._pending, {}
+        for waiter in pending.values():
+            if not waiter.done():
+                waiter.set_exception(bus_unavailable())
 
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         waiter = self._pending.pop(message.correlation_id or "", None)
@@ -646,7 +667,14 @@ class RpcClient:
             waiter.set_result(message.body)
 
     async def call(self, queue: str, request: RpcRequest) -> Any:
-        """Send ``request`` and return the reply's result, or raise :class:`ServiceError`."""
+        """Send ``request`` and return the reply's result, or raise :class:`ServiceError`.
+
+        Without a connection to the broker (it is being restored), or when it is lost while
+        the question waits for its answer, ``upstream_unavailable`` is raised at once, with a
+        retry delay, not after the timeout.
+        """
+        if not broker_connection(self._broker).connected.is_set():
+            raise bus_unavailable()
         channel = await self._ready()
         correlation_id = uuid.uuid4().hex
         waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -669,6 +697,8 @@ class RpcClient:
             raise ServiceError(
                 ErrorCode.UPSTREAM_UNAVAILABLE, "A backing service did not answer in time."
             ) from exc
+        except CONNECTION_LOST as exc:
+            raise bus_unavailable() from exc
         finally:
             self._pending.pop(correlation_id, None)
         try:
@@ -689,6 +719,20 @@ class RpcClient:
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
         self._channel = None
+
+
+CONNECTION_LOST = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError)
+"""What aio-pika and aiormq raise when a channel or the connection is gone (delivery errors,
+answers of the broker, are among them: catch those first where they mean something else)."""
+
+
+def bus_unavailable() -> ServiceError:
+    """The error of a call that cannot reach the broker now: retry in a second."""
+    return ServiceError(
+        ErrorCode.UPSTREAM_UNAVAILABLE,
+        "The message bus connection was lost; retry shortly.",
+        retry_after_seconds=1,
+    )
 
 
 def broker_connection(broker: RabbitBroker) -> aio_pika.abc.AbstractRobustConnection:

@@ -42,8 +42,14 @@ async def send_error(
     status: int | None = None,
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    """Send a complete error response on a raw ASGI channel."""
+    """Send a complete error response on a raw ASGI channel.
+
+    A 503 always says when to retry (``Retry-After: 1`` unless ``headers`` name a delay).
+    """
     body = envelope_bytes(code, message, request_id)
+    headers = list(headers or [])
+    if code is ErrorCode.UPSTREAM_UNAVAILABLE and not any(k == b"retry-after" for k, _ in headers):
+        headers.append((b"retry-after", b"1"))
     await send(
         {
             "type": "http.response.start",
@@ -51,7 +57,7 @@ async def send_error(
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                *(headers or []),
+                *headers,
             ],
         }
     )

@@ -902,6 +902,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         response = _error(request, exc.code, exc.message)
         if exc.retry_after_seconds is not None:
             response.headers["Retry-After"] = str(exc.retry_after_seconds)
+        elif exc.code is ErrorCode.UPSTREAM_UNAVAILABLE:
+            response.headers["Retry-After"] = "1"  # every 503 says when to retry
         return response
 
     @app.exception_handler(RequestValidationError)
