@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -66,6 +69,8 @@ def contract_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contrac
     with isolated_stack_config(tmp_path_factory.mktemp("contract")) as config:
         # Fuzzing sends hundreds of calls a minute as one principal; the limiter has its tests.
         config.extra_env["HYPERSDK_GATEWAY_RATE_LIMIT_PER_MINUTE"] = "1000000"
+        # Calls without credentials (ignored_auth) would soon throttle the fuzzer's address.
+        config.extra_env["HYPERSDK_GATEWAY_AUTH_FAILURES_PER_MINUTE"] = "1000000"
         devstack.up(config, admin_password=ADMIN_PASSWORD)
         api = Api(config.gateway_url)
         token = api.login("admin", ADMIN_PASSWORD)
@@ -222,3 +227,65 @@ def test_the_document_lists_every_route_with_its_credentials_and_errors(
             for code in ERRORS:
                 assert responses[code]["content"]["application/json"]["schema"] == envelope
         assert ("501" in responses) == (key in NOT_BUILT), key
+
+
+# ---- every check schemathesis has, through its own runner ---------------------------------------
+
+# Its runner adds what the strategies above do not draw: the coverage phase (boundary values
+# such as 2**63 for an integer, undeclared methods that must get 405 with Allow, missing
+# headers) and every check it ships. Bounded: about a minute on two cores.
+CLI_CONFIG = """\
+headers = { "X-API-Key" = "${HYPERSDK_FUZZ_API_KEY}" }
+seed = 9
+workers = 1
+request-timeout = 30
+max-time = 150
+# A pattern-heavy parameter can make Hypothesis filter most draws; that is no finding.
+suppress-health-check = ["filter_too_much"]
+
+[generation]
+with-security-parameters = false
+max-examples = 8
+
+[checks.not_a_server_error]
+expected-statuses = ["2XX", "3XX", "4XX", "501"]
+"""
+# positive_data_acceptance: see CHECKS.
+EXCLUDED_CHECKS = "positive_data_acceptance"
+# Its runner reuses values from responses: it would revoke or rotate its own API key, or
+# disable or delete the admin who owns it. test_every_operation_keeps_its_contract fuzzes these.
+SPARED_PATHS = r"^/api/v1/(api-keys/\{key_id\}(/rotate)?|users/\{username\})$"
+
+
+def test_schemathesis_with_every_check_finds_no_server_error(
+    contract_stack: ContractStack, tmp_path: Path
+) -> None:
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(CLI_CONFIG)
+    config.chmod(0o600)
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config),
+        "run",
+        f"{contract_stack.api.base}/api/v1/openapi.json",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        EXCLUDED_CHECKS,
+        "--phases",
+        "examples,coverage",
+        "--exclude-path-regex",
+        SPARED_PATHS,
+    ]
+    # The key travels in the environment, never on a command line.
+    env = {**os.environ, "HYPERSDK_FUZZ_API_KEY": contract_stack.api_key, "NO_COLOR": "1"}
+    run = subprocess.run(
+        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
+
+    output = run.stdout + run.stderr
+    assert contract_stack.api_key not in output
+    assert run.returncode == 0, output[-8000:]

@@ -163,3 +163,19 @@ async def test_a_failed_login_carries_the_challenge_and_other_errors_do_not(
     assert "www-authenticate" in login.headers
     assert forbidden.status_code == 403
     assert "www-authenticate" not in forbidden.headers
+
+
+async def test_a_put_to_the_rotate_route_is_a_405_not_a_secret_named_rotate(
+    make_gateway: GatewayFactory,
+) -> None:
+    gateway = await make_gateway()
+    headers = await admin(gateway)
+
+    response = await gateway.client.put("/api/v1/secrets/lab/rotate", json={"data": {"k": "v"}})
+    authenticated = await gateway.client.put(
+        "/api/v1/secrets/lab/rotate", json={"data": {"k": "v"}}, headers=headers
+    )
+
+    assert response.status_code == 401
+    assert_envelope(authenticated, 405, "invalid_request")
+    assert authenticated.headers["allow"] == "POST"

@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -257,6 +258,16 @@ def guarded_route(authorize: Authorize) -> type[APIRoute]:
     return GuardedRoute
 
 
+class SecretPathConvertor(PathConvertor):
+    """A secret's path in a URL; never one ending in ``/rotate``, which is the rotate route's.
+
+    So ``PUT /secrets/x/rotate`` is a method the rotate route does not allow (405), not a PUT
+    of a secret named ``x/rotate``.
+    """
+
+    regex = r".+(?<!/rotate)"
+
+
 ExtendApi = Callable[[APIRouter], None]
 
 
@@ -279,6 +290,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     ``extend`` may add routes under ``/api/v1``, marked :func:`guarded` like the others (the
     benchmark does).
     """
+    register_url_convertor("secretpath", SecretPathConvertor())
 
     async def authorize(request: Request, permission: Permission) -> None:
         principal: Principal = request.state.principal
@@ -739,7 +751,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         raise not_implemented("Secret rotation")
 
     @api.put(
-        "/secrets/{path:path}",
+        "/secrets/{path:secretpath}",
         response_model=SecretMetadata,
         tags=["secrets"],
         openapi_extra=secrets_manage,
@@ -751,7 +763,10 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         )
 
     @api.delete(
-        "/secrets/{path:path}", status_code=204, tags=["secrets"], openapi_extra=secrets_manage
+        "/secrets/{path:secretpath}",
+        status_code=204,
+        tags=["secrets"],
+        openapi_extra=secrets_manage,
     )
     async def delete_secret(path: str, request: Request) -> Response:
         """Delete a secret and its versions."""
