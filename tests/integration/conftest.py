@@ -125,6 +125,8 @@ class Stack:
 # tests pick their client address with X-Forwarded-For, so they never lock 127.0.0.1.
 TEST_ENV = {
     "HYPERSDK_GATEWAY_LOGIN_RATE_LIMIT_PER_MINUTE": "1000",
+    # Revocation tests expect 401s from 127.0.0.1 by the dozen (the throttle has its own tests).
+    "HYPERSDK_GATEWAY_AUTH_FAILURES_PER_MINUTE": "1000",
     "HYPERSDK_GATEWAY_TRUSTED_PROXIES": '["127.0.0.1"]',
     "HYPERSDK_IDENTITY_PAM_SERVICE": PAM_SERVICE,
     "HYPERSDK_IDENTITY_PAM_GROUP_ROLES": json.dumps({PAM_GROUP: "operator"}),

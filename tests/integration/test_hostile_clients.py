@@ -44,6 +44,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileStack]:
                 "HYPERSDK_GATEWAY_HEADER_TIMEOUT_SECONDS": "2",
                 "HYPERSDK_GATEWAY_REFUSAL_SUMMARY_SECONDS": str(SUMMARY_WINDOW),
                 "HYPERSDK_GATEWAY_RATE_LIMIT_PER_MINUTE": "100000",
+                "HYPERSDK_GATEWAY_AUTH_FAILURES_PER_MINUTE": "10",  # the default
             }
         )
         devstack.up(config, admin_password=ADMIN_PASSWORD)
