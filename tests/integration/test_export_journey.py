@@ -243,7 +243,7 @@ async def test_export_journey(stack: Stack) -> None:
         for e in calls
     )
     assert any(
-        e["resource"] == "PUT /api/v1/secrets/{path:path}" and e["result"] == "success"
+        e["resource"] == "PUT /api/v1/secrets/{path:secretpath}" and e["result"] == "success"
         for e in calls
     )
     for entry in entries:

@@ -138,10 +138,12 @@ class RabbitEventPublisher(EventPublisher):
         self._opening: asyncio.Lock | None = None
 
     async def _ready(self) -> aiormq.Channel:
-        if self._channel is None or self._channel.is_closed:
+        if self._channel is not None and self._channel.is_closed:
+            raise bus_unavailable()  # aio-pika restores this same channel; no second one
+        if self._channel is None:
             self._opening = self._opening or asyncio.Lock()
             async with self._opening:
-                if self._channel is None or self._channel.is_closed:
+                if self._channel is None:
                     # Declared (or only checked, without topology rights) once, through
                     # FastStream.
                     await self._broker.declare_exchange(self._exchange)
@@ -638,11 +640,13 @@ class RpcClient:
         self._opening: asyncio.Lock | None = None
 
     async def _ready(self) -> aio_pika.abc.AbstractChannel:
-        if self._channel is not None and not self._channel.is_closed:
+        if self._channel is not None:
+            if self._channel.is_closed:
+                raise bus_unavailable()  # aio-pika restores this same channel; no second one
             return self._channel
         self._opening = self._opening or asyncio.Lock()
         async with self._opening:
-            if self._channel is None or self._channel.is_closed:
+            if self._channel is None:
                 connection = broker_connection(self._broker)
                 channel = await connection.channel(publisher_confirms=True)
                 # Checked (passively declared) on the channel, so that aio-pika consumes it
