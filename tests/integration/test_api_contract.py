@@ -156,7 +156,8 @@ def test_every_operation_keeps_its_contract(
     assert not failures, "\n\n".join(failures)
 
 
-# The document itself: DESIGN.md's route table, both credential schemes, the error responses.
+# The document itself: docs/contracts.md's route table, both credential schemes, the error
+# responses.
 DESIGN_ROUTES = {
     ("post", "/api/v1/auth/login"), ("post", "/api/v1/auth/logout"),
     ("post", "/api/v1/auth/refresh"), ("get", "/api/v1/auth/me"),

@@ -1,4 +1,4 @@
-"""Every route of DESIGN.md's API table, for every role: the matrix, enforced by the real stack.
+"""Every route of docs/contracts.md's API table, for every role, enforced by the real stack.
 
 Holds its own literal copy of the seed matrix (4 roles x 10 permissions). For each route and
 each role, an allowed call passes authorization (whatever the handler answers next, never 401

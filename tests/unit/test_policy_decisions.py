@@ -1,4 +1,4 @@
-"""Policy: decisions over the design brief's role matrix, role assignment, the first admin."""
+"""Policy: decisions over the role matrix of docs/contracts.md, role assignment, the first admin."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypersdk_kit.bus import InMemoryEventPublisher
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
 
-# DESIGN.md, "Roles and permissions (exactly this matrix)", copied by hand.
+# docs/contracts.md, "Roles and permissions (exactly this matrix)", copied by hand.
 MATRIX: dict[str, dict[str, bool]] = {
     "vms:browse": {"admin": True, "operator": True, "viewer": True, "auditor": True},
     "jobs:view": {"admin": True, "operator": True, "viewer": True, "auditor": True},

@@ -1,8 +1,9 @@
 """The CloudEvents 1.0 envelope (structured mode) every message travels in.
 
-The design brief names the extensions ``actor``, ``source_ip`` and ``request_id``. CloudEvents
-attribute names may only hold lower-case letters and digits, so on the wire they are
-``actor``, ``sourceip`` and ``requestid``; Python code uses the snake-case names.
+The contract (docs/contracts.md) names the extensions ``actor``, ``source_ip`` and
+``request_id``. CloudEvents attribute names may only hold lower-case letters and digits, so on
+the wire they are ``actor``, ``sourceip`` and ``requestid``; Python code uses the snake-case
+names.
 """
 
 from __future__ import annotations

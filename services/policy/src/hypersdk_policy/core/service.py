@@ -12,7 +12,7 @@ from hypersdk_policy.ports.outbound import RoleStore
 
 
 class PolicyService:
-    """Role-based access control over the design brief's matrix."""
+    """Role-based access control over the matrix of docs/contracts.md."""
 
     def __init__(self, *, roles: RoleStore, events: EventPublisher) -> None:
         self._roles = roles

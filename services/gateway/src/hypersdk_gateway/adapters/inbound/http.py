@@ -262,7 +262,7 @@ def not_implemented(what: str) -> ServiceError:
     return ServiceError(ErrorCode.NOT_IMPLEMENTED, f"{what} is not available in this version.")
 
 
-def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement per route
+def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one statement per route
     backend: Backend,
     *,
     cache: CredentialCache,
