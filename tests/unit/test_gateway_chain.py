@@ -54,6 +54,7 @@ from hypersdk_identity.adapters.outbound.memory import (
 )
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
 from hypersdk_kit.bus import InMemoryEventPublisher
+from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
 from tests.unit.fake_backend import Handler, InProcessBackend, Routes
@@ -172,7 +173,7 @@ class Gateway:
     backend: InMemoryBackend
     events: InMemoryEventPublisher
     identity_events: InMemoryEventPublisher
-    policy_events: InMemoryEventPublisher
+    policy_events: InMemoryUnitOfWork
     cache: CredentialCache
     identity: IdentityService
     responses: list[httpx.Response] = field(default_factory=list)
@@ -214,7 +215,7 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
     ) -> Gateway:
         settings = GatewaySettings(amqp_url="amqp://unused", **overrides)
         identity_events = InMemoryEventPublisher(service="identity")
-        policy_events = InMemoryEventPublisher(service="policy")
+        policy_events = InMemoryUnitOfWork(service="policy")
         hasher = InsecureFastHasher()
         identity = IdentityService(
             users=InMemoryUserStore(),
@@ -224,7 +225,7 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
             session_policy=SessionPolicy(idle_seconds=900, lifetime_seconds=3600),
             dummy_hash=await hasher.hash("dummy password for timing"),
         )
-        policy = PolicyService(roles=InMemoryRoleStore(), events=policy_events)
+        policy = PolicyService(roles=InMemoryRoleStore(), uow=policy_events)
         setup = RequestContext(actor="setup")
         for username, role in USERS.items():
             await identity.create_user(username, PASSWORD, setup)

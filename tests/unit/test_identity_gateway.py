@@ -63,6 +63,7 @@ from hypersdk_identity.core.throttle import LoginThrottle, ThrottleRule
 from hypersdk_identity.ports.outbound import PermissionDirectory
 from hypersdk_kit.bus import InMemoryEventPublisher
 from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
@@ -242,7 +243,7 @@ async def _ready() -> bool:
 @pytest.fixture
 async def gateway() -> AsyncIterator[Gateway]:
     identity_events = InMemoryEventPublisher(service="identity")
-    policy_events = InMemoryEventPublisher(service="policy")
+    policy_events = InMemoryUnitOfWork(service="policy")
     hasher = InsecureFastHasher()
     users = InMemoryUserStore()
     key_store = InMemoryApiKeyStore()
@@ -275,7 +276,7 @@ async def gateway() -> AsyncIterator[Gateway]:
         pam=pam,
         api_keys=key_store,
     )
-    policy = PolicyService(roles=InMemoryRoleStore(), events=policy_events)
+    policy = PolicyService(roles=InMemoryRoleStore(), uow=policy_events)
     keys = ApiKeyService(
         keys=key_store,
         users=users,
