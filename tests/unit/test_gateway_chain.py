@@ -172,7 +172,7 @@ class Gateway:
     client: httpx.AsyncClient
     backend: InMemoryBackend
     events: InMemoryEventPublisher
-    identity_events: InMemoryEventPublisher
+    identity_events: InMemoryUnitOfWork
     policy_events: InMemoryUnitOfWork
     cache: CredentialCache
     identity: IdentityService
@@ -214,14 +214,14 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         **overrides: Any,
     ) -> Gateway:
         settings = GatewaySettings(amqp_url="amqp://unused", **overrides)
-        identity_events = InMemoryEventPublisher(service="identity")
+        identity_events = InMemoryUnitOfWork(service="identity")
         policy_events = InMemoryUnitOfWork(service="policy")
         hasher = InsecureFastHasher()
         identity = IdentityService(
             users=InMemoryUserStore(),
             sessions=InMemorySessionStore(),
             hasher=hasher,
-            events=identity_events,
+            uow=identity_events,
             session_policy=SessionPolicy(idle_seconds=900, lifetime_seconds=3600),
             dummy_hash=await hasher.hash("dummy password for timing"),
         )

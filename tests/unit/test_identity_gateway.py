@@ -213,7 +213,7 @@ class IdentityBackend(InProcessBackend):
 class Gateway:
     client: httpx.AsyncClient
     backend: IdentityBackend
-    identity_events: InMemoryEventPublisher
+    identity_events: InMemoryUnitOfWork
     linux: InMemoryPam
 
     async def login(self, username: str, password: str = PASSWORD) -> str:
@@ -242,7 +242,7 @@ async def _ready() -> bool:
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[Gateway]:
-    identity_events = InMemoryEventPublisher(service="identity")
+    identity_events = InMemoryUnitOfWork(service="identity")
     policy_events = InMemoryUnitOfWork(service="policy")
     hasher = InsecureFastHasher()
     users = InMemoryUserStore()
@@ -256,7 +256,7 @@ async def gateway() -> AsyncIterator[Gateway]:
         users=users,
         sessions=InMemorySessionStore(),
         hasher=hasher,
-        events=identity_events,
+        uow=identity_events,
         session_policy=SessionPolicy(idle_seconds=900, lifetime_seconds=3600),
         dummy_hash=await hasher.hash("dummy password for timing"),
         throttle=LoginThrottle(
@@ -270,7 +270,7 @@ async def gateway() -> AsyncIterator[Gateway]:
                 delay_max_seconds=10,
             ),
             address_rule=None,
-            events=identity_events,
+            uow=identity_events,
             clock=lambda: datetime.now(UTC),
         ),
         pam=pam,
@@ -280,7 +280,7 @@ async def gateway() -> AsyncIterator[Gateway]:
     keys = ApiKeyService(
         keys=key_store,
         users=users,
-        events=identity_events,
+        uow=identity_events,
         permissions=PolicyPermissions(policy),
         pam=pam,
     )
