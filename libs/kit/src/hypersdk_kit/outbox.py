@@ -152,18 +152,29 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         """Start relaying in the background."""
+        self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._schema}")
 
-    async def stop(self) -> None:
-        """Stop; a batch in flight is rolled back and published again by the next relay."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def stop(self, *, grace_seconds: float = 5.0) -> None:
+        """Stop after the batch in flight, if it ends within ``grace_seconds``.
+
+        A batch cut short is rolled back and published again by the next relay (consumers
+        de-duplicate by event id).
+        """
+        task, self._task = self._task, None
+        if task is not None:
+            self._stopping.set()
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=grace_seconds)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._close_listener()
 
     async def relay_once(self) -> int:
@@ -193,7 +204,7 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping.is_set():
             await self._listen()
             self._wake.clear()
             try:
@@ -207,7 +218,8 @@ class OutboxRelay:
                     type(exc).__name__,
                     delay,
                 )
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
                 continue
             failures = 0
             if relayed < self._batch_size:
