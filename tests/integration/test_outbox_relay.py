@@ -162,6 +162,87 @@ async def test_a_channel_lost_between_commit_and_confirm_loses_nothing(
     assert await until(lambda: chained() == len(ids), seconds=30), chained()
 
 
+async def test_state_and_outbox_rows_commit_or_roll_back_together(
+    stack: Stack, private_schema: str
+) -> None:
+    pool = await create_pool(stack.database_url, size=2)
+    database = Database(pool)
+    uow = PostgresUnitOfWork(database, schema=private_schema, service="exporter")
+    await pool.execute(f'CREATE TABLE "{private_schema}".progress (job text, value int)')
+
+    async def save(job_id: str, value: int) -> None:
+        # A store writing through the database joins the open transaction.
+        await database.execute(
+            f'INSERT INTO "{private_schema}".progress VALUES ($1, $2)', job_id, value
+        )
+
+    try:
+        async with uow.transaction():
+            await save("kept", 10)
+            async with uow.transaction():  # a nested one joins
+                await save("kept", 20)
+                kept = await uow.record(
+                    JobProgressed(job_id="kept", progress=20), subject=None, context=None
+                )
+
+        async def fail_after_recording() -> None:
+            async with uow.transaction():
+                await save("dropped", 30)
+                await uow.record(
+                    JobProgressed(job_id="dropped", progress=30), subject=None, context=None
+                )
+                raise RuntimeError("the use case failed after recording")
+
+        with pytest.raises(RuntimeError):
+            await fail_after_recording()
+
+        state = await pool.fetch(f'SELECT job, value FROM "{private_schema}".progress')
+        outbox = await pool.fetch(
+            f'SELECT event_id, routing_key, envelope FROM "{private_schema}".outbox'
+        )
+        assert sorted((r["job"], r["value"]) for r in state) == [("kept", 10), ("kept", 20)]
+        assert [(r["event_id"], r["routing_key"]) for r in outbox] == [(kept.id, ROUTING_KEY)]
+        # The envelope is stored as it will be published: same id on every retry.
+        assert CloudEvent.model_validate_json(outbox[0]["envelope"]) == kept
+    finally:
+        await pool.close()
+
+
+async def test_two_relays_on_one_outbox_publish_each_event_once_in_order(
+    stack: Stack, broker: RabbitBroker, catcher: Catcher, private_schema: str
+) -> None:
+    pool = await create_pool(stack.database_url, size=6)
+    database = Database(pool)
+    uow = PostgresUnitOfWork(database, schema=private_schema, service="exporter")
+    relays = [
+        OutboxRelay(
+            database,
+            listen_dsn=stack.database_url,
+            schema=private_schema,
+            publisher=RabbitEventPublisher(broker, service="exporter"),
+            batch_size=25,
+            poll_seconds=0.2,
+        )
+        for _ in range(2)
+    ]
+    job_id = f"replicas-{secrets.token_hex(4)}"
+    try:
+        for relay in relays:
+            await relay.start()
+        ids: list[str] = []
+        for _ in range(10):  # commits arriving while both relays run
+            ids += await record(uow, job_id, 30)
+        assert await until(lambda: all(catcher.count(i) >= 1 for i in ids), seconds=30)
+        for relay in relays:
+            await relay.stop()
+    finally:
+        for relay in relays:
+            await relay.stop()
+        await pool.close()
+
+    assert [i for i in catcher.ids if i in set(ids)] == ids
+
+
 # ---- the exporter killed with -9 while its relay publishes ---------------------------------------
 
 
