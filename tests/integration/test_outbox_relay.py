@@ -208,6 +208,29 @@ async def test_state_and_outbox_rows_commit_or_roll_back_together(
         await pool.close()
 
 
+async def test_a_commit_publishes_its_events_before_it_returns(
+    stack: Stack, broker: RabbitBroker, catcher: Catcher, private_schema: str
+) -> None:
+    pool = await create_pool(stack.database_url, size=2)
+    database = Database(pool)
+    relay = OutboxRelay(  # never started: only its publish-at-commit path runs
+        database,
+        listen_dsn=stack.database_url,
+        schema=private_schema,
+        publisher=RabbitEventPublisher(broker, service="exporter"),
+    )
+    uow = PostgresUnitOfWork(
+        database, schema=private_schema, service="exporter", after_commit=relay.publish_now
+    )
+    try:
+        ids = await record(uow, f"now-{secrets.token_hex(4)}", 3)
+        # Confirmed by the broker and gone from the outbox by the time the commit returned.
+        assert await pool.fetchval(f'SELECT count(*) FROM "{private_schema}".outbox') == 0
+        assert await until(lambda: all(catcher.count(i) == 1 for i in ids))
+    finally:
+        await pool.close()
+
+
 async def test_two_relays_on_one_outbox_publish_each_event_once_in_order(
     stack: Stack, broker: RabbitBroker, catcher: Catcher, private_schema: str
 ) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -57,18 +57,30 @@ def notify_channel(schema: str) -> str:
 class PostgresUnitOfWork(UnitOfWork):
     """State changes through ``database`` and events in ``<schema>.outbox``, one transaction."""
 
-    def __init__(self, database: Database, *, schema: str, service: str) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        schema: str,
+        service: str,
+        after_commit: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         _check_identifier(schema)
         self._database = database
         self._schema = schema
         self._service = service
+        self._after_commit = after_commit
         self._pending: ContextVar[list[CloudEvent] | None] = ContextVar(
             f"hypersdk_outbox_{schema}_{id(self)}", default=None
         )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
-        """Open or join a transaction; its recorded events are written just before commit."""
+        """Open or join a transaction; its recorded events are written just before commit.
+
+        After a commit with events, ``after_commit`` runs (the relay publishing them at once),
+        so that callers answer once their events are on the bus as a rule, not only stored.
+        """
         if self._pending.get() is not None:
             yield
             return
@@ -81,6 +93,8 @@ class PostgresUnitOfWork(UnitOfWork):
                 self._pending.reset(token)
             if events:
                 await self._write(conn, events)
+        if events and self._after_commit is not None:
+            await self._after_commit()
 
     async def record(
         self, data: EventData, *, subject: str | None, context: RequestContext | None
@@ -140,9 +154,12 @@ class OutboxRelay:
         batch_size: int = 100,
         poll_seconds: float = 1.0,
         max_backoff_seconds: float = 5.0,
+        publish_now_timeout_seconds: float = 5.0,
     ) -> None:
         _check_identifier(schema)
         self._database = database
+        self._publish_now_timeout = publish_now_timeout_seconds
+        self._publishing_now: asyncio.Lock | None = None
         self._listen_dsn = listen_dsn
         self._schema = schema
         self._publisher = publisher
@@ -177,15 +194,39 @@ class OutboxRelay:
                     await task
         await self._close_listener()
 
-    async def relay_once(self) -> int:
-        """Publish and delete one batch; its size (0: nothing, or another replica's turn)."""
-        async with self._database.pool.acquire() as conn, conn.transaction():
-            mine = await conn.fetchval(
-                "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
-                _RELAY_LOCK_NAMESPACE,
+    async def publish_now(self) -> None:
+        """Publish what is pending at once (a unit of work just committed); never raises.
+
+        Waits for the replica publishing now, if any, then publishes the oldest batch, which
+        holds the caller's events unless a backlog is ahead of them. One caller at a time per
+        process: the others find their events gone. Any failure leaves the rows to the relay.
+        """
+        self._publishing_now = self._publishing_now or asyncio.Lock()
+        try:
+            async with self._publishing_now:
+                await asyncio.wait_for(
+                    self.relay_once(wait=True), timeout=self._publish_now_timeout
+                )
+        except Exception as exc:  # the relay retries; the state change has committed
+            logger.warning(
+                "publishing %s's outbox at commit failed (%s); the relay retries",
                 self._schema,
+                type(exc).__name__,
             )
-            if not mine:
+            self._wake.set()
+
+    async def relay_once(self, *, wait: bool = False) -> int:
+        """Publish and delete one batch; its size (0: nothing, or another replica's turn).
+
+        With ``wait``, wait for the replica publishing now instead of leaving it the turn.
+        """
+        async with self._database.pool.acquire() as conn, conn.transaction():
+            key = (_RELAY_LOCK_NAMESPACE, self._schema)
+            if wait:
+                await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", *key)
+            elif not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1, hashtext($2))", *key
+            ):
                 return 0
             rows = await conn.fetch(
                 f'SELECT position, envelope FROM "{self._schema}".outbox'
@@ -268,16 +309,19 @@ def build_outbox(
 ) -> Outbox:
     """The outbox of ``schema`` over ``pool``, its relay configured from ``settings``."""
     database = Database(pool)
+    relay = OutboxRelay(
+        database,
+        listen_dsn=settings.database_url.get_secret_value(),
+        schema=schema,
+        publisher=publisher,
+        batch_size=settings.outbox_batch_size,
+        poll_seconds=settings.outbox_poll_seconds,
+        max_backoff_seconds=settings.outbox_max_backoff_seconds,
+    )
     return Outbox(
         database=database,
-        unit_of_work=PostgresUnitOfWork(database, schema=schema, service=service),
-        relay=OutboxRelay(
-            database,
-            listen_dsn=settings.database_url.get_secret_value(),
-            schema=schema,
-            publisher=publisher,
-            batch_size=settings.outbox_batch_size,
-            poll_seconds=settings.outbox_poll_seconds,
-            max_backoff_seconds=settings.outbox_max_backoff_seconds,
+        unit_of_work=PostgresUnitOfWork(
+            database, schema=schema, service=service, after_commit=relay.publish_now
         ),
+        relay=relay,
     )
