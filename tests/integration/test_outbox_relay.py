@@ -424,7 +424,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 async def test_a_postgresql_restart_under_the_relay_loses_nothing(
-    private_postgres: PrivatePostgres, broker: RabbitBroker, catcher: Catcher
+    stack: Stack, private_postgres: PrivatePostgres, broker: RabbitBroker, catcher: Catcher
 ) -> None:
     schema = "outbox_restart"
     await apply_migrations(private_postgres.dsn, schema=schema, migrations=[OUTBOX_MIGRATION])
@@ -467,6 +467,14 @@ async def test_a_postgresql_restart_under_the_relay_loses_nothing(
     finally:
         await relay.stop()
         await pool.close()
+
+    def chained() -> int:
+        rows = stack.db(
+            "SELECT count(*) AS n FROM audit.entries WHERE event_id = ANY($1::text[])", everything
+        )
+        return int(rows[0]["n"])
+
+    assert await until(lambda: chained() == len(everything), seconds=30), chained()
 
 
 async def record_when_up(uow: PostgresUnitOfWork, job_id: str, count: int) -> list[str]:
