@@ -41,7 +41,8 @@ import devstack
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.rpc import DecideRequest
-from hypersdk_kit.bus import InMemoryEventPublisher, RpcClient, build_broker
+from hypersdk_kit.bus import RpcClient, build_broker
+from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_kit.trust import AssertionSigner, load_private_key
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
@@ -76,7 +77,7 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
 async def decisions_in_process(count: int) -> dict[str, Any]:
     roles = InMemoryRoleStore()
     await roles.set_roles("op", ["operator"])
-    policy = PolicyService(roles=roles, events=InMemoryEventPublisher())
+    policy = PolicyService(roles=roles, uow=InMemoryUnitOfWork())
     signer = AssertionSigner(Ed25519PrivateKey.generate(), issuer="policy")
     context = RequestContext(actor="op", request_id="bench")
     plain, signed = [], []

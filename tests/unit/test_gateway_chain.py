@@ -54,6 +54,7 @@ from hypersdk_identity.adapters.outbound.memory import (
 )
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
 from hypersdk_kit.bus import InMemoryEventPublisher
+from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
 from tests.unit.fake_backend import Handler, InProcessBackend, Routes
@@ -171,8 +172,8 @@ class Gateway:
     client: httpx.AsyncClient
     backend: InMemoryBackend
     events: InMemoryEventPublisher
-    identity_events: InMemoryEventPublisher
-    policy_events: InMemoryEventPublisher
+    identity_events: InMemoryUnitOfWork
+    policy_events: InMemoryUnitOfWork
     cache: CredentialCache
     identity: IdentityService
     responses: list[httpx.Response] = field(default_factory=list)
@@ -213,18 +214,18 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         **overrides: Any,
     ) -> Gateway:
         settings = GatewaySettings(amqp_url="amqp://unused", **overrides)
-        identity_events = InMemoryEventPublisher(service="identity")
-        policy_events = InMemoryEventPublisher(service="policy")
+        identity_events = InMemoryUnitOfWork(service="identity")
+        policy_events = InMemoryUnitOfWork(service="policy")
         hasher = InsecureFastHasher()
         identity = IdentityService(
             users=InMemoryUserStore(),
             sessions=InMemorySessionStore(),
             hasher=hasher,
-            events=identity_events,
+            uow=identity_events,
             session_policy=SessionPolicy(idle_seconds=900, lifetime_seconds=3600),
             dummy_hash=await hasher.hash("dummy password for timing"),
         )
-        policy = PolicyService(roles=InMemoryRoleStore(), events=policy_events)
+        policy = PolicyService(roles=InMemoryRoleStore(), uow=policy_events)
         setup = RequestContext(actor="setup")
         for username, role in USERS.items():
             await identity.create_user(username, PASSWORD, setup)

@@ -39,6 +39,7 @@ from hypersdk_identity.core.apikeys import ApiKeyService
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
 from hypersdk_kit.bus import InMemoryEventPublisher, RpcClient
 from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 
 from .test_identity_sessions import Clock
@@ -52,7 +53,7 @@ class World:
     keys: ApiKeyService
     store: InMemoryApiKeyStore
     identity: IdentityService
-    events: InMemoryEventPublisher
+    events: InMemoryUnitOfWork
     clock: Clock
     permissions: InMemoryPermissionDirectory
 
@@ -78,13 +79,13 @@ async def world() -> World:
     clock = Clock()
     users = InMemoryUserStore()
     store = InMemoryApiKeyStore()
-    events = InMemoryEventPublisher(service="identity")
+    events = InMemoryUnitOfWork(service="identity")
     hasher = InsecureFastHasher()
     identity = IdentityService(
         users=users,
         sessions=InMemorySessionStore(),
         hasher=hasher,
-        events=events,
+        uow=events,
         session_policy=SessionPolicy(idle_seconds=1800, lifetime_seconds=43200),
         dummy_hash=await hasher.hash("dummy password for timing"),
         clock=clock,
@@ -94,9 +95,7 @@ async def world() -> World:
         await identity.create_user(name, f"{name}'s long password", ADMIN)
     events.events.clear()
     permissions = InMemoryPermissionDirectory({"admin": ["admin"], "olga": ["operator"]})
-    keys = ApiKeyService(
-        keys=store, users=users, events=events, permissions=permissions, clock=clock
-    )
+    keys = ApiKeyService(keys=store, users=users, uow=events, permissions=permissions, clock=clock)
     return World(keys, store, identity, events, clock, permissions)
 
 

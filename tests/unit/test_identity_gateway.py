@@ -63,6 +63,7 @@ from hypersdk_identity.core.throttle import LoginThrottle, ThrottleRule
 from hypersdk_identity.ports.outbound import PermissionDirectory
 from hypersdk_kit.bus import InMemoryEventPublisher
 from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
@@ -212,7 +213,7 @@ class IdentityBackend(InProcessBackend):
 class Gateway:
     client: httpx.AsyncClient
     backend: IdentityBackend
-    identity_events: InMemoryEventPublisher
+    identity_events: InMemoryUnitOfWork
     linux: InMemoryPam
 
     async def login(self, username: str, password: str = PASSWORD) -> str:
@@ -241,8 +242,8 @@ async def _ready() -> bool:
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[Gateway]:
-    identity_events = InMemoryEventPublisher(service="identity")
-    policy_events = InMemoryEventPublisher(service="policy")
+    identity_events = InMemoryUnitOfWork(service="identity")
+    policy_events = InMemoryUnitOfWork(service="policy")
     hasher = InsecureFastHasher()
     users = InMemoryUserStore()
     key_store = InMemoryApiKeyStore()
@@ -255,7 +256,7 @@ async def gateway() -> AsyncIterator[Gateway]:
         users=users,
         sessions=InMemorySessionStore(),
         hasher=hasher,
-        events=identity_events,
+        uow=identity_events,
         session_policy=SessionPolicy(idle_seconds=900, lifetime_seconds=3600),
         dummy_hash=await hasher.hash("dummy password for timing"),
         throttle=LoginThrottle(
@@ -269,17 +270,17 @@ async def gateway() -> AsyncIterator[Gateway]:
                 delay_max_seconds=10,
             ),
             address_rule=None,
-            events=identity_events,
+            uow=identity_events,
             clock=lambda: datetime.now(UTC),
         ),
         pam=pam,
         api_keys=key_store,
     )
-    policy = PolicyService(roles=InMemoryRoleStore(), events=policy_events)
+    policy = PolicyService(roles=InMemoryRoleStore(), uow=policy_events)
     keys = ApiKeyService(
         keys=key_store,
         users=users,
-        events=identity_events,
+        uow=identity_events,
         permissions=PolicyPermissions(policy),
         pam=pam,
     )

@@ -22,7 +22,7 @@ from hypersdk_identity.config import IdentitySettings
 from hypersdk_identity.core.apikeys import ApiKeyService
 from hypersdk_identity.core.pam import PamSupport
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
-from hypersdk_kit.bus import InMemoryEventPublisher
+from hypersdk_kit.memory import InMemoryUnitOfWork
 
 from .test_identity_throttle import SpyHasher
 
@@ -39,13 +39,13 @@ class World:
     users: InMemoryUserStore
     linux: InMemoryPam
     hasher: SpyHasher
-    events: InMemoryEventPublisher
+    events: InMemoryUnitOfWork
 
 
 async def make_world(*, auto_provision: bool = True, group_roles: object = None) -> World:
     hasher = SpyHasher()
     users = InMemoryUserStore()
-    events = InMemoryEventPublisher(service="identity")
+    events = InMemoryUnitOfWork(service="identity")
     linux = InMemoryPam()
     linux.add("olga", LINUX_PASSWORD, groups=["olga", "hypersdk-ops"])
     linux.add("walt", LINUX_PASSWORD, groups=["walt", "staff"])
@@ -61,7 +61,7 @@ async def make_world(*, auto_provision: bool = True, group_roles: object = None)
         users=users,
         sessions=InMemorySessionStore(),
         hasher=hasher,
-        events=events,
+        uow=events,
         session_policy=SessionPolicy(idle_seconds=1800, lifetime_seconds=43200),
         dummy_hash=await hasher.hash("dummy password for timing"),
         pam=pam,
@@ -69,7 +69,7 @@ async def make_world(*, auto_provision: bool = True, group_roles: object = None)
     keys = ApiKeyService(
         keys=InMemoryApiKeyStore(),
         users=users,
-        events=events,
+        uow=events,
         # No role assigned through policy: a PAM user holds only what their groups map to.
         permissions=InMemoryPermissionDirectory(),
         pam=pam,

@@ -8,7 +8,7 @@ import pytest
 
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
-from hypersdk_kit.bus import InMemoryEventPublisher
+from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
 
@@ -38,14 +38,14 @@ CASES = [
 class World:
     service: PolicyService
     roles: InMemoryRoleStore
-    events: InMemoryEventPublisher
+    events: InMemoryUnitOfWork
 
 
 @pytest.fixture
 def world() -> World:
     roles = InMemoryRoleStore()
-    events = InMemoryEventPublisher(service="policy")
-    return World(PolicyService(roles=roles, events=events), roles, events)
+    events = InMemoryUnitOfWork(service="policy", stores=(roles,))
+    return World(PolicyService(roles=roles, uow=events), roles, events)
 
 
 def test_the_matrix_copy_covers_four_roles_and_ten_permissions() -> None:
@@ -137,6 +137,18 @@ async def test_role_assignment_replaces_the_old_roles(world: World) -> None:
     last = [e for e in world.events.events if e.routing_key == "policy.role.assigned"][-1]
     assert last.data == {"username": "dave", "roles": ["viewer"]}
     assert last.actor == "dave"
+
+
+async def test_roles_whose_events_cannot_commit_stay_as_they_were(world: World) -> None:
+    await world.service.assign_roles(username="erin", roles=["admin"], context=CONTEXT)
+    before = list(world.events.events)
+    world.events.fail_commits = {"policy.role.removed"}
+
+    with pytest.raises(InMemoryUnitOfWork.CommitFailedError):
+        await world.service.assign_roles(username="erin", roles=["viewer"], context=CONTEXT)
+
+    assert await world.service.roles_of("erin") == ["admin"]
+    assert world.events.events == before
 
 
 async def test_losing_roles_is_published_as_role_removed(world: World) -> None:

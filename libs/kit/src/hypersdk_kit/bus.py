@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar, cast
 
@@ -43,6 +42,8 @@ from hypersdk_contracts.errors import ErrorBody, ErrorCode, ServiceError
 from hypersdk_contracts.events import EventData
 from hypersdk_contracts.names import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, dead_letter_queue
 from hypersdk_contracts.rpc import RpcReply, RpcRequest
+from hypersdk_kit.ports import EnvelopePublisher
+from hypersdk_kit.ports import EventPublisher as EventPublisher  # noqa: PLC0414 - re-export
 from hypersdk_kit.settings import AmqpTls
 
 logger = logging.getLogger(__name__)
@@ -104,17 +105,7 @@ async def declare_dead_letter_queue(broker: RabbitBroker, queue: str) -> None:
 # ---- publishing events ------------------------------------------------------------------------
 
 
-class EventPublisher(ABC):
-    """Publishes facts to the events exchange."""
-
-    @abstractmethod
-    async def publish(
-        self, data: EventData, *, subject: str | None, context: RequestContext | None
-    ) -> CloudEvent:
-        """Publish one event and return its envelope once the broker confirmed it."""
-
-
-class RabbitEventPublisher(EventPublisher):
+class RabbitEventPublisher(EventPublisher, EnvelopePublisher):
     """Publishes CloudEvents (structured mode) with publisher confirms and persistence.
 
     On a channel of its own on the broker's connection, through aiormq (under aio-pika):
@@ -166,7 +157,21 @@ class RabbitEventPublisher(EventPublisher):
             subject=subject,
             context=context,
         )
-        await channel.basic_publish(
+        await self._send(channel, event)
+        return event
+
+    async def publish_envelopes(self, events: Sequence[CloudEvent]) -> None:
+        """Publish envelopes built earlier (an outbox's), in order; raise unless all are acked.
+
+        All are written to the channel before any confirm is awaited, in the given order.
+        """
+        channel = await self._ready()
+        confirmations = await asyncio.gather(*(self._send(channel, event) for event in events))
+        if not all(isinstance(c, aiormq.spec.Basic.Ack) for c in confirmations):
+            raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, "The message bus refused an event.")
+
+    async def _send(self, channel: aiormq.Channel, event: CloudEvent) -> object:
+        return await channel.basic_publish(
             event.model_dump_json(by_alias=True, exclude_none=True).encode(),
             exchange=EVENTS_EXCHANGE,
             routing_key=event.routing_key,
@@ -184,7 +189,6 @@ class RabbitEventPublisher(EventPublisher):
             # time and queued thousands of them behind it under load (decision 0018).
             wait=False,
         )
-        return event
 
 
 class InMemoryEventPublisher(EventPublisher):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from typing import Any
+
 import asyncpg
 
 _LOCK_NAMESPACE = 0x485344  # "HSD": advisory lock key prefix for migrations.
@@ -50,3 +55,74 @@ async def apply_migrations(dsn: str, *, schema: str, migrations: list[str]) -> i
     finally:
         await conn.close()
     return applied
+
+
+class Database:
+    """A pool whose queries join the transaction open in the current task, if any.
+
+    Stores take a ``Database`` instead of a bare pool, so that a unit of work
+    (``hypersdk_kit.outbox``) can run several stores' writes and its outbox rows in one
+    transaction without passing a connection through every port.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._current: ContextVar[asyncpg.Connection | None] = ContextVar(
+            f"hypersdk_database_{id(self)}", default=None
+        )
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether the current task has a transaction open on this database."""
+        return self._current.get() is not None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """Open a transaction for the current task, or join the one it has open."""
+        current = self._current.get()
+        if current is not None:
+            yield current
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            token = self._current.set(conn)
+            try:
+                yield conn
+            finally:
+                self._current.reset(token)
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """The current transaction's connection, or one from the pool for the block."""
+        current = self._current.get()
+        if current is not None:
+            yield current
+            return
+        async with self.pool.acquire() as conn:
+            yield conn
+
+    def _executor(self) -> asyncpg.Pool | asyncpg.Connection:
+        current = self._current.get()
+        return self.pool if current is None else current
+
+    async def execute(self, query: str, *args: Any) -> str:
+        """Run a statement; its status line."""
+        status: str = await self._executor().execute(query, *args)
+        return status
+
+    async def executemany(self, query: str, args: Iterable[Sequence[Any]]) -> None:
+        """Run a statement once per argument tuple."""
+        await self._executor().executemany(query, args)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """All rows."""
+        rows: list[asyncpg.Record] = await self._executor().fetch(query, *args)
+        return rows
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        """The first row, if any."""
+        row: asyncpg.Record | None = await self._executor().fetchrow(query, *args)
+        return row
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        """The first column of the first row."""
+        return await self._executor().fetchval(query, *args)

@@ -9,7 +9,7 @@ from hypersdk_policy.inject import SERVICE, prepare_policy
 
 async def serve(settings: PolicySettings) -> None:
     """Answer decisions until stopped; first make sure someone holds the admin role."""
-    async with prepare_policy(settings) as (policy, broker):
+    async with prepare_policy(settings) as (policy, broker, components):
         await broker.connect()
         await policy.ensure_bootstrap_admin(settings.bootstrap_admin)
         await serve_until_stopped(
@@ -17,4 +17,5 @@ async def serve(settings: PolicySettings) -> None:
             service=SERVICE,
             health_host=settings.health_host,
             health_port=settings.health_port,
+            components=components,
         )

@@ -29,7 +29,7 @@ from hypersdk_identity.core.models import ApiKey, User
 from hypersdk_identity.core.pam import PamSupport, usable_owner
 from hypersdk_identity.core.service import is_uuid
 from hypersdk_identity.ports.outbound import ApiKeyStore, PermissionDirectory, UserStore
-from hypersdk_kit.bus import EventPublisher
+from hypersdk_kit.ports import UnitOfWork
 
 HINT_LENGTH = 4
 
@@ -55,14 +55,14 @@ class ApiKeyService:
         *,
         keys: ApiKeyStore,
         users: UserStore,
-        events: EventPublisher,
+        uow: UnitOfWork,
         permissions: PermissionDirectory,
         pam: PamSupport | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._keys = keys
         self._users = users
-        self._events = events
+        self._uow = uow
         self._permissions = permissions
         self._pam = pam
         self._clock = clock
@@ -102,18 +102,19 @@ class ApiKeyService:
             created_by=context.actor,
             expires_at=expires_at,
         )
-        await self._keys.add(key)
-        await self._events.publish(
-            ApiKeyCreated(
-                key_id=key.id,
-                owner=owner,
-                name=name,
-                scopes=list(wanted),
-                expires_at=expires_at,
-            ),
-            subject=f"apikey/{key.id}",
-            context=context,
-        )
+        async with self._uow.transaction():
+            await self._keys.add(key)
+            await self._uow.record(
+                ApiKeyCreated(
+                    key_id=key.id,
+                    owner=owner,
+                    name=name,
+                    scopes=list(wanted),
+                    expires_at=expires_at,
+                ),
+                subject=f"apikey/{key.id}",
+                context=context,
+            )
         return IssuedApiKey(key=secret, api_key=_view(key))
 
     async def list_keys(self, *, owner: str | None) -> list[ApiKeyView]:
@@ -124,14 +125,15 @@ class ApiKeyService:
         """Make a key stop working now, on every gateway."""
         if not is_uuid(key_id):
             raise _no_such_key()
-        revoked = await self._keys.revoke(key_id, at=self._clock())
-        if revoked is None:
-            raise _no_such_key()
-        await self._events.publish(
-            ApiKeyRevoked(key_id=key_id, owner=revoked.owner, reason="revoked"),
-            subject=f"apikey/{key_id}",
-            context=context,
-        )
+        async with self._uow.transaction():
+            revoked = await self._keys.revoke(key_id, at=self._clock())
+            if revoked is None:
+                raise _no_such_key()
+            await self._uow.record(
+                ApiKeyRevoked(key_id=key_id, owner=revoked.owner, reason="revoked"),
+                subject=f"apikey/{key_id}",
+                context=context,
+            )
 
     async def rotate(
         self, key_id: str, *, grace_seconds: int, context: RequestContext
@@ -163,21 +165,24 @@ class ApiKeyService:
         valid_until = now + timedelta(seconds=grace_seconds)
         if old.expires_at is not None:
             valid_until = min(valid_until, old.expires_at)
-        rotated = await self._keys.rotate(
-            key_id, replacement=replacement, old_valid_until=valid_until
-        )
-        if not rotated:
-            raise ServiceError(ErrorCode.CONFLICT, "That API key was already rotated or revoked.")
-        await self._events.publish(
-            ApiKeyRotated(
-                key_id=key_id,
-                new_key_id=replacement.id,
-                owner=old.owner,
-                old_key_valid_until=valid_until,
-            ),
-            subject=f"apikey/{key_id}",
-            context=context,
-        )
+        async with self._uow.transaction():
+            rotated = await self._keys.rotate(
+                key_id, replacement=replacement, old_valid_until=valid_until
+            )
+            if not rotated:
+                raise ServiceError(
+                    ErrorCode.CONFLICT, "That API key was already rotated or revoked."
+                )
+            await self._uow.record(
+                ApiKeyRotated(
+                    key_id=key_id,
+                    new_key_id=replacement.id,
+                    owner=old.owner,
+                    old_key_valid_until=valid_until,
+                ),
+                subject=f"apikey/{key_id}",
+                context=context,
+            )
         return IssuedApiKey(key=secret, api_key=_view(replacement))
 
     async def authenticate(self, key: str) -> Principal:

@@ -24,7 +24,7 @@ from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import AccountLocked, AccountUnlocked
 from hypersdk_identity.core.models import ThrottleKind, ThrottleState
 from hypersdk_identity.ports.outbound import ThrottleStore
-from hypersdk_kit.bus import EventPublisher
+from hypersdk_kit.ports import UnitOfWork
 
 MAX_SWAPS = 50  # compare-and-swap retries before giving up on a counter under heavy contention
 
@@ -120,7 +120,7 @@ class LoginThrottle:
         store: ThrottleStore,
         username_rule: ThrottleRule,
         address_rule: ThrottleRule | None,
-        events: EventPublisher,
+        uow: UnitOfWork,
         clock: Callable[[], datetime],
     ) -> None:
         self._store = store
@@ -128,7 +128,7 @@ class LoginThrottle:
             "username": username_rule,
             "address": address_rule,
         }
-        self._events = events
+        self._uow = uow
         self._clock = clock
 
     @staticmethod
@@ -160,9 +160,10 @@ class LoginThrottle:
 
     async def failed(self, admission: Admission, context: RequestContext) -> None:
         """A refused attempt keeps its charge; lock what reached its threshold."""
-        await self._lock_if_due("username", admission.username, context)
-        if admission.address is not None:
-            await self._lock_if_due("address", admission.address, context)
+        async with self._uow.transaction():
+            await self._lock_if_due("username", admission.username, context)
+            if admission.address is not None:
+                await self._lock_if_due("address", admission.address, context)
 
     async def locked_until(self, username: str) -> datetime | None:
         """When a lockout of ``username`` ends, if one is in force."""
@@ -173,23 +174,31 @@ class LoginThrottle:
 
     async def unlock(self, username: str, context: RequestContext) -> bool:
         """Lift a lockout of ``username`` and forget its failures; whether one was in force."""
-        removed = await self._store.delete("username", self.username_key(username))
-        if removed is None or removed.locked_until is None or removed.locked_until <= self._clock():
-            return False
-        await self._events.publish(
-            AccountUnlocked(username=removed.key, reason="admin"),
-            subject=f"user/{removed.key}",
-            context=context,
-        )
+        async with self._uow.transaction():
+            removed = await self._store.delete("username", self.username_key(username))
+            if (
+                removed is None
+                or removed.locked_until is None
+                or removed.locked_until <= self._clock()
+            ):
+                return False
+            await self._uow.record(
+                AccountUnlocked(username=removed.key, reason="admin"),
+                subject=f"user/{removed.key}",
+                context=context,
+            )
         return True
 
     async def sweep(self) -> int:
         """Forget stale counters and expired lockouts (publishing the unlocks); how many ended."""
         now = self._clock()
         longest = max(rule.window_seconds for rule in self._rules.values() if rule is not None)
-        expired = await self._store.sweep(now=now, stale_before=now - timedelta(seconds=longest))
-        for state in expired:
-            await self._publish_unlocked_on_expiry(state)
+        async with self._uow.transaction():
+            expired = await self._store.sweep(
+                now=now, stale_before=now - timedelta(seconds=longest)
+            )
+            for state in expired:
+                await self._publish_unlocked_on_expiry(state)
         return len(expired)
 
     # ---- internals -----------------------------------------------------------------------------
@@ -225,12 +234,13 @@ class LoginThrottle:
                 raise LoginThrottledError(seconds, locked=locked)
             return rule.charge(state, now)
 
-        swapped = await self._swap(kind, key, charge)
-        assert swapped is not None
-        before, _ = swapped
-        if before.locked_until is not None and before.locked_until <= now:
-            # The lockout had expired and this attempt cleared it before the sweeper did.
-            await self._publish_unlocked_on_expiry(before, context)
+        async with self._uow.transaction():
+            swapped = await self._swap(kind, key, charge)
+            assert swapped is not None
+            before, _ = swapped
+            if before.locked_until is not None and before.locked_until <= now:
+                # The lockout had expired and this attempt cleared it before the sweeper did.
+                await self._publish_unlocked_on_expiry(before, context)
 
     async def _refund(self, kind: ThrottleKind, key: str) -> None:
         def refund(state: ThrottleState) -> ThrottleState | None:
@@ -258,7 +268,7 @@ class LoginThrottle:
             return
         _, locked = swapped
         assert locked.locked_until is not None
-        await self._events.publish(
+        await self._uow.record(
             AccountLocked(
                 username=key if kind == "username" else None,
                 address=key if kind == "address" else None,
@@ -272,7 +282,7 @@ class LoginThrottle:
     async def _publish_unlocked_on_expiry(
         self, state: ThrottleState, context: RequestContext | None = None
     ) -> None:
-        await self._events.publish(
+        await self._uow.record(
             AccountUnlocked(
                 username=state.key if state.kind == "username" else None,
                 address=state.key if state.kind == "address" else None,

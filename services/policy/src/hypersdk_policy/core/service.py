@@ -7,16 +7,16 @@ from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import AuthorizationDenied, RoleAssigned, RoleRemoved
 from hypersdk_contracts.permissions import Permission, Role
 from hypersdk_contracts.rpc import Decision
-from hypersdk_kit.bus import EventPublisher
+from hypersdk_kit.ports import UnitOfWork
 from hypersdk_policy.ports.outbound import RoleStore
 
 
 class PolicyService:
     """Role-based access control over the matrix of docs/contracts.md."""
 
-    def __init__(self, *, roles: RoleStore, events: EventPublisher) -> None:
+    def __init__(self, *, roles: RoleStore, uow: UnitOfWork) -> None:
         self._roles = roles
-        self._events = events
+        self._uow = uow
 
     async def decide(
         self,
@@ -43,7 +43,7 @@ class PolicyService:
             granted &= set(scopes)
         allowed = permission in granted
         if not allowed:
-            await self._events.publish(
+            await self._uow.record(
                 AuthorizationDenied(principal=username, permission=permission, resource=resource),
                 subject=resource,
                 context=context,
@@ -70,19 +70,20 @@ class PolicyService:
         if unknown:
             raise ServiceError(ErrorCode.VALIDATION_FAILED, f"Unknown roles: {', '.join(unknown)}.")
         wanted = sorted(set(roles))
-        removed = sorted(set(await self._roles.roles_of(username)) - set(wanted))
-        await self._roles.set_roles(username, wanted)
-        await self._events.publish(
-            RoleAssigned(username=username, roles=wanted),
-            subject=f"user/{username}",
-            context=context,
-        )
-        if removed:
-            await self._events.publish(
-                RoleRemoved(username=username, roles=removed),
+        async with self._uow.transaction():
+            removed = sorted(set(await self._roles.roles_of(username)) - set(wanted))
+            await self._roles.set_roles(username, wanted)
+            await self._uow.record(
+                RoleAssigned(username=username, roles=wanted),
                 subject=f"user/{username}",
                 context=context,
             )
+            if removed:
+                await self._uow.record(
+                    RoleRemoved(username=username, roles=removed),
+                    subject=f"user/{username}",
+                    context=context,
+                )
         return wanted
 
     async def roles_of(self, username: str) -> list[str]:

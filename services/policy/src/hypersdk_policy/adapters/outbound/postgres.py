@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncpg
-
 from hypersdk_contracts.permissions import ROLE_PERMISSIONS
+from hypersdk_kit.database import Database
+from hypersdk_kit.outbox import OUTBOX_MIGRATION
 from hypersdk_policy.ports.outbound import RoleStore
 
 SCHEMA = "policy"
@@ -29,13 +29,14 @@ MIGRATIONS = [
         PRIMARY KEY (username, role)
     );
     """,
+    OUTBOX_MIGRATION,
 ]
 
 
 class PostgresRoleStore(RoleStore):
     """Roles in ``policy.role_permissions`` and ``policy.role_assignments``."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
 
     async def permissions_of_roles(self, roles: list[str]) -> set[str]:
