@@ -54,7 +54,6 @@ from hypersdk_identity.adapters.outbound.memory import (
     InMemorySessionStore,
     InMemoryThrottleStore,
     InMemoryUserStore,
-    InsecureFastHasher,
 )
 from hypersdk_identity.core.apikeys import ApiKeyService
 from hypersdk_identity.core.pam import PamSupport
@@ -67,6 +66,7 @@ from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
 from tests.unit.fake_backend import InProcessBackend, Routes
+from tests.unit.test_identity_login_capacity import SaturableHasher
 
 PASSWORD = "correct horse battery staple"
 LINUX_PASSWORD = "penguins on the ice floe"
@@ -214,6 +214,7 @@ class Gateway:
     backend: IdentityBackend
     identity_events: InMemoryEventPublisher
     linux: InMemoryPam
+    hasher: SaturableHasher
 
     async def login(self, username: str, password: str = PASSWORD) -> str:
         response = await self.client.post(
@@ -243,7 +244,7 @@ async def _ready() -> bool:
 async def gateway() -> AsyncIterator[Gateway]:
     identity_events = InMemoryEventPublisher(service="identity")
     policy_events = InMemoryEventPublisher(service="policy")
-    hasher = InsecureFastHasher()
+    hasher = SaturableHasher()
     users = InMemoryUserStore()
     key_store = InMemoryApiKeyStore()
     linux = InMemoryPam()
@@ -301,7 +302,7 @@ async def gateway() -> AsyncIterator[Gateway]:
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=chain), base_url="http://testserver"
     ) as client:
-        yield Gateway(client, backend, identity_events, linux)
+        yield Gateway(client, backend, identity_events, linux, hasher)
 
 
 # ---- auth -----------------------------------------------------------------------------------
@@ -369,6 +370,22 @@ async def test_a_throttled_login_gets_429_with_retry_after(gateway: Gateway) -> 
     assert error_code(third) == "rate_limited"
     assert int(third.headers["retry-after"]) >= 1
     assert set(third.json()["error"]) == {"code", "message", "request_id"}
+
+
+async def test_a_login_while_identity_is_at_capacity_gets_503_with_retry_after(
+    gateway: Gateway,
+) -> None:
+    gateway.hasher.busy = True
+    busy = await gateway.client.post(
+        "/api/v1/auth/login", json={"username": "vera", "password": PASSWORD}
+    )
+    gateway.hasher.busy = False
+
+    assert busy.status_code == 503
+    assert error_code(busy) == "service_busy"
+    assert busy.headers["retry-after"] == "2"
+    assert busy.headers["x-request-id"] == busy.json()["error"]["request_id"]
+    await gateway.login("vera")  # and the refusal cost vera nothing on the throttle
 
 
 # ---- users ----------------------------------------------------------------------------------

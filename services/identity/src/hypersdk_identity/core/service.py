@@ -82,6 +82,14 @@ def _throttled(retry_after_seconds: int) -> ServiceError:
     )
 
 
+def _busy(retry_after_seconds: int) -> ServiceError:
+    return ServiceError(
+        ErrorCode.SERVICE_BUSY,
+        "Too many password checks at once; retry shortly.",
+        retry_after_seconds=retry_after_seconds,
+    )
+
+
 def hash_token(token: str) -> bytes:
     """The stored form of a session token (tokens have 256 bits, so SHA-256 suffices)."""
     return hashlib.sha256(token.encode()).digest()
@@ -170,7 +178,14 @@ class IdentityService:
                 reason: Literal["locked", "throttled"] = "locked" if exc.locked else "throttled"
                 await self._publish_failure(username, reason, context)
                 raise _throttled(exc.retry_after_seconds) from None
-        user, failure = await self._verify(username, password, context)
+        try:
+            user, failure = await self._verify(username, password, context)
+        except PasswordHasher.BusyError as exc:
+            # Nothing was checked: the attempt costs no failure (a storm of other people's
+            # logins must not lock this user out), and is answered at once, not queued.
+            if admission is not None and self._throttle is not None:
+                await self._throttle.withdrawn(admission)
+            raise _busy(exc.retry_after_seconds) from None
         if user is None or failure is not None:
             if admission is not None and self._throttle is not None:
                 await self._throttle.failed(admission, context)
@@ -458,7 +473,10 @@ class IdentityService:
             if password is None:
                 raise ServiceError(ErrorCode.VALIDATION_FAILED, "A local user needs a password.")
             await check_new_password(password, username=username, blocklist=self._blocklist)
-            password_hash = await self._hasher.hash(password)
+            try:
+                password_hash = await self._hasher.hash(password)
+            except PasswordHasher.BusyError as exc:
+                raise _busy(exc.retry_after_seconds) from None
         else:
             if password is not None:
                 raise ServiceError(

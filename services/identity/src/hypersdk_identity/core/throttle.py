@@ -158,6 +158,12 @@ class LoginThrottle:
         if admission.address is not None:
             await self._refund("address", admission.address)
 
+    async def withdrawn(self, admission: Admission) -> None:
+        """An attempt that checked no password (identity was busy) gives back both charges."""
+        await self._refund("username", admission.username)
+        if admission.address is not None:
+            await self._refund("address", admission.address)
+
     async def failed(self, admission: Admission, context: RequestContext) -> None:
         """A refused attempt keeps its charge; lock what reached its threshold."""
         await self._lock_if_due("username", admission.username, context)

@@ -144,15 +144,22 @@ class ApiKeyStore(ABC):
 
 
 class PasswordHasher(ABC):
-    """Hashes and checks passwords without blocking the event loop."""
+    """Hashes and checks passwords without blocking the event loop, a bounded number at once."""
+
+    class BusyError(Exception):
+        """Every thread is busy and the queue is full: refused at once, nothing was checked."""
+
+        def __init__(self, retry_after_seconds: int) -> None:
+            super().__init__("password hasher busy")
+            self.retry_after_seconds = retry_after_seconds
 
     @abstractmethod
     async def hash(self, password: str) -> bytes:
-        """A salted hash of ``password``."""
+        """A salted hash of ``password``; raise :class:`BusyError` when at capacity."""
 
     @abstractmethod
     async def check(self, password: str, password_hash: bytes) -> bool:
-        """Whether ``password`` matches ``password_hash``."""
+        """Whether ``password`` matches ``password_hash``; :class:`BusyError` at capacity."""
 
 
 class PasswordBlocklist(ABC):
