@@ -542,8 +542,10 @@ class IdentityService:
             raise _no_such_user()
         if disabled:
             ended = await self._end_sessions(username, "user_disabled", context)
+            # Revoked, not suspended: enabling the user again restores no key (decision 0025).
+            keys = await self._revoke_keys(username, "owner_disabled", context)
             await self._events.publish(
-                UserDisabled(username=username, sessions_revoked=ended),
+                UserDisabled(username=username, sessions_revoked=ended, api_keys_revoked=keys),
                 subject=f"user/{username}",
                 context=context,
             )
@@ -554,6 +556,27 @@ class IdentityService:
                 context=context,
             )
         return _view(updated)
+
+    async def _revoke_keys(
+        self,
+        username: str,
+        reason: Literal["owner_deleted", "owner_disabled"],
+        context: RequestContext,
+    ) -> int:
+        """Revoke every working key of a user now; how many."""
+        if self._api_keys is None:
+            return 0
+        revoked = 0
+        for key in await self._api_keys.list(owner=username, working_at=self._clock()):
+            if await self._api_keys.revoke(key.id, at=self._clock()) is None:
+                continue
+            revoked += 1
+            await self._events.publish(
+                ApiKeyRevoked(key_id=key.id, owner=username, reason=reason),
+                subject=f"apikey/{key.id}",
+                context=context,
+            )
+        return revoked
 
     async def delete_user(self, username: str, context: RequestContext) -> None:
         """Delete a user, their sessions and their API keys."""

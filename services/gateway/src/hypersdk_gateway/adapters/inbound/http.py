@@ -384,7 +384,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     )
     async def list_sessions(request: Request) -> Any:
         """The caller's live sessions (never their tokens); ``current`` marks this one."""
-        principal: Principal = request.state.principal
+        principal = session_principal(request)
         return await backend.ask(
             RpcQueue.IDENTITY_LIST_SESSIONS,
             ListSessionsRequest(
@@ -402,7 +402,7 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     )
     async def revoke_session(session_id: IdParam, request: Request) -> Response:
         """Revoke one of the caller's sessions (another user's session is a 404)."""
-        principal: Principal = request.state.principal
+        principal = session_principal(request)
         await backend.ask(
             RpcQueue.IDENTITY_REVOKE_SESSION,
             RevokeSessionRequest(
@@ -533,7 +533,10 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     async def list_keys(
         request: Request, owner: Annotated[str | None, Query(max_length=64)] = None
     ) -> Any:
-        """API keys that work (never the keys themselves), of every user or of ``owner``."""
+        """API keys that work (never the keys themselves), of ``owner`` or of every user.
+
+        Without users:manage, only the caller's own keys.
+        """
         return await backend.ask(
             RpcQueue.IDENTITY_LIST_API_KEYS,
             ListApiKeysRequest(owner=owner, context=ctx(request)),
@@ -549,8 +552,8 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     async def create_key(body: CreateApiKeyBody, request: Request) -> Any:
         """Issue an API key; the answer is the only time the key is shown.
 
-        Identity checks the scopes: permissions the owner holds now (and, when the caller is
-        itself an API key, within that key's scopes), else 422.
+        Identity checks the scopes: permissions both the owner and the caller hold now (a
+        calling key narrowed to its scopes), else 422; another owner needs users:manage.
         """
         principal: Principal = request.state.principal
         return await backend.ask(
@@ -872,6 +875,16 @@ def session_token(request: Request) -> str:
             "This call needs a session token; API keys are revoked with DELETE /api-keys/{id}.",
         )
     return token
+
+
+def session_principal(request: Request) -> Principal:
+    """The caller of a session-only call: an API key never manages sessions (decision 0025)."""
+    principal: Principal = request.state.principal
+    if principal.kind != "session":
+        raise ServiceError(
+            ErrorCode.FORBIDDEN, "Sessions are listed and revoked with a session token, not a key."
+        )
+    return principal
 
 
 def _error(request: Request, code: ErrorCode, message: str, status: int | None = None) -> Response:
