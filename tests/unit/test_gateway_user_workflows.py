@@ -234,17 +234,17 @@ async def test_a_role_change_stores_the_roles_and_ends_the_sessions(
     assert accounts.sessions["vera"] == 0
 
 
-@pytest.mark.parametrize(("step", "when"), [("end_sessions", "before"), ("assign", "after")])
+@pytest.mark.parametrize("fault", [("end_sessions", "before"), ("assign", "after")])
 async def test_a_role_change_happens_with_its_session_ending_or_not_at_all(
     users: UserAdministration,
     accounts: InMemoryUserAccounts,
     roles: InMemoryRoleAssignments,
     faults: Faults,
-    step: str,
-    when: str,
+    fault: tuple[str, str],
 ) -> None:
     await _create(users)
     accounts.sessions["vera"] = 2
+    step, when = fault
     getattr(faults, when)[step] = _unavailable()
 
     with pytest.raises(ServiceError) as error:
