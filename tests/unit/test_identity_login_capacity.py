@@ -43,14 +43,26 @@ class SaturableHasher(InsecureFastHasher):
             raise PasswordHasher.BusyError(2)
         return await super().hash(password)
 
+    def full(self) -> int | None:
+        return 2 if self.busy else None
+
     async def check(self, password: str, password_hash: bytes) -> bool:
         if self.busy:
             raise PasswordHasher.BusyError(2)
         return await super().check(password, password_hash)
 
 
-async def _identity() -> tuple[IdentityService, SaturableHasher, InMemoryEventPublisher]:
-    hasher = SaturableHasher()
+class RacedHasher(SaturableHasher):
+    """Has room when asked, but the last place is taken before the check starts."""
+
+    def full(self) -> int | None:
+        return None
+
+
+async def _identity(
+    hasher: SaturableHasher | None = None,
+) -> tuple[IdentityService, SaturableHasher, InMemoryEventPublisher]:
+    hasher = hasher or SaturableHasher()
     events = InMemoryEventPublisher(service="identity")
     clock = Clock()
     service = IdentityService(
@@ -99,8 +111,11 @@ async def test_a_login_while_the_pool_is_full_is_refused_at_once_with_retry_afte
     assert events.events == []  # no session opened, no failure to record: nothing was checked
 
 
-async def test_busy_refusals_cost_no_failure_on_the_throttle() -> None:
-    service, hasher, _ = await _identity()
+@pytest.mark.parametrize("hasher_type", [SaturableHasher, RacedHasher])
+async def test_busy_refusals_cost_no_failure_on_the_throttle(
+    hasher_type: type[SaturableHasher],
+) -> None:
+    service, hasher, _ = await _identity(hasher_type())
     context = RequestContext(source_ip="203.0.113.5", request_id="req-1")
     hasher.busy = True
     for _ in range(10):  # far beyond both lockout thresholds (3)
@@ -155,11 +170,13 @@ async def test_checks_beyond_the_threads_and_the_queue_are_refused_without_waiti
     refused_in = loop.time() - started
 
     assert refused_in < 0.01
+    assert hasher.full() == busy.value.retry_after_seconds
     assert busy.value.retry_after_seconds >= 1
     assert await running is True
     assert await waiting is False
     await asyncio.sleep(0)  # the done callbacks released both places
     assert hasher.in_flight == 0
+    assert hasher.full() is None
     assert await hasher.check(PASSWORD, stored) is True
 
 

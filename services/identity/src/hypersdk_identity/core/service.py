@@ -170,6 +170,9 @@ class IdentityService:
 
     async def login(self, username: str, password: str, context: RequestContext) -> LoginResult:
         """Check the password and open a session; the same error whatever went wrong."""
+        retry_after = self._hasher.full()
+        if retry_after is not None:  # refused before the throttle's database writes
+            raise _busy(retry_after)
         admission: Admission | None = None
         if self._throttle is not None:
             try:

@@ -153,6 +153,14 @@ class PasswordHasher(ABC):
             super().__init__("password hasher busy")
             self.retry_after_seconds = retry_after_seconds
 
+    def full(self) -> int | None:
+        """Seconds to wait if a check started now would be refused, else None.
+
+        Lets a caller refuse before doing other work; a check may still raise
+        :class:`BusyError` when others took the last place in between.
+        """
+        return None
+
     @abstractmethod
     async def hash(self, password: str) -> bytes:
         """A salted hash of ``password``; raise :class:`BusyError` when at capacity."""

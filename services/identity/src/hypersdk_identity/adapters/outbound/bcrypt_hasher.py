@@ -66,6 +66,10 @@ class BcryptPasswordHasher(PasswordHasher):
         """Hashes and checks running or waiting for a thread."""
         return self._in_flight
 
+    def full(self) -> int | None:
+        """Seconds to wait when every thread and queue place is taken, else None."""
+        return RETRY_AFTER_SECONDS if self._in_flight >= self.workers + self.queue else None
+
     async def _run(self, work: Callable[..., T], *args: object) -> T:
         with self._lock:
             if self._in_flight >= self.workers + self.queue:
