@@ -367,6 +367,7 @@ STORM_USERS = 8
 FAILED_STORM_ADDRESSES = 40
 STORM_REFUSAL_PAUSE_S = 0.1
 LEGIT_LOGIN_PAUSE_S = 0.25
+FAILED_STORM_WARMUP_S = 10.0  # every attacking address has failed at least once by then
 
 
 def _count(counts: dict[str, int], status: int) -> None:
@@ -481,7 +482,7 @@ async def failed_login_storm(
                 await asyncio.sleep(LEGIT_LOGIN_PAUSE_S)
 
     attackers = asyncio.gather(*(attacker(index) for index in range(FAILED_STORM_ADDRESSES)))
-    await asyncio.sleep(1.0)  # the storm is on before the first legitimate login
+    await asyncio.sleep(FAILED_STORM_WARMUP_S)  # the storm is on before the first legit login
     at_start = dict(storm_statuses)
     started = time.perf_counter()
     legit = asyncio.ensure_future(legitimate())
@@ -650,9 +651,10 @@ def render_failed_storm(failed: dict[str, Any]) -> list[str]:
         "### A storm of failed logins from many addresses",
         "",
         f"{failed['addresses']} clients, each from its own address, send wrong passwords for ever",
-        f"new user names for {failed['seconds']:.0f} s, retrying 100 ms after a refusal, while a",
-        "legitimate user logs in every 250 ms (retrying after `Retry-After` on a 503; latency is",
-        "from the first attempt to the session):",
+        "new user names, retrying 100 ms after a refusal. After "
+        f"{FAILED_STORM_WARMUP_S:.0f} s of storm, for {failed['seconds']:.0f} s,",
+        "a legitimate user logs in every 250 ms from another address (retrying after",
+        "`Retry-After` on a 503; latency is from the first attempt to the session):",
         "",
         "| logins checked/s | storm answers/s | legitimate logins | first try | p50 | p99 | max |",
         "|---|---|---|---|---|---|---|",
@@ -662,7 +664,8 @@ def render_failed_storm(failed: dict[str, Any]) -> list[str]:
         f"{failed['legit_max_ms']:.0f} ms |",
         "",
         f"Storm answers: {statuses}. A 503 is `service_busy`, answered at once when identity's",
-        "bcrypt threads and queue are full; it checks nothing and costs no throttle failure.",
+        "bcrypt threads and queue are full (for an address that failed recently: all but the",
+        "places kept for others); it checks nothing and costs no throttle failure.",
         "",
     ]
 

@@ -43,7 +43,7 @@ class SaturableHasher(InsecureFastHasher):
             raise PasswordHasher.BusyError(2)
         return await super().hash(password)
 
-    def full(self) -> int | None:
+    def full(self, *, suspicious: bool = False) -> int | None:
         return 2 if self.busy else None
 
     async def check(self, password: str, password_hash: bytes) -> bool:
@@ -55,12 +55,19 @@ class SaturableHasher(InsecureFastHasher):
 class RacedHasher(SaturableHasher):
     """Has room when asked, but the last place is taken before the check starts."""
 
-    def full(self) -> int | None:
+    def full(self, *, suspicious: bool = False) -> int | None:
         return None
 
 
+class NearlyFullHasher(SaturableHasher):
+    """Only the places reserved for addresses without recent failures are left."""
+
+    def full(self, *, suspicious: bool = False) -> int | None:
+        return 1 if suspicious else None
+
+
 async def _identity(
-    hasher: SaturableHasher | None = None,
+    hasher: SaturableHasher | None = None, store: InMemoryThrottleStore | None = None
 ) -> tuple[IdentityService, SaturableHasher, InMemoryEventPublisher]:
     hasher = hasher or SaturableHasher()
     events = InMemoryEventPublisher(service="identity")
@@ -74,7 +81,7 @@ async def _identity(
         dummy_hash=await hasher.hash("dummy password for timing"),
         clock=clock,
         throttle=LoginThrottle(
-            store=InMemoryThrottleStore(),
+            store=store or InMemoryThrottleStore(),
             username_rule=ThrottleRule(
                 max_failures=3,
                 window_seconds=120,
@@ -129,6 +136,29 @@ async def test_busy_refusals_cost_no_failure_on_the_throttle(
     assert result.user.username == "alice"
 
 
+async def test_the_last_places_are_kept_for_addresses_without_recent_failures() -> None:
+    store = InMemoryThrottleStore()
+    service, _, _ = await _identity(NearlyFullHasher(), store)
+    attacker = RequestContext(source_ip="198.51.100.7", request_id="req-a")
+    legitimate = RequestContext(source_ip="203.0.113.5", request_id="req-l")
+    with pytest.raises(ServiceError) as first:
+        await service.login("mallory", "a guess at a password", attacker)
+    assert first.value.code is ErrorCode.INVALID_CREDENTIALS  # a clean address: checked
+
+    for _ in range(5):  # the address failed recently: only reserved places are left
+        with pytest.raises(ServiceError) as refused:
+            await service.login("mallory", "another guess at it", attacker)
+        assert refused.value.code is ErrorCode.SERVICE_BUSY
+        assert refused.value.retry_after_seconds == 1
+    result = await service.login("alice", PASSWORD, legitimate)
+
+    assert result.user.username == "alice"
+    # The refusals were withdrawn: the address still has its one failure, not six.
+    state = await store.get("address", "198.51.100.7")
+    assert state is not None
+    assert state.failures == 1
+
+
 async def test_creating_a_user_while_the_pool_is_full_is_service_busy() -> None:
     service, hasher, events = await _identity()
     hasher.busy = True
@@ -171,6 +201,7 @@ async def test_checks_beyond_the_threads_and_the_queue_are_refused_without_waiti
 
     assert refused_in < 0.01
     assert hasher.full() == busy.value.retry_after_seconds
+    assert hasher.full(suspicious=True) == busy.value.retry_after_seconds
     assert busy.value.retry_after_seconds >= 1
     assert await running is True
     assert await waiting is False
@@ -178,6 +209,20 @@ async def test_checks_beyond_the_threads_and_the_queue_are_refused_without_waiti
     assert hasher.in_flight == 0
     assert hasher.full() is None
     assert await hasher.check(PASSWORD, stored) is True
+
+
+async def test_a_threads_worth_of_places_is_reserved_for_unsuspicious_logins() -> None:
+    hasher = BcryptPasswordHasher(workers=1, queue=2)
+    stored = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10))
+    assert hasher.reserved == 1
+    assert hasher.full(suspicious=True) is None
+
+    checks = [asyncio.ensure_future(hasher.check(PASSWORD, stored)) for _ in range(2)]
+    await asyncio.sleep(0)
+
+    assert hasher.full(suspicious=True) == 1
+    assert hasher.full() is None  # the reserved place
+    await asyncio.gather(*checks)
 
 
 async def test_an_abandoned_check_keeps_its_place_until_its_thread_is_done() -> None:

@@ -181,6 +181,10 @@ class IdentityService:
                 reason: Literal["locked", "throttled"] = "locked" if exc.locked else "throttled"
                 await self._publish_failure(username, reason, context)
                 raise _throttled(exc.retry_after_seconds) from None
+            retry_after = self._hasher.full(suspicious=admission.address_failed_recently)
+            if retry_after is not None:  # the last places are kept for addresses that behave
+                await self._throttle.withdrawn(admission)
+                raise _busy(retry_after)
         try:
             user, failure = await self._verify(username, password, context)
         except PasswordHasher.BusyError as exc:

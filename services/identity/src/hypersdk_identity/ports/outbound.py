@@ -153,11 +153,13 @@ class PasswordHasher(ABC):
             super().__init__("password hasher busy")
             self.retry_after_seconds = retry_after_seconds
 
-    def full(self) -> int | None:
+    def full(self, *, suspicious: bool = False) -> int | None:
         """Seconds to wait if a check started now would be refused, else None.
 
         Lets a caller refuse before doing other work; a check may still raise
-        :class:`BusyError` when others took the last place in between.
+        :class:`BusyError` when others took the last place in between. A ``suspicious`` caller
+        (its address failed to log in recently) is refused while only the places reserved for
+        the others are left.
         """
         return None
 

@@ -5,7 +5,9 @@ CPU sets narrow, else the machine's count): one thread per core but one, so a st
 leaves a core to the event loop, the database and the other services. Its queue is bounded
 too: a check that would wait behind more than ``queue`` others is refused at once with
 :class:`PasswordHasher.BusyError` (identity answers 503 ``service_busy`` with Retry-After), so
-no login waits seconds for a thread and then times out (decision 0003).
+no login waits seconds for a thread and then times out. The last ``workers`` places are kept
+for logins from addresses without recent failures, so a storm of failed logins does not
+crowd out everyone else (decision 0003).
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class BcryptPasswordHasher(PasswordHasher):
         self._cost = cost
         self.workers = workers or default_workers()
         self.queue = QUEUE_PER_WORKER * self.workers if queue is None else queue
+        # Places a suspicious login may not take: one thread's worth, so a login from an address
+        # without recent failures waits behind at most the queue, never finds it full.
+        self.reserved = min(self.workers, self.queue)
         self._in_flight = 0
         self._lock = threading.Lock()  # released from the worker threads
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="bcrypt")
@@ -66,9 +71,13 @@ class BcryptPasswordHasher(PasswordHasher):
         """Hashes and checks running or waiting for a thread."""
         return self._in_flight
 
-    def full(self) -> int | None:
-        """Seconds to wait when every thread and queue place is taken, else None."""
-        return RETRY_AFTER_SECONDS if self._in_flight >= self.workers + self.queue else None
+    def full(self, *, suspicious: bool = False) -> int | None:
+        """Seconds to wait when every place is taken, else None.
+
+        For a suspicious caller, every place but the reserved ones counts as all of them.
+        """
+        places = self.workers + self.queue - (self.reserved if suspicious else 0)
+        return RETRY_AFTER_SECONDS if self._in_flight >= places else None
 
     async def _run(self, work: Callable[..., T], *args: object) -> T:
         with self._lock:
