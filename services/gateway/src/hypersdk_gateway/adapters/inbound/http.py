@@ -384,7 +384,10 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         openapi_extra=guarded(None),
     )
     async def list_sessions(request: Request) -> Any:
-        """The caller's live sessions (never their tokens); ``current`` marks this one."""
+        """The caller's live sessions (never their tokens); ``current`` marks this one.
+
+        Needs a session token: an API key of any scope gets 403 (decision 0025).
+        """
         principal = session_principal(request)
         return await backend.ask(
             RpcQueue.IDENTITY_LIST_SESSIONS,
@@ -402,7 +405,10 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         openapi_extra=guarded(None),
     )
     async def revoke_session(session_id: IdParam, request: Request) -> Response:
-        """Revoke one of the caller's sessions (another user's session is a 404)."""
+        """Revoke one of the caller's sessions (another user's session is a 404).
+
+        Needs a session token: an API key of any scope gets 403 (decision 0025).
+        """
         principal = session_principal(request)
         await backend.ask(
             RpcQueue.IDENTITY_REVOKE_SESSION,
