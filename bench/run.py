@@ -365,44 +365,145 @@ async def chain_without_parts(
 
 
 STORM_USERS = 8
+FAILED_STORM_ADDRESSES = 40
+STORM_REFUSAL_PAUSE_S = 0.1
+LEGIT_LOGIN_PAUSE_S = 0.25
+FAILED_STORM_WARMUP_S = 10.0  # every attacking address has failed at least once by then
 
 
-async def login_storm(config: devstack.StackConfig, token: str, total: int) -> dict[str, Any]:
+def _count(counts: dict[str, int], status: int) -> None:
+    counts[str(status)] = counts.get(str(status), 0) + 1
+
+
+async def login_storm(
+    config: devstack.StackConfig, token: str, total: int, *, storm_seconds: float
+) -> dict[str, Any]:
+    """Two storms, one after the other, each while something else is measured.
+
+    1. ``STORM_USERS`` users logging in with their right password over and over, while 4
+       clients call ``GET /api/v1/jobs``: the latency of other calls during a storm;
+    2. ``FAILED_STORM_ADDRESSES`` clients, each from its own address (X-Forwarded-For through
+       the trusted loopback proxy), sending wrong passwords for ever new user names, while a
+       legitimate user logs in every ``LEGIT_LOGIN_PAUSE_S``: logins/s and that user's login
+       latency (from the first attempt to a session, retrying after Retry-After on a 503).
+
+    A storm client that gets 503 or 429 tries again after ``STORM_REFUSAL_PAUSE_S`` (not after
+    Retry-After: an attacker does not wait).
+    """
     url = f"{config.gateway_url}/api/v1/jobs"
     auth = {"authorization": f"Bearer {token}"}
+    legit_password = PASSWORD + "-legit"
     async with httpx.AsyncClient(timeout=60, headers=auth) as admin:
-        for index in range(STORM_USERS):  # one user each: identity throttles parallel logins
+        users = [(f"storm-{index}", PASSWORD) for index in range(STORM_USERS)]
+        for username, password in [*users, ("legit", legit_password)]:
             response = await admin.post(
                 f"{config.gateway_url}/api/v1/users",
-                json={"username": f"storm-{index}", "password": PASSWORD, "roles": ["viewer"]},
+                json={"username": username, "password": password, "roles": ["viewer"]},
             )
             response.raise_for_status()
     quiet = await load(url, headers=auth, total=total, concurrency=4)
     stop = asyncio.Event()
-    logins = 0
+    good_storm: dict[str, int] = {}
 
     async def storm(index: int) -> None:
-        nonlocal logins
         async with httpx.AsyncClient(timeout=60) as client:
             while not stop.is_set():
                 response = await client.post(
                     f"{config.gateway_url}/api/v1/auth/login",
                     json={"username": f"storm-{index}", "password": PASSWORD},
                 )
-                response.raise_for_status()
-                logins += 1
+                _count(good_storm, response.status_code)
+                if response.status_code != 200:
+                    await asyncio.sleep(STORM_REFUSAL_PAUSE_S)
 
     storm_task = asyncio.gather(*(storm(index) for index in range(STORM_USERS)))
     await asyncio.sleep(1.0)  # let bcrypt saturate identity's thread pool
+    good_counts_at_start = dict(good_storm)
     storm_started = time.perf_counter()
     during = await load(url, headers=auth, total=total, concurrency=4)
-    storm_seconds = time.perf_counter() - storm_started
+    storm_seconds_measured = time.perf_counter() - storm_started
     stop.set()
     await storm_task
+    logins = good_storm.get("200", 0) - good_counts_at_start.get("200", 0)
+    failed = await failed_login_storm(config, legit_password, seconds=storm_seconds)
     return {
         "quiet": quiet,
         "during_storm": during,
-        "logins_per_s": logins / (storm_seconds + 1.0),
+        "logins_per_s": logins / storm_seconds_measured,
+        "good_storm_statuses": good_storm,
+        "failed_storm": failed,
+    }
+
+
+async def failed_login_storm(
+    config: devstack.StackConfig, legit_password: str, *, seconds: float
+) -> dict[str, Any]:
+    """Wrong passwords from many addresses; a legitimate user's logins measured meanwhile."""
+    login_url = f"{config.gateway_url}/api/v1/auth/login"
+    stop = asyncio.Event()
+    storm_statuses: dict[str, int] = {}
+
+    async def attacker(index: int) -> None:
+        address = {"x-forwarded-for": f"198.51.100.{index + 1}"}
+        attempt = 0
+        async with httpx.AsyncClient(timeout=60, headers=address) as client:
+            while not stop.is_set():
+                attempt += 1
+                response = await client.post(
+                    login_url,
+                    json={"username": f"nobody-{index}-{attempt}", "password": "not-a-password"},
+                )
+                _count(storm_statuses, response.status_code)
+                if response.status_code in (429, 503):
+                    await asyncio.sleep(STORM_REFUSAL_PAUSE_S)
+
+    legit_samples: list[float] = []
+    legit_attempts: list[int] = []
+    legit_failures = 0
+
+    async def legitimate() -> None:
+        nonlocal legit_failures
+        headers = {"x-forwarded-for": "203.0.113.77"}
+        async with httpx.AsyncClient(timeout=60, headers=headers) as client:
+            while not stop.is_set():
+                started, attempts = time.perf_counter(), 0
+                while True:
+                    attempts += 1
+                    response = await client.post(
+                        login_url, json={"username": "legit", "password": legit_password}
+                    )
+                    if response.status_code != 503:
+                        break
+                    await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+                if response.status_code == 200:
+                    legit_samples.append(time.perf_counter() - started)
+                    legit_attempts.append(attempts)
+                else:
+                    legit_failures += 1
+                await asyncio.sleep(LEGIT_LOGIN_PAUSE_S)
+
+    attackers = asyncio.gather(*(attacker(index) for index in range(FAILED_STORM_ADDRESSES)))
+    await asyncio.sleep(FAILED_STORM_WARMUP_S)  # the storm is on before the first legit login
+    at_start = dict(storm_statuses)
+    started = time.perf_counter()
+    legit = asyncio.ensure_future(legitimate())
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.gather(attackers, legit)
+    elapsed = time.perf_counter() - started
+    answered = {status: count - at_start.get(status, 0) for status, count in storm_statuses.items()}
+    checked = answered.get("401", 0)  # refused after a bcrypt check
+    return {
+        "addresses": FAILED_STORM_ADDRESSES,
+        "seconds": elapsed,
+        "storm_statuses": answered,
+        "storm_answers_per_s": sum(answered.values()) / elapsed,
+        "checked_logins_per_s": (checked + len(legit_samples)) / elapsed,
+        "legit_logins": len(legit_samples),
+        "legit_failures": legit_failures,
+        "legit_first_try": sum(1 for a in legit_attempts if a == 1),
+        "legit_max_ms": max(legit_samples, default=0.0) * 1000,
+        **({"legit": percentiles(legit_samples)} if legit_samples else {}),
     }
 
 
@@ -536,8 +637,38 @@ def render(results: dict[str, Any], command: str) -> str:
         f"p99 during the storm is {ratio:.2f}x the quiet p99 "
         f"({storm['logins_per_s']:.1f} logins/s completed).",
         "",
+        *render_failed_storm(storm["failed_storm"]),
     ]
     return "\n".join(lines)
+
+
+def render_failed_storm(failed: dict[str, Any]) -> list[str]:
+    """The failed-login storm: logins/s and a legitimate user's login latency (decision 0003)."""
+    legit = failed.get("legit", {"p50_ms": float("nan"), "p99_ms": float("nan")})
+    statuses = ", ".join(
+        f"{count} x {status}" for status, count in sorted(failed["storm_statuses"].items())
+    )
+    return [
+        "### A storm of failed logins from many addresses",
+        "",
+        f"{failed['addresses']} clients, each from its own address, send wrong passwords for ever",
+        "new user names, retrying 100 ms after a refusal. After "
+        f"{FAILED_STORM_WARMUP_S:.0f} s of storm, for {failed['seconds']:.0f} s,",
+        "a legitimate user logs in every 250 ms from another address (retrying after",
+        "`Retry-After` on a 503; latency is from the first attempt to the session):",
+        "",
+        "| logins checked/s | storm answers/s | legitimate logins | first try | p50 | p99 | max |",
+        "|---|---|---|---|---|---|---|",
+        f"| {failed['checked_logins_per_s']:.1f} | {failed['storm_answers_per_s']:.0f} | "
+        f"{failed['legit_logins']} ({failed['legit_failures']} failed) | "
+        f"{failed['legit_first_try']} | {legit['p50_ms']:.0f} ms | {legit['p99_ms']:.0f} ms | "
+        f"{failed['legit_max_ms']:.0f} ms |",
+        "",
+        f"Storm answers: {statuses}. A 503 is `service_busy`, answered at once when identity's",
+        "bcrypt threads and queue are full (for an address that failed recently: all but the",
+        "places kept for others); it checks nothing and costs no throttle failure.",
+        "",
+    ]
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -545,7 +676,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
     }
-    results["policy_in_process"] = await decisions_in_process(args.decisions * 5)
+    if args.only is None:
+        results["policy_in_process"] = await decisions_in_process(args.decisions * 5)
     with (
         tempfile.TemporaryDirectory(prefix="hypersdk-bench-") as state,
         devstack.isolated(
@@ -555,17 +687,22 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "HYPERSDK_GATEWAY_RATE_LIMIT_PER_MINUTE": "10000000",
                 "HYPERSDK_GATEWAY_LOGIN_RATE_LIMIT_PER_MINUTE": "10000000",
                 "HYPERSDK_GATEWAY_LOG_LEVEL": "WARNING",
+                # The failed-login storm comes from many addresses, through loopback.
+                "HYPERSDK_GATEWAY_TRUSTED_PROXIES": '["127.0.0.1"]',
             },
         ) as config,
     ):
         await asyncio.to_thread(devstack.up, config, admin_password=PASSWORD)
         token = await asyncio.to_thread(login, config)
-        progress("platform up; policy decisions over the bus")
-        results["policy_over_bus"] = await bounded(decisions_over_bus(config, args.decisions))
-        progress("gateway chain against a bare endpoint")
-        results["gateway"] = await bounded(gateway_vs_bare(config, token, Path(state)))
+        if args.only is None:
+            progress("platform up; policy decisions over the bus")
+            results["policy_over_bus"] = await bounded(decisions_over_bus(config, args.decisions))
+            progress("gateway chain against a bare endpoint")
+            results["gateway"] = await bounded(gateway_vs_bare(config, token, Path(state)))
         progress("login storm")
-        results["login_storm"] = await bounded(login_storm(config, token, args.requests // 2))
+        results["login_storm"] = await bounded(
+            login_storm(config, token, args.requests // 2, storm_seconds=args.storm_seconds)
+        )
     return results
 
 
@@ -575,9 +712,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="bench")
     parser.add_argument("--decisions", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--storm-seconds", type=float, default=20.0)
     parser.add_argument("--write", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument(
+        "--only",
+        choices=["login-storm"],
+        help="run one phase and print its figures (a smoke run); docs are not written",
+    )
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
+    if args.only is not None:
+        print(json.dumps(results, indent=2))
+        return
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))

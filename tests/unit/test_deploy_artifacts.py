@@ -938,7 +938,11 @@ def test_rabbitmq_topology(definitions: dict[str, Any]) -> None:
     assert exchanges[names.DEAD_LETTER_EXCHANGE]["type"] == "direct"
     assert all(e["durable"] for e in exchanges.values())
     queues = {q["name"]: q for q in definitions["queues"]}
-    for queue in (names.AUDIT_EVENTS_QUEUE, names.EXPORT_JOBS_QUEUE):
+    for queue in (
+        names.AUDIT_EVENTS_QUEUE,
+        names.EXPORT_JOBS_QUEUE,
+        names.POLICY_USER_DELETIONS_QUEUE,
+    ):
         assert queues[queue]["durable"]
         # Exactly what the services declare, or RabbitMQ answers PRECONDITION_FAILED.
         assert queues[queue]["arguments"] == durable_queue(queue).arguments
@@ -955,6 +959,11 @@ def test_rabbitmq_topology(definitions: dict[str, Any]) -> None:
     ]
     assert audit_binding["source"] == names.EVENTS_EXCHANGE
     assert audit_binding["routing_key"] == "#"
+    (deletions,) = [
+        b for b in definitions["bindings"] if b["destination"] == names.POLICY_USER_DELETIONS_QUEUE
+    ]
+    assert deletions["source"] == names.EVENTS_EXCHANGE
+    assert deletions["routing_key"] == names.RoutingKey.USER_DELETED
 
 
 def test_rabbitmq_rpc_queues_belong_to_their_owner(definitions: dict[str, Any]) -> None:
@@ -984,7 +993,11 @@ def test_rabbitmq_events_only_under_own_prefix(definitions: dict[str, Any]) -> N
 
 def test_rabbitmq_queues_and_exchanges_are_not_shared(definitions: dict[str, Any]) -> None:
     names = contract_names()
-    work_queues = {names.AUDIT_EVENTS_QUEUE: "audit", names.EXPORT_JOBS_QUEUE: "exporter"}
+    work_queues = {
+        names.AUDIT_EVENTS_QUEUE: "audit",
+        names.EXPORT_JOBS_QUEUE: "exporter",
+        names.POLICY_USER_DELETIONS_QUEUE: "policy",
+    }
     for service in SERVICES:
         perms = _permissions(definitions, service)
         for exchange in (names.EVENTS_EXCHANGE, names.DEAD_LETTER_EXCHANGE, "amq.default"):
@@ -994,8 +1007,9 @@ def test_rabbitmq_queues_and_exchanges_are_not_shared(definitions: dict[str, Any
             dlq = names.dead_letter_queue(queue)
             for kind in ("configure", "read", "write"):
                 assert not rabbit_allows(perms[kind], dlq), (service, kind, dlq)
-        # Only audit binds to the whole event stream; the gateway only to revocations.
-        binds = service in ("audit", "gateway")
+        # Only audit binds to the whole event stream; the gateway only to revocations, policy
+        # only to user deletions.
+        binds = service in ("audit", "gateway", "policy")
         assert rabbit_allows(perms["read"], names.EVENTS_EXCHANGE) is binds
         topic_read = _topic(definitions, service)["read"]
         assert rabbit_allows(topic_read, "#") is (service == "audit")
@@ -1015,6 +1029,13 @@ def test_rabbitmq_gateway_reads_only_its_revocation_feed(definitions: dict[str, 
     for key in names.RoutingKey:
         # Exactly the events the feed binds, so the feed can bind and nothing more.
         assert rabbit_allows(topic_read, key.value) is (key in REVOKING_EVENTS), key
+
+
+def test_rabbitmq_policy_reads_only_user_deletions(definitions: dict[str, Any]) -> None:
+    names = contract_names()
+    topic_read = _topic(definitions, "policy")["read"]
+    for key in names.RoutingKey:
+        assert rabbit_allows(topic_read, key.value) is (key == names.RoutingKey.USER_DELETED), key
 
 
 @pytest.mark.parametrize("client_cert_required", [True, False])

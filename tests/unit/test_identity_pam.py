@@ -19,7 +19,7 @@ from hypersdk_identity.adapters.outbound.memory import (
     InMemoryUserStore,
 )
 from hypersdk_identity.config import IdentitySettings
-from hypersdk_identity.core.apikeys import ApiKeyService
+from hypersdk_identity.core.apikeys import ApiKeyService, Caller
 from hypersdk_identity.core.pam import PamSupport
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
 from hypersdk_kit.memory import InMemoryUnitOfWork
@@ -71,7 +71,8 @@ async def make_world(*, auto_provision: bool = True, group_roles: object = None)
         users=users,
         uow=events,
         # No role assigned through policy: a PAM user holds only what their groups map to.
-        permissions=InMemoryPermissionDirectory(),
+        # The admin issuing the keys holds everything.
+        permissions=InMemoryPermissionDirectory({"admin": ["admin"]}),
         pam=pam,
     )
     return World(service, keys, users, linux, hasher, events)
@@ -194,7 +195,7 @@ async def test_removing_the_linux_account_ends_sessions_and_keys(world: World) -
         name="ci",
         scopes=["vms:browse"],
         expires_at=None,
-        calling_key_scopes=None,
+        caller=Caller(username="admin"),
         context=ADMIN,
     )
     assert (await world.keys.authenticate(issued.key)).external_roles == ["operator"]
@@ -219,7 +220,7 @@ async def test_a_pam_owners_group_roles_count_when_a_key_is_issued(world: World)
             name="ci",
             scopes=scopes,
             expires_at=None,
-            calling_key_scopes=None,
+            caller=Caller(username="admin"),
             context=ADMIN,
         )
 

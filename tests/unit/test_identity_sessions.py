@@ -561,7 +561,11 @@ async def test_disabling_a_user_ends_their_sessions_at_once(world: World) -> Non
         "identity.session.revoked",
         "identity.user.disabled",
     ]
-    assert world.events.events[-1].data == {"username": "alice", "sessions_revoked": 2}
+    assert world.events.events[-1].data == {
+        "username": "alice",
+        "sessions_revoked": 2,
+        "api_keys_revoked": 0,
+    }
     enabled = await world.service.set_disabled("alice", disabled=False, context=ADMIN)
     assert not enabled.disabled
     assert world.events.events[-1].data == {

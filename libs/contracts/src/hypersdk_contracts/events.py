@@ -109,12 +109,15 @@ class UserUpdated(EventData):
 
 
 class UserDisabled(EventData):
-    """A user account was disabled; its sessions ended and its API keys stop working."""
+    """A user account was disabled; its sessions ended and its API keys were revoked."""
 
     routing_key = RoutingKey.USER_DISABLED
     audit_action = "user.disable"
     username: str = Field(description="The user.")
     sessions_revoked: int = Field(ge=0, description="Sessions ended.")
+    api_keys_revoked: int = Field(
+        default=0, ge=0, description="API keys revoked (enabling the user again restores none)."
+    )
 
 
 class UserDeleted(EventData):
@@ -188,7 +191,9 @@ class ApiKeyRevoked(EventData):
     audit_action = "apikey.revoke"
     key_id: str = Field(description="Public id of the key.")
     owner: str = Field(description="User the key acted as.")
-    reason: Literal["revoked", "owner_deleted"] = Field(description="Why it stopped working.")
+    reason: Literal["revoked", "owner_deleted", "owner_disabled"] = Field(
+        description="Why it stopped working."
+    )
 
 
 class RoleAssigned(EventData):

@@ -22,6 +22,9 @@ AUDIT_EVENTS_QUEUE = "audit.events"
 EXPORT_JOBS_QUEUE = "exporter.jobs"
 """Durable work queue of export commands; exporter workers compete on it."""
 
+POLICY_USER_DELETIONS_QUEUE = "policy.user-deletions"
+"""Policy's queue bound to ``identity.user.deleted``: a deleted user's roles are removed."""
+
 
 def dead_letter_queue(queue: str) -> str:
     """Name of the dead-letter queue that holds what ``queue`` rejected."""

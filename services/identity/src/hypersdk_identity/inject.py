@@ -60,7 +60,9 @@ async def prepare_identity(
         settings.database_url.get_secret_value(), size=settings.database_pool_size
     )
     try:
-        hasher = BcryptPasswordHasher(cost=settings.bcrypt_cost, workers=settings.bcrypt_workers)
+        hasher = BcryptPasswordHasher(
+            cost=settings.bcrypt_cost, workers=settings.bcrypt_workers, queue=settings.bcrypt_queue
+        )
         publisher = events or RabbitEventPublisher(
             broker, service=SERVICE, declare_topology=settings.declare_topology
         )

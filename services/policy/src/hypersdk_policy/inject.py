@@ -20,6 +20,7 @@ from hypersdk_kit.trust import (
     load_private_key,
     load_public_key,
 )
+from hypersdk_policy.adapters.inbound.bus import register_subscribers
 from hypersdk_policy.adapters.inbound.rpc import register_rpc
 from hypersdk_policy.adapters.outbound.postgres import SCHEMA, PostgresRoleStore
 from hypersdk_policy.config import PolicySettings
@@ -64,6 +65,7 @@ async def prepare_policy(
             signing_key, issuer=SERVICE, ttl_seconds=settings.grant_ttl_seconds
         )
         register_rpc(broker, policy, guard=guard, signer=signer)
+        register_subscribers(broker, policy, declare_topology=settings.declare_topology)
         yield policy, broker, [outbox.relay]
     finally:
         await pool.close()

@@ -82,6 +82,14 @@ def _throttled(retry_after_seconds: int) -> ServiceError:
     )
 
 
+def _busy(retry_after_seconds: int) -> ServiceError:
+    return ServiceError(
+        ErrorCode.SERVICE_BUSY,
+        "Too many password checks at once; retry shortly.",
+        retry_after_seconds=retry_after_seconds,
+    )
+
+
 def hash_token(token: str) -> bytes:
     """The stored form of a session token (tokens have 256 bits, so SHA-256 suffices)."""
     return hashlib.sha256(token.encode()).digest()
@@ -162,6 +170,9 @@ class IdentityService:
 
     async def login(self, username: str, password: str, context: RequestContext) -> LoginResult:
         """Check the password and open a session; the same error whatever went wrong."""
+        retry_after = self._hasher.full()
+        if retry_after is not None:  # refused before the throttle's database writes
+            raise _busy(retry_after)
         admission: Admission | None = None
         if self._throttle is not None:
             try:
@@ -170,7 +181,18 @@ class IdentityService:
                 reason: Literal["locked", "throttled"] = "locked" if exc.locked else "throttled"
                 await self._publish_failure(username, reason, context)
                 raise _throttled(exc.retry_after_seconds) from None
-        user, failure = await self._verify(username, password, context)
+            retry_after = self._hasher.full(suspicious=admission.address_failed_recently)
+            if retry_after is not None:  # the last places are kept for addresses that behave
+                await self._throttle.withdrawn(admission)
+                raise _busy(retry_after)
+        try:
+            user, failure = await self._verify(username, password, context)
+        except PasswordHasher.BusyError as exc:
+            # Nothing was checked: the attempt costs no failure (a storm of other people's
+            # logins must not lock this user out), and is answered at once, not queued.
+            if admission is not None and self._throttle is not None:
+                await self._throttle.withdrawn(admission)
+            raise _busy(exc.retry_after_seconds) from None
         if user is None or failure is not None:
             async with self._uow.transaction():
                 if admission is not None and self._throttle is not None:
@@ -465,7 +487,10 @@ class IdentityService:
             if password is None:
                 raise ServiceError(ErrorCode.VALIDATION_FAILED, "A local user needs a password.")
             await check_new_password(password, username=username, blocklist=self._blocklist)
-            password_hash = await self._hasher.hash(password)
+            try:
+                password_hash = await self._hasher.hash(password)
+            except PasswordHasher.BusyError as exc:
+                raise _busy(exc.retry_after_seconds) from None
         else:
             if password is not None:
                 raise ServiceError(
@@ -533,8 +558,10 @@ class IdentityService:
                 raise _no_such_user()
             if disabled:
                 ended = await self._end_sessions(username, "user_disabled", context)
+                # Revoked, not suspended: enabling the user again restores no key (decision 0025).
+                keys = await self._revoke_keys(username, "owner_disabled", context)
                 await self._uow.record(
-                    UserDisabled(username=username, sessions_revoked=ended),
+                    UserDisabled(username=username, sessions_revoked=ended, api_keys_revoked=keys),
                     subject=f"user/{username}",
                     context=context,
                 )
@@ -545,6 +572,27 @@ class IdentityService:
                     context=context,
                 )
         return _view(updated)
+
+    async def _revoke_keys(
+        self,
+        username: str,
+        reason: Literal["owner_deleted", "owner_disabled"],
+        context: RequestContext,
+    ) -> int:
+        """Revoke every working key of a user now; how many."""
+        if self._api_keys is None:
+            return 0
+        revoked = 0
+        for key in await self._api_keys.list(owner=username, working_at=self._clock()):
+            if await self._api_keys.revoke(key.id, at=self._clock()) is None:
+                continue
+            revoked += 1
+            await self._uow.record(
+                ApiKeyRevoked(key_id=key.id, owner=username, reason=reason),
+                subject=f"apikey/{key.id}",
+                context=context,
+            )
+        return revoked
 
     async def delete_user(self, username: str, context: RequestContext) -> None:
         """Delete a user, their sessions and their API keys."""

@@ -109,6 +109,7 @@ class Admission:
 
     username: str
     address: str | None
+    address_failed_recently: bool = False
 
 
 class LoginThrottle:
@@ -143,7 +144,8 @@ class LoginThrottle:
             address=address if self._rules["address"] is not None else None,
         )
         if admission.address is not None:
-            await self._charge("address", admission.address, context)
+            failed_before = await self._charge("address", admission.address, context)
+            admission = dataclasses.replace(admission, address_failed_recently=failed_before > 0)
         try:
             await self._charge("username", admission.username, context)
         except LoginThrottledError:
@@ -155,6 +157,12 @@ class LoginThrottle:
     async def succeeded(self, admission: Admission) -> None:
         """A good password resets the name's counter and refunds the address's charge."""
         await self._store.delete("username", admission.username)
+        if admission.address is not None:
+            await self._refund("address", admission.address)
+
+    async def withdrawn(self, admission: Admission) -> None:
+        """An attempt that checked no password (identity was busy) gives back both charges."""
+        await self._refund("username", admission.username)
         if admission.address is not None:
             await self._refund("address", admission.address)
 
@@ -223,7 +231,8 @@ class LoginThrottle:
             ErrorCode.UPSTREAM_UNAVAILABLE, "Too many logins at once; try again shortly."
         )
 
-    async def _charge(self, kind: ThrottleKind, key: str, context: RequestContext) -> None:
+    async def _charge(self, kind: ThrottleKind, key: str, context: RequestContext) -> int:
+        """Charge one attempt; the failures counted before it."""
         rule = self._rule(kind)
         now = self._clock()
 
@@ -241,6 +250,7 @@ class LoginThrottle:
             if before.locked_until is not None and before.locked_until <= now:
                 # The lockout had expired and this attempt cleared it before the sweeper did.
                 await self._publish_unlocked_on_expiry(before, context)
+        return rule.failures_at(before, now)
 
     async def _refund(self, kind: ThrottleKind, key: str) -> None:
         def refund(state: ThrottleState) -> ThrottleState | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import AuthorizationDenied, RoleAssigned, RoleRemoved
@@ -85,6 +87,25 @@ class PolicyService:
                     context=context,
                 )
         return wanted
+
+    async def user_deleted(self, username: str, *, deleted_at: datetime) -> list[str]:
+        """Remove the roles of a user identity deleted; the removed ones (none the 2nd time).
+
+        The reaction to ``identity.user.deleted``: whatever happened to the gateway's own call
+        clearing them, a deleted user's assignments go, so a new user of the same name (a PAM
+        user provisioned on first login, say) never inherits them. Roles assigned after the
+        deletion belong to such a new user and stay. Idempotent: a redelivered event finds
+        nothing to remove and publishes nothing.
+        """
+        async with self._uow.transaction():
+            removed = await self._roles.remove_roles_assigned_until(username, deleted_at)
+            if removed:
+                await self._uow.record(
+                    RoleRemoved(username=username, roles=removed),
+                    subject=f"user/{username}",
+                    context=RequestContext(),
+                )
+        return removed
 
     async def roles_of(self, username: str) -> list[str]:
         """Roles a user holds."""

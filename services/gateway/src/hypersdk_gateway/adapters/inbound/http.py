@@ -22,11 +22,9 @@ from hypersdk_contracts.rpc import (
     USERNAME_PATTERN,
     ApiKeyIdRequest,
     ApiKeyView,
-    AssignRolesRequest,
     AuditEntryView,
     CreateApiKeyRequest,
     CreateExportRequest,
-    CreateUserRequest,
     DecideRequest,
     DiskFormat,
     GetVmRequest,
@@ -50,13 +48,11 @@ from hypersdk_contracts.rpc import (
     RefreshRequest,
     RegisterProviderRequest,
     RevokeSessionRequest,
-    RevokeUserSessionsRequest,
     RolesOfRequest,
     RotateApiKeyRequest,
     SecretMetadata,
     SecretPathRequest,
     SessionView,
-    UpdateUserRequest,
     UserNameRequest,
     UserView,
     VerifyRequest,
@@ -65,7 +61,9 @@ from hypersdk_contracts.rpc import (
 )
 from hypersdk_gateway.adapters.inbound.errors import ErrorEnvelope, envelope_bytes
 from hypersdk_gateway.adapters.inbound.middleware import API_PREFIX, context_of
+from hypersdk_gateway.adapters.outbound.accounts import BackendRoleAssignments, BackendUserAccounts
 from hypersdk_gateway.core.credentials import CredentialCache
+from hypersdk_gateway.core.users import UserAdministration
 from hypersdk_gateway.ports.outbound import Backend
 
 logger = logging.getLogger(__name__)
@@ -312,6 +310,9 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
     api = APIRouter(
         prefix=API_PREFIX, responses=ERROR_RESPONSES, route_class=guarded_route(authorize)
     )
+    users = UserAdministration(
+        accounts=BackendUserAccounts(backend), roles=BackendRoleAssignments(backend)
+    )
 
     # ---- auth ------------------------------------------------------------------------------
     @api.post("/auth/login", response_model=LoginResponse, tags=["auth"])
@@ -383,8 +384,11 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
         openapi_extra=guarded(None),
     )
     async def list_sessions(request: Request) -> Any:
-        """The caller's live sessions (never their tokens); ``current`` marks this one."""
-        principal: Principal = request.state.principal
+        """The caller's live sessions (never their tokens); ``current`` marks this one.
+
+        Needs a session token: an API key of any scope gets 403 (decision 0025).
+        """
+        principal = session_principal(request)
         return await backend.ask(
             RpcQueue.IDENTITY_LIST_SESSIONS,
             ListSessionsRequest(
@@ -401,8 +405,11 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
         openapi_extra=guarded(None),
     )
     async def revoke_session(session_id: IdParam, request: Request) -> Response:
-        """Revoke one of the caller's sessions (another user's session is a 404)."""
-        principal: Principal = request.state.principal
+        """Revoke one of the caller's sessions (another user's session is a 404).
+
+        Needs a session token: an API key of any scope gets 403 (decision 0025).
+        """
+        principal = session_principal(request)
         await backend.ask(
             RpcQueue.IDENTITY_REVOKE_SESSION,
             RevokeSessionRequest(
@@ -430,20 +437,14 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
     )
     async def create_user(body: CreateUserBody, request: Request) -> Any:
         """Create a local user (with a password) or a PAM user (without), and their roles."""
-        user = await backend.ask(
-            RpcQueue.IDENTITY_CREATE_USER,
-            CreateUserRequest(
-                username=body.username,
-                password=body.password,
-                source=body.source,
-                context=ctx(request),
-            ),
+        created = await users.create(
+            username=body.username,
+            password=body.password,
+            source=body.source,
+            roles=body.roles,
+            context=ctx(request),
         )
-        roles = await backend.ask(
-            RpcQueue.POLICY_ASSIGN_ROLES,
-            AssignRolesRequest(username=body.username, roles=body.roles, context=ctx(request)),
-        )
-        return {"user": user, "roles": roles["roles"]}
+        return {"user": created.user, "roles": created.roles}
 
     @api.get(
         "/users/{username}",
@@ -453,14 +454,8 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
     )
     async def get_user(username: UserNameParam, request: Request) -> Any:
         """One user (with PAM group roles and any lockout in force) and their assigned roles."""
-        user = await backend.ask(
-            RpcQueue.IDENTITY_GET_USER,
-            UserNameRequest(username=username, context=ctx(request)),
-        )
-        roles = await backend.ask(
-            RpcQueue.POLICY_ROLES_OF, RolesOfRequest(username=username, context=ctx(request))
-        )
-        return {"user": user, "roles": roles["roles"]}
+        found = await users.get(username, ctx(request))
+        return {"user": found.user, "roles": found.roles}
 
     @api.patch(
         "/users/{username}",
@@ -473,44 +468,15 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
 
         Disabling a user or changing their roles ends all their sessions at once.
         """
-        if body.roles is None and body.disabled is None:
-            raise ServiceError(ErrorCode.VALIDATION_FAILED, "Give roles, disabled, or both.")
-        name = username
-        if body.disabled is not None:
-            user = await backend.ask(
-                RpcQueue.IDENTITY_UPDATE_USER,
-                UpdateUserRequest(username=name, disabled=body.disabled, context=ctx(request)),
-            )
-        else:
-            user = await backend.ask(
-                RpcQueue.IDENTITY_GET_USER, UserNameRequest(username=name, context=ctx(request))
-            )
-        if body.roles is None:
-            roles = await backend.ask(
-                RpcQueue.POLICY_ROLES_OF, RolesOfRequest(username=name, context=ctx(request))
-            )
-            return {"user": user, "roles": roles["roles"]}
-        roles = await backend.ask(
-            RpcQueue.POLICY_ASSIGN_ROLES,
-            AssignRolesRequest(username=name, roles=body.roles, context=ctx(request)),
+        updated = await users.update(
+            username, roles=body.roles, disabled=body.disabled, context=ctx(request)
         )
-        await backend.ask(
-            RpcQueue.IDENTITY_REVOKE_USER_SESSIONS,
-            RevokeUserSessionsRequest(username=name, reason="roles_changed", context=ctx(request)),
-        )
-        return {"user": user, "roles": roles["roles"]}
+        return {"user": updated.user, "roles": updated.roles}
 
     @api.delete("/users/{username}", status_code=204, tags=["users"], openapi_extra=users_manage)
     async def delete_user(username: UserNameParam, request: Request) -> Response:
         """Delete a user with their sessions and API keys, and clear their role assignments."""
-        name = username
-        await backend.ask(
-            RpcQueue.IDENTITY_DELETE_USER, UserNameRequest(username=name, context=ctx(request))
-        )
-        await backend.ask(
-            RpcQueue.POLICY_ASSIGN_ROLES,
-            AssignRolesRequest(username=name, roles=[], context=ctx(request)),
-        )
+        await users.delete(username, ctx(request))
         return Response(status_code=204)
 
     @api.post(
@@ -533,7 +499,10 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
     async def list_keys(
         request: Request, owner: Annotated[str | None, Query(max_length=64)] = None
     ) -> Any:
-        """API keys that work (never the keys themselves), of every user or of ``owner``."""
+        """API keys that work (never the keys themselves), of ``owner`` or of every user.
+
+        Without users:manage, only the caller's own keys.
+        """
         return await backend.ask(
             RpcQueue.IDENTITY_LIST_API_KEYS,
             ListApiKeysRequest(owner=owner, context=ctx(request)),
@@ -549,8 +518,8 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
     async def create_key(body: CreateApiKeyBody, request: Request) -> Any:
         """Issue an API key; the answer is the only time the key is shown.
 
-        Identity checks the scopes: permissions the owner holds now (and, when the caller is
-        itself an API key, within that key's scopes), else 422.
+        Identity checks the scopes: permissions both the owner and the caller hold now (a
+        calling key narrowed to its scopes), else 422; another owner needs users:manage.
         """
         principal: Principal = request.state.principal
         return await backend.ask(
@@ -872,6 +841,16 @@ def session_token(request: Request) -> str:
             "This call needs a session token; API keys are revoked with DELETE /api-keys/{id}.",
         )
     return token
+
+
+def session_principal(request: Request) -> Principal:
+    """The caller of a session-only call: an API key never manages sessions (decision 0025)."""
+    principal: Principal = request.state.principal
+    if principal.kind != "session":
+        raise ServiceError(
+            ErrorCode.FORBIDDEN, "Sessions are listed and revoked with a session token, not a key."
+        )
+    return principal
 
 
 def _error(request: Request, code: ErrorCode, message: str, status: int | None = None) -> Response:
