@@ -91,3 +91,9 @@ class DatabaseSettings(ServiceSettings):
 
     database_url: SecretStr = Field(description="PostgreSQL DSN of this service's database.")
     database_pool_size: int = Field(default=5, ge=1, le=100, description="Connections kept.")
+    migration_database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL DSN of an administrator, used by `migrate` only: it creates "
+        "the role of database_url (its user and password) owning only this service's schema. "
+        "Unset: migrate connects with database_url, whose role must already exist.",
+    )
