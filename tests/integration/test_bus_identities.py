@@ -11,6 +11,9 @@ line or log of the processes the stack started.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -253,6 +256,21 @@ def test_service_roles_are_unprivileged_and_own_their_schema(stack: Stack) -> No
     assert owners
     for row in owners:
         assert row["owner"] == stack.config.db_role(row["schema"]), dict(row)
+
+
+def test_each_role_has_the_password_of_its_services_url(stack: Stack) -> None:
+    """PostgreSQL stored the verifier migrate computed, not a hash of the verifier's text."""
+    for service in devstack.MIGRATED:
+        (row,) = stack.db(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1", stack.config.db_role(service)
+        )
+        iterations, salt = row["rolpassword"].split("$")[1].split(":")
+        password = (stack.config.secret_dir / "postgres" / service).read_text().strip()
+        salted = hashlib.pbkdf2_hmac(
+            "sha256", password.encode(), base64.b64decode(salt), int(iterations)
+        )
+        server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+        assert row["rolpassword"].endswith(":" + base64.b64encode(server_key).decode())
 
 
 def test_services_connect_as_their_own_roles(stack: Stack) -> None:
