@@ -42,6 +42,7 @@ from hypersdk_kit.bus import (
     current_message,
     serve_rpc,
 )
+from hypersdk_kit.database import ServiceRole, apply_migrations
 
 from .conftest import ADMIN_PASSWORD, Stack, devstack, until
 
@@ -271,6 +272,38 @@ def test_each_role_has_the_password_of_its_services_url(stack: Stack) -> None:
         )
         server_key = hmac.new(salted, b"Server Key", "sha256").digest()
         assert row["rolpassword"].endswith(":" + base64.b64encode(server_key).decode())
+
+
+async def test_migrate_hands_a_schema_made_by_the_administrator_to_the_role(stack: Stack) -> None:
+    """A database from before per-service roles (tables owned by postgres) converts in place."""
+    from hypersdk_identity.adapters.outbound.postgres import MIGRATIONS, SCHEMA
+
+    database = f"{stack.config.database}_conv"
+    role = ServiceRole(name=f"{database}_identity", password=secrets.token_urlsafe(18))
+    admin = stack.database_url.rsplit("/", 1)[0]
+    server = await asyncpg.connect(f"{admin}/postgres")
+    await server.execute(f'CREATE DATABASE "{database}"')
+    try:
+        await apply_migrations(f"{admin}/{database}", schema=SCHEMA, migrations=MIGRATIONS[:1])
+        applied = await apply_migrations(
+            f"{admin}/{database}", schema=SCHEMA, migrations=MIGRATIONS, owner=role
+        )
+        assert applied == len(MIGRATIONS) - 1
+        conn = await asyncpg.connect(f"{admin}/{database}")
+        try:
+            owners = await conn.fetch(
+                "SELECT c.relname, pg_get_userbyid(c.relowner) AS owner FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+                SCHEMA,
+            )
+        finally:
+            await conn.close()
+        assert len(owners) > len(MIGRATIONS)
+        assert {row["owner"] for row in owners} == {role.name}
+    finally:
+        await server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await server.execute(f'DROP ROLE IF EXISTS "{role.name}"')
+        await server.close()
 
 
 def test_services_connect_as_their_own_roles(stack: Stack) -> None:
