@@ -264,9 +264,8 @@ def bus_definitions(config: StackConfig) -> dict[str, object]:
         user["password_hash"] = _rabbit_password_hash(
             _read_secret(config.secret_dir / "amqp" / service)
         )
-    for section in ("vhosts",):
-        for item in definitions[section]:
-            item["name"] = config.amqp_vhost
+    for vhost in definitions["vhosts"]:
+        vhost["name"] = config.amqp_vhost
     for section in ("permissions", "topic_permissions", "exchanges", "queues", "bindings"):
         for item in definitions[section]:
             item["vhost"] = config.amqp_vhost
