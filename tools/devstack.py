@@ -586,13 +586,17 @@ def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, s
             _run_module(config, service, "migrate", env=env)
         token_file = config.secret_dir / "vault-token"
         _private_file(token_file, secrets.token_hex(24))
+        # The stack's description in a 0600 file, not on the supervisor's command line (which
+        # every local user can read): extra_env may one day hold something secret.
+        stack_file = config.run_dir / "stack.json"
+        _private_file(stack_file, json.dumps(asdict(config), default=str))
         supervisor = subprocess.Popen(
             [
                 config.python,
                 str(Path(__file__).resolve()),
                 "supervise",
                 "--config",
-                json.dumps(asdict(config), default=str),
+                str(stack_file),
             ],
             start_new_session=True,
             stdin=subprocess.DEVNULL,
@@ -671,10 +675,10 @@ def main() -> None:
     """Command line: up, down, status, supervise."""
     parser = argparse.ArgumentParser(prog="devstack")
     parser.add_argument("command", choices=["up", "down", "status", "supervise"])
-    parser.add_argument("--config", help="JSON StackConfig (internal, for supervise)")
+    parser.add_argument("--config", help="file of a JSON StackConfig (internal, for supervise)")
     args = parser.parse_args()
     if args.command == "supervise":
-        raw = json.loads(args.config)
+        raw = json.loads(Path(args.config).read_text())
         raw["state_dir"] = Path(raw["state_dir"])
         supervise(StackConfig(**raw))
         return
