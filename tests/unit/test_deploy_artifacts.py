@@ -359,6 +359,40 @@ def test_each_service_has_its_own_credentials(objects: list[dict[str, Any]]) -> 
     assert len(secrets) == len(SERVICES)
 
 
+def test_audit_attributes_each_login_of_the_definitions_to_its_service(
+    objects: list[dict[str, Any]],
+) -> None:
+    definitions = json.loads(RABBITMQ_DEFINITIONS.read_text())
+    (container,) = deployment_of(objects, "audit")["spec"]["template"]["spec"]["containers"]
+    publishers = json.loads(container_env(container)["HYPERSDK_AUDIT_PUBLISHERS"]["value"])
+    assert publishers == {
+        user["name"]: user["name"].removeprefix("hypersdk-") for user in definitions["users"]
+    }
+
+
+def test_only_migration_jobs_get_the_administrators_database_url() -> None:
+    """Set, migrations.adminSecret reaches each migration Job (which creates the service's
+    role) and no Deployment; unset, nothing does."""
+    for admin_secret in ("", "pg-admin"):
+        objects = documents(render({"migrations": {"adminSecret": admin_secret}}))
+        for service in SERVICES:
+            (container,) = deployment_of(objects, service)["spec"]["template"]["spec"]["containers"]
+            assert not any("MIGRATION" in name for name in container_env(container))
+        for service in DATABASE_SERVICES:
+            job = of_kind(objects, "Job")[f"hypersdk-{service}-migrate"]
+            (container,) = job["spec"]["template"]["spec"]["containers"]
+            admin = container_env(container).get(
+                f"HYPERSDK_{service.upper()}_MIGRATION_DATABASE_URL"
+            )
+            if admin_secret:
+                assert admin == {
+                    "name": f"HYPERSDK_{service.upper()}_MIGRATION_DATABASE_URL",
+                    "valueFrom": {"secretKeyRef": {"name": "pg-admin", "key": "database-url"}},
+                }
+            else:
+                assert admin is None
+
+
 def test_gateway_service_and_health_services(objects: list[dict[str, Any]]) -> None:
     services = of_kind(objects, "Service")
     gateway = services["hypersdk-gateway"]

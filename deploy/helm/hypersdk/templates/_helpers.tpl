@@ -187,6 +187,10 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 - name: HYPERSDK_SECRETS_VAULT_TOKEN_FILE
   value: {{ printf "%s/token" (trimSuffix "/" $svc.vault.tokenMountPath) | quote }}
 {{- end }}
+{{- if eq .service "audit" }}
+- name: HYPERSDK_AUDIT_PUBLISHERS
+  value: {{ toJson ($svc.publishers | default dict) | quote }}
+{{- end }}
 {{- if eq .service "exporter" }}
 - name: HYPERSDK_EXPORTER_EXPORT_DIR
   value: {{ $svc.exportDir | quote }}

@@ -24,6 +24,7 @@ from faststream.rabbit import (
     RabbitBroker,
     RabbitExchange,
     RabbitQueue,
+    RabbitResponse,
 )
 from faststream.rabbit.annotations import RabbitMessage
 from faststream.security import BaseSecurity
@@ -181,6 +182,7 @@ class RabbitEventPublisher(EventPublisher, EnvelopePublisher):
                 message_type=event.type,
                 headers=_trace_headers(event),
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
+                user_id=bus_login(self._broker),
             ),
             mandatory=False,
             timeout=self._confirm_timeout_seconds,
@@ -246,6 +248,7 @@ async def send_command(
         headers=_trace_headers(event),
         persist=True,
         mandatory=True,
+        user_id=bus_login(broker),
     )
     return event
 
@@ -603,8 +606,9 @@ def serve_rpc(
         request_model, answer, operation=queue, permissions=permissions, authorizer=authorizer
     )
 
-    async def respond_current() -> dict[str, Any]:
-        return await respond(current_message(broker))
+    async def respond_current() -> RabbitResponse:
+        # The reply carries this connection's login as its broker-validated user_id too.
+        return RabbitResponse(await respond(current_message(broker)), user_id=bus_login(broker))
 
     broker.subscriber(RabbitQueue(queue, durable=True), ack_policy=AckPolicy.ACK)(respond_current)
 
@@ -663,6 +667,7 @@ class RpcClient:
                     correlation_id=correlation_id,
                     reply_to=DIRECT_REPLY_TO,
                     expiration=self._timeout,
+                    user_id=bus_login(self._broker),
                     headers={"traceparent": child_traceparent(request.context.traceparent)},
                 ),
                 routing_key=queue,
@@ -701,3 +706,13 @@ def broker_connection(broker: RabbitBroker) -> aio_pika.abc.AbstractRobustConnec
     if connection is None:
         raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, "The message bus is not connected.")
     return connection  # type: ignore[no-any-return]
+
+
+def bus_login(broker: RabbitBroker) -> str:
+    """The RabbitMQ login of a started broker's connection: the ``user_id`` of what it publishes.
+
+    RabbitMQ refuses a message whose ``user_id`` is not the login of the connection that
+    published it, so a consumer may take ``user_id`` as the producing account.
+    """
+    connection = cast(aio_pika.RobustConnection, broker_connection(broker))
+    return connection.url.user or "guest"  # AMQP's default login

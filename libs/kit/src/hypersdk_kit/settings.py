@@ -103,3 +103,9 @@ class DatabaseSettings(ServiceSettings):
     outbox_max_backoff_seconds: float = Field(
         default=5.0, gt=0, le=300, description="Longest wait between relay retries in an outage."
     )
+    migration_database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL DSN of an administrator, used by `migrate` only: it creates "
+        "the role of database_url (its user and password) owning only this service's schema. "
+        "Unset: migrate connects with database_url, whose role must already exist.",
+    )
