@@ -58,7 +58,12 @@ async def prepare_exporter(
             events=publisher,
             export_dir=settings.export_dir,
         )
-        guard = RequestGuard(events=publisher, rejected=ExporterRequestRejected, grants=grants)
+        seals = AssertionVerifier(
+            load_public_key(settings.gateway_public_key_file), issuer="gateway"
+        )
+        guard = RequestGuard(
+            events=publisher, rejected=ExporterRequestRejected, grants=grants, seals=seals
+        )
         register_rpc(broker, exporter, guard=guard)
         register_worker(
             broker,
@@ -66,6 +71,7 @@ async def prepare_exporter(
             concurrency=settings.job_concurrency,
             verifier=CommandVerifier(
                 verifier=grants,
+                seals=seals,
                 exporter=exporter,
                 events=publisher,
                 max_age_seconds=settings.max_command_age_seconds,

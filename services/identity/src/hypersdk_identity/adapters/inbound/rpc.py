@@ -73,7 +73,11 @@ def register_rpc(
     """Answer the identity questions on their request queues."""
 
     async def login(request: LoginRequest) -> LoginResult:
-        return await identity.login(request.username, request.password, request.context)
+        # Only the gateway's seal says where a login came from: the address throttle counts
+        # the sealed address, never one a caller on the bus wrote into the context.
+        seal = await guard.admit(operation=RpcQueue.IDENTITY_LOGIN, context=request.context)
+        context = request.context.model_copy(update={"source_ip": seal.get("ip")})
+        return await identity.login(request.username, request.password, context)
 
     async def authenticate(request: AuthenticateRequest) -> Principal:
         return sign_principal(signer, await identity.authenticate(request.token))
@@ -126,12 +130,22 @@ def register_account_rpc(
 
     async def list_sessions(request: ListSessionsRequest) -> list[SessionView]:
         claims = await _own(
-            guard, RpcQueue.IDENTITY_LIST_SESSIONS, request.context, request.username
+            guard,
+            RpcQueue.IDENTITY_LIST_SESSIONS,
+            request.context,
+            request.username,
+            target=request.username,
         )
         return await identity.list_sessions(request.username, current_session_id=claims.get("sid"))
 
     async def revoke_session(request: RevokeSessionRequest) -> None:
-        await _own(guard, RpcQueue.IDENTITY_REVOKE_SESSION, request.context, request.username)
+        await _own(
+            guard,
+            RpcQueue.IDENTITY_REVOKE_SESSION,
+            request.context,
+            request.username,
+            target=request.session_id,
+        )
         await identity.revoke_session(request.username, request.session_id, request.context)
 
     async def get_user(request: UserNameRequest) -> UserView:
@@ -192,7 +206,7 @@ def register_api_key_rpc(
             scopes=request.scopes,
             expires_at=request.expires_at,
             calling_key_scopes=await calling_key_scopes(
-                guard, RpcQueue.IDENTITY_CREATE_API_KEY, request.context
+                guard, RpcQueue.IDENTITY_CREATE_API_KEY, request.context, target=request.owner
             ),
             context=request.context,
         )
@@ -225,7 +239,7 @@ def register_api_key_rpc(
 
 
 async def calling_key_scopes(
-    guard: RequestGuard, operation: str, context: RequestContext
+    guard: RequestGuard, operation: str, context: RequestContext, *, target: str | None
 ) -> list[str] | None:
     """The scopes of the API key making the call, None for a session.
 
@@ -233,7 +247,7 @@ async def calling_key_scopes(
     request field, so a caller cannot claim a broader key than it holds. Anything but a session
     without scopes counts as a key, and a key without readable scopes has none.
     """
-    claims = await guard.authenticate(operation=operation, context=context)
+    claims = await guard.authenticate(operation=operation, context=context, target=target)
     scopes = claims.get("scopes")
     if claims.get("kind") == "session" and scopes is None:
         return None
@@ -241,10 +255,15 @@ async def calling_key_scopes(
 
 
 async def _own(
-    guard: RequestGuard, operation: str, context: RequestContext, username: str
+    guard: RequestGuard,
+    operation: str,
+    context: RequestContext,
+    username: str,
+    *,
+    target: str | None,
 ) -> dict[str, Any]:
     """The caller's verified principal claims; it may only ask about its own sessions."""
-    claims = await guard.authenticate(operation=operation, context=context)
+    claims = await guard.authenticate(operation=operation, context=context, target=target)
     if claims.get("sub") != username:
         await guard.refuse(operation=operation, reason="actor_mismatch", context=context)
     return claims
