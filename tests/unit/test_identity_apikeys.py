@@ -25,7 +25,8 @@ from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import IdentityRequestRejected
 from hypersdk_contracts.names import RpcQueue
-from hypersdk_contracts.rpc import Principal, RpcRequest
+from hypersdk_contracts.rpc import CreateApiKeyRequest, Principal, RpcRequest
+from hypersdk_gateway.core.seals import seal_request
 from hypersdk_identity.adapters.inbound.rpc import calling_key_scopes, sign_principal
 from hypersdk_identity.adapters.outbound.bus import RpcPermissionDirectory
 from hypersdk_identity.adapters.outbound.memory import (
@@ -40,6 +41,7 @@ from hypersdk_identity.core.service import IdentityService, SessionPolicy
 from hypersdk_kit.bus import InMemoryEventPublisher, RpcClient
 from hypersdk_kit.guard import RequestGuard
 from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
+from tests.unit.fake_backend import gateway_seals, seal_verifier
 
 from .test_identity_sessions import Clock
 
@@ -245,12 +247,21 @@ def _guard() -> RequestGuard:
         events=InMemoryEventPublisher(service="identity"),
         rejected=IdentityRequestRejected,
         principals=AssertionVerifier(IDENTITY_KEY.public_key(), issuer="identity"),
+        seals=seal_verifier(),
     )
 
 
 def _context(principal: Principal, key: Ed25519PrivateKey = IDENTITY_KEY) -> RequestContext:
     signed = sign_principal(AssertionSigner(key, issuer="identity"), principal)
-    return RequestContext(actor=principal.username, assertion=signed.assertion)
+    request = CreateApiKeyRequest(
+        owner="admin",
+        name="ci",
+        scopes=["vms:browse"],
+        context=RequestContext(
+            actor=principal.username, request_id="req-key", assertion=signed.assertion
+        ),
+    )
+    return seal_request(gateway_seals(), RpcQueue.IDENTITY_CREATE_API_KEY, request).context
 
 
 async def test_the_calling_keys_scopes_come_from_its_verified_assertion() -> None:
@@ -258,14 +269,16 @@ async def test_the_calling_keys_scopes_come_from_its_verified_assertion() -> Non
     key = Principal(username="admin", kind="apikey", key_id="k1", scopes=["vms:browse"])
     session = Principal(username="admin", kind="session", session_id="s1")
 
-    assert await calling_key_scopes(_guard(), operation, _context(key)) == ["vms:browse"]
-    assert await calling_key_scopes(_guard(), operation, _context(session)) is None
+    assert await calling_key_scopes(_guard(), operation, _context(key), target="admin") == [
+        "vms:browse"
+    ]
+    assert await calling_key_scopes(_guard(), operation, _context(session), target="admin") is None
     for unverifiable in (
         RequestContext(actor="admin"),
         _context(session, key=Ed25519PrivateKey.generate()),
     ):
         with pytest.raises(ServiceError) as error:
-            await calling_key_scopes(_guard(), operation, unverifiable)
+            await calling_key_scopes(_guard(), operation, unverifiable, target="admin")
         assert error.value.code is ErrorCode.FORBIDDEN
 
 

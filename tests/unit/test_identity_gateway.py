@@ -66,7 +66,13 @@ from hypersdk_kit.guard import RequestGuard
 from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
-from tests.unit.fake_backend import InProcessBackend, Routes
+from tests.unit.fake_backend import (
+    UNUSED_KEY,
+    InProcessBackend,
+    Routes,
+    gateway_seals,
+    seal_verifier,
+)
 
 PASSWORD = "correct horse battery staple"
 LINUX_PASSWORD = "penguins on the ice floe"
@@ -103,6 +109,7 @@ class IdentityBackend(InProcessBackend):
             events=InMemoryEventPublisher(service="identity"),
             rejected=IdentityRequestRejected,
             principals=AssertionVerifier(identity_key.public_key(), issuer="identity"),
+            seals=seal_verifier(),
         )
 
         async def decide(r: DecideRequest) -> Any:
@@ -133,7 +140,7 @@ class IdentityBackend(InProcessBackend):
                 scopes=r.scopes,
                 expires_at=r.expires_at,
                 calling_key_scopes=await calling_key_scopes(
-                    guard, RpcQueue.IDENTITY_CREATE_API_KEY, r.context
+                    guard, RpcQueue.IDENTITY_CREATE_API_KEY, r.context, target=r.owner
                 ),
                 context=r.context,
             )
@@ -292,11 +299,12 @@ async def gateway() -> AsyncIterator[Gateway]:
     cache = CredentialCache(ttl_seconds=10)
     cache.resume()
     chain = build_chain(
-        GatewaySettings(amqp_url="amqp://unused"),
+        GatewaySettings(amqp_url="amqp://unused", signing_key_file=UNUSED_KEY),
         backend=backend,
         events=InMemoryEventPublisher(service="gateway"),
         ready=_ready,
         cache=cache,
+        seals=gateway_seals(),
     )
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=chain), base_url="http://testserver"
