@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -22,6 +24,7 @@ import pytest
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.names import EVENTS_EXCHANGE, RoutingKey, RpcQueue
+from hypersdk_contracts.operations import EXPORT_COMMAND
 from hypersdk_contracts.rpc import (
     AssignRolesRequest,
     AuthenticateRequest,
@@ -196,3 +199,79 @@ async def test_logins_on_the_bus_cannot_choose_the_address_that_is_throttled(
     )
     assert status == 401
     assert [row["failures"] for row in stack.db(throttled, victim)] == [1]
+
+
+def _export_command(job: dict[str, Any], *, grant: str, seal: str | None, rid: str) -> bytes:
+    envelope = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": "/test/forger",
+        "type": f"io.hypersdk.{EXPORT_COMMAND}",
+        "time": datetime.now(UTC).isoformat(),
+        "actor": "admin",
+        "requestid": rid,
+        "data": {
+            "job_id": job["id"],
+            "provider": job["provider"],
+            "vm": job["vm"],
+            "format": "qcow2",
+            "grant": grant,
+        },
+    }
+    if seal is not None:
+        envelope["seal"] = seal
+    return json.dumps(envelope).encode()
+
+
+async def test_an_export_command_needs_the_seal_of_the_request_that_queued_it(
+    stack: Stack, rejections: Rejections
+) -> None:
+    await rejections.queue.bind(EVENTS_EXCHANGE, routing_key=RoutingKey.EXPORTER_REQUEST_REJECTED)
+    token = stack.api.login("admin", ADMIN_PASSWORD)
+    status, job, _ = stack.api.call(
+        "POST",
+        "/api/v1/exports",
+        {"provider": "demo-lab", "vm": "web-01", "format": "raw"},
+        token=token,
+    )
+    assert status == 202, job
+    # A genuine grant for the command, signed with policy's key right after the job was made.
+    policy = AssertionSigner(load_private_key(stack.config.key_dir / "policy.key"), issuer="policy")
+    grant = policy.sign(
+        {"typ": "grant", "sub": "admin", "perm": "vms:export", "op": [EXPORT_COMMAND]}
+    )
+    gateway = AssertionSigner(
+        load_private_key(stack.config.key_dir / "gateway.key"), issuer=SEAL_ISSUER
+    )
+    rid = secrets.token_hex(8)
+    other_vm = gateway.sign(
+        {
+            "typ": "request",
+            "rid": rid,
+            "ip": None,
+            "sub": "admin",
+            "op": RpcQueue.EXPORTER_CREATE_EXPORT,
+            "res": "demo-lab/another-vm",
+        }
+    )
+    forgeries = {
+        "missing_seal": _export_command(job, grant=grant, seal=None, rid=rid),
+        "target_mismatch": _export_command(job, grant=grant, seal=other_vm, rid=rid),
+    }
+    connection = await aio_pika.connect(stack.amqp_url)
+    channel = await connection.channel()
+    for reason, body in forgeries.items():
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                body,
+                message_id=f"forged-{reason}-{rid}",
+                content_type="application/cloudevents+json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key="exporter.jobs",
+        )
+    await connection.close()
+
+    events = await rejections.wait_for(len(forgeries))
+    assert sorted(e["data"]["reason"] for e in events) == sorted(forgeries)
+    assert {e["data"]["operation"] for e in events} == {"exporter.jobs"}

@@ -8,12 +8,13 @@ target, admitted once; a request without an actor is refused where a principal i
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hypersdk_contracts.envelope import RequestContext
+from hypersdk_contracts.envelope import CloudEvent, RequestContext, new_event
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import IdentityRequestRejected
 from hypersdk_contracts.names import RpcQueue
@@ -268,3 +269,22 @@ def test_an_export_seal_names_the_vm_its_command_will_export() -> None:
         RpcQueue.EXPORTER_CREATE_EXPORT,
         EXPORT_COMMAND,
     }
+
+
+def test_events_carry_the_seal_of_the_request_that_caused_them() -> None:
+    seal = gateway(Clock()).sign({"typ": "request", "rid": "req-1", "op": CREATE_USER})
+    ctx = RequestContext(actor="root", request_id="req-1", seal=seal, grant=grant([CREATE_USER]))
+    event = new_event(
+        service="identity",
+        routing_key="identity.request.rejected",
+        data=IdentityRequestRejected(operation=CREATE_USER, reason="x", claimed_actor="root"),
+        subject=CREATE_USER,
+        context=ctx,
+    )
+
+    wire = event.to_wire()
+    assert wire["seal"] == seal
+    assert ctx.grant is not None
+    assert ctx.grant not in json.dumps(wire)
+    assert CloudEvent.model_validate(wire).context.seal == seal
+    assert seal not in repr(ctx)
