@@ -30,8 +30,8 @@ from hypersdk_contracts.rpc import (
 )
 from hypersdk_gateway.core.seals import seal_request
 from hypersdk_kit.bus import InMemoryEventPublisher
-from hypersdk_kit.guard import RequestGuard, SeenSeals
-from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
+from hypersdk_kit.guard import RequestGuard, SeenSeals, check_grant
+from hypersdk_kit.trust import AssertionRejectedError, AssertionSigner, AssertionVerifier
 
 NOW = 1_800_000_000.0
 POLICY = Ed25519PrivateKey.generate()
@@ -288,3 +288,17 @@ def test_events_carry_the_seal_of_the_request_that_caused_them() -> None:
     assert ctx.grant not in json.dumps(wire)
     assert CloudEvent.model_validate(wire).context.seal == seal
     assert seal not in repr(ctx)
+
+
+def test_a_command_without_an_actor_is_refused() -> None:
+    claims = AssertionVerifier(POLICY.public_key(), issuer="policy", clock=lambda: NOW).verify(
+        grant([EXPORT_COMMAND], perm="vms:export")
+    )
+    with pytest.raises(AssertionRejectedError) as refused:
+        check_grant(
+            claims,
+            context=RequestContext(request_id="req-1"),
+            permissions=frozenset({"vms:export"}),
+            operation=EXPORT_COMMAND,
+        )
+    assert refused.value.reason == "missing_actor"

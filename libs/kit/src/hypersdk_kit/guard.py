@@ -223,10 +223,11 @@ def check_grant(
     """
     if claims.get("typ") != "grant":
         raise AssertionRejectedError("malformed_assertion")
+    _require_actor(context)
     if claims.get("perm") not in permissions:
         raise AssertionRejectedError("permission_not_granted")
     allowed = claims.get("op")
     if not isinstance(allowed, list) or operation not in allowed:
         raise AssertionRejectedError("operation_not_granted")
-    if not context.actor or claims.get("sub") != context.actor:
+    if claims.get("sub") != context.actor:
         raise AssertionRejectedError("actor_mismatch")
