@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import devstack
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.names import RpcQueue
-from hypersdk_contracts.rpc import DecideRequest
+from hypersdk_contracts.rpc import DecideRequest, RpcRequest
+from hypersdk_gateway.core.seals import SEAL_ISSUER, seal_request
 from hypersdk_kit.bus import RpcClient, build_broker
 from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_kit.trust import AssertionSigner, load_private_key
@@ -93,7 +94,9 @@ async def decisions_in_process(count: int) -> dict[str, Any]:
             username="op", permission=permission, resource="GET /x", context=context
         )
         if decision.allowed:
-            signer.sign({"typ": "grant", "sub": "op", "perm": permission})
+            signer.sign(
+                {"typ": "grant", "sub": "op", "perm": permission, "op": ["exporter.rpc.list_jobs"]}
+            )
         signed.append(time.perf_counter() - started)
     return {
         "count": count,
@@ -104,18 +107,26 @@ async def decisions_in_process(count: int) -> dict[str, Any]:
 
 async def decisions_over_bus(config: devstack.StackConfig, count: int) -> dict[str, Any]:
     identity = AssertionSigner(load_private_key(config.key_dir / "identity.key"), issuer="identity")
+    gateway = AssertionSigner(load_private_key(config.key_dir / "gateway.key"), issuer=SEAL_ISSUER)
     broker = build_broker(config.amqp_url(), service="bench")
     await broker.start()
     rpc = RpcClient(broker, timeout_seconds=10)
 
-    def request(index: int) -> DecideRequest:
+    def request(index: int) -> RpcRequest:
+        # What the gateway sends: the principal's assertion, sealed for this one request.
         assertion = identity.sign({"typ": "principal", "sub": "admin", "kind": "session"})
-        return DecideRequest(
+        decide = DecideRequest(
             username="admin",
             permission="jobs:view",
             resource="GET /api/v1/jobs",
-            context=RequestContext(actor="admin", request_id=f"bench-{index}", assertion=assertion),
+            operations=[RpcQueue.EXPORTER_LIST_JOBS],
+            context=RequestContext(
+                actor="admin",
+                request_id=f"bench-{index}-{secrets.token_hex(4)}",
+                assertion=assertion,
+            ),
         )
+        return seal_request(gateway, RpcQueue.POLICY_DECIDE, decide)
 
     try:
         for index in range(50):  # warm up connections and caches

@@ -273,13 +273,22 @@ def test_probes_hit_health_endpoints(objects: list[dict[str, Any]], service: str
 
 
 # Which signing-key files each service reads, and through which variable.
+SEALS = {"GATEWAY_PUBLIC_KEY_FILE": "gateway.pub"}
 SIGNING_KEYS = {
-    "identity": {"SIGNING_KEY_FILE": "identity.key", "POLICY_PUBLIC_KEY_FILE": "policy.pub"},
-    "policy": {"SIGNING_KEY_FILE": "policy.key", "IDENTITY_PUBLIC_KEY_FILE": "identity.pub"},
-    "secrets": {"POLICY_PUBLIC_KEY_FILE": "policy.pub"},
-    "exporter": {"POLICY_PUBLIC_KEY_FILE": "policy.pub"},
-    "audit": {"POLICY_PUBLIC_KEY_FILE": "policy.pub"},
-    "gateway": {},
+    "identity": {
+        "SIGNING_KEY_FILE": "identity.key",
+        "POLICY_PUBLIC_KEY_FILE": "policy.pub",
+        **SEALS,
+    },
+    "policy": {
+        "SIGNING_KEY_FILE": "policy.key",
+        "IDENTITY_PUBLIC_KEY_FILE": "identity.pub",
+        **SEALS,
+    },
+    "secrets": {"POLICY_PUBLIC_KEY_FILE": "policy.pub", **SEALS},
+    "exporter": {"POLICY_PUBLIC_KEY_FILE": "policy.pub", **SEALS},
+    "audit": {"POLICY_PUBLIC_KEY_FILE": "policy.pub", **SEALS},
+    "gateway": {"SIGNING_KEY_FILE": "gateway.key"},
 }
 
 
@@ -1114,6 +1123,7 @@ def test_gateway_tls_mtls_cors_and_limits_values(client_cert_required: bool) -> 
     settings = GatewaySettings.model_validate(
         {
             "amqp_url": "amqp://unused",
+            "signing_key_file": env["HYPERSDK_GATEWAY_SIGNING_KEY_FILE"],
             "credential_cache_seconds": env["HYPERSDK_GATEWAY_CREDENTIAL_CACHE_SECONDS"],
             "max_pending_events": env["HYPERSDK_GATEWAY_MAX_PENDING_EVENTS"],
         }

@@ -57,7 +57,7 @@ from hypersdk_kit.bus import InMemoryEventPublisher
 from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
-from tests.unit.fake_backend import Handler, InProcessBackend, Routes
+from tests.unit.fake_backend import UNUSED_KEY, Handler, InProcessBackend, Routes, gateway_seals
 
 PASSWORD = "correct horse battery staple"
 ORIGIN = "https://console.example.com"
@@ -213,7 +213,9 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         events: InMemoryEventPublisher | None = None,
         **overrides: Any,
     ) -> Gateway:
-        settings = GatewaySettings(amqp_url="amqp://unused", **overrides)
+        settings = GatewaySettings(
+            amqp_url="amqp://unused", signing_key_file=UNUSED_KEY, **overrides
+        )
         identity_events = InMemoryUnitOfWork(service="identity")
         policy_events = InMemoryUnitOfWork(service="policy")
         hasher = InsecureFastHasher()
@@ -236,7 +238,14 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         events = events or InMemoryEventPublisher(service="gateway")
         cache = CredentialCache(ttl_seconds=10, clock=cache_clock or time.monotonic)
         cache.resume()
-        chain = build_chain(settings, backend=backend, events=events, ready=_ready, cache=cache)
+        chain = build_chain(
+            settings,
+            backend=backend,
+            events=events,
+            ready=_ready,
+            cache=cache,
+            seals=gateway_seals(),
+        )
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=chain), base_url="http://testserver"
         )
@@ -489,10 +498,11 @@ def test_settings_refuse_any_origin_with_credentials() -> None:
     with pytest.raises(ValidationError, match="credentials"):
         GatewaySettings(
             amqp_url="amqp://unused",
+            signing_key_file=UNUSED_KEY,
             cors_origins=["*"],
             cors_allow_credentials=True,
         )
-    GatewaySettings(amqp_url="amqp://unused", cors_origins=["*"])
+    GatewaySettings(amqp_url="amqp://unused", signing_key_file=UNUSED_KEY, cors_origins=["*"])
 
 
 # ---- authentication --------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import IdentityRequestRejected
 from hypersdk_contracts.names import RpcQueue
-from hypersdk_contracts.rpc import Principal, RpcRequest
+from hypersdk_contracts.rpc import CreateApiKeyRequest, ListSessionsRequest, Principal, RpcRequest
+from hypersdk_gateway.core.seals import seal_request
 from hypersdk_identity.adapters.inbound.rpc import (
     caller_of,
     own_session_claims,
@@ -45,6 +46,7 @@ from hypersdk_kit.bus import InMemoryEventPublisher, RpcClient
 from hypersdk_kit.guard import RequestGuard
 from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
+from tests.unit.fake_backend import gateway_seals, seal_verifier
 
 from .test_identity_sessions import Clock
 
@@ -249,12 +251,21 @@ def _guard() -> RequestGuard:
         events=InMemoryEventPublisher(service="identity"),
         rejected=IdentityRequestRejected,
         principals=AssertionVerifier(IDENTITY_KEY.public_key(), issuer="identity"),
+        seals=seal_verifier(),
     )
 
 
 def _context(principal: Principal, key: Ed25519PrivateKey = IDENTITY_KEY) -> RequestContext:
     signed = sign_principal(AssertionSigner(key, issuer="identity"), principal)
-    return RequestContext(actor=principal.username, assertion=signed.assertion)
+    request = CreateApiKeyRequest(
+        owner="admin",
+        name="ci",
+        scopes=["vms:browse"],
+        context=RequestContext(
+            actor=principal.username, request_id="req-key", assertion=signed.assertion
+        ),
+    )
+    return seal_request(gateway_seals(), RpcQueue.IDENTITY_CREATE_API_KEY, request).context
 
 
 async def test_the_caller_comes_from_its_verified_assertion() -> None:
@@ -264,16 +275,18 @@ async def test_the_caller_comes_from_its_verified_assertion() -> None:
     )
     session = Principal(username="admin", kind="session", session_id="s1")
 
-    assert await caller_of(_guard(), operation, _context(key)) == Caller(
+    assert await caller_of(_guard(), operation, _context(key), target="admin") == Caller(
         username="admin", key_scopes=("vms:browse",), external_roles=("x",)
     )
-    assert await caller_of(_guard(), operation, _context(session)) == Caller(username="admin")
+    assert await caller_of(_guard(), operation, _context(session), target="admin") == Caller(
+        username="admin"
+    )
     for unverifiable in (
         RequestContext(actor="admin"),
         _context(session, key=Ed25519PrivateKey.generate()),
     ):
         with pytest.raises(ServiceError) as error:
-            await caller_of(_guard(), operation, unverifiable)
+            await caller_of(_guard(), operation, unverifiable, target="admin")
         assert error.value.code is ErrorCode.FORBIDDEN
 
 
@@ -283,11 +296,23 @@ async def test_identity_lists_and_ends_sessions_only_for_a_session_of_their_owne
     session = Principal(username="admin", kind="session", session_id="s1")
     key = Principal(username="admin", kind="apikey", key_id="k1", scopes=["users:manage"])
 
-    claims = await own_session_claims(guard, operation, _context(session), "admin")
+    def sealed(principal: Principal, owner: str) -> RequestContext:
+        signed = sign_principal(AssertionSigner(IDENTITY_KEY, issuer="identity"), principal)
+        request = ListSessionsRequest(
+            username=owner,
+            context=RequestContext(
+                actor=principal.username, request_id="req-sessions", assertion=signed.assertion
+            ),
+        )
+        return seal_request(gateway_seals(), operation, request).context
+
+    claims = await own_session_claims(
+        guard, operation, sealed(session, "admin"), "admin", target="admin"
+    )
     with pytest.raises(ServiceError) as by_key:
-        await own_session_claims(guard, operation, _context(key), "admin")
+        await own_session_claims(guard, operation, sealed(key, "admin"), "admin", target="admin")
     with pytest.raises(ServiceError) as others:
-        await own_session_claims(guard, operation, _context(session), "olga")
+        await own_session_claims(guard, operation, sealed(session, "olga"), "olga", target="olga")
 
     assert claims["sid"] == "s1"
     assert by_key.value.code is others.value.code is ErrorCode.FORBIDDEN

@@ -70,7 +70,13 @@ from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
-from tests.unit.fake_backend import InProcessBackend, Routes
+from tests.unit.fake_backend import (
+    UNUSED_KEY,
+    InProcessBackend,
+    Routes,
+    gateway_seals,
+    seal_verifier,
+)
 from tests.unit.test_identity_login_capacity import SaturableHasher
 
 PASSWORD = "correct horse battery staple"
@@ -108,6 +114,7 @@ class IdentityBackend(InProcessBackend):
             events=InMemoryEventPublisher(service="identity"),
             rejected=IdentityRequestRejected,
             principals=AssertionVerifier(identity_key.public_key(), issuer="identity"),
+            seals=seal_verifier(),
         )
 
         async def decide(r: DecideRequest) -> Any:
@@ -137,30 +144,40 @@ class IdentityBackend(InProcessBackend):
                 name=r.name,
                 scopes=r.scopes,
                 expires_at=r.expires_at,
-                caller=await caller_of(guard, RpcQueue.IDENTITY_CREATE_API_KEY, r.context),
+                caller=await caller_of(
+                    guard, RpcQueue.IDENTITY_CREATE_API_KEY, r.context, target=r.owner
+                ),
                 context=r.context,
             )
 
         async def list_sessions(r: ListSessionsRequest) -> Any:
             claims = await own_session_claims(
-                guard, RpcQueue.IDENTITY_LIST_SESSIONS, r.context, r.username
+                guard, RpcQueue.IDENTITY_LIST_SESSIONS, r.context, r.username, target=r.username
             )
             return await identity.list_sessions(r.username, current_session_id=claims.get("sid"))
 
         async def revoke_session(r: RevokeSessionRequest) -> None:
-            await own_session_claims(guard, RpcQueue.IDENTITY_REVOKE_SESSION, r.context, r.username)
+            await own_session_claims(
+                guard, RpcQueue.IDENTITY_REVOKE_SESSION, r.context, r.username, target=r.session_id
+            )
             await identity.revoke_session(r.username, r.session_id, r.context)
 
         async def list_api_keys(r: ListApiKeysRequest) -> Any:
-            caller = await caller_of(guard, RpcQueue.IDENTITY_LIST_API_KEYS, r.context)
+            caller = await caller_of(
+                guard, RpcQueue.IDENTITY_LIST_API_KEYS, r.context, target=r.owner
+            )
             return await keys.list_keys(owner=r.owner, caller=caller, context=r.context)
 
         async def revoke_api_key(r: ApiKeyIdRequest) -> None:
-            caller = await caller_of(guard, RpcQueue.IDENTITY_REVOKE_API_KEY, r.context)
+            caller = await caller_of(
+                guard, RpcQueue.IDENTITY_REVOKE_API_KEY, r.context, target=r.key_id
+            )
             await keys.revoke(r.key_id, caller=caller, context=r.context)
 
         async def rotate_api_key(r: RotateApiKeyRequest) -> Any:
-            caller = await caller_of(guard, RpcQueue.IDENTITY_ROTATE_API_KEY, r.context)
+            caller = await caller_of(
+                guard, RpcQueue.IDENTITY_ROTATE_API_KEY, r.context, target=r.key_id
+            )
             return await keys.rotate(
                 r.key_id, grace_seconds=r.grace_seconds, caller=caller, context=r.context
             )
@@ -303,11 +320,12 @@ async def gateway() -> AsyncIterator[Gateway]:
     cache = CredentialCache(ttl_seconds=10)
     cache.resume()
     chain = build_chain(
-        GatewaySettings(amqp_url="amqp://unused"),
+        GatewaySettings(amqp_url="amqp://unused", signing_key_file=UNUSED_KEY),
         backend=backend,
         events=InMemoryEventPublisher(service="gateway"),
         ready=_ready,
         cache=cache,
+        seals=gateway_seals(),
     )
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=chain), base_url="http://testserver"

@@ -290,6 +290,7 @@ def default_settings() -> IdentitySettings:
         database_url="postgresql://unused",
         signing_key_file=Path("unused"),
         policy_public_key_file=Path("unused"),
+        gateway_public_key_file=Path("unused"),
     )
 
 

@@ -181,6 +181,13 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 - name: {{ $prefix }}POLICY_PUBLIC_KEY_FILE
   value: {{ printf "%s/policy.pub" $keys | quote }}
 {{- end }}
+{{- if eq .service "gateway" }}
+- name: HYPERSDK_GATEWAY_SIGNING_KEY_FILE
+  value: {{ printf "%s/gateway.key" $keys | quote }}
+{{- else }}
+- name: {{ $prefix }}GATEWAY_PUBLIC_KEY_FILE
+  value: {{ printf "%s/gateway.pub" $keys | quote }}
+{{- end }}
 {{- if eq .service "secrets" }}
 - name: HYPERSDK_SECRETS_VAULT_ADDR
   value: {{ required "services.secrets.vault.addr is required" $svc.vault.addr | quote }}
@@ -210,12 +217,15 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 - name: tmp
   emptyDir:
     sizeLimit: {{ .root.Values.tmpSizeLimit }}
-{{- if ne .service "gateway" }}
 - name: signing-keys
   secret:
     secretName: {{ required "signing.existingSecret is required" .root.Values.signing.existingSecret }}
     defaultMode: 288 # 0440: readable by the fsGroup only
     items:
+      {{- if eq .service "gateway" }}
+      - key: gateway.key
+        path: gateway.key
+      {{- else }}
       {{- if eq .service "identity" }}
       - key: identity.key
         path: identity.key
@@ -229,7 +239,9 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
       - key: policy.pub
         path: policy.pub
       {{- end }}
-{{- end }}
+      - key: gateway.pub
+        path: gateway.pub
+      {{- end }}
 {{- $tls := $svc.tls | default dict }}
 {{- if and (eq .service "gateway") $tls.existingSecret }}
 - name: gateway-tls
@@ -276,11 +288,9 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
   mountPath: {{ $tls.mountPath }}
   readOnly: true
 {{- end }}
-{{- if ne .service "gateway" }}
 - name: signing-keys
   mountPath: {{ .root.Values.signing.mountPath }}
   readOnly: true
-{{- end }}
 {{- if eq .service "secrets" }}
 - name: vault-token
   mountPath: {{ $svc.vault.tokenMountPath }}

@@ -4,6 +4,8 @@ The contract (docs/contracts.md) names the extensions ``actor``, ``source_ip`` a
 ``request_id``. CloudEvents attribute names may only hold lower-case letters and digits, so on
 the wire they are ``actor``, ``sourceip`` and ``requestid``; Python code uses the snake-case
 names.
+The ``seal`` extension carries the gateway's request seal, which vouches for those three
+(docs/security.md).
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ class RequestContext(Message):
     )
     grant: str | None = Field(
         default=None, repr=False, description="Permission grant signed by policy for this call."
+    )
+    seal: str | None = Field(
+        default=None,
+        repr=False,
+        description="Request seal signed by the gateway: request ID, client address, actor, "
+        "operation and target of this hop.",
     )
     traceparent: str | None = Field(
         default=None, pattern=TRACEPARENT_PATTERN, description="W3C trace context of the call."
@@ -68,6 +76,11 @@ class CloudEvent(Message):
     request_id: str | None = Field(
         default=None, alias="requestid", description="Request ID of the causing API call."
     )
+    seal: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="The gateway's request seal vouching for actor, sourceip and requestid.",
+    )
     traceparent: str | None = Field(
         default=None,
         pattern=TRACEPARENT_PATTERN,
@@ -93,6 +106,7 @@ class CloudEvent(Message):
             actor=self.actor,
             source_ip=self.source_ip,
             request_id=self.request_id,
+            seal=self.seal,
             traceparent=self.traceparent,
         )
 
@@ -121,5 +135,6 @@ def new_event(
         actor=ctx.actor,
         source_ip=ctx.source_ip,
         request_id=ctx.request_id,
+        seal=ctx.seal,
         traceparent=child_traceparent(ctx.traceparent),
     )

@@ -7,9 +7,9 @@ the events it publishes. Replies are :class:`RpcReply`: a result or an error, ne
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, StringConstraints
 
 from hypersdk_contracts.base import Message
 from hypersdk_contracts.envelope import RequestContext
@@ -19,6 +19,7 @@ from hypersdk_contracts.events import Artifact
 USERNAME_PATTERN = r"^[a-z_][a-z0-9_.-]{0,63}$"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 SECRET_PATH_PATTERN = r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+){0,7}$"  # noqa: S105 - a regex
+OPERATION_PATTERN = r"^[a-z][a-z0-9_.]{0,127}$"
 
 
 class DiskFormat(StrEnum):
@@ -270,6 +271,12 @@ class DecideRequest(RpcRequest):
     username: str = Field(description="Principal.")
     permission: str = Field(description="Permission name.")
     resource: str = Field(description="What the call is about, for the audit record.")
+    operations: list[Annotated[str, StringConstraints(pattern=OPERATION_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Operations (request queues, command types) the grant is for: those the "
+        "API call makes and their follow-ups; a grant allows no other.",
+    )
 
 
 class Decision(Message):

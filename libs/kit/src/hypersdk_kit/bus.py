@@ -42,6 +42,7 @@ from hypersdk_contracts.envelope import (
 from hypersdk_contracts.errors import ErrorBody, ErrorCode, ServiceError
 from hypersdk_contracts.events import EventData
 from hypersdk_contracts.names import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, dead_letter_queue
+from hypersdk_contracts.operations import target_of
 from hypersdk_contracts.rpc import RpcReply, RpcRequest
 from hypersdk_kit.ports import EnvelopePublisher
 from hypersdk_kit.ports import EventPublisher as EventPublisher  # noqa: PLC0414 - re-export
@@ -536,9 +537,14 @@ class Authorizer(Protocol):
     """Checks a request's grant before a use case runs (see ``hypersdk_kit.guard``)."""
 
     async def authorize(
-        self, *, operation: str, context: RequestContext, permissions: frozenset[str]
+        self,
+        *,
+        operation: str,
+        context: RequestContext,
+        permissions: frozenset[str],
+        target: str | None = None,
     ) -> dict[str, Any]:
-        """Claims of a valid grant, or raise ServiceError(forbidden)."""
+        """Claims of a valid grant for this sealed request, or raise ServiceError(forbidden)."""
 
 
 def rpc_responder(
@@ -551,8 +557,9 @@ def rpc_responder(
 ) -> Callable[[RabbitMessage], Awaitable[dict[str, Any]]]:
     """Turn a use case into a request/reply subscriber that always replies.
 
-    With ``permissions``, the request must carry a grant for one of them (checked by
-    ``authorizer``; none configured means refused). Bad requests and domain errors become error
+    With ``permissions``, the request must carry a grant for one of them and the gateway's seal
+    for this operation and its target (checked by ``authorizer``; none configured means
+    refused). Bad requests and domain errors become error
     replies; unexpected errors an ``internal_error`` reply without details (logged here).
     """
 
@@ -567,7 +574,10 @@ def rpc_responder(
                 if authorizer is None:
                     raise ServiceError(ErrorCode.FORBIDDEN, "This service cannot check grants.")
                 await authorizer.authorize(
-                    operation=operation, context=request.context, permissions=permissions
+                    operation=operation,
+                    context=request.context,
+                    permissions=permissions,
+                    target=target_of(operation, request),
                 )
             result = await answer(request)
         except ServiceError as exc:

@@ -41,6 +41,9 @@ async def prepare_audit(
             grants=AssertionVerifier(
                 load_public_key(settings.policy_public_key_file), issuer="policy"
             ),
+            seals=AssertionVerifier(
+                load_public_key(settings.gateway_public_key_file), issuer="gateway"
+            ),
         )
         events = register_consumers(
             broker,

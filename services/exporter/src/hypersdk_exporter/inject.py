@@ -73,7 +73,12 @@ async def prepare_exporter(
             uow=uow,
             export_dir=settings.export_dir,
         )
-        guard = RequestGuard(events=uow, rejected=ExporterRequestRejected, grants=grants)
+        seals = AssertionVerifier(
+            load_public_key(settings.gateway_public_key_file), issuer="gateway"
+        )
+        guard = RequestGuard(
+            events=uow, rejected=ExporterRequestRejected, grants=grants, seals=seals
+        )
         register_rpc(broker, exporter, guard=guard)
         register_worker(
             broker,
@@ -81,6 +86,7 @@ async def prepare_exporter(
             concurrency=settings.job_concurrency,
             verifier=CommandVerifier(
                 verifier=grants,
+                seals=seals,
                 exporter=exporter,
                 events=uow,
                 max_age_seconds=settings.max_command_age_seconds,

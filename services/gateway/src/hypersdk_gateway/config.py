@@ -15,6 +15,16 @@ class GatewaySettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="HYPERSDK_GATEWAY_", extra="ignore")
 
+    signing_key_file: Path = Field(
+        description="Ed25519 private key (PEM, 0600) that seals each request put on the bus."
+    )
+    seal_ttl_seconds: int = Field(
+        default=30,
+        ge=5,
+        le=300,
+        description="Lifetime of a request seal: longer than a request may wait in a queue "
+        "(rpc_timeout_seconds); services remember each seal this long to refuse replays.",
+    )
     host: str = Field(default="127.0.0.1", description="Listen address.")
     port: int = Field(default=8080, ge=0, le=65535, description="Listen port.")
     tls_cert_file: Path | None = Field(default=None, description="PEM certificate (enables TLS).")

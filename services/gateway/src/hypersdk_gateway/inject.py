@@ -25,8 +25,10 @@ from hypersdk_gateway.adapters.outbound.rabbit import RabbitBackend
 from hypersdk_gateway.config import GatewaySettings
 from hypersdk_gateway.core.credentials import CredentialCache, InvalidatingBackend
 from hypersdk_gateway.core.limits import TokenBuckets
+from hypersdk_gateway.core.seals import SEAL_ISSUER, SealingBackend
 from hypersdk_gateway.ports.outbound import Backend
 from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, RpcClient, build_broker
+from hypersdk_kit.trust import AssertionSigner, load_private_key
 
 SERVICE = "gateway"
 
@@ -38,13 +40,15 @@ def build_chain(
     events: EventPublisher,
     ready: Callable[[], Awaitable[bool]],
     cache: CredentialCache,
+    seals: AssertionSigner,
     extend: ExtendApi | None = None,
 ) -> ASGIApp:
     """The API wrapped in its layers; the first layer listed here runs first.
 
+    Every request put on the bus is sealed with ``seals`` (the gateway's key) for its queue.
     ``extend`` may add routes to the API before it is wrapped (the benchmark adds one).
     """
-    backend = InvalidatingBackend(backend, cache)
+    backend = InvalidatingBackend(SealingBackend(backend, seals), cache)
     api = build_api(backend, cache=cache, ready=ready, extend=extend)
     body_limits = {f"{API_PREFIX}/exports": settings.max_export_body_bytes, **settings.body_limits}
     app: ASGIApp = SizeLimitLayer(api, default_bytes=settings.max_body_bytes, limits=body_limits)
@@ -83,6 +87,11 @@ async def prepare_gateway(
 
     ``events`` replaces the publisher of events (the benchmark measures the chain without them).
     """
+    seals = AssertionSigner(
+        load_private_key(settings.signing_key_file),
+        issuer=SEAL_ISSUER,
+        ttl_seconds=settings.seal_ttl_seconds,
+    )
     broker = build_broker(
         settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
     )
@@ -108,6 +117,7 @@ async def prepare_gateway(
             ),
             ready=ready,
             cache=cache,
+            seals=seals,
             extend=extend,
         )
         yield app, broker

@@ -23,6 +23,9 @@ class IdentitySettings(DatabaseSettings):
     policy_public_key_file: Path = Field(
         description="Policy's Ed25519 public key (PEM), to check grants."
     )
+    gateway_public_key_file: Path = Field(
+        description="The gateway's Ed25519 public key (PEM), to check request seals."
+    )
     assertion_ttl_seconds: int = Field(
         default=60, ge=5, le=600, description="Lifetime of a principal assertion."
     )

@@ -111,6 +111,9 @@ async def prepare_identity(
             # Its own assertions: a caller may list and revoke only its own sessions, and a
             # key issuing a key is held to the scopes its assertion names.
             principals=AssertionVerifier(signing_key.public_key(), issuer=SERVICE),
+            seals=AssertionVerifier(
+                load_public_key(settings.gateway_public_key_file), issuer="gateway"
+            ),
         )
         api_keys = ApiKeyService(
             keys=api_key_store,

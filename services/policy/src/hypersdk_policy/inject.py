@@ -60,6 +60,9 @@ async def prepare_policy(
             principals=AssertionVerifier(
                 load_public_key(settings.identity_public_key_file), issuer="identity"
             ),
+            seals=AssertionVerifier(
+                load_public_key(settings.gateway_public_key_file), issuer="gateway"
+            ),
         )
         signer = AssertionSigner(
             signing_key, issuer=SERVICE, ttl_seconds=settings.grant_ttl_seconds

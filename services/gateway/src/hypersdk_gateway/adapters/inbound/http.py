@@ -61,6 +61,7 @@ from hypersdk_contracts.rpc import (
 )
 from hypersdk_gateway.adapters.inbound.errors import ErrorEnvelope, envelope_bytes
 from hypersdk_gateway.adapters.inbound.middleware import API_PREFIX, context_of
+from hypersdk_gateway.adapters.inbound.operations import operations_of
 from hypersdk_gateway.adapters.outbound.accounts import BackendRoleAssignments, BackendUserAccounts
 from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_gateway.core.users import UserAdministration
@@ -278,18 +279,22 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
     async def authorize(request: Request, permission: Permission) -> None:
         principal: Principal = request.state.principal
         credential: bytes = request.state.credential
-        cached = cache.grant(credential, permission.value)
+        route = getattr(request.scope.get("route"), "path", request.url.path)
+        resource = f"{request.method} {route}"
+        # A grant names the operations of one route (decision 0027), so it is kept per route.
+        grant_key = f"{permission.value} {resource}"
+        cached = cache.grant(credential, grant_key)
         if cached is not None:
             request.state.grant = cached
             return
         generation = cache.generation
-        route = getattr(request.scope.get("route"), "path", request.url.path)
         decision = await backend.ask(
             RpcQueue.POLICY_DECIDE,
             DecideRequest(
                 username=principal.username,
                 permission=permission.value,
-                resource=f"{request.method} {route}",
+                resource=resource,
+                operations=operations_of(resource),
                 context=context_of(request.scope),
             ),
         )
@@ -300,9 +305,7 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
         # Passed on with every request this call makes, so each service checks it itself.
         request.state.grant = decision.get("grant")
         if request.state.grant:
-            cache.remember_grant(
-                credential, permission.value, request.state.grant, generation=generation
-            )
+            cache.remember_grant(credential, grant_key, request.state.grant, generation=generation)
 
     def ctx(request: Request) -> Any:
         return context_of(request.scope)
