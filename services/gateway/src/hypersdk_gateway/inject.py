@@ -26,7 +26,8 @@ from hypersdk_gateway.config import GatewaySettings
 from hypersdk_gateway.core.credentials import CredentialCache, InvalidatingBackend
 from hypersdk_gateway.core.limits import TokenBuckets
 from hypersdk_gateway.ports.outbound import Backend
-from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, RpcClient, build_broker
+from hypersdk_kit.bus import EventPublisher, RpcClient, build_broker
+from hypersdk_kit.event_batches import BatchingEventPublisher, RabbitEventBatchSender
 
 SERVICE = "gateway"
 
@@ -91,6 +92,12 @@ async def prepare_gateway(
         max_entries=settings.credential_cache_entries,
     )
     feed = RevocationFeed(broker, cache)
+    batches = BatchingEventPublisher(
+        RabbitEventBatchSender(broker, service=SERVICE, declare_topology=settings.declare_topology),
+        service=SERVICE,
+        max_batch=settings.event_batch_size,
+        max_wait_seconds=settings.event_batch_wait_seconds,
+    )
     await broker.start()
     try:
         if settings.credential_cache_seconds > 0:
@@ -102,15 +109,13 @@ async def prepare_gateway(
         app = build_chain(
             settings,
             backend=RabbitBackend(RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)),
-            events=events
-            or RabbitEventPublisher(
-                broker, service=SERVICE, declare_topology=settings.declare_topology
-            ),
+            events=events or batches,
             ready=ready,
             cache=cache,
             extend=extend,
         )
         yield app, broker
     finally:
+        await batches.close()  # every collected event published and confirmed first
         await feed.stop()
         await broker.stop()
