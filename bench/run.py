@@ -7,7 +7,12 @@ measures, in one run so that the figures compare side by side:
    through the bus (request/reply to the real policy service, PostgreSQL behind it);
 2. the gateway: an authenticated, authorized GET through the whole chain against a bare
    FastAPI endpoint served by the same uvicorn process, with 1, 10 and 100 clients (wrk);
-3. a storm of logins (bcrypt cost 12) and the latency of other requests during it.
+3. audited calls per second at 100 clients against the bare endpoint, and the CPU each
+   costs, process by process (bench/audited.py);
+4. a storm of logins (bcrypt cost 12) and the latency of other requests during it.
+
+``--only`` runs some phases alone and ``HYPERSDK_BENCH_SECONDS`` shortens each load (a smoke
+run; the figures of docs/benchmarks.md come from a whole run).
 
 Every load targets 127.0.0.1, is bounded in count, and stops by itself.
 """
@@ -37,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
+import audited
 import devstack
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.names import RpcQueue
@@ -50,6 +56,7 @@ PASSWORD = "bench-admin-" + secrets.token_hex(6)
 
 
 PHASE_LIMIT_SECONDS = 300
+PHASES = ("policy", "gateway", "audited", "storm")
 
 
 async def bounded(phase: Awaitable[dict[str, Any]]) -> dict[str, Any]:
@@ -186,7 +193,7 @@ MODERATE_PAUSE_MS = 20
 CAPACITY_CLIENTS = (10, 100)
 """Closed-loop clients that call again as soon as answered: the most each endpoint serves."""
 LOADS = ("moderate", *(f"c{clients}" for clients in CAPACITY_CLIENTS))
-WRK_SECONDS = 8
+WRK_SECONDS = int(os.environ.get("HYPERSDK_BENCH_SECONDS", "8"))
 
 
 def start_chain_server(
@@ -360,7 +367,32 @@ async def chain_without_parts(
     return results
 
 
-# ---- 3. a login storm ----------------------------------------------------------------------------
+async def audited_calls(
+    config: devstack.StackConfig, auth: dict[str, str], state: Path
+) -> dict[str, Any]:
+    """Audited calls/s and CPU per call at 100 clients, on a chain server of its own."""
+    log = state / "chain-audited.log"
+    process, base = await asyncio.to_thread(start_chain_server, config, log)
+    bare_url, chain_url = f"{base}/bare", f"{base}/api/v1/bench/jobs"
+    try:
+        progress(f"  warming up, then bare and chain at c{audited.CLIENTS}")
+        for url, headers in ((bare_url, {}), (chain_url, auth)):
+            await asyncio.to_thread(wrk, url, headers=headers, clients=MODERATE_CLIENTS, seconds=3)
+        return await audited.measure(
+            config,
+            chain_server=process.pid,
+            bare=lambda: wrk(bare_url, headers={}, clients=audited.CLIENTS),
+            chain=lambda: wrk(chain_url, headers=auth, clients=audited.CLIENTS),
+        )
+    except Exception:
+        progress(f"chain server log: {log.read_text()[-3000:]}")
+        raise
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+# ---- 4. a login storm ----------------------------------------------------------------------------
 
 
 STORM_USERS = 8
@@ -521,6 +553,8 @@ def render(results: dict[str, Any], command: str) -> str:
         "",
         *WHERE_THE_TIME_GOES,
         "",
+        *audited.render(results["audited"]),
+        "",
         "## A storm of logins",
         "",
         f"{STORM_USERS} users logging in over and over (bcrypt cost 12), while 4 clients call",
@@ -544,7 +578,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
     }
-    results["policy_in_process"] = await decisions_in_process(args.decisions * 5)
+    phases = set(args.only or PHASES)
+    if "policy" in phases:
+        results["policy_in_process"] = await decisions_in_process(args.decisions * 5)
     with (
         tempfile.TemporaryDirectory(prefix="hypersdk-bench-") as state,
         devstack.isolated(
@@ -559,12 +595,19 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     ):
         await asyncio.to_thread(devstack.up, config, admin_password=PASSWORD)
         token = await asyncio.to_thread(login, config)
-        progress("platform up; policy decisions over the bus")
-        results["policy_over_bus"] = await bounded(decisions_over_bus(config, args.decisions))
-        progress("gateway chain against a bare endpoint")
-        results["gateway"] = await bounded(gateway_vs_bare(config, token, Path(state)))
-        progress("login storm")
-        results["login_storm"] = await bounded(login_storm(config, token, args.requests // 2))
+        auth = {"Authorization": f"Bearer {token}"}
+        if "policy" in phases:
+            progress("platform up; policy decisions over the bus")
+            results["policy_over_bus"] = await bounded(decisions_over_bus(config, args.decisions))
+        if "gateway" in phases:
+            progress("gateway chain against a bare endpoint")
+            results["gateway"] = await bounded(gateway_vs_bare(config, token, Path(state)))
+        if "audited" in phases:
+            progress("audited calls")
+            results["audited"] = await bounded(audited_calls(config, auth, Path(state)))
+        if "storm" in phases:
+            progress("login storm")
+            results["login_storm"] = await bounded(login_storm(config, token, args.requests // 2))
     return results
 
 
@@ -575,11 +618,17 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--write", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument(
+        "--only", action="append", choices=PHASES, help="run this phase (repeatable); no docs"
+    )
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    if args.only:
+        print(json.dumps(results, indent=2))
+        return
     command = "make bench"
     text = render(results, command)
     Path(args.write).write_text(text)
