@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import aio_pika
 import aiormq
+from pamqp.common import FieldValue
 
 from hypersdk_contracts.envelope import (
     CLOUDEVENTS_BATCH_CONTENT_TYPE,
@@ -164,10 +165,13 @@ class RabbitEventBatchSender(RabbitEventPublisher, EventBatchSender):
     async def send(self, routing_key: str, events: Sequence[CloudEvent]) -> None:
         """Publish the batch and wait for its confirm (``TimeoutError`` after the timeout)."""
         channel = await self._ready()
+        headers: dict[str, FieldValue] = {}
         if len(events) == 1:
             (event,) = events
             body = event.model_dump_json(by_alias=True, exclude_none=True).encode()
             content_type, message_id = CLOUDEVENTS_CONTENT_TYPE, event.id
+            if event.traceparent:  # as every single event: trace context as a header too
+                headers["traceparent"] = event.traceparent
         else:
             body = batch_to_json(list(events))
             # The first event's id: unique too, and names the message in logs and DLQs.
@@ -180,6 +184,7 @@ class RabbitEventBatchSender(RabbitEventPublisher, EventBatchSender):
                 content_type=content_type,
                 message_id=message_id,
                 message_type=events[0].type,
+                headers=headers,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
             ),
             mandatory=False,
