@@ -193,6 +193,7 @@ def test_schema_validation_catches_an_invalid_manifest() -> None:
         ({"services": {"gatway": {}}}, "gatway"),
         ({"services": {"gateway": {"credentialCacheSeconds": 60}}}, "credentialCacheSeconds"),
         ({"services": {"gateway": {"maxPendingEvents": 0}}}, "maxPendingEvents"),
+        ({"services": {"gateway": {"eventBatchSize": 0}}}, "eventBatchSize"),
         (
             {"services": {"policy": {"extraEnv": [{"name": "DB_PASSWORD", "value": "x"}]}}},
             "extraEnv",
@@ -1099,6 +1100,8 @@ def test_gateway_tls_mtls_cors_and_limits_values(client_cert_required: bool) -> 
                         "bodyLimits": {"/api/v1/exports": 20000000},
                         "credentialCacheSeconds": 0,
                         "maxPendingEvents": 250,
+                        "eventBatchSize": 1,
+                        "eventBatchWaitSeconds": 0.02,
                     }
                 }
             }
@@ -1126,9 +1129,12 @@ def test_gateway_tls_mtls_cors_and_limits_values(client_cert_required: bool) -> 
             "signing_key_file": env["HYPERSDK_GATEWAY_SIGNING_KEY_FILE"],
             "credential_cache_seconds": env["HYPERSDK_GATEWAY_CREDENTIAL_CACHE_SECONDS"],
             "max_pending_events": env["HYPERSDK_GATEWAY_MAX_PENDING_EVENTS"],
+            "event_batch_size": env["HYPERSDK_GATEWAY_EVENT_BATCH_SIZE"],
+            "event_batch_wait_seconds": env["HYPERSDK_GATEWAY_EVENT_BATCH_WAIT_SECONDS"],
         }
     )
     assert (settings.credential_cache_seconds, settings.max_pending_events) == (0, 250)
+    assert (settings.event_batch_size, settings.event_batch_wait_seconds) == (1, 0.02)
     (volume,) = [v for v in spec["volumes"] if v["name"] == "gateway-tls"]
     assert volume["secret"]["secretName"] == "gateway-tls"
     assert {i["path"] for i in volume["secret"]["items"]} == {

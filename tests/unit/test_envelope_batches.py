@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from hypersdk_contracts.envelope import CloudEvent, RequestContext, new_event
+from hypersdk_contracts.envelope import (
+    CLOUDEVENTS_BATCH_CONTENT_TYPE,
+    CloudEvent,
+    RequestContext,
+    batch_to_json,
+    new_event,
+)
 from hypersdk_contracts.events import UserCreated
 from hypersdk_kit.bus import EnvelopeBatcher, PoisonMessageError
 
@@ -20,15 +26,17 @@ class FakeChannel:
         self.frames = 0
 
     def delivery(self, username: str, *, deliveries: int = 0) -> FakeDelivery:
-        event = new_event(
-            service="identity",
-            routing_key="identity.user.created",
-            data=UserCreated(username=username),
-            subject=f"user/{username}",
-            context=RequestContext(actor="root"),
-        )
-        body = event.model_dump_json(by_alias=True, exclude_none=True).encode()
+        body = user_created(username).model_dump_json(by_alias=True, exclude_none=True).encode()
         return self.deliver(FakeDelivery(self, body, deliveries=deliveries))
+
+    def batch(self, *usernames: str, deliveries: int = 0) -> FakeDelivery:
+        """One message holding an event per user, in the CloudEvents JSON batch format."""
+        body = batch_to_json([user_created(username) for username in usernames])
+        return self.deliver(
+            FakeDelivery(
+                self, body, deliveries=deliveries, content_type=CLOUDEVENTS_BATCH_CONTENT_TYPE
+            )
+        )
 
     def deliver(self, delivery: FakeDelivery) -> FakeDelivery:
         self.unsettled.append(delivery)
@@ -45,13 +53,31 @@ class FakeChannel:
             self.unsettled.remove(item)
 
 
+def user_created(username: str) -> CloudEvent:
+    return new_event(
+        service="identity",
+        routing_key="identity.user.created",
+        data=UserCreated(username=username),
+        subject=f"user/{username}",
+        context=RequestContext(actor="root"),
+    )
+
+
 class FakeDelivery:
     """A delivered message that remembers how it was settled."""
 
-    def __init__(self, channel: FakeChannel, body: bytes, *, deliveries: int = 0) -> None:
+    def __init__(
+        self,
+        channel: FakeChannel,
+        body: bytes,
+        *,
+        deliveries: int = 0,
+        content_type: str | None = "application/cloudevents+json",
+    ) -> None:
         self.channel = channel
         self.body = body
         self.message_id: str | None = None
+        self.content_type = content_type
         self.headers: Any = {"x-delivery-count": deliveries}
         self.settled: str | None = None
 
@@ -237,3 +263,105 @@ async def test_an_ack_that_cannot_be_sent_does_not_stop_the_next_batch() -> None
     assert recorder.batches == [["a", "b"], ["c", "d"]]
     assert [a.settled, b.settled] == [None, None]
     assert [item.settled for item in second] == ["ack", "ack"]
+
+
+# ---- batch messages (CloudEvents JSON batch format) -------------------------------------------
+
+
+async def test_a_batch_message_is_handled_with_single_envelopes_and_acked_once_stored() -> None:
+    recorder = Recorder()
+    batcher = EnvelopeBatcher(recorder, max_batch=4, max_wait_seconds=60)
+    channel = FakeChannel()
+    deliveries = [channel.delivery("a"), channel.batch("b", "c"), channel.delivery("d")]
+
+    for item in deliveries:
+        await batcher.add(item)
+    await asyncio.sleep(0.01)
+
+    assert recorder.batches == [["a", "b", "c", "d"]]  # four envelopes fill the batch
+    assert [item.settled for item in deliveries] == ["ack"] * 3
+    assert channel.frames == 1
+
+
+async def test_a_batch_message_is_never_split_nor_acked_before_all_its_events_are_stored() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = EnvelopeBatcher(recorder, max_batch=2, max_wait_seconds=60)
+    channel = FakeChannel()
+    message = channel.batch("a", "b", "c")
+
+    await batcher.add(message)
+    await asyncio.sleep(0.01)
+    assert message.settled is None  # being stored
+
+    recorder.release.set()
+    await asyncio.sleep(0.01)
+    assert recorder.batches == [["a", "b", "c"]]
+    assert message.settled == "ack"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[]", b'{"specversion": "1.0"}', b'[{"specversion": "1.0"}]', b"[1, 2]"],
+)
+async def test_a_malformed_batch_message_is_dead_lettered_alone(body: bytes) -> None:
+    recorder = Recorder()
+    batcher = EnvelopeBatcher(recorder, max_batch=2, max_wait_seconds=60)
+    channel = FakeChannel()
+    malformed = channel.deliver(
+        FakeDelivery(channel, body, content_type=CLOUDEVENTS_BATCH_CONTENT_TYPE)
+    )
+    good = [channel.delivery("a"), channel.batch("b", "c")]
+
+    await batcher.add(malformed)
+    for item in good:
+        await batcher.add(item)
+    await asyncio.sleep(0.01)
+
+    assert malformed.settled == "dead-letter"
+    assert recorder.batches == [["a", "b", "c"]]
+    assert [item.settled for item in good] == ["ack", "ack"]
+
+
+async def test_an_array_without_the_batch_content_type_is_no_envelope() -> None:
+    recorder = Recorder()
+    batcher = EnvelopeBatcher(recorder, max_batch=1, max_wait_seconds=60)
+    channel = FakeChannel()
+    disguised = channel.deliver(
+        FakeDelivery(channel, batch_to_json([user_created("a")]), content_type=None)
+    )
+
+    await batcher.add(disguised)
+    await asyncio.sleep(0.01)
+
+    assert disguised.settled == "dead-letter"
+    assert recorder.batches == []
+
+
+async def test_a_batch_message_with_a_poison_event_is_dead_lettered_after_its_others() -> None:
+    recorder = Recorder()
+    recorder.poison = {"c"}
+    batcher = EnvelopeBatcher(recorder, max_batch=5, max_wait_seconds=60)
+    channel = FakeChannel()
+    deliveries = [channel.delivery("a"), channel.batch("b", "c", "d"), channel.delivery("e")]
+
+    for item in deliveries:
+        await batcher.add(item)
+    await asyncio.sleep(0.1)
+
+    assert recorder.batches == [["a"], ["b"], ["d"], ["e"]]
+    assert [item.settled for item in deliveries] == ["ack", "dead-letter", "ack"]
+    assert channel.unsettled == []
+
+
+async def test_a_failed_batch_message_is_requeued_whole() -> None:
+    recorder = Recorder()
+    recorder.down = True
+    batcher = EnvelopeBatcher(recorder, max_batch=2, max_wait_seconds=60)
+    message = FakeChannel().batch("a", "b")
+
+    await batcher.add(message)
+    await asyncio.sleep(0.3)
+
+    assert message.settled == "requeue"
+    assert recorder.batches == []

@@ -41,7 +41,11 @@ from hypersdk_contracts.rpc import (
     RolesOfRequest,
     RpcRequest,
 )
-from hypersdk_gateway.adapters.inbound.middleware import ASGIApp
+from hypersdk_gateway.adapters.inbound.middleware import (
+    ASGIApp,
+    EventNotRecordedError,
+    LoggingLayer,
+)
 from hypersdk_gateway.config import GatewaySettings
 from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_gateway.core.limits import TokenBuckets
@@ -910,6 +914,112 @@ async def test_health_probes_never_wait_for_the_audit_trail(make_gateway: Gatewa
     finally:
         events.confirm.set()
     assert (await held).status_code == 200
+
+
+# ---- a response is complete only once its event is confirmed -----------------------------------
+
+
+class UnconfirmedEvents(InMemoryEventPublisher):
+    """A broker that stops confirming when told to: every publish then fails."""
+
+    def __init__(self, *, failing: bool = True) -> None:
+        super().__init__(service="gateway")
+        self.failing = failing
+
+    async def publish(
+        self, data: EventData, *, subject: str | None, context: RequestContext | None
+    ) -> CloudEvent:
+        if self.failing:
+            raise TimeoutError
+        return await super().publish(data, subject=subject, context=context)
+
+
+def raw_get(path: str, token: str) -> dict[str, Any]:
+    """An ASGI scope for ``GET path`` with a bearer token."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+
+
+async def no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def test_a_response_is_released_only_once_its_event_is_confirmed(
+    make_gateway: GatewayFactory,
+) -> None:
+    events = HeldEvents()
+    gateway = await make_gateway(events=events)
+    token = await gateway.login("alice")
+    events.confirm.clear()
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    call = asyncio.create_task(gateway.chain(raw_get("/api/v1/vms", token), no_body, send))
+    await asyncio.sleep(0.1)
+    try:
+        assert asked(gateway, RpcQueue.EXPORTER_LIST_VMS) == 1  # answered, not released
+        assert sent == []
+    finally:
+        events.confirm.set()
+    await asyncio.wait_for(call, timeout=5)
+
+    assert [(m["type"], m.get("status")) for m in sent] == [
+        ("http.response.start", 200),
+        ("http.response.body", None),
+    ]
+    (event,) = [e for e in gateway.completed() if e.data["route"] == "/api/v1/vms"]
+    assert event.data["status"] == 200
+
+
+async def test_a_call_whose_event_is_not_confirmed_gets_503_never_its_answer(
+    make_gateway: GatewayFactory,
+) -> None:
+    events = UnconfirmedEvents(failing=False)
+    gateway = await make_gateway(events=events)
+    token = await gateway.login("alice")
+    events.failing = True
+
+    response = await gateway.client.get(
+        "/api/v1/vms", headers={**bearer(token), "X-Request-ID": "unaudited-call-1"}
+    )
+
+    assert asked(gateway, RpcQueue.EXPORTER_LIST_VMS) == 1  # the handler ran
+    error = assert_envelope(response, 503, "upstream_unavailable")
+    assert error["request_id"] == "unaudited-call-1"
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_streamed_response_whose_event_is_not_confirmed_is_broken_off() -> None:
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"[1,", "more_body": True})
+        await send({"type": "http.response.body", "body": b"2]", "more_body": False})
+
+    layer = LoggingLayer(stream, events=UnconfirmedEvents())
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with pytest.raises(EventNotRecordedError):
+        await layer(raw_get("/api/v1/audit/export", "t"), no_body, send)
+
+    assert [m.get("body") for m in sent] == [None, b"[1,"]  # never the last chunk
 
 
 # ---- rate limiting ---------------------------------------------------------------------------

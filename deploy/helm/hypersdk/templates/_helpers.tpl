@@ -157,6 +157,10 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
   value: {{ $svc.credentialCacheSeconds | toString | quote }}
 - name: HYPERSDK_GATEWAY_MAX_PENDING_EVENTS
   value: {{ $svc.maxPendingEvents | toString | quote }}
+- name: HYPERSDK_GATEWAY_EVENT_BATCH_SIZE
+  value: {{ $svc.eventBatchSize | toString | quote }}
+- name: HYPERSDK_GATEWAY_EVENT_BATCH_WAIT_SECONDS
+  value: {{ $svc.eventBatchWaitSeconds | toString | quote }}
 {{- else }}
 - name: {{ $prefix }}HEALTH_HOST
   value: "0.0.0.0"

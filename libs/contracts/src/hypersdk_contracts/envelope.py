@@ -13,14 +13,16 @@ from __future__ import annotations
 import secrets
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, TypeAdapter, field_validator
 
 from hypersdk_contracts.base import Message
 from hypersdk_contracts.names import EVENT_TYPE_PREFIX
 
 CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json"
+CLOUDEVENTS_BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+"""CloudEvents JSON batch format: a JSON array of structured envelopes in one message."""
 TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 """W3C Trace Context ``traceparent``, version 00."""
 
@@ -138,3 +140,18 @@ def new_event(
         seal=ctx.seal,
         traceparent=child_traceparent(ctx.traceparent),
     )
+
+
+_BATCH: TypeAdapter[list[CloudEvent]] = TypeAdapter(
+    Annotated[list[CloudEvent], Field(min_length=1)]
+)
+
+
+def batch_to_json(events: list[CloudEvent]) -> bytes:
+    """Events in the CloudEvents JSON batch format (``CLOUDEVENTS_BATCH_CONTENT_TYPE``)."""
+    return _BATCH.dump_json(events, by_alias=True, exclude_none=True)
+
+
+def batch_from_json(body: bytes) -> list[CloudEvent]:
+    """The events of a batch message; ``ValidationError`` unless it is a non-empty array of them."""
+    return _BATCH.validate_json(body)

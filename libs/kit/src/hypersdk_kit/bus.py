@@ -33,9 +33,11 @@ from pydantic import BaseModel, ValidationError
 
 from hypersdk_contracts.base import Message
 from hypersdk_contracts.envelope import (
+    CLOUDEVENTS_BATCH_CONTENT_TYPE,
     CLOUDEVENTS_CONTENT_TYPE,
     CloudEvent,
     RequestContext,
+    batch_from_json,
     child_traceparent,
     new_event,
 )
@@ -311,6 +313,22 @@ async def _envelope_or_reject(delivery: Delivery) -> CloudEvent | None:
         return None
 
 
+async def _envelopes_or_reject(delivery: Delivery) -> list[CloudEvent] | None:
+    """The envelopes of a single-event or batch message; dead-letters anything else."""
+    if delivery.content_type != CLOUDEVENTS_BATCH_CONTENT_TYPE:
+        event = await _envelope_or_reject(delivery)
+        return None if event is None else [event]
+    try:
+        return batch_from_json(delivery.body)
+    except ValidationError:
+        logger.warning(
+            "dead-lettering a batch message that is not a non-empty array of envelopes",
+            extra={"message_id": delivery.message_id},
+        )
+        await delivery.reject(requeue=False)
+        return None
+
+
 def _delivery_count(delivery: Delivery) -> int:
     """How often RabbitMQ delivered it before (a quorum queue's ``x-delivery-count``)."""
     return int((delivery.headers or {}).get("x-delivery-count", 0) or 0)
@@ -366,6 +384,10 @@ class Delivery(Protocol):
         """The AMQP message id."""
 
     @property
+    def content_type(self) -> str | None:
+        """The AMQP content type (a batch message's is ``CLOUDEVENTS_BATCH_CONTENT_TYPE``)."""
+
+    @property
     def headers(self) -> Any:
         """The AMQP headers (``x-delivery-count`` on quorum queues)."""
 
@@ -383,11 +405,15 @@ class EnvelopeBatcher:
     """Hands envelopes to ``handle_batch`` in batches, with the ack policy of envelope_consumer.
 
     A delivery is added and the consumer moves on; a batch is handled when it reaches
-    ``max_batch`` or ``max_wait_seconds`` after its first envelope, one batch at a time, in
-    delivery order. Each delivery of a batch is acked once the handler returned (its effect is
-    durable); a handler that calls a batch poison is retried envelope by envelope so that only
-    the poison one is dead-lettered; any other failure requeues the whole batch after a backoff
-    (the queue's delivery limit still dead-letters what keeps failing).
+    ``max_batch`` envelopes or ``max_wait_seconds`` after its first, one batch at a time, in
+    delivery order. A delivery holds one envelope, or several in the CloudEvents JSON batch
+    format (all of them go into the same batch; one that is not a non-empty array of
+    envelopes is dead-lettered). Each delivery of a batch is acked once the handler returned
+    (its effect is durable); a handler that calls a batch poison is retried delivery by
+    delivery, and a batch message envelope by envelope, so that only the message with the
+    poison is dead-lettered (whole, after its other envelopes were handled); any other
+    failure requeues the whole batch after a backoff (the queue's delivery limit still
+    dead-letters what keeps failing).
     """
 
     def __init__(
@@ -400,18 +426,20 @@ class EnvelopeBatcher:
         self._handle_batch = handle_batch
         self._max_batch = max_batch
         self._max_wait = max_wait_seconds
-        self._pending: list[tuple[Delivery, CloudEvent]] = []
+        self._pending: list[tuple[Delivery, list[CloudEvent]]] = []
+        self._pending_events = 0
         self._flushing = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def add(self, delivery: Delivery) -> None:
         """Take a delivery: dead-letter it if it is no envelope, else queue it for a batch."""
-        event = await _envelope_or_reject(delivery)
-        if event is None:
+        events = await _envelopes_or_reject(delivery)
+        if events is None:
             return
-        self._pending.append((delivery, event))
-        if len(self._pending) >= self._max_batch:
+        self._pending.append((delivery, events))
+        self._pending_events += len(events)
+        if self._pending_events >= self._max_batch:
             self._spawn_flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._max_wait, self._spawn_flush)
@@ -427,23 +455,26 @@ class EnvelopeBatcher:
     async def flush(self) -> None:
         """Handle what is pending now (after any batch being handled)."""
         async with self._flushing:
-            batch, self._pending = self._pending, []
+            batch, self._pending, self._pending_events = self._pending, [], 0
             if self._timer is not None:  # set for envelopes this batch now takes
                 self._timer.cancel()
                 self._timer = None
             if batch:
                 await self._deliver(batch)
 
-    async def _deliver(self, batch: list[tuple[Delivery, CloudEvent]]) -> None:
+    async def _deliver(self, batch: list[tuple[Delivery, list[CloudEvent]]]) -> None:
         try:
-            await self._handle_batch([event for _, event in batch])
+            await self._handle_batch([event for _, events in batch for event in events])
         except (PoisonMessageError, ValidationError) as exc:
             if len(batch) > 1:
                 for item in batch:
                     await self._deliver([item])
                 return
-            delivery, event = batch[0]
-            logger.warning("dead-lettering event %s: %s", event.id, type(exc).__name__)
+            delivery, events = batch[0]
+            if len(events) > 1:
+                await self._deliver_alone(delivery, events)
+                return
+            logger.warning("dead-lettering event %s: %s", events[0].id, type(exc).__name__)
             await _settle(delivery.reject(requeue=False))
             return
         except Exception:
@@ -460,6 +491,31 @@ class EnvelopeBatcher:
         # the last delivery's tag covers exactly this batch.
         last, _ = batch[-1]
         await _settle(last.ack(multiple=len(batch) > 1))
+
+    async def _deliver_alone(self, delivery: Delivery, events: list[CloudEvent]) -> None:
+        """Handle a batch message's envelopes one by one; dead-letter it if any is poison."""
+        poison = []
+        for event in events:
+            try:
+                await self._handle_batch([event])
+            except (PoisonMessageError, ValidationError):
+                poison.append(event.id)
+            except Exception:
+                deliveries = _delivery_count(delivery)
+                logger.exception("a batch message failed (delivery %d); requeueing", deliveries + 1)
+                await _back_off(deliveries)
+                await _settle(delivery.nack(requeue=True))
+                return
+        if poison:
+            logger.warning(
+                "dead-lettering a batch message of %d events, %d poison: %s",
+                len(events),
+                len(poison),
+                ", ".join(poison),
+            )
+            await _settle(delivery.reject(requeue=False))
+            return
+        await _settle(delivery.ack())
 
 
 async def _settle(action: Awaitable[None]) -> None:

@@ -80,6 +80,20 @@ class GatewaySettings(ServiceSettings):
         description="How long a call waits for room among the pending events before it is "
         "refused with 503 (the audit trail is not keeping up).",
     )
+    event_batch_size: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        description="Most gateway.request.completed events published together in one message "
+        "(CloudEvents JSON batch format, one confirm); 1 publishes each event alone.",
+    )
+    event_batch_wait_seconds: float = Field(
+        default=0.005,
+        ge=0,
+        le=1,
+        description="While a batch of events awaits its confirm, how long newer events are "
+        "collected at most before they go out in a batch of their own.",
+    )
     credential_cache_entries: int = Field(
         default=10_000, ge=1, description="Most credentials cached at once (oldest dropped)."
     )

@@ -27,7 +27,8 @@ from hypersdk_gateway.core.credentials import CredentialCache, InvalidatingBacke
 from hypersdk_gateway.core.limits import TokenBuckets
 from hypersdk_gateway.core.seals import SEAL_ISSUER, SealingBackend
 from hypersdk_gateway.ports.outbound import Backend
-from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, RpcClient, build_broker
+from hypersdk_kit.bus import EventPublisher, RpcClient, build_broker
+from hypersdk_kit.event_batches import BatchingEventPublisher, RabbitEventBatchSender
 from hypersdk_kit.trust import AssertionSigner, load_private_key
 
 SERVICE = "gateway"
@@ -100,6 +101,12 @@ async def prepare_gateway(
         max_entries=settings.credential_cache_entries,
     )
     feed = RevocationFeed(broker, cache)
+    batches = BatchingEventPublisher(
+        RabbitEventBatchSender(broker, service=SERVICE, declare_topology=settings.declare_topology),
+        service=SERVICE,
+        max_batch=settings.event_batch_size,
+        max_wait_seconds=settings.event_batch_wait_seconds,
+    )
     await broker.start()
     try:
         if settings.credential_cache_seconds > 0:
@@ -111,10 +118,7 @@ async def prepare_gateway(
         app = build_chain(
             settings,
             backend=RabbitBackend(RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)),
-            events=events
-            or RabbitEventPublisher(
-                broker, service=SERVICE, declare_topology=settings.declare_topology
-            ),
+            events=events or batches,
             ready=ready,
             cache=cache,
             seals=seals,
@@ -122,5 +126,6 @@ async def prepare_gateway(
         )
         yield app, broker
     finally:
+        await batches.close()  # every collected event published and confirmed first
         await feed.stop()
         await broker.stop()
