@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from hypersdk_contracts.envelope import CloudEvent, RequestContext, new_event
+from hypersdk_contracts.envelope import RequestContext, new_event
 from hypersdk_contracts.events import UserCreated
-from hypersdk_kit.bus import EnvelopeBatcher, PoisonMessageError
+from hypersdk_kit.bus import EnvelopeBatcher, PoisonMessageError, Received
 
 
 class FakeChannel:
@@ -19,7 +19,9 @@ class FakeChannel:
         self.unsettled: list[FakeDelivery] = []
         self.frames = 0
 
-    def delivery(self, username: str, *, deliveries: int = 0) -> FakeDelivery:
+    def delivery(
+        self, username: str, *, deliveries: int = 0, user_id: str | None = "identity"
+    ) -> FakeDelivery:
         event = new_event(
             service="identity",
             routing_key="identity.user.created",
@@ -28,7 +30,7 @@ class FakeChannel:
             context=RequestContext(actor="root"),
         )
         body = event.model_dump_json(by_alias=True, exclude_none=True).encode()
-        return self.deliver(FakeDelivery(self, body, deliveries=deliveries))
+        return self.deliver(FakeDelivery(self, body, deliveries=deliveries, user_id=user_id))
 
     def deliver(self, delivery: FakeDelivery) -> FakeDelivery:
         self.unsettled.append(delivery)
@@ -48,9 +50,17 @@ class FakeChannel:
 class FakeDelivery:
     """A delivered message that remembers how it was settled."""
 
-    def __init__(self, channel: FakeChannel, body: bytes, *, deliveries: int = 0) -> None:
+    def __init__(
+        self,
+        channel: FakeChannel,
+        body: bytes,
+        *,
+        deliveries: int = 0,
+        user_id: str | None = None,
+    ) -> None:
         self.channel = channel
         self.body = body
+        self.user_id = user_id
         self.message_id: str | None = None
         self.headers: Any = {"x-delivery-count": deliveries}
         self.settled: str | None = None
@@ -70,6 +80,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
+        self.logins: list[str | None] = []
         self.poison: set[str] = set()
         self.down = False
         self.release = asyncio.Event()
@@ -77,7 +88,7 @@ class Recorder:
         self.active = 0
         self.most_active = 0
 
-    async def __call__(self, events: list[CloudEvent]) -> None:
+    async def __call__(self, events: list[Received]) -> None:
         self.active += 1
         self.most_active = max(self.most_active, self.active)
         try:
@@ -85,15 +96,16 @@ class Recorder:
         finally:
             self.active -= 1
 
-    async def handle(self, events: list[CloudEvent]) -> None:
+    async def handle(self, events: list[Received]) -> None:
         await self.release.wait()
         await asyncio.sleep(0.001)  # room for another batch to start, were that allowed
         if self.down:
             raise ConnectionError("database unavailable")
-        names = [str(event.data["username"]) for event in events]
+        names = [str(received.event.data["username"]) for received in events]
         if self.poison & set(names):
             raise PoisonMessageError("a user name is poison")
         self.batches.append(names)
+        self.logins += [received.user_id for received in events]
 
 
 async def test_a_full_batch_is_handled_at_once_in_delivery_order_then_acked() -> None:
@@ -109,6 +121,19 @@ async def test_a_full_batch_is_handled_at_once_in_delivery_order_then_acked() ->
     assert recorder.batches == [["a", "b", "c"]]
     assert [item.settled for item in deliveries] == ["ack"] * 3
     assert channel.frames == 1  # one multiple ack for the batch
+
+
+async def test_each_envelope_comes_with_the_login_that_published_it() -> None:
+    recorder = Recorder()
+    batcher = EnvelopeBatcher(recorder, max_batch=3, max_wait_seconds=60)
+    channel = FakeChannel()
+
+    for name, login in (("a", "identity"), ("b", "exporter"), ("c", None)):
+        await batcher.add(channel.delivery(name, user_id=login))
+    await asyncio.sleep(0.01)
+
+    assert recorder.batches == [["a", "b", "c"]]
+    assert recorder.logins == ["identity", "exporter", None]
 
 
 async def test_a_short_batch_waits_at_most_the_wait() -> None:

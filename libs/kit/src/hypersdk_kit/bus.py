@@ -11,6 +11,7 @@ import logging
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 import aio_pika
@@ -361,6 +362,10 @@ class Delivery(Protocol):
     def headers(self) -> Any:
         """The AMQP headers (``x-delivery-count`` on quorum queues)."""
 
+    @property
+    def user_id(self) -> str | None:
+        """The AMQP ``user_id``: RabbitMQ refuses one that is not the publisher's login."""
+
     async def ack(self, multiple: bool = False) -> None:
         """Done with: remove it (``multiple``: and every unsettled earlier one) from the queue."""
 
@@ -371,8 +376,18 @@ class Delivery(Protocol):
         """Never processable: dead-letter it."""
 
 
+@dataclass(frozen=True)
+class Received:
+    """An envelope as delivered, with the broker-validated login of its publisher (if any)."""
+
+    event: CloudEvent
+    user_id: str | None
+
+
 class EnvelopeBatcher:
     """Hands envelopes to ``handle_batch`` in batches, with the ack policy of envelope_consumer.
+
+    Each envelope comes with the ``user_id`` of the message that carried it (:class:`Received`).
 
     A delivery is added and the consumer moves on; a batch is handled when it reaches
     ``max_batch`` or ``max_wait_seconds`` after its first envelope, one batch at a time, in
@@ -384,7 +399,7 @@ class EnvelopeBatcher:
 
     def __init__(
         self,
-        handle_batch: Callable[[list[CloudEvent]], Awaitable[None]],
+        handle_batch: Callable[[list[Received]], Awaitable[None]],
         *,
         max_batch: int,
         max_wait_seconds: float,
@@ -392,7 +407,7 @@ class EnvelopeBatcher:
         self._handle_batch = handle_batch
         self._max_batch = max_batch
         self._max_wait = max_wait_seconds
-        self._pending: list[tuple[Delivery, CloudEvent]] = []
+        self._pending: list[tuple[Delivery, Received]] = []
         self._flushing = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -402,7 +417,7 @@ class EnvelopeBatcher:
         event = await _envelope_or_reject(delivery)
         if event is None:
             return
-        self._pending.append((delivery, event))
+        self._pending.append((delivery, Received(event, delivery.user_id)))
         if len(self._pending) >= self._max_batch:
             self._spawn_flush()
         elif self._timer is None:
@@ -426,16 +441,16 @@ class EnvelopeBatcher:
             if batch:
                 await self._deliver(batch)
 
-    async def _deliver(self, batch: list[tuple[Delivery, CloudEvent]]) -> None:
+    async def _deliver(self, batch: list[tuple[Delivery, Received]]) -> None:
         try:
-            await self._handle_batch([event for _, event in batch])
+            await self._handle_batch([received for _, received in batch])
         except (PoisonMessageError, ValidationError) as exc:
             if len(batch) > 1:
                 for item in batch:
                     await self._deliver([item])
                 return
-            delivery, event = batch[0]
-            logger.warning("dead-lettering event %s: %s", event.id, type(exc).__name__)
+            delivery, received = batch[0]
+            logger.warning("dead-lettering event %s: %s", received.event.id, type(exc).__name__)
             await _settle(delivery.reject(requeue=False))
             return
         except Exception:
@@ -477,7 +492,7 @@ class BatchConsumer:
         self,
         broker: RabbitBroker,
         queue: RabbitQueue,
-        handle_batch: Callable[[list[CloudEvent]], Awaitable[None]],
+        handle_batch: Callable[[list[Received]], Awaitable[None]],
         *,
         exchange: RabbitExchange,
         prefetch: int,
