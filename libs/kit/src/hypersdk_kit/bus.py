@@ -362,10 +362,6 @@ class Delivery(Protocol):
     def headers(self) -> Any:
         """The AMQP headers (``x-delivery-count`` on quorum queues)."""
 
-    @property
-    def user_id(self) -> str | None:
-        """The AMQP ``user_id``: RabbitMQ refuses one that is not the publisher's login."""
-
     async def ack(self, multiple: bool = False) -> None:
         """Done with: remove it (``multiple``: and every unsettled earlier one) from the queue."""
 
@@ -374,6 +370,14 @@ class Delivery(Protocol):
 
     async def reject(self, *, requeue: bool = False) -> None:
         """Never processable: dead-letter it."""
+
+
+class PublishedDelivery(Delivery, Protocol):
+    """A delivery that names its publisher (aio-pika's incoming message is one)."""
+
+    @property
+    def user_id(self) -> str | None:
+        """The AMQP ``user_id``: RabbitMQ refuses one that is not the publisher's login."""
 
 
 @dataclass(frozen=True)
@@ -407,12 +411,12 @@ class EnvelopeBatcher:
         self._handle_batch = handle_batch
         self._max_batch = max_batch
         self._max_wait = max_wait_seconds
-        self._pending: list[tuple[Delivery, Received]] = []
+        self._pending: list[tuple[PublishedDelivery, Received]] = []
         self._flushing = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def add(self, delivery: Delivery) -> None:
+    async def add(self, delivery: PublishedDelivery) -> None:
         """Take a delivery: dead-letter it if it is no envelope, else queue it for a batch."""
         event = await _envelope_or_reject(delivery)
         if event is None:
@@ -441,7 +445,7 @@ class EnvelopeBatcher:
             if batch:
                 await self._deliver(batch)
 
-    async def _deliver(self, batch: list[tuple[Delivery, Received]]) -> None:
+    async def _deliver(self, batch: list[tuple[PublishedDelivery, Received]]) -> None:
         try:
             await self._handle_batch([received for _, received in batch])
         except (PoisonMessageError, ValidationError) as exc:
