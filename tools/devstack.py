@@ -74,7 +74,7 @@ class StackConfig:
 
     @property
     def key_dir(self) -> Path:
-        """Signing keys: identity's and policy's Ed25519 pairs (private keys 0600)."""
+        """Signing keys: identity's, policy's and the gateway's Ed25519 pairs (private 0600)."""
         return self.secret_dir / "keys"
 
     @property
@@ -111,6 +111,7 @@ class StackConfig:
         env["HYPERSDK_POLICY_IDENTITY_PUBLIC_KEY_FILE"] = str(keys / "identity.pub")
         for service in ("secrets", "exporter", "audit"):
             env[f"HYPERSDK_{service.upper()}_POLICY_PUBLIC_KEY_FILE"] = str(keys / "policy.pub")
+        env["HYPERSDK_AUDIT_GATEWAY_PUBLIC_KEY_FILE"] = str(keys / "gateway.pub")
         env["HYPERSDK_EXPORTER_EXPORT_DIR"] = str(self.state_dir / "exports")
         env["HYPERSDK_EXPORTER_LAB_ROOT"] = str(self.state_dir / "lab")
         env.update(self.extra_env)
@@ -413,7 +414,7 @@ def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, s
         config.key_dir,
     ):
         _private_dir(directory)
-    for signer in ("identity", "policy"):
+    for signer in ("identity", "policy", "gateway"):
         if not (config.key_dir / f"{signer}.key").exists():
             generate_key_pair(config.key_dir / f"{signer}.key", config.key_dir / f"{signer}.pub")
     _private_dir(config.state_dir / "exports")

@@ -72,6 +72,7 @@ class CloudEvent(Message):
         pattern=TRACEPARENT_PATTERN,
         description="W3C trace context (CloudEvents distributed-tracing extension).",
     )
+    seal: str | None = Field(default=None, repr=False, description="Gateway's request seal.")
 
     @field_validator("time")
     @classmethod
