@@ -376,7 +376,7 @@ def _independent_hash(entry: ChainedEntry) -> str:
         "request_id": entry.request_id,
         "prev_hash": entry.prev_hash,
     }
-    if entry.producer is not None:  # attributed entries (decision 0029)
+    if entry.producer is not None:  # attributed entries (decision 0030)
         document["producer"] = entry.producer
     if entry.received_at is not None:
         document["received_at"] = entry.received_at.astimezone(UTC).strftime(

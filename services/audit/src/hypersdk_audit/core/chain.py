@@ -6,7 +6,7 @@ recompute the chain; a changed, removed, inserted or reordered entry breaks it a
 
 The producing service and audit's receive time are hashed when the entry has them; entries
 recorded before audit attributed events have neither and keep their original hash
-(decision 0029).
+(decision 0030).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ MIGRATIONS = [
         hash char(64) NOT NULL
     );
     """,
-    # Decision 0029: the producing service (from its broker login) and audit's receive time;
+    # Decisions 0029, 0030: the producing service (from its broker login) and audit's receive time;
     # NULL on entries recorded before, whose hashes do not cover them. The quarantine keeps
     # events refused as not genuine; they are never chained.
     """
