@@ -151,6 +151,20 @@ async def test_a_forged_gateway_event_is_quarantined_listed_reported_and_never_c
     assert (status, verdict["valid"]) == (200, True)
 
 
+@pytest.mark.parametrize(
+    "query", ["after_number=99999999999999999999", "after_number=-1", "limit=0"]
+)
+def test_a_quarantine_page_out_of_range_is_refused_with_422(
+    attributed: tuple[Stack, Publisher], query: str
+) -> None:
+    stack, _ = attributed
+    admin = stack.api.login("admin", ADMIN_PASSWORD)
+
+    status, body, _ = stack.api.call("GET", f"/api/v1/audit/quarantine?{query}", token=admin)
+
+    assert (status, body["error"]["code"]) == (422, "validation_failed")
+
+
 async def test_a_genuine_event_from_the_mapped_login_is_chained_with_its_producer(
     attributed: tuple[Stack, Publisher],
 ) -> None:
