@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hypersdk_audit.adapters.outbound.memory import InMemoryAuditLog
-from hypersdk_audit.core.quarantine import REDACTED
+from hypersdk_audit.core.quarantine import REDACTED, quarantine_record
 from hypersdk_contracts.catalogue import EMITTERS, emitter_of, source_of
 from hypersdk_contracts.envelope import CloudEvent, RequestContext, new_event
 from hypersdk_contracts.events import (
@@ -235,6 +235,27 @@ async def test_identity_may_not_name_another_actor_than_an_authenticated_seal_do
     )
 
     _quarantined(await _record(forged), forged, "seal_mismatch")
+
+
+async def test_no_genuine_event_can_take_the_id_a_forgerys_report_will_have() -> None:
+    forged = _forged_request_completed()
+    exporter = login_of("exporter")
+    predicted = quarantine_record(
+        forged, login=exporter, producer="exporter", reason="", received_at=RECEIVED_AT
+    ).id
+    squatter = _event(JobStarted(job_id="j-1")).model_copy(update={"id": predicted})
+    log = InMemoryAuditLog()
+    audit = audit_service(log)
+
+    await audit.record_batch([received(squatter, exporter)])
+    await audit.record_batch([received(forged, exporter)])
+
+    assert [(r.event_id, r.reason) for r in log.quarantine] == [
+        (predicted, "reserved_id"),
+        (forged.id, "wrong_producer"),
+    ]
+    assert [e.event_id for e in log.entries] == [r.id for r in log.quarantine]
+    assert predicted in {e.event_id for e in log.entries}  # the forgery's report, not the squat
 
 
 async def test_a_redelivered_forgery_is_kept_and_reported_once() -> None:

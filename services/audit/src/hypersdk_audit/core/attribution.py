@@ -18,12 +18,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from hypersdk_audit.core.quarantine import RECORD_ID_PREFIX
 from hypersdk_contracts.catalogue import PRINCIPAL_AUTHORITY, emitter_of, source_of
 from hypersdk_contracts.envelope import CloudEvent
 from hypersdk_contracts.names import EVENT_TYPE_PREFIX
 from hypersdk_kit.trust import AssertionRejectedError, AssertionVerifier
 
 GATEWAY = "gateway"
+AUDIT = "audit"
 
 
 class NotGenuineError(Exception):
@@ -59,6 +61,8 @@ class Attribution:
             raise NotGenuineError("wrong_producer", producer=producer)
         if event.source != source_of(producer):
             raise NotGenuineError("wrong_source", producer=producer)
+        if event.id.startswith(RECORD_ID_PREFIX) and producer != AUDIT:
+            raise NotGenuineError("reserved_id", producer=producer)
         self._check_request_claims(event, producer)
         return producer
 

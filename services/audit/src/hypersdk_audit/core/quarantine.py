@@ -33,6 +33,13 @@ _SECRET_NAMES = (
 )
 _NAMESPACE = uuid.UUID("5b1f3c2e-9a43-4d6c-8a53-7f1e2a9c4d10")
 """Names the id of a quarantine record (uuid5), so a redelivery finds the same one."""
+RECORD_ID_PREFIX = "q-"
+"""Starts the id of every quarantine record and of the entry that reports it.
+
+Event ids with it are audit's alone (attribution refuses them from anyone else): otherwise a
+publisher could chain a genuine event under the id a later forgery's report will have, and the
+report would be skipped as a duplicate.
+"""
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ def quarantine_record(
 ) -> QuarantinedEvent:
     """What the quarantine keeps of a refused event (its id is the same on every redelivery)."""
     return QuarantinedEvent(
-        id=str(uuid.uuid5(_NAMESPACE, f"{login}\x00{event.id}")),
+        id=RECORD_ID_PREFIX + str(uuid.uuid5(_NAMESPACE, f"{login}\x00{event.id}")),
         received_at=received_at,
         event_id=event.id,
         claimed_type=event.type,
