@@ -9,87 +9,53 @@ the message came from the exporter's login, which may not emit gateway events.
 
 from __future__ import annotations
 
-import json
-import secrets
-import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
 import pytest
 
-from hypersdk_contracts.envelope import CLOUDEVENTS_CONTENT_TYPE, CloudEvent, RequestContext
+from hypersdk_contracts.envelope import CloudEvent, RequestContext
 from hypersdk_contracts.events import JobProgressed, RequestCompleted
-from hypersdk_contracts.names import EVENTS_EXCHANGE
 from hypersdk_kit.bus import new_event
 
-from .conftest import ADMIN_PASSWORD, Api, Stack, devstack, isolated_stack_config, until
-
-
-@dataclass
-class Publisher:
-    """A RabbitMQ user of this test's own on the stack's vhost."""
-
-    login: str
-    url: str
-
-    async def publish(self, event: CloudEvent, *, user_id: str | None = None) -> None:
-        """Publish ``event`` to the events exchange, confirmed, with an AMQP ``user_id``."""
-        connection = await aio_pika.connect(self.url)
-        try:
-            channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
-            await exchange.publish(
-                aio_pika.Message(
-                    event.model_dump_json(by_alias=True, exclude_none=True).encode(),
-                    content_type=CLOUDEVENTS_CONTENT_TYPE,
-                    message_id=event.id,
-                    user_id=user_id or self.login,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key=event.routing_key,
-            )
-        finally:
-            await connection.close()
+from .conftest import (
+    ADMIN_PASSWORD,
+    Api,
+    BusLogin,
+    Stack,
+    bus_login,
+    devstack,
+    isolated_stack_config,
+    until,
+)
 
 
 @pytest.fixture(scope="module")
-def attributed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Publisher]]:
-    login = "hsdk-it-publisher-" + secrets.token_hex(4)
-    password = secrets.token_urlsafe(24)
-    with isolated_stack_config(tmp_path_factory.mktemp("attributed")) as config:
-        # The password on stdin, never in a command line.
-        subprocess.run(
-            ["rabbitmqctl", "add_user", login],
-            input=password + "\n",
-            text=True,
-            check=True,
-            capture_output=True,
+def attributed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, BusLogin]]:
+    with (
+        isolated_stack_config(tmp_path_factory.mktemp("attributed")) as config,
+        bus_login(config, "exporter") as exporter,
+    ):
+        devstack.up(config, admin_password=ADMIN_PASSWORD)
+        stack = Stack(
+            config=config,
+            api=Api(config.gateway_url),
+            amqp_url=config.amqp_url(),
+            database_url=config.database_url(),
         )
-        try:
-            # Publish to the events exchange only.
-            devstack.rabbitmqctl(
-                "set_permissions", "-p", config.amqp_vhost, login, "^$", "^hypersdk\\.events$", "^$"
-            )
-            publishers = json.loads(config.service_env().get("HYPERSDK_AUDIT_PUBLISHERS", "{}"))
-            config.extra_env["HYPERSDK_AUDIT_PUBLISHERS"] = json.dumps(
-                {**publishers, login: "exporter"}
-            )
-            devstack.up(config, admin_password=ADMIN_PASSWORD)
-            stack = Stack(
-                config=config,
-                api=Api(config.gateway_url),
-                amqp_url=config.amqp_url(),
-                database_url=config.database_url(),
-            )
-            vhost = config.amqp_vhost
-            url = f"amqp://{login}:{password}@{config.amqp_host}:{config.amqp_port}/{vhost}"
-            yield stack, Publisher(login=login, url=url)
-        finally:
-            devstack.rabbitmqctl("delete_user", login)
+        yield stack, exporter
+
+
+async def _publish(publisher: BusLogin, event: CloudEvent, *, user_id: str | None = None) -> None:
+    await publisher.publish(
+        event.model_dump_json(by_alias=True, exclude_none=True).encode(),
+        routing_key=event.routing_key,
+        message_id=event.id,
+        user_id=user_id,
+    )
 
 
 def _forged_admin_call() -> CloudEvent:
@@ -115,13 +81,13 @@ def _quarantine(api: Api, token: str) -> list[dict[str, Any]]:
 
 
 async def test_a_forged_gateway_event_is_quarantined_listed_reported_and_never_chained(
-    attributed: tuple[Stack, Publisher],
+    attributed: tuple[Stack, BusLogin],
 ) -> None:
     stack, publisher = attributed
     admin = stack.api.login("admin", ADMIN_PASSWORD)
     forged = _forged_admin_call()
 
-    await publisher.publish(forged)
+    await _publish(publisher, forged)
 
     listed: list[dict[str, Any]] = []
 
@@ -155,7 +121,7 @@ async def test_a_forged_gateway_event_is_quarantined_listed_reported_and_never_c
     "query", ["after_number=99999999999999999999", "after_number=-1", "limit=0"]
 )
 def test_a_quarantine_page_out_of_range_is_refused_with_422(
-    attributed: tuple[Stack, Publisher], query: str
+    attributed: tuple[Stack, BusLogin], query: str
 ) -> None:
     stack, _ = attributed
     admin = stack.api.login("admin", ADMIN_PASSWORD)
@@ -166,7 +132,7 @@ def test_a_quarantine_page_out_of_range_is_refused_with_422(
 
 
 async def test_a_genuine_event_from_the_mapped_login_is_chained_with_its_producer(
-    attributed: tuple[Stack, Publisher],
+    attributed: tuple[Stack, BusLogin],
 ) -> None:
     stack, publisher = attributed
     admin = stack.api.login("admin", ADMIN_PASSWORD)
@@ -179,7 +145,7 @@ async def test_a_genuine_event_from_the_mapped_login_is_chained_with_its_produce
         context=None,
     )
 
-    await publisher.publish(genuine)
+    await _publish(publisher, genuine)
 
     found: list[dict[str, Any]] = []
 
@@ -197,7 +163,7 @@ async def test_a_genuine_event_from_the_mapped_login_is_chained_with_its_produce
 
 
 async def test_rabbitmq_refuses_a_user_id_that_is_not_the_publishers_login(
-    attributed: tuple[Stack, Publisher],
+    attributed: tuple[Stack, BusLogin],
 ) -> None:
     _, publisher = attributed
     event = new_event(
@@ -209,4 +175,4 @@ async def test_rabbitmq_refuses_a_user_id_that_is_not_the_publishers_login(
     )
 
     with pytest.raises(aio_pika.exceptions.ChannelClosed):
-        await publisher.publish(event, user_id="hypersdk-gateway")
+        await _publish(publisher, event, user_id="hypersdk-gateway")
