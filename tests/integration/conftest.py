@@ -130,7 +130,7 @@ class BusLogin:
 def bus_login(config: devstack.StackConfig, service: str) -> Iterator[BusLogin]:
     """A RabbitMQ user that may only publish events, mapped to ``service`` for audit.
 
-    Enter before the stack starts (it sets ``HYPERSDK_AUDIT_PUBLISHERS``); deleted afterwards.
+    Enter before the stack starts (it adds to ``HYPERSDK_AUDIT_PUBLISHERS``); deleted afterwards.
     """
     login = f"hsdk-it-{service}-{secrets.token_hex(4)}"
     password = secrets.token_urlsafe(24)
@@ -146,8 +146,7 @@ def bus_login(config: devstack.StackConfig, service: str) -> Iterator[BusLogin]:
         devstack.rabbitmqctl(
             "set_permissions", "-p", config.amqp_vhost, login, "^$", "^hypersdk\\.events$", "^$"
         )
-        publishers = json.loads(config.service_env().get("HYPERSDK_AUDIT_PUBLISHERS", "{}"))
-        config.extra_env["HYPERSDK_AUDIT_PUBLISHERS"] = json.dumps({**publishers, login: service})
+        config.extra_publishers[login] = service
         url = f"amqp://{login}:{password}@{config.amqp_host}:{config.amqp_port}/{config.amqp_vhost}"
         yield BusLogin(login=login, url=url, service=service)
     finally:
