@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hypersdk_audit.adapters.outbound.memory import InMemoryAuditLog
+from hypersdk_audit.core.attribution import Attribution, NotGenuineError
 from hypersdk_audit.core.quarantine import REDACTED, quarantine_record
 from hypersdk_contracts.catalogue import EMITTERS, emitter_of, source_of
 from hypersdk_contracts.envelope import CloudEvent, RequestContext, new_event
@@ -27,10 +29,11 @@ from hypersdk_contracts.events import (
     SessionCreated,
     UserCreated,
 )
-from hypersdk_kit.trust import AssertionSigner
+from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 
 from .audit_world import (
     GATEWAY_KEY,
+    PUBLISHERS,
     RECEIVED_AT,
     audit_service,
     login_of,
@@ -387,6 +390,32 @@ async def test_identity_names_an_actor_of_its_own_outside_any_request() -> None:
     log = await _record(event)
 
     assert [(e.user, e.producer) for e in log.entries] == [("bootstrap", "identity")]
+
+
+class CountingVerifier(AssertionVerifier):
+    """The gateway's verifier, counting signature checks."""
+
+    checks = 0
+
+    def verify(self, token: str | None, *, check_expiry: bool = True) -> dict[str, Any]:
+        CountingVerifier.checks += 1
+        return super().verify(token, check_expiry=check_expiry)
+
+
+async def test_the_events_of_one_request_cost_one_signature_check() -> None:
+    verifier = CountingVerifier(GATEWAY_KEY.public_key(), issuer="gateway")
+    attribution = Attribution(publishers=PUBLISHERS, seals=verifier)
+    token = seal(request_id="req-admin", actor="admin", source_ip="203.0.113.7")
+    events = [
+        _event(JobStarted(job_id=f"j-{n}"), context=ADMIN_CALL).model_copy(update={"seal": token})
+        for n in range(3)
+    ]
+    forged = events[0].model_copy(update={"actor": "alice"})
+
+    assert [attribution.producer_of(e, login="hsdk-exporter") for e in events] == ["exporter"] * 3
+    with pytest.raises(NotGenuineError, match="seal_mismatch"):
+        attribution.producer_of(forged, login="hsdk-exporter")  # remembered claims, same checks
+    assert CountingVerifier.checks == 1
 
 
 async def test_a_batch_keeps_its_order_with_forgeries_replaced_by_audits_own_entries() -> None:

@@ -15,8 +15,10 @@ An event is genuine when all of these hold (decision 0029):
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from hypersdk_audit.core.quarantine import RECORD_ID_PREFIX
 from hypersdk_contracts.catalogue import PRINCIPAL_AUTHORITY, emitter_of, source_of
@@ -24,6 +26,8 @@ from hypersdk_contracts.envelope import CloudEvent
 from hypersdk_contracts.names import EVENT_TYPE_PREFIX
 from hypersdk_kit.trust import AssertionRejectedError, AssertionVerifier
 
+SEALS_REMEMBERED = 4096
+"""Seals whose claims are kept after a check: one request's events often share one."""
 GATEWAY = "gateway"
 AUDIT = "audit"
 
@@ -45,6 +49,9 @@ class Attribution:
     """Broker login -> service."""
     seals: AssertionVerifier
     """The gateway's public key, issuer ``gateway``."""
+    _verified: OrderedDict[str, dict[str, Any]] = field(
+        default_factory=OrderedDict, repr=False, compare=False
+    )
 
     def producer_of(self, event: CloudEvent, *, login: str | None) -> str:
         """The service that published ``event``, or :class:`NotGenuineError`."""
@@ -76,12 +83,7 @@ class Attribution:
             if producer == PRINCIPAL_AUTHORITY and outside_any_request:
                 return
             raise NotGenuineError("missing_seal", producer=producer)
-        try:
-            claims = self.seals.verify(event.seal, check_expiry=False)
-        except AssertionRejectedError:
-            raise NotGenuineError("invalid_seal", producer=producer) from None
-        if claims.get("typ") != "request":
-            raise NotGenuineError("invalid_seal", producer=producer)
+        claims = self._claims_of(event.seal, producer=producer)
         if claims.get("rid") is None or event.request_id != claims.get("rid"):
             raise NotGenuineError("seal_mismatch", producer=producer)
         if event.source_ip is not None and event.source_ip != claims.get("ip"):
@@ -91,3 +93,20 @@ class Attribution:
         named_by_authority = producer == PRINCIPAL_AUTHORITY and sub is None
         if event.actor is not None and event.actor != sub and not named_by_authority:
             raise NotGenuineError("seal_mismatch", producer=producer)
+
+    def _claims_of(self, seal: str, *, producer: str) -> dict[str, Any]:
+        """The claims of a valid request seal (a verified one is remembered: same answer)."""
+        claims = self._verified.get(seal)
+        if claims is not None:
+            self._verified.move_to_end(seal)
+            return claims
+        try:
+            claims = self.seals.verify(seal, check_expiry=False)
+        except AssertionRejectedError:
+            raise NotGenuineError("invalid_seal", producer=producer) from None
+        if claims.get("typ") != "request":
+            raise NotGenuineError("invalid_seal", producer=producer)
+        self._verified[seal] = claims
+        if len(self._verified) > SEALS_REMEMBERED:
+            self._verified.popitem(last=False)
+        return claims
