@@ -50,7 +50,7 @@ class Attribution:
     seals: AssertionVerifier
     """The gateway's public key, issuer ``gateway``."""
     _verified: OrderedDict[str, dict[str, Any]] = field(
-        default_factory=OrderedDict, repr=False, compare=False
+        default_factory=OrderedDict, init=False, repr=False, compare=False
     )
 
     def producer_of(self, event: CloudEvent, *, login: str | None) -> str:
