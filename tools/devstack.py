@@ -68,6 +68,8 @@ class StackConfig:
     health_base_port: int = 18081
     python: str = sys.executable
     extra_env: dict[str, str] = field(default_factory=dict)
+    extra_publishers: dict[str, str] = field(default_factory=dict)
+    """RabbitMQ logins of tests' own -> the service audit attributes their events to."""
 
     @property
     def run_dir(self) -> Path:
@@ -156,6 +158,9 @@ class StackConfig:
             env[f"HYPERSDK_{service.upper()}_GATEWAY_PUBLIC_KEY_FILE"] = str(keys / "gateway.pub")
         env["HYPERSDK_EXPORTER_EXPORT_DIR"] = str(self.state_dir / "exports")
         env["HYPERSDK_EXPORTER_LAB_ROOT"] = str(self.state_dir / "lab")
+        if self.extra_publishers:
+            publishers = json.loads(env.get("HYPERSDK_AUDIT_PUBLISHERS", "{}"))
+            env["HYPERSDK_AUDIT_PUBLISHERS"] = json.dumps({**publishers, **self.extra_publishers})
         env.update(self.extra_env)
         return env
 

@@ -176,7 +176,7 @@ DESIGN_ROUTES = {
     ("get", "/api/v1/secrets"), ("put", "/api/v1/secrets/{path}"),
     ("delete", "/api/v1/secrets/{path}"), ("post", "/api/v1/secrets/{path}/rotate"),
     ("get", "/api/v1/audit/events"), ("get", "/api/v1/audit/verify"),
-    ("get", "/api/v1/audit/export"),
+    ("get", "/api/v1/audit/export"), ("get", "/api/v1/audit/quarantine"),
     ("get", "/api/v1/system/config"), ("put", "/api/v1/system/config"),
     ("get", "/api/v1/webhooks"), ("post", "/api/v1/webhooks"),
     ("delete", "/api/v1/webhooks/{webhook_id}"),

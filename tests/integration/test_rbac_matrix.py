@@ -60,6 +60,7 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/api/v1/audit/events", "audit:view"),
     ("GET", "/api/v1/audit/verify", "audit:view"),
     ("GET", "/api/v1/audit/export", "audit:view"),
+    ("GET", "/api/v1/audit/quarantine", "audit:view"),
     ("GET", "/api/v1/system/config", "system:configure"),
     ("PUT", "/api/v1/system/config", "system:configure"),
     ("GET", "/api/v1/webhooks", "system:configure"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from hypersdk_contracts.envelope import (
     new_event,
 )
 from hypersdk_contracts.events import UserCreated
-from hypersdk_kit.bus import EnvelopeBatcher, PoisonMessageError
+from hypersdk_kit.bus import EnvelopeBatcher, PoisonMessageError, Received
 
 
 class FakeChannel:
@@ -25,9 +26,11 @@ class FakeChannel:
         self.unsettled: list[FakeDelivery] = []
         self.frames = 0
 
-    def delivery(self, username: str, *, deliveries: int = 0) -> FakeDelivery:
+    def delivery(
+        self, username: str, *, deliveries: int = 0, user_id: str | None = "identity"
+    ) -> FakeDelivery:
         body = user_created(username).model_dump_json(by_alias=True, exclude_none=True).encode()
-        return self.deliver(FakeDelivery(self, body, deliveries=deliveries))
+        return self.deliver(FakeDelivery(self, body, deliveries=deliveries, user_id=user_id))
 
     def batch(self, *usernames: str, deliveries: int = 0) -> FakeDelivery:
         """One message holding an event per user, in the CloudEvents JSON batch format."""
@@ -73,9 +76,11 @@ class FakeDelivery:
         *,
         deliveries: int = 0,
         content_type: str | None = "application/cloudevents+json",
+        user_id: str | None = None,
     ) -> None:
         self.channel = channel
         self.body = body
+        self.user_id = user_id
         self.message_id: str | None = None
         self.content_type = content_type
         self.headers: Any = {"x-delivery-count": deliveries}
@@ -91,11 +96,25 @@ class FakeDelivery:
         self.channel.settle(self, "dead-letter")
 
 
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait until ``condition`` holds (a loaded machine may take more than a few ms)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.001)
+
+
+async def settled(*deliveries: FakeDelivery) -> None:
+    """Wait until every delivery is acked, requeued or dead-lettered."""
+    await until(lambda: all(item.settled is not None for item in deliveries))
+
+
 class Recorder:
     """A batch handler that records batches and can be told to fail."""
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
+        self.logins: list[str | None] = []
         self.poison: set[str] = set()
         self.down = False
         self.release = asyncio.Event()
@@ -103,7 +122,7 @@ class Recorder:
         self.active = 0
         self.most_active = 0
 
-    async def __call__(self, events: list[CloudEvent]) -> None:
+    async def __call__(self, events: list[Received]) -> None:
         self.active += 1
         self.most_active = max(self.most_active, self.active)
         try:
@@ -111,15 +130,16 @@ class Recorder:
         finally:
             self.active -= 1
 
-    async def handle(self, events: list[CloudEvent]) -> None:
+    async def handle(self, events: list[Received]) -> None:
         await self.release.wait()
         await asyncio.sleep(0.001)  # room for another batch to start, were that allowed
         if self.down:
             raise ConnectionError("database unavailable")
-        names = [str(event.data["username"]) for event in events]
+        names = [str(received.event.data["username"]) for received in events]
         if self.poison & set(names):
             raise PoisonMessageError("a user name is poison")
         self.batches.append(names)
+        self.logins += [received.user_id for received in events]
 
 
 async def test_a_full_batch_is_handled_at_once_in_delivery_order_then_acked() -> None:
@@ -130,11 +150,24 @@ async def test_a_full_batch_is_handled_at_once_in_delivery_order_then_acked() ->
 
     for item in deliveries:
         await batcher.add(item)
-    await asyncio.sleep(0.01)
+    await settled(*deliveries)
 
     assert recorder.batches == [["a", "b", "c"]]
     assert [item.settled for item in deliveries] == ["ack"] * 3
     assert channel.frames == 1  # one multiple ack for the batch
+
+
+async def test_each_envelope_comes_with_the_login_that_published_it() -> None:
+    recorder = Recorder()
+    batcher = EnvelopeBatcher(recorder, max_batch=3, max_wait_seconds=60)
+    channel = FakeChannel()
+
+    for name, login in (("a", "identity"), ("b", "exporter"), ("c", None)):
+        await batcher.add(channel.delivery(name, user_id=login))
+    await until(lambda: len(recorder.logins) == 3)
+
+    assert recorder.batches == [["a", "b", "c"]]
+    assert recorder.logins == ["identity", "exporter", None]
 
 
 async def test_a_short_batch_waits_at_most_the_wait() -> None:
@@ -180,7 +213,7 @@ async def test_a_message_that_is_no_envelope_is_dead_lettered_alone() -> None:
     await batcher.add(garbage)
     for item in good:
         await batcher.add(item)
-    await asyncio.sleep(0.01)
+    await settled(garbage, *good)
 
     assert garbage.settled == "dead-letter"
     assert recorder.batches == [["a", "b"]]
@@ -196,7 +229,7 @@ async def test_only_the_poison_event_of_a_batch_is_dead_lettered() -> None:
 
     for item in deliveries:
         await batcher.add(item)
-    await asyncio.sleep(0.01)
+    await settled(*deliveries)
 
     assert recorder.batches == [["a"], ["c"]]
     assert [item.settled for item in deliveries] == ["ack", "dead-letter", "ack"]
@@ -276,7 +309,7 @@ async def test_a_batch_message_is_handled_with_single_envelopes_and_acked_once_s
 
     for item in deliveries:
         await batcher.add(item)
-    await asyncio.sleep(0.01)
+    await settled(*deliveries)
 
     assert recorder.batches == [["a", "b", "c", "d"]]  # four envelopes fill the batch
     assert [item.settled for item in deliveries] == ["ack"] * 3
@@ -316,7 +349,7 @@ async def test_a_malformed_batch_message_is_dead_lettered_alone(body: bytes) -> 
     await batcher.add(malformed)
     for item in good:
         await batcher.add(item)
-    await asyncio.sleep(0.01)
+    await settled(malformed, *good)
 
     assert malformed.settled == "dead-letter"
     assert recorder.batches == [["a", "b", "c"]]
@@ -332,7 +365,7 @@ async def test_an_array_without_the_batch_content_type_is_no_envelope() -> None:
     )
 
     await batcher.add(disguised)
-    await asyncio.sleep(0.01)
+    await settled(disguised)
 
     assert disguised.settled == "dead-letter"
     assert recorder.batches == []

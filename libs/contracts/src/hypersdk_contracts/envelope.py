@@ -81,6 +81,7 @@ class CloudEvent(Message):
     seal: str | None = Field(
         default=None,
         max_length=4096,
+        repr=False,
         description="The gateway's request seal vouching for actor, sourceip and requestid.",
     )
     traceparent: str | None = Field(

@@ -371,6 +371,26 @@ class AuditRequestRejected(RequestRejected):
     routing_key = RoutingKey.AUDIT_REQUEST_REJECTED
 
 
+class EventQuarantined(EventData):
+    """Audit refused to chain an event as genuine and put it in its quarantine."""
+
+    routing_key = RoutingKey.EVENT_QUARANTINED
+    audit_action = "audit.quarantine"
+    quarantined_event_id: str = Field(description="Id the refused envelope claimed.")
+    claimed_type: str = Field(description="Type the refused envelope claimed (unverified).")
+    claimed_source: str = Field(description="Source the refused envelope claimed (unverified).")
+    claimed_actor: str | None = Field(
+        description="Actor the refused envelope claimed (unverified)."
+    )
+    login: str | None = Field(description="Broker-validated login that published it, if any.")
+    producer: str | None = Field(description="Service that login belongs to, if any.")
+    reason: str = Field(description="Stable reason code, e.g. wrong_producer, unsealed_actor.")
+
+    def audit_result(self) -> str:
+        """Always a failure."""
+        return f"failure: {self.reason}"
+
+
 EVENT_TYPES: dict[str, type[EventData]] = {
     cls.routing_key.value: cls
     for cls in (
@@ -406,6 +426,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         SecretsRequestRejected,
         ExporterRequestRejected,
         AuditRequestRejected,
+        EventQuarantined,
     )
 }
 """Payload class of each routing key."""

@@ -66,6 +66,7 @@ class RoutingKey(StrEnum):
     SECRETS_REQUEST_REJECTED = "secrets.request.rejected"
     EXPORTER_REQUEST_REJECTED = "exporter.request.rejected"
     AUDIT_REQUEST_REJECTED = "audit.request.rejected"
+    EVENT_QUARANTINED = "audit.event.quarantined"
 
 
 class RpcQueue(StrEnum):
@@ -108,3 +109,4 @@ class RpcQueue(StrEnum):
     EXPORTER_GET_JOB = "exporter.rpc.get_job"
     AUDIT_VERIFY = "audit.rpc.verify"
     AUDIT_LIST_EVENTS = "audit.rpc.list_events"
+    AUDIT_LIST_QUARANTINE = "audit.rpc.list_quarantine"

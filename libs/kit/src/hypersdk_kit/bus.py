@@ -10,6 +10,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 import aio_pika
@@ -401,8 +402,26 @@ class Delivery(Protocol):
         """Never processable: dead-letter it."""
 
 
+class PublishedDelivery(Delivery, Protocol):
+    """A delivery that names its publisher (aio-pika's incoming message is one)."""
+
+    @property
+    def user_id(self) -> str | None:
+        """The AMQP ``user_id``: RabbitMQ refuses one that is not the publisher's login."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """An envelope as delivered, with the broker-validated login of its publisher (if any)."""
+
+    event: CloudEvent
+    user_id: str | None
+
+
 class EnvelopeBatcher:
     """Hands envelopes to ``handle_batch`` in batches, with the ack policy of envelope_consumer.
+
+    Each envelope comes with the ``user_id`` of the message that carried it (:class:`Received`).
 
     A delivery is added and the consumer moves on; a batch is handled when it reaches
     ``max_batch`` envelopes or ``max_wait_seconds`` after its first, one batch at a time, in
@@ -418,7 +437,7 @@ class EnvelopeBatcher:
 
     def __init__(
         self,
-        handle_batch: Callable[[list[CloudEvent]], Awaitable[None]],
+        handle_batch: Callable[[list[Received]], Awaitable[None]],
         *,
         max_batch: int,
         max_wait_seconds: float,
@@ -426,18 +445,18 @@ class EnvelopeBatcher:
         self._handle_batch = handle_batch
         self._max_batch = max_batch
         self._max_wait = max_wait_seconds
-        self._pending: list[tuple[Delivery, list[CloudEvent]]] = []
+        self._pending: list[tuple[PublishedDelivery, list[Received]]] = []
         self._pending_events = 0
         self._flushing = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def add(self, delivery: Delivery) -> None:
+    async def add(self, delivery: PublishedDelivery) -> None:
         """Take a delivery: dead-letter it if it is no envelope, else queue it for a batch."""
         events = await _envelopes_or_reject(delivery)
         if events is None:
             return
-        self._pending.append((delivery, events))
+        self._pending.append((delivery, [Received(event, delivery.user_id) for event in events]))
         self._pending_events += len(events)
         if self._pending_events >= self._max_batch:
             self._spawn_flush()
@@ -462,19 +481,19 @@ class EnvelopeBatcher:
             if batch:
                 await self._deliver(batch)
 
-    async def _deliver(self, batch: list[tuple[Delivery, list[CloudEvent]]]) -> None:
+    async def _deliver(self, batch: list[tuple[PublishedDelivery, list[Received]]]) -> None:
         try:
-            await self._handle_batch([event for _, events in batch for event in events])
+            await self._handle_batch([item for _, received in batch for item in received])
         except (PoisonMessageError, ValidationError) as exc:
             if len(batch) > 1:
                 for item in batch:
                     await self._deliver([item])
                 return
-            delivery, events = batch[0]
-            if len(events) > 1:
-                await self._deliver_alone(delivery, events)
+            delivery, received = batch[0]
+            if len(received) > 1:
+                await self._deliver_alone(delivery, received)
                 return
-            logger.warning("dead-lettering event %s: %s", events[0].id, type(exc).__name__)
+            logger.warning("dead-lettering event %s: %s", received[0].event.id, type(exc).__name__)
             await _settle(delivery.reject(requeue=False))
             return
         except Exception:
@@ -492,14 +511,14 @@ class EnvelopeBatcher:
         last, _ = batch[-1]
         await _settle(last.ack(multiple=len(batch) > 1))
 
-    async def _deliver_alone(self, delivery: Delivery, events: list[CloudEvent]) -> None:
+    async def _deliver_alone(self, delivery: PublishedDelivery, received: list[Received]) -> None:
         """Handle a batch message's envelopes one by one; dead-letter it if any is poison."""
         poison = []
-        for event in events:
+        for item in received:
             try:
-                await self._handle_batch([event])
+                await self._handle_batch([item])
             except (PoisonMessageError, ValidationError):
-                poison.append(event.id)
+                poison.append(item.event.id)
             except Exception:
                 deliveries = _delivery_count(delivery)
                 logger.exception("a batch message failed (delivery %d); requeueing", deliveries + 1)
@@ -509,7 +528,7 @@ class EnvelopeBatcher:
         if poison:
             logger.warning(
                 "dead-lettering a batch message of %d events, %d poison: %s",
-                len(events),
+                len(received),
                 len(poison),
                 ", ".join(poison),
             )
@@ -541,7 +560,7 @@ class BatchConsumer:
         self,
         broker: RabbitBroker,
         queue: RabbitQueue,
-        handle_batch: Callable[[list[CloudEvent]], Awaitable[None]],
+        handle_batch: Callable[[list[Received]], Awaitable[None]],
         *,
         exchange: RabbitExchange,
         prefetch: int,

@@ -154,11 +154,16 @@ class RequestGuard:
         return claims
 
     async def refuse(self, *, operation: str, reason: str, context: RequestContext) -> None:
-        """Publish the refusal and raise ``forbidden``."""
+        """Publish the refusal and raise ``forbidden``.
+
+        The refused request's actor, address and request ID are unproven: the refusal names the
+        claimed actor in its payload, not as its own actor (audit would quarantine an event
+        whose actor no request seal backs).
+        """
         await self.events.publish(
             self.rejected(operation=operation, reason=reason, claimed_actor=context.actor),
             subject=operation,
-            context=context,
+            context=RequestContext(traceparent=context.traceparent),
         )
         raise ServiceError(ErrorCode.FORBIDDEN, REFUSED)
 

@@ -32,7 +32,7 @@ async def seed_demo_lab(settings: ExporterSettings, args: argparse.Namespace) ->
                     type="local",
                     config={"directory": DEMO_DIRECTORY},
                     credential_ref=None,
-                    context=RequestContext(actor="bootstrap"),
+                    context=RequestContext(),  # no request, so no actor: none could be sealed
                 )
         finally:
             await broker.stop()

@@ -299,7 +299,6 @@ class LoginThrottle:
                 reason="expired",
             ),
             subject=f"user/{state.key}" if state.kind == "username" else f"address/{state.key}",
-            context=RequestContext(
-                actor="system", request_id=context.request_id if context else None
-            ),
+            # The request that noticed the expiry (its seal too), acted on by the system.
+            context=(context or RequestContext()).model_copy(update={"actor": "system"}),
         )

@@ -115,7 +115,8 @@ class PolicyService:
         """Give ``username`` the admin role if nobody holds it; return whether it did."""
         if await self._roles.holders_of(Role.ADMIN.value):
             return False
+        # No actor: no API request caused it, and only the gateway's request seal backs one.
         await self.assign_roles(
-            username=username, roles=[Role.ADMIN.value], context=RequestContext(actor="bootstrap")
+            username=username, roles=[Role.ADMIN.value], context=RequestContext()
         )
         return True

@@ -10,7 +10,7 @@ from typing import Any
 from faststream.rabbit import RabbitBroker
 
 from hypersdk_contracts.commands import VmExportRequested
-from hypersdk_contracts.envelope import CloudEvent
+from hypersdk_contracts.envelope import CloudEvent, RequestContext
 from hypersdk_contracts.errors import ServiceError
 from hypersdk_contracts.events import ExporterRequestRejected
 from hypersdk_contracts.names import EXPORT_JOBS_QUEUE, RpcQueue
@@ -144,7 +144,8 @@ class CommandVerifier:
                     operation=EXPORT_JOBS_QUEUE, reason=exc.reason, claimed_actor=event.actor
                 ),
                 subject=f"job/{command.job_id}",
-                context=event.context,
+                # The command's claims are unproven: the claimed actor is in the payload.
+                context=RequestContext(traceparent=event.traceparent),
             )
             raise PoisonMessageError(exc.reason) from exc
 

@@ -35,6 +35,7 @@ from hypersdk_contracts.rpc import (
     ListAuditEventsRequest,
     ListJobsRequest,
     ListProvidersRequest,
+    ListQuarantineRequest,
     ListSecretsRequest,
     ListSessionsRequest,
     ListUsersRequest,
@@ -45,6 +46,7 @@ from hypersdk_contracts.rpc import (
     ProviderNameRequest,
     ProviderView,
     PutSecretRequest,
+    QuarantinedEventView,
     RefreshRequest,
     RegisterProviderRequest,
     RevokeSessionRequest,
@@ -70,6 +72,8 @@ from hypersdk_gateway.ports.outbound import Backend
 logger = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
+MAX_NUMBER = 2**63 - 1
+"""Largest position a page may start after (PostgreSQL's bigint)."""
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": description}
     for status, description in (
@@ -749,6 +753,23 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
             ListAuditEventsRequest(
                 after_sequence=after_sequence, limit=limit, context=ctx(request)
             ),
+        )
+
+    @api.get(
+        "/audit/quarantine",
+        response_model=list[QuarantinedEventView],
+        tags=["audit"],
+        openapi_extra=audit_view,
+    )
+    async def audit_quarantine(request: Request, after_number: int = 0, limit: int = 100) -> Any:
+        """Events audit refused to chain as genuine, in the order they arrived."""
+        if not 0 <= after_number <= MAX_NUMBER or not 1 <= limit <= MAX_PAGE:
+            raise ServiceError(
+                ErrorCode.VALIDATION_FAILED, "0 <= after_number < 2^63 and 1 <= limit <= 1000."
+            )
+        return await backend.ask(
+            RpcQueue.AUDIT_LIST_QUARANTINE,
+            ListQuarantineRequest(after_number=after_number, limit=limit, context=ctx(request)),
         )
 
     @api.get("/audit/verify", response_model=VerifyResult, tags=["audit"], openapi_extra=audit_view)

@@ -49,6 +49,7 @@ _ROUTES: dict[str, tuple[str, ...]] = {
     "DELETE /secrets/{path:path}": (Q.SECRETS_DELETE,),
     "GET /audit/events": (Q.AUDIT_LIST_EVENTS,),
     "GET /audit/verify": (Q.AUDIT_VERIFY,),
+    "GET /audit/quarantine": (Q.AUDIT_LIST_QUARANTINE,),
     "GET /audit/export": (),
     "GET /system/config": (),
     "PUT /system/config": (),
