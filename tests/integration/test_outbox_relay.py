@@ -30,7 +30,7 @@ from tools import devstack
 from hypersdk_contracts.envelope import CloudEvent, RequestContext
 from hypersdk_contracts.events import JobProgressed
 from hypersdk_contracts.names import EVENTS_EXCHANGE
-from hypersdk_kit.bus import RabbitEventPublisher, broker_connection
+from hypersdk_kit.bus import RabbitEventPublisher, broker_connection, build_broker
 from hypersdk_kit.database import Database, apply_migrations, create_pool
 from hypersdk_kit.outbox import OUTBOX_MIGRATION, OutboxRelay, PostgresUnitOfWork
 
@@ -47,6 +47,18 @@ class Catcher:
 
     def count(self, event_id: str) -> int:
         return self.ids.count(event_id)
+
+
+@pytest.fixture
+async def exporter_bus(stack: Stack) -> AsyncIterator[RabbitBroker]:
+    """A broker logged in as the stack's exporter: audit chains what it publishes as exporter's.
+
+    (The harness login of ``broker`` is no service, so audit would quarantine its events.)
+    """
+    bus = build_broker(stack.config.amqp_url("exporter"), service="exporter")
+    await bus.start()
+    yield bus
+    await bus.stop()
 
 
 @pytest.fixture
@@ -73,7 +85,7 @@ async def record(uow: PostgresUnitOfWork, job_id: str, count: int) -> list[str]:
                 await uow.record(
                     JobProgressed(job_id=job_id, progress=index % 100),
                     subject=f"job/{job_id}",
-                    context=RequestContext(request_id=f"outbox-{job_id}"),
+                    context=RequestContext(),
                 )
             ).id
             for index in range(count)
@@ -120,12 +132,12 @@ class ChannelLostMidBatch(RabbitEventPublisher):
 
 
 async def test_a_channel_lost_between_commit_and_confirm_loses_nothing(
-    stack: Stack, broker: RabbitBroker, catcher: Catcher, private_schema: str
+    stack: Stack, exporter_bus: RabbitBroker, catcher: Catcher, private_schema: str
 ) -> None:
     pool = await create_pool(stack.database_url, size=3)
     database = Database(pool)
     uow = PostgresUnitOfWork(database, schema=private_schema, service="exporter")
-    publisher = ChannelLostMidBatch(broker, service="exporter")
+    publisher = ChannelLostMidBatch(exporter_bus, service="exporter", declare_topology=False)
     relay = OutboxRelay(
         database,
         listen_dsn=stack.database_url,
@@ -209,7 +221,7 @@ async def test_state_and_outbox_rows_commit_or_roll_back_together(
 
 
 async def test_a_commit_publishes_its_events_before_it_returns(
-    stack: Stack, broker: RabbitBroker, catcher: Catcher, private_schema: str
+    stack: Stack, exporter_bus: RabbitBroker, catcher: Catcher, private_schema: str
 ) -> None:
     pool = await create_pool(stack.database_url, size=2)
     database = Database(pool)
@@ -217,7 +229,7 @@ async def test_a_commit_publishes_its_events_before_it_returns(
         database,
         listen_dsn=stack.database_url,
         schema=private_schema,
-        publisher=RabbitEventPublisher(broker, service="exporter"),
+        publisher=RabbitEventPublisher(exporter_bus, service="exporter", declare_topology=False),
     )
     uow = PostgresUnitOfWork(
         database, schema=private_schema, service="exporter", after_commit=relay.publish_now
@@ -232,7 +244,7 @@ async def test_a_commit_publishes_its_events_before_it_returns(
 
 
 async def test_two_relays_on_one_outbox_publish_each_event_once_in_order(
-    stack: Stack, broker: RabbitBroker, catcher: Catcher, private_schema: str
+    stack: Stack, exporter_bus: RabbitBroker, catcher: Catcher, private_schema: str
 ) -> None:
     pool = await create_pool(stack.database_url, size=6)
     database = Database(pool)
@@ -242,7 +254,9 @@ async def test_two_relays_on_one_outbox_publish_each_event_once_in_order(
             database,
             listen_dsn=stack.database_url,
             schema=private_schema,
-            publisher=RabbitEventPublisher(broker, service="exporter"),
+            publisher=RabbitEventPublisher(
+                exporter_bus, service="exporter", declare_topology=False
+            ),
             batch_size=25,
             poll_seconds=0.2,
         )
@@ -424,7 +438,10 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 async def test_a_postgresql_restart_under_the_relay_loses_nothing(
-    stack: Stack, private_postgres: PrivatePostgres, broker: RabbitBroker, catcher: Catcher
+    stack: Stack,
+    private_postgres: PrivatePostgres,
+    exporter_bus: RabbitBroker,
+    catcher: Catcher,
 ) -> None:
     schema = "outbox_restart"
     await apply_migrations(private_postgres.dsn, schema=schema, migrations=[OUTBOX_MIGRATION])
@@ -435,7 +452,7 @@ async def test_a_postgresql_restart_under_the_relay_loses_nothing(
         database,
         listen_dsn=private_postgres.dsn,
         schema=schema,
-        publisher=RabbitEventPublisher(broker, service="exporter"),
+        publisher=RabbitEventPublisher(exporter_bus, service="exporter", declare_topology=False),
         poll_seconds=0.2,
         max_backoff_seconds=0.5,
     )

@@ -14,7 +14,10 @@ from faststream.rabbit import RabbitBroker
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.rpc import AuthenticateRequest, DecideRequest, UserNameRequest
+from hypersdk_gateway.adapters.inbound.operations import operations_of
+from hypersdk_gateway.core.seals import SEAL_ISSUER, seal_request
 from hypersdk_kit.bus import RpcClient
+from hypersdk_kit.trust import AssertionSigner, load_private_key
 
 from .conftest import ADMIN_PASSWORD, Stack, until
 
@@ -41,6 +44,11 @@ async def test_policy_removes_the_roles_of_a_user_deleted_through_identity_alone
     assert status == 201, body
     assert _roles(stack, name) == ["admin"]
 
+    # What the gateway sends for DELETE /api/v1/users/{name}, made with the stack's gateway key,
+    # except that the second step (policy clearing the roles) is never asked.
+    gateway = AssertionSigner(
+        load_private_key(stack.config.key_dir / "gateway.key"), issuer=SEAL_ISSUER
+    )
     rpc = RpcClient(broker, timeout_seconds=10)
     request_id = f"delete-{secrets.token_hex(4)}"
     principal = await rpc.call(
@@ -48,21 +56,23 @@ async def test_policy_removes_the_roles_of_a_user_deleted_through_identity_alone
         AuthenticateRequest(token=admin, context=RequestContext(request_id=request_id)),
     )
     asking = RequestContext(actor="admin", request_id=request_id, assertion=principal["assertion"])
+    route = "DELETE /api/v1/users/{username}"
+    decide = DecideRequest(
+        username="admin",
+        permission="users:manage",
+        resource=route,
+        operations=operations_of(route),
+        context=asking,
+    )
     decision = await rpc.call(
-        RpcQueue.POLICY_DECIDE,
-        DecideRequest(
-            username="admin",
-            permission="users:manage",
-            resource=f"DELETE /api/v1/users/{name}",
-            context=asking,
-        ),
+        RpcQueue.POLICY_DECIDE, seal_request(gateway, RpcQueue.POLICY_DECIDE, decide)
     )
     assert decision["allowed"], decision
+    delete = UserNameRequest(
+        username=name, context=asking.model_copy(update={"grant": decision["grant"]})
+    )
     await rpc.call(
-        RpcQueue.IDENTITY_DELETE_USER,
-        UserNameRequest(
-            username=name, context=asking.model_copy(update={"grant": decision["grant"]})
-        ),
+        RpcQueue.IDENTITY_DELETE_USER, seal_request(gateway, RpcQueue.IDENTITY_DELETE_USER, delete)
     )
 
     assert api.call("GET", f"/api/v1/users/{name}", token=admin)[0] == 404

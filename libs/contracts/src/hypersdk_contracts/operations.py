@@ -65,7 +65,12 @@ TARGETS: Mapping[str, Callable[[Any], Any]] = {
 FOLLOW_UPS: Mapping[str, frozenset[str]] = {
     RpcQueue.EXPORTER_REGISTER_PROVIDER: frozenset({RpcQueue.SECRETS_DESCRIBE}),
     RpcQueue.EXPORTER_CREATE_EXPORT: frozenset({EXPORT_COMMAND}),
+    # Identity holds every key operation to what the caller and the owner may do now
+    # (decision 0025), which it asks policy.
     RpcQueue.IDENTITY_CREATE_API_KEY: frozenset({RpcQueue.POLICY_PERMISSIONS_OF}),
+    RpcQueue.IDENTITY_LIST_API_KEYS: frozenset({RpcQueue.POLICY_PERMISSIONS_OF}),
+    RpcQueue.IDENTITY_REVOKE_API_KEY: frozenset({RpcQueue.POLICY_PERMISSIONS_OF}),
+    RpcQueue.IDENTITY_ROTATE_API_KEY: frozenset({RpcQueue.POLICY_PERMISSIONS_OF}),
 }
 """Operations a service performs on behalf of another, under that operation's seal."""
 

@@ -148,7 +148,13 @@ class RequestGuard:
             return admitted[3]
         claims = verify_seal(self.seals, context.seal)
         check_seal(claims, context=context, operation=operation, target=target)
-        if not self.seen.first_use(f"{claims.get('jti')} {operation}", expires_at=claims["exp"]):
+        # A follow-up (a question the served service asks on its caller's behalf, such as
+        # policy.permissions_of while identity issues a key) may come more than once under one
+        # seal; follow-ups are queries or the export command, whose worker checks its job.
+        primary = claims.get("op") == operation
+        if primary and not self.seen.first_use(
+            f"{claims.get('jti')} {operation}", expires_at=claims["exp"]
+        ):
             raise AssertionRejectedError("seal_replayed")
         _ADMITTED.set((context, operation, self.seen, claims))
         return claims
