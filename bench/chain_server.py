@@ -65,7 +65,7 @@ async def serve(port: int, without: set[str]) -> None:
     configure_logging("gateway", settings.log_level)
     if "access-log" in without:
         logging.getLogger("hypersdk_gateway.access").setLevel(logging.WARNING)
-    bare = FastAPI()
+    bare = FastAPI(telemetry={"tracing": False, "metrics": False, "logs": False})  # as the API
 
     @bare.get("/bare")
     async def bare_jobs() -> list[dict[str, str]]:

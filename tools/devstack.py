@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import http.client
 import json
 import os
@@ -29,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from hypersdk_kit.trust import generate_key_pair
 
@@ -37,6 +40,9 @@ HEALTH_PORTS = len(SERVICES)
 """Each service's health port is the stack's base port plus its index in SERVICES."""
 MIGRATED = ("identity", "policy", "exporter", "audit")
 ROOT = Path(__file__).resolve().parent.parent
+RABBITMQ_DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
+HARNESS = "harness"
+"""Login suffix of an isolated stack's test harness: every right on that stack's vhost only."""
 
 
 @dataclass
@@ -50,12 +56,20 @@ class StackConfig:
     pg_user: str = "postgres"
     amqp_host: str = "127.0.0.1"
     amqp_port: int = 5672
-    amqp_vhost: str = "/"
+    amqp_vhost: str = "hypersdk"
+    amqp_login_prefix: str = "hypersdk"
+    """RabbitMQ users are ``<prefix>-<service>`` (users are global to the broker)."""
+    db_role_prefix: str = "hypersdk"
+    """PostgreSQL roles are ``<prefix>_<service>`` (roles are global to the cluster)."""
+    harness: bool = False
+    """Whether a ``<prefix>-harness`` RabbitMQ user exists (isolated test stacks only)."""
     gateway_port: int = 8080
     vault_port: int = 8200
     health_base_port: int = 18081
     python: str = sys.executable
     extra_env: dict[str, str] = field(default_factory=dict)
+    extra_publishers: dict[str, str] = field(default_factory=dict)
+    """RabbitMQ logins of tests' own -> the service audit attributes their events to."""
 
     @property
     def run_dir(self) -> Path:
@@ -74,7 +88,7 @@ class StackConfig:
 
     @property
     def key_dir(self) -> Path:
-        """Signing keys: identity's and policy's Ed25519 pairs (private keys 0600)."""
+        """Signing keys: identity's, policy's and the gateway's Ed25519 pairs (private 0600)."""
         return self.secret_dir / "keys"
 
     @property
@@ -83,23 +97,51 @@ class StackConfig:
         return f"http://127.0.0.1:{self.gateway_port}"
 
     def database_url(self) -> str:
-        """DSN of the platform database (trust auth on loopback)."""
+        """DSN of the platform database as the administrator (trust auth on loopback).
+
+        Only the migrate step (and test assertions) use it; services connect as their roles.
+        """
         return f"postgresql://{self.pg_user}@{self.pg_host}:{self.pg_port}/{self.database}"
 
-    def amqp_url(self) -> str:
-        """AMQP URL; the local broker's guest account, which only works on loopback."""
-        vhost = "%2F" if self.amqp_vhost == "/" else self.amqp_vhost
-        return f"amqp://guest:guest@{self.amqp_host}:{self.amqp_port}/{vhost}"
+    def db_role(self, service: str) -> str:
+        """The PostgreSQL role of ``service``."""
+        return f"{self.db_role_prefix}_{service}"
+
+    def service_database_url(self, service: str) -> str:
+        """DSN of ``service``'s own role, with its generated password."""
+        password = _read_secret(self.secret_dir / "postgres" / service)
+        return (
+            f"postgresql://{self.db_role(service)}:{password}@{self.pg_host}:{self.pg_port}"
+            f"/{self.database}"
+        )
+
+    def amqp_login(self, service: str) -> str:
+        """The RabbitMQ user of ``service`` (or of the test harness)."""
+        return f"{self.amqp_login_prefix}-{service}"
+
+    def amqp_url(self, service: str = HARNESS) -> str:
+        """AMQP URL of ``service``'s own user; by default the test harness's (isolated stacks)."""
+        password = _read_secret(self.secret_dir / "amqp" / service)
+        vhost = quote(self.amqp_vhost, safe="")
+        return (
+            f"amqp://{self.amqp_login(service)}:{password}@{self.amqp_host}:{self.amqp_port}"
+            f"/{vhost}"
+        )
 
     def service_env(self) -> dict[str, str]:
         """Environment of every platform process."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("HYPERSDK_")}
         for index, service in enumerate(SERVICES):
             prefix = f"HYPERSDK_{service.upper()}_"
-            env[prefix + "AMQP_URL"] = self.amqp_url()
+            env[prefix + "AMQP_URL"] = self.amqp_url(service)
             env[prefix + "HEALTH_PORT"] = str(self.health_base_port + index)
+            # The topology is provisioned with the users (provision_bus); services only check.
+            env[prefix + "DECLARE_TOPOLOGY"] = "false"
             if service in MIGRATED:
-                env[prefix + "DATABASE_URL"] = self.database_url()
+                env[prefix + "DATABASE_URL"] = self.service_database_url(service)
+        env["HYPERSDK_AUDIT_PUBLISHERS"] = json.dumps(
+            {self.amqp_login(service): service for service in SERVICES}
+        )
         env["HYPERSDK_GATEWAY_PORT"] = str(self.gateway_port)
         env["HYPERSDK_GATEWAY_HEALTH_PORT"] = "0"
         env["HYPERSDK_SECRETS_VAULT_ADDR"] = f"http://127.0.0.1:{self.vault_port}"
@@ -111,8 +153,14 @@ class StackConfig:
         env["HYPERSDK_POLICY_IDENTITY_PUBLIC_KEY_FILE"] = str(keys / "identity.pub")
         for service in ("secrets", "exporter", "audit"):
             env[f"HYPERSDK_{service.upper()}_POLICY_PUBLIC_KEY_FILE"] = str(keys / "policy.pub")
+        env["HYPERSDK_GATEWAY_SIGNING_KEY_FILE"] = str(keys / "gateway.key")
+        for service in ("identity", "policy", "secrets", "exporter", "audit"):
+            env[f"HYPERSDK_{service.upper()}_GATEWAY_PUBLIC_KEY_FILE"] = str(keys / "gateway.pub")
         env["HYPERSDK_EXPORTER_EXPORT_DIR"] = str(self.state_dir / "exports")
         env["HYPERSDK_EXPORTER_LAB_ROOT"] = str(self.state_dir / "lab")
+        if self.extra_publishers:
+            publishers = json.loads(env.get("HYPERSDK_AUDIT_PUBLISHERS", "{}"))
+            env["HYPERSDK_AUDIT_PUBLISHERS"] = json.dumps({**publishers, **self.extra_publishers})
         env.update(self.extra_env)
         return env
 
@@ -186,6 +234,102 @@ def _private_file(path: Path, content: str) -> None:
         stream.write(content)
 
 
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise SystemExit(f"{path} is missing; run make up first.") from None
+
+
+def ensure_credentials(config: StackConfig) -> None:
+    """Generate each service's RabbitMQ and PostgreSQL password once (0600 files)."""
+    logins = [*SERVICES, HARNESS] if config.harness else list(SERVICES)
+    for kind, names in (("amqp", logins), ("postgres", MIGRATED)):
+        directory = _private_dir(config.secret_dir / kind)
+        for name in names:
+            if not (directory / name).exists():
+                _private_file(directory / name, secrets.token_urlsafe(24) + "\n")
+
+
+def _rabbit_password_hash(password: str) -> str:
+    """RabbitMQ's ``rabbit_password_hashing_sha256``: base64(salt + sha256(salt + password))."""
+    salt = secrets.token_bytes(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def bus_definitions(config: StackConfig) -> dict[str, object]:
+    """deploy/rabbitmq/definitions.json for this stack: its vhost, its logins, their passwords.
+
+    The same permissions and topology as production; plus, in isolated test stacks, a harness
+    user with every right on the stack's vhost and none elsewhere.
+    """
+    text = RABBITMQ_DEFINITIONS.read_text()
+    definitions: dict[str, list[dict[str, object]]] = json.loads(text)
+    renamed = {f"hypersdk-{service}": config.amqp_login(service) for service in SERVICES}
+    for user in definitions["users"]:
+        service = str(user["name"]).removeprefix("hypersdk-")
+        user["name"] = renamed[str(user["name"])]
+        user["password_hash"] = _rabbit_password_hash(
+            _read_secret(config.secret_dir / "amqp" / service)
+        )
+    for vhost in definitions["vhosts"]:
+        vhost["name"] = config.amqp_vhost
+    for section in ("permissions", "topic_permissions", "exchanges", "queues", "bindings"):
+        for item in definitions[section]:
+            item["vhost"] = config.amqp_vhost
+            if "user" in item:
+                item["user"] = renamed[str(item["user"])]
+    if config.harness:
+        harness = config.amqp_login(HARNESS)
+        definitions["users"].append(
+            {
+                "name": harness,
+                "password_hash": _rabbit_password_hash(
+                    _read_secret(config.secret_dir / "amqp" / HARNESS)
+                ),
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": [],
+            }
+        )
+        definitions["permissions"].append(
+            {
+                "user": harness,
+                "vhost": config.amqp_vhost,
+                "configure": ".*",
+                "write": ".*",
+                "read": ".*",
+            }
+        )
+    return dict(definitions)
+
+
+def provision_bus(config: StackConfig) -> None:
+    """Create the stack's vhost, users, permissions and topology from the definitions file.
+
+    Imported through rabbitmqctl's standard input, so no password is ever in a command line;
+    ``guest`` keeps no permission on the vhost.
+    """
+    ensure_credentials(config)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "import_definitions"],
+        input=json.dumps(bus_definitions(config)).encode(),
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["rabbitmqctl", "-q", "clear_permissions", "-p", config.amqp_vhost, "guest"],
+        check=False,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "rabbitmqctl", "-q", "clear_topic_permissions", "-p", config.amqp_vhost, "guest",
+        ],
+        check=False,
+        capture_output=True,
+    )  # fmt: skip
+
+
 def _run_module(config: StackConfig, service: str, *args: str, env: dict[str, str]) -> str:
     result = subprocess.run(
         [config.python, "-m", f"hypersdk_{service}", *args],
@@ -215,13 +359,11 @@ def _bao_binary(config: StackConfig) -> str:
 def supervise(config: StackConfig) -> None:
     """Run OpenBao and the six services; restart what dies; stop all on SIGTERM."""
     env = config.service_env()
-    token = (config.secret_dir / "vault-token").read_text().strip()
     commands: dict[str, list[str]] = {
         "openbao": [
             _bao_binary(config),
             "server",
             "-dev",
-            f"-dev-root-token-id={token}",
             f"-dev-listen-address=127.0.0.1:{config.vault_port}",
             "-dev-no-store-token",
         ]
@@ -235,10 +377,19 @@ def supervise(config: StackConfig) -> None:
     def start(name: str) -> None:
         log = os.open(config.log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         child_env = dict(env)
+        stdout: int = log
         if name == "openbao":
-            child_env = {"PATH": env.get("PATH", ""), "HOME": str(config.state_dir)}
+            # The root token by environment, never on the command line (``ps`` shows argv to
+            # every local user); its banner on stdout prints the token and the unseal key, so
+            # only stderr (the server log) is kept.
+            child_env = {
+                "PATH": env.get("PATH", ""),
+                "HOME": str(config.state_dir),
+                "BAO_DEV_ROOT_TOKEN_ID": _read_secret(config.secret_dir / "vault-token"),
+            }
+            stdout = subprocess.DEVNULL
         children[name] = subprocess.Popen(
-            commands[name], env=child_env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            commands[name], env=child_env, stdout=stdout, stderr=log, stdin=subprocess.DEVNULL
         )
         os.close(log)
 
@@ -322,6 +473,8 @@ async def _drop_database(config: StackConfig) -> None:
     )
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{config.database}" WITH (FORCE)')
+        for service in MIGRATED:  # roles are cluster-wide; these served that database only
+            await conn.execute(f'DROP ROLE IF EXISTS "{config.db_role(service)}"')
     finally:
         await conn.close()
 
@@ -336,13 +489,16 @@ def isolated(
     """
     suffix = secrets.token_hex(4)
     vhost = f"{prefix}-{suffix}"
+    database = f"{prefix.replace('-', '_')}_{suffix}"
     rabbitmqctl("add_vhost", vhost)
     try:
-        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         config = StackConfig(
             state_dir=state_dir,
-            database=f"{prefix.replace('-', '_')}_{suffix}",
+            database=database,
             amqp_vhost=vhost,
+            amqp_login_prefix=vhost,
+            db_role_prefix=database,
+            harness=True,
             gateway_port=free_port(),
             vault_port=free_port(),
             health_base_port=free_port(count=HEALTH_PORTS),
@@ -357,6 +513,12 @@ def isolated(
                 pool.submit(asyncio.run, _drop_database(config)).result()
     finally:
         rabbitmqctl("delete_vhost", vhost)
+        for login in [*SERVICES, HARNESS]:  # users are broker-wide
+            subprocess.run(
+                ["rabbitmqctl", "-q", "delete_user", f"{vhost}-{login}"],
+                check=False,
+                capture_output=True,
+            )
 
 
 # ---- up / down --------------------------------------------------------------------------------
@@ -413,7 +575,7 @@ def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, s
         config.key_dir,
     ):
         _private_dir(directory)
-    for signer in ("identity", "policy"):
+    for signer in ("identity", "policy", "gateway"):
         if not (config.key_dir / f"{signer}.key").exists():
             generate_key_pair(config.key_dir / f"{signer}.key", config.key_dir / f"{signer}.pub")
     _private_dir(config.state_dir / "exports")
@@ -423,18 +585,26 @@ def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, s
     else:
         ensure_dependencies(config)
         asyncio.run(_create_database(config))
+        provision_bus(config)
         env = config.service_env()
+        for service in MIGRATED:
+            # As the administrator: creates the service's role, which owns only its schema.
+            env[f"HYPERSDK_{service.upper()}_MIGRATION_DATABASE_URL"] = config.database_url()
         for service in MIGRATED:
             _run_module(config, service, "migrate", env=env)
         token_file = config.secret_dir / "vault-token"
         _private_file(token_file, secrets.token_hex(24))
+        # The stack's description in a 0600 file, not on the supervisor's command line (which
+        # every local user can read): extra_env may one day hold something secret.
+        stack_file = config.run_dir / "stack.json"
+        _private_file(stack_file, json.dumps(asdict(config), default=str))
         supervisor = subprocess.Popen(
             [
                 config.python,
                 str(Path(__file__).resolve()),
                 "supervise",
                 "--config",
-                json.dumps(asdict(config), default=str),
+                str(stack_file),
             ],
             start_new_session=True,
             stdin=subprocess.DEVNULL,
@@ -513,10 +683,10 @@ def main() -> None:
     """Command line: up, down, status, supervise."""
     parser = argparse.ArgumentParser(prog="devstack")
     parser.add_argument("command", choices=["up", "down", "status", "supervise"])
-    parser.add_argument("--config", help="JSON StackConfig (internal, for supervise)")
+    parser.add_argument("--config", help="file of a JSON StackConfig (internal, for supervise)")
     args = parser.parse_args()
     if args.command == "supervise":
-        raw = json.loads(args.config)
+        raw = json.loads(Path(args.config).read_text())
         raw["state_dir"] = Path(raw["state_dir"])
         supervise(StackConfig(**raw))
         return

@@ -10,6 +10,7 @@ import asyncio
 import json
 import secrets
 import socket
+import subprocess
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -96,6 +97,63 @@ class Api:
 
 
 @dataclass
+class BusLogin:
+    """A RabbitMQ user of the tests' own that audit attributes to ``service``."""
+
+    login: str
+    url: str
+    service: str
+
+    async def publish(
+        self, body: bytes, *, routing_key: str, message_id: str, user_id: str | None = None
+    ) -> None:
+        """Publish to the events exchange, confirmed, with this login as AMQP ``user_id``."""
+        connection = await aio_pika.connect(self.url)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange("hypersdk.events", ensure=False)
+            await exchange.publish(
+                aio_pika.Message(
+                    body,
+                    content_type="application/cloudevents+json",
+                    message_id=message_id,
+                    user_id=user_id or self.login,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=routing_key,
+            )
+        finally:
+            await connection.close()
+
+
+@contextmanager
+def bus_login(config: devstack.StackConfig, service: str) -> Iterator[BusLogin]:
+    """A RabbitMQ user that may only publish events, mapped to ``service`` for audit.
+
+    Enter before the stack starts (it adds to ``HYPERSDK_AUDIT_PUBLISHERS``); deleted afterwards.
+    """
+    login = f"hsdk-it-{service}-{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(24)
+    # The password on stdin, never in a command line.
+    subprocess.run(
+        ["rabbitmqctl", "add_user", login],
+        input=password + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    try:
+        devstack.rabbitmqctl(
+            "set_permissions", "-p", config.amqp_vhost, login, "^$", "^hypersdk\\.events$", "^$"
+        )
+        config.extra_publishers[login] = service
+        url = f"amqp://{login}:{password}@{config.amqp_host}:{config.amqp_port}/{config.amqp_vhost}"
+        yield BusLogin(login=login, url=url, service=service)
+    finally:
+        devstack.rabbitmqctl("delete_user", login)
+
+
+@dataclass
 class Stack:
     """A running platform and how to reach its parts."""
 
@@ -103,6 +161,8 @@ class Stack:
     api: Api
     amqp_url: str
     database_url: str
+    identity_login: BusLogin | None = None
+    """Publishes events audit attributes to identity (tests that replay identity's events)."""
 
     @property
     def log_dir(self) -> Path:
@@ -143,13 +203,17 @@ def isolated_stack_config(state_dir: Path) -> Iterator[devstack.StackConfig]:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with isolated_stack_config(tmp_path_factory.mktemp("stack")) as config:
+    with (
+        isolated_stack_config(tmp_path_factory.mktemp("stack")) as config,
+        bus_login(config, "identity") as identity_login,
+    ):
         devstack.up(config, admin_password=ADMIN_PASSWORD)
         yield Stack(
             config=config,
             api=Api(config.gateway_url),
             amqp_url=config.amqp_url(),
             database_url=config.database_url(),
+            identity_login=identity_login,
         )
 
 

@@ -161,7 +161,8 @@ def test_every_operation_keeps_its_contract(
     assert not failures, "\n\n".join(failures)
 
 
-# The document itself: DESIGN.md's route table, both credential schemes, the error responses.
+# The document itself: docs/contracts.md's route table, both credential schemes, the error
+# responses.
 DESIGN_ROUTES = {
     ("post", "/api/v1/auth/login"), ("post", "/api/v1/auth/logout"),
     ("post", "/api/v1/auth/refresh"), ("get", "/api/v1/auth/me"),
@@ -180,7 +181,7 @@ DESIGN_ROUTES = {
     ("get", "/api/v1/secrets"), ("put", "/api/v1/secrets/{path}"),
     ("delete", "/api/v1/secrets/{path}"), ("post", "/api/v1/secrets/{path}/rotate"),
     ("get", "/api/v1/audit/events"), ("get", "/api/v1/audit/verify"),
-    ("get", "/api/v1/audit/export"),
+    ("get", "/api/v1/audit/export"), ("get", "/api/v1/audit/quarantine"),
     ("get", "/api/v1/system/config"), ("put", "/api/v1/system/config"),
     ("get", "/api/v1/webhooks"), ("post", "/api/v1/webhooks"),
     ("delete", "/api/v1/webhooks/{webhook_id}"),

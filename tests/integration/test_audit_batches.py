@@ -23,7 +23,7 @@ def _event(event_id: str, data: dict[str, object]) -> bytes:
         {
             "specversion": "1.0",
             "id": event_id,
-            "source": "/test/burst",
+            "source": "/hypersdk/identity",
             "type": "io.hypersdk.identity.login.failed",
             "time": datetime.now(UTC).isoformat(),
             "subject": "user/burst",
@@ -53,20 +53,16 @@ async def test_a_burst_is_recorded_once_each_in_one_chain(stack: Stack) -> None:
     ids = [f"burst-{run}-{index:04d}" for index in range(BURST)]
     poison_id = f"burst-{run}-poison"
     good = {"username": "burst", "reason": "invalid_credentials"}
+    identity = stack.identity_login
+    assert identity is not None
     connection = await aio_pika.connect(stack.amqp_url)
     try:
         channel = await connection.channel(publisher_confirms=True)
-        events = await channel.get_exchange("hypersdk.events")
 
         async def send(event_id: str, data: dict[str, object]) -> None:
-            await events.publish(
-                aio_pika.Message(
-                    _event(event_id, data),
-                    message_id=event_id,
-                    content_type="application/cloudevents+json",
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key="identity.login.failed",
+            # As identity, so that audit attributes the events to it (decision 0029).
+            await identity.publish(
+                _event(event_id, data), routing_key="identity.login.failed", message_id=event_id
             )
 
         sends = [send(event_id, good) for event_id in ids]

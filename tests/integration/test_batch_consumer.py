@@ -12,9 +12,9 @@ import uuid
 import aio_pika
 from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange
 
-from hypersdk_contracts.envelope import CLOUDEVENTS_CONTENT_TYPE, CloudEvent, RequestContext
+from hypersdk_contracts.envelope import CLOUDEVENTS_CONTENT_TYPE, RequestContext
 from hypersdk_contracts.events import JobProgressed
-from hypersdk_kit.bus import BatchConsumer, durable_queue, new_event
+from hypersdk_kit.bus import BatchConsumer, Received, durable_queue, new_event
 
 from .conftest import Stack, close_under, until
 
@@ -38,8 +38,8 @@ class Consumer:
             max_wait_seconds=0.02,
         )
 
-    async def record(self, events: list[CloudEvent]) -> None:
-        self.batches.append([event.id for event in events])
+    async def record(self, events: list[Received]) -> None:
+        self.batches.append([received.event.id for received in events])
 
     def handled(self) -> list[str]:
         return [event_id for batch in self.batches for event_id in batch]

@@ -13,12 +13,12 @@ import aio_pika
 from .conftest import ADMIN_PASSWORD, Stack
 
 
-def _envelope(type_: str, data: dict[str, Any]) -> bytes:
+def _envelope(type_: str, data: dict[str, Any], *, source: str = "/test/forger") -> bytes:
     return json.dumps(
         {
             "specversion": "1.0",
             "id": str(uuid.uuid4()),
-            "source": "/test/forger",
+            "source": source,
             "type": type_,
             "time": datetime.now(UTC).isoformat(),
             "data": data,
@@ -64,12 +64,6 @@ async def test_malformed_messages_go_to_dead_letter_queues(stack: Stack) -> None
         ),
         # An envelope missing required attributes, published as an event.
         "garbage-event": (events, "identity.login.succeeded", b'{"specversion": "1.0"}'),
-        # A known event type whose payload breaks its contract.
-        "bad-event": (
-            events,
-            "identity.login.failed",
-            _envelope("io.hypersdk.identity.login.failed", {"username": 7, "reason": "nope"}),
-        ),
     }
     for message_id, (exchange, routing_key, body) in sends.items():
         await exchange.publish(
@@ -81,6 +75,18 @@ async def test_malformed_messages_go_to_dead_letter_queues(stack: Stack) -> None
             ),
             routing_key=routing_key,
         )
+    # A known event type whose payload breaks its contract, from identity's own login (from any
+    # other, audit quarantines it before reading the payload).
+    bad_event = _envelope(
+        "io.hypersdk.identity.login.failed",
+        {"username": 7, "reason": "nope"},
+        source="/hypersdk/identity",
+    )
+    sends["bad-event"] = (events, "identity.login.failed", bad_event)
+    assert stack.identity_login is not None
+    await stack.identity_login.publish(
+        bad_event, routing_key="identity.login.failed", message_id="bad-event"
+    )
 
     jobs_dlq = await _collect(channel, "exporter.jobs.dlq", {"garbage-job", "bad-command"})
     audit_dlq = await _collect(channel, "audit.events.dlq", {"garbage-event", "bad-event"})

@@ -19,8 +19,8 @@ from typing import Any
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_identity.adapters.outbound.postgres import PostgresThrottleStore
 from hypersdk_identity.core.throttle import LoginThrottle, LoginThrottledError, ThrottleRule
-from hypersdk_kit.bus import InMemoryEventPublisher
-from hypersdk_kit.database import create_pool
+from hypersdk_kit.database import Database, create_pool
+from hypersdk_kit.memory import InMemoryUnitOfWork
 
 from .conftest import ADMIN_PASSWORD, Stack
 
@@ -158,13 +158,13 @@ def test_an_unknown_user_costs_as_much_as_a_wrong_password(stack: Stack) -> None
 async def test_two_replicas_agree_on_one_counter(stack: Stack) -> None:
     rule = ThrottleRule(max_failures=5, window_seconds=120, lockout_seconds=300)
     pools = [await create_pool(stack.database_url, size=5) for _ in range(2)]
-    events = InMemoryEventPublisher(service="identity")
+    events = InMemoryUnitOfWork(service="identity")
     replicas = [
         LoginThrottle(
-            store=PostgresThrottleStore(pool),
+            store=PostgresThrottleStore(Database(pool)),
             username_rule=rule,
             address_rule=None,
-            events=events,
+            uow=events,
             clock=lambda: datetime.now(UTC),
         )
         for pool in pools

@@ -1,4 +1,4 @@
-"""Every route of DESIGN.md's API table, for every role: the matrix, enforced by the real stack.
+"""Every route of docs/contracts.md's API table, for every role, enforced by the real stack.
 
 Holds its own literal copy of the seed matrix (4 roles x 10 permissions). For each route and
 each role, an allowed call passes authorization (whatever the handler answers next, never 401
@@ -60,6 +60,7 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/api/v1/audit/events", "audit:view"),
     ("GET", "/api/v1/audit/verify", "audit:view"),
     ("GET", "/api/v1/audit/export", "audit:view"),
+    ("GET", "/api/v1/audit/quarantine", "audit:view"),
     ("GET", "/api/v1/system/config", "system:configure"),
     ("PUT", "/api/v1/system/config", "system:configure"),
     ("GET", "/api/v1/webhooks", "system:configure"),

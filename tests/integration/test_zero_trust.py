@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.names import RpcQueue
+from hypersdk_contracts.operations import EXPORT_COMMAND
 from hypersdk_contracts.rpc import CreateExportRequest, DiskFormat, ListSecretsRequest
 from hypersdk_kit.bus import RpcClient, build_broker
 from hypersdk_kit.trust import AssertionSigner, load_private_key
@@ -51,7 +52,7 @@ def _command(job_id: str, grant: str, actor: str, request_id: str) -> bytes:
 
 
 def _grant(signer: AssertionSigner, *, sub: str, perm: str) -> str:
-    return signer.sign({"typ": "grant", "sub": sub, "perm": perm})
+    return signer.sign({"typ": "grant", "sub": sub, "perm": perm, "op": [EXPORT_COMMAND]})
 
 
 async def _audit_failures(stack: Stack, token: str, wanted: int) -> list[dict[str, Any]]:

@@ -4,16 +4,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.rpc import RpcRequest
+from hypersdk_gateway.core.seals import SEAL_ISSUER
 from hypersdk_gateway.ports.outbound import Backend
+from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 
 Handler = Callable[[Any], Awaitable[Any]]
 Routes = dict[str, tuple[type[RpcRequest], Handler]]
+
+UNUSED_KEY = Path("unused-gateway.key")
+"""A ``signing_key_file`` setting that is never read: tests hand ``build_chain`` its signer."""
+GATEWAY_KEY = Ed25519PrivateKey.generate()
+
+
+def gateway_seals() -> AssertionSigner:
+    """The gateway's request sealer, with the tests' gateway key."""
+    return AssertionSigner(GATEWAY_KEY, issuer=SEAL_ISSUER)
+
+
+def seal_verifier() -> AssertionVerifier:
+    """What a service checks the gateway's seals with."""
+    return AssertionVerifier(GATEWAY_KEY.public_key(), issuer=SEAL_ISSUER)
 
 
 class InProcessBackend(Backend):

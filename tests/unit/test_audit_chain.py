@@ -20,7 +20,6 @@ from hypersdk_audit.core.chain import (
     verify,
 )
 from hypersdk_audit.core.recorder import entry_fields
-from hypersdk_audit.core.service import AuditService
 from hypersdk_contracts.envelope import CloudEvent, RequestContext, new_event
 from hypersdk_contracts.events import (
     Artifact,
@@ -39,6 +38,8 @@ from hypersdk_contracts.events import (
 )
 from hypersdk_kit.bus import PoisonMessageError
 
+from .audit_world import audit_service, received, sealed
+
 ALICE = RequestContext(actor="alice", source_ip="203.0.113.9", request_id="req-1")
 ANONYMOUS = RequestContext(source_ip="198.51.100.3", request_id="req-2")
 ENTRY_COUNT = 10
@@ -48,12 +49,14 @@ def _event(
     data: EventData, *, subject: str | None, context: RequestContext | None = ALICE
 ) -> CloudEvent:
     service = data.routing_key.value.split(".", 1)[0]
-    return new_event(
-        service=service,
-        routing_key=data.routing_key.value,
-        data=data,
-        subject=subject,
-        context=context,
+    return sealed(
+        new_event(
+            service=service,
+            routing_key=data.routing_key.value,
+            data=data,
+            subject=subject,
+            context=context,
+        )
     )
 
 
@@ -104,9 +107,9 @@ def _story() -> list[CloudEvent]:
 @pytest.fixture
 async def log() -> InMemoryAuditLog:
     audit_log = InMemoryAuditLog()
-    service = AuditService(log=audit_log)
+    service = audit_service(audit_log)
     for event in _story():
-        assert await service.record(event) is not None
+        assert await service.record(received(event)) is not None
     assert len(audit_log.entries) == ENTRY_COUNT
     return audit_log
 
@@ -119,7 +122,7 @@ def _edit(entry: ChainedEntry, **changes: object) -> ChainedEntry:
 
 
 async def test_recorded_chain_verifies(log: InMemoryAuditLog) -> None:
-    result = await AuditService(log=log).verify()
+    result = await audit_service(log).verify()
 
     assert result.valid
     assert result.entries == ENTRY_COUNT
@@ -144,17 +147,17 @@ def test_empty_chain_verifies() -> None:
 
 
 async def test_page_returns_entries_after_a_sequence(log: InMemoryAuditLog) -> None:
-    page = await AuditService(log=log).page(after_sequence=3, limit=4)
+    page = await audit_service(log).page(after_sequence=3, limit=4)
     assert [entry.sequence for entry in page] == [4, 5, 6, 7]
 
 
 async def test_duplicate_event_is_recorded_once() -> None:
     audit_log = InMemoryAuditLog()
-    service = AuditService(log=audit_log)
+    service = audit_service(audit_log)
     event = _story()[1]
 
-    first = await service.record(event)
-    again = await service.record(CloudEvent.model_validate(event.to_wire()))
+    first = await service.record(received(event))
+    again = await service.record(received(CloudEvent.model_validate(event.to_wire())))
 
     assert first is not None
     assert again is None
@@ -164,11 +167,11 @@ async def test_duplicate_event_is_recorded_once() -> None:
 
 async def test_a_batch_is_chained_in_order_and_continues_the_chain() -> None:
     audit_log = InMemoryAuditLog()
-    service = AuditService(log=audit_log)
+    service = audit_service(audit_log)
     story = _story()
-    await service.record(story[0])
+    await service.record(received(story[0]))
 
-    added = await service.record_batch(story[1:])
+    added = await service.record_batch([received(event) for event in story[1:]])
 
     assert [entry.event_id for entry in added] == [event.id for event in story[1:]]
     assert [entry.sequence for entry in audit_log.entries] == list(range(1, ENTRY_COUNT + 1))
@@ -177,11 +180,11 @@ async def test_a_batch_is_chained_in_order_and_continues_the_chain() -> None:
 
 async def test_a_batch_skips_events_already_recorded_or_repeated_in_it() -> None:
     audit_log = InMemoryAuditLog()
-    service = AuditService(log=audit_log)
+    service = audit_service(audit_log)
     first, second, third = _story()[:3]
-    await service.record(first)
+    await service.record(received(first))
 
-    added = await service.record_batch([first, second, second, third])
+    added = await service.record_batch([received(e) for e in (first, second, second, third)])
 
     assert [entry.event_id for entry in added] == [second.id, third.id]
     assert len(audit_log.entries) == 3
@@ -194,7 +197,7 @@ async def test_one_poison_event_makes_the_batch_poison_and_records_nothing() -> 
     poison = CloudEvent.model_validate({**good.to_wire(), "id": "poison", "data": {"x": 1}})
 
     with pytest.raises(PoisonMessageError):
-        await AuditService(log=audit_log).record_batch([good, poison])
+        await audit_service(audit_log).record_batch([received(good), received(poison)])
 
     assert audit_log.entries == []
 
@@ -214,6 +217,10 @@ async def test_one_poison_event_makes_the_batch_poison_and_records_nothing() -> 
         ("request_id", "req-forged"),
         ("event_id", "00000000-0000-0000-0000-000000000000"),
         ("timestamp", datetime(2020, 1, 1, tzinfo=UTC)),
+        ("producer", "gateway"),
+        ("producer", None),
+        ("received_at", datetime(2020, 1, 1, tzinfo=UTC)),
+        ("received_at", None),
     ],
 )
 async def test_changed_field_is_located(
@@ -221,7 +228,7 @@ async def test_changed_field_is_located(
 ) -> None:
     log.entries[k - 1] = _edit(log.entries[k - 1], **{field: value})
 
-    result = await AuditService(log=log).verify()
+    result = await audit_service(log).verify()
 
     assert not result.valid
     assert result.first_bad_sequence == k
@@ -337,7 +344,7 @@ async def test_edited_entry_with_recomputed_hash_is_caught_by_the_next_link(
     log.entries[k - 1] = chain(edited_fields, sequence=k, prev_hash=original.prev_hash)
     assert log.entries[k - 1].hash != original.hash
 
-    result = await AuditService(log=log).verify()
+    result = await audit_service(log).verify()
 
     assert not result.valid
     assert result.first_bad_sequence == k + 1
@@ -369,6 +376,12 @@ def _independent_hash(entry: ChainedEntry) -> str:
         "request_id": entry.request_id,
         "prev_hash": entry.prev_hash,
     }
+    if entry.producer is not None:  # attributed entries (decision 0030)
+        document["producer"] = entry.producer
+    if entry.received_at is not None:
+        document["received_at"] = entry.received_at.astimezone(UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S.%fZ"
+        )
     return hashlib.sha256(rfc8785.dumps(document)).hexdigest()
 
 
@@ -408,6 +421,53 @@ def test_hash_of_a_fixed_entry_matches_the_documented_canonical_form() -> None:
     assert entry.hash == hashlib.sha256(canonical).hexdigest()
     assert entry.hash == _independent_hash(entry)
     assert entry_hash(fields, sequence=7, prev_hash=prev_hash) == entry.hash
+
+
+def test_an_attributed_entry_hashes_its_producer_and_receive_time() -> None:
+    fields = EntryFields(
+        event_id="e-1",
+        timestamp=datetime(2025, 5, 1, 12, 0, tzinfo=UTC),
+        user=None,
+        action="a",
+        resource=None,
+        result="success",
+        source_ip=None,
+        request_id=None,
+        producer="exporter",
+        received_at=datetime(2025, 5, 1, 14, 0, 0, 5, tzinfo=timezone(timedelta(hours=2))),
+    )
+    canonical = (
+        '{"action":"a","event_id":"e-1",'
+        f'"prev_hash":"{GENESIS_HASH}",'
+        '"producer":"exporter",'
+        '"received_at":"2025-05-01T12:00:00.000005Z",'
+        '"request_id":null,"resource":null,"result":"success","sequence":1,'
+        '"source_ip":null,"timestamp":"2025-05-01T12:00:00.000000Z","user":null}'
+    ).encode()
+
+    assert entry_hash(fields, sequence=1, prev_hash=GENESIS_HASH) == (
+        hashlib.sha256(canonical).hexdigest()
+    )
+
+
+async def test_entries_from_before_attribution_still_verify_in_front_of_new_ones() -> None:
+    old = EntryFields(
+        event_id="old",
+        timestamp=datetime(2025, 5, 1, tzinfo=UTC),
+        user="alice",
+        action="auth.login",
+        resource=None,
+        result="success",
+        source_ip=None,
+        request_id=None,
+    )
+    audit_log = InMemoryAuditLog()
+    await audit_log.append(old)  # as an earlier version chained it: no producer, no receive time
+
+    await audit_service(audit_log).record(received(_story()[1]))
+
+    assert [e.producer for e in audit_log.entries] == [None, "identity"]
+    assert (await audit_service(audit_log).verify()).valid
 
 
 def test_same_instant_in_another_zone_hashes_the_same() -> None:
@@ -505,32 +565,5 @@ async def test_known_type_with_a_bad_payload_is_poison(data: dict[str, object]) 
     with pytest.raises(PoisonMessageError):
         entry_fields(event)
     with pytest.raises(PoisonMessageError):
-        await AuditService(log=audit_log).record(event)
+        await audit_service(audit_log).record(received(event))
     assert audit_log.entries == []
-
-
-async def test_unknown_type_is_recorded_under_its_routing_key() -> None:
-    event = CloudEvent(
-        id="e-new",
-        source="/hypersdk/billing",
-        type="io.hypersdk.billing.invoice.sent",
-        time=datetime(2025, 5, 1, 8, 0, tzinfo=UTC),
-        subject="invoice/42",
-        data={"anything": ["goes", 1]},
-        actor="carol",
-        source_ip="192.0.2.44",
-        request_id="req-9",
-    )
-    audit_log = InMemoryAuditLog()
-
-    entry = await AuditService(log=audit_log).record(event)
-
-    assert entry is not None
-    assert entry.action == "billing.invoice.sent"
-    assert entry.result == "success"
-    assert entry.resource == "invoice/42"
-    assert entry.user == "carol"
-    assert entry.source_ip == "192.0.2.44"
-    assert entry.request_id == "req-9"
-    assert entry.sequence == 1
-    assert (await AuditService(log=audit_log).verify()).valid

@@ -18,7 +18,7 @@ from hypersdk_contracts.names import RoutingKey
 from hypersdk_contracts.permissions import ROLE_PERMISSIONS, Permission, Role
 from hypersdk_contracts.rpc import LoginRequest
 
-# DESIGN.md, "Roles and permissions (exactly this matrix)", copied by hand.
+# docs/contracts.md, "Roles and permissions (exactly this matrix)", copied by hand.
 # Columns: admin, operator, viewer, auditor.
 DESIGN_MATRIX_ROWS: dict[str, tuple[str, str, str, str]] = {
     "vms:browse": ("yes", "yes", "yes", "yes"),

@@ -193,6 +193,7 @@ def test_schema_validation_catches_an_invalid_manifest() -> None:
         ({"services": {"gatway": {}}}, "gatway"),
         ({"services": {"gateway": {"credentialCacheSeconds": 60}}}, "credentialCacheSeconds"),
         ({"services": {"gateway": {"maxPendingEvents": 0}}}, "maxPendingEvents"),
+        ({"services": {"gateway": {"eventBatchSize": 0}}}, "eventBatchSize"),
         (
             {"services": {"policy": {"extraEnv": [{"name": "DB_PASSWORD", "value": "x"}]}}},
             "extraEnv",
@@ -273,13 +274,22 @@ def test_probes_hit_health_endpoints(objects: list[dict[str, Any]], service: str
 
 
 # Which signing-key files each service reads, and through which variable.
+SEALS = {"GATEWAY_PUBLIC_KEY_FILE": "gateway.pub"}
 SIGNING_KEYS = {
-    "identity": {"SIGNING_KEY_FILE": "identity.key", "POLICY_PUBLIC_KEY_FILE": "policy.pub"},
-    "policy": {"SIGNING_KEY_FILE": "policy.key", "IDENTITY_PUBLIC_KEY_FILE": "identity.pub"},
-    "secrets": {"POLICY_PUBLIC_KEY_FILE": "policy.pub"},
-    "exporter": {"POLICY_PUBLIC_KEY_FILE": "policy.pub"},
-    "audit": {"POLICY_PUBLIC_KEY_FILE": "policy.pub"},
-    "gateway": {},
+    "identity": {
+        "SIGNING_KEY_FILE": "identity.key",
+        "POLICY_PUBLIC_KEY_FILE": "policy.pub",
+        **SEALS,
+    },
+    "policy": {
+        "SIGNING_KEY_FILE": "policy.key",
+        "IDENTITY_PUBLIC_KEY_FILE": "identity.pub",
+        **SEALS,
+    },
+    "secrets": {"POLICY_PUBLIC_KEY_FILE": "policy.pub", **SEALS},
+    "exporter": {"POLICY_PUBLIC_KEY_FILE": "policy.pub", **SEALS},
+    "audit": {"POLICY_PUBLIC_KEY_FILE": "policy.pub", **SEALS},
+    "gateway": {"SIGNING_KEY_FILE": "gateway.key"},
 }
 
 
@@ -357,6 +367,40 @@ def test_each_service_has_its_own_credentials(objects: list[dict[str, Any]]) -> 
         ref = container_env(container)[f"HYPERSDK_{service.upper()}_AMQP_URL"]["valueFrom"]
         secrets.add(ref["secretKeyRef"]["name"])
     assert len(secrets) == len(SERVICES)
+
+
+def test_audit_attributes_each_login_of_the_definitions_to_its_service(
+    objects: list[dict[str, Any]],
+) -> None:
+    definitions = json.loads(RABBITMQ_DEFINITIONS.read_text())
+    (container,) = deployment_of(objects, "audit")["spec"]["template"]["spec"]["containers"]
+    publishers = json.loads(container_env(container)["HYPERSDK_AUDIT_PUBLISHERS"]["value"])
+    assert publishers == {
+        user["name"]: user["name"].removeprefix("hypersdk-") for user in definitions["users"]
+    }
+
+
+def test_only_migration_jobs_get_the_administrators_database_url() -> None:
+    """Set, migrations.adminSecret reaches each migration Job (which creates the service's
+    role) and no Deployment; unset, nothing does."""
+    for admin_secret in ("", "pg-admin"):
+        objects = documents(render({"migrations": {"adminSecret": admin_secret}}))
+        for service in SERVICES:
+            (container,) = deployment_of(objects, service)["spec"]["template"]["spec"]["containers"]
+            assert not any("MIGRATION" in name for name in container_env(container))
+        for service in DATABASE_SERVICES:
+            job = of_kind(objects, "Job")[f"hypersdk-{service}-migrate"]
+            (container,) = job["spec"]["template"]["spec"]["containers"]
+            admin = container_env(container).get(
+                f"HYPERSDK_{service.upper()}_MIGRATION_DATABASE_URL"
+            )
+            if admin_secret:
+                assert admin == {
+                    "name": f"HYPERSDK_{service.upper()}_MIGRATION_DATABASE_URL",
+                    "valueFrom": {"secretKeyRef": {"name": "pg-admin", "key": "database-url"}},
+                }
+            else:
+                assert admin is None
 
 
 def test_gateway_service_and_health_services(objects: list[dict[str, Any]]) -> None:
@@ -938,7 +982,11 @@ def test_rabbitmq_topology(definitions: dict[str, Any]) -> None:
     assert exchanges[names.DEAD_LETTER_EXCHANGE]["type"] == "direct"
     assert all(e["durable"] for e in exchanges.values())
     queues = {q["name"]: q for q in definitions["queues"]}
-    for queue in (names.AUDIT_EVENTS_QUEUE, names.EXPORT_JOBS_QUEUE):
+    for queue in (
+        names.AUDIT_EVENTS_QUEUE,
+        names.EXPORT_JOBS_QUEUE,
+        names.POLICY_USER_DELETIONS_QUEUE,
+    ):
         assert queues[queue]["durable"]
         # Exactly what the services declare, or RabbitMQ answers PRECONDITION_FAILED.
         assert queues[queue]["arguments"] == durable_queue(queue).arguments
@@ -955,6 +1003,11 @@ def test_rabbitmq_topology(definitions: dict[str, Any]) -> None:
     ]
     assert audit_binding["source"] == names.EVENTS_EXCHANGE
     assert audit_binding["routing_key"] == "#"
+    (deletions,) = [
+        b for b in definitions["bindings"] if b["destination"] == names.POLICY_USER_DELETIONS_QUEUE
+    ]
+    assert deletions["source"] == names.EVENTS_EXCHANGE
+    assert deletions["routing_key"] == names.RoutingKey.USER_DELETED
 
 
 def test_rabbitmq_rpc_queues_belong_to_their_owner(definitions: dict[str, Any]) -> None:
@@ -984,7 +1037,11 @@ def test_rabbitmq_events_only_under_own_prefix(definitions: dict[str, Any]) -> N
 
 def test_rabbitmq_queues_and_exchanges_are_not_shared(definitions: dict[str, Any]) -> None:
     names = contract_names()
-    work_queues = {names.AUDIT_EVENTS_QUEUE: "audit", names.EXPORT_JOBS_QUEUE: "exporter"}
+    work_queues = {
+        names.AUDIT_EVENTS_QUEUE: "audit",
+        names.EXPORT_JOBS_QUEUE: "exporter",
+        names.POLICY_USER_DELETIONS_QUEUE: "policy",
+    }
     for service in SERVICES:
         perms = _permissions(definitions, service)
         for exchange in (names.EVENTS_EXCHANGE, names.DEAD_LETTER_EXCHANGE, "amq.default"):
@@ -994,8 +1051,9 @@ def test_rabbitmq_queues_and_exchanges_are_not_shared(definitions: dict[str, Any
             dlq = names.dead_letter_queue(queue)
             for kind in ("configure", "read", "write"):
                 assert not rabbit_allows(perms[kind], dlq), (service, kind, dlq)
-        # Only audit binds to the whole event stream; the gateway only to revocations.
-        binds = service in ("audit", "gateway")
+        # Only audit binds to the whole event stream; the gateway only to revocations, policy
+        # only to user deletions.
+        binds = service in ("audit", "gateway", "policy")
         assert rabbit_allows(perms["read"], names.EVENTS_EXCHANGE) is binds
         topic_read = _topic(definitions, service)["read"]
         assert rabbit_allows(topic_read, "#") is (service == "audit")
@@ -1017,6 +1075,13 @@ def test_rabbitmq_gateway_reads_only_its_revocation_feed(definitions: dict[str, 
         assert rabbit_allows(topic_read, key.value) is (key in REVOKING_EVENTS), key
 
 
+def test_rabbitmq_policy_reads_only_user_deletions(definitions: dict[str, Any]) -> None:
+    names = contract_names()
+    topic_read = _topic(definitions, "policy")["read"]
+    for key in names.RoutingKey:
+        assert rabbit_allows(topic_read, key.value) is (key == names.RoutingKey.USER_DELETED), key
+
+
 @pytest.mark.parametrize("client_cert_required", [True, False])
 def test_gateway_tls_mtls_cors_and_limits_values(client_cert_required: bool) -> None:
     objects = documents(
@@ -1035,6 +1100,8 @@ def test_gateway_tls_mtls_cors_and_limits_values(client_cert_required: bool) -> 
                         "bodyLimits": {"/api/v1/exports": 20000000},
                         "credentialCacheSeconds": 0,
                         "maxPendingEvents": 250,
+                        "eventBatchSize": 1,
+                        "eventBatchWaitSeconds": 0.02,
                     }
                 }
             }
@@ -1059,11 +1126,15 @@ def test_gateway_tls_mtls_cors_and_limits_values(client_cert_required: bool) -> 
     settings = GatewaySettings.model_validate(
         {
             "amqp_url": "amqp://unused",
+            "signing_key_file": env["HYPERSDK_GATEWAY_SIGNING_KEY_FILE"],
             "credential_cache_seconds": env["HYPERSDK_GATEWAY_CREDENTIAL_CACHE_SECONDS"],
             "max_pending_events": env["HYPERSDK_GATEWAY_MAX_PENDING_EVENTS"],
+            "event_batch_size": env["HYPERSDK_GATEWAY_EVENT_BATCH_SIZE"],
+            "event_batch_wait_seconds": env["HYPERSDK_GATEWAY_EVENT_BATCH_WAIT_SECONDS"],
         }
     )
     assert (settings.credential_cache_seconds, settings.max_pending_events) == (0, 250)
+    assert (settings.event_batch_size, settings.event_batch_wait_seconds) == (1, 0.02)
     (volume,) = [v for v in spec["volumes"] if v["name"] == "gateway-tls"]
     assert volume["secret"]["secretName"] == "gateway-tls"
     assert {i["path"] for i in volume["secret"]["items"]} == {

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from hypersdk_contracts.envelope import CloudEvent, RequestContext, new_event
+from hypersdk_contracts.envelope import (
+    CLOUDEVENTS_BATCH_CONTENT_TYPE,
+    CloudEvent,
+    RequestContext,
+    batch_to_json,
+    new_event,
+)
 from hypersdk_contracts.events import UserCreated
-from hypersdk_kit.bus import EnvelopeBatcher, PoisonMessageError
+from hypersdk_kit.bus import EnvelopeBatcher, PoisonMessageError, Received
 
 
 class FakeChannel:
@@ -19,16 +26,20 @@ class FakeChannel:
         self.unsettled: list[FakeDelivery] = []
         self.frames = 0
 
-    def delivery(self, username: str, *, deliveries: int = 0) -> FakeDelivery:
-        event = new_event(
-            service="identity",
-            routing_key="identity.user.created",
-            data=UserCreated(username=username),
-            subject=f"user/{username}",
-            context=RequestContext(actor="root"),
+    def delivery(
+        self, username: str, *, deliveries: int = 0, user_id: str | None = "identity"
+    ) -> FakeDelivery:
+        body = user_created(username).model_dump_json(by_alias=True, exclude_none=True).encode()
+        return self.deliver(FakeDelivery(self, body, deliveries=deliveries, user_id=user_id))
+
+    def batch(self, *usernames: str, deliveries: int = 0) -> FakeDelivery:
+        """One message holding an event per user, in the CloudEvents JSON batch format."""
+        body = batch_to_json([user_created(username) for username in usernames])
+        return self.deliver(
+            FakeDelivery(
+                self, body, deliveries=deliveries, content_type=CLOUDEVENTS_BATCH_CONTENT_TYPE
+            )
         )
-        body = event.model_dump_json(by_alias=True, exclude_none=True).encode()
-        return self.deliver(FakeDelivery(self, body, deliveries=deliveries))
 
     def deliver(self, delivery: FakeDelivery) -> FakeDelivery:
         self.unsettled.append(delivery)
@@ -45,13 +56,33 @@ class FakeChannel:
             self.unsettled.remove(item)
 
 
+def user_created(username: str) -> CloudEvent:
+    return new_event(
+        service="identity",
+        routing_key="identity.user.created",
+        data=UserCreated(username=username),
+        subject=f"user/{username}",
+        context=RequestContext(actor="root"),
+    )
+
+
 class FakeDelivery:
     """A delivered message that remembers how it was settled."""
 
-    def __init__(self, channel: FakeChannel, body: bytes, *, deliveries: int = 0) -> None:
+    def __init__(
+        self,
+        channel: FakeChannel,
+        body: bytes,
+        *,
+        deliveries: int = 0,
+        content_type: str | None = "application/cloudevents+json",
+        user_id: str | None = None,
+    ) -> None:
         self.channel = channel
         self.body = body
+        self.user_id = user_id
         self.message_id: str | None = None
+        self.content_type = content_type
         self.headers: Any = {"x-delivery-count": deliveries}
         self.settled: str | None = None
 
@@ -65,11 +96,25 @@ class FakeDelivery:
         self.channel.settle(self, "dead-letter")
 
 
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait until ``condition`` holds (a loaded machine may take more than a few ms)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.001)
+
+
+async def settled(*deliveries: FakeDelivery) -> None:
+    """Wait until every delivery is acked, requeued or dead-lettered."""
+    await until(lambda: all(item.settled is not None for item in deliveries))
+
+
 class Recorder:
     """A batch handler that records batches and can be told to fail."""
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
+        self.logins: list[str | None] = []
         self.poison: set[str] = set()
         self.down = False
         self.release = asyncio.Event()
@@ -77,7 +122,7 @@ class Recorder:
         self.active = 0
         self.most_active = 0
 
-    async def __call__(self, events: list[CloudEvent]) -> None:
+    async def __call__(self, events: list[Received]) -> None:
         self.active += 1
         self.most_active = max(self.most_active, self.active)
         try:
@@ -85,15 +130,16 @@ class Recorder:
         finally:
             self.active -= 1
 
-    async def handle(self, events: list[CloudEvent]) -> None:
+    async def handle(self, events: list[Received]) -> None:
         await self.release.wait()
         await asyncio.sleep(0.001)  # room for another batch to start, were that allowed
         if self.down:
             raise ConnectionError("database unavailable")
-        names = [str(event.data["username"]) for event in events]
+        names = [str(received.event.data["username"]) for received in events]
         if self.poison & set(names):
             raise PoisonMessageError("a user name is poison")
         self.batches.append(names)
+        self.logins += [received.user_id for received in events]
 
 
 async def test_a_full_batch_is_handled_at_once_in_delivery_order_then_acked() -> None:
@@ -104,11 +150,24 @@ async def test_a_full_batch_is_handled_at_once_in_delivery_order_then_acked() ->
 
     for item in deliveries:
         await batcher.add(item)
-    await asyncio.sleep(0.01)
+    await settled(*deliveries)
 
     assert recorder.batches == [["a", "b", "c"]]
     assert [item.settled for item in deliveries] == ["ack"] * 3
     assert channel.frames == 1  # one multiple ack for the batch
+
+
+async def test_each_envelope_comes_with_the_login_that_published_it() -> None:
+    recorder = Recorder()
+    batcher = EnvelopeBatcher(recorder, max_batch=3, max_wait_seconds=60)
+    channel = FakeChannel()
+
+    for name, login in (("a", "identity"), ("b", "exporter"), ("c", None)):
+        await batcher.add(channel.delivery(name, user_id=login))
+    await until(lambda: len(recorder.logins) == 3)
+
+    assert recorder.batches == [["a", "b", "c"]]
+    assert recorder.logins == ["identity", "exporter", None]
 
 
 async def test_a_short_batch_waits_at_most_the_wait() -> None:
@@ -154,7 +213,7 @@ async def test_a_message_that_is_no_envelope_is_dead_lettered_alone() -> None:
     await batcher.add(garbage)
     for item in good:
         await batcher.add(item)
-    await asyncio.sleep(0.01)
+    await settled(garbage, *good)
 
     assert garbage.settled == "dead-letter"
     assert recorder.batches == [["a", "b"]]
@@ -170,7 +229,7 @@ async def test_only_the_poison_event_of_a_batch_is_dead_lettered() -> None:
 
     for item in deliveries:
         await batcher.add(item)
-    await asyncio.sleep(0.01)
+    await settled(*deliveries)
 
     assert recorder.batches == [["a"], ["c"]]
     assert [item.settled for item in deliveries] == ["ack", "dead-letter", "ack"]
@@ -237,3 +296,105 @@ async def test_an_ack_that_cannot_be_sent_does_not_stop_the_next_batch() -> None
     assert recorder.batches == [["a", "b"], ["c", "d"]]
     assert [a.settled, b.settled] == [None, None]
     assert [item.settled for item in second] == ["ack", "ack"]
+
+
+# ---- batch messages (CloudEvents JSON batch format) -------------------------------------------
+
+
+async def test_a_batch_message_is_handled_with_single_envelopes_and_acked_once_stored() -> None:
+    recorder = Recorder()
+    batcher = EnvelopeBatcher(recorder, max_batch=4, max_wait_seconds=60)
+    channel = FakeChannel()
+    deliveries = [channel.delivery("a"), channel.batch("b", "c"), channel.delivery("d")]
+
+    for item in deliveries:
+        await batcher.add(item)
+    await settled(*deliveries)
+
+    assert recorder.batches == [["a", "b", "c", "d"]]  # four envelopes fill the batch
+    assert [item.settled for item in deliveries] == ["ack"] * 3
+    assert channel.frames == 1
+
+
+async def test_a_batch_message_is_never_split_nor_acked_before_all_its_events_are_stored() -> None:
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = EnvelopeBatcher(recorder, max_batch=2, max_wait_seconds=60)
+    channel = FakeChannel()
+    message = channel.batch("a", "b", "c")
+
+    await batcher.add(message)
+    await asyncio.sleep(0.01)
+    assert message.settled is None  # being stored
+
+    recorder.release.set()
+    await asyncio.sleep(0.01)
+    assert recorder.batches == [["a", "b", "c"]]
+    assert message.settled == "ack"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[]", b'{"specversion": "1.0"}', b'[{"specversion": "1.0"}]', b"[1, 2]"],
+)
+async def test_a_malformed_batch_message_is_dead_lettered_alone(body: bytes) -> None:
+    recorder = Recorder()
+    batcher = EnvelopeBatcher(recorder, max_batch=2, max_wait_seconds=60)
+    channel = FakeChannel()
+    malformed = channel.deliver(
+        FakeDelivery(channel, body, content_type=CLOUDEVENTS_BATCH_CONTENT_TYPE)
+    )
+    good = [channel.delivery("a"), channel.batch("b", "c")]
+
+    await batcher.add(malformed)
+    for item in good:
+        await batcher.add(item)
+    await settled(malformed, *good)
+
+    assert malformed.settled == "dead-letter"
+    assert recorder.batches == [["a", "b", "c"]]
+    assert [item.settled for item in good] == ["ack", "ack"]
+
+
+async def test_an_array_without_the_batch_content_type_is_no_envelope() -> None:
+    recorder = Recorder()
+    batcher = EnvelopeBatcher(recorder, max_batch=1, max_wait_seconds=60)
+    channel = FakeChannel()
+    disguised = channel.deliver(
+        FakeDelivery(channel, batch_to_json([user_created("a")]), content_type=None)
+    )
+
+    await batcher.add(disguised)
+    await settled(disguised)
+
+    assert disguised.settled == "dead-letter"
+    assert recorder.batches == []
+
+
+async def test_a_batch_message_with_a_poison_event_is_dead_lettered_after_its_others() -> None:
+    recorder = Recorder()
+    recorder.poison = {"c"}
+    batcher = EnvelopeBatcher(recorder, max_batch=5, max_wait_seconds=60)
+    channel = FakeChannel()
+    deliveries = [channel.delivery("a"), channel.batch("b", "c", "d"), channel.delivery("e")]
+
+    for item in deliveries:
+        await batcher.add(item)
+    await asyncio.sleep(0.1)
+
+    assert recorder.batches == [["a"], ["b"], ["d"], ["e"]]
+    assert [item.settled for item in deliveries] == ["ack", "dead-letter", "ack"]
+    assert channel.unsettled == []
+
+
+async def test_a_failed_batch_message_is_requeued_whole() -> None:
+    recorder = Recorder()
+    recorder.down = True
+    batcher = EnvelopeBatcher(recorder, max_batch=2, max_wait_seconds=60)
+    message = FakeChannel().batch("a", "b")
+
+    await batcher.add(message)
+    await asyncio.sleep(0.3)
+
+    assert message.settled == "requeue"
+    assert recorder.batches == []

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hypersdk_contracts.commands import VmExportRequested
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.rpc import DiskFormat, JobStatus
@@ -23,7 +24,7 @@ from hypersdk_exporter.adapters.outbound.memory import (
 )
 from hypersdk_exporter.core.models import Job
 from hypersdk_exporter.core.service import ExporterService
-from hypersdk_kit.bus import InMemoryEventPublisher
+from hypersdk_kit.memory import InMemoryUnitOfWork
 
 CONTEXT = RequestContext(actor="olga", source_ip="192.0.2.20", request_id="req-export-1")
 CREDENTIAL_REF = "providers/lab"
@@ -36,7 +37,7 @@ class World:
     providers: InMemoryProviderStore
     jobs: InMemoryJobStore
     queue: InMemoryJobQueue
-    events: InMemoryEventPublisher
+    events: InMemoryUnitOfWork
     lab: Path
     export_dir: Path
     outside: Path
@@ -77,7 +78,7 @@ def world(tmp_path: Path) -> World:
     providers = InMemoryProviderStore()
     jobs = InMemoryJobStore()
     queue = InMemoryJobQueue()
-    events = InMemoryEventPublisher(service="exporter")
+    events = InMemoryUnitOfWork(service="exporter", stores=(providers, jobs))
     service = ExporterService(
         providers=providers,
         jobs=jobs,
@@ -85,7 +86,7 @@ def world(tmp_path: Path) -> World:
         converter=CopyingConverter(),
         queue=queue,
         credentials=InMemoryCredentialDirectory({CREDENTIAL_REF}),
-        events=events,
+        uow=events,
         export_dir=export_dir,
     )
     return World(service, providers, jobs, queue, events, lab, export_dir, outside)
@@ -397,3 +398,76 @@ async def test_failed_job_is_not_retried_by_a_redelivery(world: World) -> None:
 
     assert again == failed
     assert len(world.events.events) == count
+
+
+# ---- state and events commit together ---------------------------------------------------------
+
+
+async def test_a_completion_that_cannot_commit_is_redone_and_recorded_once(world: World) -> None:
+    """The lost JobCompleted: the job stays running, so the redelivered command completes it."""
+    await _register_lab(world)
+    job = await world.service.create_export(
+        provider="lab", vm="web-01", format=DiskFormat.RAW, context=CONTEXT
+    )
+    world.events.fail_commits = {"exporter.job.completed"}
+
+    with pytest.raises(InMemoryUnitOfWork.CommitFailedError):
+        await world.service.run_export(world.queue.commands[0], CONTEXT)
+
+    assert (await world.service.get_job(job.id)).status is JobStatus.RUNNING
+    assert "exporter.job.completed" not in world.events.types()
+
+    done = await world.service.run_export(world.queue.commands[0], CONTEXT)
+
+    assert done.status is JobStatus.SUCCEEDED
+    assert world.events.types().count("exporter.job.completed") == 1
+    (completed,) = [e for e in world.events.events if e.routing_key == "exporter.job.completed"]
+    assert completed.data["artifacts"] == [a.model_dump() for a in done.artifacts]
+
+
+async def test_a_failure_that_cannot_commit_leaves_no_failed_job_and_no_event(
+    world: World,
+) -> None:
+    await _register_lab(world)
+    job = await world.service.create_export(
+        provider="lab", vm="broken", format=DiskFormat.RAW, context=CONTEXT
+    )
+    world.events.fail_commits = {"exporter.job.failed"}
+
+    with pytest.raises(InMemoryUnitOfWork.CommitFailedError):
+        await world.service.run_export(world.queue.commands[0], CONTEXT)
+
+    assert (await world.service.get_job(job.id)).status is JobStatus.RUNNING
+    assert "exporter.job.failed" not in world.events.types()
+
+
+async def test_a_provider_whose_event_cannot_commit_is_not_registered(world: World) -> None:
+    world.events.fail_commits = {"exporter.provider.registered"}
+
+    with pytest.raises(InMemoryUnitOfWork.CommitFailedError):
+        await _register_lab(world)
+
+    assert await world.service.list_providers() == []
+    assert world.events.events == []
+    assert world.events.rollbacks == 1
+
+
+async def test_a_job_whose_command_cannot_be_queued_is_failed_with_its_event(
+    world: World,
+) -> None:
+    class DownQueue(InMemoryJobQueue):
+        async def enqueue(self, command: VmExportRequested, context: RequestContext) -> None:
+            raise ConnectionError("broker away")
+
+    await _register_lab(world)
+    world.service._queue = DownQueue()
+
+    with pytest.raises(ConnectionError):
+        await world.service.create_export(
+            provider="lab", vm="web-01", format=DiskFormat.RAW, context=CONTEXT
+        )
+
+    (job,) = world.jobs.jobs.values()
+    assert job.status is JobStatus.FAILED
+    assert job.error == "enqueue_failed"
+    assert world.events.types()[-2:] == ["exporter.job.requested", "exporter.job.failed"]

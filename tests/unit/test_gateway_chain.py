@@ -41,7 +41,11 @@ from hypersdk_contracts.rpc import (
     RolesOfRequest,
     RpcRequest,
 )
-from hypersdk_gateway.adapters.inbound.middleware import ASGIApp
+from hypersdk_gateway.adapters.inbound.middleware import (
+    ASGIApp,
+    EventNotRecordedError,
+    LoggingLayer,
+)
 from hypersdk_gateway.config import GatewaySettings
 from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_gateway.core.limits import TokenBuckets
@@ -54,9 +58,10 @@ from hypersdk_identity.adapters.outbound.memory import (
 )
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
 from hypersdk_kit.bus import InMemoryEventPublisher
+from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
-from tests.unit.fake_backend import Handler, InProcessBackend, Routes
+from tests.unit.fake_backend import UNUSED_KEY, Handler, InProcessBackend, Routes, gateway_seals
 
 PASSWORD = "correct horse battery staple"
 ORIGIN = "https://console.example.com"
@@ -171,8 +176,8 @@ class Gateway:
     client: httpx.AsyncClient
     backend: InMemoryBackend
     events: InMemoryEventPublisher
-    identity_events: InMemoryEventPublisher
-    policy_events: InMemoryEventPublisher
+    identity_events: InMemoryUnitOfWork
+    policy_events: InMemoryUnitOfWork
     cache: CredentialCache
     identity: IdentityService
     responses: list[httpx.Response] = field(default_factory=list)
@@ -212,19 +217,21 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         events: InMemoryEventPublisher | None = None,
         **overrides: Any,
     ) -> Gateway:
-        settings = GatewaySettings(amqp_url="amqp://unused", **overrides)
-        identity_events = InMemoryEventPublisher(service="identity")
-        policy_events = InMemoryEventPublisher(service="policy")
+        settings = GatewaySettings(
+            amqp_url="amqp://unused", signing_key_file=UNUSED_KEY, **overrides
+        )
+        identity_events = InMemoryUnitOfWork(service="identity")
+        policy_events = InMemoryUnitOfWork(service="policy")
         hasher = InsecureFastHasher()
         identity = IdentityService(
             users=InMemoryUserStore(),
             sessions=InMemorySessionStore(),
             hasher=hasher,
-            events=identity_events,
+            uow=identity_events,
             session_policy=SessionPolicy(idle_seconds=900, lifetime_seconds=3600),
             dummy_hash=await hasher.hash("dummy password for timing"),
         )
-        policy = PolicyService(roles=InMemoryRoleStore(), events=policy_events)
+        policy = PolicyService(roles=InMemoryRoleStore(), uow=policy_events)
         setup = RequestContext(actor="setup")
         for username, role in USERS.items():
             await identity.create_user(username, PASSWORD, setup)
@@ -235,7 +242,14 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
         events = events or InMemoryEventPublisher(service="gateway")
         cache = CredentialCache(ttl_seconds=10, clock=cache_clock or time.monotonic)
         cache.resume()
-        chain = build_chain(settings, backend=backend, events=events, ready=_ready, cache=cache)
+        chain = build_chain(
+            settings,
+            backend=backend,
+            events=events,
+            ready=_ready,
+            cache=cache,
+            seals=gateway_seals(),
+        )
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=chain), base_url="http://testserver"
         )
@@ -488,10 +502,11 @@ def test_settings_refuse_any_origin_with_credentials() -> None:
     with pytest.raises(ValidationError, match="credentials"):
         GatewaySettings(
             amqp_url="amqp://unused",
+            signing_key_file=UNUSED_KEY,
             cors_origins=["*"],
             cors_allow_credentials=True,
         )
-    GatewaySettings(amqp_url="amqp://unused", cors_origins=["*"])
+    GatewaySettings(amqp_url="amqp://unused", signing_key_file=UNUSED_KEY, cors_origins=["*"])
 
 
 # ---- authentication --------------------------------------------------------------------------
@@ -899,6 +914,112 @@ async def test_health_probes_never_wait_for_the_audit_trail(make_gateway: Gatewa
     finally:
         events.confirm.set()
     assert (await held).status_code == 200
+
+
+# ---- a response is complete only once its event is confirmed -----------------------------------
+
+
+class UnconfirmedEvents(InMemoryEventPublisher):
+    """A broker that stops confirming when told to: every publish then fails."""
+
+    def __init__(self, *, failing: bool = True) -> None:
+        super().__init__(service="gateway")
+        self.failing = failing
+
+    async def publish(
+        self, data: EventData, *, subject: str | None, context: RequestContext | None
+    ) -> CloudEvent:
+        if self.failing:
+            raise TimeoutError
+        return await super().publish(data, subject=subject, context=context)
+
+
+def raw_get(path: str, token: str) -> dict[str, Any]:
+    """An ASGI scope for ``GET path`` with a bearer token."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+
+
+async def no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def test_a_response_is_released_only_once_its_event_is_confirmed(
+    make_gateway: GatewayFactory,
+) -> None:
+    events = HeldEvents()
+    gateway = await make_gateway(events=events)
+    token = await gateway.login("alice")
+    events.confirm.clear()
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    call = asyncio.create_task(gateway.chain(raw_get("/api/v1/vms", token), no_body, send))
+    await asyncio.sleep(0.1)
+    try:
+        assert asked(gateway, RpcQueue.EXPORTER_LIST_VMS) == 1  # answered, not released
+        assert sent == []
+    finally:
+        events.confirm.set()
+    await asyncio.wait_for(call, timeout=5)
+
+    assert [(m["type"], m.get("status")) for m in sent] == [
+        ("http.response.start", 200),
+        ("http.response.body", None),
+    ]
+    (event,) = [e for e in gateway.completed() if e.data["route"] == "/api/v1/vms"]
+    assert event.data["status"] == 200
+
+
+async def test_a_call_whose_event_is_not_confirmed_gets_503_never_its_answer(
+    make_gateway: GatewayFactory,
+) -> None:
+    events = UnconfirmedEvents(failing=False)
+    gateway = await make_gateway(events=events)
+    token = await gateway.login("alice")
+    events.failing = True
+
+    response = await gateway.client.get(
+        "/api/v1/vms", headers={**bearer(token), "X-Request-ID": "unaudited-call-1"}
+    )
+
+    assert asked(gateway, RpcQueue.EXPORTER_LIST_VMS) == 1  # the handler ran
+    error = assert_envelope(response, 503, "upstream_unavailable")
+    assert error["request_id"] == "unaudited-call-1"
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_streamed_response_whose_event_is_not_confirmed_is_broken_off() -> None:
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"[1,", "more_body": True})
+        await send({"type": "http.response.body", "body": b"2]", "more_body": False})
+
+    layer = LoggingLayer(stream, events=UnconfirmedEvents())
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with pytest.raises(EventNotRecordedError):
+        await layer(raw_get("/api/v1/audit/export", "t"), no_body, send)
+
+    assert [m.get("body") for m in sent] == [None, b"[1,"]  # never the last chunk
 
 
 # ---- rate limiting ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from hypersdk_gateway.config import GatewaySettings
 from hypersdk_gateway.core.limits import longest_prefix
 from tests.unit import test_gateway_chain
+from tests.unit.fake_backend import UNUSED_KEY
 from tests.unit.test_gateway_chain import (
     EXPORT_BODY,
     GatewayFactory,
@@ -36,7 +37,7 @@ def padded(body: dict[str, object], size: int) -> bytes:
 
 
 def test_the_defaults_are_the_documented_ones() -> None:
-    settings = GatewaySettings(amqp_url="amqp://unused")
+    settings = GatewaySettings(amqp_url="amqp://unused", signing_key_file=UNUSED_KEY)
 
     assert settings.rate_limit_per_minute == 600
     assert settings.login_rate_limit_per_minute == 10
@@ -50,6 +51,7 @@ def test_per_endpoint_limits_are_read_from_json_environment_variables(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("HYPERSDK_GATEWAY_AMQP_URL", "amqp://unused")
+    monkeypatch.setenv("HYPERSDK_GATEWAY_SIGNING_KEY_FILE", str(UNUSED_KEY))
     monkeypatch.setenv("HYPERSDK_GATEWAY_RATE_LIMITS", '{"/api/v1/exports": 60}')
     monkeypatch.setenv("HYPERSDK_GATEWAY_BODY_LIMITS", '{"/api/v1/secrets": 20000}')
 
@@ -74,7 +76,7 @@ def test_malformed_per_endpoint_limits_are_refused_at_start(
     setting: str, limits: dict[str, int]
 ) -> None:
     with pytest.raises(ValidationError):
-        GatewaySettings(amqp_url="amqp://unused", **{setting: limits})
+        GatewaySettings(amqp_url="amqp://unused", signing_key_file=UNUSED_KEY, **{setting: limits})
 
 
 def test_the_longest_prefix_wins_and_matches_whole_segments() -> None:

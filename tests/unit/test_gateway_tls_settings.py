@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from hypersdk_gateway.config import GatewaySettings
 from hypersdk_gateway.main import server_tls_context
 from tests.pki import Issued, make_authority
+from tests.unit.fake_backend import UNUSED_KEY
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +25,7 @@ def settings(server: tuple[Path, Issued], **overrides: object) -> GatewaySetting
     _, issued = server
     return GatewaySettings(
         amqp_url="amqp://unused",
+        signing_key_file=UNUSED_KEY,
         tls_cert_file=issued.cert_file,
         tls_key_file=issued.key_file,
         **overrides,
@@ -67,4 +69,6 @@ def test_a_client_ca_without_a_server_certificate_is_refused(
     ca_file, _ = server
 
     with pytest.raises(ValidationError, match="mutual TLS"):
-        GatewaySettings(amqp_url="amqp://unused", tls_client_ca_file=ca_file)
+        GatewaySettings(
+            amqp_url="amqp://unused", signing_key_file=UNUSED_KEY, tls_client_ca_file=ca_file
+        )

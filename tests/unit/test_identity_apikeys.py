@@ -25,8 +25,13 @@ from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import IdentityRequestRejected
 from hypersdk_contracts.names import RpcQueue
-from hypersdk_contracts.rpc import Principal, RpcRequest
-from hypersdk_identity.adapters.inbound.rpc import calling_key_scopes, sign_principal
+from hypersdk_contracts.rpc import CreateApiKeyRequest, ListSessionsRequest, Principal, RpcRequest
+from hypersdk_gateway.core.seals import seal_request
+from hypersdk_identity.adapters.inbound.rpc import (
+    caller_of,
+    own_session_claims,
+    sign_principal,
+)
 from hypersdk_identity.adapters.outbound.bus import RpcPermissionDirectory
 from hypersdk_identity.adapters.outbound.memory import (
     InMemoryApiKeyStore,
@@ -35,16 +40,19 @@ from hypersdk_identity.adapters.outbound.memory import (
     InMemoryUserStore,
     InsecureFastHasher,
 )
-from hypersdk_identity.core.apikeys import ApiKeyService
+from hypersdk_identity.core.apikeys import ApiKeyService, Caller
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
 from hypersdk_kit.bus import InMemoryEventPublisher, RpcClient
 from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
+from tests.unit.fake_backend import gateway_seals, seal_verifier
 
 from .test_identity_sessions import Clock
 
 ADMIN = RequestContext(actor="admin", source_ip="192.0.2.10", request_id="req-keys")
 KEY_FORMAT = re.compile(r"^hsdk_k_[0-9A-Za-z]{38}$")
+AS_ADMIN = Caller(username="admin")  # a session of admin (all permissions)
 
 
 @dataclass
@@ -52,7 +60,7 @@ class World:
     keys: ApiKeyService
     store: InMemoryApiKeyStore
     identity: IdentityService
-    events: InMemoryEventPublisher
+    events: InMemoryUnitOfWork
     clock: Clock
     permissions: InMemoryPermissionDirectory
 
@@ -62,7 +70,7 @@ class World:
             "name": "ci",
             "scopes": ["vms:browse", "vms:export"],
             "expires_at": None,
-            "calling_key_scopes": None,
+            "caller": AS_ADMIN,
             "context": ADMIN,
         }
         arguments.update(overrides)
@@ -78,13 +86,13 @@ async def world() -> World:
     clock = Clock()
     users = InMemoryUserStore()
     store = InMemoryApiKeyStore()
-    events = InMemoryEventPublisher(service="identity")
+    events = InMemoryUnitOfWork(service="identity")
     hasher = InsecureFastHasher()
     identity = IdentityService(
         users=users,
         sessions=InMemorySessionStore(),
         hasher=hasher,
-        events=events,
+        uow=events,
         session_policy=SessionPolicy(idle_seconds=1800, lifetime_seconds=43200),
         dummy_hash=await hasher.hash("dummy password for timing"),
         clock=clock,
@@ -94,9 +102,7 @@ async def world() -> World:
         await identity.create_user(name, f"{name}'s long password", ADMIN)
     events.events.clear()
     permissions = InMemoryPermissionDirectory({"admin": ["admin"], "olga": ["operator"]})
-    keys = ApiKeyService(
-        keys=store, users=users, events=events, permissions=permissions, clock=clock
-    )
+    keys = ApiKeyService(keys=store, users=users, uow=events, permissions=permissions, clock=clock)
     return World(keys, store, identity, events, clock, permissions)
 
 
@@ -137,7 +143,7 @@ async def test_a_key_is_shown_once_and_stored_only_as_its_hash(world: World) -> 
     for value in vars(stored).values():
         assert key not in str(value)
         assert key[7:39] not in str(value)
-    listed = await world.keys.list_keys(owner=None)
+    listed = await world.keys.list_keys(owner=None, caller=AS_ADMIN, context=ADMIN)
     assert [k.id for k in listed] == [key_id]
     assert key not in listed[0].model_dump_json()
     assert stored.created_by == "admin"
@@ -145,8 +151,8 @@ async def test_a_key_is_shown_once_and_stored_only_as_its_hash(world: World) -> 
 
 async def test_every_key_event_is_free_of_the_key(world: World) -> None:
     key, key_id = await world.issue()
-    rotated = await world.keys.rotate(key_id, grace_seconds=60, context=ADMIN)
-    await world.keys.revoke(rotated.api_key.id, ADMIN)
+    rotated = await world.keys.rotate(key_id, grace_seconds=60, caller=AS_ADMIN, context=ADMIN)
+    await world.keys.revoke(rotated.api_key.id, caller=AS_ADMIN, context=ADMIN)
 
     assert world.events.types() == [
         "identity.apikey.created",
@@ -201,13 +207,13 @@ async def test_scopes_beyond_the_owners_permissions_are_refused_without_a_gatewa
 
     assert error.value.code is ErrorCode.VALIDATION_FAILED
     assert error.value.message == (
-        "A key's scopes must be permissions its owner holds (and the calling key's); "
+        "A key's scopes must be permissions both its owner and you hold; "
         "not held: secrets:manage, users:manage."
     )
     assert world.store.keys == {}
     assert world.events.events == []
-    # Asked about the owner (not the caller), on behalf of the request being served.
-    assert world.permissions.asked == [("olga", [], ADMIN)]
+    # Asked about the caller and the owner, on behalf of the request being served.
+    assert world.permissions.asked == [("admin", [], ADMIN), ("olga", [], ADMIN)]
 
 
 async def test_an_owner_who_lost_a_permission_cannot_put_it_in_a_key(world: World) -> None:
@@ -222,19 +228,19 @@ async def test_an_owner_who_lost_a_permission_cannot_put_it_in_a_key(world: Worl
 
 
 async def test_a_key_cannot_mint_a_key_broader_than_itself(world: World) -> None:
-    calling_key = ["apikeys:manage", "vms:browse"]
+    calling_key = Caller(username="admin", key_scopes=("apikeys:manage", "vms:browse"))
 
     with pytest.raises(ServiceError) as error:
-        await world.issue(owner="admin", scopes=["secrets:manage"], calling_key_scopes=calling_key)
-    _, narrower = await world.issue(
-        owner="admin", scopes=["vms:browse"], calling_key_scopes=calling_key
-    )
+        await world.issue(owner="admin", scopes=["secrets:manage"], caller=calling_key)
+    _, narrower = await world.issue(owner="admin", scopes=["vms:browse"], caller=calling_key)
 
     assert error.value.code is ErrorCode.VALIDATION_FAILED
     assert "secrets:manage" in error.value.message
     assert world.store.keys[narrower].scopes == ("vms:browse",)
     with pytest.raises(ServiceError):
-        await world.issue(owner="admin", scopes=["vms:browse"], calling_key_scopes=[])
+        await world.issue(
+            owner="admin", scopes=["vms:browse"], caller=Caller(username="admin", key_scopes=())
+        )
 
 
 IDENTITY_KEY = Ed25519PrivateKey.generate()
@@ -245,28 +251,74 @@ def _guard() -> RequestGuard:
         events=InMemoryEventPublisher(service="identity"),
         rejected=IdentityRequestRejected,
         principals=AssertionVerifier(IDENTITY_KEY.public_key(), issuer="identity"),
+        seals=seal_verifier(),
     )
 
 
 def _context(principal: Principal, key: Ed25519PrivateKey = IDENTITY_KEY) -> RequestContext:
     signed = sign_principal(AssertionSigner(key, issuer="identity"), principal)
-    return RequestContext(actor=principal.username, assertion=signed.assertion)
+    request = CreateApiKeyRequest(
+        owner="admin",
+        name="ci",
+        scopes=["vms:browse"],
+        context=RequestContext(
+            actor=principal.username, request_id="req-key", assertion=signed.assertion
+        ),
+    )
+    return seal_request(gateway_seals(), RpcQueue.IDENTITY_CREATE_API_KEY, request).context
 
 
-async def test_the_calling_keys_scopes_come_from_its_verified_assertion() -> None:
+async def test_the_caller_comes_from_its_verified_assertion() -> None:
     operation = RpcQueue.IDENTITY_CREATE_API_KEY
-    key = Principal(username="admin", kind="apikey", key_id="k1", scopes=["vms:browse"])
+    key = Principal(
+        username="admin", kind="apikey", key_id="k1", scopes=["vms:browse"], external_roles=["x"]
+    )
     session = Principal(username="admin", kind="session", session_id="s1")
 
-    assert await calling_key_scopes(_guard(), operation, _context(key)) == ["vms:browse"]
-    assert await calling_key_scopes(_guard(), operation, _context(session)) is None
+    assert await caller_of(_guard(), operation, _context(key), target="admin") == Caller(
+        username="admin", key_scopes=("vms:browse",), external_roles=("x",)
+    )
+    assert await caller_of(_guard(), operation, _context(session), target="admin") == Caller(
+        username="admin"
+    )
     for unverifiable in (
         RequestContext(actor="admin"),
         _context(session, key=Ed25519PrivateKey.generate()),
     ):
         with pytest.raises(ServiceError) as error:
-            await calling_key_scopes(_guard(), operation, unverifiable)
+            await caller_of(_guard(), operation, unverifiable, target="admin")
         assert error.value.code is ErrorCode.FORBIDDEN
+
+
+async def test_identity_lists_and_ends_sessions_only_for_a_session_of_their_owner() -> None:
+    guard = _guard()
+    operation = RpcQueue.IDENTITY_LIST_SESSIONS
+    session = Principal(username="admin", kind="session", session_id="s1")
+    key = Principal(username="admin", kind="apikey", key_id="k1", scopes=["users:manage"])
+
+    def sealed(principal: Principal, owner: str) -> RequestContext:
+        signed = sign_principal(AssertionSigner(IDENTITY_KEY, issuer="identity"), principal)
+        request = ListSessionsRequest(
+            username=owner,
+            context=RequestContext(
+                actor=principal.username, request_id="req-sessions", assertion=signed.assertion
+            ),
+        )
+        return seal_request(gateway_seals(), operation, request).context
+
+    claims = await own_session_claims(
+        guard, operation, sealed(session, "admin"), "admin", target="admin"
+    )
+    with pytest.raises(ServiceError) as by_key:
+        await own_session_claims(guard, operation, sealed(key, "admin"), "admin", target="admin")
+    with pytest.raises(ServiceError) as others:
+        await own_session_claims(guard, operation, sealed(session, "olga"), "olga", target="olga")
+
+    assert claims["sid"] == "s1"
+    assert by_key.value.code is others.value.code is ErrorCode.FORBIDDEN
+    assert isinstance(guard.events, InMemoryEventPublisher)
+    reasons = [event.data["reason"] for event in guard.events.events]
+    assert reasons == ["session_required", "actor_mismatch"]
 
 
 class RecordingRpc(RpcClient):
@@ -336,7 +388,7 @@ async def test_last_use_is_kept(world: World) -> None:
     await world.keys.authenticate(key)
 
     assert world.store.keys[key_id].last_used_at == world.clock.now
-    (view,) = await world.keys.list_keys(owner="olga")
+    (view,) = await world.keys.list_keys(owner="olga", caller=AS_ADMIN, context=ADMIN)
     assert view.last_used_at == world.clock.now
 
 
@@ -354,40 +406,168 @@ async def test_a_revoked_key_dies_at_once(world: World) -> None:
     key, key_id = await world.issue()
     other, _ = await world.issue(name="other")
 
-    await world.keys.revoke(key_id, ADMIN)
+    await world.keys.revoke(key_id, caller=AS_ADMIN, context=ADMIN)
 
     with pytest.raises(ServiceError) as error:
         await world.keys.authenticate(key)
     assert error.value.code is ErrorCode.UNAUTHENTICATED
     assert (await world.keys.authenticate(other)).username == "olga"
-    assert [k.name for k in await world.keys.list_keys(owner=None)] == ["other"]
+    assert [
+        k.name for k in await world.keys.list_keys(owner=None, caller=AS_ADMIN, context=ADMIN)
+    ] == ["other"]
     with pytest.raises(ServiceError) as again:
-        await world.keys.revoke(key_id, ADMIN)
+        await world.keys.revoke(key_id, caller=AS_ADMIN, context=ADMIN)
     assert again.value.code is ErrorCode.NOT_FOUND
 
 
 @pytest.mark.parametrize("key_id", ["not-a-uuid", str(uuid.uuid4())])
 async def test_revoking_an_unknown_key_is_not_found(world: World, key_id: str) -> None:
     with pytest.raises(ServiceError) as error:
-        await world.keys.revoke(key_id, ADMIN)
+        await world.keys.revoke(key_id, caller=AS_ADMIN, context=ADMIN)
     assert error.value.code is ErrorCode.NOT_FOUND
 
 
-async def test_the_key_of_a_disabled_or_deleted_owner_stops_working(world: World) -> None:
+async def test_the_key_of_a_deleted_owner_stops_working(world: World) -> None:
     key, _ = await world.issue()
-    await world.identity.set_disabled("olga", disabled=True, context=ADMIN)
-    with pytest.raises(ServiceError):
-        await world.keys.authenticate(key)
-    await world.identity.set_disabled("olga", disabled=False, context=ADMIN)
-    await world.keys.authenticate(key)
 
     await world.identity.delete_user("olga", ADMIN)
 
     with pytest.raises(ServiceError):
         await world.keys.authenticate(key)
-    assert await world.keys.list_keys(owner=None) == []
+    assert await world.keys.list_keys(owner=None, caller=AS_ADMIN, context=ADMIN) == []
     revoked = [e.data for e in world.events.events if e.routing_key == "identity.apikey.revoked"]
     assert [data["reason"] for data in revoked] == ["owner_deleted"]
+
+
+async def test_disabling_an_owner_revokes_their_keys_and_enabling_restores_none(
+    world: World,
+) -> None:
+    key, key_id = await world.issue()
+    graced, graced_id = await world.issue(name="graced")
+    rotated = await world.keys.rotate(graced_id, grace_seconds=600, caller=AS_ADMIN, context=ADMIN)
+    admins_key, _ = await world.issue(owner="admin", scopes=["vms:browse"])
+    world.events.events.clear()
+
+    await world.identity.set_disabled("olga", disabled=True, context=ADMIN)
+    await world.identity.set_disabled("olga", disabled=False, context=ADMIN)
+
+    for dead in (key, graced, rotated.key):
+        with pytest.raises(ServiceError) as error:
+            await world.keys.authenticate(dead)
+        assert error.value.code is ErrorCode.UNAUTHENTICATED
+    assert (await world.keys.authenticate(admins_key)).username == "admin"
+    assert await world.keys.list_keys(owner="olga", caller=AS_ADMIN, context=ADMIN) == []
+    revoked = [e.data for e in world.events.events if e.routing_key == "identity.apikey.revoked"]
+    assert sorted(data["key_id"] for data in revoked) == sorted(
+        [key_id, graced_id, rotated.api_key.id]
+    )
+    assert {data["reason"] for data in revoked} == {"owner_disabled"}
+    (disabled,) = [e.data for e in world.events.events if e.routing_key == "identity.user.disabled"]
+    assert disabled["api_keys_revoked"] == 3
+    # A key issued after enabling works: enabling gives back the account, not old credentials.
+    fresh, _ = await world.issue()
+    assert (await world.keys.authenticate(fresh)).username == "olga"
+
+
+# ---- who may manage which key (decision 0025) -----------------------------------------------
+
+KEYS_ONLY = Caller(username="admin", key_scopes=("apikeys:manage",))
+
+
+async def _with_ada(world: World) -> tuple[str, str]:
+    """Another admin, ada, and her key with users:manage."""
+    await world.identity.create_user("ada", "ada's long password", ADMIN)
+    world.permissions.roles["ada"] = ["admin"]
+    return await world.issue(owner="ada", scopes=["users:manage", "vms:browse"])
+
+
+async def test_a_key_scoped_apikeys_manage_cannot_rotate_another_users_key(world: World) -> None:
+    adas_key, adas_id = await _with_ada(world)
+    world.events.events.clear()
+
+    with pytest.raises(ServiceError) as error:
+        await world.keys.rotate(adas_id, grace_seconds=0, caller=KEYS_ONLY, context=ADMIN)
+
+    assert error.value.code is ErrorCode.NOT_FOUND
+    assert (await world.keys.authenticate(adas_key)).scopes == ["users:manage", "vms:browse"]
+    assert world.store.keys[adas_id].replaced_by is None
+    assert len(world.store.keys) == 1
+    assert world.events.events == []
+
+
+async def test_rotating_ones_own_key_never_yields_more_than_the_calling_key(
+    world: World,
+) -> None:
+    _, own_id = await world.issue(owner="admin", scopes=["users:manage"])
+
+    with pytest.raises(ServiceError) as error:
+        await world.keys.rotate(own_id, grace_seconds=0, caller=KEYS_ONLY, context=ADMIN)
+
+    assert error.value.code is ErrorCode.FORBIDDEN
+    assert "users:manage" in error.value.message
+    assert world.store.keys[own_id].replaced_by is None
+    within = Caller(username="admin", key_scopes=("apikeys:manage", "users:manage"))
+    rotated = await world.keys.rotate(own_id, grace_seconds=0, caller=within, context=ADMIN)
+    assert rotated.api_key.scopes == ["users:manage"]
+
+
+async def test_a_rotation_is_refused_when_the_owner_lost_a_scope(world: World) -> None:
+    _, key_id = await world.issue(scopes=["vms:export"])
+    world.permissions.roles["olga"] = ["viewer"]
+
+    with pytest.raises(ServiceError) as error:
+        await world.keys.rotate(key_id, grace_seconds=0, caller=AS_ADMIN, context=ADMIN)
+
+    assert error.value.code is ErrorCode.FORBIDDEN
+    assert "vms:export" in error.value.message
+
+
+async def test_another_users_key_is_out_of_reach_without_users_manage(world: World) -> None:
+    adas_key, adas_id = await _with_ada(world)
+    _, own_id = await world.issue(owner="admin", scopes=["vms:browse"])
+
+    with pytest.raises(ServiceError) as revoking:
+        await world.keys.revoke(adas_id, caller=KEYS_ONLY, context=ADMIN)
+    with pytest.raises(ServiceError) as issuing:
+        await world.issue(owner="ada", scopes=["vms:browse"], caller=KEYS_ONLY)
+    with pytest.raises(ServiceError) as listing:
+        await world.keys.list_keys(owner="ada", caller=KEYS_ONLY, context=ADMIN)
+    everyone = await world.keys.list_keys(owner=None, caller=KEYS_ONLY, context=ADMIN)
+
+    assert revoking.value.code is ErrorCode.NOT_FOUND
+    assert issuing.value.code is ErrorCode.FORBIDDEN
+    assert listing.value.code is ErrorCode.FORBIDDEN
+    assert [view.id for view in everyone] == [own_id]  # its own keys only
+    assert (await world.keys.authenticate(adas_key)).username == "ada"
+    await world.keys.revoke(own_id, caller=KEYS_ONLY, context=ADMIN)
+
+
+async def test_users_manage_reaches_others_keys_but_never_grants_beyond_the_caller(
+    world: World,
+) -> None:
+    adas_key, adas_id = await _with_ada(world)
+    _, adas_secrets_id = await world.issue(owner="ada", scopes=["secrets:manage"], name="vault")
+    manager = Caller(username="admin", key_scopes=("apikeys:manage", "users:manage", "vms:browse"))
+
+    listed = await world.keys.list_keys(owner="ada", caller=manager, context=ADMIN)
+    with pytest.raises(ServiceError) as issuing:
+        await world.issue(owner="ada", scopes=["secrets:manage"], caller=manager)
+    with pytest.raises(ServiceError) as rotating:
+        await world.keys.rotate(adas_secrets_id, grace_seconds=0, caller=manager, context=ADMIN)
+    rotated = await world.keys.rotate(adas_id, grace_seconds=0, caller=manager, context=ADMIN)
+    await world.keys.revoke(adas_secrets_id, caller=manager, context=ADMIN)
+
+    assert {view.id for view in listed} == {adas_id, adas_secrets_id}
+    assert issuing.value.code is ErrorCode.VALIDATION_FAILED
+    assert "secrets:manage" in issuing.value.message
+    assert rotating.value.code is ErrorCode.FORBIDDEN
+    assert rotated.api_key.owner == "ada"
+    assert rotated.api_key.scopes == ["users:manage", "vms:browse"]
+    with pytest.raises(ServiceError):
+        await world.keys.authenticate(adas_key)
+    assert await world.keys.list_keys(owner="ada", caller=manager, context=ADMIN) == [
+        rotated.api_key
+    ]
 
 
 # ---- rotation -----------------------------------------------------------------------------
@@ -396,7 +576,7 @@ async def test_the_key_of_a_disabled_or_deleted_owner_stops_working(world: World
 async def test_rotation_without_grace_kills_the_old_key_at_once(world: World) -> None:
     old, old_id = await world.issue()
 
-    rotated = await world.keys.rotate(old_id, grace_seconds=0, context=ADMIN)
+    rotated = await world.keys.rotate(old_id, grace_seconds=0, caller=AS_ADMIN, context=ADMIN)
 
     assert rotated.key != old
     assert KEY_FORMAT.fullmatch(rotated.key)
@@ -411,12 +591,14 @@ async def test_rotation_without_grace_kills_the_old_key_at_once(world: World) ->
 async def test_rotation_with_grace_keeps_the_old_key_until_then(world: World) -> None:
     old, old_id = await world.issue()
 
-    rotated = await world.keys.rotate(old_id, grace_seconds=600, context=ADMIN)
+    rotated = await world.keys.rotate(old_id, grace_seconds=600, caller=AS_ADMIN, context=ADMIN)
 
     world.clock.advance(599)
     await world.keys.authenticate(old)
     await world.keys.authenticate(rotated.key)
-    listed = {k.id: k for k in await world.keys.list_keys(owner=None)}
+    listed = {
+        k.id: k for k in await world.keys.list_keys(owner=None, caller=AS_ADMIN, context=ADMIN)
+    }
     assert listed[old_id].replaced_by == rotated.api_key.id
     world.clock.advance(1)
     with pytest.raises(ServiceError):
@@ -426,11 +608,11 @@ async def test_rotation_with_grace_keeps_the_old_key_until_then(world: World) ->
 
 async def test_a_key_is_rotated_once_and_a_grace_period_can_be_cut_short(world: World) -> None:
     old, old_id = await world.issue()
-    await world.keys.rotate(old_id, grace_seconds=600, context=ADMIN)
+    await world.keys.rotate(old_id, grace_seconds=600, caller=AS_ADMIN, context=ADMIN)
 
     with pytest.raises(ServiceError) as twice:
-        await world.keys.rotate(old_id, grace_seconds=0, context=ADMIN)
-    await world.keys.revoke(old_id, ADMIN)
+        await world.keys.rotate(old_id, grace_seconds=0, caller=AS_ADMIN, context=ADMIN)
+    await world.keys.revoke(old_id, caller=AS_ADMIN, context=ADMIN)
 
     assert twice.value.code is ErrorCode.CONFLICT
     with pytest.raises(ServiceError):
@@ -440,7 +622,7 @@ async def test_a_key_is_rotated_once_and_a_grace_period_can_be_cut_short(world: 
 async def test_the_grace_period_never_outlives_the_key(world: World) -> None:
     old, old_id = await world.issue(expires_at=world.clock.now + timedelta(seconds=100))
 
-    rotated = await world.keys.rotate(old_id, grace_seconds=3600, context=ADMIN)
+    rotated = await world.keys.rotate(old_id, grace_seconds=3600, caller=AS_ADMIN, context=ADMIN)
 
     assert rotated.api_key.expires_at == world.clock.now + timedelta(seconds=100)
     world.clock.advance(100)

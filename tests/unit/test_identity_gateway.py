@@ -47,14 +47,17 @@ from hypersdk_contracts.rpc import (
 from hypersdk_gateway.config import GatewaySettings
 from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_gateway.inject import build_chain
-from hypersdk_identity.adapters.inbound.rpc import calling_key_scopes, sign_principal
+from hypersdk_identity.adapters.inbound.rpc import (
+    caller_of,
+    own_session_claims,
+    sign_principal,
+)
 from hypersdk_identity.adapters.outbound.memory import (
     InMemoryApiKeyStore,
     InMemoryPam,
     InMemorySessionStore,
     InMemoryThrottleStore,
     InMemoryUserStore,
-    InsecureFastHasher,
 )
 from hypersdk_identity.core.apikeys import ApiKeyService
 from hypersdk_identity.core.pam import PamSupport
@@ -63,10 +66,18 @@ from hypersdk_identity.core.throttle import LoginThrottle, ThrottleRule
 from hypersdk_identity.ports.outbound import PermissionDirectory
 from hypersdk_kit.bus import InMemoryEventPublisher
 from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
-from tests.unit.fake_backend import InProcessBackend, Routes
+from tests.unit.fake_backend import (
+    UNUSED_KEY,
+    InProcessBackend,
+    Routes,
+    gateway_seals,
+    seal_verifier,
+)
+from tests.unit.test_identity_login_capacity import SaturableHasher
 
 PASSWORD = "correct horse battery staple"
 LINUX_PASSWORD = "penguins on the ice floe"
@@ -103,6 +114,7 @@ class IdentityBackend(InProcessBackend):
             events=InMemoryEventPublisher(service="identity"),
             rejected=IdentityRequestRejected,
             principals=AssertionVerifier(identity_key.public_key(), issuer="identity"),
+            seals=seal_verifier(),
         )
 
         async def decide(r: DecideRequest) -> Any:
@@ -132,10 +144,42 @@ class IdentityBackend(InProcessBackend):
                 name=r.name,
                 scopes=r.scopes,
                 expires_at=r.expires_at,
-                calling_key_scopes=await calling_key_scopes(
-                    guard, RpcQueue.IDENTITY_CREATE_API_KEY, r.context
+                caller=await caller_of(
+                    guard, RpcQueue.IDENTITY_CREATE_API_KEY, r.context, target=r.owner
                 ),
                 context=r.context,
+            )
+
+        async def list_sessions(r: ListSessionsRequest) -> Any:
+            claims = await own_session_claims(
+                guard, RpcQueue.IDENTITY_LIST_SESSIONS, r.context, r.username, target=r.username
+            )
+            return await identity.list_sessions(r.username, current_session_id=claims.get("sid"))
+
+        async def revoke_session(r: RevokeSessionRequest) -> None:
+            await own_session_claims(
+                guard, RpcQueue.IDENTITY_REVOKE_SESSION, r.context, r.username, target=r.session_id
+            )
+            await identity.revoke_session(r.username, r.session_id, r.context)
+
+        async def list_api_keys(r: ListApiKeysRequest) -> Any:
+            caller = await caller_of(
+                guard, RpcQueue.IDENTITY_LIST_API_KEYS, r.context, target=r.owner
+            )
+            return await keys.list_keys(owner=r.owner, caller=caller, context=r.context)
+
+        async def revoke_api_key(r: ApiKeyIdRequest) -> None:
+            caller = await caller_of(
+                guard, RpcQueue.IDENTITY_REVOKE_API_KEY, r.context, target=r.key_id
+            )
+            await keys.revoke(r.key_id, caller=caller, context=r.context)
+
+        async def rotate_api_key(r: RotateApiKeyRequest) -> Any:
+            caller = await caller_of(
+                guard, RpcQueue.IDENTITY_ROTATE_API_KEY, r.context, target=r.key_id
+            )
+            return await keys.rotate(
+                r.key_id, grace_seconds=r.grace_seconds, caller=caller, context=r.context
             )
 
         routes: Routes = {
@@ -152,16 +196,8 @@ class IdentityBackend(InProcessBackend):
                 RefreshRequest,
                 lambda r: identity.refresh(r.token, r.context),
             ),
-            RpcQueue.IDENTITY_LIST_SESSIONS: (
-                ListSessionsRequest,
-                lambda r: identity.list_sessions(
-                    r.username, current_session_id=r.current_session_id
-                ),
-            ),
-            RpcQueue.IDENTITY_REVOKE_SESSION: (
-                RevokeSessionRequest,
-                lambda r: identity.revoke_session(r.username, r.session_id, r.context),
-            ),
+            RpcQueue.IDENTITY_LIST_SESSIONS: (ListSessionsRequest, list_sessions),
+            RpcQueue.IDENTITY_REVOKE_SESSION: (RevokeSessionRequest, revoke_session),
             RpcQueue.IDENTITY_CREATE_USER: (
                 CreateUserRequest,
                 lambda r: identity.create_user(r.username, r.password, r.context, source=r.source),
@@ -189,18 +225,9 @@ class IdentityBackend(InProcessBackend):
                 authenticate_api_key,
             ),
             RpcQueue.IDENTITY_CREATE_API_KEY: (CreateApiKeyRequest, create_api_key),
-            RpcQueue.IDENTITY_LIST_API_KEYS: (
-                ListApiKeysRequest,
-                lambda r: keys.list_keys(owner=r.owner),
-            ),
-            RpcQueue.IDENTITY_REVOKE_API_KEY: (
-                ApiKeyIdRequest,
-                lambda r: keys.revoke(r.key_id, r.context),
-            ),
-            RpcQueue.IDENTITY_ROTATE_API_KEY: (
-                RotateApiKeyRequest,
-                lambda r: keys.rotate(r.key_id, grace_seconds=r.grace_seconds, context=r.context),
-            ),
+            RpcQueue.IDENTITY_LIST_API_KEYS: (ListApiKeysRequest, list_api_keys),
+            RpcQueue.IDENTITY_REVOKE_API_KEY: (ApiKeyIdRequest, revoke_api_key),
+            RpcQueue.IDENTITY_ROTATE_API_KEY: (RotateApiKeyRequest, rotate_api_key),
             RpcQueue.POLICY_DECIDE: (DecideRequest, decide),
             RpcQueue.POLICY_ROLES_OF: (RolesOfRequest, roles_of),
             RpcQueue.POLICY_ASSIGN_ROLES: (AssignRolesRequest, assign),
@@ -212,8 +239,9 @@ class IdentityBackend(InProcessBackend):
 class Gateway:
     client: httpx.AsyncClient
     backend: IdentityBackend
-    identity_events: InMemoryEventPublisher
+    identity_events: InMemoryUnitOfWork
     linux: InMemoryPam
+    hasher: SaturableHasher
 
     async def login(self, username: str, password: str = PASSWORD) -> str:
         response = await self.client.post(
@@ -241,9 +269,9 @@ async def _ready() -> bool:
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[Gateway]:
-    identity_events = InMemoryEventPublisher(service="identity")
-    policy_events = InMemoryEventPublisher(service="policy")
-    hasher = InsecureFastHasher()
+    identity_events = InMemoryUnitOfWork(service="identity")
+    policy_events = InMemoryUnitOfWork(service="policy")
+    hasher = SaturableHasher()
     users = InMemoryUserStore()
     key_store = InMemoryApiKeyStore()
     linux = InMemoryPam()
@@ -255,7 +283,7 @@ async def gateway() -> AsyncIterator[Gateway]:
         users=users,
         sessions=InMemorySessionStore(),
         hasher=hasher,
-        events=identity_events,
+        uow=identity_events,
         session_policy=SessionPolicy(idle_seconds=900, lifetime_seconds=3600),
         dummy_hash=await hasher.hash("dummy password for timing"),
         throttle=LoginThrottle(
@@ -269,17 +297,17 @@ async def gateway() -> AsyncIterator[Gateway]:
                 delay_max_seconds=10,
             ),
             address_rule=None,
-            events=identity_events,
+            uow=identity_events,
             clock=lambda: datetime.now(UTC),
         ),
         pam=pam,
         api_keys=key_store,
     )
-    policy = PolicyService(roles=InMemoryRoleStore(), events=policy_events)
+    policy = PolicyService(roles=InMemoryRoleStore(), uow=policy_events)
     keys = ApiKeyService(
         keys=key_store,
         users=users,
-        events=identity_events,
+        uow=identity_events,
         permissions=PolicyPermissions(policy),
         pam=pam,
     )
@@ -292,16 +320,17 @@ async def gateway() -> AsyncIterator[Gateway]:
     cache = CredentialCache(ttl_seconds=10)
     cache.resume()
     chain = build_chain(
-        GatewaySettings(amqp_url="amqp://unused"),
+        GatewaySettings(amqp_url="amqp://unused", signing_key_file=UNUSED_KEY),
         backend=backend,
         events=InMemoryEventPublisher(service="gateway"),
         ready=_ready,
         cache=cache,
+        seals=gateway_seals(),
     )
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=chain), base_url="http://testserver"
     ) as client:
-        yield Gateway(client, backend, identity_events, linux)
+        yield Gateway(client, backend, identity_events, linux, hasher)
 
 
 # ---- auth -----------------------------------------------------------------------------------
@@ -369,6 +398,22 @@ async def test_a_throttled_login_gets_429_with_retry_after(gateway: Gateway) -> 
     assert error_code(third) == "rate_limited"
     assert int(third.headers["retry-after"]) >= 1
     assert set(third.json()["error"]) == {"code", "message", "request_id"}
+
+
+async def test_a_login_while_identity_is_at_capacity_gets_503_with_retry_after(
+    gateway: Gateway,
+) -> None:
+    gateway.hasher.busy = True
+    busy = await gateway.client.post(
+        "/api/v1/auth/login", json={"username": "vera", "password": PASSWORD}
+    )
+    gateway.hasher.busy = False
+
+    assert busy.status_code == 503
+    assert error_code(busy) == "service_busy"
+    assert busy.headers["retry-after"] == "2"
+    assert busy.headers["x-request-id"] == busy.json()["error"]["request_id"]
+    await gateway.login("vera")  # and the refusal cost vera nothing on the throttle
 
 
 # ---- users ----------------------------------------------------------------------------------
@@ -642,6 +687,64 @@ async def test_session_only_calls_refuse_an_api_key(gateway: Gateway) -> None:
         response = await gateway.client.post(path, headers=key_header(key))
         assert response.status_code == 400, path
         assert error_code(response) == "invalid_request"
+
+
+async def test_sessions_are_listed_and_revoked_with_a_session_never_a_key(
+    gateway: Gateway,
+) -> None:
+    admin = await gateway.login("root")
+    every_scope = [
+        "vms:browse", "jobs:view", "vms:export", "jobs:cancel", "providers:configure",
+        "users:manage", "apikeys:manage", "audit:view", "secrets:manage", "system:configure",
+    ]  # fmt: skip
+    issued = await _issue(gateway, admin, scopes=every_scope)
+    key = issued.json()["key"]
+    session_id = (await gateway.client.get("/api/v1/auth/me", headers=bearer(admin))).json()[
+        "session_id"
+    ]
+    gateway.backend.asked.clear()
+
+    listed = await gateway.client.get("/api/v1/auth/sessions", headers=key_header(key))
+    revoked = await gateway.client.delete(
+        f"/api/v1/auth/sessions/{session_id}", headers=key_header(key)
+    )
+
+    assert issued.status_code == 201, issued.text
+    assert [listed.status_code, revoked.status_code] == [403, 403]
+    assert error_code(listed) == error_code(revoked) == "forbidden"
+    assert RpcQueue.IDENTITY_LIST_SESSIONS not in gateway.backend.asked
+    assert RpcQueue.IDENTITY_REVOKE_SESSION not in gateway.backend.asked
+    assert (await gateway.client.get("/api/v1/auth/me", headers=bearer(admin))).status_code == 200
+    assert session_id not in listed.text
+
+
+async def test_a_key_scoped_apikeys_manage_cannot_take_over_another_users_key(
+    gateway: Gateway,
+) -> None:
+    root = await gateway.login("root")
+    created = await gateway.client.post(
+        "/api/v1/users",
+        json={"username": "ada", "password": PASSWORD, "roles": ["admin"]},
+        headers=bearer(root),
+    )
+    adas = (await _issue(gateway, await gateway.login("ada"), scopes=["users:manage"])).json()
+    narrow = (await _issue(gateway, root, scopes=["apikeys:manage"])).json()["key"]
+
+    rotated = await gateway.client.post(
+        f"/api/v1/api-keys/{adas['api_key']['id']}/rotate", headers=key_header(narrow)
+    )
+    revoked = await gateway.client.delete(
+        f"/api/v1/api-keys/{adas['api_key']['id']}", headers=key_header(narrow)
+    )
+    listed = await gateway.client.get("/api/v1/api-keys", headers=key_header(narrow))
+
+    assert created.status_code == 201, created.text
+    assert [rotated.status_code, revoked.status_code] == [404, 404]
+    assert "key" not in rotated.json()
+    assert {key["owner"] for key in listed.json()} == {"root"}
+    me = await gateway.client.get("/api/v1/auth/me", headers=key_header(adas["key"]))
+    assert me.status_code == 200
+    assert me.json()["scopes"] == ["users:manage"]
 
 
 async def test_no_identity_event_carries_a_password_token_or_key(gateway: Gateway) -> None:

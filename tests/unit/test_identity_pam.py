@@ -19,10 +19,10 @@ from hypersdk_identity.adapters.outbound.memory import (
     InMemoryUserStore,
 )
 from hypersdk_identity.config import IdentitySettings
-from hypersdk_identity.core.apikeys import ApiKeyService
+from hypersdk_identity.core.apikeys import ApiKeyService, Caller
 from hypersdk_identity.core.pam import PamSupport
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
-from hypersdk_kit.bus import InMemoryEventPublisher
+from hypersdk_kit.memory import InMemoryUnitOfWork
 
 from .test_identity_throttle import SpyHasher
 
@@ -39,13 +39,13 @@ class World:
     users: InMemoryUserStore
     linux: InMemoryPam
     hasher: SpyHasher
-    events: InMemoryEventPublisher
+    events: InMemoryUnitOfWork
 
 
 async def make_world(*, auto_provision: bool = True, group_roles: object = None) -> World:
     hasher = SpyHasher()
     users = InMemoryUserStore()
-    events = InMemoryEventPublisher(service="identity")
+    events = InMemoryUnitOfWork(service="identity")
     linux = InMemoryPam()
     linux.add("olga", LINUX_PASSWORD, groups=["olga", "hypersdk-ops"])
     linux.add("walt", LINUX_PASSWORD, groups=["walt", "staff"])
@@ -61,7 +61,7 @@ async def make_world(*, auto_provision: bool = True, group_roles: object = None)
         users=users,
         sessions=InMemorySessionStore(),
         hasher=hasher,
-        events=events,
+        uow=events,
         session_policy=SessionPolicy(idle_seconds=1800, lifetime_seconds=43200),
         dummy_hash=await hasher.hash("dummy password for timing"),
         pam=pam,
@@ -69,9 +69,10 @@ async def make_world(*, auto_provision: bool = True, group_roles: object = None)
     keys = ApiKeyService(
         keys=InMemoryApiKeyStore(),
         users=users,
-        events=events,
+        uow=events,
         # No role assigned through policy: a PAM user holds only what their groups map to.
-        permissions=InMemoryPermissionDirectory(),
+        # The admin issuing the keys holds everything.
+        permissions=InMemoryPermissionDirectory({"admin": ["admin"]}),
         pam=pam,
     )
     return World(service, keys, users, linux, hasher, events)
@@ -194,7 +195,7 @@ async def test_removing_the_linux_account_ends_sessions_and_keys(world: World) -
         name="ci",
         scopes=["vms:browse"],
         expires_at=None,
-        calling_key_scopes=None,
+        caller=Caller(username="admin"),
         context=ADMIN,
     )
     assert (await world.keys.authenticate(issued.key)).external_roles == ["operator"]
@@ -219,7 +220,7 @@ async def test_a_pam_owners_group_roles_count_when_a_key_is_issued(world: World)
             name="ci",
             scopes=scopes,
             expires_at=None,
-            calling_key_scopes=None,
+            caller=Caller(username="admin"),
             context=ADMIN,
         )
 
@@ -289,6 +290,7 @@ def default_settings() -> IdentitySettings:
         database_url="postgresql://unused",
         signing_key_file=Path("unused"),
         policy_public_key_file=Path("unused"),
+        gateway_public_key_file=Path("unused"),
     )
 
 

@@ -20,7 +20,7 @@ from hypersdk_identity.adapters.outbound.memory import (
 )
 from hypersdk_identity.core.passwords import check_new_password
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
-from hypersdk_kit.bus import InMemoryEventPublisher
+from hypersdk_kit.memory import InMemoryUnitOfWork
 
 ADMIN = RequestContext(actor="admin")
 
@@ -37,7 +37,7 @@ async def service() -> IdentityService:
         users=InMemoryUserStore(),
         sessions=InMemorySessionStore(),
         hasher=hasher,
-        events=InMemoryEventPublisher(service="identity"),
+        uow=InMemoryUnitOfWork(service="identity"),
         session_policy=SessionPolicy(idle_seconds=1800, lifetime_seconds=43200),
         dummy_hash=await hasher.hash("dummy password for timing"),
         blocklist=ZxcvbnPasswordBlocklist(),

@@ -22,7 +22,7 @@ from hypersdk_identity.adapters.outbound.memory import (
     InsecureFastHasher,
 )
 from hypersdk_identity.core.service import TOUCH_INTERVAL_SECONDS, IdentityService, SessionPolicy
-from hypersdk_kit.bus import InMemoryEventPublisher
+from hypersdk_kit.memory import InMemoryUnitOfWork
 
 IDLE_SECONDS = 15 * 60
 LIFETIME_SECONDS = 8 * 60 * 60
@@ -50,7 +50,7 @@ class World:
     service: IdentityService
     users: InMemoryUserStore
     sessions: InMemorySessionStore
-    events: InMemoryEventPublisher
+    events: InMemoryUnitOfWork
     clock: Clock
 
 
@@ -59,13 +59,13 @@ async def world() -> World:
     hasher = InsecureFastHasher()
     users = InMemoryUserStore()
     sessions = InMemorySessionStore()
-    events = InMemoryEventPublisher(service="identity")
+    events = InMemoryUnitOfWork(service="identity", stores=(users, sessions))
     clock = Clock()
     service = IdentityService(
         users=users,
         sessions=sessions,
         hasher=hasher,
-        events=events,
+        uow=events,
         session_policy=SessionPolicy(idle_seconds=IDLE_SECONDS, lifetime_seconds=LIFETIME_SECONDS),
         dummy_hash=await hasher.hash("dummy password for timing"),
         clock=clock,
@@ -74,7 +74,7 @@ async def world() -> World:
     return World(service, users, sessions, events, clock)
 
 
-def _events_json(events: InMemoryEventPublisher) -> str:
+def _events_json(events: InMemoryUnitOfWork) -> str:
     return "\n".join(event.model_dump_json(by_alias=True) for event in events.events)
 
 
@@ -561,7 +561,11 @@ async def test_disabling_a_user_ends_their_sessions_at_once(world: World) -> Non
         "identity.session.revoked",
         "identity.user.disabled",
     ]
-    assert world.events.events[-1].data == {"username": "alice", "sessions_revoked": 2}
+    assert world.events.events[-1].data == {
+        "username": "alice",
+        "sessions_revoked": 2,
+        "api_keys_revoked": 0,
+    }
     enabled = await world.service.set_disabled("alice", disabled=False, context=ADMIN)
     assert not enabled.disabled
     assert world.events.events[-1].data == {
@@ -629,3 +633,28 @@ async def test_get_user_is_not_found_for_unknown_names(world: World) -> None:
     with pytest.raises(ServiceError) as error:
         await world.service.get_user("nobody")
     assert error.value.code is ErrorCode.NOT_FOUND
+
+
+async def test_a_login_whose_events_cannot_commit_opens_no_session(world: World) -> None:
+    world.events.fail_commits = {"identity.session.created"}
+    before = list(world.events.events)
+
+    with pytest.raises(InMemoryUnitOfWork.CommitFailedError):
+        await world.service.login("alice", PASSWORD, CONTEXT)
+
+    assert await world.sessions.list_for_user("alice") == []
+    assert world.events.events == before
+
+
+async def test_a_disable_whose_events_cannot_commit_leaves_user_and_sessions(
+    world: World,
+) -> None:
+    result = await world.service.login("alice", PASSWORD, CONTEXT)
+    world.events.fail_commits = {"identity.user.disabled"}
+
+    with pytest.raises(InMemoryUnitOfWork.CommitFailedError):
+        await world.service.set_disabled("alice", disabled=True, context=ADMIN)
+
+    assert not (await world.service.get_user("alice")).disabled
+    assert (await world.service.authenticate(result.token)).username == "alice"
+    assert "identity.session.revoked" not in world.events.types()

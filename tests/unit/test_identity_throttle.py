@@ -24,7 +24,7 @@ from hypersdk_identity.adapters.outbound.memory import (
 from hypersdk_identity.core.models import ThrottleState
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
 from hypersdk_identity.core.throttle import LoginThrottle, ThrottleRule
-from hypersdk_kit.bus import InMemoryEventPublisher
+from hypersdk_kit.memory import InMemoryUnitOfWork
 
 from .test_identity_sessions import Clock
 
@@ -62,7 +62,7 @@ class SpyHasher(InsecureFastHasher):
 class World:
     service: IdentityService
     store: InMemoryThrottleStore
-    events: InMemoryEventPublisher
+    events: InMemoryUnitOfWork
     clock: Clock
     sessions: InMemorySessionStore
     hasher: SpyHasher
@@ -86,7 +86,7 @@ class World:
 @pytest.fixture
 async def world() -> World:
     hasher = SpyHasher()
-    events = InMemoryEventPublisher(service="identity")
+    events = InMemoryUnitOfWork(service="identity")
     clock = Clock()
     store = InMemoryThrottleStore()
     sessions = InMemorySessionStore()
@@ -94,7 +94,7 @@ async def world() -> World:
         users=InMemoryUserStore(),
         sessions=sessions,
         hasher=hasher,
-        events=events,
+        uow=events,
         session_policy=SessionPolicy(idle_seconds=1800, lifetime_seconds=43200),
         dummy_hash=await hasher.hash("dummy password for timing"),
         clock=clock,
@@ -102,7 +102,7 @@ async def world() -> World:
             store=store,
             username_rule=USERNAME_RULE,
             address_rule=ADDRESS_RULE,
-            events=events,
+            uow=events,
             clock=clock,
         ),
     )

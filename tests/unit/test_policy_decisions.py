@@ -1,4 +1,4 @@
-"""Policy: decisions over the design brief's role matrix, role assignment, the first admin."""
+"""Policy: decisions over the role matrix of docs/contracts.md, role assignment, the first admin."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
-from hypersdk_kit.bus import InMemoryEventPublisher
+from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
 from hypersdk_policy.core.service import PolicyService
 
-# DESIGN.md, "Roles and permissions (exactly this matrix)", copied by hand.
+# docs/contracts.md, "Roles and permissions (exactly this matrix)", copied by hand.
 MATRIX: dict[str, dict[str, bool]] = {
     "vms:browse": {"admin": True, "operator": True, "viewer": True, "auditor": True},
     "jobs:view": {"admin": True, "operator": True, "viewer": True, "auditor": True},
@@ -38,14 +38,14 @@ CASES = [
 class World:
     service: PolicyService
     roles: InMemoryRoleStore
-    events: InMemoryEventPublisher
+    events: InMemoryUnitOfWork
 
 
 @pytest.fixture
 def world() -> World:
     roles = InMemoryRoleStore()
-    events = InMemoryEventPublisher(service="policy")
-    return World(PolicyService(roles=roles, events=events), roles, events)
+    events = InMemoryUnitOfWork(service="policy", stores=(roles,))
+    return World(PolicyService(roles=roles, uow=events), roles, events)
 
 
 def test_the_matrix_copy_covers_four_roles_and_ten_permissions() -> None:
@@ -139,6 +139,18 @@ async def test_role_assignment_replaces_the_old_roles(world: World) -> None:
     assert last.actor == "dave"
 
 
+async def test_roles_whose_events_cannot_commit_stay_as_they_were(world: World) -> None:
+    await world.service.assign_roles(username="erin", roles=["admin"], context=CONTEXT)
+    before = list(world.events.events)
+    world.events.fail_commits = {"policy.role.removed"}
+
+    with pytest.raises(InMemoryUnitOfWork.CommitFailedError):
+        await world.service.assign_roles(username="erin", roles=["viewer"], context=CONTEXT)
+
+    assert await world.service.roles_of("erin") == ["admin"]
+    assert world.events.events == before
+
+
 async def test_losing_roles_is_published_as_role_removed(world: World) -> None:
     await world.service.assign_roles(username="erin", roles=["admin", "auditor"], context=CONTEXT)
     assert world.events.types().count("policy.role.removed") == 0
@@ -212,7 +224,8 @@ async def test_bootstrap_admin_is_assigned_once(world: World) -> None:
     assert await world.service.roles_of("intruder") == []
     assert world.events.types() == ["policy.role.assigned"]
     assert world.events.events[0].data == {"username": "root", "roles": ["admin"]}
-    assert world.events.events[0].actor == "bootstrap"
+    # No API request caused it: no actor, which only a request seal could back.
+    assert world.events.events[0].actor is None
 
 
 async def test_no_bootstrap_admin_when_an_admin_exists(world: World) -> None:

@@ -1,4 +1,4 @@
-"""Signed assertions and the guard every consumer runs."""
+"""Signed assertions: format, signature, issuer, expiry, key files (guard: test_request_seals)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hypersdk_contracts.envelope import RequestContext
-from hypersdk_contracts.errors import ErrorCode, ServiceError
-from hypersdk_contracts.events import ExporterRequestRejected
-from hypersdk_kit.bus import InMemoryEventPublisher
-from hypersdk_kit.guard import RequestGuard
 from hypersdk_kit.trust import (
     AssertionRejectedError,
     AssertionSigner,
@@ -110,83 +105,3 @@ def test_key_files_are_written_private_and_refused_when_readable(tmp_path: Path)
         os.chmod(private, loose)
         with pytest.raises(PermissionError):
             load_private_key(private)
-
-
-def guard(events: InMemoryEventPublisher) -> RequestGuard:
-    return RequestGuard(
-        events=events,
-        rejected=ExporterRequestRejected,
-        grants=verifier(at=NOW + 1),
-        principals=AssertionVerifier(KEY.public_key(), issuer="identity", clock=lambda: NOW + 1),
-    )
-
-
-CONTEXT = RequestContext(actor="alice", request_id="req-00000001")
-
-
-async def test_the_guard_accepts_a_grant_for_this_actor_and_permission_in_any_request() -> None:
-    events = InMemoryEventPublisher()
-    grant = signer().sign(GRANT)
-    for request_id in ("req-00000001", "req-00000002"):
-        context = CONTEXT.model_copy(update={"grant": grant, "request_id": request_id})
-        claims = await guard(events).authorize(
-            operation="exporter.rpc.create_export",
-            context=context,
-            permissions=frozenset({"vms:export"}),
-        )
-        assert claims["sub"] == "alice"
-    assert events.events == []
-
-
-@pytest.mark.parametrize(
-    ("grant_claims", "context_update", "reason"),
-    [
-        ({**GRANT, "perm": "jobs:view"}, {}, "permission_not_granted"),
-        (GRANT, {"actor": "mallory"}, "actor_mismatch"),
-        ({**GRANT, "typ": "principal"}, {}, "malformed_assertion"),
-    ],
-)
-async def test_the_guard_refuses_and_publishes_why(
-    grant_claims: dict[str, str], context_update: dict[str, str], reason: str
-) -> None:
-    events = InMemoryEventPublisher()
-    context = CONTEXT.model_copy(update={"grant": signer().sign(grant_claims), **context_update})
-    with pytest.raises(ServiceError) as refused:
-        await guard(events).authorize(
-            operation="exporter.rpc.create_export",
-            context=context,
-            permissions=frozenset({"vms:export"}),
-        )
-    assert refused.value.code is ErrorCode.FORBIDDEN
-    (event,) = events.events
-    assert event.routing_key == "exporter.request.rejected"
-    assert event.data["reason"] == reason
-    assert event.data["operation"] == "exporter.rpc.create_export"
-    assert context.grant is not None
-    assert context.grant.split(".")[1] not in event.model_dump_json()
-    assert context.grant.split(".")[2] not in event.model_dump_json()
-
-
-async def test_a_guard_without_a_trust_anchor_refuses_everything() -> None:
-    events = InMemoryEventPublisher()
-    bare = RequestGuard(events=events, rejected=ExporterRequestRejected)
-    context = CONTEXT.model_copy(update={"grant": signer().sign(GRANT)})
-    with pytest.raises(ServiceError):
-        await bare.authorize(operation="op", context=context, permissions=frozenset({"vms:export"}))
-    assert events.events[0].data["reason"] == "no_trust_anchor"
-
-
-async def test_principal_assertions_are_checked_against_the_actor() -> None:
-    events = InMemoryEventPublisher()
-    identity = signer(issuer="identity")
-    token = identity.sign({"typ": "principal", "sub": "alice"})
-    claims = await guard(events).authenticate(
-        operation="policy.rpc.decide", context=CONTEXT.model_copy(update={"assertion": token})
-    )
-    assert claims["sub"] == "alice"
-    with pytest.raises(ServiceError):
-        await guard(events).authenticate(
-            operation="policy.rpc.decide",
-            context=CONTEXT.model_copy(update={"assertion": token, "actor": "bob"}),
-        )
-    assert events.events[-1].data["reason"] == "actor_mismatch"

@@ -157,6 +157,10 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
   value: {{ $svc.credentialCacheSeconds | toString | quote }}
 - name: HYPERSDK_GATEWAY_MAX_PENDING_EVENTS
   value: {{ $svc.maxPendingEvents | toString | quote }}
+- name: HYPERSDK_GATEWAY_EVENT_BATCH_SIZE
+  value: {{ $svc.eventBatchSize | toString | quote }}
+- name: HYPERSDK_GATEWAY_EVENT_BATCH_WAIT_SECONDS
+  value: {{ $svc.eventBatchWaitSeconds | toString | quote }}
 {{- else }}
 - name: {{ $prefix }}HEALTH_HOST
   value: "0.0.0.0"
@@ -181,11 +185,22 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 - name: {{ $prefix }}POLICY_PUBLIC_KEY_FILE
   value: {{ printf "%s/policy.pub" $keys | quote }}
 {{- end }}
+{{- if eq .service "gateway" }}
+- name: HYPERSDK_GATEWAY_SIGNING_KEY_FILE
+  value: {{ printf "%s/gateway.key" $keys | quote }}
+{{- else }}
+- name: {{ $prefix }}GATEWAY_PUBLIC_KEY_FILE
+  value: {{ printf "%s/gateway.pub" $keys | quote }}
+{{- end }}
 {{- if eq .service "secrets" }}
 - name: HYPERSDK_SECRETS_VAULT_ADDR
   value: {{ required "services.secrets.vault.addr is required" $svc.vault.addr | quote }}
 - name: HYPERSDK_SECRETS_VAULT_TOKEN_FILE
   value: {{ printf "%s/token" (trimSuffix "/" $svc.vault.tokenMountPath) | quote }}
+{{- end }}
+{{- if eq .service "audit" }}
+- name: HYPERSDK_AUDIT_PUBLISHERS
+  value: {{ toJson ($svc.publishers | default dict) | quote }}
 {{- end }}
 {{- if eq .service "exporter" }}
 - name: HYPERSDK_EXPORTER_EXPORT_DIR
@@ -206,12 +221,15 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 - name: tmp
   emptyDir:
     sizeLimit: {{ .root.Values.tmpSizeLimit }}
-{{- if ne .service "gateway" }}
 - name: signing-keys
   secret:
     secretName: {{ required "signing.existingSecret is required" .root.Values.signing.existingSecret }}
     defaultMode: 288 # 0440: readable by the fsGroup only
     items:
+      {{- if eq .service "gateway" }}
+      - key: gateway.key
+        path: gateway.key
+      {{- else }}
       {{- if eq .service "identity" }}
       - key: identity.key
         path: identity.key
@@ -225,7 +243,9 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
       - key: policy.pub
         path: policy.pub
       {{- end }}
-{{- end }}
+      - key: gateway.pub
+        path: gateway.pub
+      {{- end }}
 {{- $tls := $svc.tls | default dict }}
 {{- if and (eq .service "gateway") $tls.existingSecret }}
 - name: gateway-tls
@@ -272,11 +292,9 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
   mountPath: {{ $tls.mountPath }}
   readOnly: true
 {{- end }}
-{{- if ne .service "gateway" }}
 - name: signing-keys
   mountPath: {{ .root.Values.signing.mountPath }}
   readOnly: true
-{{- end }}
 {{- if eq .service "secrets" }}
 - name: vault-token
   mountPath: {{ $svc.vault.tokenMountPath }}

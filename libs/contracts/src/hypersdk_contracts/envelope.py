@@ -1,8 +1,11 @@
 """The CloudEvents 1.0 envelope (structured mode) every message travels in.
 
-The design brief names the extensions ``actor``, ``source_ip`` and ``request_id``. CloudEvents
-attribute names may only hold lower-case letters and digits, so on the wire they are
-``actor``, ``sourceip`` and ``requestid``; Python code uses the snake-case names.
+The contract (docs/contracts.md) names the extensions ``actor``, ``source_ip`` and
+``request_id``. CloudEvents attribute names may only hold lower-case letters and digits, so on
+the wire they are ``actor``, ``sourceip`` and ``requestid``; Python code uses the snake-case
+names.
+The ``seal`` extension carries the gateway's request seal, which vouches for those three
+(docs/security.md).
 """
 
 from __future__ import annotations
@@ -10,14 +13,16 @@ from __future__ import annotations
 import secrets
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, TypeAdapter, field_validator
 
 from hypersdk_contracts.base import Message
 from hypersdk_contracts.names import EVENT_TYPE_PREFIX
 
 CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json"
+CLOUDEVENTS_BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+"""CloudEvents JSON batch format: a JSON array of structured envelopes in one message."""
 TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 """W3C Trace Context ``traceparent``, version 00."""
 
@@ -33,6 +38,12 @@ class RequestContext(Message):
     )
     grant: str | None = Field(
         default=None, repr=False, description="Permission grant signed by policy for this call."
+    )
+    seal: str | None = Field(
+        default=None,
+        repr=False,
+        description="Request seal signed by the gateway: request ID, client address, actor, "
+        "operation and target of this hop.",
     )
     traceparent: str | None = Field(
         default=None, pattern=TRACEPARENT_PATTERN, description="W3C trace context of the call."
@@ -67,6 +78,12 @@ class CloudEvent(Message):
     request_id: str | None = Field(
         default=None, alias="requestid", description="Request ID of the causing API call."
     )
+    seal: str | None = Field(
+        default=None,
+        max_length=4096,
+        repr=False,
+        description="The gateway's request seal vouching for actor, sourceip and requestid.",
+    )
     traceparent: str | None = Field(
         default=None,
         pattern=TRACEPARENT_PATTERN,
@@ -92,6 +109,7 @@ class CloudEvent(Message):
             actor=self.actor,
             source_ip=self.source_ip,
             request_id=self.request_id,
+            seal=self.seal,
             traceparent=self.traceparent,
         )
 
@@ -120,5 +138,21 @@ def new_event(
         actor=ctx.actor,
         source_ip=ctx.source_ip,
         request_id=ctx.request_id,
+        seal=ctx.seal,
         traceparent=child_traceparent(ctx.traceparent),
     )
+
+
+_BATCH: TypeAdapter[list[CloudEvent]] = TypeAdapter(
+    Annotated[list[CloudEvent], Field(min_length=1)]
+)
+
+
+def batch_to_json(events: list[CloudEvent]) -> bytes:
+    """Events in the CloudEvents JSON batch format (``CLOUDEVENTS_BATCH_CONTENT_TYPE``)."""
+    return _BATCH.dump_json(events, by_alias=True, exclude_none=True)
+
+
+def batch_from_json(body: bytes) -> list[CloudEvent]:
+    """The events of a batch message; ``ValidationError`` unless it is a non-empty array of them."""
+    return _BATCH.validate_json(body)

@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     NOT_IMPLEMENTED = "not_implemented"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    SERVICE_BUSY = "service_busy"  # the service is up but at capacity: retry after a pause
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -41,6 +42,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INTERNAL_ERROR: 500,
     ErrorCode.NOT_IMPLEMENTED: 501,
     ErrorCode.UPSTREAM_UNAVAILABLE: 503,
+    ErrorCode.SERVICE_BUSY: 503,
 }
 
 
@@ -50,7 +52,9 @@ class ErrorBody(Message):
     code: ErrorCode = Field(description="Stable machine-readable error code.")
     message: str = Field(description="One human sentence; never contains a credential.")
     retry_after_seconds: int | None = Field(
-        default=None, ge=1, description="With rate_limited: seconds to wait before retrying."
+        default=None,
+        ge=1,
+        description="With rate_limited or service_busy: seconds to wait before retrying.",
     )
 
 

@@ -109,12 +109,15 @@ class UserUpdated(EventData):
 
 
 class UserDisabled(EventData):
-    """A user account was disabled; its sessions ended and its API keys stop working."""
+    """A user account was disabled; its sessions ended and its API keys were revoked."""
 
     routing_key = RoutingKey.USER_DISABLED
     audit_action = "user.disable"
     username: str = Field(description="The user.")
     sessions_revoked: int = Field(ge=0, description="Sessions ended.")
+    api_keys_revoked: int = Field(
+        default=0, ge=0, description="API keys revoked (enabling the user again restores none)."
+    )
 
 
 class UserDeleted(EventData):
@@ -188,7 +191,9 @@ class ApiKeyRevoked(EventData):
     audit_action = "apikey.revoke"
     key_id: str = Field(description="Public id of the key.")
     owner: str = Field(description="User the key acted as.")
-    reason: Literal["revoked", "owner_deleted"] = Field(description="Why it stopped working.")
+    reason: Literal["revoked", "owner_deleted", "owner_disabled"] = Field(
+        description="Why it stopped working."
+    )
 
 
 class RoleAssigned(EventData):
@@ -390,6 +395,26 @@ class AuditRequestRejected(RequestRejected):
     routing_key = RoutingKey.AUDIT_REQUEST_REJECTED
 
 
+class EventQuarantined(EventData):
+    """Audit refused to chain an event as genuine and put it in its quarantine."""
+
+    routing_key = RoutingKey.EVENT_QUARANTINED
+    audit_action = "audit.quarantine"
+    quarantined_event_id: str = Field(description="Id the refused envelope claimed.")
+    claimed_type: str = Field(description="Type the refused envelope claimed (unverified).")
+    claimed_source: str = Field(description="Source the refused envelope claimed (unverified).")
+    claimed_actor: str | None = Field(
+        description="Actor the refused envelope claimed (unverified)."
+    )
+    login: str | None = Field(description="Broker-validated login that published it, if any.")
+    producer: str | None = Field(description="Service that login belongs to, if any.")
+    reason: str = Field(description="Stable reason code, e.g. wrong_producer, unsealed_actor.")
+
+    def audit_result(self) -> str:
+        """Always a failure."""
+        return f"failure: {self.reason}"
+
+
 EVENT_TYPES: dict[str, type[EventData]] = {
     cls.routing_key.value: cls
     for cls in (
@@ -426,6 +451,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         SecretsRequestRejected,
         ExporterRequestRejected,
         AuditRequestRejected,
+        EventQuarantined,
     )
 }
 """Payload class of each routing key."""

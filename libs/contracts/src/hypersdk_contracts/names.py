@@ -22,6 +22,9 @@ AUDIT_EVENTS_QUEUE = "audit.events"
 EXPORT_JOBS_QUEUE = "exporter.jobs"
 """Durable work queue of export commands; exporter workers compete on it."""
 
+POLICY_USER_DELETIONS_QUEUE = "policy.user-deletions"
+"""Policy's queue bound to ``identity.user.deleted``: a deleted user's roles are removed."""
+
 
 def dead_letter_queue(queue: str) -> str:
     """Name of the dead-letter queue that holds what ``queue`` rejected."""
@@ -64,6 +67,7 @@ class RoutingKey(StrEnum):
     SECRETS_REQUEST_REJECTED = "secrets.request.rejected"
     EXPORTER_REQUEST_REJECTED = "exporter.request.rejected"
     AUDIT_REQUEST_REJECTED = "audit.request.rejected"
+    EVENT_QUARANTINED = "audit.event.quarantined"
 
 
 class RpcQueue(StrEnum):
@@ -106,3 +110,4 @@ class RpcQueue(StrEnum):
     EXPORTER_GET_JOB = "exporter.rpc.get_job"
     AUDIT_VERIFY = "audit.rpc.verify"
     AUDIT_LIST_EVENTS = "audit.rpc.list_events"
+    AUDIT_LIST_QUARANTINE = "audit.rpc.list_quarantine"

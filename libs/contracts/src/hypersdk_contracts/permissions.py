@@ -1,4 +1,4 @@
-"""Roles and permissions: exactly the matrix of the design brief."""
+"""Roles and permissions: exactly the matrix of docs/contracts.md."""
 
 from __future__ import annotations
 

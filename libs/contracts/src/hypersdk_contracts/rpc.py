@@ -7,9 +7,9 @@ the events it publishes. Replies are :class:`RpcReply`: a result or an error, ne
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, StringConstraints
 
 from hypersdk_contracts.base import Message
 from hypersdk_contracts.envelope import RequestContext
@@ -19,6 +19,7 @@ from hypersdk_contracts.events import Artifact
 USERNAME_PATTERN = r"^[a-z_][a-z0-9_.-]{0,63}$"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 SECRET_PATH_PATTERN = r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+){0,7}$"  # noqa: S105 - a regex
+OPERATION_PATTERN = r"^[a-z][a-z0-9_.]{0,127}$"
 
 
 class DiskFormat(StrEnum):
@@ -270,6 +271,12 @@ class DecideRequest(RpcRequest):
     username: str = Field(description="Principal.")
     permission: str = Field(description="Permission name.")
     resource: str = Field(description="What the call is about, for the audit record.")
+    operations: list[Annotated[str, StringConstraints(pattern=OPERATION_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Operations (request queues, command types) the grant is for: those the "
+        "API call makes and their follow-ups; a grant allows no other.",
+    )
 
 
 class Decision(Message):
@@ -448,13 +455,22 @@ class AuditEntryView(Message):
 
     sequence: int = Field(description="Position in the chain, from 1.")
     event_id: str = Field(description="Id of the event it records.")
-    timestamp: AwareDatetime = Field(description="When it happened, UTC.")
+    timestamp: AwareDatetime = Field(description="When it happened, by its producer's clock, UTC.")
     user: str | None = Field(description="User or API key id.")
     action: str = Field(description="What was done, e.g. vm.export.")
     resource: str | None = Field(description="What it was done to.")
     result: str = Field(description="success or failure: <reason>.")
     source_ip: str | None = Field(description="Client address.")
     request_id: str | None = Field(description="Request ID of the API call.")
+    producer: str | None = Field(
+        default=None,
+        description="Service that published the event, known from its broker login "
+        "(None on entries older than attribution).",
+    )
+    received_at: AwareDatetime | None = Field(
+        default=None,
+        description="When audit received the event, UTC (None on entries older than it).",
+    )
     prev_hash: str = Field(description="Hash of the previous entry.")
     hash: str = Field(description="SHA-256 of this entry's canonical form.")
 
@@ -476,6 +492,33 @@ class ListAuditEventsRequest(RpcRequest):
     """Page through the chain in order."""
 
     after_sequence: int = Field(default=0, ge=0, description="Entries after this one.")
+    limit: int = Field(default=100, ge=1, le=1000, description="At most this many.")
+
+
+class QuarantinedEventView(Message):
+    """An event audit refused to chain as genuine; everything but ``number`` is unverified."""
+
+    number: int = Field(description="Position in the quarantine, from 1.")
+    id: str = Field(description="Id of the audit.event.quarantined entry that records it.")
+    received_at: AwareDatetime = Field(description="When audit received it, UTC.")
+    event_id: str = Field(description="Event id the envelope claimed.")
+    claimed_type: str = Field(description="Event type the envelope claimed.")
+    claimed_source: str = Field(description="Producer (CloudEvents source) the envelope claimed.")
+    claimed_actor: str | None = Field(description="Actor the envelope claimed.")
+    login: str | None = Field(description="Broker-validated login that published it, if any.")
+    producer: str | None = Field(description="Service that login belongs to, if any.")
+    reason: str = Field(description="Stable reason code, e.g. wrong_producer.")
+    envelope: dict[str, Any] = Field(
+        description="The envelope as received, with secret-looking fields redacted."
+    )
+
+
+class ListQuarantineRequest(RpcRequest):
+    """Page through the quarantine in the order events arrived."""
+
+    after_number: int = Field(
+        default=0, ge=0, le=2**63 - 1, description="Quarantined events after this one."
+    )
     limit: int = Field(default=100, ge=1, le=1000, description="At most this many.")
 
 

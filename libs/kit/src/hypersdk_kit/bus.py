@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 import aio_pika
@@ -25,6 +25,7 @@ from faststream.rabbit import (
     RabbitBroker,
     RabbitExchange,
     RabbitQueue,
+    RabbitResponse,
 )
 from faststream.rabbit.annotations import RabbitMessage
 from faststream.security import BaseSecurity
@@ -33,16 +34,21 @@ from pydantic import BaseModel, ValidationError
 
 from hypersdk_contracts.base import Message
 from hypersdk_contracts.envelope import (
+    CLOUDEVENTS_BATCH_CONTENT_TYPE,
     CLOUDEVENTS_CONTENT_TYPE,
     CloudEvent,
     RequestContext,
+    batch_from_json,
     child_traceparent,
     new_event,
 )
 from hypersdk_contracts.errors import ErrorBody, ErrorCode, ServiceError
 from hypersdk_contracts.events import EventData
 from hypersdk_contracts.names import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, dead_letter_queue
+from hypersdk_contracts.operations import target_of
 from hypersdk_contracts.rpc import RpcReply, RpcRequest
+from hypersdk_kit.ports import EnvelopePublisher
+from hypersdk_kit.ports import EventPublisher as EventPublisher  # noqa: PLC0414 - re-export
 from hypersdk_kit.settings import AmqpTls
 
 logger = logging.getLogger(__name__)
@@ -104,17 +110,7 @@ async def declare_dead_letter_queue(broker: RabbitBroker, queue: str) -> None:
 # ---- publishing events ------------------------------------------------------------------------
 
 
-class EventPublisher(ABC):
-    """Publishes facts to the events exchange."""
-
-    @abstractmethod
-    async def publish(
-        self, data: EventData, *, subject: str | None, context: RequestContext | None
-    ) -> CloudEvent:
-        """Publish one event and return its envelope once the broker confirmed it."""
-
-
-class RabbitEventPublisher(EventPublisher):
+class RabbitEventPublisher(EventPublisher, EnvelopePublisher):
     """Publishes CloudEvents (structured mode) with publisher confirms and persistence.
 
     On a channel of its own on the broker's connection, through aiormq (under aio-pika):
@@ -180,7 +176,22 @@ class RabbitEventPublisher(EventPublisher):
             subject=subject,
             context=context,
         )
-        await channel.basic_publish(
+        if not isinstance(await self._send(channel, event), aiormq.spec.Basic.Ack):
+            raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, "The message bus refused an event.")
+        return event
+
+    async def publish_envelopes(self, events: Sequence[CloudEvent]) -> None:
+        """Publish envelopes built earlier (an outbox's), in order; raise unless all are acked.
+
+        All are written to the channel before any confirm is awaited, in the given order.
+        """
+        channel = await self._ready()
+        confirmations = await asyncio.gather(*(self._send(channel, event) for event in events))
+        if not all(isinstance(c, aiormq.spec.Basic.Ack) for c in confirmations):
+            raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, "The message bus refused an event.")
+
+    async def _send(self, channel: aiormq.Channel, event: CloudEvent) -> object:
+        return await channel.basic_publish(
             event.model_dump_json(by_alias=True, exclude_none=True).encode(),
             exchange=EVENTS_EXCHANGE,
             routing_key=event.routing_key,
@@ -190,6 +201,7 @@ class RabbitEventPublisher(EventPublisher):
                 message_type=event.type,
                 headers=_trace_headers(event),
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
+                user_id=bus_login(self._broker),
             ),
             mandatory=False,
             timeout=self._confirm_timeout_seconds,
@@ -198,7 +210,6 @@ class RabbitEventPublisher(EventPublisher):
             # time and queued thousands of them behind it under load (decision 0018).
             wait=False,
         )
-        return event
 
 
 class InMemoryEventPublisher(EventPublisher):
@@ -256,6 +267,7 @@ async def send_command(
         headers=_trace_headers(event),
         persist=True,
         mandatory=True,
+        user_id=bus_login(broker),
     )
     return event
 
@@ -317,6 +329,22 @@ async def _envelope_or_reject(delivery: Delivery) -> CloudEvent | None:
         return None
 
 
+async def _envelopes_or_reject(delivery: Delivery) -> list[CloudEvent] | None:
+    """The envelopes of a single-event or batch message; dead-letters anything else."""
+    if delivery.content_type != CLOUDEVENTS_BATCH_CONTENT_TYPE:
+        event = await _envelope_or_reject(delivery)
+        return None if event is None else [event]
+    try:
+        return batch_from_json(delivery.body)
+    except ValidationError:
+        logger.warning(
+            "dead-lettering a batch message that is not a non-empty array of envelopes",
+            extra={"message_id": delivery.message_id},
+        )
+        await delivery.reject(requeue=False)
+        return None
+
+
 def _delivery_count(delivery: Delivery) -> int:
     """How often RabbitMQ delivered it before (a quorum queue's ``x-delivery-count``)."""
     return int((delivery.headers or {}).get("x-delivery-count", 0) or 0)
@@ -372,6 +400,10 @@ class Delivery(Protocol):
         """The AMQP message id."""
 
     @property
+    def content_type(self) -> str | None:
+        """The AMQP content type (a batch message's is ``CLOUDEVENTS_BATCH_CONTENT_TYPE``)."""
+
+    @property
     def headers(self) -> Any:
         """The AMQP headers (``x-delivery-count`` on quorum queues)."""
 
@@ -385,20 +417,42 @@ class Delivery(Protocol):
         """Never processable: dead-letter it."""
 
 
+class PublishedDelivery(Delivery, Protocol):
+    """A delivery that names its publisher (aio-pika's incoming message is one)."""
+
+    @property
+    def user_id(self) -> str | None:
+        """The AMQP ``user_id``: RabbitMQ refuses one that is not the publisher's login."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """An envelope as delivered, with the broker-validated login of its publisher (if any)."""
+
+    event: CloudEvent
+    user_id: str | None
+
+
 class EnvelopeBatcher:
     """Hands envelopes to ``handle_batch`` in batches, with the ack policy of envelope_consumer.
 
+    Each envelope comes with the ``user_id`` of the message that carried it (:class:`Received`).
+
     A delivery is added and the consumer moves on; a batch is handled when it reaches
-    ``max_batch`` or ``max_wait_seconds`` after its first envelope, one batch at a time, in
-    delivery order. Each delivery of a batch is acked once the handler returned (its effect is
-    durable); a handler that calls a batch poison is retried envelope by envelope so that only
-    the poison one is dead-lettered; any other failure requeues the whole batch after a backoff
-    (the queue's delivery limit still dead-letters what keeps failing).
+    ``max_batch`` envelopes or ``max_wait_seconds`` after its first, one batch at a time, in
+    delivery order. A delivery holds one envelope, or several in the CloudEvents JSON batch
+    format (all of them go into the same batch; one that is not a non-empty array of
+    envelopes is dead-lettered). Each delivery of a batch is acked once the handler returned
+    (its effect is durable); a handler that calls a batch poison is retried delivery by
+    delivery, and a batch message envelope by envelope, so that only the message with the
+    poison is dead-lettered (whole, after its other envelopes were handled); any other
+    failure requeues the whole batch after a backoff (the queue's delivery limit still
+    dead-letters what keeps failing).
     """
 
     def __init__(
         self,
-        handle_batch: Callable[[list[CloudEvent]], Awaitable[None]],
+        handle_batch: Callable[[list[Received]], Awaitable[None]],
         *,
         max_batch: int,
         max_wait_seconds: float,
@@ -406,18 +460,20 @@ class EnvelopeBatcher:
         self._handle_batch = handle_batch
         self._max_batch = max_batch
         self._max_wait = max_wait_seconds
-        self._pending: list[tuple[Delivery, CloudEvent]] = []
+        self._pending: list[tuple[PublishedDelivery, list[Received]]] = []
+        self._pending_events = 0
         self._flushing = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def add(self, delivery: Delivery) -> None:
+    async def add(self, delivery: PublishedDelivery) -> None:
         """Take a delivery: dead-letter it if it is no envelope, else queue it for a batch."""
-        event = await _envelope_or_reject(delivery)
-        if event is None:
+        events = await _envelopes_or_reject(delivery)
+        if events is None:
             return
-        self._pending.append((delivery, event))
-        if len(self._pending) >= self._max_batch:
+        self._pending.append((delivery, [Received(event, delivery.user_id) for event in events]))
+        self._pending_events += len(events)
+        if self._pending_events >= self._max_batch:
             self._spawn_flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._max_wait, self._spawn_flush)
@@ -433,23 +489,26 @@ class EnvelopeBatcher:
     async def flush(self) -> None:
         """Handle what is pending now (after any batch being handled)."""
         async with self._flushing:
-            batch, self._pending = self._pending, []
+            batch, self._pending, self._pending_events = self._pending, [], 0
             if self._timer is not None:  # set for envelopes this batch now takes
                 self._timer.cancel()
                 self._timer = None
             if batch:
                 await self._deliver(batch)
 
-    async def _deliver(self, batch: list[tuple[Delivery, CloudEvent]]) -> None:
+    async def _deliver(self, batch: list[tuple[PublishedDelivery, list[Received]]]) -> None:
         try:
-            await self._handle_batch([event for _, event in batch])
+            await self._handle_batch([item for _, received in batch for item in received])
         except (PoisonMessageError, ValidationError) as exc:
             if len(batch) > 1:
                 for item in batch:
                     await self._deliver([item])
                 return
-            delivery, event = batch[0]
-            logger.warning("dead-lettering event %s: %s", event.id, type(exc).__name__)
+            delivery, received = batch[0]
+            if len(received) > 1:
+                await self._deliver_alone(delivery, received)
+                return
+            logger.warning("dead-lettering event %s: %s", received[0].event.id, type(exc).__name__)
             await _settle(delivery.reject(requeue=False))
             return
         except Exception:
@@ -466,6 +525,31 @@ class EnvelopeBatcher:
         # the last delivery's tag covers exactly this batch.
         last, _ = batch[-1]
         await _settle(last.ack(multiple=len(batch) > 1))
+
+    async def _deliver_alone(self, delivery: PublishedDelivery, received: list[Received]) -> None:
+        """Handle a batch message's envelopes one by one; dead-letter it if any is poison."""
+        poison = []
+        for item in received:
+            try:
+                await self._handle_batch([item])
+            except (PoisonMessageError, ValidationError):
+                poison.append(item.event.id)
+            except Exception:
+                deliveries = _delivery_count(delivery)
+                logger.exception("a batch message failed (delivery %d); requeueing", deliveries + 1)
+                await _back_off(deliveries)
+                await _settle(delivery.nack(requeue=True))
+                return
+        if poison:
+            logger.warning(
+                "dead-lettering a batch message of %d events, %d poison: %s",
+                len(received),
+                len(poison),
+                ", ".join(poison),
+            )
+            await _settle(delivery.reject(requeue=False))
+            return
+        await _settle(delivery.ack())
 
 
 async def _settle(action: Awaitable[None]) -> None:
@@ -491,7 +575,7 @@ class BatchConsumer:
         self,
         broker: RabbitBroker,
         queue: RabbitQueue,
-        handle_batch: Callable[[list[CloudEvent]], Awaitable[None]],
+        handle_batch: Callable[[list[Received]], Awaitable[None]],
         *,
         exchange: RabbitExchange,
         prefetch: int,
@@ -543,9 +627,14 @@ class Authorizer(Protocol):
     """Checks a request's grant before a use case runs (see ``hypersdk_kit.guard``)."""
 
     async def authorize(
-        self, *, operation: str, context: RequestContext, permissions: frozenset[str]
+        self,
+        *,
+        operation: str,
+        context: RequestContext,
+        permissions: frozenset[str],
+        target: str | None = None,
     ) -> dict[str, Any]:
-        """Claims of a valid grant, or raise ServiceError(forbidden)."""
+        """Claims of a valid grant for this sealed request, or raise ServiceError(forbidden)."""
 
 
 def rpc_responder(
@@ -558,8 +647,9 @@ def rpc_responder(
 ) -> Callable[[RabbitMessage], Awaitable[dict[str, Any]]]:
     """Turn a use case into a request/reply subscriber that always replies.
 
-    With ``permissions``, the request must carry a grant for one of them (checked by
-    ``authorizer``; none configured means refused). Bad requests and domain errors become error
+    With ``permissions``, the request must carry a grant for one of them and the gateway's seal
+    for this operation and its target (checked by ``authorizer``; none configured means
+    refused). Bad requests and domain errors become error
     replies; unexpected errors an ``internal_error`` reply without details (logged here).
     """
 
@@ -574,7 +664,10 @@ def rpc_responder(
                 if authorizer is None:
                     raise ServiceError(ErrorCode.FORBIDDEN, "This service cannot check grants.")
                 await authorizer.authorize(
-                    operation=operation, context=request.context, permissions=permissions
+                    operation=operation,
+                    context=request.context,
+                    permissions=permissions,
+                    target=target_of(operation, request),
                 )
             result = await answer(request)
         except ServiceError as exc:
@@ -613,8 +706,9 @@ def serve_rpc(
         request_model, answer, operation=queue, permissions=permissions, authorizer=authorizer
     )
 
-    async def respond_current() -> dict[str, Any]:
-        return await respond(current_message(broker))
+    async def respond_current() -> RabbitResponse:
+        # The reply carries this connection's login as its broker-validated user_id too.
+        return RabbitResponse(await respond(current_message(broker)), user_id=bus_login(broker))
 
     broker.subscriber(RabbitQueue(queue, durable=True), ack_policy=AckPolicy.ACK)(respond_current)
 
@@ -691,6 +785,7 @@ class RpcClient:
                     correlation_id=correlation_id,
                     reply_to=DIRECT_REPLY_TO,
                     expiration=self._timeout,
+                    user_id=bus_login(self._broker),
                     headers={"traceparent": child_traceparent(request.context.traceparent)},
                 ),
                 routing_key=queue,
@@ -745,3 +840,13 @@ def broker_connection(broker: RabbitBroker) -> aio_pika.abc.AbstractRobustConnec
     if connection is None:
         raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, "The message bus is not connected.")
     return connection  # type: ignore[no-any-return]
+
+
+def bus_login(broker: RabbitBroker) -> str:
+    """The RabbitMQ login of a started broker's connection: the ``user_id`` of what it publishes.
+
+    RabbitMQ refuses a message whose ``user_id`` is not the login of the connection that
+    published it, so a consumer may take ``user_id`` as the producing account.
+    """
+    connection = cast(aio_pika.RobustConnection, broker_connection(broker))
+    return connection.url.user or "guest"  # AMQP's default login

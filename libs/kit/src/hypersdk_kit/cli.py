@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from hypersdk_kit.database import apply_migrations
+from hypersdk_kit.database import ServiceRole, apply_migrations
 from hypersdk_kit.logs import configure_logging
 from hypersdk_kit.runtime import restrict_file_modes
 from hypersdk_kit.settings import DatabaseSettings, ServiceSettings
@@ -57,10 +57,13 @@ class ServiceCli(Generic[SettingsT]):
         if args.command == "migrate":
             assert self.schema is not None
             assert isinstance(settings, DatabaseSettings)
+            service_dsn = settings.database_url.get_secret_value()
+            admin = settings.migration_database_url
             count = await apply_migrations(
-                settings.database_url.get_secret_value(),
+                service_dsn if admin is None else admin.get_secret_value(),
                 schema=self.schema,
                 migrations=self.migrations,
+                owner=None if admin is None else ServiceRole.of_dsn(service_dsn),
             )
             logger.info("applied %d migrations to schema %s", count, self.schema)
         elif args.command in self.extras:

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
 import asyncpg
 
 _LOCK_NAMESPACE = 0x485344  # "HSD": advisory lock key prefix for migrations.
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 async def create_pool(dsn: str, *, size: int) -> asyncpg.Pool:
@@ -16,8 +29,95 @@ async def create_pool(dsn: str, *, size: int) -> asyncpg.Pool:
     return pool
 
 
-async def apply_migrations(dsn: str, *, schema: str, migrations: list[str]) -> int:
+@dataclass(frozen=True)
+class ServiceRole:
+    """The PostgreSQL login role a service connects as; it owns the service's schema only."""
+
+    name: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def of_dsn(cls, dsn: str) -> ServiceRole:
+        """The user and password of a ``postgresql://user:password@host/db`` DSN."""
+        parts = urlsplit(dsn)
+        name = unquote(parts.username or "")
+        if not _ROLE_NAME.match(name):
+            raise ValueError("the database URL's user must be a lower-case SQL identifier")
+        if not parts.password:
+            raise ValueError("the database URL must carry the role's password")
+        return cls(name=name, password=unquote(parts.password))
+
+
+def scram_verifier(password: str, *, iterations: int = 4096) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier of ``password`` (what ``pg_authid`` stores).
+
+    Handing PostgreSQL the verifier rather than the password keeps the password out of its
+    statement logs. ASCII passwords only (SASLprep leaves those unchanged).
+    """
+    if not password.isascii():
+        raise ValueError("role passwords must be ASCII")
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored_key = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+async def _provision_role(conn: asyncpg.Connection, *, schema: str, role: ServiceRole) -> None:
+    """Create or update ``role`` and make it the owner of ``schema`` and everything in it.
+
+    The role can log in and nothing more: no superuser, no role or database creation, no
+    rights on other schemas (each is owned by its own service's role, with no grants), no
+    CREATE on ``public``. Runs on an administrator's connection.
+    """
+    verifier = scram_verifier(role.password)
+    attributes = (
+        "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS "
+        f"PASSWORD '{verifier}'"
+    )
+    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role.name)
+    await conn.execute(f'{"ALTER" if exists else "CREATE"} ROLE "{role.name}" {attributes}')
+    database = await conn.fetchval("SELECT current_database()")
+    await conn.execute(f'REVOKE ALL ON DATABASE "{database}" FROM PUBLIC')
+    await conn.execute(f'GRANT CONNECT ON DATABASE "{database}" TO "{role.name}"')
+    await conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}" AUTHORIZATION "{role.name}"')
+    await conn.execute(f'ALTER SCHEMA "{schema}" OWNER TO "{role.name}"')
+    # Objects an earlier migration created as the administrator pass to the role (a sequence
+    # owned by a column moves with its table).
+    rows = await conn.fetch(
+        """
+        SELECT c.relname, c.relkind FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+          AND pg_get_userbyid(c.relowner) <> $2
+          AND NOT EXISTS (
+            SELECT 1 FROM pg_depend d
+            WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i')
+          )
+        """,
+        schema,
+        role.name,
+    )
+    kinds = {"v": "VIEW", "m": "MATERIALIZED VIEW", "f": "FOREIGN TABLE", "S": "SEQUENCE"}
+    for row in rows:
+        kind = kinds.get(row["relkind"], "TABLE")
+        await conn.execute(f'ALTER {kind} "{schema}"."{row["relname"]}" OWNER TO "{role.name}"')
+
+
+async def apply_migrations(
+    dsn: str, *, schema: str, migrations: list[str], owner: ServiceRole | None = None
+) -> int:
     """Apply the migrations of ``schema`` not applied yet, in order; return how many ran.
+
+    With ``owner``, ``dsn`` is an administrator's connection: the service's role is created
+    (or its password and attributes reset) first, owns the schema, and the migrations run as
+    that role, so everything they create is the role's. Without it, ``dsn`` is the service's
+    own connection, whose role must already own the schema (or may create it).
 
     Each migration runs in its own transaction under an advisory lock, so replicas starting
     together do not race. Migrations are append-only: never edit one that has shipped.
@@ -25,7 +125,11 @@ async def apply_migrations(dsn: str, *, schema: str, migrations: list[str]) -> i
     conn = await asyncpg.connect(dsn)
     applied = 0
     try:
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        if owner is not None:
+            await _provision_role(conn, schema=schema, role=owner)
+            await conn.execute(f'SET ROLE "{owner.name}"')
+        elif not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         await conn.execute(
             f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
             "(version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -50,3 +154,74 @@ async def apply_migrations(dsn: str, *, schema: str, migrations: list[str]) -> i
     finally:
         await conn.close()
     return applied
+
+
+class Database:
+    """A pool whose queries join the transaction open in the current task, if any.
+
+    Stores take a ``Database`` instead of a bare pool, so that a unit of work
+    (``hypersdk_kit.outbox``) can run several stores' writes and its outbox rows in one
+    transaction without passing a connection through every port.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._current: ContextVar[asyncpg.Connection | None] = ContextVar(
+            f"hypersdk_database_{id(self)}", default=None
+        )
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether the current task has a transaction open on this database."""
+        return self._current.get() is not None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """Open a transaction for the current task, or join the one it has open."""
+        current = self._current.get()
+        if current is not None:
+            yield current
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            token = self._current.set(conn)
+            try:
+                yield conn
+            finally:
+                self._current.reset(token)
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """The current transaction's connection, or one from the pool for the block."""
+        current = self._current.get()
+        if current is not None:
+            yield current
+            return
+        async with self.pool.acquire() as conn:
+            yield conn
+
+    def _executor(self) -> asyncpg.Pool | asyncpg.Connection:
+        current = self._current.get()
+        return self.pool if current is None else current
+
+    async def execute(self, query: str, *args: Any) -> str:
+        """Run a statement; its status line."""
+        status: str = await self._executor().execute(query, *args)
+        return status
+
+    async def executemany(self, query: str, args: Iterable[Sequence[Any]]) -> None:
+        """Run a statement once per argument tuple."""
+        await self._executor().executemany(query, args)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """All rows."""
+        rows: list[asyncpg.Record] = await self._executor().fetch(query, *args)
+        return rows
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        """The first row, if any."""
+        row: asyncpg.Record | None = await self._executor().fetchrow(query, *args)
+        return row
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        """The first column of the first row."""
+        return await self._executor().fetchval(query, *args)

@@ -91,3 +91,21 @@ class DatabaseSettings(ServiceSettings):
 
     database_url: SecretStr = Field(description="PostgreSQL DSN of this service's database.")
     database_pool_size: int = Field(default=5, ge=1, le=100, description="Connections kept.")
+    outbox_batch_size: int = Field(
+        default=100, ge=1, le=10000, description="Outbox rows the relay publishes per batch."
+    )
+    outbox_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often the outbox relay looks for rows when no NOTIFY woke it.",
+    )
+    outbox_max_backoff_seconds: float = Field(
+        default=5.0, gt=0, le=300, description="Longest wait between relay retries in an outage."
+    )
+    migration_database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL DSN of an administrator, used by `migrate` only: it creates "
+        "the role of database_url (its user and password) owning only this service's schema. "
+        "Unset: migrate connects with database_url, whose role must already exist.",
+    )

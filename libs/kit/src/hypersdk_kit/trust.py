@@ -1,15 +1,19 @@
 """Signed assertions between services: zero trust on the bus.
 
-Two kinds of short-lived Ed25519-signed assertions travel with requests and commands:
+Three kinds of short-lived Ed25519-signed assertions travel with requests and commands:
 
 - a *principal* assertion, signed by identity when it authenticates a credential: who is
   calling (user, session or API key, key scopes, external roles);
-- a *grant*, signed by policy when it allows a permission to that principal for one request.
+- a *grant*, signed by policy when it allows a permission to that principal, for the
+  operations one API route makes;
+- a *request seal*, signed by the gateway for each request it puts on the bus: request ID,
+  client address, actor, operation and target of exactly that request.
 
-A service acting on a request checks the grant (signature, issuer, expiry, permission, and that
-it names the request's actor and request ID) instead of trusting that the message arrived on the
-bus. The format is compact and dependency-free: ``v1.<base64url(JSON claims)>.<base64url(sig)>``,
-the signature covering ``hsdk-assertion-v1.`` plus the encoded claims.
+A service acting on a request checks them (``hypersdk_kit.guard``: signature, issuer, expiry,
+permission, operation, and that all name the request's actor, and the seal its request ID)
+instead of trusting that the message arrived on the bus. The format is compact and
+dependency-free: ``v1.<base64url(JSON claims)>.<base64url(sig)>``, the signature covering
+``hsdk-assertion-v1.`` plus the encoded claims.
 """
 
 from __future__ import annotations

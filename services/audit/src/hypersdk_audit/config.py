@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from hypersdk_contracts.catalogue import SERVICES
 from hypersdk_kit.settings import DatabaseSettings
 
 
@@ -27,3 +28,19 @@ class AuditSettings(DatabaseSettings):
     policy_public_key_file: Path = Field(
         description="Policy's Ed25519 public key (PEM), to check the grant of every request."
     )
+    gateway_public_key_file: Path = Field(
+        description="The gateway's Ed25519 public key (PEM), to check the request seal of events."
+    )
+    publishers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Broker login -> service (JSON object): who really published each event. "
+        "Events from a login not listed here are quarantined; audit's own login is implied.",
+    )
+
+    @field_validator("publishers")
+    @classmethod
+    def _known_services(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value.values()) - set(SERVICES))
+        if unknown:
+            raise ValueError(f"not services of the platform: {unknown}")
+        return value

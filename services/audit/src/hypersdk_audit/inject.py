@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import unquote, urlsplit
 
 from faststream.rabbit import RabbitBroker
 
 from hypersdk_audit.adapters.inbound.bus import register_consumers
 from hypersdk_audit.adapters.outbound.postgres import PostgresAuditLog
 from hypersdk_audit.config import AuditSettings
+from hypersdk_audit.core.attribution import Attribution
 from hypersdk_audit.core.service import AuditService
 from hypersdk_contracts.events import AuditRequestRejected
 from hypersdk_kit.bus import BatchConsumer, RabbitEventPublisher, build_broker
@@ -32,7 +34,15 @@ async def prepare_audit(
         settings.database_url.get_secret_value(), size=settings.database_pool_size
     )
     try:
-        audit = AuditService(log=PostgresAuditLog(pool))
+        amqp_url = settings.amqp_url.get_secret_value()
+        attribution = Attribution(
+            # Audit's own events come back on its queue under its own login.
+            publishers={**settings.publishers, _login_of(amqp_url): SERVICE},
+            seals=AssertionVerifier(
+                load_public_key(settings.gateway_public_key_file), issuer="gateway"
+            ),
+        )
+        audit = AuditService(log=PostgresAuditLog(pool), attribution=attribution)
         guard = RequestGuard(
             events=RabbitEventPublisher(
                 broker, service=SERVICE, declare_topology=settings.declare_topology
@@ -40,6 +50,9 @@ async def prepare_audit(
             rejected=AuditRequestRejected,
             grants=AssertionVerifier(
                 load_public_key(settings.policy_public_key_file), issuer="policy"
+            ),
+            seals=AssertionVerifier(
+                load_public_key(settings.gateway_public_key_file), issuer="gateway"
             ),
         )
         events = register_consumers(
@@ -54,3 +67,8 @@ async def prepare_audit(
         yield audit, broker, events
     finally:
         await pool.close()
+
+
+def _login_of(amqp_url: str) -> str:
+    """The broker login in an AMQP URL (RabbitMQ's default, guest, when it names none)."""
+    return unquote(urlsplit(amqp_url).username or "guest")

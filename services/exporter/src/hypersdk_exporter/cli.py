@@ -23,7 +23,7 @@ async def seed_demo_lab(settings: ExporterSettings, args: argparse.Namespace) ->
     directory = settings.lab_root / DEMO_DIRECTORY
     for index, name in enumerate(("web-01", "db-01")):
         write_demo_vm(directory, name=name, size_mib=args.size_mib, seed=index)
-    async with prepare_exporter(settings) as (exporter, broker):
+    async with prepare_exporter(settings) as (exporter, broker, _):
         await broker.connect()
         try:
             if not any(p.name == DEMO_PROVIDER for p in await exporter.list_providers()):
@@ -32,7 +32,7 @@ async def seed_demo_lab(settings: ExporterSettings, args: argparse.Namespace) ->
                     type="local",
                     config={"directory": DEMO_DIRECTORY},
                     credential_ref=None,
-                    context=RequestContext(actor="bootstrap"),
+                    context=RequestContext(),  # no request, so no actor: none could be sealed
                 )
         finally:
             await broker.stop()

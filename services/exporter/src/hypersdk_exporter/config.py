@@ -23,6 +23,9 @@ class ExporterSettings(DatabaseSettings):
     policy_public_key_file: Path = Field(
         description="Policy's Ed25519 public key (PEM), to check grants of requests and commands."
     )
+    gateway_public_key_file: Path = Field(
+        description="The gateway's Ed25519 public key (PEM), to check request seals."
+    )
     max_command_age_seconds: int = Field(
         default=86400, ge=60, description="Export commands whose grant is older are refused."
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from faststream.rabbit import RabbitBroker
@@ -11,14 +11,21 @@ from hypersdk_contracts.events import ExporterRequestRejected
 from hypersdk_exporter.adapters.inbound.bus import CommandVerifier, register_rpc, register_worker
 from hypersdk_exporter.adapters.outbound.bus import RabbitJobQueue, RpcCredentialDirectory
 from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver
-from hypersdk_exporter.adapters.outbound.postgres import PostgresJobStore, PostgresProviderStore
+from hypersdk_exporter.adapters.outbound.postgres import (
+    SCHEMA,
+    PostgresJobStore,
+    PostgresProviderStore,
+)
 from hypersdk_exporter.adapters.outbound.qemu_img import QemuImgConverter
 from hypersdk_exporter.config import ExporterSettings
 from hypersdk_exporter.core.service import ExporterService
 from hypersdk_exporter.ports.outbound import DiskConverter
-from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, RpcClient, build_broker
+from hypersdk_kit.bus import RabbitEventPublisher, RpcClient, build_broker
 from hypersdk_kit.database import create_pool
 from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.outbox import build_outbox
+from hypersdk_kit.ports import EnvelopePublisher
+from hypersdk_kit.runtime import Component
 from hypersdk_kit.trust import AssertionVerifier, load_public_key
 
 SERVICE = "exporter"
@@ -29,9 +36,13 @@ async def prepare_exporter(
     settings: ExporterSettings,
     *,
     converter: DiskConverter | None = None,
-    events: EventPublisher | None = None,
-) -> AsyncIterator[tuple[ExporterService, RabbitBroker]]:
-    """The exporter use cases wired to PostgreSQL, qemu-img and the bus (not started yet)."""
+    events: EnvelopePublisher | None = None,
+) -> AsyncIterator[tuple[ExporterService, RabbitBroker, Sequence[Component]]]:
+    """The exporter use cases wired to PostgreSQL, qemu-img and the bus (not started yet).
+
+    Also the components to start with the broker: the relay that publishes the outbox
+    (through ``events`` if given).
+    """
     broker = build_broker(
         settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
     )
@@ -43,22 +54,31 @@ async def prepare_exporter(
         publisher = events or RabbitEventPublisher(
             broker, service=SERVICE, declare_topology=settings.declare_topology
         )
+        outbox = build_outbox(
+            pool, settings=settings, schema=SCHEMA, service=SERVICE, publisher=publisher
+        )
+        uow = outbox.unit_of_work
         grants = AssertionVerifier(
             load_public_key(settings.policy_public_key_file), issuer="policy"
         )
         exporter = ExporterService(
-            providers=PostgresProviderStore(pool),
-            jobs=PostgresJobStore(pool),
+            providers=PostgresProviderStore(outbox.database),
+            jobs=PostgresJobStore(outbox.database),
             drivers={"local": LocalLabDriver(settings.lab_root)},
             converter=converter or QemuImgConverter(settings.qemu_img),
             queue=RabbitJobQueue(broker, declare_queue=settings.declare_topology),
             credentials=RpcCredentialDirectory(
                 RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
             ),
-            events=publisher,
+            uow=uow,
             export_dir=settings.export_dir,
         )
-        guard = RequestGuard(events=publisher, rejected=ExporterRequestRejected, grants=grants)
+        seals = AssertionVerifier(
+            load_public_key(settings.gateway_public_key_file), issuer="gateway"
+        )
+        guard = RequestGuard(
+            events=uow, rejected=ExporterRequestRejected, grants=grants, seals=seals
+        )
         register_rpc(broker, exporter, guard=guard)
         register_worker(
             broker,
@@ -66,11 +86,12 @@ async def prepare_exporter(
             concurrency=settings.job_concurrency,
             verifier=CommandVerifier(
                 verifier=grants,
+                seals=seals,
                 exporter=exporter,
-                events=publisher,
+                events=uow,
                 max_age_seconds=settings.max_command_age_seconds,
             ),
         )
-        yield exporter, broker
+        yield exporter, broker, [outbox.relay]
     finally:
         await pool.close()

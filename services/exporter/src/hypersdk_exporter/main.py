@@ -11,7 +11,7 @@ from hypersdk_kit.runtime import serve_until_stopped
 
 async def serve(settings: ExporterSettings) -> None:
     """Answer questions and run export jobs until stopped."""
-    async with prepare_exporter(settings) as (_, broker):
+    async with prepare_exporter(settings) as (_, broker, components):
         await broker.connect()
         if settings.declare_topology:
             await declare_dead_letter_queue(broker, EXPORT_JOBS_QUEUE)
@@ -20,4 +20,5 @@ async def serve(settings: ExporterSettings) -> None:
             service=SERVICE,
             health_host=settings.health_host,
             health_port=settings.health_port,
+            components=components,
         )

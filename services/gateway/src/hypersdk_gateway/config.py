@@ -15,6 +15,16 @@ class GatewaySettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="HYPERSDK_GATEWAY_", extra="ignore")
 
+    signing_key_file: Path = Field(
+        description="Ed25519 private key (PEM, 0600) that seals each request put on the bus."
+    )
+    seal_ttl_seconds: int = Field(
+        default=30,
+        ge=5,
+        le=300,
+        description="Lifetime of a request seal: longer than a request may wait in a queue "
+        "(rpc_timeout_seconds); services remember each seal this long to refuse replays.",
+    )
     host: str = Field(default="127.0.0.1", description="Listen address.")
     port: int = Field(default=8080, ge=0, le=65535, description="Listen port.")
     tls_cert_file: Path | None = Field(default=None, description="PEM certificate (enables TLS).")
@@ -104,6 +114,20 @@ class GatewaySettings(ServiceSettings):
         ge=1,
         description="Most open connections from one client address (socket peer); further "
         "ones are closed at once. Trusted proxies are not capped.",
+    )
+    event_batch_size: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        description="Most gateway.request.completed events published together in one message "
+        "(CloudEvents JSON batch format, one confirm); 1 publishes each event alone.",
+    )
+    event_batch_wait_seconds: float = Field(
+        default=0.005,
+        ge=0,
+        le=1,
+        description="While a batch of events awaits its confirm, how long newer events are "
+        "collected at most before they go out in a batch of their own.",
     )
     credential_cache_entries: int = Field(
         default=10_000, ge=1, description="Most credentials cached at once (oldest dropped)."

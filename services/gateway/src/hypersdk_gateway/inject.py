@@ -26,8 +26,11 @@ from hypersdk_gateway.adapters.outbound.rabbit import RabbitBackend
 from hypersdk_gateway.config import GatewaySettings
 from hypersdk_gateway.core.credentials import CredentialCache, InvalidatingBackend
 from hypersdk_gateway.core.limits import TokenBuckets
+from hypersdk_gateway.core.seals import SEAL_ISSUER, SealingBackend
 from hypersdk_gateway.ports.outbound import Backend
-from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, RpcClient, build_broker
+from hypersdk_kit.bus import EventPublisher, RpcClient, build_broker
+from hypersdk_kit.event_batches import BatchingEventPublisher, RabbitEventBatchSender
+from hypersdk_kit.trust import AssertionSigner, load_private_key
 
 SERVICE = "gateway"
 
@@ -39,16 +42,18 @@ def build_chain(
     events: EventPublisher,
     ready: Callable[[], Awaitable[bool]],
     cache: CredentialCache,
+    seals: AssertionSigner,
     extend: ExtendApi | None = None,
     refusals: RefusalSummary | None = None,
 ) -> ASGIApp:
     """The API wrapped in its layers; the first layer listed here runs first.
 
+    Every request put on the bus is sealed with ``seals`` (the gateway's key) for its queue.
     ``extend`` may add routes to the API before it is wrapped (the benchmark adds one).
     ``refusals`` summarises refused floods (its owner closes it); by default one of its own.
     """
     refusals = refusals or RefusalSummary(events, window_seconds=settings.refusal_summary_seconds)
-    backend = InvalidatingBackend(backend, cache)
+    backend = InvalidatingBackend(SealingBackend(backend, seals), cache)
     api = build_api(backend, cache=cache, ready=ready, extend=extend)
     body_limits = {f"{API_PREFIX}/exports": settings.max_export_body_bytes, **settings.body_limits}
     app: ASGIApp = SizeLimitLayer(
@@ -99,6 +104,11 @@ async def prepare_gateway(
 
     ``events`` replaces the publisher of events (the benchmark measures the chain without them).
     """
+    seals = AssertionSigner(
+        load_private_key(settings.signing_key_file),
+        issuer=SEAL_ISSUER,
+        ttl_seconds=settings.seal_ttl_seconds,
+    )
     broker = build_broker(
         settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
     )
@@ -107,6 +117,12 @@ async def prepare_gateway(
         max_entries=settings.credential_cache_entries,
     )
     feed = RevocationFeed(broker, cache)
+    batches = BatchingEventPublisher(
+        RabbitEventBatchSender(broker, service=SERVICE, declare_topology=settings.declare_topology),
+        service=SERVICE,
+        max_batch=settings.event_batch_size,
+        max_wait_seconds=settings.event_batch_wait_seconds,
+    )
     await broker.start()
     try:
         if settings.credential_cache_seconds > 0:
@@ -115,9 +131,7 @@ async def prepare_gateway(
         async def ready() -> bool:
             return await broker.ping(timeout=1.0)
 
-        events = events or RabbitEventPublisher(
-            broker, service=SERVICE, declare_topology=settings.declare_topology
-        )
+        events = events or batches
         refusals = RefusalSummary(events, window_seconds=settings.refusal_summary_seconds)
         app = build_chain(
             settings,
@@ -125,6 +139,7 @@ async def prepare_gateway(
             events=events,
             ready=ready,
             cache=cache,
+            seals=seals,
             extend=extend,
             refusals=refusals,
         )
@@ -133,5 +148,6 @@ async def prepare_gateway(
         finally:
             await refusals.close()
     finally:
+        await batches.close()  # every collected event published and confirmed first
         await feed.stop()
         await broker.stop()

@@ -22,7 +22,7 @@ async def bootstrap_admin(settings: IdentitySettings, args: argparse.Namespace) 
     password = os.environ.get("HYPERSDK_BOOTSTRAP_ADMIN_PASSWORD", "")
     if not password:
         raise SystemExit("HYPERSDK_BOOTSTRAP_ADMIN_PASSWORD is not set")
-    async with prepare_identity(settings) as (identity, broker):
+    async with prepare_identity(settings) as (identity, broker, _):
         await broker.connect()
         try:
             created = await identity.ensure_user(

@@ -23,6 +23,9 @@ class IdentitySettings(DatabaseSettings):
     policy_public_key_file: Path = Field(
         description="Policy's Ed25519 public key (PEM), to check grants."
     )
+    gateway_public_key_file: Path = Field(
+        description="The gateway's Ed25519 public key (PEM), to check request seals."
+    )
     assertion_ttl_seconds: int = Field(
         default=60, ge=5, le=600, description="Lifetime of a principal assertion."
     )
@@ -32,7 +35,17 @@ class IdentitySettings(DatabaseSettings):
 
     bcrypt_cost: int = Field(default=12, ge=12, le=16, description="bcrypt work factor.")
     bcrypt_workers: int | None = Field(
-        default=None, ge=1, le=64, description="bcrypt threads; default one per core but one."
+        default=None,
+        ge=1,
+        le=64,
+        description="bcrypt threads; default one per usable core (CPU affinity) but one.",
+    )
+    bcrypt_queue: int | None = Field(
+        default=None,
+        ge=0,
+        le=1024,
+        description="Checks that may wait for a bcrypt thread; beyond, 503 service_busy at "
+        "once. Default 4 per thread.",
     )
     session_idle_seconds: int = Field(default=1800, ge=60, description="Inactivity timeout.")
     session_lifetime_seconds: int = Field(default=43200, ge=300, description="Absolute lifetime.")

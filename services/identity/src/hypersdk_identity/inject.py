@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -16,6 +16,7 @@ from hypersdk_identity.adapters.outbound.bus import RpcPermissionDirectory
 from hypersdk_identity.adapters.outbound.common_passwords import ZxcvbnPasswordBlocklist
 from hypersdk_identity.adapters.outbound.linux import NssAccountDirectory, PythonPamAuthenticator
 from hypersdk_identity.adapters.outbound.postgres import (
+    SCHEMA,
     PostgresApiKeyStore,
     PostgresSessionStore,
     PostgresThrottleStore,
@@ -27,9 +28,12 @@ from hypersdk_identity.core.pam import PamSupport
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
 from hypersdk_identity.core.throttle import LoginThrottle, ThrottleRule
 from hypersdk_identity.ports.outbound import ThrottleStore
-from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, RpcClient, build_broker
+from hypersdk_kit.bus import RabbitEventPublisher, RpcClient, build_broker
 from hypersdk_kit.database import create_pool
 from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.outbox import build_outbox
+from hypersdk_kit.ports import EnvelopePublisher, UnitOfWork
+from hypersdk_kit.runtime import Component
 from hypersdk_kit.trust import (
     AssertionSigner,
     AssertionVerifier,
@@ -42,9 +46,13 @@ SERVICE = "identity"
 
 @asynccontextmanager
 async def prepare_identity(
-    settings: IdentitySettings, *, events: EventPublisher | None = None
-) -> AsyncIterator[tuple[IdentityService, RabbitBroker]]:
-    """The identity use cases wired to PostgreSQL and the bus (broker not started yet)."""
+    settings: IdentitySettings, *, events: EnvelopePublisher | None = None
+) -> AsyncIterator[tuple[IdentityService, RabbitBroker, Sequence[Component]]]:
+    """The identity use cases wired to PostgreSQL and the bus (broker not started yet).
+
+    Also the components to start with the broker: the outbox relay (publishing through
+    ``events`` if given).
+    """
     broker = build_broker(
         settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
     )
@@ -52,12 +60,18 @@ async def prepare_identity(
         settings.database_url.get_secret_value(), size=settings.database_pool_size
     )
     try:
-        hasher = BcryptPasswordHasher(cost=settings.bcrypt_cost, workers=settings.bcrypt_workers)
+        hasher = BcryptPasswordHasher(
+            cost=settings.bcrypt_cost, workers=settings.bcrypt_workers, queue=settings.bcrypt_queue
+        )
         publisher = events or RabbitEventPublisher(
             broker, service=SERVICE, declare_topology=settings.declare_topology
         )
-        users = PostgresUserStore(pool)
-        api_key_store = PostgresApiKeyStore(pool)
+        outbox = build_outbox(
+            pool, settings=settings, schema=SCHEMA, service=SERVICE, publisher=publisher
+        )
+        uow, database = outbox.unit_of_work, outbox.database
+        users = PostgresUserStore(database)
+        api_key_store = PostgresApiKeyStore(database)
         pam = PamSupport(
             authenticator=PythonPamAuthenticator(service=settings.pam_service),
             directory=NssAccountDirectory(),
@@ -67,10 +81,10 @@ async def prepare_identity(
         )
         identity = IdentityService(
             users=users,
-            sessions=PostgresSessionStore(pool),
+            sessions=PostgresSessionStore(database),
             hasher=hasher,
-            events=publisher,
-            throttle=build_throttle(settings, store=PostgresThrottleStore(pool), events=publisher),
+            uow=uow,
+            throttle=build_throttle(settings, store=PostgresThrottleStore(database), uow=uow),
             blocklist=ZxcvbnPasswordBlocklist(),
             pam=pam,
             api_keys=api_key_store,
@@ -89,7 +103,7 @@ async def prepare_identity(
             ttl_seconds=settings.assertion_ttl_seconds,
         )
         guard = RequestGuard(
-            events=publisher,
+            events=uow,
             rejected=IdentityRequestRejected,
             grants=AssertionVerifier(
                 load_public_key(settings.policy_public_key_file), issuer="policy"
@@ -97,11 +111,14 @@ async def prepare_identity(
             # Its own assertions: a caller may list and revoke only its own sessions, and a
             # key issuing a key is held to the scopes its assertion names.
             principals=AssertionVerifier(signing_key.public_key(), issuer=SERVICE),
+            seals=AssertionVerifier(
+                load_public_key(settings.gateway_public_key_file), issuer="gateway"
+            ),
         )
         api_keys = ApiKeyService(
             keys=api_key_store,
             users=users,
-            events=publisher,
+            uow=uow,
             # Scopes of a new key are checked against policy here (zero trust), not trusted.
             permissions=RpcPermissionDirectory(
                 RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
@@ -109,13 +126,13 @@ async def prepare_identity(
             pam=pam,
         )
         register_rpc(broker, identity, signer=signer, guard=guard, api_keys=api_keys)
-        yield identity, broker
+        yield identity, broker, [outbox.relay]
     finally:
         await pool.close()
 
 
 def build_throttle(
-    settings: IdentitySettings, *, store: ThrottleStore, events: EventPublisher
+    settings: IdentitySettings, *, store: ThrottleStore, uow: UnitOfWork
 ) -> LoginThrottle:
     """The login throttle the settings describe."""
     address_rule = None
@@ -136,6 +153,6 @@ def build_throttle(
             delay_max_seconds=settings.login_delay_max_seconds,
         ),
         address_rule=address_rule,
-        events=events,
+        uow=uow,
         clock=lambda: datetime.now(UTC),
     )

@@ -40,7 +40,7 @@ async def sweep_periodically(identity: IdentityService, *, interval_seconds: flo
 
 async def serve(settings: IdentitySettings) -> None:
     """Answer identity requests until stopped."""
-    async with prepare_identity(settings) as (identity, broker):
+    async with prepare_identity(settings) as (identity, broker, components):
         sweeper = asyncio.create_task(
             sweep_periodically(identity, interval_seconds=settings.sweep_interval_seconds)
         )
@@ -50,6 +50,7 @@ async def serve(settings: IdentitySettings) -> None:
                 service=SERVICE,
                 health_host=settings.health_host,
                 health_port=settings.health_port,
+                components=components,
             )
         finally:
             sweeper.cancel()

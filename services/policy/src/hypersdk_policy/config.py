@@ -22,4 +22,7 @@ class PolicySettings(DatabaseSettings):
     identity_public_key_file: Path = Field(
         description="Identity's Ed25519 public key (PEM), to check principal assertions."
     )
+    gateway_public_key_file: Path = Field(
+        description="The gateway's Ed25519 public key (PEM), to check request seals."
+    )
     grant_ttl_seconds: int = Field(default=60, ge=5, le=600, description="Lifetime of a grant.")

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from faststream.rabbit import RabbitBroker
 
 from hypersdk_contracts.events import PolicyRequestRejected
-from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, build_broker
+from hypersdk_kit.bus import RabbitEventPublisher, build_broker
 from hypersdk_kit.database import create_pool
 from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.outbox import build_outbox
+from hypersdk_kit.ports import EnvelopePublisher
+from hypersdk_kit.runtime import Component
 from hypersdk_kit.trust import (
     AssertionSigner,
     AssertionVerifier,
     load_private_key,
     load_public_key,
 )
+from hypersdk_policy.adapters.inbound.bus import register_subscribers
 from hypersdk_policy.adapters.inbound.rpc import register_rpc
-from hypersdk_policy.adapters.outbound.postgres import PostgresRoleStore
+from hypersdk_policy.adapters.outbound.postgres import SCHEMA, PostgresRoleStore
 from hypersdk_policy.config import PolicySettings
 from hypersdk_policy.core.service import PolicyService
 
@@ -27,9 +31,13 @@ SERVICE = "policy"
 
 @asynccontextmanager
 async def prepare_policy(
-    settings: PolicySettings, *, events: EventPublisher | None = None
-) -> AsyncIterator[tuple[PolicyService, RabbitBroker]]:
-    """The policy use cases wired to PostgreSQL and the bus (broker not started yet)."""
+    settings: PolicySettings, *, events: EnvelopePublisher | None = None
+) -> AsyncIterator[tuple[PolicyService, RabbitBroker, Sequence[Component]]]:
+    """The policy use cases wired to PostgreSQL and the bus (broker not started yet).
+
+    Also the components to start with the broker: the outbox relay (publishing through
+    ``events`` if given).
+    """
     broker = build_broker(
         settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
     )
@@ -40,20 +48,27 @@ async def prepare_policy(
         publisher = events or RabbitEventPublisher(
             broker, service=SERVICE, declare_topology=settings.declare_topology
         )
-        policy = PolicyService(roles=PostgresRoleStore(pool), events=publisher)
+        outbox = build_outbox(
+            pool, settings=settings, schema=SCHEMA, service=SERVICE, publisher=publisher
+        )
+        policy = PolicyService(roles=PostgresRoleStore(outbox.database), uow=outbox.unit_of_work)
         signing_key = load_private_key(settings.signing_key_file)
         guard = RequestGuard(
-            events=publisher,
+            events=outbox.unit_of_work,
             rejected=PolicyRequestRejected,
             grants=AssertionVerifier(signing_key.public_key(), issuer=SERVICE),
             principals=AssertionVerifier(
                 load_public_key(settings.identity_public_key_file), issuer="identity"
+            ),
+            seals=AssertionVerifier(
+                load_public_key(settings.gateway_public_key_file), issuer="gateway"
             ),
         )
         signer = AssertionSigner(
             signing_key, issuer=SERVICE, ttl_seconds=settings.grant_ttl_seconds
         )
         register_rpc(broker, policy, guard=guard, signer=signer)
-        yield policy, broker
+        register_subscribers(broker, policy, declare_topology=settings.declare_topology)
+        yield policy, broker, [outbox.relay]
     finally:
         await pool.close()

@@ -22,3 +22,6 @@ class SecretsSettings(ServiceSettings):
     policy_public_key_file: Path = Field(
         description="Policy's Ed25519 public key (PEM), to check the grant of every request."
     )
+    gateway_public_key_file: Path = Field(
+        description="The gateway's Ed25519 public key (PEM), to check request seals."
+    )

@@ -49,6 +49,9 @@ async def prepare_secrets(
         events=publisher,
         rejected=SecretsRequestRejected,
         grants=AssertionVerifier(load_public_key(settings.policy_public_key_file), issuer="policy"),
+        seals=AssertionVerifier(
+            load_public_key(settings.gateway_public_key_file), issuer="gateway"
+        ),
     )
     register_rpc(broker, secrets, guard=guard)
     yield secrets, broker

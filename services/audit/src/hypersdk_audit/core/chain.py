@@ -3,13 +3,17 @@
 Each entry's hash is SHA-256 over the RFC 8785 (JCS) canonical JSON of its fields, which
 include its sequence number and the previous entry's hash. Anyone holding the entries can
 recompute the chain; a changed, removed, inserted or reordered entry breaks it at a known place.
+
+The producing service and audit's receive time are hashed when the entry has them; entries
+recorded before audit attributed events have neither and keep their original hash
+(decision 0030).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import rfc8785
@@ -29,6 +33,14 @@ class EntryFields:
     result: str
     source_ip: str | None
     request_id: str | None
+    producer: str | None = field(default=None, kw_only=True)
+    """The service that published the event, known from its broker login."""
+    received_at: datetime | None = field(default=None, kw_only=True)
+    """When audit received the event (``timestamp`` is the producer's own clock)."""
+
+
+_ATTRIBUTION = ("producer", "received_at")
+"""Fields hashed only when set: entries older than attribution have neither."""
 
 
 @dataclass(frozen=True)
@@ -50,9 +62,11 @@ def entry_hash(fields: EntryFields, *, sequence: int, prev_hash: str) -> str:
     document = {
         key: value
         for key, value in asdict(fields).items()
-        if key in EntryFields.__dataclass_fields__
+        if key in EntryFields.__dataclass_fields__ and not (key in _ATTRIBUTION and value is None)
     }
     document["timestamp"] = format_timestamp(fields.timestamp)
+    if fields.received_at is not None:
+        document["received_at"] = format_timestamp(fields.received_at)
     document["sequence"] = sequence
     document["prev_hash"] = prev_hash
     return hashlib.sha256(rfc8785.dumps(document)).hexdigest()

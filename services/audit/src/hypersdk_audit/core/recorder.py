@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import ValidationError
 
 from hypersdk_audit.core.chain import EntryFields
@@ -10,11 +12,14 @@ from hypersdk_contracts.events import EVENT_TYPES, RequestCompleted
 from hypersdk_kit.bus import PoisonMessageError
 
 
-def entry_fields(event: CloudEvent) -> EntryFields:
-    """The audit entry an event stands for.
+def entry_fields(
+    event: CloudEvent, *, producer: str | None = None, received_at: datetime | None = None
+) -> EntryFields:
+    """The audit entry an event (attributed to ``producer``) stands for.
 
     A known event type with a payload that does not match its contract is poison (it goes to
-    the dead-letter queue); an event type this version does not know is recorded as-is.
+    the dead-letter queue); an event type this version does not know is recorded as-is (audit
+    quarantines such events before they get here).
     """
     data_type = EVENT_TYPES.get(event.routing_key)
     action = event.routing_key
@@ -38,4 +43,6 @@ def entry_fields(event: CloudEvent) -> EntryFields:
         result=result,
         source_ip=event.source_ip,
         request_id=event.request_id,
+        producer=producer,
+        received_at=received_at,
     )

@@ -6,17 +6,21 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 
 from hypersdk_audit.core.chain import ChainedEntry, EntryFields
+from hypersdk_audit.core.quarantine import QuarantinedEvent
 
 
 class AuditLog(ABC):
-    """An append-only, hash-chained log."""
+    """An append-only, hash-chained log, and the quarantine of events it refused."""
 
     @abstractmethod
-    async def append_batch(self, batch: Sequence[EntryFields]) -> list[ChainedEntry]:
-        """Chain and store entries durably, in order, in one step; all or none.
+    async def append_batch(
+        self, batch: Sequence[EntryFields], *, quarantine: Sequence[QuarantinedEvent] = ()
+    ) -> list[ChainedEntry]:
+        """Chain and store entries durably, in order, and keep ``quarantine``; all or none.
 
-        An entry whose event id is already recorded (or earlier in the batch) is skipped; the
-        entries returned are the ones added.
+        An entry whose event id is already recorded (or earlier in the batch) is skipped, and
+        so is a quarantine record whose id is already kept; the entries returned are the ones
+        added.
         """
 
     async def append(self, fields: EntryFields) -> ChainedEntry | None:
@@ -31,3 +35,7 @@ class AuditLog(ABC):
     @abstractmethod
     def walk(self) -> AsyncIterator[ChainedEntry]:
         """Every entry in sequence order."""
+
+    @abstractmethod
+    async def quarantined(self, *, after_number: int, limit: int) -> list[QuarantinedEvent]:
+        """Quarantined events after a number, in the order they were kept."""

@@ -36,7 +36,7 @@ from hypersdk_exporter.ports.outbound import (
     ProviderDriver,
     ProviderStore,
 )
-from hypersdk_kit.bus import EventPublisher
+from hypersdk_kit.ports import UnitOfWork
 
 logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
@@ -73,7 +73,7 @@ class ExporterService:
         converter: DiskConverter,
         queue: JobQueue,
         credentials: CredentialDirectory,
-        events: EventPublisher,
+        uow: UnitOfWork,
         export_dir: Path,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -83,7 +83,7 @@ class ExporterService:
         self._converter = converter
         self._queue = queue
         self._credentials = credentials
-        self._events = events
+        self._uow = uow
         self._export_dir = export_dir
         self._clock = clock
 
@@ -117,14 +117,15 @@ class ExporterService:
             created_at=self._clock(),
         )
         try:
-            await self._providers.add(provider)
+            async with self._uow.transaction():
+                await self._providers.add(provider)
+                await self._uow.record(
+                    ProviderRegistered(name=name, type=type, credential_ref=credential_ref),
+                    subject=f"provider/{name}",
+                    context=context,
+                )
         except ProviderStore.ProviderExistsError as exc:
             raise ServiceError(ErrorCode.CONFLICT, "A provider with that name exists.") from exc
-        await self._events.publish(
-            ProviderRegistered(name=name, type=type, credential_ref=credential_ref),
-            subject=f"provider/{name}",
-            context=context,
-        )
         return provider
 
     async def get_provider(self, name: str) -> Provider:
@@ -140,11 +141,12 @@ class ExporterService:
 
     async def remove_provider(self, name: str, context: RequestContext) -> None:
         """Unregister a provider."""
-        if not await self._providers.remove(name):
-            raise ServiceError(ErrorCode.NOT_FOUND, "No provider of that name.")
-        await self._events.publish(
-            ProviderRemoved(name=name), subject=f"provider/{name}", context=context
-        )
+        async with self._uow.transaction():
+            if not await self._providers.remove(name):
+                raise ServiceError(ErrorCode.NOT_FOUND, "No provider of that name.")
+            await self._uow.record(
+                ProviderRemoved(name=name), subject=f"provider/{name}", context=context
+            )
 
     # ---- inventory ------------------------------------------------------------------------
 
@@ -179,7 +181,11 @@ class ExporterService:
     async def create_export(
         self, *, provider: str, vm: str, format: DiskFormat, context: RequestContext
     ) -> Job:
-        """Record a queued job and hand it to the workers."""
+        """Record a queued job (and its event), then hand it to the workers.
+
+        The job is committed before its command is sent, so a worker never receives a command
+        for a job it cannot see yet; a command that cannot be sent fails the job (and says so).
+        """
         await self.find_vm(provider, vm)
         now = self._clock()
         job = Job(
@@ -193,7 +199,13 @@ class ExporterService:
             created_at=now,
             updated_at=now,
         )
-        await self._jobs.add(job)
+        async with self._uow.transaction():
+            await self._jobs.add(job)
+            await self._uow.record(
+                JobRequested(job_id=job.id, provider=provider, vm=vm, format=format.value),
+                subject=f"job/{job.id}",
+                context=context,
+            )
         command = VmExportRequested(
             job_id=job.id,
             provider=provider,
@@ -204,13 +216,8 @@ class ExporterService:
         try:
             await self._queue.enqueue(command, context)
         except Exception:
-            await self._jobs.update(job.id, status=JobStatus.FAILED, error="enqueue_failed")
+            await self._fail(job.id, "enqueue_failed", context)
             raise
-        await self._events.publish(
-            JobRequested(job_id=job.id, provider=provider, vm=vm, format=format.value),
-            subject=f"job/{job.id}",
-            context=context,
-        )
         return job
 
     async def get_job(self, job_id: str) -> Job:
@@ -237,30 +244,34 @@ class ExporterService:
         if job.status in TERMINAL:
             return job
         job_dir = self._export_dir / job.id
-        await self._jobs.update(job.id, status=JobStatus.RUNNING, progress=0)
-        await self._events.publish(
-            JobStarted(job_id=job.id), subject=f"job/{job.id}", context=context
-        )
+        async with self._uow.transaction():
+            await self._jobs.update(job.id, status=JobStatus.RUNNING, progress=0)
+            await self._uow.record(
+                JobStarted(job_id=job.id), subject=f"job/{job.id}", context=context
+            )
         try:
             artifacts = await self._export(job, job_dir, context)
         except ExportFailedError as exc:
             shutil.rmtree(job_dir, ignore_errors=True)
-            failed = await self._jobs.update(job.id, status=JobStatus.FAILED, error=exc.reason)
-            await self._events.publish(
-                JobFailed(job_id=job.id, reason=exc.reason),
+            return await self._fail(job.id, exc.reason, context)
+        async with self._uow.transaction():
+            done = await self._jobs.update(
+                job.id, status=JobStatus.SUCCEEDED, progress=100, artifacts=artifacts
+            )
+            await self._uow.record(
+                JobCompleted(job_id=job.id, artifacts=artifacts),
                 subject=f"job/{job.id}",
                 context=context,
             )
-            return failed
-        done = await self._jobs.update(
-            job.id, status=JobStatus.SUCCEEDED, progress=100, artifacts=artifacts
-        )
-        await self._events.publish(
-            JobCompleted(job_id=job.id, artifacts=artifacts),
-            subject=f"job/{job.id}",
-            context=context,
-        )
         return done
+
+    async def _fail(self, job_id: str, reason: str, context: RequestContext) -> Job:
+        async with self._uow.transaction():
+            failed = await self._jobs.update(job_id, status=JobStatus.FAILED, error=reason)
+            await self._uow.record(
+                JobFailed(job_id=job_id, reason=reason), subject=f"job/{job_id}", context=context
+            )
+        return failed
 
     async def _export(self, job: Job, job_dir: Path, context: RequestContext) -> list[Artifact]:
         try:
@@ -278,12 +289,13 @@ class ExporterService:
                 overall = (index * 100 + percent) // len(vm.disks)
                 if reported + PROGRESS_STEP <= overall < DONE:
                     reported = overall - overall % PROGRESS_STEP
-                    await self._jobs.update(job.id, progress=reported)
-                    await self._events.publish(
-                        JobProgressed(job_id=job.id, progress=reported),
-                        subject=f"job/{job.id}",
-                        context=context,
-                    )
+                    async with self._uow.transaction():
+                        await self._jobs.update(job.id, progress=reported)
+                        await self._uow.record(
+                            JobProgressed(job_id=job.id, progress=reported),
+                            subject=f"job/{job.id}",
+                            context=context,
+                        )
 
             name = f"{vm.name}-{Path(disk.name).stem}.{FILE_EXTENSIONS[job.format]}"
             target = job_dir / name

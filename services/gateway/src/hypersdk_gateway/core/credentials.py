@@ -41,7 +41,8 @@ class _Entry:
     expires_at: float
     refresh_at: float
     refreshing: bool = False
-    grants: dict[str, tuple[str, float]] = field(default_factory=dict)  # grant, obtained at
+    # "permission METHOD route" -> grant, obtained at (a grant names one route's operations)
+    grants: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 def _same_principal(one: Principal, other: Principal) -> bool:
@@ -52,7 +53,7 @@ def _same_principal(one: Principal, other: Principal) -> bool:
 
 
 class CredentialCache:
-    """Principals by credential, each with the grants policy signed for it.
+    """Principals by credential, each with the grants policy signed for it, per route.
 
     ``generation`` changes on every invalidation; a lookup that went to identity or policy
     stores its answer only if no invalidation happened meanwhile (``remember_*`` take the
@@ -157,8 +158,8 @@ class CredentialCache:
         previous = self._entry(key)
         if previous is not None and _same_principal(previous.principal, principal):
             entry.grants = {
-                permission: (grant, obtained_at)
-                for permission, (grant, obtained_at) in previous.grants.items()
+                grant_key: (grant, obtained_at)
+                for grant_key, (grant, obtained_at) in previous.grants.items()
                 if now - obtained_at < GRANT_REUSE_SECONDS
             }
         self._entries[key] = entry
@@ -171,23 +172,23 @@ class CredentialCache:
         if generation == self.generation:
             self._entries.pop(key, None)
 
-    def grant(self, key: bytes, permission: str) -> str | None:
-        """A grant policy signed for this credential and permission, if still fresh."""
+    def grant(self, key: bytes, grant_key: str) -> str | None:
+        """A grant policy signed for this credential, permission and route, if still fresh."""
         entry = self._entry(key)
-        if entry is None or permission not in entry.grants:
+        if entry is None or grant_key not in entry.grants:
             return None
-        grant, obtained_at = entry.grants[permission]
+        grant, obtained_at = entry.grants[grant_key]
         if self._clock() - obtained_at >= GRANT_REUSE_SECONDS:
             return None
         return grant
 
-    def remember_grant(self, key: bytes, permission: str, grant: str, *, generation: int) -> None:
+    def remember_grant(self, key: bytes, grant_key: str, grant: str, *, generation: int) -> None:
         """Keep a grant with its credential's entry (it lives no longer than the entry)."""
         if generation != self.generation:
             return
         entry = self._entry(key)
         if entry is not None:
-            entry.grants[permission] = (grant, self._clock())
+            entry.grants[grant_key] = (grant, self._clock())
 
 
 REVOKING_QUEUES = frozenset(

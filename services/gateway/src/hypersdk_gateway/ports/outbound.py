@@ -1,11 +1,12 @@
-"""Outbound port of the gateway."""
+"""Outbound ports of the gateway."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Literal
 
-from hypersdk_contracts.rpc import RpcRequest
+from hypersdk_contracts.envelope import RequestContext
+from hypersdk_contracts.rpc import RpcRequest, UserView
 
 
 class Backend(ABC):
@@ -14,3 +15,54 @@ class Backend(ABC):
     @abstractmethod
     async def ask(self, queue: str, request: RpcRequest) -> Any:
         """The JSON result of the request sent to ``queue``."""
+
+
+class UserAccounts(ABC):
+    """Identity's user accounts, as the gateway's user workflows drive them.
+
+    Every method raises ServiceError with identity's error code.
+    """
+
+    @abstractmethod
+    async def create(
+        self,
+        *,
+        username: str,
+        password: str | None,
+        source: Literal["local", "pam"],
+        context: RequestContext,
+    ) -> UserView:
+        """Create a local or PAM user."""
+
+    @abstractmethod
+    async def get(self, username: str, context: RequestContext) -> UserView:
+        """One user."""
+
+    @abstractmethod
+    async def set_disabled(
+        self, username: str, *, disabled: bool, context: RequestContext
+    ) -> UserView:
+        """Disable (ending sessions, revoking keys) or enable a user."""
+
+    @abstractmethod
+    async def delete(self, username: str, context: RequestContext) -> None:
+        """Delete a user with their sessions and API keys."""
+
+    @abstractmethod
+    async def end_sessions(self, username: str, context: RequestContext) -> None:
+        """End every session of a user whose roles changed."""
+
+
+class RoleAssignments(ABC):
+    """Policy's role assignments, as the gateway's user workflows drive them.
+
+    Every method raises ServiceError with policy's error code.
+    """
+
+    @abstractmethod
+    async def roles_of(self, username: str, context: RequestContext) -> list[str]:
+        """Roles a user holds, sorted."""
+
+    @abstractmethod
+    async def assign(self, username: str, roles: list[str], context: RequestContext) -> list[str]:
+        """Replace a user's roles; the roles now held."""

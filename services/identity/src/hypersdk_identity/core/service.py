@@ -50,7 +50,7 @@ from hypersdk_identity.ports.outbound import (
     SessionStore,
     UserStore,
 )
-from hypersdk_kit.bus import EventPublisher
+from hypersdk_kit.ports import UnitOfWork
 
 TOKEN_PREFIX = SESSION_TOKEN_PREFIX
 TOUCH_INTERVAL_SECONDS = 15  # how stale last_seen_at may get before a request records activity
@@ -78,6 +78,14 @@ def _throttled(retry_after_seconds: int) -> ServiceError:
     return ServiceError(
         ErrorCode.RATE_LIMITED,
         "Too many failed logins; wait before trying again.",
+        retry_after_seconds=retry_after_seconds,
+    )
+
+
+def _busy(retry_after_seconds: int) -> ServiceError:
+    return ServiceError(
+        ErrorCode.SERVICE_BUSY,
+        "Too many password checks at once; retry shortly.",
         retry_after_seconds=retry_after_seconds,
     )
 
@@ -137,7 +145,7 @@ class IdentityService:
         users: UserStore,
         sessions: SessionStore,
         hasher: PasswordHasher,
-        events: EventPublisher,
+        uow: UnitOfWork,
         session_policy: SessionPolicy,
         dummy_hash: bytes,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -149,7 +157,7 @@ class IdentityService:
         self._users = users
         self._sessions = sessions
         self._hasher = hasher
-        self._events = events
+        self._uow = uow
         self._policy = session_policy
         self._dummy_hash = dummy_hash
         self._clock = clock
@@ -162,6 +170,9 @@ class IdentityService:
 
     async def login(self, username: str, password: str, context: RequestContext) -> LoginResult:
         """Check the password and open a session; the same error whatever went wrong."""
+        retry_after = self._hasher.full()
+        if retry_after is not None:  # refused before the throttle's database writes
+            raise _busy(retry_after)
         admission: Admission | None = None
         if self._throttle is not None:
             try:
@@ -170,14 +181,24 @@ class IdentityService:
                 reason: Literal["locked", "throttled"] = "locked" if exc.locked else "throttled"
                 await self._publish_failure(username, reason, context)
                 raise _throttled(exc.retry_after_seconds) from None
-        user, failure = await self._verify(username, password, context)
-        if user is None or failure is not None:
+            retry_after = self._hasher.full(suspicious=admission.address_failed_recently)
+            if retry_after is not None:  # the last places are kept for addresses that behave
+                await self._throttle.withdrawn(admission)
+                raise _busy(retry_after)
+        try:
+            user, failure = await self._verify(username, password, context)
+        except PasswordHasher.BusyError as exc:
+            # Nothing was checked: the attempt costs no failure (a storm of other people's
+            # logins must not lock this user out), and is answered at once, not queued.
             if admission is not None and self._throttle is not None:
-                await self._throttle.failed(admission, context)
-            await self._publish_failure(username, failure or "invalid_credentials", context)
+                await self._throttle.withdrawn(admission)
+            raise _busy(exc.retry_after_seconds) from None
+        if user is None or failure is not None:
+            async with self._uow.transaction():
+                if admission is not None and self._throttle is not None:
+                    await self._throttle.failed(admission, context)
+                await self._publish_failure(username, failure or "invalid_credentials", context)
             raise _invalid_credentials()
-        if admission is not None and self._throttle is not None:
-            await self._throttle.succeeded(admission)
         token = new_session_token()
         now = self._clock()
         session = Session(
@@ -188,20 +209,23 @@ class IdentityService:
             last_seen_at=now,
             expires_at=now + timedelta(seconds=self._policy.lifetime_seconds),
         )
-        await self._sessions.add(session)
         actor = context.model_copy(update={"actor": user.username})
-        await self._events.publish(
-            LoginSucceeded(username=user.username, method=user.source),
-            subject=f"user/{user.username}",
-            context=actor,
-        )
-        await self._events.publish(
-            SessionCreated(
-                session_id=session.id, username=user.username, expires_at=session.expires_at
-            ),
-            subject=f"session/{session.id}",
-            context=actor,
-        )
+        async with self._uow.transaction():
+            if admission is not None and self._throttle is not None:
+                await self._throttle.succeeded(admission)
+            await self._sessions.add(session)
+            await self._uow.record(
+                LoginSucceeded(username=user.username, method=user.source),
+                subject=f"user/{user.username}",
+                context=actor,
+            )
+            await self._uow.record(
+                SessionCreated(
+                    session_id=session.id, username=user.username, expires_at=session.expires_at
+                ),
+                subject=f"session/{session.id}",
+                context=actor,
+            )
         return LoginResult(
             token=token, session_id=session.id, expires_at=session.expires_at, user=_view(user)
         )
@@ -262,17 +286,18 @@ class IdentityService:
             return None, "not_provisioned"
         user = User(username=username, source="pam", password_hash=None, created_at=self._clock())
         try:
-            await self._users.add(user)
+            async with self._uow.transaction():
+                await self._users.add(user)
+                await self._uow.record(
+                    UserCreated(username=username, source="pam", provisioned=True),
+                    subject=f"user/{username}",
+                    context=context.model_copy(update={"actor": "pam-provisioning"}),
+                )
         except UserStore.UserExistsError:
             existing = await self._users.get(username)
             if existing is None or existing.source != "pam" or existing.disabled:
                 return None, "invalid_credentials"
             return existing, None
-        await self._events.publish(
-            UserCreated(username=username, source="pam", provisioned=True),
-            subject=f"user/{username}",
-            context=context.model_copy(update={"actor": "pam-provisioning"}),
-        )
         return user, None
 
     async def _publish_failure(
@@ -283,7 +308,7 @@ class IdentityService:
         ],
         context: RequestContext,
     ) -> None:
-        await self._events.publish(
+        await self._uow.record(
             LoginFailed(username=username, reason=reason),
             subject=f"user/{username}",
             context=context,
@@ -341,8 +366,9 @@ class IdentityService:
     async def logout(self, token: str, context: RequestContext) -> None:
         """Revoke the session of ``token``."""
         live = await self._live_session(token)
-        await self._sessions.revoke(live.session.id)
-        await self._publish_revoked(live.session.id, live.user.username, "logout", context)
+        async with self._uow.transaction():
+            await self._sessions.revoke(live.session.id)
+            await self._publish_revoked(live.session.id, live.user.username, "logout", context)
 
     async def refresh(self, token: str, context: RequestContext) -> LoginResult:
         """A new token for the session of ``token``; the old token stops working at once.
@@ -353,20 +379,21 @@ class IdentityService:
         live = await self._live_session(token)
         new_token = new_session_token()
         now = self._clock()
-        swapped = await self._sessions.replace_token(
-            live.session.id, old_hash=hash_token(token), new_hash=hash_token(new_token), at=now
-        )
-        if not swapped:  # another refresh with the same token won the race
-            raise _unauthenticated()
-        await self._events.publish(
-            SessionRefreshed(
-                session_id=live.session.id,
-                username=live.user.username,
-                expires_at=live.session.expires_at,
-            ),
-            subject=f"session/{live.session.id}",
-            context=context,
-        )
+        async with self._uow.transaction():
+            swapped = await self._sessions.replace_token(
+                live.session.id, old_hash=hash_token(token), new_hash=hash_token(new_token), at=now
+            )
+            if not swapped:  # another refresh with the same token won the race
+                raise _unauthenticated()
+            await self._uow.record(
+                SessionRefreshed(
+                    session_id=live.session.id,
+                    username=live.user.username,
+                    expires_at=live.session.expires_at,
+                ),
+                subject=f"session/{live.session.id}",
+                context=context,
+            )
         return LoginResult(
             token=new_token,
             session_id=live.session.id,
@@ -402,19 +429,21 @@ class IdentityService:
         )
         if not owned:
             raise ServiceError(ErrorCode.NOT_FOUND, "You have no live session with that id.")
-        await self._sessions.revoke(session_id)
-        await self._publish_revoked(session_id, username, "revoked_by_owner", context)
+        async with self._uow.transaction():
+            await self._sessions.revoke(session_id)
+            await self._publish_revoked(session_id, username, "revoked_by_owner", context)
 
     async def revoke_user_sessions(self, username: str, context: RequestContext) -> RevokedSessions:
         """End every session of a user whose roles changed."""
         if await self._users.get(username) is None:
             raise _no_such_user()
-        ended = await self._end_sessions(username, "roles_changed", context)
-        await self._events.publish(
-            UserUpdated(username=username, changed=["roles"], sessions_revoked=ended),
-            subject=f"user/{username}",
-            context=context,
-        )
+        async with self._uow.transaction():
+            ended = await self._end_sessions(username, "roles_changed", context)
+            await self._uow.record(
+                UserUpdated(username=username, changed=["roles"], sessions_revoked=ended),
+                subject=f"user/{username}",
+                context=context,
+            )
         return RevokedSessions(username=username, sessions_revoked=ended)
 
     async def _end_sessions(
@@ -428,7 +457,7 @@ class IdentityService:
     async def _publish_revoked(
         self, session_id: str, username: str, reason: SessionEndReason, context: RequestContext
     ) -> None:
-        await self._events.publish(
+        await self._uow.record(
             SessionRevoked(session_id=session_id, username=username, reason=reason),
             subject=f"session/{session_id}",
             context=context,
@@ -458,7 +487,10 @@ class IdentityService:
             if password is None:
                 raise ServiceError(ErrorCode.VALIDATION_FAILED, "A local user needs a password.")
             await check_new_password(password, username=username, blocklist=self._blocklist)
-            password_hash = await self._hasher.hash(password)
+            try:
+                password_hash = await self._hasher.hash(password)
+            except PasswordHasher.BusyError as exc:
+                raise _busy(exc.retry_after_seconds) from None
         else:
             if password is not None:
                 raise ServiceError(
@@ -477,14 +509,15 @@ class IdentityService:
             created_at=self._clock(),
         )
         try:
-            await self._users.add(user)
+            async with self._uow.transaction():
+                await self._users.add(user)
+                await self._uow.record(
+                    UserCreated(username=username, source=source),
+                    subject=f"user/{username}",
+                    context=context,
+                )
         except UserStore.UserExistsError as exc:
             raise ServiceError(ErrorCode.CONFLICT, "A user with that name exists.") from exc
-        await self._events.publish(
-            UserCreated(username=username, source=source),
-            subject=f"user/{username}",
-            context=context,
-        )
         return _view(user)
 
     async def ensure_user(self, username: str, password: str, context: RequestContext) -> bool:
@@ -519,51 +552,76 @@ class IdentityService:
             raise _no_such_user()
         if user.disabled == disabled:
             return _view(user)
-        updated = await self._users.set_disabled(username, disabled=disabled)
-        if updated is None:
-            raise _no_such_user()
-        if disabled:
-            ended = await self._end_sessions(username, "user_disabled", context)
-            await self._events.publish(
-                UserDisabled(username=username, sessions_revoked=ended),
-                subject=f"user/{username}",
-                context=context,
-            )
-        else:
-            await self._events.publish(
-                UserUpdated(username=username, changed=["enabled"]),
-                subject=f"user/{username}",
-                context=context,
-            )
+        async with self._uow.transaction():
+            updated = await self._users.set_disabled(username, disabled=disabled)
+            if updated is None:
+                raise _no_such_user()
+            if disabled:
+                ended = await self._end_sessions(username, "user_disabled", context)
+                # Revoked, not suspended: enabling the user again restores no key (decision 0025).
+                keys = await self._revoke_keys(username, "owner_disabled", context)
+                await self._uow.record(
+                    UserDisabled(username=username, sessions_revoked=ended, api_keys_revoked=keys),
+                    subject=f"user/{username}",
+                    context=context,
+                )
+            else:
+                await self._uow.record(
+                    UserUpdated(username=username, changed=["enabled"]),
+                    subject=f"user/{username}",
+                    context=context,
+                )
         return _view(updated)
+
+    async def _revoke_keys(
+        self,
+        username: str,
+        reason: Literal["owner_deleted", "owner_disabled"],
+        context: RequestContext,
+    ) -> int:
+        """Revoke every working key of a user now; how many."""
+        if self._api_keys is None:
+            return 0
+        revoked = 0
+        for key in await self._api_keys.list(owner=username, working_at=self._clock()):
+            if await self._api_keys.revoke(key.id, at=self._clock()) is None:
+                continue
+            revoked += 1
+            await self._uow.record(
+                ApiKeyRevoked(key_id=key.id, owner=username, reason=reason),
+                subject=f"apikey/{key.id}",
+                context=context,
+            )
+        return revoked
 
     async def delete_user(self, username: str, context: RequestContext) -> None:
         """Delete a user, their sessions and their API keys."""
         _refuse_self(username, context, "delete")
         if await self._users.get(username) is None:
             raise _no_such_user()
-        ended = await self._end_sessions(username, "user_deleted", context)
-        keys = (
-            await self._api_keys.list(owner=username, working_at=self._clock())
-            if self._api_keys is not None
-            else []
-        )
-        for key in keys:
-            assert self._api_keys is not None
-            await self._api_keys.revoke(key.id, at=self._clock())
-        if not await self._users.delete(username):
-            raise _no_such_user()
-        for key in keys:
-            await self._events.publish(
-                ApiKeyRevoked(key_id=key.id, owner=username, reason="owner_deleted"),
-                subject=f"apikey/{key.id}",
+        async with self._uow.transaction():
+            ended = await self._end_sessions(username, "user_deleted", context)
+            keys = (
+                await self._api_keys.list(owner=username, working_at=self._clock())
+                if self._api_keys is not None
+                else []
+            )
+            for key in keys:
+                assert self._api_keys is not None
+                await self._api_keys.revoke(key.id, at=self._clock())
+            if not await self._users.delete(username):
+                raise _no_such_user()
+            for key in keys:
+                await self._uow.record(
+                    ApiKeyRevoked(key_id=key.id, owner=username, reason="owner_deleted"),
+                    subject=f"apikey/{key.id}",
+                    context=context,
+                )
+            await self._uow.record(
+                UserDeleted(username=username, sessions_revoked=ended, api_keys_revoked=len(keys)),
+                subject=f"user/{username}",
                 context=context,
             )
-        await self._events.publish(
-            UserDeleted(username=username, sessions_revoked=ended, api_keys_revoked=len(keys)),
-            subject=f"user/{username}",
-            context=context,
-        )
 
     async def unlock_user(self, username: str, context: RequestContext) -> bool:
         """Lift a lockout of a user name (known or not yet provisioned); whether one was on."""

@@ -24,7 +24,7 @@ from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import AccountLocked, AccountUnlocked
 from hypersdk_identity.core.models import ThrottleKind, ThrottleState
 from hypersdk_identity.ports.outbound import ThrottleStore
-from hypersdk_kit.bus import EventPublisher
+from hypersdk_kit.ports import UnitOfWork
 
 MAX_SWAPS = 50  # compare-and-swap retries before giving up on a counter under heavy contention
 
@@ -109,6 +109,7 @@ class Admission:
 
     username: str
     address: str | None
+    address_failed_recently: bool = False
 
 
 class LoginThrottle:
@@ -120,7 +121,7 @@ class LoginThrottle:
         store: ThrottleStore,
         username_rule: ThrottleRule,
         address_rule: ThrottleRule | None,
-        events: EventPublisher,
+        uow: UnitOfWork,
         clock: Callable[[], datetime],
     ) -> None:
         self._store = store
@@ -128,7 +129,7 @@ class LoginThrottle:
             "username": username_rule,
             "address": address_rule,
         }
-        self._events = events
+        self._uow = uow
         self._clock = clock
 
     @staticmethod
@@ -143,7 +144,8 @@ class LoginThrottle:
             address=address if self._rules["address"] is not None else None,
         )
         if admission.address is not None:
-            await self._charge("address", admission.address, context)
+            failed_before = await self._charge("address", admission.address, context)
+            admission = dataclasses.replace(admission, address_failed_recently=failed_before > 0)
         try:
             await self._charge("username", admission.username, context)
         except LoginThrottledError:
@@ -158,11 +160,18 @@ class LoginThrottle:
         if admission.address is not None:
             await self._refund("address", admission.address)
 
+    async def withdrawn(self, admission: Admission) -> None:
+        """An attempt that checked no password (identity was busy) gives back both charges."""
+        await self._refund("username", admission.username)
+        if admission.address is not None:
+            await self._refund("address", admission.address)
+
     async def failed(self, admission: Admission, context: RequestContext) -> None:
         """A refused attempt keeps its charge; lock what reached its threshold."""
-        await self._lock_if_due("username", admission.username, context)
-        if admission.address is not None:
-            await self._lock_if_due("address", admission.address, context)
+        async with self._uow.transaction():
+            await self._lock_if_due("username", admission.username, context)
+            if admission.address is not None:
+                await self._lock_if_due("address", admission.address, context)
 
     async def locked_until(self, username: str) -> datetime | None:
         """When a lockout of ``username`` ends, if one is in force."""
@@ -173,23 +182,31 @@ class LoginThrottle:
 
     async def unlock(self, username: str, context: RequestContext) -> bool:
         """Lift a lockout of ``username`` and forget its failures; whether one was in force."""
-        removed = await self._store.delete("username", self.username_key(username))
-        if removed is None or removed.locked_until is None or removed.locked_until <= self._clock():
-            return False
-        await self._events.publish(
-            AccountUnlocked(username=removed.key, reason="admin"),
-            subject=f"user/{removed.key}",
-            context=context,
-        )
+        async with self._uow.transaction():
+            removed = await self._store.delete("username", self.username_key(username))
+            if (
+                removed is None
+                or removed.locked_until is None
+                or removed.locked_until <= self._clock()
+            ):
+                return False
+            await self._uow.record(
+                AccountUnlocked(username=removed.key, reason="admin"),
+                subject=f"user/{removed.key}",
+                context=context,
+            )
         return True
 
     async def sweep(self) -> int:
         """Forget stale counters and expired lockouts (publishing the unlocks); how many ended."""
         now = self._clock()
         longest = max(rule.window_seconds for rule in self._rules.values() if rule is not None)
-        expired = await self._store.sweep(now=now, stale_before=now - timedelta(seconds=longest))
-        for state in expired:
-            await self._publish_unlocked_on_expiry(state)
+        async with self._uow.transaction():
+            expired = await self._store.sweep(
+                now=now, stale_before=now - timedelta(seconds=longest)
+            )
+            for state in expired:
+                await self._publish_unlocked_on_expiry(state)
         return len(expired)
 
     # ---- internals -----------------------------------------------------------------------------
@@ -214,7 +231,8 @@ class LoginThrottle:
             ErrorCode.UPSTREAM_UNAVAILABLE, "Too many logins at once; try again shortly."
         )
 
-    async def _charge(self, kind: ThrottleKind, key: str, context: RequestContext) -> None:
+    async def _charge(self, kind: ThrottleKind, key: str, context: RequestContext) -> int:
+        """Charge one attempt; the failures counted before it."""
         rule = self._rule(kind)
         now = self._clock()
 
@@ -225,12 +243,14 @@ class LoginThrottle:
                 raise LoginThrottledError(seconds, locked=locked)
             return rule.charge(state, now)
 
-        swapped = await self._swap(kind, key, charge)
-        assert swapped is not None
-        before, _ = swapped
-        if before.locked_until is not None and before.locked_until <= now:
-            # The lockout had expired and this attempt cleared it before the sweeper did.
-            await self._publish_unlocked_on_expiry(before, context)
+        async with self._uow.transaction():
+            swapped = await self._swap(kind, key, charge)
+            assert swapped is not None
+            before, _ = swapped
+            if before.locked_until is not None and before.locked_until <= now:
+                # The lockout had expired and this attempt cleared it before the sweeper did.
+                await self._publish_unlocked_on_expiry(before, context)
+        return rule.failures_at(before, now)
 
     async def _refund(self, kind: ThrottleKind, key: str) -> None:
         def refund(state: ThrottleState) -> ThrottleState | None:
@@ -258,7 +278,7 @@ class LoginThrottle:
             return
         _, locked = swapped
         assert locked.locked_until is not None
-        await self._events.publish(
+        await self._uow.record(
             AccountLocked(
                 username=key if kind == "username" else None,
                 address=key if kind == "address" else None,
@@ -272,14 +292,13 @@ class LoginThrottle:
     async def _publish_unlocked_on_expiry(
         self, state: ThrottleState, context: RequestContext | None = None
     ) -> None:
-        await self._events.publish(
+        await self._uow.record(
             AccountUnlocked(
                 username=state.key if state.kind == "username" else None,
                 address=state.key if state.kind == "address" else None,
                 reason="expired",
             ),
             subject=f"user/{state.key}" if state.kind == "username" else f"address/{state.key}",
-            context=RequestContext(
-                actor="system", request_id=context.request_id if context else None
-            ),
+            # The request that noticed the expiry (its seal too), acted on by the system.
+            context=(context or RequestContext()).model_copy(update={"actor": "system"}),
         )

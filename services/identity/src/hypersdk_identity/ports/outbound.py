@@ -144,15 +144,32 @@ class ApiKeyStore(ABC):
 
 
 class PasswordHasher(ABC):
-    """Hashes and checks passwords without blocking the event loop."""
+    """Hashes and checks passwords without blocking the event loop, a bounded number at once."""
+
+    class BusyError(Exception):
+        """Every thread is busy and the queue is full: refused at once, nothing was checked."""
+
+        def __init__(self, retry_after_seconds: int) -> None:
+            super().__init__("password hasher busy")
+            self.retry_after_seconds = retry_after_seconds
+
+    def full(self, *, suspicious: bool = False) -> int | None:
+        """Seconds to wait if a check started now would be refused, else None.
+
+        Lets a caller refuse before doing other work; a check may still raise
+        :class:`BusyError` when others took the last place in between. A ``suspicious`` caller
+        (its address failed to log in recently) is refused while only the places reserved for
+        the others are left.
+        """
+        return None
 
     @abstractmethod
     async def hash(self, password: str) -> bytes:
-        """A salted hash of ``password``."""
+        """A salted hash of ``password``; raise :class:`BusyError` when at capacity."""
 
     @abstractmethod
     async def check(self, password: str, password_hash: bytes) -> bool:
-        """Whether ``password`` matches ``password_hash``."""
+        """Whether ``password`` matches ``password_hash``; :class:`BusyError` at capacity."""
 
 
 class PasswordBlocklist(ABC):

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import AuthorizationDenied, RoleAssigned, RoleRemoved
 from hypersdk_contracts.permissions import Permission, Role
 from hypersdk_contracts.rpc import Decision
-from hypersdk_kit.bus import EventPublisher
+from hypersdk_kit.ports import UnitOfWork
 from hypersdk_policy.ports.outbound import RoleStore
 
 
 class PolicyService:
-    """Role-based access control over the design brief's matrix."""
+    """Role-based access control over the matrix of docs/contracts.md."""
 
-    def __init__(self, *, roles: RoleStore, events: EventPublisher) -> None:
+    def __init__(self, *, roles: RoleStore, uow: UnitOfWork) -> None:
         self._roles = roles
-        self._events = events
+        self._uow = uow
 
     async def decide(
         self,
@@ -43,7 +45,7 @@ class PolicyService:
             granted &= set(scopes)
         allowed = permission in granted
         if not allowed:
-            await self._events.publish(
+            await self._uow.record(
                 AuthorizationDenied(principal=username, permission=permission, resource=resource),
                 subject=resource,
                 context=context,
@@ -70,20 +72,40 @@ class PolicyService:
         if unknown:
             raise ServiceError(ErrorCode.VALIDATION_FAILED, f"Unknown roles: {', '.join(unknown)}.")
         wanted = sorted(set(roles))
-        removed = sorted(set(await self._roles.roles_of(username)) - set(wanted))
-        await self._roles.set_roles(username, wanted)
-        await self._events.publish(
-            RoleAssigned(username=username, roles=wanted),
-            subject=f"user/{username}",
-            context=context,
-        )
-        if removed:
-            await self._events.publish(
-                RoleRemoved(username=username, roles=removed),
+        async with self._uow.transaction():
+            removed = sorted(set(await self._roles.roles_of(username)) - set(wanted))
+            await self._roles.set_roles(username, wanted)
+            await self._uow.record(
+                RoleAssigned(username=username, roles=wanted),
                 subject=f"user/{username}",
                 context=context,
             )
+            if removed:
+                await self._uow.record(
+                    RoleRemoved(username=username, roles=removed),
+                    subject=f"user/{username}",
+                    context=context,
+                )
         return wanted
+
+    async def user_deleted(self, username: str, *, deleted_at: datetime) -> list[str]:
+        """Remove the roles of a user identity deleted; the removed ones (none the 2nd time).
+
+        The reaction to ``identity.user.deleted``: whatever happened to the gateway's own call
+        clearing them, a deleted user's assignments go, so a new user of the same name (a PAM
+        user provisioned on first login, say) never inherits them. Roles assigned after the
+        deletion belong to such a new user and stay. Idempotent: a redelivered event finds
+        nothing to remove and publishes nothing.
+        """
+        async with self._uow.transaction():
+            removed = await self._roles.remove_roles_assigned_until(username, deleted_at)
+            if removed:
+                await self._uow.record(
+                    RoleRemoved(username=username, roles=removed),
+                    subject=f"user/{username}",
+                    context=RequestContext(),
+                )
+        return removed
 
     async def roles_of(self, username: str) -> list[str]:
         """Roles a user holds."""
@@ -93,7 +115,8 @@ class PolicyService:
         """Give ``username`` the admin role if nobody holds it; return whether it did."""
         if await self._roles.holders_of(Role.ADMIN.value):
             return False
+        # No actor: no API request caused it, and only the gateway's request seal backs one.
         await self.assign_roles(
-            username=username, roles=[Role.ADMIN.value], context=RequestContext(actor="bootstrap")
+            username=username, roles=[Role.ADMIN.value], context=RequestContext()
         )
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from datetime import datetime
 
 
 class RoleStore(ABC):
@@ -19,6 +20,13 @@ class RoleStore(ABC):
     @abstractmethod
     async def set_roles(self, username: str, roles: list[str]) -> None:
         """Replace the roles a user holds."""
+
+    @abstractmethod
+    async def remove_roles_assigned_until(self, username: str, until: datetime) -> list[str]:
+        """Remove the user's roles assigned at or before ``until``; the removed ones, sorted.
+
+        Roles assigned later (to a new user of the same name) stay.
+        """
 
     @abstractmethod
     async def holders_of(self, role: str) -> list[str]:

@@ -5,19 +5,22 @@ from __future__ import annotations
 from faststream.rabbit import RabbitBroker
 
 from hypersdk_audit.core.chain import ChainedEntry
+from hypersdk_audit.core.quarantine import QuarantinedEvent
 from hypersdk_audit.core.service import AuditService
-from hypersdk_contracts.envelope import CloudEvent
 from hypersdk_contracts.names import AUDIT_EVENTS_QUEUE, RpcQueue
 from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import (
     AuditEntryView,
     ListAuditEventsRequest,
+    ListQuarantineRequest,
+    QuarantinedEventView,
     VerifyRequest,
     VerifyResult,
 )
 from hypersdk_kit.bus import (
     Authorizer,
     BatchConsumer,
+    Received,
     durable_queue,
     events_exchange,
     serve_rpc,
@@ -39,11 +42,12 @@ def register_consumers(
     """Record every event of the events exchange; answer verify and list requests.
 
     Events are recorded in batches (one transaction each), acked once their batch is stored,
-    by the returned consumer: start it once the broker is started.
+    by the returned consumer: start it once the broker is started. Each comes with the
+    broker-validated login that published it, which attributes it.
     """
 
-    async def record(events: list[CloudEvent]) -> None:
-        await audit.record_batch(events)
+    async def record(batch: list[Received]) -> None:
+        await audit.record_batch(batch)
 
     events = BatchConsumer(
         broker,
@@ -76,11 +80,24 @@ def register_consumers(
         permissions=AUDIT_VIEW,
         authorizer=guard,
     )
+
+    async def list_quarantine(request: ListQuarantineRequest) -> list[QuarantinedEventView]:
+        records = await audit.quarantine(after_number=request.after_number, limit=request.limit)
+        return [_quarantined_view(record) for record in records]
+
     serve_rpc(
         broker,
         RpcQueue.AUDIT_LIST_EVENTS,
         ListAuditEventsRequest,
         list_events,
+        permissions=AUDIT_VIEW,
+        authorizer=guard,
+    )
+    serve_rpc(
+        broker,
+        RpcQueue.AUDIT_LIST_QUARANTINE,
+        ListQuarantineRequest,
+        list_quarantine,
         permissions=AUDIT_VIEW,
         authorizer=guard,
     )
@@ -98,6 +115,24 @@ def _view(entry: ChainedEntry) -> AuditEntryView:
         result=entry.result,
         source_ip=entry.source_ip,
         request_id=entry.request_id,
+        producer=entry.producer,
+        received_at=entry.received_at,
         prev_hash=entry.prev_hash,
         hash=entry.hash,
+    )
+
+
+def _quarantined_view(record: QuarantinedEvent) -> QuarantinedEventView:
+    return QuarantinedEventView(
+        number=record.number,
+        id=record.id,
+        received_at=record.received_at,
+        event_id=record.event_id,
+        claimed_type=record.claimed_type,
+        claimed_source=record.claimed_source,
+        claimed_actor=record.claimed_actor,
+        login=record.login,
+        producer=record.producer,
+        reason=record.reason,
+        envelope=record.envelope,
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
 
 from hypersdk_audit.core.chain import GENESIS_HASH, ChainedEntry, EntryFields, chain
+from hypersdk_audit.core.quarantine import QuarantinedEvent
 from hypersdk_audit.ports.outbound import AuditLog
 
 SCHEMA = "audit"
@@ -27,6 +29,25 @@ MIGRATIONS = [
         hash char(64) NOT NULL
     );
     """,
+    # Decisions 0029, 0030: the producing service (from its broker login) and audit's receive time;
+    # NULL on entries recorded before, whose hashes do not cover them. The quarantine keeps
+    # events refused as not genuine; they are never chained.
+    """
+    ALTER TABLE entries ADD COLUMN producer text, ADD COLUMN received_at timestamptz;
+    CREATE TABLE quarantine (
+        number bigserial PRIMARY KEY,
+        id text NOT NULL UNIQUE,
+        received_at timestamptz NOT NULL,
+        event_id text NOT NULL,
+        claimed_type text NOT NULL,
+        claimed_source text NOT NULL,
+        claimed_actor text,
+        login text,
+        producer text,
+        reason text NOT NULL,
+        envelope jsonb NOT NULL
+    );
+    """,
 ]
 _CHAIN_LOCK = 0x41554454  # "AUDT": serialises appends across audit replicas.
 _COPY_COLUMNS = (
@@ -39,6 +60,8 @@ _COPY_COLUMNS = (
     "result",
     "source_ip",
     "request_id",
+    "producer",
+    "received_at",
     "prev_hash",
     "hash",
 )
@@ -54,7 +77,9 @@ class PostgresAuditLog(AuditLog):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def append_batch(self, batch: Sequence[EntryFields]) -> list[ChainedEntry]:
+    async def append_batch(
+        self, batch: Sequence[EntryFields], *, quarantine: Sequence[QuarantinedEvent] = ()
+    ) -> list[ChainedEntry]:
         """Chain after the current head and COPY the new rows, in one transaction."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHAIN_LOCK)
@@ -86,6 +111,13 @@ class PostgresAuditLog(AuditLog):
                     columns=_COPY_COLUMNS,
                     records=[tuple(getattr(entry, c) for c in _COPY_COLUMNS) for entry in added],
                 )
+            if quarantine:
+                await conn.executemany(
+                    f"INSERT INTO audit.quarantine ({_QUARANTINE_COLUMNS}) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    [_quarantine_row(record) for record in quarantine],
+                )
             return added
 
     async def page(self, *, after_sequence: int, limit: int) -> list[ChainedEntry]:
@@ -104,6 +136,41 @@ class PostgresAuditLog(AuditLog):
                 f"SELECT {_COLUMNS} FROM audit.entries ORDER BY sequence", prefetch=1000
             ):
                 yield _entry(row)
+
+    async def quarantined(self, *, after_number: int, limit: int) -> list[QuarantinedEvent]:
+        """One page of ``audit.quarantine``."""
+        rows = await self._pool.fetch(
+            f"SELECT number, {_QUARANTINE_COLUMNS} FROM audit.quarantine WHERE number > $1 "
+            "ORDER BY number LIMIT $2",
+            after_number,
+            limit,
+        )
+        return [
+            QuarantinedEvent(**{**dict(row), "envelope": json.loads(row["envelope"])})
+            for row in rows
+        ]
+
+
+_QUARANTINE_FIELDS = (
+    "id",
+    "received_at",
+    "event_id",
+    "claimed_type",
+    "claimed_source",
+    "claimed_actor",
+    "login",
+    "producer",
+    "reason",
+    "envelope",
+)
+_QUARANTINE_COLUMNS = ", ".join(_QUARANTINE_FIELDS)
+
+
+def _quarantine_row(record: QuarantinedEvent) -> tuple[Any, ...]:
+    return tuple(
+        json.dumps(record.envelope) if name == "envelope" else getattr(record, name)
+        for name in _QUARANTINE_FIELDS
+    )
 
 
 def _entry(row: Any) -> ChainedEntry:

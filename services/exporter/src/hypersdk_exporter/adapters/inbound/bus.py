@@ -10,10 +10,11 @@ from typing import Any
 from faststream.rabbit import RabbitBroker
 
 from hypersdk_contracts.commands import VmExportRequested
-from hypersdk_contracts.envelope import CloudEvent
+from hypersdk_contracts.envelope import CloudEvent, RequestContext
 from hypersdk_contracts.errors import ServiceError
 from hypersdk_contracts.events import ExporterRequestRejected
 from hypersdk_contracts.names import EXPORT_JOBS_QUEUE, RpcQueue
+from hypersdk_contracts.operations import EXPORT_COMMAND, target_of
 from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import (
     CreateExportRequest,
@@ -39,7 +40,7 @@ from hypersdk_kit.bus import (
     serve_rpc,
     subscribe_envelopes,
 )
-from hypersdk_kit.guard import check_grant
+from hypersdk_kit.guard import check_grant, check_seal, verify_seal
 from hypersdk_kit.trust import MAX_CLOCK_SKEW_SECONDS, AssertionRejectedError, AssertionVerifier
 
 BROWSE = frozenset({Permission.VMS_BROWSE.value})
@@ -117,16 +118,20 @@ def register_rpc(broker: RabbitBroker, exporter: ExporterService, *, guard: Auth
 class CommandVerifier:
     """Checks an export command before a worker acts on it (zero trust on the bus).
 
-    The command must carry the requester's vms:export grant, signed by policy, naming the
-    command's actor and request; the job must exist, belong to that principal and have been
-    created while the grant was valid. The grant may have expired since (the job may have
-    waited in the queue), but not longer ago than ``max_age_seconds``.
+    The command must carry the requester's vms:export grant, signed by policy for this command
+    and the command's actor, and the gateway's seal of the export request that queued it
+    (same request ID, client address and actor, and the same VM); the job must exist, belong
+    to that principal and have been created while grant and seal were valid. Both may have
+    expired since (the job may have waited in the queue), but not longer ago than
+    ``max_age_seconds``. The seal is not checked for reuse here: a command is redelivered
+    after a worker fails, and the job it names can run only once.
     """
 
     verifier: AssertionVerifier | None
     exporter: ExporterService
     events: EventPublisher
     max_age_seconds: int
+    seals: AssertionVerifier | None = None
     clock: Callable[[], float] = time.time
 
     async def verify(self, event: CloudEvent, command: VmExportRequested) -> None:
@@ -139,7 +144,8 @@ class CommandVerifier:
                     operation=EXPORT_JOBS_QUEUE, reason=exc.reason, claimed_actor=event.actor
                 ),
                 subject=f"job/{command.job_id}",
-                context=event.context,
+                # The command's claims are unproven: the claimed actor is in the payload.
+                context=RequestContext(traceparent=event.traceparent),
             )
             raise PoisonMessageError(exc.reason) from exc
 
@@ -147,7 +153,7 @@ class CommandVerifier:
         if self.verifier is None:
             raise AssertionRejectedError("no_trust_anchor")
         claims = self.verifier.verify(command.grant, check_expiry=False)
-        check_grant(claims, context=event.context, permissions=EXPORT)
+        check_grant(claims, context=event.context, permissions=EXPORT, operation=EXPORT_COMMAND)
         if claims["exp"] < self.clock() - self.max_age_seconds:
             raise AssertionRejectedError("expired")
         try:
@@ -159,6 +165,15 @@ class CommandVerifier:
         created = job.created_at.timestamp()
         if not claims["iat"] - MAX_CLOCK_SKEW_SECONDS <= created <= claims["exp"]:
             raise AssertionRejectedError("grant_not_for_job")
+        seal = verify_seal(self.seals, event.seal, check_expiry=False)
+        target = target_of(EXPORT_COMMAND, command)
+        check_seal(seal, context=event.context, operation=EXPORT_COMMAND, target=target)
+        if seal["op"] != RpcQueue.EXPORTER_CREATE_EXPORT:
+            raise AssertionRejectedError("operation_mismatch")
+        if seal.get("res") != target:
+            raise AssertionRejectedError("target_mismatch")
+        if not seal["iat"] - MAX_CLOCK_SKEW_SECONDS <= created <= seal["exp"]:
+            raise AssertionRejectedError("seal_not_for_job")
 
 
 def register_worker(

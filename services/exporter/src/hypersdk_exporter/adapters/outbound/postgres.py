@@ -11,6 +11,8 @@ from hypersdk_contracts.events import Artifact
 from hypersdk_contracts.rpc import DiskFormat, JobStatus
 from hypersdk_exporter.core.models import Job, Provider
 from hypersdk_exporter.ports.outbound import JobStore, ProviderStore
+from hypersdk_kit.database import Database
+from hypersdk_kit.outbox import OUTBOX_MIGRATION
 
 SCHEMA = "exporter"
 MIGRATIONS = [
@@ -37,6 +39,7 @@ MIGRATIONS = [
     );
     CREATE INDEX jobs_created_at ON jobs (created_at DESC);
     """,
+    OUTBOX_MIGRATION,
 ]
 _JOB_COLUMNS = (
     "id::text AS id, provider, vm, format, status, progress, error, artifacts, requested_by,"
@@ -47,7 +50,7 @@ _JOB_COLUMNS = (
 class PostgresProviderStore(ProviderStore):
     """Providers in ``exporter.providers``."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
 
     async def add(self, provider: Provider) -> None:
@@ -84,7 +87,7 @@ class PostgresProviderStore(ProviderStore):
 class PostgresJobStore(JobStore):
     """Jobs in ``exporter.jobs``."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
 
     async def add(self, job: Job) -> None:

@@ -26,11 +26,9 @@ from hypersdk_contracts.rpc import (
     USERNAME_PATTERN,
     ApiKeyIdRequest,
     ApiKeyView,
-    AssignRolesRequest,
     AuditEntryView,
     CreateApiKeyRequest,
     CreateExportRequest,
-    CreateUserRequest,
     DecideRequest,
     DiskFormat,
     GetVmRequest,
@@ -41,6 +39,7 @@ from hypersdk_contracts.rpc import (
     ListAuditEventsRequest,
     ListJobsRequest,
     ListProvidersRequest,
+    ListQuarantineRequest,
     ListSecretsRequest,
     ListSessionsRequest,
     ListUsersRequest,
@@ -51,16 +50,15 @@ from hypersdk_contracts.rpc import (
     ProviderNameRequest,
     ProviderView,
     PutSecretRequest,
+    QuarantinedEventView,
     RefreshRequest,
     RegisterProviderRequest,
     RevokeSessionRequest,
-    RevokeUserSessionsRequest,
     RolesOfRequest,
     RotateApiKeyRequest,
     SecretMetadata,
     SecretPathRequest,
     SessionView,
-    UpdateUserRequest,
     UserNameRequest,
     UserView,
     VerifyRequest,
@@ -69,12 +67,17 @@ from hypersdk_contracts.rpc import (
 )
 from hypersdk_gateway.adapters.inbound.errors import ErrorEnvelope, envelope_bytes
 from hypersdk_gateway.adapters.inbound.middleware import API_PREFIX, context_of
+from hypersdk_gateway.adapters.inbound.operations import operations_of
+from hypersdk_gateway.adapters.outbound.accounts import BackendRoleAssignments, BackendUserAccounts
 from hypersdk_gateway.core.credentials import CredentialCache
+from hypersdk_gateway.core.users import UserAdministration
 from hypersdk_gateway.ports.outbound import Backend
 
 logger = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
+MAX_NUMBER = 2**63 - 1
+"""Largest position a page may start after (PostgreSQL's bigint)."""
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": description}
     for status, description in (
@@ -276,7 +279,7 @@ def not_implemented(what: str) -> ServiceError:
     return ServiceError(ErrorCode.NOT_IMPLEMENTED, f"{what} is not available in this version.")
 
 
-def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement per route
+def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one statement per route
     backend: Backend,
     *,
     cache: CredentialCache,
@@ -295,18 +298,22 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     async def authorize(request: Request, permission: Permission) -> None:
         principal: Principal = request.state.principal
         credential: bytes = request.state.credential
-        cached = cache.grant(credential, permission.value)
+        route = getattr(request.scope.get("route"), "path", request.url.path)
+        resource = f"{request.method} {route}"
+        # A grant names the operations of one route (decision 0027), so it is kept per route.
+        grant_key = f"{permission.value} {resource}"
+        cached = cache.grant(credential, grant_key)
         if cached is not None:
             request.state.grant = cached
             return
         generation = cache.generation
-        route = getattr(request.scope.get("route"), "path", request.url.path)
         decision = await backend.ask(
             RpcQueue.POLICY_DECIDE,
             DecideRequest(
                 username=principal.username,
                 permission=permission.value,
-                resource=f"{request.method} {route}",
+                resource=resource,
+                operations=operations_of(resource),
                 context=context_of(request.scope),
             ),
         )
@@ -317,15 +324,16 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         # Passed on with every request this call makes, so each service checks it itself.
         request.state.grant = decision.get("grant")
         if request.state.grant:
-            cache.remember_grant(
-                credential, permission.value, request.state.grant, generation=generation
-            )
+            cache.remember_grant(credential, grant_key, request.state.grant, generation=generation)
 
     def ctx(request: Request) -> Any:
         return context_of(request.scope)
 
     api = APIRouter(
         prefix=API_PREFIX, responses=ERROR_RESPONSES, route_class=guarded_route(authorize)
+    )
+    users = UserAdministration(
+        accounts=BackendUserAccounts(backend), roles=BackendRoleAssignments(backend)
     )
 
     # ---- auth ------------------------------------------------------------------------------
@@ -398,8 +406,11 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         openapi_extra=guarded(None),
     )
     async def list_sessions(request: Request) -> Any:
-        """The caller's live sessions (never their tokens); ``current`` marks this one."""
-        principal: Principal = request.state.principal
+        """The caller's live sessions (never their tokens); ``current`` marks this one.
+
+        Needs a session token: an API key of any scope gets 403 (decision 0025).
+        """
+        principal = session_principal(request)
         return await backend.ask(
             RpcQueue.IDENTITY_LIST_SESSIONS,
             ListSessionsRequest(
@@ -416,8 +427,11 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         openapi_extra=guarded(None),
     )
     async def revoke_session(session_id: IdParam, request: Request) -> Response:
-        """Revoke one of the caller's sessions (another user's session is a 404)."""
-        principal: Principal = request.state.principal
+        """Revoke one of the caller's sessions (another user's session is a 404).
+
+        Needs a session token: an API key of any scope gets 403 (decision 0025).
+        """
+        principal = session_principal(request)
         await backend.ask(
             RpcQueue.IDENTITY_REVOKE_SESSION,
             RevokeSessionRequest(
@@ -445,20 +459,14 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     )
     async def create_user(body: CreateUserBody, request: Request) -> Any:
         """Create a local user (with a password) or a PAM user (without), and their roles."""
-        user = await backend.ask(
-            RpcQueue.IDENTITY_CREATE_USER,
-            CreateUserRequest(
-                username=body.username,
-                password=body.password,
-                source=body.source,
-                context=ctx(request),
-            ),
+        created = await users.create(
+            username=body.username,
+            password=body.password,
+            source=body.source,
+            roles=body.roles,
+            context=ctx(request),
         )
-        roles = await backend.ask(
-            RpcQueue.POLICY_ASSIGN_ROLES,
-            AssignRolesRequest(username=body.username, roles=body.roles, context=ctx(request)),
-        )
-        return {"user": user, "roles": roles["roles"]}
+        return {"user": created.user, "roles": created.roles}
 
     @api.get(
         "/users/{username}",
@@ -468,14 +476,8 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     )
     async def get_user(username: UserNameParam, request: Request) -> Any:
         """One user (with PAM group roles and any lockout in force) and their assigned roles."""
-        user = await backend.ask(
-            RpcQueue.IDENTITY_GET_USER,
-            UserNameRequest(username=username, context=ctx(request)),
-        )
-        roles = await backend.ask(
-            RpcQueue.POLICY_ROLES_OF, RolesOfRequest(username=username, context=ctx(request))
-        )
-        return {"user": user, "roles": roles["roles"]}
+        found = await users.get(username, ctx(request))
+        return {"user": found.user, "roles": found.roles}
 
     @api.patch(
         "/users/{username}",
@@ -488,44 +490,15 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
 
         Disabling a user or changing their roles ends all their sessions at once.
         """
-        if body.roles is None and body.disabled is None:
-            raise ServiceError(ErrorCode.VALIDATION_FAILED, "Give roles, disabled, or both.")
-        name = username
-        if body.disabled is not None:
-            user = await backend.ask(
-                RpcQueue.IDENTITY_UPDATE_USER,
-                UpdateUserRequest(username=name, disabled=body.disabled, context=ctx(request)),
-            )
-        else:
-            user = await backend.ask(
-                RpcQueue.IDENTITY_GET_USER, UserNameRequest(username=name, context=ctx(request))
-            )
-        if body.roles is None:
-            roles = await backend.ask(
-                RpcQueue.POLICY_ROLES_OF, RolesOfRequest(username=name, context=ctx(request))
-            )
-            return {"user": user, "roles": roles["roles"]}
-        roles = await backend.ask(
-            RpcQueue.POLICY_ASSIGN_ROLES,
-            AssignRolesRequest(username=name, roles=body.roles, context=ctx(request)),
+        updated = await users.update(
+            username, roles=body.roles, disabled=body.disabled, context=ctx(request)
         )
-        await backend.ask(
-            RpcQueue.IDENTITY_REVOKE_USER_SESSIONS,
-            RevokeUserSessionsRequest(username=name, reason="roles_changed", context=ctx(request)),
-        )
-        return {"user": user, "roles": roles["roles"]}
+        return {"user": updated.user, "roles": updated.roles}
 
     @api.delete("/users/{username}", status_code=204, tags=["users"], openapi_extra=users_manage)
     async def delete_user(username: UserNameParam, request: Request) -> Response:
         """Delete a user with their sessions and API keys, and clear their role assignments."""
-        name = username
-        await backend.ask(
-            RpcQueue.IDENTITY_DELETE_USER, UserNameRequest(username=name, context=ctx(request))
-        )
-        await backend.ask(
-            RpcQueue.POLICY_ASSIGN_ROLES,
-            AssignRolesRequest(username=name, roles=[], context=ctx(request)),
-        )
+        await users.delete(username, ctx(request))
         return Response(status_code=204)
 
     @api.post(
@@ -548,7 +521,10 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     async def list_keys(
         request: Request, owner: Annotated[str | None, Query(max_length=64)] = None
     ) -> Any:
-        """API keys that work (never the keys themselves), of every user or of ``owner``."""
+        """API keys that work (never the keys themselves), of ``owner`` or of every user.
+
+        Without users:manage, only the caller's own keys.
+        """
         return await backend.ask(
             RpcQueue.IDENTITY_LIST_API_KEYS,
             ListApiKeysRequest(owner=owner, context=ctx(request)),
@@ -564,8 +540,8 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
     async def create_key(body: CreateApiKeyBody, request: Request) -> Any:
         """Issue an API key; the answer is the only time the key is shown.
 
-        Identity checks the scopes: permissions the owner holds now (and, when the caller is
-        itself an API key, within that key's scopes), else 422.
+        Identity checks the scopes: permissions both the owner and the caller hold now (a
+        calling key narrowed to its scopes), else 422; another owner needs users:manage.
         """
         principal: Principal = request.state.principal
         return await backend.ask(
@@ -797,6 +773,23 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
             ),
         )
 
+    @api.get(
+        "/audit/quarantine",
+        response_model=list[QuarantinedEventView],
+        tags=["audit"],
+        openapi_extra=audit_view,
+    )
+    async def audit_quarantine(request: Request, after_number: int = 0, limit: int = 100) -> Any:
+        """Events audit refused to chain as genuine, in the order they arrived."""
+        if not 0 <= after_number <= MAX_NUMBER or not 1 <= limit <= MAX_PAGE:
+            raise ServiceError(
+                ErrorCode.VALIDATION_FAILED, "0 <= after_number < 2^63 and 1 <= limit <= 1000."
+            )
+        return await backend.ask(
+            RpcQueue.AUDIT_LIST_QUARANTINE,
+            ListQuarantineRequest(after_number=after_number, limit=limit, context=ctx(request)),
+        )
+
     @api.get("/audit/verify", response_model=VerifyResult, tags=["audit"], openapi_extra=audit_view)
     async def audit_verify(request: Request) -> Any:
         """Recompute the hash chain; name the first entry that does not check out."""
@@ -848,6 +841,10 @@ def build_api(  # noqa: PLR0915 - the route table of DESIGN.md, one statement pe
         docs_url=None,
         redoc_url=None,
         routes=api.routes,
+        # The platform sets up no OpenTelemetry through FastAPI; its per-request check for a
+        # configured provider read the environment on every call (about 8 % of the gateway's
+        # CPU per call under load).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     _document_security(app)
 
@@ -900,6 +897,16 @@ def allowed_methods(request: Request) -> list[str]:
         if match is not Match.NONE:
             methods |= getattr(route, "methods", None) or set()
     return sorted(methods)
+
+
+def session_principal(request: Request) -> Principal:
+    """The caller of a session-only call: an API key never manages sessions (decision 0025)."""
+    principal: Principal = request.state.principal
+    if principal.kind != "session":
+        raise ServiceError(
+            ErrorCode.FORBIDDEN, "Sessions are listed and revoked with a session token, not a key."
+        )
+    return principal
 
 
 def _error(request: Request, code: ErrorCode, message: str, status: int | None = None) -> Response:

@@ -106,6 +106,11 @@ class EventSlot:
         self._outcome: bool | None = None
         self.refusal_sent = False
 
+    @property
+    def held(self) -> bool:
+        """Whether the call holds room (to give back when it is done)."""
+        return self._outcome is True
+
     async def claim(self) -> bool:
         """Whether the call holds room (waiting for some the first time it is asked)."""
         if self._outcome is None:
@@ -131,13 +136,18 @@ class LoggingLayer:
 
     Never logs headers, bodies, tokens or keys; the path is logged as its route template.
 
+    An API call's response is complete only once its event is confirmed (its last body chunk
+    waits for the confirm): a client that received a whole answer finds the call in the audit
+    log. When the event is not confirmed the client gets 503 instead (decision 0032).
+
     At most ``max_pending_events`` API calls are in progress with their events not yet
-    confirmed by the broker: a call that finds none free waits for one, and after
-    ``pending_event_wait_seconds`` gets 503 (the audit trail is not keeping up), so a gateway
-    faster than its audit pipeline slows down instead of holding events in memory without
-    bound. A call claims its room once it has its whole body (``SizeLimitLayer`` claims it
-    before the handler runs) or when it is answered before that, never while its body is
-    still on the way: clients that stall their bodies hold no room (decision 0023).
+    confirmed by the broker: a call that finds none free waits for one before anything else
+    happens, and after ``pending_event_wait_seconds`` gets 503 (the audit trail is not keeping
+    up), so a gateway faster than its audit pipeline slows down instead of holding events in
+    memory without bound. A call claims its room once it has its whole body (``SizeLimitLayer``
+    claims it before the handler runs) or when it is answered before that, never while its
+    body is still on the way: clients that stall their bodies hold no room (decision 0023).
+    Calls refused in bulk (``SUMMARISED``) are audited by their summary, not one by one.
     """
 
     def __init__(
@@ -176,41 +186,128 @@ class LoggingLayer:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        slot: EventSlot | None = None
-        if scope["path"].startswith(API_PREFIX):
-            slot = state(scope)["event_slot"] = EventSlot(self._event_slot)
+        if not scope["path"].startswith(API_PREFIX):
+            await self._unaudited(scope, receive, send, started)
+            return
+        slot = state(scope)["event_slot"] = EventSlot(self._event_slot)
+        try:
+            await self._audited(scope, receive, send, started, slot)
+        finally:
+            if slot.held:
+                self._event_slots.release()
+
+    async def _unaudited(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
         status = 500
-        replaced = False
 
         async def watch(message: Message) -> None:
-            nonlocal status, replaced
-            if replaced:
-                return  # the app's answer, after the 503 that replaced it
+            nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if (
-                    slot is not None
-                    and not state(scope).get(SUMMARISED)
-                    and not await slot.claim()
-                    and not slot.refusal_sent
-                ):
-                    # Answered before its body was read (401, 413, ...), and no room now.
-                    replaced = True
-                    status = 503
-                    await self._refuse_unaudited(scope, send)
-                    return
             await send(message)
 
         try:
             await self.app(scope, receive, watch)
         finally:
-            audited = slot is not None and not state(scope).get(SUMMARISED) and await slot.claim()
-            try:
+            self._log(scope, status, (time.perf_counter() - started) * 1000, context_of(scope))
+
+    async def _audited(
+        self, scope: Scope, receive: Receive, send: Send, started: float, slot: EventSlot
+    ) -> None:
+        """Pass the response on, its last body chunk only once its event is confirmed.
+
+        The response start is held until the first body chunk, and the last chunk until the
+        app has returned and the call's event is confirmed. A response in one chunk (every
+        JSON answer) whose event is not confirmed becomes a 503 instead; a streamed one whose
+        start went out already is broken off, so that no client ever receives a complete
+        response without its audit event (decision 0032). The wait happens here, after the
+        app returned, not inside its ``send``: a coroutine suspended under the app's two dozen
+        frames cost about twice as much CPU to resume.
+        """
+        status = 500
+        start: Message | None = None
+        last: Message | None = None
+        duration_ms = 0.0
+
+        async def watch(message: Message) -> None:
+            nonlocal status, start, last, duration_ms
+            if message["type"] == "http.response.start":
+                status, start = message["status"], message
+                return
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                last = message
                 duration_ms = (time.perf_counter() - started) * 1000
-                await self._record(scope, status, duration_ms, audited=audited)
-            finally:
-                if audited:
-                    self._event_slots.release()
+                return
+            if start is not None:
+                await send(start)
+                start = None
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            if last is None:  # the app failed (the server answers 500) or never finished
+                await self._record_unfinished(
+                    scope, 500 if start is not None else status, started, slot
+                )
+                raise
+            await self._release(
+                scope, send, slot, status=status, duration_ms=duration_ms, start=start, last=last
+            )
+            raise
+        if last is None:
+            await self._record_unfinished(scope, status, started, slot)
+            return
+        await self._release(
+            scope, send, slot, status=status, duration_ms=duration_ms, start=start, last=last
+        )
+
+    async def _release(
+        self,
+        scope: Scope,
+        send: Send,
+        slot: EventSlot,
+        *,
+        status: int,
+        duration_ms: float,
+        start: Message | None,
+        last: Message,
+    ) -> None:
+        """Publish the call's event; once confirmed, send what was held, else refuse."""
+        ctx = context_of(scope)
+        if state(scope).get(SUMMARISED) or slot.refusal_sent:
+            # Audited by a summary, or the size layer's 503 for want of room: no event of its own.
+            self._log(scope, status, duration_ms, ctx)
+            if start is not None:
+                await send(start)
+            await send(last)
+            return
+        if not await slot.claim():  # answered before its body was read (401, 413), no room now
+            self._log(scope, 503, duration_ms, ctx)
+            if start is None:
+                raise EventNotRecordedError
+            await self._refuse_unaudited(scope, send)
+            return
+        if not await self._publish(scope, status, duration_ms, ctx):
+            self._log(scope, 503, duration_ms, ctx)
+            if start is None:
+                raise EventNotRecordedError
+            await self._refuse_unaudited(
+                scope, send, message="The call could not be audited; retry later."
+            )
+            return
+        self._log(scope, status, duration_ms, ctx)
+        if start is not None:
+            await send(start)
+        await send(last)
+
+    async def _record_unfinished(
+        self, scope: Scope, status: int, started: float, slot: EventSlot
+    ) -> None:
+        duration_ms = (time.perf_counter() - started) * 1000
+        ctx = context_of(scope)
+        if not state(scope).get(SUMMARISED) and not slot.refusal_sent and await slot.claim():
+            await self._publish(scope, status, duration_ms, ctx)
+        self._log(scope, status, duration_ms, ctx)
 
     async def _event_slot(self) -> bool:
         if not self._event_slots.locked():
@@ -223,28 +320,35 @@ class LoggingLayer:
             return False
         return True
 
-    async def _refuse_unaudited(self, scope: Scope, send: Send) -> None:
-        """503 past the other layers: with the request ID and security headers they'd add."""
-        request_id = state(scope).get("request_id") or accept_request_id(
-            header(scope, b"x-request-id")
-        )
-        state(scope)["request_id"] = request_id
-        await send_unaudited_refusal(
+    async def _refuse_unaudited(
+        self,
+        scope: Scope,
+        send: Send,
+        *,
+        message: str = "The audit trail is not keeping up; retry later.",
+    ) -> None:
+        """503 with the request ID and the security headers the other layers would add."""
+        st = state(scope)
+        request_id = st.get("request_id") or accept_request_id(header(scope, b"x-request-id"))
+        st["request_id"] = request_id
+        await send_error(
             send,
+            code=ErrorCode.UPSTREAM_UNAVAILABLE,
             request_id=request_id,
-            headers=[*security_headers(scope), (b"x-request-id", request_id.encode())],
+            message=message,
+            headers=[
+                *security_headers(scope),
+                (b"x-request-id", request_id.encode()),
+                (b"retry-after", b"1"),
+            ],
         )
 
-    async def _record(
-        self, scope: Scope, status: int, duration_ms: float, *, audited: bool
-    ) -> None:
-        route = self.route_template(scope)
-        ctx = context_of(scope)
+    def _log(self, scope: Scope, status: int, duration_ms: float, ctx: RequestContext) -> None:
         logger.info(
             "request",
             extra={
                 "method": scope["method"],
-                "route": route,
+                "route": self.route_template(scope),
                 "status": status,
                 "duration_ms": round(duration_ms, 2),
                 "principal": ctx.actor,
@@ -252,8 +356,12 @@ class LoggingLayer:
                 "client": ctx.source_ip,
             },
         )
-        if not audited:
-            return
+
+    async def _publish(
+        self, scope: Scope, status: int, duration_ms: float, ctx: RequestContext
+    ) -> bool:
+        """Publish the call's event; whether the broker confirmed it."""
+        route = self.route_template(scope)
         try:
             await self.events.publish(
                 RequestCompleted(
@@ -267,6 +375,12 @@ class LoggingLayer:
             )
         except Exception:
             logger.exception("could not publish gateway.request.completed")
+            return False
+        return True
+
+
+class EventNotRecordedError(Exception):
+    """A streamed response's event was not confirmed after its start went out: break it off."""
 
 
 class RequestIdLayer:

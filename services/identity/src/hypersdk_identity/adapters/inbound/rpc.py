@@ -35,7 +35,7 @@ from hypersdk_contracts.rpc import (
     UserNameRequest,
     UserView,
 )
-from hypersdk_identity.core.apikeys import ApiKeyService
+from hypersdk_identity.core.apikeys import ApiKeyService, Caller
 from hypersdk_identity.core.service import IdentityService
 from hypersdk_kit.bus import Answer, RequestT, serve_rpc
 from hypersdk_kit.guard import RequestGuard
@@ -73,7 +73,11 @@ def register_rpc(
     """Answer the identity questions on their request queues."""
 
     async def login(request: LoginRequest) -> LoginResult:
-        return await identity.login(request.username, request.password, request.context)
+        # Only the gateway's seal says where a login came from: the address throttle counts
+        # the sealed address, never one a caller on the bus wrote into the context.
+        seal = await guard.admit(operation=RpcQueue.IDENTITY_LOGIN, context=request.context)
+        context = request.context.model_copy(update={"source_ip": seal.get("ip")})
+        return await identity.login(request.username, request.password, context)
 
     async def authenticate(request: AuthenticateRequest) -> Principal:
         return sign_principal(signer, await identity.authenticate(request.token))
@@ -125,13 +129,23 @@ def register_account_rpc(
         return await identity.refresh(request.token, request.context)
 
     async def list_sessions(request: ListSessionsRequest) -> list[SessionView]:
-        claims = await _own(
-            guard, RpcQueue.IDENTITY_LIST_SESSIONS, request.context, request.username
+        claims = await own_session_claims(
+            guard,
+            RpcQueue.IDENTITY_LIST_SESSIONS,
+            request.context,
+            request.username,
+            target=request.username,
         )
         return await identity.list_sessions(request.username, current_session_id=claims.get("sid"))
 
     async def revoke_session(request: RevokeSessionRequest) -> None:
-        await _own(guard, RpcQueue.IDENTITY_REVOKE_SESSION, request.context, request.username)
+        await own_session_claims(
+            guard,
+            RpcQueue.IDENTITY_REVOKE_SESSION,
+            request.context,
+            request.username,
+            target=request.session_id,
+        )
         await identity.revoke_session(request.username, request.session_id, request.context)
 
     async def get_user(request: UserNameRequest) -> UserView:
@@ -191,21 +205,38 @@ def register_api_key_rpc(
             name=request.name,
             scopes=request.scopes,
             expires_at=request.expires_at,
-            calling_key_scopes=await calling_key_scopes(
-                guard, RpcQueue.IDENTITY_CREATE_API_KEY, request.context
+            caller=await caller_of(
+                guard, RpcQueue.IDENTITY_CREATE_API_KEY, request.context, target=request.owner
             ),
             context=request.context,
         )
 
     async def list_api_keys(request: ListApiKeysRequest) -> list[ApiKeyView]:
-        return await api_keys.list_keys(owner=request.owner)
+        return await api_keys.list_keys(
+            owner=request.owner,
+            caller=await caller_of(
+                guard, RpcQueue.IDENTITY_LIST_API_KEYS, request.context, target=request.owner
+            ),
+            context=request.context,
+        )
 
     async def revoke_api_key(request: ApiKeyIdRequest) -> None:
-        await api_keys.revoke(request.key_id, request.context)
+        await api_keys.revoke(
+            request.key_id,
+            caller=await caller_of(
+                guard, RpcQueue.IDENTITY_REVOKE_API_KEY, request.context, target=request.key_id
+            ),
+            context=request.context,
+        )
 
     async def rotate_api_key(request: RotateApiKeyRequest) -> IssuedApiKey:
         return await api_keys.rotate(
-            request.key_id, grace_seconds=request.grace_seconds, context=request.context
+            request.key_id,
+            grace_seconds=request.grace_seconds,
+            caller=await caller_of(
+                guard, RpcQueue.IDENTITY_ROTATE_API_KEY, request.context, target=request.key_id
+            ),
+            context=request.context,
         )
 
     serve_rpc(
@@ -224,27 +255,44 @@ def register_api_key_rpc(
     manage(RpcQueue.IDENTITY_ROTATE_API_KEY, RotateApiKeyRequest, rotate_api_key)
 
 
-async def calling_key_scopes(
-    guard: RequestGuard, operation: str, context: RequestContext
-) -> list[str] | None:
-    """The scopes of the API key making the call, None for a session.
+async def caller_of(
+    guard: RequestGuard, operation: str, context: RequestContext, *, target: str | None
+) -> Caller:
+    """The caller of a key operation, from its principal assertion once verified.
 
-    Read from the caller's principal assertion once verified (identity signed it), never from a
-    request field, so a caller cannot claim a broader key than it holds. Anything but a session
-    without scopes counts as a key, and a key without readable scopes has none.
+    Read from the assertion identity signed, never from a request field, so a caller cannot
+    claim a broader key than it holds. Anything but a session without scopes counts as a key,
+    and a key without readable scopes has none.
     """
-    claims = await guard.authenticate(operation=operation, context=context)
+    claims = await guard.authenticate(operation=operation, context=context, target=target)
     scopes = claims.get("scopes")
+    roles = claims.get("xroles")
+    external_roles = tuple(str(role) for role in roles) if isinstance(roles, list) else ()
     if claims.get("kind") == "session" and scopes is None:
-        return None
-    return [str(scope) for scope in scopes] if isinstance(scopes, list) else []
+        key_scopes = None
+    else:
+        key_scopes = tuple(str(scope) for scope in scopes) if isinstance(scopes, list) else ()
+    return Caller(
+        username=str(claims.get("sub")), key_scopes=key_scopes, external_roles=external_roles
+    )
 
 
-async def _own(
-    guard: RequestGuard, operation: str, context: RequestContext, username: str
+async def own_session_claims(
+    guard: RequestGuard,
+    operation: str,
+    context: RequestContext,
+    username: str,
+    *,
+    target: str | None,
 ) -> dict[str, Any]:
-    """The caller's verified principal claims; it may only ask about its own sessions."""
-    claims = await guard.authenticate(operation=operation, context=context)
+    """The caller's verified principal claims; it may only ask about its own sessions.
+
+    Only with a session: an API key, whatever its scopes, neither lists nor ends its owner's
+    sessions (decision 0025).
+    """
+    claims = await guard.authenticate(operation=operation, context=context, target=target)
     if claims.get("sub") != username:
         await guard.refuse(operation=operation, reason="actor_mismatch", context=context)
+    if claims.get("kind") != "session":
+        await guard.refuse(operation=operation, reason="session_required", context=context)
     return claims

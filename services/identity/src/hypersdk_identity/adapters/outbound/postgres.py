@@ -8,6 +8,8 @@ import asyncpg
 
 from hypersdk_identity.core.models import ApiKey, Session, ThrottleKind, ThrottleState, User
 from hypersdk_identity.ports.outbound import ApiKeyStore, SessionStore, ThrottleStore, UserStore
+from hypersdk_kit.database import Database
+from hypersdk_kit.outbox import OUTBOX_MIGRATION
 
 SCHEMA = "identity"
 MIGRATIONS = [
@@ -61,6 +63,7 @@ MIGRATIONS = [
     CREATE INDEX api_keys_owner ON api_keys (owner);
     CREATE INDEX sessions_expires_at ON sessions (expires_at);
     """,
+    OUTBOX_MIGRATION,
 ]
 SESSION_COLUMNS = (
     "id::text AS id, username, token_hash, created_at, last_seen_at, expires_at, revoked"
@@ -81,7 +84,7 @@ def _changed(status: str) -> bool:
 class PostgresUserStore(UserStore):
     """Users in ``identity.users``."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
 
     async def add(self, user: User) -> None:
@@ -131,7 +134,7 @@ class PostgresUserStore(UserStore):
 class PostgresSessionStore(SessionStore):
     """Sessions in ``identity.sessions``."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
 
     async def add(self, session: Session) -> None:
@@ -218,7 +221,7 @@ class PostgresSessionStore(SessionStore):
 class PostgresThrottleStore(ThrottleStore):
     """Failed-login counters in ``identity.login_throttle``, swapped on ``version``."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
 
     async def get(self, kind: ThrottleKind, key: str) -> ThrottleState | None:
@@ -293,7 +296,7 @@ def _api_key(row: asyncpg.Record) -> ApiKey:
 class PostgresApiKeyStore(ApiKeyStore):
     """API keys in ``identity.api_keys`` (hash of the key, never the key)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
 
     async def add(self, key: ApiKey) -> None:
@@ -301,7 +304,7 @@ class PostgresApiKeyStore(ApiKeyStore):
         await self._insert(self._pool, key)
 
     @staticmethod
-    async def _insert(conn: asyncpg.Pool | asyncpg.Connection, key: ApiKey) -> None:
+    async def _insert(conn: Database | asyncpg.Connection, key: ApiKey) -> None:
         await conn.execute(
             "INSERT INTO identity.api_keys (id, owner, name, key_hash, hint, scopes, created_at,"
             " created_by, expires_at, revoked_at, replaced_by, last_used_at)"

@@ -37,7 +37,9 @@ def register_rpc(
     """Answer the policy questions on their request queues."""
 
     async def decide(request: DecideRequest) -> Decision:
-        claims = await guard.authenticate(operation=RpcQueue.POLICY_DECIDE, context=request.context)
+        claims = await guard.authenticate(
+            operation=RpcQueue.POLICY_DECIDE, context=request.context, target=request.permission
+        )
         if claims["sub"] != request.username:
             await guard.refuse(
                 operation=RpcQueue.POLICY_DECIDE, reason="actor_mismatch", context=request.context
@@ -52,9 +54,17 @@ def register_rpc(
         )
         if not decision.allowed:
             return decision
-        # Bound to the actor and the permission, not to one request: the gateway reuses it
-        # while it lives, and drops it on any revocation (decision 0015).
-        grant = signer.sign({"typ": "grant", "sub": request.username, "perm": request.permission})
+        # Bound to the actor, the permission and the operations of one route, not to one
+        # request: the gateway reuses it for that route while it lives and drops it on any
+        # revocation (decision 0015); its seal binds each use to one request (decision 0027).
+        grant = signer.sign(
+            {
+                "typ": "grant",
+                "sub": request.username,
+                "perm": request.permission,
+                "op": sorted(set(request.operations)),
+            }
+        )
         return decision.model_copy(update={"grant": grant})
 
     async def assign_roles(request: AssignRolesRequest) -> RoleList:
@@ -102,8 +112,10 @@ async def _self_or_granted(
 ) -> dict[str, Any]:
     """A principal may ask about itself; asking about others needs a grant."""
     if context.grant is not None:
-        return await guard.authorize(operation=operation, context=context, permissions=permissions)
-    claims = await guard.authenticate(operation=operation, context=context)
+        return await guard.authorize(
+            operation=operation, context=context, permissions=permissions, target=username
+        )
+    claims = await guard.authenticate(operation=operation, context=context, target=username)
     if claims["sub"] != username:
         await guard.refuse(operation=operation, reason="permission_not_granted", context=context)
     return claims

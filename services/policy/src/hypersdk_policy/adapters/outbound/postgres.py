@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import asyncpg
+from datetime import datetime
 
 from hypersdk_contracts.permissions import ROLE_PERMISSIONS
+from hypersdk_kit.database import Database
+from hypersdk_kit.outbox import OUTBOX_MIGRATION
 from hypersdk_policy.ports.outbound import RoleStore
 
 SCHEMA = "policy"
@@ -29,13 +31,14 @@ MIGRATIONS = [
         PRIMARY KEY (username, role)
     );
     """,
+    OUTBOX_MIGRATION,
 ]
 
 
 class PostgresRoleStore(RoleStore):
     """Roles in ``policy.role_permissions`` and ``policy.role_assignments``."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
 
     async def permissions_of_roles(self, roles: list[str]) -> set[str]:
@@ -60,6 +63,16 @@ class PostgresRoleStore(RoleStore):
                 "INSERT INTO policy.role_assignments (username, role) VALUES ($1, $2)",
                 [(username, role) for role in roles],
             )
+
+    async def remove_roles_assigned_until(self, username: str, until: datetime) -> list[str]:
+        """One statement: only rows assigned at or before ``until`` go."""
+        rows = await self._pool.fetch(
+            "DELETE FROM policy.role_assignments WHERE username = $1 AND assigned_at <= $2 "
+            "RETURNING role",
+            username,
+            until,
+        )
+        return sorted(row["role"] for row in rows)
 
     async def holders_of(self, role: str) -> list[str]:
         """Users holding a role."""
