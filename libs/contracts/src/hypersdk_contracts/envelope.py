@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, TypeAdapter, field_validator
 
 from hypersdk_contracts.base import Message
+from hypersdk_contracts.events import EventData
 from hypersdk_contracts.names import EVENT_TYPE_PREFIX
 
 CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json"
@@ -156,3 +157,16 @@ def batch_to_json(events: list[CloudEvent]) -> bytes:
 def batch_from_json(body: bytes) -> list[CloudEvent]:
     """The events of a batch message; ``ValidationError`` unless it is a non-empty array of them."""
     return _BATCH.validate_json(body)
+
+
+def event_envelope(
+    data: EventData, *, service: str, subject: str | None, context: RequestContext | None
+) -> CloudEvent:
+    """A fresh envelope from ``service`` for the event ``data``, under its own routing key."""
+    return new_event(
+        service=service,
+        routing_key=data.routing_key.value,
+        data=data,
+        subject=subject,
+        context=context,
+    )

@@ -40,6 +40,7 @@ from hypersdk_contracts.envelope import (
     RequestContext,
     batch_from_json,
     child_traceparent,
+    event_envelope,
     new_event,
 )
 from hypersdk_contracts.errors import ErrorBody, ErrorCode, ServiceError
@@ -169,13 +170,7 @@ class RabbitEventPublisher(EventPublisher, EnvelopePublisher):
         self, data: EventData, *, subject: str | None, context: RequestContext | None
     ) -> CloudEvent:
         channel = await self._ready()
-        event = new_event(
-            service=self._service,
-            routing_key=data.routing_key.value,
-            data=data,
-            subject=subject,
-            context=context,
-        )
+        event = event_envelope(data, service=self._service, subject=subject, context=context)
         if not isinstance(await self._send(channel, event), aiormq.spec.Basic.Ack):
             raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, "The message bus refused an event.")
         return event
@@ -223,13 +218,7 @@ class InMemoryEventPublisher(EventPublisher):
         self, data: EventData, *, subject: str | None, context: RequestContext | None
     ) -> CloudEvent:
         """Record the event."""
-        event = new_event(
-            service=self._service,
-            routing_key=data.routing_key.value,
-            data=data,
-            subject=subject,
-            context=context,
-        )
+        event = event_envelope(data, service=self._service, subject=subject, context=context)
         self.events.append(event)
         return event
 

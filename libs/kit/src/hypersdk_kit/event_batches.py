@@ -24,7 +24,7 @@ from hypersdk_contracts.envelope import (
     CloudEvent,
     RequestContext,
     batch_to_json,
-    new_event,
+    event_envelope,
 )
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import EventData
@@ -92,13 +92,7 @@ class BatchingEventPublisher(EventPublisher):
         """
         if self._closed:
             raise EventsNotConfirmedError("The event publisher is closed.")
-        event = new_event(
-            service=self._service,
-            routing_key=data.routing_key.value,
-            data=data,
-            subject=subject,
-            context=context,
-        )
+        event = event_envelope(data, service=self._service, subject=subject, context=context)
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(event.routing_key, []).append((event, confirmed))
         self._waiting += 1

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 
-from hypersdk_contracts.envelope import CloudEvent, RequestContext, new_event
+from hypersdk_contracts.envelope import CloudEvent, RequestContext, event_envelope
 from hypersdk_contracts.events import EventData
 from hypersdk_kit.ports import UnitOfWork
 
@@ -64,13 +64,7 @@ class InMemoryUnitOfWork(UnitOfWork):
         self, data: EventData, *, subject: str | None, context: RequestContext | None
     ) -> CloudEvent:
         """Keep the event with the open transaction (or commit it alone)."""
-        event = new_event(
-            service=self._service,
-            routing_key=data.routing_key.value,
-            data=data,
-            subject=subject,
-            context=context,
-        )
+        event = event_envelope(data, service=self._service, subject=subject, context=context)
         pending = self._pending.get()
         if pending is None:
             self.events.append(event)

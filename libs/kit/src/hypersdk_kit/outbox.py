@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from hypersdk_contracts.envelope import CloudEvent, RequestContext, new_event
+from hypersdk_contracts.envelope import CloudEvent, RequestContext, event_envelope
 from hypersdk_contracts.events import EventData
 from hypersdk_kit.database import Database
 from hypersdk_kit.ports import EnvelopePublisher, UnitOfWork
@@ -100,13 +100,7 @@ class PostgresUnitOfWork(UnitOfWork):
         self, data: EventData, *, subject: str | None, context: RequestContext | None
     ) -> CloudEvent:
         """Build the envelope now; it is written with the open transaction (or one of its own)."""
-        event = new_event(
-            service=self._service,
-            routing_key=data.routing_key.value,
-            data=data,
-            subject=subject,
-            context=context,
-        )
+        event = event_envelope(data, service=self._service, subject=subject, context=context)
         pending = self._pending.get()
         if pending is not None:
             pending.append(event)
