@@ -239,3 +239,25 @@ async def test_an_abandoned_check_keeps_its_place_until_its_thread_is_done() -> 
             break
         await asyncio.sleep(0.01)
     assert await hasher.check(PASSWORD, stored) is True
+
+
+async def test_a_login_from_an_address_without_failures_is_checked_before_a_storms() -> None:
+    hasher = BcryptPasswordHasher(workers=1, queue=4)
+    stored = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10))  # ~60 ms a check
+    order: list[str] = []
+
+    async def check(name: str, *, suspicious: bool) -> None:
+        with hasher.first_for(suspicious=suspicious):
+            await hasher.check(PASSWORD, stored)
+        order.append(name)
+
+    running = asyncio.ensure_future(check("running", suspicious=True))
+    await asyncio.sleep(0)  # it holds the only thread
+    storm = [asyncio.ensure_future(check(f"storm-{i}", suspicious=True)) for i in range(3)]
+    await asyncio.sleep(0)
+    legitimate = asyncio.ensure_future(check("legitimate", suspicious=False))
+    await asyncio.gather(running, *storm, legitimate)
+
+    # Behind the check already running, ahead of the storm's that were waiting before it.
+    assert order == ["running", "legitimate", "storm-0", "storm-1", "storm-2"]
+    assert hasher.in_flight == 0

@@ -185,8 +185,10 @@ class IdentityService:
             if retry_after is not None:  # the last places are kept for addresses that behave
                 await self._throttle.withdrawn(admission)
                 raise _busy(retry_after)
+        suspicious = admission is not None and admission.address_failed_recently
         try:
-            user, failure = await self._verify(username, password, context)
+            with self._hasher.first_for(suspicious=suspicious):
+                user, failure = await self._verify(username, password, context)
         except PasswordHasher.BusyError as exc:
             # Nothing was checked: the attempt costs no failure (a storm of other people's
             # logins must not lock this user out), and is answered at once, not queued.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 
 from hypersdk_contracts.envelope import RequestContext
@@ -162,6 +163,14 @@ class PasswordHasher(ABC):
         the others are left.
         """
         return None
+
+    def first_for(self, *, suspicious: bool) -> AbstractContextManager[None]:
+        """Checks started inside wait behind no ``suspicious`` one if ``suspicious`` is False.
+
+        A login from an address without recent failures is served before waiting ones from
+        addresses that failed recently (a storm's), not behind them. Default: no order.
+        """
+        return nullcontext()
 
     @abstractmethod
     async def hash(self, password: str) -> bytes:

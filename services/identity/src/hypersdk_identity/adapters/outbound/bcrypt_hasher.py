@@ -6,8 +6,9 @@ leaves a core to the event loop, the database and the other services. Its queue 
 too: a check that would wait behind more than ``queue`` others is refused at once with
 :class:`PasswordHasher.BusyError` (identity answers 503 ``service_busy`` with Retry-After), so
 no login waits seconds for a thread and then times out. The last ``workers`` places are kept
-for logins from addresses without recent failures, so a storm of failed logins does not
-crowd out everyone else (decision 0003).
+for logins from addresses without recent failures, and their checks are started before any
+waiting one of an address that failed recently, so a storm of failed logins neither crowds
+out nor queues ahead of everyone else (decision 0003).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 import bcrypt
 
@@ -28,6 +32,9 @@ MAX_BYTES = 72  # bcrypt ignores (bcrypt 5: refuses) anything longer
 QUEUE_PER_WORKER = 4  # waiting checks per thread: at cost 12, at most ~1.2 s of waiting
 RETRY_AFTER_SECONDS = 1
 T = TypeVar("T")
+_SUSPICIOUS: ContextVar[bool] = ContextVar("hypersdk_bcrypt_suspicious", default=False)
+"""Whether checks of the current task come second (set by ``first_for`` around a login)."""
+Job = tuple[Callable[..., Any], tuple[object, ...], "Future[Any]"]
 
 
 def usable_cores() -> int:
@@ -63,6 +70,9 @@ class BcryptPasswordHasher(PasswordHasher):
         # without recent failures waits behind at most the queue, never finds it full.
         self.reserved = min(self.workers, self.queue)
         self._in_flight = 0
+        self._running = 0
+        # Work waiting for a thread: first the checks of addresses without recent failures.
+        self._waiting: tuple[deque[Job], deque[Job]] = (deque(), deque())
         self._lock = threading.Lock()  # released from the worker threads
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="bcrypt")
 
@@ -79,24 +89,58 @@ class BcryptPasswordHasher(PasswordHasher):
         places = self.workers + self.queue - (self.reserved if suspicious else 0)
         return RETRY_AFTER_SECONDS if self._in_flight >= places else None
 
+    @contextmanager
+    def first_for(self, *, suspicious: bool) -> Iterator[None]:
+        """Checks started inside go first unless ``suspicious`` (see the port)."""
+        token = _SUSPICIOUS.set(suspicious)
+        try:
+            yield
+        finally:
+            _SUSPICIOUS.reset(token)
+
     async def _run(self, work: Callable[..., T], *args: object) -> T:
+        done: Future[T] = Future()
         with self._lock:
             if self._in_flight >= self.workers + self.queue:
                 raise PasswordHasher.BusyError(RETRY_AFTER_SECONDS)
             self._in_flight += 1
-        try:
-            submitted = self._pool.submit(work, *args)
-        except BaseException:
-            self._release()
-            raise
-        # Released when the work ends (or is cancelled before it started), not when the caller
-        # stops waiting: a thread still busy with an abandoned check is still busy.
-        submitted.add_done_callback(self._release)
-        return await asyncio.wrap_future(submitted)
+            self._waiting[_SUSPICIOUS.get()].append((work, args, done))
+            self._start_waiting()
+        return await asyncio.wrap_future(done)
 
-    def _release(self, _: object = None) -> None:
+    def _start_waiting(self) -> None:
+        """Hand waiting work to free threads, first come first within a rank (lock held).
+
+        A place is given back when its work ends, not when its caller stops waiting: a thread
+        still busy with an abandoned check is still busy.
+        """
+        while self._running < self.workers:
+            rank = self._waiting[False] or self._waiting[True]
+            if not rank:
+                return
+            work, args, done = rank.popleft()
+            self._running += 1
+            self._pool.submit(self._work, work, args, done)
+
+    def _work(self, work: Callable[..., Any], args: tuple[object, ...], done: Future[Any]) -> None:
+        """Run in a pool thread; the place is given back before the caller hears the result."""
+        if not done.set_running_or_notify_cancel():  # its caller gave up while it waited
+            self._finished()
+            return
+        try:
+            result = work(*args)
+        except BaseException as exc:
+            self._finished()
+            done.set_exception(exc)
+            return
+        self._finished()
+        done.set_result(result)
+
+    def _finished(self) -> None:
         with self._lock:
+            self._running -= 1
             self._in_flight -= 1
+            self._start_waiting()
 
     async def hash(self, password: str) -> bytes:
         """Hash off the event loop."""
