@@ -165,6 +165,22 @@ def test_calls_in_flight_when_the_gateway_loses_the_broker_get_2xx_or_a_prompt_5
     slowest = max(seconds for *_, seconds in answers)
     assert slowest < 5, f"a call waited {slowest:.1f} s"
     assert all(headers.get("retry-after") for _, s, headers, _ in answers if s == 503)
+    # A 200 was released only once its event was confirmed: each is in the audit chain.
+    answered = [request_id for request_id, status, _, _ in answers if status == 200]
+    assert answered
+
+    def unaudited() -> set[str]:
+        rows = stack.db(
+            "SELECT request_id FROM audit.entries WHERE action = 'api.call' "
+            "AND request_id = ANY($1::text[])",
+            answered,
+        )
+        return set(answered) - {row["request_id"] for row in rows}
+
+    deadline = time.monotonic() + 30
+    while missing := unaudited():
+        assert time.monotonic() < deadline, f"{len(missing)} calls answered 200, not audited"
+        time.sleep(0.2)
     # aio-pika reconnects after its 5 s interval; then calls succeed again.
     deadline = time.monotonic() + 30
     while (
