@@ -628,3 +628,17 @@ async def test_the_grace_period_never_outlives_the_key(world: World) -> None:
     world.clock.advance(100)
     with pytest.raises(ServiceError):
         await world.keys.authenticate(old)
+
+
+async def test_issuing_for_another_user_tells_nothing_of_who_exists_without_users_manage(
+    world: World,
+) -> None:
+    await _with_ada(world)
+
+    answers = []
+    for owner in ("ada", "nobody-of-that-name"):
+        with pytest.raises(ServiceError) as error:
+            await world.issue(owner=owner, scopes=["vms:browse"], caller=KEYS_ONLY)
+        answers.append(error.value.code)
+
+    assert answers == [ErrorCode.FORBIDDEN, ErrorCode.FORBIDDEN]  # not 403 vs 404

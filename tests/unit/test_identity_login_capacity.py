@@ -261,3 +261,22 @@ async def test_a_login_from_an_address_without_failures_is_checked_before_a_stor
     # Behind the check already running, ahead of the storm's that were waiting before it.
     assert order == ["running", "legitimate", "storm-0", "storm-1", "storm-2"]
     assert hasher.in_flight == 0
+
+
+async def test_the_reserved_places_hold_for_checks_that_came_past_full_together() -> None:
+    hasher = BcryptPasswordHasher(workers=1, queue=2)  # 3 places, the last reserved
+    stored = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10))
+
+    async def check(*, suspicious: bool) -> bool:
+        with hasher.first_for(suspicious=suspicious):
+            return await hasher.check(PASSWORD, stored)
+
+    # Both asked full() while it was free; they reach the pool one after the other.
+    assert hasher.full(suspicious=True) is None
+    first = [asyncio.ensure_future(check(suspicious=True)) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(PasswordHasher.BusyError):
+        await check(suspicious=True)
+    clean = asyncio.ensure_future(check(suspicious=False))
+
+    assert await asyncio.gather(*first, clean) == [True, True, True]

@@ -4,8 +4,10 @@ The key is ``hsdk_k_`` + 32 random base62 characters + a 6-character CRC32 check
 ``hypersdk_contracts.credentials``). Only its SHA-256 is stored: the key carries ~190 bits from
 the CSPRNG, so a fast hash is as good as a slow one here (nothing to guess, no dictionary), and
 every API call can be checked without bcrypt's 240 ms. Gateways cache a verified key for
-seconds; revoking one publishes ``identity.apikey.revoked`` (confirmed) before answering, which
-empties every replica's cache, so a revoked key stops working everywhere at once.
+seconds; revoking one records ``identity.apikey.revoked`` with the revocation, and the outbox
+publishes it right after the commit, before the answer as a rule (decision 0021), which empties
+every replica's cache. If that publish fails, the relay retries it and the caches still expire
+within their lifetime (decision 0015).
 
 Every key operation is checked here against the caller's verified principal, not trusted from
 the gateway (decision 0025):
@@ -112,8 +114,13 @@ class ApiKeyService:
         now = self._clock()
         if expires_at is not None and expires_at <= now:
             raise ServiceError(ErrorCode.VALIDATION_FAILED, "expires_at must be in the future.")
+        caller_holds = await self._effective(caller, context)
+        if owner != caller.username and MANAGE_OTHERS not in caller_holds:
+            raise _not_yours()  # before looking the owner up: nothing to learn of other users
         user = await self._active_owner(owner)
-        beyond = await self._beyond(user, wanted=wanted, caller=caller, context=context)
+        beyond = await self._beyond(
+            user, wanted=wanted, caller=caller, context=context, caller_holds=caller_holds
+        )
         if beyond is None:
             raise _not_yours()
         if beyond:
@@ -195,6 +202,8 @@ class ApiKeyService:
             raise ServiceError(ErrorCode.CONFLICT, "That API key was already rotated.")
         owner = await self._active_owner(old.owner)
         beyond = await self._beyond(owner, wanted=old.scopes, caller=caller, context=context)
+        if beyond is None:  # the caller lost users:manage since _may_manage asked
+            raise _no_such_key()
         if beyond:
             raise ServiceError(
                 ErrorCode.FORBIDDEN,
@@ -279,13 +288,21 @@ class ApiKeyService:
         return key.owner == caller.username or await self._manages_others(caller, context)
 
     async def _beyond(
-        self, owner: User, *, wanted: tuple[str, ...], caller: Caller, context: RequestContext
+        self,
+        owner: User,
+        *,
+        wanted: tuple[str, ...],
+        caller: Caller,
+        context: RequestContext,
+        caller_holds: frozenset[str] | None = None,
     ) -> list[str] | None:
         """Scopes of ``wanted`` that the owner or the caller does not hold now, sorted.
 
-        None when the caller may not manage the owner's keys at all.
+        None when the caller may not manage the owner's keys at all. ``caller_holds``: the
+        caller's effective permissions if they were just asked.
         """
-        caller_holds = await self._effective(caller, context)
+        if caller_holds is None:
+            caller_holds = await self._effective(caller, context)
         if owner.username != caller.username and MANAGE_OTHERS not in caller_holds:
             return None
         external_roles: list[str] = []

@@ -100,11 +100,13 @@ class BcryptPasswordHasher(PasswordHasher):
 
     async def _run(self, work: Callable[..., T], *args: object) -> T:
         done: Future[T] = Future()
+        suspicious = _SUSPICIOUS.get()
         with self._lock:
-            if self._in_flight >= self.workers + self.queue:
+            # Checked again here, not only by ``full``: others may have come in since.
+            if self._in_flight >= self.workers + self.queue - (self.reserved if suspicious else 0):
                 raise PasswordHasher.BusyError(RETRY_AFTER_SECONDS)
             self._in_flight += 1
-            self._waiting[_SUSPICIOUS.get()].append((work, args, done))
+            self._waiting[suspicious].append((work, args, done))
             self._start_waiting()
         return await asyncio.wrap_future(done)
 
