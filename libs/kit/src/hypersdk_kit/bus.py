@@ -179,7 +179,10 @@ class RabbitEventPublisher(EventPublisher, EnvelopePublisher):
         """Publish envelopes built earlier (an outbox's), in order; raise unless all are acked.
 
         All are written to the channel before any confirm is awaited, in the given order.
+        Refused at once (``upstream_unavailable``) without a connection, as :meth:`publish` is.
         """
+        if not broker_connection(self._broker).connected.is_set():
+            raise bus_unavailable()
         channel = await self._ready()
         confirmations = await asyncio.gather(*(self._send(channel, event) for event in events))
         if not all(isinstance(c, aiormq.spec.Basic.Ack) for c in confirmations):
@@ -503,7 +506,9 @@ class EnvelopeBatcher:
         except Exception:
             deliveries = max(_delivery_count(delivery) for delivery, _ in batch)
             logger.exception(
-                "a batch of %d events failed (delivery %d); requeueing", len(batch), deliveries + 1
+                "a batch of %d deliveries failed (delivery %d); requeueing",
+                len(batch),
+                deliveries + 1,
             )
             await _back_off(deliveries)
             for delivery, _ in batch:

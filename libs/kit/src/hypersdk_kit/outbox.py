@@ -84,6 +84,9 @@ class PostgresUnitOfWork(UnitOfWork):
         if self._pending.get() is not None:
             yield
             return
+        # Inside a transaction of the database's own, "commit" is the outer one's, later: the
+        # rows are not visible before it, so there is nothing to publish at once here.
+        joined = self._database.in_transaction
         events: list[CloudEvent] = []
         async with self._database.transaction() as conn:
             token = self._pending.set(events)
@@ -93,7 +96,7 @@ class PostgresUnitOfWork(UnitOfWork):
                 self._pending.reset(token)
             if events:
                 await self._write(conn, events)
-        if events and self._after_commit is not None:
+        if events and not joined and self._after_commit is not None:
             await self._after_commit()
 
     async def record(
@@ -197,10 +200,10 @@ class OutboxRelay:
         """
         self._publishing_now = self._publishing_now or asyncio.Lock()
         try:
-            async with self._publishing_now:
-                await asyncio.wait_for(
-                    self.relay_once(wait=True), timeout=self._publish_now_timeout
-                )
+            # The wait for the lock counts too: callers queued behind a stuck broker must not
+            # wait a timeout each, one after the other.
+            async with asyncio.timeout(self._publish_now_timeout), self._publishing_now:
+                await self.relay_once(wait=True)
         except Exception as exc:  # the relay retries; the state change has committed
             logger.warning(
                 "publishing %s's outbox at commit failed (%s); the relay retries",

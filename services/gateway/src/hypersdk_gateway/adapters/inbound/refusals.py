@@ -76,12 +76,16 @@ class RefusalSummary:
         await self.flush()
 
     async def flush(self) -> None:
-        """Publish what was counted so far, one event per address and reason."""
+        """Publish what was counted so far, one event per address and reason, all at once.
+
+        Together, not one confirm after another: a flood from many addresses (a summary each)
+        would otherwise hold up shutdown for as many round trips.
+        """
         counts, self._counts = self._counts, {}
         ended = datetime.now(UTC)
-        for (address, reason), (started, refused) in counts.items():
-            try:
-                await self._events.publish(
+        outcomes = await asyncio.gather(
+            *(
+                self._events.publish(
                     RefusalsSummarized(
                         reason=reason,
                         refused=refused,
@@ -91,8 +95,15 @@ class RefusalSummary:
                     subject=API_PREFIX,
                     context=RequestContext(source_ip=address),
                 )
-            except Exception:
-                logger.exception("could not publish gateway.refusals.summarized")
+                for (address, reason), (started, refused) in counts.items()
+            ),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                logger.error(
+                    "could not publish gateway.refusals.summarized: %s", type(outcome).__name__
+                )
 
     async def close(self) -> None:
         """End the current window now (on shutdown)."""
