@@ -6,15 +6,19 @@ PY := $(VENV)/bin/python
 PACKAGES := libs/contracts libs/kit services/gateway services/identity services/policy \
             services/secrets services/exporter services/audit
 STAMP := $(VENV)/.installed
+# Debian packages: qemu-img; libvirt-python builds against libvirt-dev; the vSphere simulator of the
+# tests builds from govmomi's Debian source with Go; wrk loads the gateway in `make bench`.
+SYSTEM_PACKAGES := qemu-utils libvirt-dev pkg-config golang-go golang-github-vmware-govmomi-dev wrk
 
 .PHONY: install up down status test test-unit test-integration lint bench clean
 
 install: $(STAMP)
 
 $(STAMP): requirements.lock requirements-dev.lock $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
-	@command -v qemu-img >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q qemu-utils >/dev/null; \
-	  else echo "qemu-img is missing: sudo apt-get install qemu-utils" >&2; exit 1; fi; }
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q >/dev/null; apt-get install -y -q $$missing >/dev/null; \
+	  else echo "missing system packages: sudo apt-get install $$missing" >&2; exit 1; fi; fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==26.3
 	$(PY) -m pip install -q -r requirements.lock -r requirements-dev.lock
