@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from hypersdk_contracts.events import Artifact
-from hypersdk_contracts.rpc import DiskFormat, JobStatus
+from hypersdk_contracts.rpc import DiskFormat
 
 FILE_EXTENSIONS: dict[DiskFormat, str] = {
     DiskFormat.RAW: "img",
@@ -16,7 +15,6 @@ FILE_EXTENSIONS: dict[DiskFormat, str] = {
     DiskFormat.VHDX: "vhdx",
     DiskFormat.VPC: "vhd",
 }
-TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -51,17 +49,8 @@ class Vm:
 
 
 @dataclass(frozen=True)
-class Job:
-    """An export job."""
+class SourceFingerprint:
+    """What identifies a source disk's content cheaply, to detect a change during an export."""
 
-    id: str
-    provider: str
-    vm: str
-    format: DiskFormat
-    status: JobStatus
-    progress: int
-    requested_by: str | None
-    created_at: datetime
-    updated_at: datetime
-    error: str | None = None
-    artifacts: list[Artifact] = field(default_factory=list)
+    size: int
+    change_id: str  # mtime_ns+inode, or the provider's change id

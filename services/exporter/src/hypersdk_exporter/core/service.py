@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+import time
 import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from hypersdk_contracts.commands import VmExportRequested
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import (
     Artifact,
+    EventData,
+    JobCancelled,
+    JobCancelRequested,
     JobCompleted,
     JobFailed,
     JobProgressed,
@@ -27,7 +34,17 @@ from hypersdk_contracts.events import (
     ProviderRemoved,
 )
 from hypersdk_contracts.rpc import DiskFormat, JobStatus
-from hypersdk_exporter.core.models import FILE_EXTENSIONS, TERMINAL, Job, Provider, Vm
+from hypersdk_exporter.core.jobs import (
+    IllegalTransitionError,
+    Job,
+    JobAction,
+    JobPolicy,
+    JobQuery,
+    JobTransition,
+    ProgressMeter,
+    ProgressReport,
+)
+from hypersdk_exporter.core.models import FILE_EXTENSIONS, Provider, SourceFingerprint, Vm
 from hypersdk_exporter.ports.outbound import (
     CredentialDirectory,
     DiskConverter,
@@ -40,16 +57,21 @@ from hypersdk_kit.ports import UnitOfWork
 
 logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
-PROGRESS_STEP = 10
-DONE = 100
+_SAVE_ATTEMPTS = 20
+"""A move retried this often against concurrent writers (progress, cancel) before giving up."""
 
 
 class ExportFailedError(Exception):
-    """An export could not complete; ``reason`` is a stable code."""
+    """An export could not complete; ``reason`` is a stable code, ``detail`` the tool's text."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail
+
+
+class ExportStoppedError(Exception):
+    """The export was stopped: cancelled, or its job ended by someone else meanwhile."""
 
 
 def sha256_of(path: Path) -> str:
@@ -75,6 +97,7 @@ class ExporterService:
         credentials: CredentialDirectory,
         uow: UnitOfWork,
         export_dir: Path,
+        policy: JobPolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._providers = providers
@@ -86,6 +109,7 @@ class ExporterService:
         self._uow = uow
         self._export_dir = export_dir
         self._clock = clock
+        self._policy = policy or JobPolicy()
 
     # ---- providers ------------------------------------------------------------------------
 
@@ -179,33 +203,53 @@ class ExporterService:
     # ---- jobs -----------------------------------------------------------------------------
 
     async def create_export(
-        self, *, provider: str, vm: str, format: DiskFormat, context: RequestContext
+        self,
+        *,
+        provider: str,
+        vm: str,
+        format: DiskFormat,
+        context: RequestContext,
+        idempotency_key: str | None = None,
     ) -> Job:
         """Record a queued job (and its event), then hand it to the workers.
 
         The job is committed before its command is sent, so a worker never receives a command
         for a job it cannot see yet; a command that cannot be sent fails the job (and says so).
+        With an idempotency key, the same request again from the same requester returns the
+        job the first one created (and queues nothing); another request with that key is a
+        conflict.
         """
+        digest = request_digest(provider=provider, vm=vm, format=format)
+        if idempotency_key is not None:
+            earlier = await self._jobs.find_by_key(requested_by=context.actor, key=idempotency_key)
+            if earlier is not None:
+                return _same_request(earlier, digest)
         await self.find_vm(provider, vm)
-        now = self._clock()
-        job = Job(
+        job, requested = Job.request(
             id=str(uuid.uuid4()),
             provider=provider,
             vm=vm,
             format=format,
-            status=JobStatus.QUEUED,
-            progress=0,
             requested_by=context.actor,
-            created_at=now,
-            updated_at=now,
+            at=self._clock(),
+            idempotency_key=idempotency_key,
+            request_digest=digest,
         )
-        async with self._uow.transaction():
-            await self._jobs.add(job)
-            await self._uow.record(
-                JobRequested(job_id=job.id, provider=provider, vm=vm, format=format.value),
-                subject=f"job/{job.id}",
-                context=context,
-            )
+        try:
+            async with self._uow.transaction():
+                await self._jobs.add(job, requested)
+                await self._uow.record(
+                    JobRequested(job_id=job.id, provider=provider, vm=vm, format=format.value),
+                    subject=f"job/{job.id}",
+                    context=context,
+                )
+        except JobStore.DuplicateKeyError:
+            # A concurrent request with the same key won the race.
+            assert idempotency_key is not None
+            earlier = await self._jobs.find_by_key(requested_by=context.actor, key=idempotency_key)
+            if earlier is None:
+                raise
+            return _same_request(earlier, digest)
         command = VmExportRequested(
             job_id=job.id,
             provider=provider,
@@ -216,7 +260,9 @@ class ExporterService:
         try:
             await self._queue.enqueue(command, context)
         except Exception:
-            await self._fail(job.id, "enqueue_failed", context)
+            await self._end(
+                job.id, context, lambda j: j.fail(reason="enqueue_failed", at=self._clock())
+            )
             raise
         return job
 
@@ -227,102 +273,343 @@ class ExporterService:
             raise ServiceError(ErrorCode.NOT_FOUND, "No job with that id.")
         return job
 
-    async def list_jobs(self, *, limit: int) -> list[Job]:
-        """Newest first."""
-        return await self._jobs.recent(limit=limit)
+    async def job_history(self, job_id: str) -> list[JobTransition]:
+        """Every transition of one job, oldest first."""
+        return await self._jobs.history(job_id)
 
-    async def run_export(self, command: VmExportRequested, context: RequestContext) -> Job:
+    async def list_jobs(
+        self,
+        *,
+        limit: int,
+        after: str | None = None,
+        status: JobStatus | None = None,
+        provider: str | None = None,
+        requested_by: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> list[Job]:
+        """A page of jobs, newest first; ``after`` is the last job id of the previous page."""
+        cursor = None
+        if after is not None:
+            cursor = await self._jobs.get(after)
+            if cursor is None:
+                raise ServiceError(ErrorCode.VALIDATION_FAILED, "The cursor names no job.")
+        return await self._jobs.page(
+            JobQuery(
+                limit=limit,
+                after=cursor,
+                status=status,
+                provider=provider,
+                requested_by=requested_by,
+                created_after=created_after,
+                created_before=created_before,
+            )
+        )
+
+    async def cancel_job(self, job_id: str, context: RequestContext) -> Job:
+        """Cancel a queued job at once; ask a running one's worker to stop it (within 1 s).
+
+        Cancelling a job that is already being cancelled returns it unchanged; an ended job
+        is a conflict.
+        """
+        for _ in range(_SAVE_ATTEMPTS):
+            job = await self.get_job(job_id)
+            if job.status is JobStatus.RUNNING and job.cancel_requested_by is not None:
+                return job
+            try:
+                moved, transition = job.request_cancel(by=context.actor, at=self._clock())
+            except IllegalTransitionError as exc:
+                raise ServiceError(
+                    ErrorCode.CONFLICT, f"The job has ended ({job.status.value})."
+                ) from exc
+            event: EventData = (
+                JobCancelled(job_id=job.id, cancelled_by=context.actor)
+                if moved.status is JobStatus.CANCELLED
+                else JobCancelRequested(job_id=job.id)
+            )
+            try:
+                async with self._uow.transaction():
+                    await self._jobs.save(moved, transition)
+                    await self._uow.record(event, subject=f"job/{job.id}", context=context)
+            except JobStore.StaleJobError:
+                continue  # a worker moved it meanwhile: decide again on what it is now
+            return moved
+        raise ServiceError(ErrorCode.CONFLICT, "The job keeps changing; try again.")
+
+    async def run_export(
+        self, command: VmExportRequested, context: RequestContext, *, worker: str = "worker"
+    ) -> Job:
         """Worker side: convert every disk, hash it, write the manifest, record the outcome.
 
-        Idempotent: a redelivered command for a finished job does nothing; one for a job
-        that was running when a worker died starts the export again from scratch.
+        Idempotent: a redelivered command for an ended job does nothing; one for a job that
+        was running when a worker died starts the export again from scratch, unless it has
+        been started ``max_attempts`` times already (then it ends failed). While it runs, the
+        job row is watched: a cancel request, or the job ended by the sweeper, stops the
+        conversion within ``poll_seconds``.
         """
         job = await self._jobs.get(command.job_id)
         if job is None:
             logger.warning("export command for unknown job %s dropped", command.job_id)
             return _missing_job(command, self._clock())
-        if job.status in TERMINAL:
-            return job
         job_dir = self._export_dir / job.id
-        async with self._uow.transaction():
-            await self._jobs.update(job.id, status=JobStatus.RUNNING, progress=0)
-            await self._uow.record(
-                JobStarted(job_id=job.id), subject=f"job/{job.id}", context=context
-            )
+        started = await self._start(job, context)
+        if started.status is not JobStatus.RUNNING:
+            if started.status is not JobStatus.SUCCEEDED:  # a given-up or cancelled job's
+                await asyncio.to_thread(shutil.rmtree, job_dir, ignore_errors=True)
+            return started
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(started.id, stop))
         try:
-            artifacts = await self._export(job, job_dir, context)
+            artifacts = await self._export(started, job_dir, context, stop)
+        except ExportStoppedError:
+            await asyncio.to_thread(shutil.rmtree, job_dir, ignore_errors=True)
+            return await self._stopped(started.id, context)
         except ExportFailedError as exc:
-            shutil.rmtree(job_dir, ignore_errors=True)
-            return await self._fail(job.id, exc.reason, context)
-        async with self._uow.transaction():
-            done = await self._jobs.update(
-                job.id, status=JobStatus.SUCCEEDED, progress=100, artifacts=artifacts
+            await asyncio.to_thread(shutil.rmtree, job_dir, ignore_errors=True)
+            reason, detail = exc.reason, exc.detail
+            return await self._end(
+                started.id,
+                context,
+                lambda j: j.fail(reason=reason, detail=detail, at=self._clock()),
             )
-            await self._uow.record(
-                JobCompleted(job_id=job.id, artifacts=artifacts),
-                subject=f"job/{job.id}",
-                context=context,
-            )
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        done = await self._end(
+            started.id,
+            context,
+            lambda j: j.succeed(artifacts=artifacts, at=self._clock()),
+            event=JobCompleted(job_id=started.id, artifacts=artifacts),
+        )
+        if done.status is not JobStatus.SUCCEEDED:
+            # Cancelled or swept while the last bytes were written: nothing of it may remain.
+            await asyncio.to_thread(shutil.rmtree, job_dir, ignore_errors=True)
         return done
 
-    async def _fail(self, job_id: str, reason: str, context: RequestContext) -> Job:
-        async with self._uow.transaction():
-            failed = await self._jobs.update(job_id, status=JobStatus.FAILED, error=reason)
-            await self._uow.record(
-                JobFailed(job_id=job_id, reason=reason), subject=f"job/{job_id}", context=context
-            )
-        return failed
+    async def _start(self, job: Job, context: RequestContext) -> Job:
+        """Move the job to running once its provider has room; or end it if it must not run.
 
-    async def _export(self, job: Job, job_dir: Path, context: RequestContext) -> list[Artifact]:
+        Returns the job as it is now: running (go), or ended (nothing to do).
+        """
+        policy = self._policy
+        while True:
+            if job.terminal:
+                return job
+            if job.cancel_requested_by is not None:
+                return await self._stopped(job.id, context)
+            if job.attempts >= policy.max_attempts:
+                return await self._end(job.id, context, self._give_up)
+            try:
+                async with self._uow.transaction():
+                    running = await self._jobs.running_count(job.provider)
+                    if job.status is JobStatus.RUNNING:
+                        running -= 1  # itself, restarted after its worker died
+                    if running < policy.provider_concurrency:
+                        started, transition = job.start(at=self._clock())
+                        await self._jobs.save(started, transition)
+                        await self._uow.record(
+                            JobStarted(job_id=job.id), subject=f"job/{job.id}", context=context
+                        )
+                        return started
+            except JobStore.StaleJobError:
+                pass
+            else:
+                # The provider is at its limit: the job waits (queued), it never fails for it.
+                await asyncio.sleep(policy.capacity_poll_seconds)
+            reloaded = await self._jobs.get(job.id)
+            if reloaded is None:
+                return job
+            job = reloaded
+
+    def _fail_if_stale(self, job: Job, *, before: datetime) -> tuple[Job, JobTransition]:
+        """Fail ``job`` as worker_lost, unless it beat (or ended) since it was found stale."""
+        if job.status is not JobStatus.RUNNING or (job.heartbeat_at or job.updated_at) >= before:
+            raise IllegalTransitionError(job, JobAction.FAILED)
+        detail = f"no heartbeat for {self._policy.stale_after_seconds:g} s (its worker was lost)"
+        return job.fail(reason="worker_lost", detail=detail, at=self._clock())
+
+    def _give_up(self, job: Job) -> tuple[Job, JobTransition]:
+        detail = f"started {job.attempts} times without finishing (its workers were lost)"
+        return job.fail(reason="too_many_attempts", detail=detail, at=self._clock())
+
+    async def _watch(self, job_id: str, stop: asyncio.Event) -> None:
+        """While a job runs: heartbeat it, and set ``stop`` once it should stop."""
+        policy = self._policy
+        loop = asyncio.get_running_loop()
+        beat = loop.time()
+        while not stop.is_set():
+            await asyncio.sleep(policy.poll_seconds)
+            try:
+                job = await self._jobs.get(job_id)
+                if job is None or job.status is not JobStatus.RUNNING or job.cancel_requested_by:
+                    stop.set()
+                    return
+                if loop.time() - beat >= policy.heartbeat_seconds:
+                    await self._jobs.touch(job_id, at=self._clock())
+                    beat = loop.time()
+            except Exception:
+                logger.warning("cannot watch job %s", job_id, exc_info=True)
+
+    async def _stopped(self, job_id: str, context: RequestContext) -> Job:
+        """A job whose conversion was stopped: cancelled if asked, else as it already ended."""
+        job = await self.get_job(job_id)
+        if job.terminal:
+            return job
+        return await self._end(
+            job_id,
+            context,
+            lambda j: j.cancel(at=self._clock()),
+            event_of=lambda j: JobCancelled(job_id=j.id, cancelled_by=j.cancel_requested_by),
+            cancel_wins=False,
+        )
+
+    async def _end(
+        self,
+        job_id: str,
+        context: RequestContext,
+        move: Callable[[Job], tuple[Job, JobTransition]],
+        *,
+        event: EventData | None = None,
+        event_of: Callable[[Job], EventData] | None = None,
+        cancel_wins: bool = True,
+    ) -> Job:
+        """Apply ``move`` to the job as stored, with its event; retried if another writer won.
+
+        A move the job's current state refuses (a cancelled job cannot succeed) leaves the job
+        as it is and returns it. ``event`` defaults to JobFailed for a failed job.
+        """
+        for _ in range(_SAVE_ATTEMPTS):
+            job = await self.get_job(job_id)
+            if cancel_wins and job.cancel_requested_by is not None and not job.terminal:
+                return await self._stopped(job_id, context)
+            try:
+                moved, transition = move(job)
+            except IllegalTransitionError:
+                return job
+            data = event_of(moved) if event_of else event
+            if data is None:
+                data = JobFailed(job_id=job_id, reason=moved.error or "failed")
+            try:
+                async with self._uow.transaction():
+                    await self._jobs.save(moved, transition)
+                    await self._uow.record(data, subject=f"job/{job_id}", context=context)
+            except JobStore.StaleJobError:
+                continue
+            return moved
+        raise JobStore.StaleJobError(job_id)
+
+    async def sweep_stale_jobs(self) -> list[Job]:
+        """End every running job whose worker stopped beating (vanished, or hung).
+
+        Cancelled if someone asked to cancel it, else failed ``worker_lost``; its partial
+        output is removed. A worker that comes back finds its job ended and stops.
+        """
+        policy = self._policy
+        before = self._clock() - timedelta(seconds=policy.stale_after_seconds)
+        ended: list[Job] = []
+        for job in await self._jobs.stale(before=before, limit=100):
+            context = RequestContext(actor=None)
+            if job.cancel_requested_by is not None:
+                done = await self._stopped(job.id, context)
+            else:
+                done = await self._end(
+                    job.id, context, functools.partial(self._fail_if_stale, before=before)
+                )
+            if done.terminal:
+                await asyncio.to_thread(
+                    shutil.rmtree, self._export_dir / job.id, ignore_errors=True
+                )
+                ended.append(done)
+        return ended
+
+    async def _export(
+        self, job: Job, job_dir: Path, context: RequestContext, stop: asyncio.Event
+    ) -> list[Artifact]:
         try:
             _, vm = await self.find_vm(job.provider, job.vm)
         except ServiceError as exc:
-            raise ExportFailedError("vm_not_found") from exc
+            raise ExportFailedError("vm_not_found", str(exc)) from exc
         await asyncio.to_thread(shutil.rmtree, job_dir, ignore_errors=True)
         await asyncio.to_thread(job_dir.mkdir, mode=0o700, parents=True)
+        before = [await _fingerprint(disk.path) for disk in vm.disks]
+        progress = ProgressMeter(
+            sizes=[disk.size_bytes for disk in vm.disks],
+            clock=time.monotonic,
+            interval_seconds=self._policy.progress_interval_seconds,
+            step=self._policy.progress_step,
+        )
         artifacts: list[Artifact] = []
-        reported = 0
         for index, disk in enumerate(vm.disks):
 
-            async def progress(percent: int, index: int = index) -> None:
-                nonlocal reported
-                overall = (index * 100 + percent) // len(vm.disks)
-                if reported + PROGRESS_STEP <= overall < DONE:
-                    reported = overall - overall % PROGRESS_STEP
-                    async with self._uow.transaction():
-                        await self._jobs.update(job.id, progress=reported)
-                        await self._uow.record(
-                            JobProgressed(job_id=job.id, progress=reported),
-                            subject=f"job/{job.id}",
-                            context=context,
-                        )
+            async def on_progress(percent: int, index: int = index) -> None:
+                report = progress.update(index, percent)
+                if report is not None:
+                    await self._progressed(job.id, report, context, stop)
 
             name = f"{vm.name}-{Path(disk.name).stem}.{FILE_EXTENSIONS[job.format]}"
             target = job_dir / name
             partial = job_dir / f".{name}.partial"
+            conversion = self._converter.convert(
+                source=disk.path,
+                source_format=disk.format,
+                target=partial,
+                target_format=job.format,
+                on_progress=on_progress,
+            )
             try:
-                await self._converter.convert(
-                    source=disk.path,
-                    source_format=disk.format,
-                    target=partial,
-                    target_format=job.format,
-                    on_progress=progress,
-                )
+                await _unless_stopped(conversion, stop)
             except OSError as exc:
-                raise ExportFailedError("conversion_failed") from exc
+                raise ExportFailedError("conversion_failed", str(exc)) from exc
             try:
                 os.chmod(partial, 0o600)
                 await asyncio.to_thread(_fsync, partial)
                 partial.rename(target)
-                digest = await asyncio.to_thread(sha256_of, target)
+                digest = await _unless_stopped(asyncio.to_thread(sha256_of, target), stop)
             except OSError as exc:
-                raise ExportFailedError("artifact_write_failed") from exc
+                raise ExportFailedError("artifact_write_failed", str(exc)) from exc
             artifacts.append(Artifact(name=name, size_bytes=target.stat().st_size, sha256=digest))
+        after = [await _fingerprint(disk.path) for disk in vm.disks]
+        for disk, was, now in zip(vm.disks, before, after, strict=True):
+            if was != now:
+                raise ExportFailedError(
+                    "source_changed", f"disk {disk.name} changed during the export: {was} -> {now}"
+                )
         try:
             await asyncio.to_thread(self._write_manifest, job, vm, job_dir, artifacts)
         except OSError as exc:
-            raise ExportFailedError("artifact_write_failed") from exc
+            raise ExportFailedError("artifact_write_failed", str(exc)) from exc
         return artifacts
+
+    async def _progressed(
+        self, job_id: str, report: ProgressReport, context: RequestContext, stop: asyncio.Event
+    ) -> None:
+        """Record the job's progress and its event; a job no longer running stops."""
+        job = await self.get_job(job_id)
+        try:
+            moved = job.advance(progress=report.percent, at=self._clock())
+            async with self._uow.transaction():
+                await self._jobs.save(moved, None)
+                await self._uow.record(
+                    JobProgressed(
+                        job_id=job_id,
+                        progress=report.percent,
+                        bytes_done=report.bytes_done,
+                        bytes_total=report.bytes_total,
+                        rate_bytes_per_second=report.rate_bytes_per_second,
+                        eta_seconds=report.eta_seconds,
+                    ),
+                    subject=f"job/{job_id}",
+                    context=context,
+                )
+        except (IllegalTransitionError, JobStore.StaleJobError):
+            current = await self._jobs.get(job_id)
+            if (
+                current is None
+                or current.status is not JobStatus.RUNNING
+                or current.cancel_requested_by is not None
+            ):
+                stop.set()
 
     def _write_manifest(self, job: Job, vm: Vm, job_dir: Path, artifacts: list[Artifact]) -> None:
         manifest = {
@@ -339,6 +626,49 @@ class ExporterService:
             json.dump(manifest, stream, indent=2)
             stream.flush()
             os.fsync(stream.fileno())
+
+
+T = TypeVar("T")
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T:
+    """Await ``work``; if ``stop`` is set first, cancel it (killing any conversion) and raise."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ExportStoppedError
+    if stop.is_set() and task.exception() is not None:
+        raise ExportStoppedError
+    return task.result()
+
+
+async def _fingerprint(path: Path) -> SourceFingerprint:
+    """Size, modification time (ns) and inode of a source disk file."""
+    stat = await asyncio.to_thread(os.stat, path)
+    return SourceFingerprint(
+        size=stat.st_size, change_id=f"mtime_ns={stat.st_mtime_ns} inode={stat.st_ino}"
+    )
+
+
+def request_digest(*, provider: str, vm: str, format: DiskFormat) -> str:
+    """What an idempotency key is bound to: the export request, canonically."""
+    canonical = json.dumps([provider, vm, format.value], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _same_request(earlier: Job, digest: str) -> Job:
+    if earlier.request_digest != digest:
+        raise ServiceError(
+            ErrorCode.CONFLICT, "The idempotency key was used for a different export request."
+        )
+    return earlier
 
 
 def _fsync(path: Path) -> None:

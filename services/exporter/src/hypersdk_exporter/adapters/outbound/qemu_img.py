@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import re
+import signal
 from pathlib import Path
 
 from hypersdk_contracts.rpc import DiskFormat
@@ -14,6 +17,14 @@ _TARGET_OPTIONS: dict[DiskFormat, list[str]] = {
     DiskFormat.VMDK: ["-o", "subformat=streamOptimized"],
     DiskFormat.VPC: ["-o", "force_size=on"],
 }
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the worker dies (even by kill -9)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class QemuImgConverter(DiskConverter):
@@ -45,17 +56,24 @@ class QemuImgConverter(DiskConverter):
             str(target),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,  # only prctl: safe between fork and exec
         )
         assert process.stdout is not None
         assert process.stderr is not None
-        buffer = b""
-        while chunk := await process.stdout.read(4096):
-            buffer += chunk
-            matches = _PROGRESS.findall(buffer)
-            if matches:
-                await on_progress(int(float(matches[-1])))
-                buffer = buffer[buffer.rfind(b"%)") + 2 :]
-        stderr = await process.stderr.read()
+        try:
+            buffer = b""
+            while chunk := await process.stdout.read(4096):
+                buffer += chunk
+                matches = _PROGRESS.findall(buffer)
+                if matches:
+                    await on_progress(int(float(matches[-1])))
+                    buffer = buffer[buffer.rfind(b"%)") + 2 :]
+            stderr = await process.stderr.read()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()  # cancelled (or failed) mid-way: the conversion stops now
+            await process.wait()
+            raise
         if await process.wait() != 0:
             message = stderr.decode(errors="replace").strip().splitlines()
             raise OSError(f"qemu-img failed: {message[-1] if message else 'no message'}")
