@@ -8,7 +8,7 @@ from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -21,6 +21,7 @@ from hypersdk_contracts.errors import HTTP_STATUS, ErrorCode, ServiceError
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import (
+    IDEMPOTENCY_KEY_PATTERN,
     NAME_PATTERN,
     SECRET_PATH_PATTERN,
     USERNAME_PATTERN,
@@ -34,6 +35,7 @@ from hypersdk_contracts.rpc import (
     GetVmRequest,
     IssuedApiKey,
     JobIdRequest,
+    JobStatus,
     JobView,
     ListApiKeysRequest,
     ListAuditEventsRequest,
@@ -197,6 +199,7 @@ class ExportBody(Body):
     provider: str = Field(pattern=NAME_PATTERN)
     vm: str = Field(min_length=1, max_length=255)
     format: DiskFormat
+    idempotency_key: str | None = Field(default=None, pattern=IDEMPOTENCY_KEY_PATTERN)
 
 
 class SecretBody(Body):
@@ -670,38 +673,85 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
         tags=["jobs"],
         openapi_extra=guarded(Permission.VMS_EXPORT),
     )
-    async def create_export(body: ExportBody, request: Request) -> Any:
+    async def create_export(
+        body: ExportBody,
+        request: Request,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                pattern=IDEMPOTENCY_KEY_PATTERN,
+                description="Same key and request again: the same job; another request: 409.",
+            ),
+        ] = None,
+    ) -> Any:
         """Queue an export; the job runs on an exporter worker."""
+        if (
+            idempotency_key is not None
+            and body.idempotency_key is not None
+            and idempotency_key != body.idempotency_key
+        ):
+            raise ServiceError(
+                ErrorCode.VALIDATION_FAILED,
+                "The Idempotency-Key header and the body's idempotency_key differ.",
+            )
         return await backend.ask(
             RpcQueue.EXPORTER_CREATE_EXPORT,
             CreateExportRequest(
-                provider=body.provider, vm=body.vm, format=body.format, context=ctx(request)
+                provider=body.provider,
+                vm=body.vm,
+                format=body.format,
+                idempotency_key=idempotency_key or body.idempotency_key,
+                context=ctx(request),
             ),
         )
 
     view_jobs = guarded(Permission.JOBS_VIEW)
 
     @api.get("/jobs", response_model=list[JobView], tags=["jobs"], openapi_extra=view_jobs)
-    async def list_jobs(request: Request) -> Any:
-        """Jobs, newest first."""
-        return await backend.ask(RpcQueue.EXPORTER_LIST_JOBS, ListJobsRequest(context=ctx(request)))
+    async def list_jobs(  # noqa: PLR0917 - one query parameter per filter of the contract
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        after: Annotated[str | None, Query(max_length=64, description="Last job id seen.")] = None,
+        status: JobStatus | None = None,
+        provider: Annotated[str | None, Query(max_length=63)] = None,
+        requested_by: Annotated[str | None, Query(max_length=128)] = None,
+        created_after: AwareDatetime | None = None,
+        created_before: AwareDatetime | None = None,
+    ) -> Any:
+        """Jobs, newest first: a page of ``limit`` after the job id ``after``, filtered."""
+        return await backend.ask(
+            RpcQueue.EXPORTER_LIST_JOBS,
+            ListJobsRequest(
+                limit=limit,
+                after=after,
+                status=status,
+                provider=provider,
+                requested_by=requested_by,
+                created_after=created_after,
+                created_before=created_before,
+                context=ctx(request),
+            ),
+        )
 
     @api.get("/jobs/{job_id}", response_model=JobView, tags=["jobs"], openapi_extra=view_jobs)
-    async def get_job(job_id: str, request: Request) -> Any:
-        """One job: status, progress, artifacts with sizes and SHA-256."""
+    async def get_job(job_id: IdParam, request: Request) -> Any:
+        """One job: status, progress, artifacts with sizes and SHA-256, and its history."""
         return await backend.ask(
             RpcQueue.EXPORTER_GET_JOB, JobIdRequest(job_id=job_id, context=ctx(request))
         )
 
     @api.post(
         "/jobs/{job_id}/cancel",
+        status_code=202,
+        response_model=JobView,
         tags=["jobs"],
         openapi_extra=guarded(Permission.JOBS_CANCEL),
-        responses=NOT_BUILT,
     )
-    async def cancel_job(job_id: str) -> None:
-        """Cancel a job."""
-        raise not_implemented("Job cancellation")
+    async def cancel_job(job_id: IdParam, request: Request) -> Any:
+        """Cancel a job: a queued one at once, a running one within a second (409 if ended)."""
+        return await backend.ask(
+            RpcQueue.EXPORTER_CANCEL_JOB, JobIdRequest(job_id=job_id, context=ctx(request))
+        )
 
     # ---- secrets ---------------------------------------------------------------------------
     secrets_manage = guarded(Permission.SECRETS_MANAGE)
