@@ -28,6 +28,7 @@ DETAIL_LIMIT = 500
 _SECRETS = (
     # user:password@ in URLs
     (re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@"), r"\1[redacted]@"),
+    (re.compile(r"(?i)\b(bearer)\s+\S+"), r"\1 [redacted]"),
     # key=value and key: value pairs whose key names a secret
     (
         re.compile(
@@ -36,7 +37,6 @@ _SECRETS = (
         ),
         r"\1\2[redacted]",
     ),
-    (re.compile(r"(?i)\b(bearer)\s+\S+"), r"\1 [redacted]"),
     (re.compile(r"hsdk_k_[A-Za-z0-9_]+"), "[redacted]"),
 )
 
