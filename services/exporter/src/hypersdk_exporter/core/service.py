@@ -396,9 +396,13 @@ class ExporterService:
         while True:
             if job.terminal:
                 return job
-            if job.cancel_requested_by is not None:
-                return await self._stopped(job.id, context)
-            if job.attempts >= policy.max_attempts:
+            if job.cancel_requested_by is not None or job.attempts >= policy.max_attempts:
+                # Its output goes first: once the job says it ended, nothing of it remains.
+                await asyncio.to_thread(
+                    shutil.rmtree, self._export_dir / job.id, ignore_errors=True
+                )
+                if job.cancel_requested_by is not None:
+                    return await self._stopped(job.id, context)
                 return await self._end(job.id, context, self._give_up)
             try:
                 async with self._uow.transaction():
