@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from http import HTTPStatus
@@ -160,6 +161,30 @@ class UpdateUserBody(Body):
 
 UserNameParam = Annotated[str, Path(max_length=64, description="Login name.")]
 IdParam = Annotated[str, Path(max_length=64, description="Public id.")]
+InstantParam = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="RFC 3339 date-time with a time zone, e.g. 2026-01-31T12:00:00Z.",
+        json_schema_extra={"format": "date-time"},
+    ),
+]
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def instant(value: str | None, name: str) -> datetime | None:
+    """A query parameter's RFC 3339 date-time (a number is not one, whatever pydantic says)."""
+    if value is None:
+        return None
+    try:
+        if not _RFC3339.match(value):
+            raise ValueError(value)
+        parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ServiceError(
+            ErrorCode.VALIDATION_FAILED, f"{name} must be an RFC 3339 date-time with a time zone."
+        ) from exc
+    return parsed
 
 
 class CreateApiKeyBody(Body):
@@ -715,8 +740,8 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
         status: JobStatus | None = None,
         provider: Annotated[str | None, Query(max_length=63)] = None,
         requested_by: Annotated[str | None, Query(max_length=128)] = None,
-        created_after: AwareDatetime | None = None,
-        created_before: AwareDatetime | None = None,
+        created_after: InstantParam = None,
+        created_before: InstantParam = None,
     ) -> Any:
         """Jobs, newest first: a page of ``limit`` after the job id ``after``, filtered."""
         return await backend.ask(
@@ -727,8 +752,8 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
                 status=status,
                 provider=provider,
                 requested_by=requested_by,
-                created_after=created_after,
-                created_before=created_before,
+                created_after=instant(created_after, "created_after"),
+                created_before=instant(created_before, "created_before"),
                 context=ctx(request),
             ),
         )
