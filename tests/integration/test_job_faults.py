@@ -424,6 +424,9 @@ def test_idempotency_keys_and_paging(shared: Stack) -> None:
     assert status in {400, 422}, bad
 
     _wait(lambda: _job(shared, admin, first["id"])["status"] == "succeeded", 60, "export done")
+    for _ in range(4):  # enough jobs for three pages of two, whatever ran before
+        extra = _export(shared, admin, "db-01")
+        shared.api.call("POST", f"/api/v1/jobs/{extra['id']}/cancel", token=admin)
     seen: list[str] = []
     after = ""
     while True:
