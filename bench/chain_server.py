@@ -88,6 +88,10 @@ async def serve(port: int, without: set[str]) -> None:
             access_log=False,
             lifespan="off",
             server_header=False,
+            # h11 as the gateway (its slow-client limits subclass it), even where httptools is
+            # installed; without the per-address connection cap, which 100 clients on loopback
+            # would exceed.
+            http="h11",
         )
         await uvicorn.Server(config).serve()
 
