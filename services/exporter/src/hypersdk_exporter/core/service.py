@@ -447,7 +447,9 @@ def _decode_page(token: str | None) -> tuple[str | None, str | None]:
     try:
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise ValueError("length")
-        provider, inner = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        provider, inner = json.loads(
+            base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        )
         if not isinstance(provider, str) or not (inner is None or isinstance(inner, str)):
             raise ValueError("shape")
     except (ValueError, TypeError, binascii.Error) as exc:
