@@ -100,6 +100,7 @@ class RpcQueue(StrEnum):
     SECRETS_DELETE = "secrets.rpc.delete_secret"
     SECRETS_LIST = "secrets.rpc.list_secrets"
     SECRETS_DESCRIBE = "secrets.rpc.describe_secret"
+    SECRETS_RESOLVE_CREDENTIAL = "secrets.rpc.resolve_credential"
     EXPORTER_REGISTER_PROVIDER = "exporter.rpc.register_provider"
     EXPORTER_LIST_PROVIDERS = "exporter.rpc.list_providers"
     EXPORTER_GET_PROVIDER = "exporter.rpc.get_provider"

@@ -346,6 +346,23 @@ class ListSecretsRequest(RpcRequest):
     """List secret metadata."""
 
 
+PROVIDER_CREDENTIAL_PREFIX = "providers/"
+"""Only secrets under this folder can be provider credentials (decision 0033)."""
+
+
+class ResolveCredentialRequest(RpcRequest):
+    """The exporter asks for a provider credential's values, on behalf of a sealed request."""
+
+    path: str = Field(pattern=SECRET_PATH_PATTERN, description="Path of the credential.")
+
+
+class CredentialValue(Message):
+    """A provider credential: answered to the exporter only, never logged or published."""
+
+    path: str = Field(description="Path of the credential.")
+    data: dict[str, str] = Field(repr=False, description="Its key/value pairs (secret).")
+
+
 # ---- exporter -------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from hypersdk_exporter.adapters.inbound.bus import CommandVerifier, register_rpc
 from hypersdk_exporter.adapters.outbound.bus import (
     RabbitJobQueue,
     RpcCredentialDirectory,
-    UnavailableCredentialResolver,
+    RpcCredentialResolver,
 )
 from hypersdk_exporter.adapters.outbound.drivers import build_drivers
 from hypersdk_exporter.adapters.outbound.postgres import (
@@ -65,16 +65,15 @@ async def prepare_exporter(
         grants = AssertionVerifier(
             load_public_key(settings.policy_public_key_file), issuer="policy"
         )
+        rpc = RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
         exporter = ExporterService(
             providers=PostgresProviderStore(outbox.database),
             jobs=PostgresJobStore(outbox.database),
             drivers=build_drivers(settings),
             converter=converter or QemuImgConverter(settings.qemu_img),
             queue=RabbitJobQueue(broker, declare_queue=settings.declare_topology),
-            credentials=RpcCredentialDirectory(
-                RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
-            ),
-            resolver=UnavailableCredentialResolver(),
+            credentials=RpcCredentialDirectory(rpc),
+            resolver=RpcCredentialResolver(rpc),
             uow=uow,
             export_dir=settings.export_dir,
         )

@@ -30,7 +30,7 @@ from hypersdk_contracts.events import (
     ProviderRemoved,
     ProviderUpdated,
 )
-from hypersdk_contracts.rpc import DiskFormat, JobStatus
+from hypersdk_contracts.rpc import PROVIDER_CREDENTIAL_PREFIX, DiskFormat, JobStatus
 from hypersdk_exporter.core.models import (
     FILE_EXTENSIONS,
     TERMINAL,
@@ -182,6 +182,11 @@ class ExporterService:
         if driver is None:
             raise ServiceError(ErrorCode.VALIDATION_FAILED, f"Unknown provider type {type!r}.")
         driver.validate_config(config)
+        if credential_ref is not None and not credential_ref.startswith(PROVIDER_CREDENTIAL_PREFIX):
+            raise ServiceError(
+                ErrorCode.VALIDATION_FAILED,
+                f"A provider credential lives under {PROVIDER_CREDENTIAL_PREFIX}.",
+            )
         if credential_ref is not None and not await self._credentials.exists(
             credential_ref, context
         ):
@@ -221,12 +226,29 @@ class ExporterService:
         if isinstance(provider, str):
             provider = await self.get_provider(provider)
         driver = self._driver(provider)
-        credential = (
-            None
-            if provider.credential_ref is None
-            else await self._resolver.resolve(provider.credential_ref, context)
-        )
-        return await driver.connect(provider, credential)
+        credential = None
+        if provider.credential_ref is not None:
+            try:
+                credential = await self._resolver.resolve(provider.credential_ref, context)
+            except ServiceError as exc:
+                if exc.code is not ErrorCode.NOT_FOUND:
+                    raise
+                raise ServiceError(
+                    ErrorCode.CONFLICT, "The provider's credential no longer exists."
+                ) from None
+        try:
+            return await driver.connect(provider, credential)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            # A library's message may quote what it was given: log the type, answer a code.
+            logger.warning(
+                "provider session failed",
+                extra={"provider": provider.name, "error": type(exc).__name__},
+            )
+            raise ServiceError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The provider cannot be reached."
+            ) from None
 
     async def describe_vm(
         self, provider_name: str, vm_id: str, context: RequestContext

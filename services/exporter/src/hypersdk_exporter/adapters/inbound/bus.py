@@ -210,7 +210,11 @@ def register_worker(
     async def run(event: CloudEvent) -> None:
         command = VmExportRequested.model_validate(event.data)
         await verifier.verify(event, command)
-        await exporter.run_export(command, event.context)
+        # The command's grant (checked above) lets the worker read the provider's credential
+        # as a follow-up of this export; events never carry a grant.
+        await exporter.run_export(
+            command, event.context.model_copy(update={"grant": command.grant})
+        )
 
     subscribe_envelopes(broker, durable_queue(EXPORT_JOBS_QUEUE), run, prefetch=concurrency)
 
