@@ -18,6 +18,7 @@ from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver, write_
 from hypersdk_exporter.adapters.outbound.memory import (
     CopyingConverter,
     InMemoryCredentialDirectory,
+    InMemoryCredentialResolver,
     InMemoryJobQueue,
     InMemoryJobStore,
     InMemoryProviderStore,
@@ -86,6 +87,7 @@ def world(tmp_path: Path) -> World:
         converter=CopyingConverter(),
         queue=queue,
         credentials=InMemoryCredentialDirectory({CREDENTIAL_REF}),
+        resolver=InMemoryCredentialResolver({CREDENTIAL_REF: {"username": "lab"}}),
         uow=events,
         export_dir=export_dir,
     )
@@ -190,7 +192,8 @@ async def test_symlink_inside_the_lab_is_allowed(world: World) -> None:
         context=CONTEXT,
     )
 
-    assert [vm.name for _, vm in await world.service.list_vms("alias")] == [
+    page = await world.service.list_vms("alias", context=CONTEXT)
+    assert [vm.name for _, vm in page.items] == [
         "broken",
         "half",
         "web-01",

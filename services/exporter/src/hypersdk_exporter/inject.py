@@ -9,8 +9,12 @@ from faststream.rabbit import RabbitBroker
 
 from hypersdk_contracts.events import ExporterRequestRejected
 from hypersdk_exporter.adapters.inbound.bus import CommandVerifier, register_rpc, register_worker
-from hypersdk_exporter.adapters.outbound.bus import RabbitJobQueue, RpcCredentialDirectory
-from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver
+from hypersdk_exporter.adapters.outbound.bus import (
+    RabbitJobQueue,
+    RpcCredentialDirectory,
+    UnavailableCredentialResolver,
+)
+from hypersdk_exporter.adapters.outbound.drivers import build_drivers
 from hypersdk_exporter.adapters.outbound.postgres import (
     SCHEMA,
     PostgresJobStore,
@@ -64,12 +68,13 @@ async def prepare_exporter(
         exporter = ExporterService(
             providers=PostgresProviderStore(outbox.database),
             jobs=PostgresJobStore(outbox.database),
-            drivers={"local": LocalLabDriver(settings.lab_root)},
+            drivers=build_drivers(settings),
             converter=converter or QemuImgConverter(settings.qemu_img),
             queue=RabbitJobQueue(broker, declare_queue=settings.declare_topology),
             credentials=RpcCredentialDirectory(
                 RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
             ),
+            resolver=UnavailableCredentialResolver(),
             uow=uow,
             export_dir=settings.export_dir,
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -27,13 +29,23 @@ from hypersdk_contracts.events import (
     ProviderRemoved,
 )
 from hypersdk_contracts.rpc import DiskFormat, JobStatus
-from hypersdk_exporter.core.models import FILE_EXTENSIONS, TERMINAL, Job, Provider, Vm
+from hypersdk_exporter.core.models import (
+    FILE_EXTENSIONS,
+    TERMINAL,
+    Job,
+    Page,
+    Provider,
+    VmDescription,
+    VmSummary,
+)
 from hypersdk_exporter.ports.outbound import (
     CredentialDirectory,
+    CredentialResolver,
     DiskConverter,
     JobQueue,
     JobStore,
     ProviderDriver,
+    ProviderSession,
     ProviderStore,
 )
 from hypersdk_kit.ports import UnitOfWork
@@ -42,6 +54,9 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 PROGRESS_STEP = 10
 DONE = 100
+DEFAULT_PAGE = 100
+MAX_PAGE = 500
+MAX_TOKEN_CHARS = 2048
 
 
 class ExportFailedError(Exception):
@@ -73,6 +88,7 @@ class ExporterService:
         converter: DiskConverter,
         queue: JobQueue,
         credentials: CredentialDirectory,
+        resolver: CredentialResolver,
         uow: UnitOfWork,
         export_dir: Path,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -83,6 +99,7 @@ class ExporterService:
         self._converter = converter
         self._queue = queue
         self._credentials = credentials
+        self._resolver = resolver
         self._uow = uow
         self._export_dir = export_dir
         self._clock = clock
@@ -150,25 +167,80 @@ class ExporterService:
 
     # ---- inventory ------------------------------------------------------------------------
 
-    async def list_vms(self, provider_name: str | None = None) -> list[tuple[Provider, Vm]]:
-        """VMs of one provider, or of every provider."""
-        providers = (
-            [await self.get_provider(provider_name)]
-            if provider_name
-            else await self._providers.list()
-        )
-        found: list[tuple[Provider, Vm]] = []
-        for provider in providers:
-            found.extend((provider, vm) for vm in await self._driver(provider).list_vms(provider))
-        return found
+    async def open_session(
+        self, provider: Provider | str, context: RequestContext
+    ) -> ProviderSession:
+        """A session to the provider, its credential resolved through the secrets service.
 
-    async def find_vm(self, provider_name: str, vm_name: str) -> tuple[Provider, Vm]:
-        """One VM or not_found."""
+        The credential lives only in the driver's session; errors never carry it.
+        """
+        if isinstance(provider, str):
+            provider = await self.get_provider(provider)
+        driver = self._driver(provider)
+        credential = (
+            None
+            if provider.credential_ref is None
+            else await self._resolver.resolve(provider.credential_ref, context)
+        )
+        return await driver.connect(provider, credential)
+
+    async def describe_vm(
+        self, provider_name: str, vm_id: str, context: RequestContext
+    ) -> tuple[Provider, VmDescription]:
+        """One VM by its id (or name) in the provider, or not_found."""
         provider = await self.get_provider(provider_name)
-        for vm in await self._driver(provider).list_vms(provider):
-            if vm.name == vm_name:
-                return provider, vm
-        raise ServiceError(ErrorCode.NOT_FOUND, "No VM of that name in the provider.")
+        async with await self.open_session(provider, context) as session:
+            vm = await session.get_vm(vm_id)
+        if vm is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "No VM of that id in the provider.")
+        return provider, vm
+
+    async def list_vms(
+        self,
+        provider_name: str | None = None,
+        *,
+        page_token: str | None = None,
+        limit: int = DEFAULT_PAGE,
+        context: RequestContext,
+    ) -> Page[tuple[Provider, VmSummary]]:
+        """One page of VMs of one provider, or of every provider in name order.
+
+        The token is opaque to callers: the provider the page stopped in and that provider's
+        own token. Listing every provider skips one that cannot be reached (and logs it).
+        """
+        if not 1 <= limit <= MAX_PAGE:
+            raise ServiceError(ErrorCode.VALIDATION_FAILED, f"limit must be 1 to {MAX_PAGE}.")
+        start, inner = _decode_page(page_token)
+        if provider_name:
+            providers = [await self.get_provider(provider_name)]
+            if start is not None and start != provider_name:
+                raise ServiceError(ErrorCode.VALIDATION_FAILED, "Invalid page token.")
+        else:
+            providers = [
+                p for p in await self._providers.list() if start is None or p.name >= start
+            ]
+            if start is not None and (not providers or providers[0].name != start):
+                inner = None  # the provider the token stopped in was removed meanwhile
+        found: list[tuple[Provider, VmSummary]] = []
+        for index, provider in enumerate(providers):
+            try:
+                async with await self.open_session(provider, context) as session:
+                    page = await session.list_vms(page_token=inner, limit=limit - len(found))
+            except ServiceError as exc:
+                if provider_name or exc.code is ErrorCode.VALIDATION_FAILED:
+                    raise
+                logger.warning(
+                    "provider skipped in the inventory",
+                    extra={"provider": provider.name, "code": exc.code.value},
+                )
+                page = Page(items=[], next_token=None)
+            inner = None
+            found.extend((provider, vm) for vm in page.items)
+            if page.next_token is not None:
+                return Page(items=found, next_token=_encode_page(provider.name, page.next_token))
+            if len(found) >= limit and index + 1 < len(providers):
+                return Page(items=found, next_token=_encode_page(providers[index + 1].name, None))
+        return Page(items=found, next_token=None)
 
     def _driver(self, provider: Provider) -> ProviderDriver:
         driver = self._drivers.get(provider.type)
@@ -186,7 +258,7 @@ class ExporterService:
         The job is committed before its command is sent, so a worker never receives a command
         for a job it cannot see yet; a command that cannot be sent fails the job (and says so).
         """
-        await self.find_vm(provider, vm)
+        await self.describe_vm(provider, vm, context)
         now = self._clock()
         job = Job(
             id=str(uuid.uuid4()),
@@ -275,9 +347,23 @@ class ExporterService:
 
     async def _export(self, job: Job, job_dir: Path, context: RequestContext) -> list[Artifact]:
         try:
-            _, vm = await self.find_vm(job.provider, job.vm)
+            session = await self.open_session(job.provider, context)
         except ServiceError as exc:
-            raise ExportFailedError("vm_not_found") from exc
+            raise ExportFailedError("provider_unavailable") from exc
+        async with session:
+            vm = await session.get_vm(job.vm)
+            if vm is None:
+                raise ExportFailedError("vm_not_found")
+            return await self._export_vm(job, job_dir, session, vm, context)
+
+    async def _export_vm(
+        self,
+        job: Job,
+        job_dir: Path,
+        session: ProviderSession,
+        vm: VmDescription,
+        context: RequestContext,
+    ) -> list[Artifact]:
         await asyncio.to_thread(shutil.rmtree, job_dir, ignore_errors=True)
         await asyncio.to_thread(job_dir.mkdir, mode=0o700, parents=True)
         artifacts: list[Artifact] = []
@@ -297,17 +383,23 @@ class ExporterService:
                             context=context,
                         )
 
-            name = f"{vm.name}-{Path(disk.name).stem}.{FILE_EXTENSIONS[job.format]}"
+            name = f"{vm.name}-{disk.name}.{FILE_EXTENSIONS[job.format]}"
             target = job_dir / name
             partial = job_dir / f".{name}.partial"
             try:
-                await self._converter.convert(
-                    source=disk.path,
-                    source_format=disk.format,
-                    target=partial,
-                    target_format=job.format,
-                    on_progress=progress,
-                )
+                async with await session.open_disk(vm, disk) as source:
+                    path = await source.local_path()
+                    if path is None:
+                        raise ExportFailedError("source_not_local")
+                    await self._converter.convert(
+                        source=path,
+                        source_format=source.format,
+                        target=partial,
+                        target_format=job.format,
+                        on_progress=progress,
+                    )
+            except ServiceError as exc:
+                raise ExportFailedError("source_unavailable") from exc
             except OSError as exc:
                 raise ExportFailedError("conversion_failed") from exc
             try:
@@ -324,7 +416,9 @@ class ExporterService:
             raise ExportFailedError("artifact_write_failed") from exc
         return artifacts
 
-    def _write_manifest(self, job: Job, vm: Vm, job_dir: Path, artifacts: list[Artifact]) -> None:
+    def _write_manifest(
+        self, job: Job, vm: VmDescription, job_dir: Path, artifacts: list[Artifact]
+    ) -> None:
         manifest = {
             "job_id": job.id,
             "provider": job.provider,
@@ -339,6 +433,26 @@ class ExporterService:
             json.dump(manifest, stream, indent=2)
             stream.flush()
             os.fsync(stream.fileno())
+
+
+def _encode_page(provider: str, token: str | None) -> str:
+    raw = json.dumps([provider, token], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_page(token: str | None) -> tuple[str | None, str | None]:
+    """(provider, that provider's token) of an inventory page token; VALIDATION_FAILED else."""
+    if token is None:
+        return None, None
+    try:
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            raise ValueError("length")
+        provider, inner = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if not isinstance(provider, str) or not (inner is None or isinstance(inner, str)):
+            raise ValueError("shape")
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise ServiceError(ErrorCode.VALIDATION_FAILED, "Invalid page token.") from exc
+    return provider, inner
 
 
 def _fsync(path: Path) -> None:

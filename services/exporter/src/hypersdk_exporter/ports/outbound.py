@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import TracebackType
+from typing import ClassVar, Self
 
 from hypersdk_contracts.commands import VmExportRequested
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.events import Artifact
 from hypersdk_contracts.rpc import DiskFormat, JobStatus
-from hypersdk_exporter.core.models import Job, Provider, Vm
+from hypersdk_exporter.core.models import (
+    Credential,
+    DiskInfo,
+    Job,
+    Page,
+    Provider,
+    SourceFingerprint,
+    VmDescription,
+    VmSummary,
+)
 
 ProgressCallback = Callable[[int], Awaitable[None]]
 
@@ -32,6 +43,10 @@ class ProviderStore(ABC):
     @abstractmethod
     async def list(self) -> list[Provider]:
         """All, by name."""
+
+    @abstractmethod
+    async def replace(self, provider: Provider) -> bool:
+        """Replace type, config and credential reference; return whether it existed."""
 
     @abstractmethod
     async def remove(self, name: str) -> bool:
@@ -66,16 +81,102 @@ class JobStore(ABC):
         """Change a job and return it as stored."""
 
 
+class DiskSource(ABC):
+    """An opened disk of a VM; ``close()`` releases it.
+
+    ``format`` and ``capacity_bytes`` are what the provider says; the content is untrusted.
+    """
+
+    format: str
+    capacity_bytes: int
+
+    @abstractmethod
+    async def local_path(self) -> Path | None:
+        """A path qemu-img may read (with the format spelled out), or None if only streamed."""
+
+    @abstractmethod
+    def stream(self) -> AsyncIterator[bytes]:
+        """The raw bytes of the image file, in order."""
+
+    @abstractmethod
+    async def fingerprint(self) -> SourceFingerprint:
+        """Size and change id now: compared before and after an export to detect a change."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release whatever the disk holds open (idempotent)."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class ProviderSession(ABC):
+    """One connection to a provider, its credential already resolved."""
+
+    @abstractmethod
+    async def list_vms(self, *, page_token: str | None, limit: int) -> Page[VmSummary]:
+        """One page of VMs in a stable order (by name).
+
+        ``page_token`` is the opaque ``next_token`` of the previous page (None for the first);
+        a token the driver did not make raises ServiceError(VALIDATION_FAILED). Items may be
+        :class:`VmDescription` when the driver has the detail at no extra cost.
+        """
+
+    @abstractmethod
+    async def get_vm(self, vm_id: str) -> VmDescription | None:
+        """One VM by its id (or, where the provider allows, its name), without a full scan."""
+
+    @abstractmethod
+    async def open_disk(self, vm: VmDescription, disk: DiskInfo) -> DiskSource:
+        """Open one disk of ``vm`` for reading."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
 class ProviderDriver(ABC):
-    """Talks to one kind of hypervisor or cloud."""
+    """Talks to one kind of hypervisor or cloud; registered by ``type``."""
+
+    type: ClassVar[str]
 
     @abstractmethod
     def validate_config(self, config: dict[str, str]) -> None:
-        """Raise ServiceError if the connection settings are unusable."""
+        """Raise ServiceError(VALIDATION_FAILED) if the connection settings are unusable."""
 
     @abstractmethod
-    async def list_vms(self, provider: Provider) -> list[Vm]:
-        """The provider's VMs."""
+    async def connect(self, provider: Provider, credential: Credential | None) -> ProviderSession:
+        """Open a session; ServiceError(UPSTREAM_UNAVAILABLE) if the provider cannot be reached.
+
+        Errors never carry the credential's values.
+        """
+
+
+class CredentialResolver(ABC):
+    """Resolves a credential reference through the secrets service; the value is never logged."""
+
+    @abstractmethod
+    async def resolve(self, ref: str, context: RequestContext) -> Credential:
+        """The credential at ``ref``; ServiceError(NOT_FOUND/FORBIDDEN/...) if it cannot be read."""
 
 
 class DiskConverter(ABC):

@@ -30,8 +30,8 @@ from hypersdk_contracts.rpc import (
     RegisterProviderRequest,
     VmView,
 )
-from hypersdk_exporter.core.models import Job, Provider, Vm
-from hypersdk_exporter.core.service import ExporterService
+from hypersdk_exporter.core.models import Job, Provider, VmDescription, VmSummary
+from hypersdk_exporter.core.service import MAX_PAGE, ExporterService
 from hypersdk_kit.bus import (
     Authorizer,
     EventPublisher,
@@ -72,11 +72,12 @@ def register_rpc(broker: RabbitBroker, exporter: ExporterService, *, guard: Auth
         await exporter.remove_provider(request.name, request.context)
 
     async def list_vms(request: ListVmsRequest) -> list[VmView]:
-        return [vm_view(p, vm) for p, vm in await exporter.list_vms(request.provider)]
+        page = await exporter.list_vms(request.provider, limit=MAX_PAGE, context=request.context)
+        return [vm_view(p, vm) for p, vm in page.items]
 
     async def get_vm(request: GetVmRequest) -> VmView:
-        provider_name, _, vm_name = request.vm_id.partition("/")
-        provider, vm = await exporter.find_vm(provider_name, vm_name)
+        provider_name, _, vm_id = request.vm_id.partition("/")
+        provider, vm = await exporter.describe_vm(provider_name, vm_id, request.context)
         return vm_view(provider, vm)
 
     async def create_export(request: CreateExportRequest) -> JobView:
@@ -204,15 +205,16 @@ def provider_view(provider: Provider) -> ProviderView:
     )
 
 
-def vm_view(provider: Provider, vm: Vm) -> VmView:
-    """The API form of a VM."""
+def vm_view(provider: Provider, vm: VmSummary) -> VmView:
+    """The API form of a VM (with its disks when the provider described them)."""
+    disks = vm.disks if isinstance(vm, VmDescription) else ()
     return VmView(
-        id=f"{provider.name}/{vm.name}",
+        id=f"{provider.name}/{vm.id}",
         name=vm.name,
         provider=provider.name,
         cpus=vm.cpus,
         memory_mib=vm.memory_mib,
-        disks=[DiskView(name=d.name, size_bytes=d.size_bytes, format=d.format) for d in vm.disks],
+        disks=[DiskView(name=d.name, size_bytes=d.capacity_bytes, format=d.format) for d in disks],
     )
 
 

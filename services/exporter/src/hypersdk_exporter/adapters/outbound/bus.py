@@ -9,7 +9,8 @@ from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.names import EXPORT_JOBS_QUEUE, RpcQueue
 from hypersdk_contracts.rpc import SecretPathRequest
-from hypersdk_exporter.ports.outbound import CredentialDirectory, JobQueue
+from hypersdk_exporter.core.models import Credential
+from hypersdk_exporter.ports.outbound import CredentialDirectory, CredentialResolver, JobQueue
 from hypersdk_kit.bus import RpcClient, send_command
 
 
@@ -48,3 +49,13 @@ class RpcCredentialDirectory(CredentialDirectory):
                 return False
             raise
         return True
+
+
+class UnavailableCredentialResolver(CredentialResolver):
+    """Placeholder until the secrets service answers credential reads: refuses every one."""
+
+    async def resolve(self, ref: str, context: RequestContext) -> Credential:
+        """Always upstream_unavailable."""
+        raise ServiceError(
+            ErrorCode.UPSTREAM_UNAVAILABLE, "Provider credentials cannot be resolved yet."
+        )

@@ -9,11 +9,13 @@ from pathlib import Path
 
 from hypersdk_contracts.commands import VmExportRequested
 from hypersdk_contracts.envelope import RequestContext
+from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import Artifact
 from hypersdk_contracts.rpc import DiskFormat, JobStatus
-from hypersdk_exporter.core.models import Job, Provider
+from hypersdk_exporter.core.models import Credential, Job, Provider
 from hypersdk_exporter.ports.outbound import (
     CredentialDirectory,
+    CredentialResolver,
     DiskConverter,
     JobQueue,
     JobStore,
@@ -41,6 +43,13 @@ class InMemoryProviderStore(ProviderStore):
     async def list(self) -> list[Provider]:
         """By name."""
         return [self.providers[name] for name in sorted(self.providers)]
+
+    async def replace(self, provider: Provider) -> bool:
+        """Replace an existing one."""
+        if provider.name not in self.providers:
+            return False
+        self.providers[provider.name] = provider
+        return True
 
     async def remove(self, name: str) -> bool:
         """Delete."""
@@ -107,6 +116,21 @@ class InMemoryCredentialDirectory(CredentialDirectory):
     async def exists(self, path: str, context: RequestContext) -> bool:
         """Membership."""
         return path in self.paths
+
+
+class InMemoryCredentialResolver(CredentialResolver):
+    """Secrets in a dict; records which references were resolved for whom."""
+
+    def __init__(self, secrets: dict[str, dict[str, str]] | None = None) -> None:
+        self.secrets = secrets or {}
+        self.resolved: list[tuple[str, str | None]] = []
+
+    async def resolve(self, ref: str, context: RequestContext) -> Credential:
+        """The secret at ``ref`` or not_found."""
+        if ref not in self.secrets:
+            raise ServiceError(ErrorCode.NOT_FOUND, "No secret at the credential reference.")
+        self.resolved.append((ref, context.actor))
+        return Credential(ref=ref, values=dict(self.secrets[ref]))
 
 
 class CopyingConverter(DiskConverter):
