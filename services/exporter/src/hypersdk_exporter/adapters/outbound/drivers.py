@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver
+from hypersdk_exporter.adapters.outbound.vsphere_driver import VsphereDriver
 from hypersdk_exporter.config import ExporterSettings
 from hypersdk_exporter.ports.outbound import ProviderDriver
 
@@ -14,6 +15,7 @@ DRIVERS: dict[str, DriverFactory] = {
     LocalLabDriver.type: lambda settings: LocalLabDriver(
         settings.lab_root, qemu_img=settings.qemu_img
     ),
+    VsphereDriver.type: lambda settings: VsphereDriver(),
 }
 
 
