@@ -148,9 +148,11 @@ async def test_inventory_with_datacenter_folder_paths(
     assert paths["DC1_C0_RP0_VM2"] == "/F0/DC1/vm/F0/DC1_C0_RP0_VM2"
     assert [vm.name for vm in vms] == sorted(vm.name for vm in vms)
     for vm in vms:
-        assert len(vm.id) == 36 and vm.id.count("-") == 4  # instance UUIDs
+        assert len(vm.id) == 36  # instance UUIDs
+        assert vm.id.count("-") == 4
         assert vm.state == "running"
-        assert vm.cpus >= 1 and vm.memory_mib >= 32
+        assert vm.cpus >= 1
+        assert vm.memory_mib >= 32
     assert len({vm.id for vm in vms}) == 12
     assert_secret_absent(sim.password, caplog.text)
 
@@ -176,7 +178,8 @@ async def test_paging_is_complete_and_stable(sim: vsphere_sim.Simulator) -> None
     ) as session:
         everything = await all_vms(session, limit=100)
         first = await session.list_vms(page_token=None, limit=5)
-        assert len(first.items) == 5 and first.next_token is not None
+        assert len(first.items) == 5
+        assert first.next_token is not None
         paged = await all_vms(session, limit=5)
         assert [vm.id for vm in paged] == [vm.id for vm in everything]
         last = await session.list_vms(page_token=None, limit=12)
@@ -208,12 +211,15 @@ async def test_get_vm_by_instance_uuid(sim: vsphere_sim.Simulator, disk: bytes) 
         nic = vm.nics[0]
         assert nic.model == "e1000"
         assert nic.network == "DC0_DVPG0"
-        assert nic.mac is not None and nic.mac.count(":") == 5
+        assert nic.mac is not None
+        assert nic.mac.count(":") == 5
         standalone = await session.get_vm(listed["/DC0/vm/DC0_H0_VM0"].id)
-        assert standalone is not None and standalone.placement == "/DC0/host/DC0_H0"  # type: ignore[attr-defined]
+        assert isinstance(standalone, VsphereVmDescription)
+        assert standalone.placement == "/DC0/host/DC0_H0"
 
         by_moref = await session.get_vm(vm.moref)
-        assert by_moref is not None and by_moref.id == vm.id
+        assert by_moref is not None
+        assert by_moref.id == vm.id
         assert await session.get_vm("00000000-0000-0000-0000-000000000000") is None
         assert await session.get_vm("vm-999999") is None
         assert await session.get_vm("../../etc/passwd") is None
@@ -299,7 +305,9 @@ async def test_the_datastore_refuses_files_without_a_session(
     context = ssl.create_default_context(cafile=sim.ca_file)
     connection = http.client.HTTPSConnection(sim.host, sim.port, context=context, timeout=30)
     try:
-        connection.request("GET", "/folder/DC0_C0_RP0_VM0/data-flat.vmdk?dcPath=DC0&dsName=LocalDS_0")
+        connection.request(
+            "GET", "/folder/DC0_C0_RP0_VM0/data-flat.vmdk?dcPath=DC0&dsName=LocalDS_0"
+        )
         response = connection.getresponse()
         response.read()
     finally:
@@ -326,7 +334,8 @@ async def test_tls_wrong_thumbprint_is_refused_before_any_login(
     assert error.code == ErrorCode.UPSTREAM_UNAVAILABLE
     assert error.reason == "tls_untrusted"
     assert "pinned thumbprint" in error.message
-    assert error.__cause__ is None and error.__context__ is None or error.__suppress_context__
+    assert error.__cause__ is None  # pyvmomi's and ssl's exceptions are not chained
+    assert error.__suppress_context__
     text = "".join(traceback.format_exception(error))
     assert_secret_absent(sim.password, text, caplog.text, str(error), repr(error))
 

@@ -16,6 +16,7 @@ are replaced by sentences of our own (never chained).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import ipaddress
 import json
@@ -30,8 +31,9 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote, urlencode
 
 from pydantic import Field, field_validator, model_validator
-from pyVim.connect import SmartStubAdapter
-from pyVmomi import vim, vmodl
+from pyVim import connect as _connect
+from pyVmomi import vim as _vim
+from pyVmomi import vmodl as _vmodl
 
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_exporter.adapters.outbound import vmdk_descriptor
@@ -62,6 +64,10 @@ from hypersdk_exporter.core.models import (
 from hypersdk_exporter.ports.outbound import DiskSource, ProviderDriver, ProviderSession
 
 logger = logging.getLogger(__name__)
+# pyVmomi's types are generated at run time; its stubs cover only part of them.
+vim: Any = _vim
+vmodl: Any = _vmodl
+SmartStubAdapter: Any = _connect.SmartStubAdapter
 
 TIMEOUT_SECONDS = 60.0
 TASK_TIMEOUT_SECONDS = 120.0
@@ -111,7 +117,7 @@ class VsphereConfig(DriverConfig):
     def _datacenter(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if any(ord(char) < 0x20 for char in value) or not value.strip("/"):
+        if not value.isprintable() or not value.strip("/"):
             raise ValueError("must be an inventory path")
         return value.strip("/")
 
@@ -270,10 +276,8 @@ def _login(
 
 def _drop(stub: Any) -> None:
     if stub is not None:
-        try:
+        with contextlib.suppress(Exception):  # best effort on a connection already failing
             stub.DropConnections()
-        except Exception:  # noqa: S110 - best effort on a connection already failing
-            pass
 
 
 def _path(entity: Any, parents: dict[str, tuple[str, Any]], *, prefix: str = "") -> str:
@@ -583,10 +587,8 @@ class VsphereSession(ProviderSession):
 
     def logout(self) -> None:
         """Log out, ignoring a connection already gone."""
-        try:
+        with contextlib.suppress(Exception):  # the session ends either way
             self._content.sessionManager.Logout()
-        except Exception:  # noqa: S110 - the session ends either way
-            pass
         _drop(self._stub)
 
     # -- the datastore HTTP interface ---------------------------------------------------------
@@ -688,9 +690,12 @@ def _position(decoded: str | None) -> tuple[str, str] | None:
         value = json.loads(decoded)
     except ValueError:
         value = None
-    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
         raise ServiceError(ErrorCode.VALIDATION_FAILED, "Invalid page token.")
-    return value[0], value[1]
+    match value:
+        case [name, vm_id]:
+            return name, vm_id
+    raise ServiceError(ErrorCode.VALIDATION_FAILED, "Invalid page token.")
 
 
 def _controller_kind(controller: Any) -> str:
@@ -773,7 +778,9 @@ def _nics(
             network = str(backing.deviceName or "")
             if not network and backing.network is not None:
                 network = networks.get(backing.network._moId, "")
-        elif isinstance(backing, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo):
+        elif isinstance(
+            backing, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo
+        ):
             key = str(backing.port.portgroupKey or "")
             network = portgroups.get(key, key)
         elif isinstance(backing, vim.vm.device.VirtualEthernetCard.OpaqueNetworkBackingInfo):
@@ -817,8 +824,10 @@ class VsphereDiskSource(DiskSource):
         return None
 
     async def stream(self) -> AsyncIterator[bytes]:
-        """The flat extents in order (raw), or the sparse VMDK file, exactly as many bytes as
-        the descriptor says; a file shorter or longer than that fails the read."""
+        """The flat extents in order (raw), or the sparse VMDK file.
+
+        Exactly as many bytes as the descriptor says: a file shorter or longer fails the read.
+        """
         for file_name, expected in self._files():
             connection, response = await self._session._call(
                 self._session.request, self._backing, file_name
