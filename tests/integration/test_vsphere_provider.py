@@ -315,12 +315,20 @@ async def test_the_datastore_refuses_files_without_a_session(
     assert response.status == 401
 
 
-async def test_tls_pinned_thumbprint_is_accepted(sim: vsphere_sim.Simulator) -> None:
+async def test_tls_pinned_thumbprint_is_accepted_for_api_and_datastore(
+    sim: vsphere_sim.Simulator, disk: bytes
+) -> None:
     colons = ":".join(sim.thumbprint[i : i + 2] for i in range(0, 64, 2)).upper()
     async with await VsphereDriver().connect(
         provider(sim, thumbprint=colons), credential(sim)
     ) as session:
         assert len((await session.list_vms(page_token=None, limit=3)).items) == 3
+        vm = next(vm for vm in await all_vms(session) if vm.path == DISK_VM)
+        described = await session.get_vm(vm.id)
+        assert described is not None
+        async with await session.open_disk(described, described.disks[0]) as source:
+            read = b"".join([block async for block in source.stream()])
+    assert hashlib.sha256(read).digest() == hashlib.sha256(disk).digest()
 
 
 async def test_tls_wrong_thumbprint_is_refused_before_any_login(
