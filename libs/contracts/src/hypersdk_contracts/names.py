@@ -55,6 +55,7 @@ class RoutingKey(StrEnum):
     SECRET_DELETED = "secrets.secret.deleted"  # noqa: S105 - a routing key, not a secret
     PROVIDER_REGISTERED = "exporter.provider.registered"
     PROVIDER_REMOVED = "exporter.provider.removed"
+    PROVIDER_UPDATED = "exporter.provider.updated"
     JOB_REQUESTED = "exporter.job.requested"
     JOB_STARTED = "exporter.job.started"
     JOB_PROGRESSED = "exporter.job.progressed"
@@ -103,6 +104,7 @@ class RpcQueue(StrEnum):
     EXPORTER_LIST_PROVIDERS = "exporter.rpc.list_providers"
     EXPORTER_GET_PROVIDER = "exporter.rpc.get_provider"
     EXPORTER_REMOVE_PROVIDER = "exporter.rpc.remove_provider"
+    EXPORTER_UPDATE_PROVIDER = "exporter.rpc.update_provider"
     EXPORTER_LIST_VMS = "exporter.rpc.list_vms"
     EXPORTER_GET_VM = "exporter.rpc.get_vm"
     EXPORTER_CREATE_EXPORT = "exporter.rpc.create_export"

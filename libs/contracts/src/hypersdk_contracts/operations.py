@@ -54,6 +54,7 @@ TARGETS: Mapping[str, Callable[[Any], Any]] = {
     RpcQueue.EXPORTER_REGISTER_PROVIDER: attrgetter("name"),
     RpcQueue.EXPORTER_GET_PROVIDER: attrgetter("name"),
     RpcQueue.EXPORTER_REMOVE_PROVIDER: attrgetter("name"),
+    RpcQueue.EXPORTER_UPDATE_PROVIDER: attrgetter("name"),
     RpcQueue.EXPORTER_LIST_VMS: attrgetter("provider"),
     RpcQueue.EXPORTER_GET_VM: attrgetter("vm_id"),
     RpcQueue.EXPORTER_CREATE_EXPORT: _vm_of,
@@ -64,6 +65,7 @@ TARGETS: Mapping[str, Callable[[Any], Any]] = {
 
 FOLLOW_UPS: Mapping[str, frozenset[str]] = {
     RpcQueue.EXPORTER_REGISTER_PROVIDER: frozenset({RpcQueue.SECRETS_DESCRIBE}),
+    RpcQueue.EXPORTER_UPDATE_PROVIDER: frozenset({RpcQueue.SECRETS_DESCRIBE}),
     RpcQueue.EXPORTER_CREATE_EXPORT: frozenset({EXPORT_COMMAND}),
     # Identity holds every key operation to what the caller and the owner may do now
     # (decision 0025), which it asks policy.

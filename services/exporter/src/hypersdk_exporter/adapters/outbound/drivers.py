@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from hypersdk_exporter.adapters.outbound.libvirt_driver import LibvirtDriver
 from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver
 from hypersdk_exporter.adapters.outbound.vsphere_driver import VsphereDriver
 from hypersdk_exporter.config import ExporterSettings
@@ -14,6 +15,11 @@ DriverFactory = Callable[[ExporterSettings], ProviderDriver]
 DRIVERS: dict[str, DriverFactory] = {
     LocalLabDriver.type: lambda settings: LocalLabDriver(
         settings.lab_root, qemu_img=settings.qemu_img
+    ),
+    LibvirtDriver.type: lambda settings: LibvirtDriver(
+        lab_root=settings.lab_root,
+        disk_roots=settings.libvirt_disk_roots,
+        qemu_img=settings.qemu_img,
     ),
     VsphereDriver.type: lambda settings: VsphereDriver(),
 }
