@@ -167,6 +167,7 @@ class Admin:
 
     def close(self) -> None:
         self.content.sessionManager.Logout()
+        self.stub.DropConnections()
 
     def vm(self, inventory_path: str) -> vim.VirtualMachine:
         found = self.content.searchIndex.FindByInventoryPath(inventory_path)
