@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from hypersdk_exporter.adapters.outbound.libvirt_driver import LibvirtDriver
 from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver
+from hypersdk_exporter.adapters.outbound.vsphere_driver import VsphereDriver
 from hypersdk_exporter.config import ExporterSettings
 from hypersdk_exporter.ports.outbound import ProviderDriver
 
@@ -20,6 +21,7 @@ DRIVERS: dict[str, DriverFactory] = {
         disk_roots=settings.libvirt_disk_roots,
         qemu_img=settings.qemu_img,
     ),
+    VsphereDriver.type: lambda settings: VsphereDriver(),
 }
 
 
