@@ -15,8 +15,9 @@ from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.rpc import DiskFormat, JobStatus
 from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver, write_demo_vm
+from hypersdk_exporter.adapters.outbound.artifacts import LocalArtifactWriter
 from hypersdk_exporter.adapters.outbound.memory import (
-    CopyingConverter,
+    InMemoryConverter,
     InMemoryCredentialDirectory,
     InMemoryCredentialResolver,
     InMemoryJobQueue,
@@ -84,7 +85,8 @@ def world(tmp_path: Path) -> World:
         providers=providers,
         jobs=jobs,
         drivers={"local": LocalLabDriver(lab)},
-        converter=CopyingConverter(),
+        converter=InMemoryConverter(),
+        writer=LocalArtifactWriter(),
         queue=queue,
         credentials=InMemoryCredentialDirectory({CREDENTIAL_REF}),
         resolver=InMemoryCredentialResolver({CREDENTIAL_REF: {"username": "lab"}}),
@@ -328,6 +330,7 @@ async def test_each_format_gets_its_extension(world: World) -> None:
     for fmt in DiskFormat:
         await world.service.create_export(provider="lab", vm="web-01", format=fmt, context=CONTEXT)
         job = await world.service.run_export(world.queue.commands[-1], CONTEXT)
+        assert job.status is JobStatus.SUCCEEDED, job.error
         names.append(job.artifacts[0].name)
 
     assert names == [
@@ -336,6 +339,7 @@ async def test_each_format_gets_its_extension(world: World) -> None:
         "web-01-disk0.vmdk",
         "web-01-disk0.vhdx",
         "web-01-disk0.vhd",
+        "web-01.ova",
     ]
 
 

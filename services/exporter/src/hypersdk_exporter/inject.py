@@ -9,6 +9,7 @@ from faststream.rabbit import RabbitBroker
 
 from hypersdk_contracts.events import ExporterRequestRejected
 from hypersdk_exporter.adapters.inbound.bus import CommandVerifier, register_rpc, register_worker
+from hypersdk_exporter.adapters.outbound.artifacts import LocalArtifactWriter
 from hypersdk_exporter.adapters.outbound.bus import (
     RabbitJobQueue,
     RpcCredentialDirectory,
@@ -20,7 +21,11 @@ from hypersdk_exporter.adapters.outbound.postgres import (
     PostgresJobStore,
     PostgresProviderStore,
 )
-from hypersdk_exporter.adapters.outbound.qemu_img import QemuImgConverter
+from hypersdk_exporter.adapters.outbound.qemu_img import (
+    QemuImgConverter,
+    SandboxSettings,
+    conversion_identity,
+)
 from hypersdk_exporter.config import ExporterSettings
 from hypersdk_exporter.core.service import ExporterService
 from hypersdk_exporter.ports.outbound import DiskConverter
@@ -54,6 +59,7 @@ async def prepare_exporter(
         settings.database_url.get_secret_value(), size=settings.database_pool_size
     )
     settings.export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sandbox = SandboxSettings(executable=settings.qemu_img, user=settings.conversion_user)
     try:
         publisher = events or RabbitEventPublisher(
             broker, service=SERVICE, declare_topology=settings.declare_topology
@@ -69,7 +75,8 @@ async def prepare_exporter(
             providers=PostgresProviderStore(outbox.database),
             jobs=PostgresJobStore(outbox.database),
             drivers=build_drivers(settings),
-            converter=converter or QemuImgConverter(settings.qemu_img),
+            converter=converter or QemuImgConverter(sandbox),
+            writer=LocalArtifactWriter(owner=conversion_identity(settings.conversion_user)),
             queue=RabbitJobQueue(broker, declare_queue=settings.declare_topology),
             credentials=RpcCredentialDirectory(
                 RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
