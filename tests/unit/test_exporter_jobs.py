@@ -14,8 +14,8 @@ from hypersdk_contracts.commands import VmExportRequested
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.rpc import DiskFormat, JobStatus
-from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver, write_demo_vm
 from hypersdk_exporter.adapters.outbound.artifacts import LocalArtifactWriter
+from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver, write_demo_vm
 from hypersdk_exporter.adapters.outbound.memory import (
     InMemoryConverter,
     InMemoryCredentialDirectory,
@@ -478,3 +478,17 @@ async def test_a_job_whose_command_cannot_be_queued_is_failed_with_its_event(
     assert job.status is JobStatus.FAILED
     assert job.error == "enqueue_failed"
     assert world.events.types()[-2:] == ["exporter.job.requested", "exporter.job.failed"]
+
+
+async def test_compression_of_a_format_without_it_is_refused_at_once(world: World) -> None:
+    await _register_lab(world)
+    with pytest.raises(ServiceError) as caught:
+        await world.service.create_export(
+            provider="lab", vm="web-01", format=DiskFormat.RAW, compress=True, context=CONTEXT
+        )
+    assert caught.value.code is ErrorCode.VALIDATION_FAILED
+    assert world.queue.commands == []
+    await world.service.create_export(
+        provider="lab", vm="web-01", format=DiskFormat.QCOW2, compress=True, context=CONTEXT
+    )
+    assert world.queue.commands[-1].compress

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -60,6 +61,9 @@ async def prepare_exporter(
     )
     settings.export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     sandbox = SandboxSettings(executable=settings.qemu_img, user=settings.conversion_user)
+    owner = conversion_identity(settings.conversion_user)
+    if owner is not None:  # as root: job directories are the conversion user's, and only its
+        os.chown(settings.export_dir, *owner)
     try:
         publisher = events or RabbitEventPublisher(
             broker, service=SERVICE, declare_topology=settings.declare_topology
@@ -76,7 +80,7 @@ async def prepare_exporter(
             jobs=PostgresJobStore(outbox.database),
             drivers=build_drivers(settings),
             converter=converter or QemuImgConverter(sandbox),
-            writer=LocalArtifactWriter(owner=conversion_identity(settings.conversion_user)),
+            writer=LocalArtifactWriter(owner=owner),
             queue=RabbitJobQueue(broker, declare_queue=settings.declare_topology),
             credentials=RpcCredentialDirectory(
                 RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
