@@ -20,11 +20,19 @@ _LOCK_NAMESPACE = 0x485344  # "HSD": advisory lock key prefix for migrations.
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-async def create_pool(dsn: str, *, size: int) -> asyncpg.Pool:
-    """A connection pool; every connection uses UTC."""
-    pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=size, server_settings={"timezone": "UTC"}
-    )
+async def create_pool(dsn: str, *, size: int, custom_plans: bool = False) -> asyncpg.Pool:
+    """A connection pool; every connection uses UTC.
+
+    ``custom_plans`` plans every execution of a prepared statement with its parameters and the
+    table as it is now. asyncpg prepares every query, and PostgreSQL may settle on a generic plan
+    after five executions: one settled while a table was small (a sequential scan) is kept as
+    the table grows, until something invalidates it. A service whose hot table starts empty and
+    grows fast (the audit chain) asks for custom plans; each costs a planning of the query.
+    """
+    settings = {"timezone": "UTC"}
+    if custom_plans:
+        settings["plan_cache_mode"] = "force_custom_plan"
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, server_settings=settings)
     assert pool is not None
     return pool
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import unquote, urlsplit
 
+import asyncpg
 from faststream.rabbit import RabbitBroker
 
 from hypersdk_audit.adapters.inbound.bus import register_consumers
@@ -22,6 +23,15 @@ from hypersdk_kit.trust import AssertionVerifier, load_public_key
 SERVICE = "audit"
 
 
+async def create_audit_pool(dsn: str, *, size: int) -> asyncpg.Pool:
+    """The audit service's pool, every execution planned for the chain as it is now.
+
+    A batch's duplicate check then uses the event_id index however long the chain has grown
+    since the statement was prepared (decision 0016).
+    """
+    return await create_pool(dsn, size=size, custom_plans=True)
+
+
 @asynccontextmanager
 async def prepare_audit(
     settings: AuditSettings,
@@ -30,7 +40,7 @@ async def prepare_audit(
     broker = build_broker(
         settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
     )
-    pool = await create_pool(
+    pool = await create_audit_pool(
         settings.database_url.get_secret_value(), size=settings.database_pool_size
     )
     try:
