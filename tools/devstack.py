@@ -144,6 +144,7 @@ class StackConfig:
         env["HYPERSDK_AUDIT_PUBLISHERS"] = json.dumps(
             {self.amqp_login(service): service for service in SERVICES}
         )
+        env["HYPERSDK_SECRETS_CREDENTIAL_READERS"] = json.dumps([self.amqp_login("exporter")])
         env["HYPERSDK_GATEWAY_PORT"] = str(self.gateway_port)
         env["HYPERSDK_GATEWAY_HEALTH_PORT"] = "0"
         env["HYPERSDK_SECRETS_VAULT_ADDR"] = f"http://127.0.0.1:{self.vault_port}"

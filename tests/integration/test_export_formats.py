@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from hypersdk_contracts.rpc import DiskFormat
 from hypersdk_exporter.adapters.outbound.artifacts import LocalArtifactWriter
@@ -407,10 +408,15 @@ def _qemu_children(parent: int) -> list[int]:
     return found
 
 
-async def test_conversion_is_unprivileged_without_secrets_and_cancels_fast(
+def test_conversion_is_unprivileged_without_secrets_and_cancels_fast(
     area: Path, convert_user: tuple[int, int] | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """On uvloop, the services' loop (decision 0040)."""
     monkeypatch.setenv("HYPERSDK_PLANTED_SECRET", SECRET)
+    uvloop.run(_unprivileged_and_cancelled(area, convert_user))
+
+
+async def _unprivileged_and_cancelled(area: Path, convert_user: tuple[int, int] | None) -> None:
     source = _slow_source(area)
     job_dir = area / "exports" / "cancel"
     cancel = asyncio.Event()
@@ -503,7 +509,8 @@ async def test_killing_the_worker_kills_qemu_img(area: Path) -> None:
                 on_progress=progress,
                 cancelled=lambda: False,
             )
-        asyncio.run(main())
+        import uvloop
+        uvloop.run(main())
         """
     )
     await LocalArtifactWriter(owner=conversion_identity(CONVERT_USER)).prepare(job_dir)

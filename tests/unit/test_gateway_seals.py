@@ -46,7 +46,9 @@ async def test_each_forwarded_request_is_sealed_for_its_queue_request_and_target
     asked = dict(gateway.backend.requests[-2:])  # the decision, then the export
     decide = asked[RpcQueue.POLICY_DECIDE]
     assert isinstance(decide, DecideRequest)
-    assert decide.operations == sorted([RpcQueue.EXPORTER_CREATE_EXPORT, EXPORT_COMMAND])
+    assert decide.operations == sorted(
+        [RpcQueue.EXPORTER_CREATE_EXPORT, EXPORT_COMMAND, RpcQueue.SECRETS_RESOLVE_CREDENTIAL]
+    )
     seals = {
         queue: seal_verifier().verify(request.context.seal) for queue, request in asked.items()
     }
@@ -77,5 +79,5 @@ async def test_a_cached_grant_serves_its_own_route_only(gateway: Gateway) -> Non
     # Two routes, two grants: the second GET /jobs reused the first one's.
     assert [d.operations for d in decisions] == [
         [RpcQueue.EXPORTER_LIST_JOBS],
-        [RpcQueue.EXPORTER_LIST_VMS],
+        [RpcQueue.EXPORTER_LIST_VMS, RpcQueue.SECRETS_RESOLVE_CREDENTIAL],
     ]

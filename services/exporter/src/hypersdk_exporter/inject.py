@@ -14,7 +14,7 @@ from hypersdk_exporter.adapters.outbound.artifacts import LocalArtifactWriter
 from hypersdk_exporter.adapters.outbound.bus import (
     RabbitJobQueue,
     RpcCredentialDirectory,
-    UnavailableCredentialResolver,
+    RpcCredentialResolver,
 )
 from hypersdk_exporter.adapters.outbound.drivers import build_drivers
 from hypersdk_exporter.adapters.outbound.postgres import (
@@ -75,6 +75,7 @@ async def prepare_exporter(
         grants = AssertionVerifier(
             load_public_key(settings.policy_public_key_file), issuer="policy"
         )
+        rpc = RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
         exporter = ExporterService(
             providers=PostgresProviderStore(outbox.database),
             jobs=PostgresJobStore(outbox.database),
@@ -82,10 +83,8 @@ async def prepare_exporter(
             converter=converter or QemuImgConverter(sandbox),
             writer=LocalArtifactWriter(owner=owner),
             queue=RabbitJobQueue(broker, declare_queue=settings.declare_topology),
-            credentials=RpcCredentialDirectory(
-                RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
-            ),
-            resolver=UnavailableCredentialResolver(),
+            credentials=RpcCredentialDirectory(rpc),
+            resolver=RpcCredentialResolver(rpc),
             uow=uow,
             export_dir=settings.export_dir,
         )

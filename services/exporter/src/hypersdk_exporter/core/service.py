@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 import os
@@ -26,8 +27,9 @@ from hypersdk_contracts.events import (
     JobStarted,
     ProviderRegistered,
     ProviderRemoved,
+    ProviderUpdated,
 )
-from hypersdk_contracts.rpc import DiskFormat, JobStatus
+from hypersdk_contracts.rpc import PROVIDER_CREDENTIAL_PREFIX, DiskFormat, JobStatus
 from hypersdk_exporter.core.errors import ExportFailedError
 from hypersdk_exporter.core.formats import check_request
 from hypersdk_exporter.core.models import (
@@ -103,16 +105,9 @@ class ExporterService:
         context: RequestContext,
     ) -> Provider:
         """Register a provider whose credential, if any, already exists in the secrets service."""
-        driver = self._drivers.get(type)
-        if driver is None:
-            raise ServiceError(ErrorCode.VALIDATION_FAILED, f"Unknown provider type {type!r}.")
-        driver.validate_config(config)
-        if credential_ref is not None and not await self._credentials.exists(
-            credential_ref, context
-        ):
-            raise ServiceError(
-                ErrorCode.VALIDATION_FAILED, "No secret exists at the credential reference."
-            )
+        await self._check_settings(
+            type=type, config=config, credential_ref=credential_ref, context=context
+        )
         provider = Provider(
             name=name,
             type=type,
@@ -131,6 +126,60 @@ class ExporterService:
         except ProviderStore.ProviderExistsError as exc:
             raise ServiceError(ErrorCode.CONFLICT, "A provider with that name exists.") from exc
         return provider
+
+    async def update_provider(
+        self,
+        *,
+        name: str,
+        type: str,
+        config: dict[str, str],
+        credential_ref: str | None,
+        context: RequestContext,
+    ) -> Provider:
+        """Replace a provider's type, settings and credential reference, checked as on register.
+
+        Jobs read the provider when they run: a queued job uses the settings of that moment.
+        """
+        existing = await self.get_provider(name)
+        await self._check_settings(
+            type=type, config=config, credential_ref=credential_ref, context=context
+        )
+        updated = dataclasses.replace(
+            existing, type=type, config=dict(config), credential_ref=credential_ref
+        )
+        async with self._uow.transaction():
+            if not await self._providers.replace(updated):
+                raise ServiceError(ErrorCode.NOT_FOUND, "No provider of that name.")
+            await self._uow.record(
+                ProviderUpdated(name=name, type=type, credential_ref=credential_ref),
+                subject=f"provider/{name}",
+                context=context,
+            )
+        return updated
+
+    async def _check_settings(
+        self,
+        *,
+        type: str,
+        config: dict[str, str],
+        credential_ref: str | None,
+        context: RequestContext,
+    ) -> None:
+        driver = self._drivers.get(type)
+        if driver is None:
+            raise ServiceError(ErrorCode.VALIDATION_FAILED, f"Unknown provider type {type!r}.")
+        driver.validate_config(config)
+        if credential_ref is not None and not credential_ref.startswith(PROVIDER_CREDENTIAL_PREFIX):
+            raise ServiceError(
+                ErrorCode.VALIDATION_FAILED,
+                f"A provider credential lives under {PROVIDER_CREDENTIAL_PREFIX}.",
+            )
+        if credential_ref is not None and not await self._credentials.exists(
+            credential_ref, context
+        ):
+            raise ServiceError(
+                ErrorCode.VALIDATION_FAILED, "No secret exists at the credential reference."
+            )
 
     async def get_provider(self, name: str) -> Provider:
         """One provider or not_found."""
@@ -164,12 +213,29 @@ class ExporterService:
         if isinstance(provider, str):
             provider = await self.get_provider(provider)
         driver = self._driver(provider)
-        credential = (
-            None
-            if provider.credential_ref is None
-            else await self._resolver.resolve(provider.credential_ref, context)
-        )
-        return await driver.connect(provider, credential)
+        credential = None
+        if provider.credential_ref is not None:
+            try:
+                credential = await self._resolver.resolve(provider.credential_ref, context)
+            except ServiceError as exc:
+                if exc.code is not ErrorCode.NOT_FOUND:
+                    raise
+                raise ServiceError(
+                    ErrorCode.CONFLICT, "The provider's credential no longer exists."
+                ) from None
+        try:
+            return await driver.connect(provider, credential)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            # A library's message may quote what it was given: log the type, answer a code.
+            logger.warning(
+                "provider session failed",
+                extra={"provider": provider.name, "error": type(exc).__name__},
+            )
+            raise ServiceError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The provider cannot be reached."
+            ) from None
 
     async def describe_vm(
         self, provider_name: str, vm_id: str, context: RequestContext
@@ -434,7 +500,9 @@ def _decode_page(token: str | None) -> tuple[str | None, str | None]:
     try:
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise ValueError("length")
-        provider, inner = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        provider, inner = json.loads(
+            base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        )
         if not isinstance(provider, str) or not (inner is None or isinstance(inner, str)):
             raise ValueError("shape")
     except (ValueError, TypeError, binascii.Error) as exc:

@@ -87,10 +87,13 @@ class DiskSource(ABC):
     """An opened disk of a VM; ``close()`` releases it.
 
     ``format`` and ``capacity_bytes`` are what the provider says; the content is untrusted.
+    ``root`` is the provider's directory a backing file or extent may resolve into (None: no
+    file outside the image itself may be referenced).
     """
 
     format: str
     capacity_bytes: int
+    root: Path | None = None
 
     @abstractmethod
     async def local_path(self) -> Path | None:

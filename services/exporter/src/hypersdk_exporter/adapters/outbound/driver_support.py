@@ -57,7 +57,9 @@ def decode_token(token: str | None) -> str | None:
     if not token or len(token) > MAX_TOKEN_CHARS:
         raise ServiceError(ErrorCode.VALIDATION_FAILED, "Invalid page token.")
     try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        return base64.b64decode(
+            token + "=" * (-len(token) % 4), altchars=b"-_", validate=True
+        ).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise ServiceError(ErrorCode.VALIDATION_FAILED, "Invalid page token.") from exc
 
@@ -79,10 +81,13 @@ def file_fingerprint(path: Path) -> SourceFingerprint:
 class FileDiskSource(DiskSource):
     """A disk that is an image file on this host."""
 
-    def __init__(self, path: Path, *, format: str, capacity_bytes: int) -> None:
+    def __init__(
+        self, path: Path, *, format: str, capacity_bytes: int, root: Path | None = None
+    ) -> None:
         self.path = path
         self.format = format
         self.capacity_bytes = capacity_bytes
+        self.root = root
         self.closed = False
 
     async def local_path(self) -> Path | None:

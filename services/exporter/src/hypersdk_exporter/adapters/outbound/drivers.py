@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from hypersdk_exporter.adapters.outbound.libvirt_driver import LibvirtDriver
 from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver
 from hypersdk_exporter.config import ExporterSettings
 from hypersdk_exporter.ports.outbound import ProviderDriver
@@ -13,6 +14,11 @@ DriverFactory = Callable[[ExporterSettings], ProviderDriver]
 DRIVERS: dict[str, DriverFactory] = {
     LocalLabDriver.type: lambda settings: LocalLabDriver(
         settings.lab_root, qemu_img=settings.qemu_img
+    ),
+    LibvirtDriver.type: lambda settings: LibvirtDriver(
+        lab_root=settings.lab_root,
+        disk_roots=settings.libvirt_disk_roots,
+        qemu_img=settings.qemu_img,
     ),
 }
 

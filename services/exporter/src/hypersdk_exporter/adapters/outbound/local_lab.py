@@ -175,7 +175,10 @@ class LocalSession(ProviderSession):
             raise ServiceError(ErrorCode.NOT_FOUND, "The disk is gone.")
         spec, paths = found
         return FileDiskSource(
-            paths[unit], format=spec.disks[unit].format, capacity_bytes=disk.capacity_bytes
+            paths[unit],
+            format=spec.disks[unit].format,
+            capacity_bytes=disk.capacity_bytes,
+            root=self._directory.resolve(),
         )
 
     async def close(self) -> None:

@@ -79,10 +79,24 @@ def conversion_identity(user: str | None) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def _preexec(parent: int, *, memory: int | None, cpu: int | None) -> Callable[[], None]:
-    """Runs in the child after fork and after the switch of user, before exec."""
+def _preexec(
+    parent: int,
+    *,
+    identity: tuple[int, int] | None,
+    memory: int | None,
+    cpu: int | None,
+) -> Callable[[], None]:
+    """Runs in the child after fork, before exec: switch user, then tie it to its parent.
+
+    The switch is done here rather than by ``user=``/``group=`` because uvloop (the services'
+    loop, decision 0040) does not take those arguments.
+    """
 
     def setup() -> None:
+        if identity is not None:
+            os.setgroups([])
+            os.setgid(identity[1])
+            os.setuid(identity[0])
         os.umask(0o077)
         # Cleared by a change of credentials, so set here, after the switch of user.
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -107,9 +121,6 @@ class QemuImgConverter(DiskConverter):
         self, args: list[str], *, memory: int | None = None, cpu: int | None = None
     ) -> asyncio.subprocess.Process:
         identity = conversion_identity(self._settings.user)
-        extra: dict[str, Any] = {}
-        if identity is not None:
-            extra = {"user": identity[0], "group": identity[1], "extra_groups": []}
         return await asyncio.create_subprocess_exec(
             self._settings.executable,
             *args,
@@ -119,8 +130,7 @@ class QemuImgConverter(DiskConverter):
             env=dict(ENVIRONMENT),
             cwd="/",
             start_new_session=True,
-            preexec_fn=_preexec(os.getpid(), memory=memory, cpu=cpu),
-            **extra,
+            preexec_fn=_preexec(os.getpid(), identity=identity, memory=memory, cpu=cpu),
         )
 
     # ---- inspection ---------------------------------------------------------------------
