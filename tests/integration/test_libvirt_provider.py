@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pwd
+import stat
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +21,7 @@ import pytest
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.rpc import DiskFormat, JobStatus
+from hypersdk_exporter.adapters.outbound.artifacts import LocalArtifactWriter
 from hypersdk_exporter.adapters.outbound.libvirt_driver import LibvirtDriver
 from hypersdk_exporter.adapters.outbound.memory import (
     InMemoryCredentialDirectory,
@@ -27,7 +30,11 @@ from hypersdk_exporter.adapters.outbound.memory import (
     InMemoryJobStore,
     InMemoryProviderStore,
 )
-from hypersdk_exporter.adapters.outbound.qemu_img import QemuImgConverter
+from hypersdk_exporter.adapters.outbound.qemu_img import (
+    QemuImgConverter,
+    SandboxSettings,
+    conversion_identity,
+)
 from hypersdk_exporter.core.models import Firmware, NicInfo, Provider
 from hypersdk_exporter.core.service import ExporterService
 from hypersdk_exporter.ports.outbound import ProviderSession
@@ -320,17 +327,56 @@ async def test_an_unreachable_uri_is_upstream_unavailable(lab: Lab) -> None:
     assert "missing.xml" not in error.value.message
 
 
+CONVERSION_USER = "hypersdk-convert"
+
+
+def _share_with_conversion_user(lab: Path, export_dir: Path) -> tuple[int, int] | None:
+    """As root, qemu-img runs as the conversion user: let it reach the lab and the exports."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(CONVERSION_USER)
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                CONVERSION_USER,
+            ],
+            check=True,
+        )
+    owner = conversion_identity(CONVERSION_USER)
+    assert owner is not None
+    for directory in (export_dir.parent, *export_dir.parent.parents):
+        directory.chmod(stat.S_IMODE(directory.stat().st_mode) | stat.S_IXOTH)
+    os.chown(export_dir, *owner)
+    for directory, _, files in os.walk(lab):
+        os.chown(directory, -1, owner[1])
+        os.chmod(directory, 0o750)
+        for name in files:
+            os.chown(os.path.join(directory, name), -1, owner[1])
+            os.chmod(os.path.join(directory, name), 0o640)
+    return owner
+
+
 async def test_a_libvirt_vm_exports_through_the_service(lab: Lab, tmp_path: Path) -> None:
     """The whole path: register, describe, queue, convert with qemu-img, compare the disks."""
     providers, jobs, queue = InMemoryProviderStore(), InMemoryJobStore(), InMemoryJobQueue()
     events = InMemoryUnitOfWork(service="exporter", stores=(providers, jobs))
     export_dir = tmp_path / "exports"
     export_dir.mkdir(mode=0o700)
+    owner = _share_with_conversion_user(lab.root, export_dir)
     service = ExporterService(
         providers=providers,
         jobs=jobs,
         drivers={"libvirt": LibvirtDriver(lab_root=lab.root, disk_roots=[])},
-        converter=QemuImgConverter(),
+        converter=QemuImgConverter(SandboxSettings(user=CONVERSION_USER)),
+        writer=LocalArtifactWriter(owner=owner),
         queue=queue,
         credentials=InMemoryCredentialDirectory(),
         resolver=InMemoryCredentialResolver(),

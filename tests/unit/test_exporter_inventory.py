@@ -11,9 +11,10 @@ import pytest
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_exporter.adapters.inbound.bus import vm_view
+from hypersdk_exporter.adapters.outbound.artifacts import LocalArtifactWriter
 from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver, write_demo_vm
 from hypersdk_exporter.adapters.outbound.memory import (
-    CopyingConverter,
+    InMemoryConverter,
     InMemoryCredentialDirectory,
     InMemoryCredentialResolver,
     InMemoryJobQueue,
@@ -53,7 +54,8 @@ def world(tmp_path: Path) -> World:
         providers=providers,
         jobs=jobs,
         drivers={"local": LocalLabDriver(lab)},
-        converter=CopyingConverter(),
+        converter=InMemoryConverter(),
+        writer=LocalArtifactWriter(),
         queue=InMemoryJobQueue(),
         credentials=InMemoryCredentialDirectory({"providers/a", "providers/b"}),
         resolver=resolver,

@@ -19,9 +19,10 @@ from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import SecretsRequestRejected
 from hypersdk_contracts.rpc import DiskFormat, JobStatus
 from hypersdk_exporter.adapters.inbound.bus import job_view, provider_view, vm_view
+from hypersdk_exporter.adapters.outbound.artifacts import LocalArtifactWriter
 from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver, write_demo_vm
 from hypersdk_exporter.adapters.outbound.memory import (
-    CopyingConverter,
+    InMemoryConverter,
     InMemoryCredentialDirectory,
     InMemoryCredentialResolver,
     InMemoryJobQueue,
@@ -72,7 +73,8 @@ def world(tmp_path: Path) -> tuple[ExporterService, SecretSeeingDriver, InMemory
         providers=providers,
         jobs=jobs,
         drivers={"local": driver},
-        converter=CopyingConverter(),
+        converter=InMemoryConverter(),
+        writer=LocalArtifactWriter(),
         queue=InMemoryJobQueue(),
         credentials=InMemoryCredentialDirectory({REF}),
         resolver=InMemoryCredentialResolver({REF: {"username": "root", "password": PLANTED}}),

@@ -30,6 +30,7 @@ class DiskFormat(StrEnum):
     VMDK = "vmdk"
     VHDX = "vhdx"
     VPC = "vpc"
+    OVA = "ova"
 
 
 class JobStatus(StrEnum):
@@ -492,6 +493,13 @@ class CreateExportRequest(RpcRequest):
     provider: str = Field(description="Provider name.")
     vm: str = Field(description="VM name within the provider.")
     format: DiskFormat = Field(description="Target disk format.")
+    compress: bool = Field(
+        default=False,
+        description=(
+            "Compress the disks where the format allows it (qcow2, and the OVA's disks); "
+            "streamOptimized VMDK is always compressed; refused for raw, vhdx and vpc."
+        ),
+    )
 
 
 class JobView(Message):

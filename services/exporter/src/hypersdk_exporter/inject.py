@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -9,6 +10,7 @@ from faststream.rabbit import RabbitBroker
 
 from hypersdk_contracts.events import ExporterRequestRejected
 from hypersdk_exporter.adapters.inbound.bus import CommandVerifier, register_rpc, register_worker
+from hypersdk_exporter.adapters.outbound.artifacts import LocalArtifactWriter
 from hypersdk_exporter.adapters.outbound.bus import (
     RabbitJobQueue,
     RpcCredentialDirectory,
@@ -20,7 +22,11 @@ from hypersdk_exporter.adapters.outbound.postgres import (
     PostgresJobStore,
     PostgresProviderStore,
 )
-from hypersdk_exporter.adapters.outbound.qemu_img import QemuImgConverter
+from hypersdk_exporter.adapters.outbound.qemu_img import (
+    QemuImgConverter,
+    SandboxSettings,
+    conversion_identity,
+)
 from hypersdk_exporter.config import ExporterSettings
 from hypersdk_exporter.core.service import ExporterService
 from hypersdk_exporter.ports.outbound import DiskConverter
@@ -54,6 +60,10 @@ async def prepare_exporter(
         settings.database_url.get_secret_value(), size=settings.database_pool_size
     )
     settings.export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sandbox = SandboxSettings(executable=settings.qemu_img, user=settings.conversion_user)
+    owner = conversion_identity(settings.conversion_user)
+    if owner is not None:  # as root: job directories are the conversion user's, and only its
+        os.chown(settings.export_dir, *owner)
     try:
         publisher = events or RabbitEventPublisher(
             broker, service=SERVICE, declare_topology=settings.declare_topology
@@ -70,7 +80,8 @@ async def prepare_exporter(
             providers=PostgresProviderStore(outbox.database),
             jobs=PostgresJobStore(outbox.database),
             drivers=build_drivers(settings),
-            converter=converter or QemuImgConverter(settings.qemu_img),
+            converter=converter or QemuImgConverter(sandbox),
+            writer=LocalArtifactWriter(owner=owner),
             queue=RabbitJobQueue(broker, declare_queue=settings.declare_topology),
             credentials=RpcCredentialDirectory(rpc),
             resolver=RpcCredentialResolver(rpc),

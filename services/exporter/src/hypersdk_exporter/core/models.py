@@ -11,13 +11,6 @@ from typing import Generic, TypeVar
 from hypersdk_contracts.events import Artifact
 from hypersdk_contracts.rpc import DiskFormat, JobStatus
 
-FILE_EXTENSIONS: dict[DiskFormat, str] = {
-    DiskFormat.RAW: "img",
-    DiskFormat.QCOW2: "qcow2",
-    DiskFormat.VMDK: "vmdk",
-    DiskFormat.VHDX: "vhdx",
-    DiskFormat.VPC: "vhd",
-}
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 # Source formats a provider may report; a source is always opened with its format spelled out.
 SOURCE_FORMATS = frozenset({"raw", "qcow2", "vmdk", "vhdx", "vpc"})
@@ -122,6 +115,15 @@ class SourceFingerprint:
 
     size: int
     change_id: str  # mtime_ns+inode of a file, or the provider's change id
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """A source image as qemu-img read it, with the format spelled out."""
+
+    format: str
+    virtual_size: int
+    backing_chain: bool = False  # a backing chain inside the provider's root is to be followed
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -31,8 +30,9 @@ from hypersdk_contracts.events import (
     ProviderUpdated,
 )
 from hypersdk_contracts.rpc import PROVIDER_CREDENTIAL_PREFIX, DiskFormat, JobStatus
+from hypersdk_exporter.core.errors import ExportFailedError
+from hypersdk_exporter.core.formats import check_request
 from hypersdk_exporter.core.models import (
-    FILE_EXTENSIONS,
     TERMINAL,
     Job,
     Page,
@@ -40,10 +40,13 @@ from hypersdk_exporter.core.models import (
     VmDescription,
     VmSummary,
 )
+from hypersdk_exporter.core.pipeline import ExportPipeline
 from hypersdk_exporter.ports.outbound import (
+    ArtifactWriter,
     CredentialDirectory,
     CredentialResolver,
     DiskConverter,
+    DiskSource,
     JobQueue,
     JobStore,
     ProviderDriver,
@@ -61,23 +64,6 @@ MAX_PAGE = 500
 MAX_TOKEN_CHARS = 2048
 
 
-class ExportFailedError(Exception):
-    """An export could not complete; ``reason`` is a stable code."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a file, hex, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class ExporterService:
     """Providers, their VMs, and export jobs."""
 
@@ -88,6 +74,7 @@ class ExporterService:
         jobs: JobStore,
         drivers: dict[str, ProviderDriver],
         converter: DiskConverter,
+        writer: ArtifactWriter,
         queue: JobQueue,
         credentials: CredentialDirectory,
         resolver: CredentialResolver,
@@ -98,7 +85,7 @@ class ExporterService:
         self._providers = providers
         self._jobs = jobs
         self._drivers = drivers
-        self._converter = converter
+        self._pipeline = ExportPipeline(converter=converter, writer=writer)
         self._queue = queue
         self._credentials = credentials
         self._resolver = resolver
@@ -317,13 +304,20 @@ class ExporterService:
     # ---- jobs -----------------------------------------------------------------------------
 
     async def create_export(
-        self, *, provider: str, vm: str, format: DiskFormat, context: RequestContext
+        self,
+        *,
+        provider: str,
+        vm: str,
+        format: DiskFormat,
+        compress: bool = False,
+        context: RequestContext,
     ) -> Job:
         """Record a queued job (and its event), then hand it to the workers.
 
         The job is committed before its command is sent, so a worker never receives a command
         for a job it cannot see yet; a command that cannot be sent fails the job (and says so).
         """
+        check_request(format, compress=compress)
         await self.describe_vm(provider, vm, context)
         now = self._clock()
         job = Job(
@@ -349,6 +343,7 @@ class ExporterService:
             provider=provider,
             vm=vm,
             format=format.value,
+            compress=compress,
             grant=context.grant or "",
         )
         try:
@@ -388,7 +383,7 @@ class ExporterService:
                 JobStarted(job_id=job.id), subject=f"job/{job.id}", context=context
             )
         try:
-            artifacts = await self._export(job, job_dir, context)
+            artifacts = await self._export(job, job_dir, context, compress=command.compress)
         except ExportFailedError as exc:
             shutil.rmtree(job_dir, ignore_errors=True)
             return await self._fail(job.id, exc.reason, context)
@@ -411,7 +406,9 @@ class ExporterService:
             )
         return failed
 
-    async def _export(self, job: Job, job_dir: Path, context: RequestContext) -> list[Artifact]:
+    async def _export(
+        self, job: Job, job_dir: Path, context: RequestContext, *, compress: bool
+    ) -> list[Artifact]:
         try:
             session = await self.open_session(job.provider, context)
         except ServiceError as exc:
@@ -420,7 +417,7 @@ class ExporterService:
             vm = await session.get_vm(job.vm)
             if vm is None:
                 raise ExportFailedError("vm_not_found")
-            return await self._export_vm(job, job_dir, session, vm, context)
+            return await self._export_vm(job, job_dir, session, vm, context, compress=compress)
 
     async def _export_vm(
         self,
@@ -429,53 +426,43 @@ class ExporterService:
         session: ProviderSession,
         vm: VmDescription,
         context: RequestContext,
+        *,
+        compress: bool,
     ) -> list[Artifact]:
-        await asyncio.to_thread(shutil.rmtree, job_dir, ignore_errors=True)
-        await asyncio.to_thread(job_dir.mkdir, mode=0o700, parents=True)
-        artifacts: list[Artifact] = []
         reported = 0
-        for index, disk in enumerate(vm.disks):
 
-            async def progress(percent: int, index: int = index) -> None:
-                nonlocal reported
-                overall = (index * 100 + percent) // len(vm.disks)
-                if reported + PROGRESS_STEP <= overall < DONE:
-                    reported = overall - overall % PROGRESS_STEP
-                    async with self._uow.transaction():
-                        await self._jobs.update(job.id, progress=reported)
-                        await self._uow.record(
-                            JobProgressed(job_id=job.id, progress=reported),
-                            subject=f"job/{job.id}",
-                            context=context,
-                        )
-
-            name = f"{vm.name}-{disk.name}.{FILE_EXTENSIONS[job.format]}"
-            target = job_dir / name
-            partial = job_dir / f".{name}.partial"
-            try:
-                async with await session.open_disk(vm, disk) as source:
-                    path = await source.local_path()
-                    if path is None:
-                        raise ExportFailedError("source_not_local")
-                    await self._converter.convert(
-                        source=path,
-                        source_format=source.format,
-                        target=partial,
-                        target_format=job.format,
-                        on_progress=progress,
+        async def progress(done: int, total: int) -> None:
+            nonlocal reported
+            overall = done * 100 // total if total else 0
+            if reported + PROGRESS_STEP <= overall < DONE:
+                reported = overall - overall % PROGRESS_STEP
+                async with self._uow.transaction():
+                    await self._jobs.update(job.id, progress=reported)
+                    await self._uow.record(
+                        JobProgressed(job_id=job.id, progress=reported),
+                        subject=f"job/{job.id}",
+                        context=context,
                     )
+
+        sources: list[DiskSource] = []
+        try:
+            try:
+                for disk in vm.disks:
+                    sources.append(await session.open_disk(vm, disk))
             except ServiceError as exc:
                 raise ExportFailedError("source_unavailable") from exc
-            except OSError as exc:
-                raise ExportFailedError("conversion_failed") from exc
-            try:
-                os.chmod(partial, 0o600)
-                await asyncio.to_thread(_fsync, partial)
-                partial.rename(target)
-                digest = await asyncio.to_thread(sha256_of, target)
-            except OSError as exc:
-                raise ExportFailedError("artifact_write_failed") from exc
-            artifacts.append(Artifact(name=name, size_bytes=target.stat().st_size, sha256=digest))
+            artifacts = await self._pipeline.run(
+                vm,
+                sources,
+                job.format,
+                job_dir,
+                compress=compress,
+                on_progress=progress,
+                cancelled=lambda: False,
+            )
+        finally:
+            for source in sources:
+                await source.close()
         try:
             await asyncio.to_thread(self._write_manifest, job, vm, job_dir, artifacts)
         except OSError as exc:
@@ -521,14 +508,6 @@ def _decode_page(token: str | None) -> tuple[str | None, str | None]:
     except (ValueError, TypeError, binascii.Error) as exc:
         raise ServiceError(ErrorCode.VALIDATION_FAILED, "Invalid page token.") from exc
     return provider, inner
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _missing_job(command: VmExportRequested, now: datetime) -> Job:

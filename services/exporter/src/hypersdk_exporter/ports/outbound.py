@@ -11,10 +11,12 @@ from typing import ClassVar, Self
 from hypersdk_contracts.commands import VmExportRequested
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.events import Artifact
-from hypersdk_contracts.rpc import DiskFormat, JobStatus
+from hypersdk_contracts.rpc import JobStatus
+from hypersdk_exporter.core.formats import FormatSpec
 from hypersdk_exporter.core.models import (
     Credential,
     DiskInfo,
+    ImageInfo,
     Job,
     Page,
     Provider,
@@ -182,20 +184,81 @@ class CredentialResolver(ABC):
         """The credential at ``ref``; ServiceError(NOT_FOUND/FORBIDDEN/...) if it cannot be read."""
 
 
+ByteProgress = Callable[[int], Awaitable[None]]  # bytes of the current disk done
+CancelCheck = Callable[[], bool]
+
+
 class DiskConverter(ABC):
-    """Converts a disk image between formats."""
+    """Inspects untrusted disk images and converts them (qemu-img, unprivileged)."""
+
+    @abstractmethod
+    async def inspect(self, source: Path, *, format: str, allowed_root: Path) -> ImageInfo:
+        """What the image is, opened as ``format`` (never probed).
+
+        Raise ExportFailedError with a stable reason if the image is not of that format, cannot
+        be read, or refers to a backing file, extent or data file outside ``allowed_root``.
+        """
 
     @abstractmethod
     async def convert(
         self,
         *,
         source: Path,
-        source_format: str,
+        info: ImageInfo,
         target: Path,
-        target_format: DiskFormat,
-        on_progress: ProgressCallback,
+        spec: FormatSpec,
+        compress: bool,
+        on_progress: ByteProgress,
+        cancelled: CancelCheck,
+    ) -> str:
+        """Write ``target`` (0600) and return its SHA-256, computed as it is written.
+
+        Raise ExportCancelledError within a second of ``cancelled()`` turning true (the
+        conversion killed), ExportFailedError(conversion_failed) if qemu-img fails.
+        """
+
+
+class ArtifactWriter(ABC):
+    """The job directory and the files the exporter writes itself."""
+
+    @abstractmethod
+    async def prepare(self, job_dir: Path) -> None:
+        """Create ``job_dir`` empty, 0700 (owned by the conversion user)."""
+
+    @abstractmethod
+    async def free_bytes(self, job_dir: Path) -> int:
+        """Free space of the filesystem that holds ``job_dir``."""
+
+    @abstractmethod
+    async def discard(self, job_dir: Path) -> None:
+        """Remove ``job_dir`` and everything in it (idempotent)."""
+
+    @abstractmethod
+    async def spool(
+        self, stream: AsyncIterator[bytes], target: Path, *, cancelled: CancelCheck
     ) -> None:
-        """Write ``target``; call ``on_progress`` with 0-100 as it goes."""
+        """Copy a streamed source image to ``target`` (0600, readable by the conversion user)."""
+
+    @abstractmethod
+    async def finish(self, partial: Path, target: Path) -> int:
+        """Flush ``partial`` to disk, make it 0600, rename it to ``target``; return its size."""
+
+    @abstractmethod
+    async def pack_ova(
+        self,
+        *,
+        target: Path,
+        descriptor: tuple[str, bytes],
+        disks: list[tuple[str, Path]],
+        manifest: Callable[[dict[str, str]], tuple[str, bytes]],
+        cancelled: CancelCheck,
+    ) -> tuple[int, str]:
+        """Write a ustar OVA: the descriptor, the disks in order, then the manifest.
+
+        Each member is hashed as it is copied in; ``manifest`` turns {member: sha256} into
+        the manifest's (name, content). Returns the OVA's size and SHA-256 (same pass). The
+        disk files are removed once packed.
+        """
 
 
 class JobQueue(ABC):

@@ -105,6 +105,7 @@ def register_rpc(broker: RabbitBroker, exporter: ExporterService, *, guard: Auth
             provider=request.provider,
             vm=request.vm,
             format=request.format,
+            compress=request.compress,
             context=request.context,
         )
         return job_view(job)

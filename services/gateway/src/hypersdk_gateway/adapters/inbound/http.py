@@ -216,6 +216,7 @@ class ExportBody(Body):
     provider: str = Field(pattern=NAME_PATTERN)
     vm: str = Field(min_length=1, max_length=255)
     format: DiskFormat
+    compress: bool = False
 
 
 class SecretBody(Body):
@@ -713,7 +714,11 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
         return await backend.ask(
             RpcQueue.EXPORTER_CREATE_EXPORT,
             CreateExportRequest(
-                provider=body.provider, vm=body.vm, format=body.format, context=ctx(request)
+                provider=body.provider,
+                vm=body.vm,
+                format=body.format,
+                compress=body.compress,
+                context=ctx(request),
             ),
         )
 
