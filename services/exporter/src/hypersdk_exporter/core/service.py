@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -12,10 +15,9 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
 
 from hypersdk_contracts.commands import VmExportRequested
 from hypersdk_contracts.envelope import RequestContext
@@ -32,8 +34,11 @@ from hypersdk_contracts.events import (
     JobStarted,
     ProviderRegistered,
     ProviderRemoved,
+    ProviderUpdated,
 )
-from hypersdk_contracts.rpc import DiskFormat, JobStatus
+from hypersdk_contracts.rpc import PROVIDER_CREDENTIAL_PREFIX, DiskFormat, JobStatus
+from hypersdk_exporter.core.errors import ExportCancelledError, ExportFailedError
+from hypersdk_exporter.core.formats import check_request
 from hypersdk_exporter.core.jobs import (
     IllegalTransitionError,
     Job,
@@ -44,13 +49,23 @@ from hypersdk_exporter.core.jobs import (
     ProgressMeter,
     ProgressReport,
 )
-from hypersdk_exporter.core.models import FILE_EXTENSIONS, Provider, SourceFingerprint, Vm
+from hypersdk_exporter.core.models import (
+    Page,
+    Provider,
+    VmDescription,
+    VmSummary,
+)
+from hypersdk_exporter.core.pipeline import ExportPipeline
 from hypersdk_exporter.ports.outbound import (
+    ArtifactWriter,
     CredentialDirectory,
+    CredentialResolver,
     DiskConverter,
+    DiskSource,
     JobQueue,
     JobStore,
     ProviderDriver,
+    ProviderSession,
     ProviderStore,
 )
 from hypersdk_kit.ports import UnitOfWork
@@ -59,28 +74,9 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 _SAVE_ATTEMPTS = 20
 """A move retried this often against concurrent writers (progress, cancel) before giving up."""
-
-
-class ExportFailedError(Exception):
-    """An export could not complete; ``reason`` is a stable code, ``detail`` the tool's text."""
-
-    def __init__(self, reason: str, detail: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.detail = detail
-
-
-class ExportStoppedError(Exception):
-    """The export was stopped: cancelled, or its job ended by someone else meanwhile."""
-
-
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a file, hex, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+DEFAULT_PAGE = 100
+MAX_PAGE = 500
+MAX_TOKEN_CHARS = 2048
 
 
 class ExporterService:
@@ -93,8 +89,10 @@ class ExporterService:
         jobs: JobStore,
         drivers: dict[str, ProviderDriver],
         converter: DiskConverter,
+        writer: ArtifactWriter,
         queue: JobQueue,
         credentials: CredentialDirectory,
+        resolver: CredentialResolver,
         uow: UnitOfWork,
         export_dir: Path,
         policy: JobPolicy | None = None,
@@ -103,9 +101,10 @@ class ExporterService:
         self._providers = providers
         self._jobs = jobs
         self._drivers = drivers
-        self._converter = converter
+        self._pipeline = ExportPipeline(converter=converter, writer=writer)
         self._queue = queue
         self._credentials = credentials
+        self._resolver = resolver
         self._uow = uow
         self._export_dir = export_dir
         self._clock = clock
@@ -123,16 +122,9 @@ class ExporterService:
         context: RequestContext,
     ) -> Provider:
         """Register a provider whose credential, if any, already exists in the secrets service."""
-        driver = self._drivers.get(type)
-        if driver is None:
-            raise ServiceError(ErrorCode.VALIDATION_FAILED, f"Unknown provider type {type!r}.")
-        driver.validate_config(config)
-        if credential_ref is not None and not await self._credentials.exists(
-            credential_ref, context
-        ):
-            raise ServiceError(
-                ErrorCode.VALIDATION_FAILED, "No secret exists at the credential reference."
-            )
+        await self._check_settings(
+            type=type, config=config, credential_ref=credential_ref, context=context
+        )
         provider = Provider(
             name=name,
             type=type,
@@ -151,6 +143,60 @@ class ExporterService:
         except ProviderStore.ProviderExistsError as exc:
             raise ServiceError(ErrorCode.CONFLICT, "A provider with that name exists.") from exc
         return provider
+
+    async def update_provider(
+        self,
+        *,
+        name: str,
+        type: str,
+        config: dict[str, str],
+        credential_ref: str | None,
+        context: RequestContext,
+    ) -> Provider:
+        """Replace a provider's type, settings and credential reference, checked as on register.
+
+        Jobs read the provider when they run: a queued job uses the settings of that moment.
+        """
+        existing = await self.get_provider(name)
+        await self._check_settings(
+            type=type, config=config, credential_ref=credential_ref, context=context
+        )
+        updated = dataclasses.replace(
+            existing, type=type, config=dict(config), credential_ref=credential_ref
+        )
+        async with self._uow.transaction():
+            if not await self._providers.replace(updated):
+                raise ServiceError(ErrorCode.NOT_FOUND, "No provider of that name.")
+            await self._uow.record(
+                ProviderUpdated(name=name, type=type, credential_ref=credential_ref),
+                subject=f"provider/{name}",
+                context=context,
+            )
+        return updated
+
+    async def _check_settings(
+        self,
+        *,
+        type: str,
+        config: dict[str, str],
+        credential_ref: str | None,
+        context: RequestContext,
+    ) -> None:
+        driver = self._drivers.get(type)
+        if driver is None:
+            raise ServiceError(ErrorCode.VALIDATION_FAILED, f"Unknown provider type {type!r}.")
+        driver.validate_config(config)
+        if credential_ref is not None and not credential_ref.startswith(PROVIDER_CREDENTIAL_PREFIX):
+            raise ServiceError(
+                ErrorCode.VALIDATION_FAILED,
+                f"A provider credential lives under {PROVIDER_CREDENTIAL_PREFIX}.",
+            )
+        if credential_ref is not None and not await self._credentials.exists(
+            credential_ref, context
+        ):
+            raise ServiceError(
+                ErrorCode.VALIDATION_FAILED, "No secret exists at the credential reference."
+            )
 
     async def get_provider(self, name: str) -> Provider:
         """One provider or not_found."""
@@ -174,25 +220,97 @@ class ExporterService:
 
     # ---- inventory ------------------------------------------------------------------------
 
-    async def list_vms(self, provider_name: str | None = None) -> list[tuple[Provider, Vm]]:
-        """VMs of one provider, or of every provider."""
-        providers = (
-            [await self.get_provider(provider_name)]
-            if provider_name
-            else await self._providers.list()
-        )
-        found: list[tuple[Provider, Vm]] = []
-        for provider in providers:
-            found.extend((provider, vm) for vm in await self._driver(provider).list_vms(provider))
-        return found
+    async def open_session(
+        self, provider: Provider | str, context: RequestContext
+    ) -> ProviderSession:
+        """A session to the provider, its credential resolved through the secrets service.
 
-    async def find_vm(self, provider_name: str, vm_name: str) -> tuple[Provider, Vm]:
-        """One VM or not_found."""
+        The credential lives only in the driver's session; errors never carry it.
+        """
+        if isinstance(provider, str):
+            provider = await self.get_provider(provider)
+        driver = self._driver(provider)
+        credential = None
+        if provider.credential_ref is not None:
+            try:
+                credential = await self._resolver.resolve(provider.credential_ref, context)
+            except ServiceError as exc:
+                if exc.code is not ErrorCode.NOT_FOUND:
+                    raise
+                raise ServiceError(
+                    ErrorCode.CONFLICT, "The provider's credential no longer exists."
+                ) from None
+        try:
+            return await driver.connect(provider, credential)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            # A library's message may quote what it was given: log the type, answer a code.
+            logger.warning(
+                "provider session failed",
+                extra={"provider": provider.name, "error": type(exc).__name__},
+            )
+            raise ServiceError(
+                ErrorCode.UPSTREAM_UNAVAILABLE, "The provider cannot be reached."
+            ) from None
+
+    async def describe_vm(
+        self, provider_name: str, vm_id: str, context: RequestContext
+    ) -> tuple[Provider, VmDescription]:
+        """One VM by its id (or name) in the provider, or not_found."""
         provider = await self.get_provider(provider_name)
-        for vm in await self._driver(provider).list_vms(provider):
-            if vm.name == vm_name:
-                return provider, vm
-        raise ServiceError(ErrorCode.NOT_FOUND, "No VM of that name in the provider.")
+        async with await self.open_session(provider, context) as session:
+            vm = await session.get_vm(vm_id)
+        if vm is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "No VM of that id in the provider.")
+        return provider, vm
+
+    async def list_vms(
+        self,
+        provider_name: str | None = None,
+        *,
+        page_token: str | None = None,
+        limit: int = DEFAULT_PAGE,
+        context: RequestContext,
+    ) -> Page[tuple[Provider, VmSummary]]:
+        """One page of VMs of one provider, or of every provider in name order.
+
+        The token is opaque to callers: the provider the page stopped in and that provider's
+        own token. Listing every provider skips one that cannot be reached (and logs it).
+        """
+        if not 1 <= limit <= MAX_PAGE:
+            raise ServiceError(ErrorCode.VALIDATION_FAILED, f"limit must be 1 to {MAX_PAGE}.")
+        start, inner = _decode_page(page_token)
+        if provider_name:
+            providers = [await self.get_provider(provider_name)]
+            if start is not None and start != provider_name:
+                raise ServiceError(ErrorCode.VALIDATION_FAILED, "Invalid page token.")
+        else:
+            providers = [
+                p for p in await self._providers.list() if start is None or p.name >= start
+            ]
+            if start is not None and (not providers or providers[0].name != start):
+                inner = None  # the provider the token stopped in was removed meanwhile
+        found: list[tuple[Provider, VmSummary]] = []
+        for index, provider in enumerate(providers):
+            try:
+                async with await self.open_session(provider, context) as session:
+                    page = await session.list_vms(page_token=inner, limit=limit - len(found))
+            except ServiceError as exc:
+                if provider_name or exc.code is ErrorCode.VALIDATION_FAILED:
+                    raise
+                logger.warning(
+                    "provider skipped in the inventory",
+                    extra={"provider": provider.name, "code": exc.code.value},
+                )
+                page = Page(items=[], next_token=None)
+            inner = None
+            found.extend((provider, vm) for vm in page.items)
+            if page.next_token is not None:
+                return Page(items=found, next_token=_encode_page(provider.name, page.next_token))
+            if len(found) >= limit and index + 1 < len(providers):
+                return Page(items=found, next_token=_encode_page(providers[index + 1].name, None))
+        return Page(items=found, next_token=None)
 
     def _driver(self, provider: Provider) -> ProviderDriver:
         driver = self._drivers.get(provider.type)
@@ -208,6 +326,7 @@ class ExporterService:
         provider: str,
         vm: str,
         format: DiskFormat,
+        compress: bool = False,
         context: RequestContext,
         idempotency_key: str | None = None,
     ) -> Job:
@@ -219,12 +338,13 @@ class ExporterService:
         job the first one created (and queues nothing); another request with that key is a
         conflict.
         """
-        digest = request_digest(provider=provider, vm=vm, format=format)
+        check_request(format, compress=compress)
+        digest = request_digest(provider=provider, vm=vm, format=format, compress=compress)
         if idempotency_key is not None:
             earlier = await self._jobs.find_by_key(requested_by=context.actor, key=idempotency_key)
             if earlier is not None:
                 return _same_request(earlier, digest)
-        await self.find_vm(provider, vm)
+        await self.describe_vm(provider, vm, context)
         job, requested = Job.request(
             id=str(uuid.uuid4()),
             provider=provider,
@@ -255,6 +375,7 @@ class ExporterService:
             provider=provider,
             vm=vm,
             format=format.value,
+            compress=compress,
             grant=context.grant or "",
         )
         try:
@@ -360,8 +481,10 @@ class ExporterService:
         stop = asyncio.Event()
         watcher = asyncio.create_task(self._watch(started.id, stop))
         try:
-            artifacts = await self._export(started, job_dir, context, stop)
-        except ExportStoppedError:
+            artifacts = await self._export(
+                started, job_dir, context, stop, compress=command.compress
+            )
+        except ExportCancelledError:
             await asyncio.to_thread(shutil.rmtree, job_dir, ignore_errors=True)
             return await self._stopped(started.id, context)
         except ExportFailedError as exc:
@@ -528,57 +651,71 @@ class ExporterService:
         return ended
 
     async def _export(
-        self, job: Job, job_dir: Path, context: RequestContext, stop: asyncio.Event
+        self,
+        job: Job,
+        job_dir: Path,
+        context: RequestContext,
+        stop: asyncio.Event,
+        *,
+        compress: bool,
     ) -> list[Artifact]:
         try:
-            _, vm = await self.find_vm(job.provider, job.vm)
+            session = await self.open_session(job.provider, context)
         except ServiceError as exc:
-            raise ExportFailedError("vm_not_found", str(exc)) from exc
-        await asyncio.to_thread(shutil.rmtree, job_dir, ignore_errors=True)
-        await asyncio.to_thread(job_dir.mkdir, mode=0o700, parents=True)
-        before = [await _fingerprint(disk.path) for disk in vm.disks]
-        progress = ProgressMeter(
-            sizes=[disk.size_bytes for disk in vm.disks],
+            raise ExportFailedError("provider_unavailable", exc.message) from exc
+        async with session:
+            vm = await session.get_vm(job.vm)
+            if vm is None:
+                raise ExportFailedError("vm_not_found")
+            return await self._export_vm(
+                job, job_dir, session, vm, context, stop=stop, compress=compress
+            )
+
+    async def _export_vm(
+        self,
+        job: Job,
+        job_dir: Path,
+        session: ProviderSession,
+        vm: VmDescription,
+        context: RequestContext,
+        *,
+        stop: asyncio.Event,
+        compress: bool,
+    ) -> list[Artifact]:
+        meter = ProgressMeter(
             clock=time.monotonic,
             interval_seconds=self._policy.progress_interval_seconds,
             step=self._policy.progress_step,
         )
-        artifacts: list[Artifact] = []
-        for index, disk in enumerate(vm.disks):
 
-            async def on_progress(percent: int, index: int = index) -> None:
-                report = progress.update(index, percent)
-                if report is not None:
-                    await self._progressed(job.id, report, context, stop)
+        async def progress(done: int, total: int) -> None:
+            report = meter.update(done, total)
+            if report is not None:
+                await self._progressed(job.id, report, context, stop)
 
-            name = f"{vm.name}-{Path(disk.name).stem}.{FILE_EXTENSIONS[job.format]}"
-            target = job_dir / name
-            partial = job_dir / f".{name}.partial"
-            conversion = self._converter.convert(
-                source=disk.path,
-                source_format=disk.format,
-                target=partial,
-                target_format=job.format,
-                on_progress=on_progress,
+        sources: list[DiskSource] = []
+        try:
+            try:
+                for disk in vm.disks:
+                    sources.append(await session.open_disk(vm, disk))
+            except ServiceError as exc:
+                raise ExportFailedError("source_unavailable", exc.message) from exc
+            # The pipeline checks the sources' fingerprints before and after (source_changed)
+            # and stops within a poll of ``stop`` (set by the job's watcher).
+            artifacts = await self._pipeline.run(
+                vm,
+                sources,
+                job.format,
+                job_dir,
+                compress=compress,
+                on_progress=progress,
+                cancelled=stop,
             )
-            try:
-                await _unless_stopped(conversion, stop)
-            except OSError as exc:
-                raise ExportFailedError("conversion_failed", str(exc)) from exc
-            try:
-                os.chmod(partial, 0o600)
-                await asyncio.to_thread(_fsync, partial)
-                partial.rename(target)
-                digest = await _unless_stopped(asyncio.to_thread(sha256_of, target), stop)
-            except OSError as exc:
-                raise ExportFailedError("artifact_write_failed", str(exc)) from exc
-            artifacts.append(Artifact(name=name, size_bytes=target.stat().st_size, sha256=digest))
-        after = [await _fingerprint(disk.path) for disk in vm.disks]
-        for disk, was, now in zip(vm.disks, before, after, strict=True):
-            if was != now:
-                raise ExportFailedError(
-                    "source_changed", f"disk {disk.name} changed during the export: {was} -> {now}"
-                )
+        finally:
+            for source in sources:
+                await source.close()
+        if stop.is_set():
+            raise ExportCancelledError
         try:
             await asyncio.to_thread(self._write_manifest, job, vm, job_dir, artifacts)
         except OSError as exc:
@@ -615,7 +752,9 @@ class ExporterService:
             ):
                 stop.set()
 
-    def _write_manifest(self, job: Job, vm: Vm, job_dir: Path, artifacts: list[Artifact]) -> None:
+    def _write_manifest(
+        self, job: Job, vm: VmDescription, job_dir: Path, artifacts: list[Artifact]
+    ) -> None:
         manifest = {
             "job_id": job.id,
             "provider": job.provider,
@@ -632,38 +771,31 @@ class ExporterService:
             os.fsync(stream.fileno())
 
 
-T = TypeVar("T")
+def _encode_page(provider: str, token: str | None) -> str:
+    raw = json.dumps([provider, token], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T:
-    """Await ``work``; if ``stop`` is set first, cancel it (killing any conversion) and raise."""
-    task = asyncio.ensure_future(work)
-    stopped = asyncio.create_task(stop.wait())
+def _decode_page(token: str | None) -> tuple[str | None, str | None]:
+    """(provider, that provider's token) of an inventory page token; VALIDATION_FAILED else."""
+    if token is None:
+        return None, None
     try:
-        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise ExportStoppedError
-    if stop.is_set() and task.exception() is not None:
-        raise ExportStoppedError
-    return task.result()
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            raise ValueError("length")
+        provider, inner = json.loads(
+            base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        )
+        if not isinstance(provider, str) or not (inner is None or isinstance(inner, str)):
+            raise ValueError("shape")
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise ServiceError(ErrorCode.VALIDATION_FAILED, "Invalid page token.") from exc
+    return provider, inner
 
 
-async def _fingerprint(path: Path) -> SourceFingerprint:
-    """Size, modification time (ns) and inode of a source disk file."""
-    stat = await asyncio.to_thread(os.stat, path)
-    return SourceFingerprint(
-        size=stat.st_size, change_id=f"mtime_ns={stat.st_mtime_ns} inode={stat.st_ino}"
-    )
-
-
-def request_digest(*, provider: str, vm: str, format: DiskFormat) -> str:
+def request_digest(*, provider: str, vm: str, format: DiskFormat, compress: bool) -> str:
     """What an idempotency key is bound to: the export request, canonically."""
-    canonical = json.dumps([provider, vm, format.value], separators=(",", ":"))
+    canonical = json.dumps([provider, vm, format.value, compress], separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -673,14 +805,6 @@ def _same_request(earlier: Job, digest: str) -> Job:
             ErrorCode.CONFLICT, "The idempotency key was used for a different export request."
         )
     return earlier
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _missing_job(command: VmExportRequested, now: datetime) -> Job:

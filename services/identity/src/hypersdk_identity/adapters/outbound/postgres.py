@@ -9,7 +9,7 @@ import asyncpg
 from hypersdk_identity.core.models import ApiKey, Session, ThrottleKind, ThrottleState, User
 from hypersdk_identity.ports.outbound import ApiKeyStore, SessionStore, ThrottleStore, UserStore
 from hypersdk_kit.database import Database
-from hypersdk_kit.outbox import OUTBOX_MIGRATION
+from hypersdk_kit.outbox import OUTBOX_DEAD_MIGRATION, OUTBOX_MIGRATION
 
 SCHEMA = "identity"
 MIGRATIONS = [
@@ -64,6 +64,7 @@ MIGRATIONS = [
     CREATE INDEX sessions_expires_at ON sessions (expires_at);
     """,
     OUTBOX_MIGRATION,
+    OUTBOX_DEAD_MIGRATION,
 ]
 SESSION_COLUMNS = (
     "id::text AS id, username, token_hash, created_at, last_seen_at, expires_at, revoked"
