@@ -73,11 +73,13 @@ class NearlyFullHasher(SaturableHasher):
 
 
 async def _identity(
-    hasher: SaturableHasher | None = None, store: InMemoryThrottleStore | None = None
+    hasher: SaturableHasher | None = None,
+    store: InMemoryThrottleStore | None = None,
+    clock: Clock | None = None,
 ) -> tuple[IdentityService, SaturableHasher, InMemoryUnitOfWork]:
     hasher = hasher or SaturableHasher()
     events = InMemoryUnitOfWork(service="identity")
-    clock = Clock()
+    clock = clock or Clock()
     service = IdentityService(
         users=InMemoryUserStore(),
         sessions=InMemorySessionStore(),
@@ -128,13 +130,16 @@ async def test_a_login_while_the_pool_is_full_is_refused_at_once_with_retry_afte
 async def test_busy_refusals_cost_no_failure_on_the_throttle(
     hasher_type: type[SaturableHasher],
 ) -> None:
-    service, hasher, _ = await _identity(hasher_type())
+    clock = Clock()
+    service, hasher, _ = await _identity(hasher_type(), clock=clock)
     context = RequestContext(source_ip="203.0.113.5", request_id="req-1")
     hasher.busy = True
     for _ in range(10):  # far beyond both lockout thresholds (3)
         with pytest.raises(ServiceError) as error:
             await service.login("alice", PASSWORD, context)
         assert error.value.code is ErrorCode.SERVICE_BUSY
+        assert error.value.retry_after_seconds is not None
+        clock.advance(error.value.retry_after_seconds)  # a client that honours Retry-After
     hasher.busy = False
 
     result = await service.login("alice", PASSWORD, context)
@@ -144,7 +149,8 @@ async def test_busy_refusals_cost_no_failure_on_the_throttle(
 
 async def test_the_last_places_are_kept_for_addresses_without_recent_failures() -> None:
     store = InMemoryThrottleStore()
-    service, _, _ = await _identity(NearlyFullHasher(), store)
+    clock = Clock()
+    service, _, _ = await _identity(NearlyFullHasher(), store, clock)
     attacker = RequestContext(source_ip="198.51.100.7", request_id="req-a")
     legitimate = RequestContext(source_ip="203.0.113.5", request_id="req-l")
     with pytest.raises(ServiceError) as first:
@@ -156,6 +162,7 @@ async def test_the_last_places_are_kept_for_addresses_without_recent_failures() 
             await service.login("mallory", "another guess at it", attacker)
         assert refused.value.code is ErrorCode.SERVICE_BUSY
         assert refused.value.retry_after_seconds == 1
+        clock.advance(1)  # an attacker that waits as told (one that does not: below)
     result = await service.login("alice", PASSWORD, legitimate)
 
     assert result.user.username == "alice"
@@ -522,23 +529,45 @@ async def test_an_unknown_user_name_gets_the_standing_of_a_wrong_password(histor
 async def test_coming_back_before_retry_after_makes_an_address_suspicious() -> None:
     world = await _standings()
     world.hasher.busy_for = {Standing.UNKNOWN, Standing.SUSPICIOUS}
-    storm = "198.51.100.8"
+    storm, patient = "198.51.100.8", "203.0.113.30"
 
-    assert await world.login("nobody", WRONG, storm) is ErrorCode.SERVICE_BUSY
-    assert world.hasher.asked[-1] is Standing.UNKNOWN
+    for address in (storm, patient):
+        assert await world.login("nobody", WRONG, address) is ErrorCode.SERVICE_BUSY
+        assert world.hasher.asked[-1] is Standing.UNKNOWN
     world.clock.advance(0.1)  # a storm retries at once
     assert await world.login("nobody", WRONG, storm) is ErrorCode.SERVICE_BUSY
     assert world.hasher.asked[-1] is Standing.SUSPICIOUS
-    world.clock.advance(0.1)
-    assert await world.login("nobody", WRONG, storm) is ErrorCode.SERVICE_BUSY
-    assert world.hasher.asked[-1] is Standing.SUSPICIOUS  # each refusal renews it
-
     world.clock.advance(1)  # a client that honours Retry-After: 1
+    assert await world.login("nobody", WRONG, patient) is ErrorCode.SERVICE_BUSY
+    assert world.hasher.asked[-1] is Standing.UNKNOWN
+
+    # The early return kept its charge: the storm's address stays suspicious for the window,
+    # however long it then waits; the patient one's refusals cost nothing.
     world.hasher.busy_for = set()
-    assert await world.standing_of("alice", PASSWORD, storm) is Standing.UNKNOWN
-    state = await world.throttle_store.get("address", storm)
-    assert state is not None
-    assert state.failures == 0  # refusals cost nothing, whatever their standing
+    world.clock.advance(60)
+    assert await world.standing_of("alice", PASSWORD, storm) is Standing.SUSPICIOUS
+    assert await world.standing_of("bob", PASSWORD, patient) is Standing.UNKNOWN
+    for address, failures in ((storm, 1), (patient, 0)):
+        state = await world.throttle_store.get("address", address)
+        assert state is not None
+        assert state.failures == failures
+
+
+async def test_an_address_that_keeps_coming_back_early_is_locked() -> None:
+    world = await _standings()  # the address rule locks at 20 failures
+    world.hasher.busy_for = {Standing.UNKNOWN, Standing.SUSPICIOUS}
+    storm = "198.51.100.9"
+
+    answers = []
+    for attempt in range(22):
+        answers.append(await world.login(f"nobody-{attempt}", WRONG, storm))
+        world.clock.advance(0.1)
+
+    # The first refusal was not early; 20 early returns lock the address before bcrypt.
+    assert answers[:21] == [ErrorCode.SERVICE_BUSY] * 21
+    assert answers[21] is ErrorCode.RATE_LIMITED
+    world.hasher.busy_for = set()
+    assert await world.login("alice", PASSWORD, storm) is ErrorCode.RATE_LIMITED
 
 
 async def test_a_known_user_logging_in_again_during_a_storm_is_checked_next() -> None:

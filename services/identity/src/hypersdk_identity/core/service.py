@@ -187,7 +187,7 @@ class IdentityService:
             standing = admission.standing
             retry_after = self._hasher.full(standing=standing)
             if retry_after is not None:  # the last places are kept for better standings
-                await self._throttle.withdrawn(admission, retry_after_seconds=retry_after)
+                await self._throttle.withdrawn(admission, context, retry_after_seconds=retry_after)
                 raise _busy(retry_after)
         try:
             with self._hasher.first_for(standing=standing):
@@ -197,7 +197,7 @@ class IdentityService:
             # logins must not lock this user out), and is answered at once, not queued.
             if admission is not None and self._throttle is not None:
                 await self._throttle.withdrawn(
-                    admission, retry_after_seconds=exc.retry_after_seconds
+                    admission, context, retry_after_seconds=exc.retry_after_seconds
                 )
             raise _busy(exc.retry_after_seconds) from None
         if user is None or failure is not None:

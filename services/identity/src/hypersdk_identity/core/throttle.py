@@ -14,7 +14,8 @@ Admission also gives the attempt its :class:`Standing` for the password check (d
 ``TRUSTED`` when this user name logged in from this address recently (a pair recorded only by a
 login with the right password, expiring, a bounded number of addresses per name),
 ``SUSPICIOUS`` when the address failed recently or came back before the ``Retry-After`` of a
-``service_busy`` refusal, ``UNKNOWN`` otherwise. Nothing in it depends on whether the user
+``service_busy`` refusal (such an early return keeps its charge on the address: a failure),
+``UNKNOWN`` otherwise. Nothing in it depends on whether the user
 exists.
 """
 
@@ -35,9 +36,9 @@ from hypersdk_kit.ports import UnitOfWork
 
 MAX_SWAPS = 50  # compare-and-swap retries before giving up on a counter under heavy contention
 # An attempt this much before the Retry-After it was given still counts as patient: replicas'
-# clocks differ a little, and a client sleeps from when the answer reached it, later than the
-# refusal was decided. A storm retrying after 100 ms is well inside.
-PATIENCE_TOLERANCE = timedelta(milliseconds=250)
+# clocks differ a little (a client sleeps from when the answer reached it, later than the
+# refusal was decided, so it needs no more). A storm retrying after 100 ms is well inside.
+PATIENCE_TOLERANCE = timedelta(milliseconds=50)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,8 @@ class Admission:
     name: str = ""
     source: str | None = None
     standing: Standing = Standing.UNKNOWN
+    impatient: bool = False
+    """The address came back before the ``Retry-After`` of its last ``service_busy``."""
 
 
 class LoginThrottle:
@@ -187,6 +190,7 @@ class LoginThrottle:
             impatient = before.refused_until is not None and now < before.refused_until
             if impatient or self._rule("address").failures_at(before, now) > 0:
                 standing = Standing.SUSPICIOUS
+            admission = dataclasses.replace(admission, impatient=impatient)
         try:
             await self._charge("username", admission.username, context)
         except LoginThrottledError:
@@ -220,18 +224,30 @@ class LoginThrottle:
                 keep=self._trust_rule.addresses_per_user,
             )
 
-    async def withdrawn(self, admission: Admission, *, retry_after_seconds: int) -> None:
-        """An attempt that checked no password (identity was busy) gives back both charges.
+    async def withdrawn(
+        self, admission: Admission, context: RequestContext, *, retry_after_seconds: int
+    ) -> None:
+        """An attempt that checked no password (identity was busy) gives back its charges.
 
-        The address is told to come back after ``retry_after_seconds``; coming back sooner
-        makes it suspicious (a storm retries at once, a client that behaves waits).
+        The address is told to come back after ``retry_after_seconds``. An attempt that came
+        back sooner keeps its address's charge as a failure (a storm retries at once, a client
+        that behaves waits): the address stays suspicious for the window, and an address that
+        keeps doing it is locked like one that keeps guessing.
         """
         await self._refund("username", admission.username)
-        if admission.address is not None:
-            patient_from = (
-                self._clock() + timedelta(seconds=retry_after_seconds) - PATIENCE_TOLERANCE
-            )
+        if admission.address is None:
+            return
+        patient_from = self._clock() + timedelta(seconds=retry_after_seconds) - PATIENCE_TOLERANCE
+        if not admission.impatient:
             await self._refund("address", admission.address, refused_until=patient_from)
+            return
+
+        def refuse(state: ThrottleState) -> ThrottleState:
+            return dataclasses.replace(state, refused_until=patient_from)
+
+        async with self._uow.transaction():
+            await self._swap("address", admission.address, refuse)
+            await self._lock_if_due("address", admission.address, context)
 
     async def failed(self, admission: Admission, context: RequestContext) -> None:
         """A refused attempt keeps its charge; lock what reached its threshold.
