@@ -245,13 +245,16 @@ def test_each_standing_keeps_a_threads_worth_of_places_from_the_ones_after_it(
 
 async def test_a_full_pool_for_one_standing_still_has_room_for_the_better_ones() -> None:
     hasher = BcryptPasswordHasher(workers=1, queue=4)  # places 5, 4, 3
-    stored = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10))
+    stored = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4))
+    # The first check holds the only thread for a second or so: none ends while places count.
+    slow = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=13))
 
-    async def check(standing: Standing) -> bool:
+    async def check(standing: Standing, password_hash: bytes = stored) -> bool:
         with hasher.first_for(standing=standing):
-            return await hasher.check(PASSWORD, stored)
+            return await hasher.check(PASSWORD, password_hash)
 
-    checks = [asyncio.ensure_future(check(Standing.SUSPICIOUS)) for _ in range(3)]
+    checks = [asyncio.ensure_future(check(Standing.SUSPICIOUS, slow))]
+    checks += [asyncio.ensure_future(check(Standing.SUSPICIOUS)) for _ in range(2)]
     await asyncio.sleep(0)
     assert hasher.full(standing=Standing.SUSPICIOUS) == 1
     assert hasher.full(standing=Standing.UNKNOWN) is None
@@ -294,12 +297,14 @@ async def test_checks_start_in_standing_order_first_come_first_within_one() -> N
     stored = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10))  # ~60 ms a check
     order: list[str] = []
 
-    async def check(name: str, standing: Standing) -> None:
+    slow = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=12))  # holds the thread
+
+    async def check(name: str, standing: Standing, password_hash: bytes = stored) -> None:
         with hasher.first_for(standing=standing):
-            await hasher.check(PASSWORD, stored)
+            await hasher.check(PASSWORD, password_hash)
         order.append(name)
 
-    running = asyncio.ensure_future(check("running", Standing.SUSPICIOUS))
+    running = asyncio.ensure_future(check("running", Standing.SUSPICIOUS, slow))
     await asyncio.sleep(0)  # it holds the only thread
     storm = [asyncio.ensure_future(check(f"storm-{i}", Standing.SUSPICIOUS)) for i in range(2)]
     await asyncio.sleep(0)
@@ -580,9 +585,11 @@ async def test_a_known_user_logging_in_again_during_a_storm_is_checked_next() ->
     await world.login("dave", PASSWORD, KNOWN_AT)
     order: list[str] = []
 
+    slow = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=12))  # holds the thread
+
     async def storm_check(index: int, standing: Standing) -> None:
         with pool.first_for(standing=standing):
-            await pool.check(WRONG, stored)
+            await pool.check(WRONG, slow if index == 0 else stored)
         order.append(f"storm-{index}")
 
     async def known_user() -> None:
