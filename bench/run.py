@@ -197,7 +197,9 @@ WHERE_THE_TIME_GOES = (
     "- The audit service consumes outside FastStream's per-message path and acks each batch",
     "  with one `multiple` ack (decision 0016): from about 350 to 245 µs per event, and RabbitMQ",
     "  from about 270 to 180 µs.",
-    "- Not kept: uvloop and httptools (the bare endpoint gained more than the chain). Not done,",
+    "- Not kept then: uvloop and httptools (the bare endpoint gained more than the chain); since",
+    "  issue 9, which counts the CPU of an audited call, every process runs on uvloop (decision",
+    "  0040); the HTTP parser is still h11. Not done,",
     "  on purpose: more gateway workers, or publishing from another process, which would use",
     "  the second core for the chain without making a call cheaper.",
 )

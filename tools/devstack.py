@@ -18,10 +18,12 @@ import hashlib
 import http.client
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -142,6 +144,7 @@ class StackConfig:
         env["HYPERSDK_AUDIT_PUBLISHERS"] = json.dumps(
             {self.amqp_login(service): service for service in SERVICES}
         )
+        env["HYPERSDK_SECRETS_CREDENTIAL_READERS"] = json.dumps([self.amqp_login("exporter")])
         env["HYPERSDK_GATEWAY_PORT"] = str(self.gateway_port)
         env["HYPERSDK_GATEWAY_HEALTH_PORT"] = "0"
         env["HYPERSDK_SECRETS_VAULT_ADDR"] = f"http://127.0.0.1:{self.vault_port}"
@@ -565,6 +568,52 @@ def wait_ready(config: StackConfig, seconds: float = 90) -> None:
         raise SystemExit(f"services not ready: {pending}; see logs in {config.log_dir}")
 
 
+CONVERSION_USER = "hypersdk-convert"
+
+
+def ensure_conversion_user(config: StackConfig) -> tuple[int, int] | None:
+    """As root, the unprivileged user qemu-img runs as: created if missing.
+
+    It may pass through the directories above the state directory (search only), owns the
+    export directory, and reads the lab through its group (see share_lab).
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(CONVERSION_USER)
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                CONVERSION_USER,
+            ],
+            check=True,
+        )
+        entry = pwd.getpwnam(CONVERSION_USER)
+    for directory in (config.state_dir, *config.state_dir.parents):
+        mode = directory.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+    os.chown(config.state_dir / "exports", entry.pw_uid, entry.pw_gid)
+    return entry.pw_uid, entry.pw_gid
+
+
+def share_lab(lab: Path, *, gid: int) -> None:
+    """The lab's disks readable by the conversion user's group, nothing more."""
+    for directory, _, files in os.walk(lab):
+        os.chown(directory, -1, gid)
+        os.chmod(directory, 0o750)  # noqa: S103 - group: the conversion user, reading
+        for name in files:
+            os.chown(os.path.join(directory, name), -1, gid)
+            os.chmod(os.path.join(directory, name), 0o640)
+
+
 def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, str]:
     """Start the platform; return how to reach it."""
     for directory in (
@@ -580,6 +629,7 @@ def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, s
             generate_key_pair(config.key_dir / f"{signer}.key", config.key_dir / f"{signer}.pub")
     _private_dir(config.state_dir / "exports")
     _private_dir(config.state_dir / "lab")
+    conversion = ensure_conversion_user(config)
     if running_pid(config) is not None:
         print("the platform is already running", flush=True)
     else:
@@ -637,6 +687,8 @@ def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, s
             file=sys.stderr,
         )
     _run_module(config, "exporter", "seed-demo-lab", env=config.service_env())
+    if conversion is not None:
+        share_lab(config.state_dir / "lab", gid=conversion[1])
     return {
         "gateway_url": config.gateway_url,
         "admin_username": "admin",

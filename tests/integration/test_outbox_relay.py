@@ -32,7 +32,12 @@ from hypersdk_contracts.events import JobProgressed
 from hypersdk_contracts.names import EVENTS_EXCHANGE
 from hypersdk_kit.bus import RabbitEventPublisher, broker_connection, build_broker
 from hypersdk_kit.database import Database, apply_migrations, create_pool
-from hypersdk_kit.outbox import OUTBOX_MIGRATION, OutboxRelay, PostgresUnitOfWork
+from hypersdk_kit.outbox import (
+    OUTBOX_DEAD_MIGRATION,
+    OUTBOX_MIGRATION,
+    OutboxRelay,
+    PostgresUnitOfWork,
+)
 
 from .conftest import ADMIN_PASSWORD, Stack, until
 
@@ -96,7 +101,9 @@ async def record(uow: PostgresUnitOfWork, job_id: str, count: int) -> list[str]:
 async def private_schema(stack: Stack) -> AsyncIterator[str]:
     """An outbox of its own in the stack's database (so the exporter's relay leaves it alone)."""
     schema = f"outbox_it_{secrets.token_hex(4)}"
-    await apply_migrations(stack.database_url, schema=schema, migrations=[OUTBOX_MIGRATION])
+    await apply_migrations(
+        stack.database_url, schema=schema, migrations=[OUTBOX_MIGRATION, OUTBOX_DEAD_MIGRATION]
+    )
     yield schema
     conn = await asyncpg.connect(stack.database_url)
     try:
@@ -172,6 +179,55 @@ async def test_a_channel_lost_between_commit_and_confirm_loses_nothing(
 
     # Audit keeps each event once (it de-duplicates by event id).
     assert await until(lambda: chained() == len(ids), seconds=30), chained()
+
+
+async def test_a_row_that_is_no_envelope_is_set_aside_and_the_rest_published(
+    stack: Stack,
+    exporter_bus: RabbitBroker,
+    catcher: Catcher,
+    private_schema: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = await create_pool(stack.database_url, size=3)
+    database = Database(pool)
+    uow = PostgresUnitOfWork(database, schema=private_schema, service="exporter")
+    relay = OutboxRelay(
+        database,
+        listen_dsn=stack.database_url,
+        schema=private_schema,
+        publisher=RabbitEventPublisher(exporter_bus, service="exporter", declare_topology=False),
+        poll_seconds=0.2,
+    )
+    job_id = f"dead-{secrets.token_hex(4)}"
+    planted = f"planted-{secrets.token_hex(8)}"
+    try:
+        before = await record(uow, job_id, 5)
+        # A row no unit of work would write (a bug, or an edit by hand), between good ones.
+        await pool.execute(
+            f'INSERT INTO "{private_schema}".outbox (event_id, routing_key, envelope)'
+            " VALUES ('broken-1', 'exporter.job.progressed', $1)",
+            '{"specversion": "1.0", "id": "broken-1", "secret": "' + planted + '"',
+        )
+        after = await record(uow, job_id, 5)
+        await relay.start()
+        assert await until(lambda: all(catcher.count(i) == 1 for i in before + after))
+        await relay.stop()
+        dead = await pool.fetch(
+            f'SELECT event_id, envelope, reason FROM "{private_schema}".outbox_dead'
+        )
+        left = await pool.fetchval(f'SELECT count(*) FROM "{private_schema}".outbox')
+    finally:
+        await relay.stop()
+        await pool.close()
+
+    assert [row["event_id"] for row in dead] == ["broken-1"]
+    assert planted in dead[0]["envelope"]  # kept whole for whoever investigates
+    assert "json_invalid" in dead[0]["reason"]
+    assert planted not in dead[0]["reason"]
+    assert left == 0
+    assert catcher.count("broken-1") == 0
+    assert "outbox_dead" in caplog.text
+    assert planted not in caplog.text
 
 
 async def test_state_and_outbox_rows_commit_or_roll_back_together(

@@ -567,3 +567,41 @@ async def test_known_type_with_a_bad_payload_is_poison(data: dict[str, object]) 
     with pytest.raises(PoisonMessageError):
         await audit_service(audit_log).record(received(event))
     assert audit_log.entries == []
+
+
+def test_entry_hashes_are_stable_across_releases() -> None:
+    """Known answers: entries chained by earlier releases must still verify.
+
+    Computed with the first implementation (``dataclasses.asdict`` and ``strftime``); a faster
+    one must give the same bytes to hash, or every stored chain stops verifying.
+    """
+    attributed = EntryFields(
+        event_id="0b6f4c1e-6a0e-4d83-9d55-3f1f7a3c2d10",
+        timestamp=datetime(2026, 12, 2, 1, 2, 3, 45, tzinfo=timezone(timedelta(hours=2))),
+        user="alice",
+        action="api.call",
+        resource="GET /api/v1/jobs",
+        result="success",
+        source_ip="192.0.2.7",
+        request_id="r-1",
+        producer="gateway",
+        received_at=datetime(2026, 12, 1, 23, 2, 3, 500000, tzinfo=UTC),
+    )
+    older = EntryFields(
+        event_id="e-2",
+        timestamp=datetime(2026, 1, 1, tzinfo=UTC),
+        user=None,
+        action="secret.delete",
+        resource=None,
+        result="failure: not_found",
+        source_ip=None,
+        request_id=None,
+    )
+    assert (
+        entry_hash(attributed, sequence=7, prev_hash="0" * 64)
+        == "452b607a4fd2c0703417cf49ffe3911802ecae5f3113570e6737e80fedc48170"
+    )
+    assert (
+        entry_hash(older, sequence=1, prev_hash="0" * 64)
+        == "f61a2ff112d5282655d84c117ab445da0e85a0b1408a7e2929e4534463b703d0"
+    )

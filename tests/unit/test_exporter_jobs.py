@@ -14,10 +14,12 @@ from hypersdk_contracts.commands import VmExportRequested
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.rpc import DiskFormat, JobStatus
+from hypersdk_exporter.adapters.outbound.artifacts import LocalArtifactWriter
 from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver, write_demo_vm
 from hypersdk_exporter.adapters.outbound.memory import (
-    CopyingConverter,
+    InMemoryConverter,
     InMemoryCredentialDirectory,
+    InMemoryCredentialResolver,
     InMemoryJobQueue,
     InMemoryJobStore,
     InMemoryProviderStore,
@@ -83,9 +85,11 @@ def world(tmp_path: Path) -> World:
         providers=providers,
         jobs=jobs,
         drivers={"local": LocalLabDriver(lab)},
-        converter=CopyingConverter(),
+        converter=InMemoryConverter(),
+        writer=LocalArtifactWriter(),
         queue=queue,
         credentials=InMemoryCredentialDirectory({CREDENTIAL_REF}),
+        resolver=InMemoryCredentialResolver({CREDENTIAL_REF: {"username": "lab"}}),
         uow=events,
         export_dir=export_dir,
     )
@@ -190,7 +194,8 @@ async def test_symlink_inside_the_lab_is_allowed(world: World) -> None:
         context=CONTEXT,
     )
 
-    assert [vm.name for _, vm in await world.service.list_vms("alias")] == [
+    page = await world.service.list_vms("alias", context=CONTEXT)
+    assert [vm.name for _, vm in page.items] == [
         "broken",
         "half",
         "web-01",
@@ -325,6 +330,7 @@ async def test_each_format_gets_its_extension(world: World) -> None:
     for fmt in DiskFormat:
         await world.service.create_export(provider="lab", vm="web-01", format=fmt, context=CONTEXT)
         job = await world.service.run_export(world.queue.commands[-1], CONTEXT)
+        assert job.status is JobStatus.SUCCEEDED, job.error
         names.append(job.artifacts[0].name)
 
     assert names == [
@@ -333,6 +339,7 @@ async def test_each_format_gets_its_extension(world: World) -> None:
         "web-01-disk0.vmdk",
         "web-01-disk0.vhdx",
         "web-01-disk0.vhd",
+        "web-01.ova",
     ]
 
 
@@ -471,3 +478,17 @@ async def test_a_job_whose_command_cannot_be_queued_is_failed_with_its_event(
     assert job.status is JobStatus.FAILED
     assert job.error == "enqueue_failed"
     assert world.events.types()[-2:] == ["exporter.job.requested", "exporter.job.failed"]
+
+
+async def test_compression_of_a_format_without_it_is_refused_at_once(world: World) -> None:
+    await _register_lab(world)
+    with pytest.raises(ServiceError) as caught:
+        await world.service.create_export(
+            provider="lab", vm="web-01", format=DiskFormat.RAW, compress=True, context=CONTEXT
+        )
+    assert caught.value.code is ErrorCode.VALIDATION_FAILED
+    assert world.queue.commands == []
+    await world.service.create_export(
+        provider="lab", vm="web-01", format=DiskFormat.QCOW2, compress=True, context=CONTEXT
+    )
+    assert world.queue.commands[-1].compress

@@ -40,6 +40,7 @@ from hypersdk_contracts.rpc import (
     RoleList,
     RolesOfRequest,
     RpcRequest,
+    VmPage,
 )
 from hypersdk_gateway.adapters.inbound.middleware import (
     ASGIApp,
@@ -99,7 +100,10 @@ class InMemoryBackend(InProcessBackend):
             ),
             RpcQueue.POLICY_DECIDE: (DecideRequest, self._decide(policy)),
             RpcQueue.POLICY_ROLES_OF: (RolesOfRequest, self._roles_of(policy)),
-            RpcQueue.EXPORTER_LIST_VMS: (ListVmsRequest, self._canned([])),
+            RpcQueue.EXPORTER_LIST_VMS: (
+                ListVmsRequest,
+                self._canned(VmPage(items=[], next_page_token=None)),
+            ),
             RpcQueue.EXPORTER_GET_VM: (GetVmRequest, self._not_found("No such VM.")),
             RpcQueue.EXPORTER_CREATE_EXPORT: (CreateExportRequest, self._queued_job),
             RpcQueue.EXPORTER_LIST_JOBS: (ListJobsRequest, self._canned([])),

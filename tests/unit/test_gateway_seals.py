@@ -11,12 +11,8 @@ from hypersdk_gateway.adapters.inbound.http import PERMISSION_EXTENSION, build_a
 from hypersdk_gateway.adapters.inbound.operations import ROUTE_OPERATIONS
 from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_kit.guard import SEAL_TYPE
-from tests.unit import test_gateway_chain
 from tests.unit.fake_backend import InProcessBackend, seal_verifier
 from tests.unit.test_gateway_chain import EXPORT_BODY, Gateway, bearer
-
-make_gateway = test_gateway_chain.make_gateway  # the same fixtures, under the same names
-gateway = test_gateway_chain.gateway
 
 
 async def _never_ready() -> bool:
@@ -46,7 +42,9 @@ async def test_each_forwarded_request_is_sealed_for_its_queue_request_and_target
     asked = dict(gateway.backend.requests[-2:])  # the decision, then the export
     decide = asked[RpcQueue.POLICY_DECIDE]
     assert isinstance(decide, DecideRequest)
-    assert decide.operations == sorted([RpcQueue.EXPORTER_CREATE_EXPORT, EXPORT_COMMAND])
+    assert decide.operations == sorted(
+        [RpcQueue.EXPORTER_CREATE_EXPORT, EXPORT_COMMAND, RpcQueue.SECRETS_RESOLVE_CREDENTIAL]
+    )
     seals = {
         queue: seal_verifier().verify(request.context.seal) for queue, request in asked.items()
     }
@@ -77,5 +75,5 @@ async def test_a_cached_grant_serves_its_own_route_only(gateway: Gateway) -> Non
     # Two routes, two grants: the second GET /jobs reused the first one's.
     assert [d.operations for d in decisions] == [
         [RpcQueue.EXPORTER_LIST_JOBS],
-        [RpcQueue.EXPORTER_LIST_VMS],
+        [RpcQueue.EXPORTER_LIST_VMS, RpcQueue.SECRETS_RESOLVE_CREDENTIAL],
     ]

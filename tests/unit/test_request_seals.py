@@ -268,6 +268,7 @@ def test_an_export_seal_names_the_vm_its_command_will_export() -> None:
     assert with_follow_ups([RpcQueue.EXPORTER_CREATE_EXPORT]) == {
         RpcQueue.EXPORTER_CREATE_EXPORT,
         EXPORT_COMMAND,
+        RpcQueue.SECRETS_RESOLVE_CREDENTIAL,  # the provider's credential (decision 0033)
     }
 
 

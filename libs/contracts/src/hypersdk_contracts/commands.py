@@ -17,6 +17,7 @@ class VmExportRequested(Message):
     provider: str = Field(description="Provider name.")
     vm: str = Field(description="VM id within the provider.")
     format: str = Field(description="Target disk format.")
+    compress: bool = Field(default=False, description="Compress where the format allows it.")
     grant: str = Field(
         repr=False, description="The requester's vms:export grant, signed by policy."
     )

@@ -255,6 +255,18 @@ class ProviderRegistered(EventData):
     credential_ref: str | None = Field(description="Secret path of its credential, if any.")
 
 
+class ProviderUpdated(EventData):
+    """A provider connection's type, settings or credential reference was replaced."""
+
+    routing_key = RoutingKey.PROVIDER_UPDATED
+    audit_action = "provider.update"
+    name: str = Field(description="Provider name.")
+    type: str = Field(description="Provider type after the change.")
+    credential_ref: str | None = Field(
+        description="Secret path of its credential after the change, if any."
+    )
+
+
 class ProviderRemoved(EventData):
     """A provider connection was removed."""
 
@@ -438,6 +450,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         SecretWritten,
         SecretDeleted,
         ProviderRegistered,
+        ProviderUpdated,
         ProviderRemoved,
         JobRequested,
         JobStarted,

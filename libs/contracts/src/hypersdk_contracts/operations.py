@@ -54,6 +54,7 @@ TARGETS: Mapping[str, Callable[[Any], Any]] = {
     RpcQueue.EXPORTER_REGISTER_PROVIDER: attrgetter("name"),
     RpcQueue.EXPORTER_GET_PROVIDER: attrgetter("name"),
     RpcQueue.EXPORTER_REMOVE_PROVIDER: attrgetter("name"),
+    RpcQueue.EXPORTER_UPDATE_PROVIDER: attrgetter("name"),
     RpcQueue.EXPORTER_LIST_VMS: attrgetter("provider"),
     RpcQueue.EXPORTER_GET_VM: attrgetter("vm_id"),
     RpcQueue.EXPORTER_CREATE_EXPORT: _vm_of,
@@ -62,9 +63,15 @@ TARGETS: Mapping[str, Callable[[Any], Any]] = {
 }
 """How to read the target of each operation that has one from its request or command."""
 
+_RESOLVE = RpcQueue.SECRETS_RESOLVE_CREDENTIAL
 FOLLOW_UPS: Mapping[str, frozenset[str]] = {
     RpcQueue.EXPORTER_REGISTER_PROVIDER: frozenset({RpcQueue.SECRETS_DESCRIBE}),
-    RpcQueue.EXPORTER_CREATE_EXPORT: frozenset({EXPORT_COMMAND}),
+    RpcQueue.EXPORTER_UPDATE_PROVIDER: frozenset({RpcQueue.SECRETS_DESCRIBE}),
+    # Opening a session to a provider reads its credential (decision 0033).
+    RpcQueue.EXPORTER_LIST_VMS: frozenset({_RESOLVE}),
+    RpcQueue.EXPORTER_GET_VM: frozenset({_RESOLVE}),
+    RpcQueue.EXPORTER_CREATE_EXPORT: frozenset({EXPORT_COMMAND, _RESOLVE}),
+    EXPORT_COMMAND: frozenset({_RESOLVE}),
     # Identity holds every key operation to what the caller and the owner may do now
     # (decision 0025), which it asks policy.
     RpcQueue.IDENTITY_CREATE_API_KEY: frozenset({RpcQueue.POLICY_PERMISSIONS_OF}),

@@ -30,6 +30,7 @@ class DiskFormat(StrEnum):
     VMDK = "vmdk"
     VHDX = "vhdx"
     VPC = "vpc"
+    OVA = "ova"
 
 
 class JobStatus(StrEnum):
@@ -346,6 +347,23 @@ class ListSecretsRequest(RpcRequest):
     """List secret metadata."""
 
 
+PROVIDER_CREDENTIAL_PREFIX = "providers/"
+"""Only secrets under this folder can be provider credentials (decision 0033)."""
+
+
+class ResolveCredentialRequest(RpcRequest):
+    """The exporter asks for a provider credential's values, on behalf of a sealed request."""
+
+    path: str = Field(pattern=SECRET_PATH_PATTERN, description="Path of the credential.")
+
+
+class CredentialValue(Message):
+    """A provider credential: answered to the exporter only, never logged or published."""
+
+    path: str = Field(description="Path of the credential.")
+    data: dict[str, str] = Field(repr=False, description="Its key/value pairs (secret).")
+
+
 # ---- exporter -------------------------------------------------------------------------------
 
 
@@ -359,12 +377,32 @@ class ProviderView(Message):
     created_at: AwareDatetime = Field(description="When it was registered.")
 
 
+ProviderType = Literal["local", "libvirt", "vsphere"]
+PROVIDER_TYPES: tuple[str, ...] = ("local", "libvirt", "vsphere")
+ConfigValue = Annotated[str, StringConstraints(max_length=1024)]
+
+
 class RegisterProviderRequest(RpcRequest):
     """Register a provider connection."""
 
     name: str = Field(pattern=NAME_PATTERN, description="Provider name.")
-    type: Literal["local"] = Field(description="Provider type.")
-    config: dict[str, str] = Field(default_factory=dict, description="Connection settings.")
+    type: ProviderType = Field(description="Provider type.")
+    config: dict[str, ConfigValue] = Field(
+        default_factory=dict, max_length=32, description="Connection settings (no secrets)."
+    )
+    credential_ref: str | None = Field(
+        default=None, pattern=SECRET_PATH_PATTERN, description="Secret path of the credential."
+    )
+
+
+class UpdateProviderRequest(RpcRequest):
+    """Replace a provider's type, settings and credential reference (its name stays)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Provider name.")
+    type: ProviderType = Field(description="Provider type.")
+    config: dict[str, ConfigValue] = Field(
+        default_factory=dict, max_length=32, description="Connection settings (no secrets)."
+    )
     credential_ref: str | None = Field(
         default=None, pattern=SECRET_PATH_PATTERN, description="Secret path of the credential."
     )
@@ -383,26 +421,64 @@ class ListProvidersRequest(RpcRequest):
 class DiskView(Message):
     """A VM disk."""
 
-    name: str = Field(description="Disk file name.")
+    name: str = Field(description="Disk name, safe as a file name (artifacts are named after it).")
     size_bytes: int = Field(description="Virtual size in bytes.")
     format: str = Field(description="Source format.")
+    key: str | None = Field(default=None, description="Disk key in the VM (vda, scsi0:0).")
+    controller: str | None = Field(default=None, description="virtio, scsi, ide, sata or nvme.")
+    unit: int | None = Field(default=None, description="Position on its controller.")
+
+
+class NicView(Message):
+    """A VM network interface."""
+
+    name: str = Field(description="Interface name in the provider.")
+    network: str = Field(description="Network, bridge or port group it connects to.")
+    mac: str | None = Field(default=None, description="MAC address.")
+    model: str = Field(description="Device model (virtio, e1000, vmxnet3...).")
 
 
 class VmView(Message):
     """A VM as the inventory shows it."""
 
-    id: str = Field(description="Id unique within the platform: provider/vm.")
+    id: str = Field(description="Id unique within the platform: provider/<the provider's VM id>.")
     name: str = Field(description="VM name in the provider.")
     provider: str = Field(description="Provider name.")
     cpus: int = Field(description="Virtual CPUs.")
     memory_mib: int = Field(description="Memory in MiB.")
-    disks: list[DiskView] = Field(description="Disks of the VM.")
+    disks: list[DiskView] = Field(
+        description="Disks of the VM (a listing may leave them out; GET /vms/{id} has them)."
+    )
+    state: str = Field(default="unknown", description="running, stopped, paused, suspended...")
+    path: str | None = Field(default=None, description="Where it lives in the provider.")
+    firmware: Literal["bios", "efi"] | None = Field(
+        default=None, description="Boot firmware, when described."
+    )
+    guest_os: str | None = Field(default=None, description="Guest OS id, when described.")
+    nics: list[NicView] = Field(default_factory=list, description="Network interfaces.")
+    detailed: bool = Field(
+        default=True, description="Whether disks and NICs were described (false in some listings)."
+    )
 
 
 class ListVmsRequest(RpcRequest):
-    """List VMs of one provider or of all."""
+    """List VMs of one provider or of all, one page at a time."""
 
     provider: str | None = Field(default=None, description="Only this provider's VMs.")
+    page_token: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        description="next_page_token of the previous page; none for the first page.",
+    )
+    limit: int = Field(default=100, ge=1, le=500, description="At most this many VMs.")
+
+
+class VmPage(Message):
+    """One page of the inventory."""
+
+    items: list[VmView] = Field(description="VMs, by provider then name.")
+    next_page_token: str | None = Field(description="Token of the next page; none on the last.")
 
 
 class GetVmRequest(RpcRequest):
@@ -417,6 +493,13 @@ class CreateExportRequest(RpcRequest):
     provider: str = Field(description="Provider name.")
     vm: str = Field(description="VM name within the provider.")
     format: DiskFormat = Field(description="Target disk format.")
+    compress: bool = Field(
+        default=False,
+        description=(
+            "Compress the disks where the format allows it (qcow2, and the OVA's disks); "
+            "streamOptimized VMDK is always compressed; refused for raw, vhdx and vpc."
+        ),
+    )
 
 
 class JobView(Message):

@@ -13,17 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 import asyncpg
+from pydantic import ValidationError
 
 from hypersdk_contracts.envelope import CloudEvent, RequestContext, event_envelope
 from hypersdk_contracts.events import EventData
-from hypersdk_kit.database import Database
+from hypersdk_kit.database import MAX_IDENTIFIER_LENGTH, Database, is_plain_identifier
 from hypersdk_kit.ports import EnvelopePublisher, UnitOfWork
 from hypersdk_kit.settings import DatabaseSettings
 
@@ -40,12 +40,26 @@ CREATE TABLE outbox (
 """
 """The outbox table, appended to each service's migrations (never edit: it has shipped)."""
 
+OUTBOX_DEAD_MIGRATION = """
+CREATE TABLE outbox_dead (
+    position bigint PRIMARY KEY,
+    event_id text NOT NULL,
+    routing_key text NOT NULL,
+    envelope text NOT NULL,
+    recorded_at timestamptz NOT NULL,
+    reason text NOT NULL,
+    moved_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+"""Outbox rows the relay could not decode, kept for an operator instead of blocking the rows
+after them (appended to each service's migrations after ``OUTBOX_MIGRATION``)."""
+
 _RELAY_LOCK_NAMESPACE = 0x48534F  # "HSO": advisory lock key prefix of outbox relays.
 
 
 def _check_identifier(schema: str) -> None:
-    """Schema names are interpolated into SQL: only plain lower-case identifiers."""
-    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", schema):
+    """Schema names are interpolated into SQL; ``<schema>_outbox`` must fit a NOTIFY channel."""
+    if not is_plain_identifier(schema, max_length=MAX_IDENTIFIER_LENGTH - len("_outbox")):
         raise ValueError(f"not a plain schema name: {schema!r}")
 
 
@@ -232,13 +246,47 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            events = [CloudEvent.model_validate_json(row["envelope"]) for row in rows]
-            await self._publisher.publish_envelopes(events)
+            events: list[CloudEvent] = []
+            dead: list[tuple[int, str]] = []
+            for row in rows:
+                try:
+                    events.append(CloudEvent.model_validate_json(row["envelope"]))
+                except ValidationError as exc:
+                    dead.append((row["position"], _undecodable(exc)))
+            if dead:
+                await self._set_aside(conn, dead)
+            if events:
+                await self._publisher.publish_envelopes(events)
             await conn.execute(
                 f'DELETE FROM "{self._schema}".outbox WHERE position = ANY($1::bigint[])',
                 [row["position"] for row in rows],
             )
         return len(rows)
+
+    async def _set_aside(self, conn: asyncpg.Connection, dead: list[tuple[int, str]]) -> None:
+        """Move rows that are no envelope to ``outbox_dead``, so the rows after them go on.
+
+        Only a bug or a hand-edited row gets here: units of work write validated envelopes.
+        """
+        positions = [position for position, _ in dead]
+        await conn.execute(
+            f'INSERT INTO "{self._schema}".outbox_dead'
+            " (position, event_id, routing_key, envelope, recorded_at, reason)"
+            " SELECT o.position, o.event_id, o.routing_key, o.envelope, o.recorded_at, d.reason"
+            f' FROM "{self._schema}".outbox o'
+            " JOIN unnest($1::bigint[], $2::text[]) AS d(position, reason)"
+            " ON d.position = o.position",
+            positions,
+            [reason for _, reason in dead],
+        )
+        for position, reason in dead:
+            logger.error(
+                "outbox row %d of %s is no event envelope (%s): set aside in %s.outbox_dead",
+                position,
+                self._schema,
+                reason,
+                self._schema,
+            )
 
     async def _run(self) -> None:
         failures = 0
@@ -285,6 +333,14 @@ class OutboxRelay:
         if listener is not None and not listener.is_closed():
             with contextlib.suppress(Exception):
                 await listener.close(timeout=2)
+
+
+def _undecodable(error: ValidationError) -> str:
+    """Why a row is no envelope: error kinds and places, never the values."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or 'envelope'}: {problem['type']}"
+        for problem in error.errors(include_input=False)[:5]
+    )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,14 @@ class ExporterSettings(DatabaseSettings):
     export_dir: Path = Field(description="Where artifacts are written (created 0700).")
     lab_root: Path = Field(description="Directory under which 'local' providers may live.")
     qemu_img: str = Field(default="qemu-img", description="qemu-img executable.")
+    conversion_user: str = Field(
+        default="hypersdk-convert",
+        description="Unprivileged user qemu-img runs as when the exporter runs as root.",
+    )
+    libvirt_disk_roots: list[Path] = Field(
+        default_factory=lambda: [Path("/var/lib/libvirt/images")],
+        description="Directories a local libvirt provider's disks may be read from.",
+    )
     job_concurrency: int = Field(default=1, ge=1, le=16, description="Exports run at once.")
     rpc_timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of questions.")
     policy_public_key_file: Path = Field(

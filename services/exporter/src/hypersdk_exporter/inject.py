@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -9,14 +10,23 @@ from faststream.rabbit import RabbitBroker
 
 from hypersdk_contracts.events import ExporterRequestRejected
 from hypersdk_exporter.adapters.inbound.bus import CommandVerifier, register_rpc, register_worker
-from hypersdk_exporter.adapters.outbound.bus import RabbitJobQueue, RpcCredentialDirectory
-from hypersdk_exporter.adapters.outbound.local_lab import LocalLabDriver
+from hypersdk_exporter.adapters.outbound.artifacts import LocalArtifactWriter
+from hypersdk_exporter.adapters.outbound.bus import (
+    RabbitJobQueue,
+    RpcCredentialDirectory,
+    RpcCredentialResolver,
+)
+from hypersdk_exporter.adapters.outbound.drivers import build_drivers
 from hypersdk_exporter.adapters.outbound.postgres import (
     SCHEMA,
     PostgresJobStore,
     PostgresProviderStore,
 )
-from hypersdk_exporter.adapters.outbound.qemu_img import QemuImgConverter
+from hypersdk_exporter.adapters.outbound.qemu_img import (
+    QemuImgConverter,
+    SandboxSettings,
+    conversion_identity,
+)
 from hypersdk_exporter.config import ExporterSettings
 from hypersdk_exporter.core.service import ExporterService
 from hypersdk_exporter.ports.outbound import DiskConverter
@@ -50,6 +60,10 @@ async def prepare_exporter(
         settings.database_url.get_secret_value(), size=settings.database_pool_size
     )
     settings.export_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sandbox = SandboxSettings(executable=settings.qemu_img, user=settings.conversion_user)
+    owner = conversion_identity(settings.conversion_user)
+    if owner is not None:  # as root: job directories are the conversion user's, and only its
+        os.chown(settings.export_dir, *owner)
     try:
         publisher = events or RabbitEventPublisher(
             broker, service=SERVICE, declare_topology=settings.declare_topology
@@ -61,15 +75,16 @@ async def prepare_exporter(
         grants = AssertionVerifier(
             load_public_key(settings.policy_public_key_file), issuer="policy"
         )
+        rpc = RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
         exporter = ExporterService(
             providers=PostgresProviderStore(outbox.database),
             jobs=PostgresJobStore(outbox.database),
-            drivers={"local": LocalLabDriver(settings.lab_root)},
-            converter=converter or QemuImgConverter(settings.qemu_img),
+            drivers=build_drivers(settings),
+            converter=converter or QemuImgConverter(sandbox),
+            writer=LocalArtifactWriter(owner=owner),
             queue=RabbitJobQueue(broker, declare_queue=settings.declare_topology),
-            credentials=RpcCredentialDirectory(
-                RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
-            ),
+            credentials=RpcCredentialDirectory(rpc),
+            resolver=RpcCredentialResolver(rpc),
             uow=uow,
             export_dir=settings.export_dir,
         )

@@ -25,3 +25,8 @@ class SecretsSettings(ServiceSettings):
     gateway_public_key_file: Path = Field(
         description="The gateway's Ed25519 public key (PEM), to check request seals."
     )
+    credential_readers: list[str] = Field(
+        default_factory=lambda: ["hypersdk-exporter"],
+        description="Broker logins that may read provider credentials (JSON list): the "
+        "exporter's. Every other caller is refused (decision 0033).",
+    )

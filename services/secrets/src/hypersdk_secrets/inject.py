@@ -53,5 +53,7 @@ async def prepare_secrets(
             load_public_key(settings.gateway_public_key_file), issuer="gateway"
         ),
     )
-    register_rpc(broker, secrets, guard=guard)
+    register_rpc(
+        broker, secrets, guard=guard, credential_readers=frozenset(settings.credential_readers)
+    )
     yield secrets, broker

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import SecretDeleted, SecretWritten
-from hypersdk_contracts.rpc import SecretMetadata
+from hypersdk_contracts.rpc import PROVIDER_CREDENTIAL_PREFIX, CredentialValue, SecretMetadata
 from hypersdk_kit.bus import EventPublisher
 from hypersdk_secrets.ports.outbound import SecretManager
 
@@ -44,6 +44,19 @@ class SecretsService:
         if meta is None:
             raise ServiceError(ErrorCode.NOT_FOUND, "No secret at that path.")
         return meta
+
+    async def resolve_credential(self, path: str) -> CredentialValue:
+        """A provider credential's values; only secrets under ``providers/`` are credentials.
+
+        Asked by the exporter alone when it opens a provider session (decision 0033): every
+        other path is not_found here, whatever it holds.
+        """
+        data = None
+        if path.startswith(PROVIDER_CREDENTIAL_PREFIX):
+            data = await self._manager.read(path)
+        if data is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "No provider credential at that path.")
+        return CredentialValue(path=path, data=data)
 
     async def list(self) -> list[SecretMetadata]:
         """Metadata of every secret."""

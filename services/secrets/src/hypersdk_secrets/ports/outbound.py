@@ -8,7 +8,7 @@ from hypersdk_contracts.rpc import SecretMetadata
 
 
 class SecretManager(ABC):
-    """Stores secrets by path; values go in, only metadata comes back out."""
+    """Stores secrets by path; values go in, metadata comes out (values only to ``read``)."""
 
     @abstractmethod
     async def ready(self) -> bool:
@@ -17,6 +17,10 @@ class SecretManager(ABC):
     @abstractmethod
     async def put(self, path: str, data: dict[str, str]) -> SecretMetadata:
         """Write a new version of the secret at ``path``."""
+
+    @abstractmethod
+    async def read(self, path: str) -> dict[str, str] | None:
+        """The current version's key/value pairs, or None (never logged by any caller)."""
 
     @abstractmethod
     async def describe(self, path: str) -> SecretMetadata | None:

@@ -25,12 +25,15 @@ from hypersdk_contracts.rpc import (
     ListJobsRequest,
     ListProvidersRequest,
     ListVmsRequest,
+    NicView,
     ProviderNameRequest,
     ProviderView,
     RegisterProviderRequest,
+    UpdateProviderRequest,
+    VmPage,
     VmView,
 )
-from hypersdk_exporter.core.models import Job, Provider, Vm
+from hypersdk_exporter.core.models import Job, Provider, VmDescription, VmSummary
 from hypersdk_exporter.core.service import ExporterService
 from hypersdk_kit.bus import (
     Authorizer,
@@ -62,6 +65,16 @@ def register_rpc(broker: RabbitBroker, exporter: ExporterService, *, guard: Auth
         )
         return provider_view(provider)
 
+    async def update_provider(request: UpdateProviderRequest) -> ProviderView:
+        provider = await exporter.update_provider(
+            name=request.name,
+            type=request.type,
+            config=request.config,
+            credential_ref=request.credential_ref,
+            context=request.context,
+        )
+        return provider_view(provider)
+
     async def get_provider(request: ProviderNameRequest) -> ProviderView:
         return provider_view(await exporter.get_provider(request.name))
 
@@ -71,12 +84,20 @@ def register_rpc(broker: RabbitBroker, exporter: ExporterService, *, guard: Auth
     async def remove_provider(request: ProviderNameRequest) -> None:
         await exporter.remove_provider(request.name, request.context)
 
-    async def list_vms(request: ListVmsRequest) -> list[VmView]:
-        return [vm_view(p, vm) for p, vm in await exporter.list_vms(request.provider)]
+    async def list_vms(request: ListVmsRequest) -> VmPage:
+        page = await exporter.list_vms(
+            request.provider,
+            page_token=request.page_token,
+            limit=request.limit,
+            context=request.context,
+        )
+        return VmPage(
+            items=[vm_view(p, vm) for p, vm in page.items], next_page_token=page.next_token
+        )
 
     async def get_vm(request: GetVmRequest) -> VmView:
-        provider_name, _, vm_name = request.vm_id.partition("/")
-        provider, vm = await exporter.find_vm(provider_name, vm_name)
+        provider_name, _, vm_id = request.vm_id.partition("/")
+        provider, vm = await exporter.describe_vm(provider_name, vm_id, request.context)
         return vm_view(provider, vm)
 
     async def create_export(request: CreateExportRequest) -> JobView:
@@ -84,6 +105,7 @@ def register_rpc(broker: RabbitBroker, exporter: ExporterService, *, guard: Auth
             provider=request.provider,
             vm=request.vm,
             format=request.format,
+            compress=request.compress,
             context=request.context,
         )
         return job_view(job)
@@ -101,6 +123,7 @@ def register_rpc(broker: RabbitBroker, exporter: ExporterService, *, guard: Auth
             register_provider,
             CONFIGURE,
         ),
+        (RpcQueue.EXPORTER_UPDATE_PROVIDER, UpdateProviderRequest, update_provider, CONFIGURE),
         (RpcQueue.EXPORTER_GET_PROVIDER, ProviderNameRequest, get_provider, BROWSE),
         (RpcQueue.EXPORTER_LIST_PROVIDERS, ListProvidersRequest, list_providers, BROWSE),
         (RpcQueue.EXPORTER_REMOVE_PROVIDER, ProviderNameRequest, remove_provider, CONFIGURE),
@@ -188,7 +211,11 @@ def register_worker(
     async def run(event: CloudEvent) -> None:
         command = VmExportRequested.model_validate(event.data)
         await verifier.verify(event, command)
-        await exporter.run_export(command, event.context)
+        # The command's grant (checked above) lets the worker read the provider's credential
+        # as a follow-up of this export; events never carry a grant.
+        await exporter.run_export(
+            command, event.context.model_copy(update={"grant": command.grant})
+        )
 
     subscribe_envelopes(broker, durable_queue(EXPORT_JOBS_QUEUE), run, prefetch=concurrency)
 
@@ -204,15 +231,41 @@ def provider_view(provider: Provider) -> ProviderView:
     )
 
 
-def vm_view(provider: Provider, vm: Vm) -> VmView:
-    """The API form of a VM."""
-    return VmView(
-        id=f"{provider.name}/{vm.name}",
+def vm_view(provider: Provider, vm: VmSummary) -> VmView:
+    """The API form of a VM (with disks and NICs when the provider described them)."""
+    view = VmView(
+        id=f"{provider.name}/{vm.id}",
         name=vm.name,
         provider=provider.name,
         cpus=vm.cpus,
         memory_mib=vm.memory_mib,
-        disks=[DiskView(name=d.name, size_bytes=d.size_bytes, format=d.format) for d in vm.disks],
+        disks=[],
+        state=vm.state,
+        path=vm.path,
+        detailed=False,
+    )
+    if not isinstance(vm, VmDescription):
+        return view
+    return view.model_copy(
+        update={
+            "disks": [
+                DiskView(
+                    name=d.name,
+                    size_bytes=d.capacity_bytes,
+                    format=d.format,
+                    key=d.key,
+                    controller=d.controller,
+                    unit=d.unit,
+                )
+                for d in vm.disks
+            ],
+            "nics": [
+                NicView(name=n.name, network=n.network, mac=n.mac, model=n.model) for n in vm.nics
+            ],
+            "firmware": vm.firmware.value,
+            "guest_os": vm.guest_os,
+            "detailed": True,
+        }
     )
 
 

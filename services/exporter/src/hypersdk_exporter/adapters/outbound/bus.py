@@ -8,8 +8,9 @@ from hypersdk_contracts.commands import VmExportRequested
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.names import EXPORT_JOBS_QUEUE, RpcQueue
-from hypersdk_contracts.rpc import SecretPathRequest
-from hypersdk_exporter.ports.outbound import CredentialDirectory, JobQueue
+from hypersdk_contracts.rpc import CredentialValue, ResolveCredentialRequest, SecretPathRequest
+from hypersdk_exporter.core.models import Credential
+from hypersdk_exporter.ports.outbound import CredentialDirectory, CredentialResolver, JobQueue
 from hypersdk_kit.bus import RpcClient, send_command
 
 
@@ -48,3 +49,23 @@ class RpcCredentialDirectory(CredentialDirectory):
                 return False
             raise
         return True
+
+
+class RpcCredentialResolver(CredentialResolver):
+    """Reads a provider credential from the secrets service, for the request being served.
+
+    The secrets service answers only this service's broker login, and only under a seal and
+    grant that name the read (decision 0033). The value lives in the returned Credential and
+    is never logged: errors carry the secrets service's code, never the reply.
+    """
+
+    def __init__(self, rpc: RpcClient) -> None:
+        self._rpc = rpc
+
+    async def resolve(self, ref: str, context: RequestContext) -> Credential:
+        """The credential at ``ref``."""
+        result = await self._rpc.call(
+            RpcQueue.SECRETS_RESOLVE_CREDENTIAL, ResolveCredentialRequest(path=ref, context=context)
+        )
+        value = CredentialValue.model_validate(result)
+        return Credential(ref=ref, values=dict(value.data))

@@ -78,6 +78,18 @@ class PostgresProviderStore(ProviderStore):
         rows = await self._pool.fetch("SELECT * FROM exporter.providers ORDER BY name")
         return [_provider(row) for row in rows]
 
+    async def replace(self, provider: Provider) -> bool:
+        """Replace type, config and credential reference of an existing provider."""
+        status = await self._pool.execute(
+            "UPDATE exporter.providers SET type = $2, config = $3::jsonb, credential_ref = $4"
+            " WHERE name = $1",
+            provider.name,
+            provider.type,
+            json.dumps(provider.config),
+            provider.credential_ref,
+        )
+        return bool(status.endswith(" 1"))
+
     async def remove(self, name: str) -> bool:
         """Delete."""
         status = await self._pool.execute("DELETE FROM exporter.providers WHERE name = $1", name)

@@ -1,62 +1,497 @@
-"""Disk conversion with qemu-img, reporting its progress."""
+"""qemu-img, run as an unprivileged user on untrusted images.
+
+Every child gets an empty environment (PATH and LANG only), its own process group (so a
+cancel kills it and whatever it started), ``PR_SET_PDEATHSIG=SIGKILL`` (so it dies with its
+worker, even a worker killed with -9), umask 077 and no core dumps. As root it runs as the
+conversion user; otherwise as the service's own user.
+
+A source is always opened with its format spelled out, inside a ``json:`` filename with
+``backing: null`` unless a backing chain was inspected and lies inside the provider's root.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import pwd
 import re
+import resource
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from hypersdk_contracts.rpc import DiskFormat
-from hypersdk_exporter.ports.outbound import DiskConverter, ProgressCallback
+from hypersdk_exporter.core import errors
+from hypersdk_exporter.core.errors import ExportCancelledError, ExportFailedError
+from hypersdk_exporter.core.formats import SOURCE_FORMATS, Digest, FormatSpec
+from hypersdk_exporter.core.models import ImageInfo
+from hypersdk_exporter.ports.outbound import ByteProgress, CancelCheck, DiskConverter
 
+logger = logging.getLogger(__name__)
+
+ENVIRONMENT = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8"}
+PR_SET_PDEATHSIG = 1
+CANCEL_POLL_SECONDS = 0.05
+MAX_INFO_OUTPUT = 4 << 20
+MAX_CHAIN = 16
+# qemu-img convert writes at most this much in one request (its largest buffer); a follower
+# stays this far behind the end of what it sees written.
+MAX_WRITE = 16 << 20
+READ_BLOCK = 4 << 20
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
-_TARGET_OPTIONS: dict[DiskFormat, list[str]] = {
-    DiskFormat.VMDK: ["-o", "subformat=streamOptimized"],
-    DiskFormat.VPC: ["-o", "force_size=on"],
-}
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    """How conversions run."""
+
+    executable: str = "qemu-img"
+    user: str | None = "hypersdk-convert"  # used when the service runs as root
+    info_timeout_seconds: float = 30.0
+    info_memory_bytes: int = 1 << 30
+    info_cpu_seconds: int = 30
+
+
+def conversion_identity(user: str | None) -> tuple[int, int] | None:
+    """(uid, gid) children run as; None to run as ourselves (the service is not root).
+
+    As root without a usable conversion user, nothing runs: ExportFailedError.
+    """
+    if os.geteuid() != 0:
+        return None
+    if not user:
+        raise ExportFailedError(errors.CONVERSION_USER_MISSING, "refusing to convert as root")
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError as exc:
+        raise ExportFailedError(errors.CONVERSION_USER_MISSING, f"no user {user!r}") from exc
+    if entry.pw_uid == 0:
+        raise ExportFailedError(errors.CONVERSION_USER_MISSING, "the conversion user is root")
+    return entry.pw_uid, entry.pw_gid
+
+
+def _preexec(
+    parent: int,
+    *,
+    identity: tuple[int, int] | None,
+    memory: int | None,
+    cpu: int | None,
+) -> Callable[[], None]:
+    """Runs in the child after fork, before exec: switch user, then tie it to its parent.
+
+    The switch is done here rather than by ``user=``/``group=`` because uvloop (the services'
+    loop, decision 0040) does not take those arguments.
+    """
+
+    def setup() -> None:
+        if identity is not None:
+            os.setgroups([])
+            os.setgid(identity[1])
+            os.setuid(identity[0])
+        os.umask(0o077)
+        # Cleared by a change of credentials, so set here, after the switch of user.
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the worker died before prctl: do not run orphaned
+            os._exit(1)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if memory is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        if cpu is not None:
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+
+    return setup
 
 
 class QemuImgConverter(DiskConverter):
-    """Runs ``qemu-img convert -p`` and parses its progress lines."""
+    """Inspects and converts disk images with qemu-img."""
 
-    def __init__(self, executable: str = "qemu-img") -> None:
-        self._executable = executable
+    def __init__(self, settings: SandboxSettings | None = None) -> None:
+        self._settings = settings or SandboxSettings()
+
+    async def _spawn(
+        self, args: list[str], *, memory: int | None = None, cpu: int | None = None
+    ) -> asyncio.subprocess.Process:
+        identity = conversion_identity(self._settings.user)
+        return await asyncio.create_subprocess_exec(
+            self._settings.executable,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=dict(ENVIRONMENT),
+            cwd="/",
+            start_new_session=True,
+            preexec_fn=_preexec(os.getpid(), identity=identity, memory=memory, cpu=cpu),
+        )
+
+    # ---- inspection ---------------------------------------------------------------------
+
+    async def _info(self, path: str, format: str) -> dict[str, Any]:
+        settings = self._settings
+        process = await self._spawn(
+            ["info", "--output=json", "-f", format, "--", path],
+            memory=settings.info_memory_bytes,
+            cpu=settings.info_cpu_seconds,
+        )
+        try:
+            out, err = await asyncio.wait_for(process.communicate(), settings.info_timeout_seconds)
+        except TimeoutError as exc:
+            _kill_group(process)
+            await process.wait()
+            raise ExportFailedError(errors.SOURCE_UNREADABLE, "qemu-img info timed out") from exc
+        if process.returncode != 0:
+            reason = (
+                errors.SOURCE_FORMAT_MISMATCH
+                if b"Image is not in" in err or b"not in qcow" in err or b"Invalid" in err
+                else errors.SOURCE_UNREADABLE
+            )
+            raise ExportFailedError(reason, _last_line(err))
+        if len(out) > MAX_INFO_OUTPUT:
+            raise ExportFailedError(errors.SOURCE_UNREADABLE, "qemu-img info output too large")
+        try:
+            info = json.loads(out)
+        except ValueError as exc:
+            raise ExportFailedError(errors.SOURCE_UNREADABLE, "unreadable qemu-img info") from exc
+        if not isinstance(info, dict):
+            raise ExportFailedError(errors.SOURCE_UNREADABLE, "unreadable qemu-img info")
+        return info
+
+    async def inspect(self, source: Path, *, format: str, allowed_root: Path) -> ImageInfo:
+        """qemu-img info with the format given; refuse what reaches outside ``allowed_root``."""
+        if format not in SOURCE_FORMATS:
+            raise ExportFailedError(errors.UNSUPPORTED_SOURCE_FORMAT, format)
+        root, path = _real(allowed_root), _real(source)
+        if not _inside(path, root):
+            raise ExportFailedError(errors.UNSAFE_EXTERNAL_EXTENT, "the image is outside the root")
+        top: dict[str, Any] | None = None
+        chain = False
+        current, current_format = path, format
+        for _ in range(MAX_CHAIN):
+            info = await self._info(str(current), current_format)
+            if info.get("format") != current_format:
+                raise ExportFailedError(errors.SOURCE_FORMAT_MISMATCH, current_format)
+            _check_references(info, root)
+            top = top or info
+            backing = info.get("full-backing-filename") or info.get("backing-filename")
+            if not backing:
+                break
+            backing_format = info.get("backing-filename-format")
+            if backing_format not in SOURCE_FORMATS:  # a backing file would be probed
+                raise ExportFailedError(errors.UNSAFE_BACKING_FILE, "backing format not given")
+            current = _resolved(str(backing), root, errors.UNSAFE_BACKING_FILE)
+            current_format = str(backing_format)
+            chain = True
+        else:
+            raise ExportFailedError(errors.UNSAFE_BACKING_FILE, "backing chain too long")
+        assert top is not None
+        size = top.get("virtual-size")
+        if not isinstance(size, int) or size < 0:
+            raise ExportFailedError(errors.SOURCE_UNREADABLE, "no virtual size")
+        return ImageInfo(format=format, virtual_size=size, backing_chain=chain)
+
+    # ---- conversion ---------------------------------------------------------------------
 
     async def convert(
         self,
         *,
         source: Path,
-        source_format: str,
+        info: ImageInfo,
         target: Path,
-        target_format: DiskFormat,
-        on_progress: ProgressCallback,
-    ) -> None:
-        """Convert; raise OSError if qemu-img fails."""
-        process = await asyncio.create_subprocess_exec(
-            self._executable,
+        spec: FormatSpec,
+        compress: bool,
+        on_progress: ByteProgress,
+        cancelled: CancelCheck,
+    ) -> str:
+        """qemu-img convert -p, hashed as it writes; killed within a second of a cancel."""
+        image: dict[str, Any] = {
+            "driver": info.format,
+            "file": {"driver": "file", "filename": str(source)},
+        }
+        if not info.backing_chain:
+            image["backing"] = None  # nothing qemu was not told about is ever opened
+        args = [
             "convert",
             "-p",
             "-f",
-            source_format,
-            "-O",
-            target_format.value,
-            *_TARGET_OPTIONS.get(target_format, []),
-            str(source),
+            info.format,
+            *spec.qemu_args(compress=compress),
+            "json:" + json.dumps(image),
             str(target),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        ]
+        mode = spec.digest_mode(compress=compress)
+        written = threading.Event()
+        stop = threading.Event()
+        follower = None
+        if mode is Digest.FOLLOW:
+            # Created first, so what the new image holds before any data is known (its
+            # metadata, never rewritten by an in-order convert); then filled in place.
+            await self._create(target, spec, compress=compress, size=info.virtual_size)
+            metadata = await asyncio.to_thread(extents, target)
+            args = ["convert", "-p", "-n", "--target-is-zero", "-f", info.format]
+            args += ["-O", spec.qemu_name, "json:" + json.dumps(image), str(target)]
+            follower = asyncio.create_task(
+                asyncio.to_thread(follow_hash, target, written, stop, metadata)
+            )
+        process = await self._spawn(args)
+        try:
+            err = await self._watch(process, info.virtual_size, on_progress, cancelled)
+            written.set()
+            if process.returncode != 0:
+                raise ExportFailedError(errors.CONVERSION_FAILED, _last_line(err))
+            if follower is not None:
+                digest = await follower
+            else:
+                digest = await asyncio.to_thread(hash_file, target, stop)
+            if cancelled():
+                raise ExportCancelledError
+            await on_progress(info.virtual_size)
+            return digest
+        except BaseException:
+            stop.set()
+            _kill_group(process)
+            with contextlib.suppress(ProcessLookupError):
+                await asyncio.shield(process.wait())
+            if follower is not None:
+                with contextlib.suppress(BaseException):
+                    await follower
+            _unlink(target)
+            raise
+
+    async def _create(self, target: Path, spec: FormatSpec, *, compress: bool, size: int) -> None:
+        options = spec.qemu_args(compress=compress)
+        create = ["create", "-q", "-f", options[1], *options[2:], str(target), str(size)]
+        process = await self._spawn(create)
+        _, err = await process.communicate()
+        if process.returncode != 0:
+            _unlink(target)
+            raise ExportFailedError(errors.CONVERSION_FAILED, _last_line(err))
+
+    async def _watch(
+        self,
+        process: asyncio.subprocess.Process,
+        size: int,
+        on_progress: ByteProgress,
+        cancelled: CancelCheck,
+    ) -> bytes:
+        """Read progress until qemu-img exits; kill its group on cancel. Returns stderr."""
         assert process.stdout is not None
         assert process.stderr is not None
+        stderr_task = asyncio.create_task(process.stderr.read(1 << 20))
         buffer = b""
-        while chunk := await process.stdout.read(4096):
-            buffer += chunk
-            matches = _PROGRESS.findall(buffer)
-            if matches:
-                await on_progress(int(float(matches[-1])))
-                buffer = buffer[buffer.rfind(b"%)") + 2 :]
-        stderr = await process.stderr.read()
-        if await process.wait() != 0:
-            message = stderr.decode(errors="replace").strip().splitlines()
-            raise OSError(f"qemu-img failed: {message[-1] if message else 'no message'}")
-        await on_progress(100)
+        reader = asyncio.create_task(process.stdout.read(4096))
+        try:
+            while True:
+                done, _ = await asyncio.wait({reader}, timeout=CANCEL_POLL_SECONDS)
+                if cancelled():
+                    _kill_group(process)
+                    raise ExportCancelledError
+                if not done:
+                    continue
+                chunk = reader.result()
+                if not chunk:
+                    break
+                buffer += chunk
+                matches = _PROGRESS.findall(buffer)
+                if matches:
+                    buffer = buffer[buffer.rfind(b"%)") + 2 :]
+                    await on_progress(int(size * float(matches[-1]) / 100))
+                reader = asyncio.create_task(process.stdout.read(4096))
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(process.wait()), CANCEL_POLL_SECONDS)
+                    break
+                except TimeoutError:
+                    if cancelled():
+                        _kill_group(process)
+                        raise ExportCancelledError from None
+            return await stderr_task
+        finally:
+            reader.cancel()
+            stderr_task.cancel()
+
+    async def compare(
+        self, first: Path, first_format: str, second: Path, second_format: str
+    ) -> bool:
+        """``qemu-img compare``: whether two images have the same guest-visible content."""
+        process = await self._spawn(
+            ["compare", "-q", "-f", first_format, "-F", second_format, str(first), str(second)]
+        )
+        _, err = await process.communicate()
+        if process.returncode not in (0, 1):
+            raise ExportFailedError(errors.CONVERSION_FAILED, _last_line(err))
+        return process.returncode == 0
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _last_line(err: bytes) -> str:
+    lines = err.decode(errors="replace").strip().splitlines()
+    return lines[-1][:500] if lines else "no message"
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def _resolved(name: str, root: Path, reason: str) -> Path:
+    """A reference qemu would open, as a real path inside ``root``; refused otherwise.
+
+    Anything that is not an absolute file name (``json:``, ``nbd://``, ``http:``...) is refused.
+    """
+    if not name.startswith("/"):
+        raise ExportFailedError(reason, "not a local file")
+    path = Path(os.path.realpath(name))
+    if not _inside(path, root):
+        raise ExportFailedError(reason, "outside the provider's root")
+    return path
+
+
+def _check_references(info: dict[str, Any], root: Path) -> None:
+    """Vmdk extents and a qcow2 data file must lie inside ``root``."""
+    specific = info.get("format-specific")
+    data = specific.get("data") if isinstance(specific, dict) else None
+    if not isinstance(data, dict):
+        return
+    extents = data.get("extents")
+    if isinstance(extents, list):
+        for extent in extents:
+            name = extent.get("filename") if isinstance(extent, dict) else None
+            if not isinstance(name, str):
+                raise ExportFailedError(errors.UNSAFE_EXTERNAL_EXTENT, "unnamed extent")
+            _resolved(name, root, errors.UNSAFE_EXTERNAL_EXTENT)
+    data_file = data.get("data-file")
+    if data_file is not None:
+        _resolved(str(data_file), root, errors.UNSAFE_DATA_FILE)
+
+
+# ---- digests -------------------------------------------------------------------------------
+
+
+def hash_file(path: Path, stop: threading.Event | None = None) -> str:
+    """SHA-256 of a file qemu-img has closed (its pages are still in the page cache)."""
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while block := os.read(fd, READ_BLOCK):
+            if stop is not None and stop.is_set():
+                raise ExportCancelledError
+            digest.update(block)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def extents(path: Path) -> list[tuple[int, int]]:
+    """The data extents of a file, as (start, end)."""
+    found: list[tuple[int, int]] = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        offset = 0
+        while True:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after offset
+                return found
+            offset = os.lseek(fd, start, os.SEEK_HOLE)
+            found.append((start, offset))
+    finally:
+        os.close(fd)
+
+
+def _uncovered(start: int, end: int, metadata: list[tuple[int, int]]) -> bool:
+    """Whether part of [start, end) lies outside every metadata extent."""
+    position = start
+    for meta_start, meta_end in metadata:
+        if meta_end <= position:
+            continue
+        if meta_start > position:
+            return True
+        position = meta_end
+        if position >= end:
+            return False
+    return position < end
+
+
+def _data_end(fd: int, start: int, metadata: list[tuple[int, int]]) -> int:
+    """End of the last extent at or after ``start`` holding written data, not only metadata."""
+    end = start
+    offset = start
+    while True:
+        try:
+            data = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError:  # ENXIO: no data after offset
+            return end
+        offset = os.lseek(fd, data, os.SEEK_HOLE)
+        if _uncovered(data, offset, metadata):
+            end = offset
+
+
+def follow_hash(
+    path: Path,
+    written: threading.Event,
+    stop: threading.Event,
+    metadata: list[tuple[int, int]] | None = None,
+) -> str:
+    """SHA-256 of a file while qemu-img writes it in order (decision 0034).
+
+    qemu-img convert writes in guest order, one request at a time (its default: no ``-W``);
+    the target was created beforehand (raw, or qcow2 with preallocated metadata) and its
+    ``metadata`` extents recorded, so data clusters have fixed places in guest order and no
+    metadata is rewritten. So everything before the end of the last extent holding data, less
+    one request, is final: it is hashed while later data is being written, and a hole there
+    is final zeros. After qemu-img exits the rest is hashed.
+    """
+    digest = hashlib.sha256()
+    while not path.exists():
+        if written.is_set() or stop.is_set():
+            break
+        time.sleep(0.01)
+    fd = os.open(path, os.O_RDONLY)
+    position = 0
+    try:
+        while True:
+            if stop.is_set():
+                raise ExportCancelledError
+            finished = written.is_set()
+            if finished:
+                frontier = os.fstat(fd).st_size
+            else:
+                frontier = max(position, _data_end(fd, position, metadata or []) - MAX_WRITE)
+            advanced = frontier > position
+            while position < frontier:
+                block = os.pread(fd, min(READ_BLOCK, frontier - position), position)
+                if not block:
+                    raise ExportFailedError(errors.ARTIFACT_WRITE_FAILED, "output shrank")
+                digest.update(block)
+                position += len(block)
+                if stop.is_set():
+                    raise ExportCancelledError
+            if finished:
+                return digest.hexdigest()
+            if not advanced:
+                written.wait(0.02)
+    finally:
+        os.close(fd)

@@ -22,6 +22,7 @@ from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import (
     NAME_PATTERN,
+    PROVIDER_TYPES,
     SECRET_PATH_PATTERN,
     USERNAME_PATTERN,
     ApiKeyIdRequest,
@@ -48,6 +49,7 @@ from hypersdk_contracts.rpc import (
     LogoutRequest,
     Principal,
     ProviderNameRequest,
+    ProviderType,
     ProviderView,
     PutSecretRequest,
     QuarantinedEventView,
@@ -59,6 +61,7 @@ from hypersdk_contracts.rpc import (
     SecretMetadata,
     SecretPathRequest,
     SessionView,
+    UpdateProviderRequest,
     UserNameRequest,
     UserView,
     VerifyRequest,
@@ -76,6 +79,7 @@ from hypersdk_gateway.ports.outbound import Backend
 logger = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
+NEXT_PAGE_HEADER = "X-Next-Page-Token"
 MAX_NUMBER = 2**63 - 1
 """Largest position a page may start after (PostgreSQL's bigint)."""
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -182,13 +186,28 @@ class UserWithRoles(BaseModel):
     roles: list[str]
 
 
-class ProviderBody(Body):
-    """A provider connection; ``credential_ref`` names a secret path, never a secret."""
+class ProviderSettingsBody(Body):
+    """A provider's settings; ``credential_ref`` names a secret path, never a secret."""
 
-    name: str = Field(pattern=NAME_PATTERN)
-    type: str = Field(description="Provider type; this version supports 'local'.")
+    type: str = Field(description="Provider type: local, libvirt or vsphere.")
     config: dict[str, str] = Field(default_factory=dict)
     credential_ref: str | None = Field(default=None, pattern=SECRET_PATH_PATTERN)
+
+
+class ProviderBody(ProviderSettingsBody):
+    """A provider connection to register."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+
+
+def _provider_type(value: str) -> ProviderType:
+    """The type if the platform knows it, else validation_failed naming the known ones."""
+    if value not in PROVIDER_TYPES:
+        raise ServiceError(
+            ErrorCode.VALIDATION_FAILED,
+            f"Supported provider types: {', '.join(PROVIDER_TYPES)}.",
+        )
+    return value  # type: ignore[return-value]
 
 
 class ExportBody(Body):
@@ -197,6 +216,7 @@ class ExportBody(Body):
     provider: str = Field(pattern=NAME_PATTERN)
     vm: str = Field(min_length=1, max_length=255)
     format: DiskFormat
+    compress: bool = False
 
 
 class SecretBody(Body):
@@ -615,13 +635,11 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
     )
     async def register_provider(body: ProviderBody, request: Request) -> Any:
         """Register a provider that references its credential by secret path."""
-        if body.type != "local":
-            raise ServiceError(ErrorCode.VALIDATION_FAILED, "Supported provider types: local.")
         return await backend.ask(
             RpcQueue.EXPORTER_REGISTER_PROVIDER,
             RegisterProviderRequest(
                 name=body.name,
-                type="local",
+                type=_provider_type(body.type),
                 config=body.config,
                 credential_ref=body.credential_ref,
                 context=ctx(request),
@@ -630,13 +648,22 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
 
     @api.put(
         "/providers/{name}",
+        response_model=ProviderView,
         tags=["providers"],
         openapi_extra=configure_providers,
-        responses=NOT_BUILT,
     )
-    async def update_provider(name: str) -> None:
-        """Change a provider."""
-        raise not_implemented("Updating providers")
+    async def update_provider(name: str, body: ProviderSettingsBody, request: Request) -> Any:
+        """Replace a provider's type, settings and credential reference (checked as on POST)."""
+        return await backend.ask(
+            RpcQueue.EXPORTER_UPDATE_PROVIDER,
+            UpdateProviderRequest(
+                name=name,
+                type=_provider_type(body.type),
+                config=body.config,
+                credential_ref=body.credential_ref,
+                context=ctx(request),
+            ),
+        )
 
     @api.delete(
         "/providers/{name}", status_code=204, tags=["providers"], openapi_extra=configure_providers
@@ -649,11 +676,23 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
         return Response(status_code=204)
 
     @api.get("/vms", response_model=list[VmView], tags=["vms"], openapi_extra=browse)
-    async def list_vms(request: Request, provider: str | None = None) -> Any:
-        """VMs of every provider, or of one."""
-        return await backend.ask(
-            RpcQueue.EXPORTER_LIST_VMS, ListVmsRequest(provider=provider, context=ctx(request))
+    async def list_vms(
+        request: Request,
+        response: Response,
+        provider: str | None = None,
+        page_token: Annotated[str | None, Query(max_length=2048)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> Any:
+        """One page of VMs of every provider, or of one; ``X-Next-Page-Token`` leads on."""
+        page = await backend.ask(
+            RpcQueue.EXPORTER_LIST_VMS,
+            ListVmsRequest(
+                provider=provider, page_token=page_token, limit=limit, context=ctx(request)
+            ),
         )
+        if page["next_page_token"] is not None:
+            response.headers[NEXT_PAGE_HEADER] = page["next_page_token"]
+        return page["items"]
 
     @api.get("/vms/{vm_id:path}", response_model=VmView, tags=["vms"], openapi_extra=browse)
     async def get_vm(vm_id: str, request: Request) -> Any:
@@ -675,7 +714,11 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
         return await backend.ask(
             RpcQueue.EXPORTER_CREATE_EXPORT,
             CreateExportRequest(
-                provider=body.provider, vm=body.vm, format=body.format, context=ctx(request)
+                provider=body.provider,
+                vm=body.vm,
+                format=body.format,
+                compress=body.compress,
+                context=ctx(request),
             ),
         )
 

@@ -35,7 +35,7 @@ _ROUTES: dict[str, tuple[str, ...]] = {
     "GET /providers": (Q.EXPORTER_LIST_PROVIDERS,),
     "GET /providers/{name}": (Q.EXPORTER_GET_PROVIDER,),
     "POST /providers": (Q.EXPORTER_REGISTER_PROVIDER,),
-    "PUT /providers/{name}": (),
+    "PUT /providers/{name}": (Q.EXPORTER_UPDATE_PROVIDER,),
     "DELETE /providers/{name}": (Q.EXPORTER_REMOVE_PROVIDER,),
     "GET /vms": (Q.EXPORTER_LIST_VMS,),
     "GET /vms/{vm_id:path}": (Q.EXPORTER_GET_VM,),

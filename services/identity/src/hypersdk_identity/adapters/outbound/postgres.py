@@ -15,7 +15,7 @@ from hypersdk_identity.ports.outbound import (
     UserStore,
 )
 from hypersdk_kit.database import Database
-from hypersdk_kit.outbox import OUTBOX_MIGRATION
+from hypersdk_kit.outbox import OUTBOX_DEAD_MIGRATION, OUTBOX_MIGRATION
 
 SCHEMA = "identity"
 MIGRATIONS = [
@@ -70,7 +70,8 @@ MIGRATIONS = [
     CREATE INDEX sessions_expires_at ON sessions (expires_at);
     """,
     OUTBOX_MIGRATION,
-    # 4: the standing of a login (decision 0039): trusted pairs, refusals' Retry-After.
+    OUTBOX_DEAD_MIGRATION,
+    # 5: the standing of a login (decision 0039): trusted pairs, refusals' Retry-After.
     """
     ALTER TABLE login_throttle ADD COLUMN refused_until timestamptz;
     CREATE TABLE login_trust (

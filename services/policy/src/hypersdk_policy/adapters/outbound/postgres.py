@@ -6,7 +6,7 @@ from datetime import datetime
 
 from hypersdk_contracts.permissions import ROLE_PERMISSIONS
 from hypersdk_kit.database import Database
-from hypersdk_kit.outbox import OUTBOX_MIGRATION
+from hypersdk_kit.outbox import OUTBOX_DEAD_MIGRATION, OUTBOX_MIGRATION
 from hypersdk_policy.ports.outbound import RoleStore
 
 SCHEMA = "policy"
@@ -32,6 +32,7 @@ MIGRATIONS = [
     );
     """,
     OUTBOX_MIGRATION,
+    OUTBOX_DEAD_MIGRATION,
 ]
 
 

@@ -25,6 +25,11 @@ class InMemorySecretManager(SecretManager):
             path=path, version=len(self.versions[path]), updated_at=datetime.now(UTC)
         )
 
+    async def read(self, path: str) -> dict[str, str] | None:
+        """The latest version."""
+        versions = self.versions.get(path)
+        return dict(versions[-1]) if versions else None
+
     async def describe(self, path: str) -> SecretMetadata | None:
         """Metadata if present."""
         if path not in self.versions:

@@ -47,6 +47,20 @@ class VaultSecretManager(SecretManager):
             path=path, version=int(meta["version"]), updated_at=_time(meta["created_time"])
         )
 
+    async def read(self, path: str) -> dict[str, str] | None:
+        """The current version's data."""
+        try:
+            response = await asyncio.to_thread(
+                self._kv.read_secret_version,
+                path=self._full(path),
+                mount_point=self._mount,
+                raise_on_deleted_version=True,
+            )
+        except InvalidPath:
+            return None
+        data = response["data"]["data"]
+        return {str(key): str(value) for key, value in data.items()}
+
     async def describe(self, path: str) -> SecretMetadata | None:
         """Read metadata only."""
         try:
