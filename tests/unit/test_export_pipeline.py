@@ -233,6 +233,70 @@ async def test_a_source_that_changes_during_the_export_fails_it(tmp_path: Path) 
     assert not (tmp_path / "job").exists()
 
 
+class RewrittenWhileStreamed(InMemorySource):
+    """A streamed disk rewritten (same size, new content) after its first block was read."""
+
+    async def stream(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+        yield self.data[:2]
+        self.change = "rewritten"
+        self.data = b"XY" + self.data[2:].upper()
+        yield self.data[2:]
+
+
+class FailingStream(InMemorySource):
+    """A streamed disk whose provider raises ``error`` after the first block."""
+
+    def __init__(self, error: ServiceError) -> None:
+        super().__init__(None, b"first")
+        self.error = error
+
+    async def stream(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+        yield self.data
+        raise self.error
+
+
+async def test_a_streamed_source_rewritten_during_the_spool_fails_it(tmp_path: Path) -> None:
+    # the fingerprint is taken before the first byte is read, not after the spool
+    with pytest.raises(ExportFailedError) as caught:
+        await ExportPipeline(converter=InMemoryConverter(), writer=LocalArtifactWriter()).run(
+            _vm(["a"]),
+            [RewrittenWhileStreamed(None, b"abcd")],
+            DiskFormat.RAW,
+            tmp_path / "job",
+            compress=False,
+            on_progress=_nothing,
+            cancelled=lambda: False,
+        )
+    assert caught.value.reason == "source_changed"
+    assert not (tmp_path / "job").exists()
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (ErrorCode.CONFLICT, "source_changed"),
+        (ErrorCode.UPSTREAM_UNAVAILABLE, "source_unavailable"),
+        (ErrorCode.NOT_FOUND, "source_unavailable"),
+    ],
+)
+async def test_a_provider_error_mid_stream_is_a_stable_reason(
+    tmp_path: Path, code: ErrorCode, reason: str
+) -> None:
+    with pytest.raises(ExportFailedError) as caught:
+        await ExportPipeline(converter=InMemoryConverter(), writer=LocalArtifactWriter()).run(
+            _vm(["a"]),
+            [FailingStream(ServiceError(code, "The host went away."))],
+            DiskFormat.QCOW2,
+            tmp_path / "job",
+            compress=False,
+            on_progress=_nothing,
+            cancelled=lambda: False,
+        )
+    assert caught.value.reason == reason
+    assert caught.value.detail == "The host went away."
+    assert not (tmp_path / "job").exists()
+
+
 async def test_cancel_stops_the_conversion_and_removes_partial_output(tmp_path: Path) -> None:
     converter = InMemoryConverter()
     cancel = asyncio.Event()
