@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -359,6 +360,27 @@ async def test_the_ova_is_descriptor_disks_manifest_and_reads_back(tmp_path: Pat
     for section in ("References", "DiskSection", "NetworkSection", "OperatingSystemSection"):
         assert f"<ovf:{section}" in text
     assert "00:50:56:00:00:01" in text
+
+
+@pytest.mark.parametrize(
+    ("guest_os", "cim", "os_type"),
+    [
+        ("rhel8_64Guest", "1", "rhel8_64Guest"),  # a vSphere guest id is carried unchanged
+        ("otherLinux64Guest", "101", "otherLinux64Guest"),
+        ("Windows Server", "1", "windows9_64Guest"),  # a libvirt/local description is mapped
+        ("Debian GNU/Linux", "101", "otherLinux64Guest"),
+        ('evilGuest"/><x', "1", "otherGuest"),  # not a guest id: not copied into the XML
+    ],
+)
+def test_the_guest_os_becomes_the_os_type(guest_os: str, cim: str, os_type: str) -> None:
+    vm = dataclasses.replace(_vm(["root"]), guest_os=guest_os)
+    envelope = parse_xml(
+        ovf.descriptor(vm, [ovf.OvfDisk(index=0, file_name="r.vmdk", file_size=1)])
+    )
+    section = envelope.find(f"{{{ovf.OVF}}}VirtualSystem/{{{ovf.OVF}}}OperatingSystemSection")
+    assert section is not None
+    assert section.get(f"{{{ovf.OVF}}}id") == cim
+    assert section.get(f"{{{ovf.VMW}}}osType") == os_type
 
 
 async def test_a_tampered_ova_is_invalid(tmp_path: Path) -> None:

@@ -32,6 +32,9 @@ _NIC_MODELS = {"virtio": "VmxNet3", "vmxnet3": "VmxNet3", "e1000": "E1000", "e10
 # CIM operating system ids: 101 "Linux 64-Bit", 1 "Other".
 _CIM_OS = (("linux", 101, "otherLinux64Guest"), ("windows", 1, "windows9_64Guest"))
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
+# A vSphere guest id (VirtualMachineGuestOsIdentifier: rhel8_64Guest, windows2019srv_64Guest):
+# a vSphere provider's guest_os is one, and it is what vmw:osType carries, unchanged.
+_VSPHERE_GUEST_ID = re.compile(r"^[a-z][A-Za-z0-9_]{0,62}Guest$")
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,8 @@ def descriptor(vm: VmDescription, disks: list[OvfDisk]) -> bytes:  # noqa: PLR09
     cim_id, vmw_type = next(
         ((cim, vmw) for key, cim, vmw in _CIM_OS if key in vm.guest_os.lower()), (1, "otherGuest")
     )
+    if _VSPHERE_GUEST_ID.match(vm.guest_os):
+        vmw_type = vm.guest_os
     os_section = _sub(system, "ovf", "OperatingSystemSection", ovf_id=str(cim_id))
     os_section.set(_q("vmw", "osType"), vmw_type)
     _sub(os_section, "ovf", "Info", "The guest operating system")
