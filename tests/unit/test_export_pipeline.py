@@ -335,6 +335,8 @@ async def test_a_streamed_source_is_spooled_with_a_root_of_its_own(tmp_path: Pat
     assert source.parent == root
     assert root.parent == tmp_path / "job"
     assert artifacts[0].sha256 == hashlib.sha256(b"streamed bytes").hexdigest()
+    # the staged copy is gone once converted: only the artifact stays
+    assert [p.name for p in (tmp_path / "job").iterdir()] == [artifacts[0].name]
 
 
 async def test_the_ova_is_descriptor_disks_manifest_and_reads_back(tmp_path: Path) -> None:

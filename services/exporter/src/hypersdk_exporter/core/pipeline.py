@@ -90,6 +90,7 @@ class ExportPipeline:
         spec = FORMATS[target]
         base = ovf.safe_name(vm.name)
         paths: list[Path] = []
+        spools: list[Path | None] = []  # the staging directory of a streamed source
         infos: list[ImageInfo] = []
         before: list[SourceFingerprint] = []
         for index, source in enumerate(sources):
@@ -97,6 +98,7 @@ class ExportPipeline:
             # taken before the first byte is read: a rewrite during the spool is a change too
             before.append(await _fingerprint(source))
             path, root = await self._local(source, job_dir, index, check)
+            spools.append(root if root.parent == job_dir else None)
             infos.append(
                 await self._converter.inspect(path, format=source.format, allowed_root=root)
             )
@@ -128,6 +130,9 @@ class ExportPipeline:
             )
             if await _fingerprint(source) != before[index]:
                 raise ExportFailedError(errors.SOURCE_CHANGED, vm.disks[index].key)
+            staged = spools[index]
+            if staged is not None:  # a whole copy of the source: not an artifact
+                await self._writer.discard(staged)
             size = await self._writer.finish(partial, job_dir / name)
             converted.append((name, job_dir / name, size, digest))
             done += info.virtual_size

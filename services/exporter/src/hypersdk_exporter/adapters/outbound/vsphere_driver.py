@@ -720,6 +720,21 @@ def _controller_kind(controller: Any) -> str:
     return "scsi"
 
 
+_SCSI_MODELS = (  # subclasses of VirtualSCSIController, as DiskInfo.controller_model
+    ("ParaVirtualSCSIController", "pvscsi"),
+    ("VirtualLsiLogicSASController", "lsilogicsas"),
+    ("VirtualLsiLogicController", "lsilogic"),
+    ("VirtualBusLogicController", "buslogic"),
+)
+
+
+def _controller_model(controller: Any) -> str | None:
+    if not isinstance(controller, vim.vm.device.VirtualSCSIController):
+        return None
+    name = type(controller).__name__
+    return next((model for cls, model in _SCSI_MODELS if name.endswith(cls)), None)
+
+
 def _disks(
     devices: Iterable[Any], datacenter_path: str
 ) -> tuple[tuple[DiskInfo, ...], tuple[tuple[str, Backing], ...]]:
@@ -753,6 +768,7 @@ def _disks(
                 capacity_bytes=capacity,
                 controller=kind,
                 unit=unit,
+                controller_model=_controller_model(controller),
             )
         )
         if match:
