@@ -1102,6 +1102,9 @@ def test_gateway_tls_mtls_cors_and_limits_values(client_cert_required: bool) -> 
                         "maxPendingEvents": 250,
                         "eventBatchSize": 1,
                         "eventBatchWaitSeconds": 0.02,
+                        "headerTimeoutSeconds": 4,
+                        "bodyTimeoutSeconds": 12.5,
+                        "maxConnectionsPerAddress": 8,
                     }
                 }
             }
@@ -1131,8 +1134,16 @@ def test_gateway_tls_mtls_cors_and_limits_values(client_cert_required: bool) -> 
             "max_pending_events": env["HYPERSDK_GATEWAY_MAX_PENDING_EVENTS"],
             "event_batch_size": env["HYPERSDK_GATEWAY_EVENT_BATCH_SIZE"],
             "event_batch_wait_seconds": env["HYPERSDK_GATEWAY_EVENT_BATCH_WAIT_SECONDS"],
+            "header_timeout_seconds": env["HYPERSDK_GATEWAY_HEADER_TIMEOUT_SECONDS"],
+            "body_timeout_seconds": env["HYPERSDK_GATEWAY_BODY_TIMEOUT_SECONDS"],
+            "max_connections_per_address": env["HYPERSDK_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS"],
         }
     )
+    assert (
+        settings.header_timeout_seconds,
+        settings.body_timeout_seconds,
+        settings.max_connections_per_address,
+    ) == (4, 12.5, 8)
     assert (settings.credential_cache_seconds, settings.max_pending_events) == (0, 250)
     assert (settings.event_batch_size, settings.event_batch_wait_seconds) == (1, 0.02)
     (volume,) = [v for v in spec["volumes"] if v["name"] == "gateway-tls"]

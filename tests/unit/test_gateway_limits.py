@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 from hypersdk_gateway.config import GatewaySettings
 from hypersdk_gateway.core.limits import longest_prefix
-from tests.unit import test_gateway_chain
 from tests.unit.fake_backend import UNUSED_KEY
 from tests.unit.test_gateway_chain import (
     EXPORT_BODY,
@@ -22,7 +21,6 @@ from tests.unit.test_gateway_chain import (
     bearer,
 )
 
-make_gateway = test_gateway_chain.make_gateway  # the same fixture, under the same name
 PROVIDER_BODY = {"name": "lab", "type": "local", "config": {"directory": "lab"}}
 
 

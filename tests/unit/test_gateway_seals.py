@@ -11,12 +11,8 @@ from hypersdk_gateway.adapters.inbound.http import PERMISSION_EXTENSION, build_a
 from hypersdk_gateway.adapters.inbound.operations import ROUTE_OPERATIONS
 from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_kit.guard import SEAL_TYPE
-from tests.unit import test_gateway_chain
 from tests.unit.fake_backend import InProcessBackend, seal_verifier
 from tests.unit.test_gateway_chain import EXPORT_BODY, Gateway, bearer
-
-make_gateway = test_gateway_chain.make_gateway  # the same fixtures, under the same names
-gateway = test_gateway_chain.gateway
 
 
 async def _never_ready() -> bool:

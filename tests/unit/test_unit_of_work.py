@@ -6,7 +6,9 @@ import pytest
 
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.events import JobProgressed
+from hypersdk_kit.database import Database, apply_migrations, is_plain_identifier
 from hypersdk_kit.memory import InMemoryUnitOfWork
+from hypersdk_kit.outbox import PostgresUnitOfWork
 
 CONTEXT = RequestContext(actor="olga", request_id="req-uow-1")
 
@@ -97,3 +99,29 @@ async def test_a_commit_can_be_made_to_fail_once() -> None:
 
     assert counter.values == {"j-1": 40}
     assert [e.data["progress"] for e in uow.events] == [40]
+
+
+@pytest.mark.parametrize(
+    "schema",
+    ['audit"; DROP SCHEMA identity CASCADE; --', "Identity", "1abc", "", "a" * 64, "idéntity"],
+)
+async def test_schema_names_that_are_not_plain_identifiers_are_refused(schema: str) -> None:
+    """Schema names are interpolated into SQL: anything but a plain identifier never gets there."""
+    with pytest.raises(ValueError, match="not a plain schema name"):
+        await apply_migrations("postgresql://unused@127.0.0.1:1/none", schema=schema, migrations=[])
+    with pytest.raises(ValueError, match="not a plain schema name"):
+        PostgresUnitOfWork(Database(None), schema=schema, service="exporter")  # type: ignore[arg-type]
+
+
+def test_plain_identifiers_up_to_postgresql_s_limit_pass() -> None:
+    assert is_plain_identifier("identity")
+    assert is_plain_identifier("hypersdk_bench_6bb7a904_audit")
+    assert is_plain_identifier("a" * 63)
+    assert not is_plain_identifier("a" * 64)
+
+
+def test_an_outbox_schema_leaves_room_for_its_notify_channel() -> None:
+    """``<schema>_outbox`` is a NOTIFY channel name, also at most 63 characters."""
+    PostgresUnitOfWork(Database(None), schema="a" * 56, service="exporter")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a plain schema name"):
+        PostgresUnitOfWork(Database(None), schema="a" * 57, service="exporter")  # type: ignore[arg-type]

@@ -161,6 +161,12 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
   value: {{ $svc.eventBatchSize | toString | quote }}
 - name: HYPERSDK_GATEWAY_EVENT_BATCH_WAIT_SECONDS
   value: {{ $svc.eventBatchWaitSeconds | toString | quote }}
+- name: HYPERSDK_GATEWAY_HEADER_TIMEOUT_SECONDS
+  value: {{ $svc.headerTimeoutSeconds | toString | quote }}
+- name: HYPERSDK_GATEWAY_BODY_TIMEOUT_SECONDS
+  value: {{ $svc.bodyTimeoutSeconds | toString | quote }}
+- name: HYPERSDK_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS
+  value: {{ $svc.maxConnectionsPerAddress | toString | quote }}
 {{- else }}
 - name: {{ $prefix }}HEALTH_HOST
   value: "0.0.0.0"

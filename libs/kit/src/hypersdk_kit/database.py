@@ -17,7 +17,17 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 _LOCK_NAMESPACE = 0x485344  # "HSD": advisory lock key prefix for migrations.
-_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+MAX_IDENTIFIER_LENGTH = 63  # PostgreSQL's NAMEDATALEN - 1
+
+
+def is_plain_identifier(name: str, *, max_length: int = MAX_IDENTIFIER_LENGTH) -> bool:
+    """Whether ``name`` is a plain lower-case SQL identifier, safe to interpolate into SQL.
+
+    Role and schema names are interpolated (quoted) into statements that take no parameters
+    (CREATE ROLE, SET ROLE, CREATE SCHEMA, the outbox's table names): only these pass.
+    """
+    return len(name) <= max_length and _IDENTIFIER.fullmatch(name) is not None
 
 
 async def create_pool(dsn: str, *, size: int, custom_plans: bool = False) -> asyncpg.Pool:
@@ -49,7 +59,7 @@ class ServiceRole:
         """The user and password of a ``postgresql://user:password@host/db`` DSN."""
         parts = urlsplit(dsn)
         name = unquote(parts.username or "")
-        if not _ROLE_NAME.match(name):
+        if not is_plain_identifier(name):
             raise ValueError("the database URL's user must be a lower-case SQL identifier")
         if not parts.password:
             raise ValueError("the database URL must carry the role's password")
@@ -130,6 +140,8 @@ async def apply_migrations(
     Each migration runs in its own transaction under an advisory lock, so replicas starting
     together do not race. Migrations are append-only: never edit one that has shipped.
     """
+    if not is_plain_identifier(schema):
+        raise ValueError(f"not a plain schema name: {schema!r}")
     conn = await asyncpg.connect(dsn)
     applied = 0
     try:

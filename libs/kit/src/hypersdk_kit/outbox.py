@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -24,7 +23,7 @@ from pydantic import ValidationError
 
 from hypersdk_contracts.envelope import CloudEvent, RequestContext, event_envelope
 from hypersdk_contracts.events import EventData
-from hypersdk_kit.database import Database
+from hypersdk_kit.database import MAX_IDENTIFIER_LENGTH, Database, is_plain_identifier
 from hypersdk_kit.ports import EnvelopePublisher, UnitOfWork
 from hypersdk_kit.settings import DatabaseSettings
 
@@ -59,8 +58,8 @@ _RELAY_LOCK_NAMESPACE = 0x48534F  # "HSO": advisory lock key prefix of outbox re
 
 
 def _check_identifier(schema: str) -> None:
-    """Schema names are interpolated into SQL: only plain lower-case identifiers."""
-    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", schema):
+    """Schema names are interpolated into SQL; ``<schema>_outbox`` must fit a NOTIFY channel."""
+    if not is_plain_identifier(schema, max_length=MAX_IDENTIFIER_LENGTH - len("_outbox")):
         raise ValueError(f"not a plain schema name: {schema!r}")
 
 
