@@ -415,8 +415,7 @@ async def test_a_flat_file_changed_during_the_export_fails_the_job(
     )
 
     assert calls == 1
-    assert job.status is JobStatus.FAILED
-    assert job.error == "source_changed"
+    assert (job.status, job.error) == (JobStatus.FAILED, "source_changed")
     assert not (exporter.export_dir / job.id).exists()
     assert list(exporter.export_dir.iterdir()) == []
     failed = [e for e in exporter.events.events if e.type.endswith("job.failed")]
@@ -455,8 +454,7 @@ async def test_a_simulator_gone_mid_stream_fails_cleanly_and_in_bounded_time(
     job = await asyncio.wait_for(exporter.export(vm_id, DiskFormat.VMDK), 60)
     elapsed = time.monotonic() - started
 
-    assert job.status is JobStatus.FAILED
-    assert job.error == "source_unavailable"
+    assert (job.status, job.error, elapsed < 30) == (JobStatus.FAILED, "source_unavailable", True)
     assert not (exporter.export_dir / job.id).exists()
     assert list(exporter.export_dir.iterdir()) == []
     # the read timeout (2 s), and the logout after it, bound a frozen host
