@@ -24,7 +24,7 @@ from hypersdk_exporter.adapters.outbound.memory import (
     InMemoryJobStore,
     InMemoryProviderStore,
 )
-from hypersdk_exporter.core.models import Job
+from hypersdk_exporter.core.jobs import Job
 from hypersdk_exporter.core.service import ExporterService
 from hypersdk_kit.memory import InMemoryUnitOfWork
 
@@ -315,7 +315,8 @@ async def test_run_export_publishes_started_progressed_completed(world: World) -
         "exporter.job.completed",
     ]
     assert run[0].data == {"job_id": job.id}
-    assert run[1].data == {"job_id": job.id, "progress": 50}
+    assert run[1].data["progress"] == 50
+    assert (run[1].data["bytes_done"], run[1].data["bytes_total"]) == (DISK_BYTES // 2, DISK_BYTES)
     assert run[-1].data == {
         "job_id": job.id,
         "artifacts": [artifact.model_dump() for artifact in job.artifacts],

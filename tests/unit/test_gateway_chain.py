@@ -108,6 +108,7 @@ class InMemoryBackend(InProcessBackend):
             RpcQueue.EXPORTER_CREATE_EXPORT: (CreateExportRequest, self._queued_job),
             RpcQueue.EXPORTER_LIST_JOBS: (ListJobsRequest, self._canned([])),
             RpcQueue.EXPORTER_GET_JOB: (JobIdRequest, self._not_found("No such job.")),
+            RpcQueue.EXPORTER_CANCEL_JOB: (JobIdRequest, self._not_found("No such job.")),
         }
         super().__init__(routes)
 
@@ -816,10 +817,23 @@ async def test_an_admin_passes_authorization_on_an_unbuilt_route_a_viewer_does_n
     admin = await gateway.login("root")
     viewer = await gateway.login("alice")
 
+    as_admin = await gateway.client.get("/api/v1/system/config", headers=bearer(admin))
+    as_viewer = await gateway.client.get("/api/v1/system/config", headers=bearer(viewer))
+
+    assert_envelope(as_admin, 501, "not_implemented")
+    assert_envelope(as_viewer, 403, "forbidden")
+    (denied,) = gateway.policy_events.events
+    assert denied.data["resource"] == "GET /api/v1/system/config"
+
+
+async def test_cancelling_a_job_asks_the_exporter_and_needs_jobs_cancel(gateway: Gateway) -> None:
+    admin = await gateway.login("root")
+    viewer = await gateway.login("alice")
+
     as_admin = await gateway.client.post("/api/v1/jobs/x/cancel", headers=bearer(admin))
     as_viewer = await gateway.client.post("/api/v1/jobs/x/cancel", headers=bearer(viewer))
 
-    assert_envelope(as_admin, 501, "not_implemented")
+    assert_envelope(as_admin, 404, "not_found")
     assert_envelope(as_viewer, 403, "forbidden")
     (denied,) = gateway.policy_events.events
     assert denied.data["resource"] == "POST /api/v1/jobs/{job_id}/cancel"

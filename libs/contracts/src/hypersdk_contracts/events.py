@@ -301,6 +301,18 @@ class JobProgressed(EventData):
     audit_action = "vm.export.progress"
     job_id: str = Field(description="The job.")
     progress: int = Field(ge=0, le=100, description="Percent done.")
+    bytes_done: int | None = Field(
+        default=None, ge=0, description="Bytes of the source disks converted so far."
+    )
+    bytes_total: int | None = Field(
+        default=None, ge=0, description="Bytes of the source disks in all (virtual sizes)."
+    )
+    rate_bytes_per_second: int | None = Field(
+        default=None, ge=0, description="Conversion rate since the job started."
+    )
+    eta_seconds: int | None = Field(
+        default=None, ge=0, description="Estimated seconds until the conversion ends."
+    )
 
 
 class JobCompleted(EventData):
@@ -323,6 +335,27 @@ class JobFailed(EventData):
     def audit_result(self) -> str:
         """Failure with its reason."""
         return f"failure: {self.reason}"
+
+
+class JobCancelRequested(EventData):
+    """Someone asked to cancel a running export job; its worker stops it within a second."""
+
+    routing_key = RoutingKey.JOB_CANCEL_REQUESTED
+    audit_action = "vm.export.cancel"
+    job_id: str = Field(description="The job.")
+
+
+class JobCancelled(EventData):
+    """An export job ended cancelled: its conversion stopped, its partial output removed."""
+
+    routing_key = RoutingKey.JOB_CANCELLED
+    audit_action = "vm.export.complete"
+    job_id: str = Field(description="The job.")
+    cancelled_by: str | None = Field(description="Who cancelled it (user or API key id).")
+
+    def audit_result(self) -> str:
+        """Failure: cancelled."""
+        return "failure: cancelled"
 
 
 class RequestCompleted(EventData):
@@ -457,6 +490,8 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         JobProgressed,
         JobCompleted,
         JobFailed,
+        JobCancelRequested,
+        JobCancelled,
         RequestCompleted,
         RefusalsSummarized,
         IdentityRequestRejected,

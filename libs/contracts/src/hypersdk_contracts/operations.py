@@ -59,6 +59,7 @@ TARGETS: Mapping[str, Callable[[Any], Any]] = {
     RpcQueue.EXPORTER_GET_VM: attrgetter("vm_id"),
     RpcQueue.EXPORTER_CREATE_EXPORT: _vm_of,
     RpcQueue.EXPORTER_GET_JOB: attrgetter("job_id"),
+    RpcQueue.EXPORTER_CANCEL_JOB: attrgetter("job_id"),
     EXPORT_COMMAND: _vm_of,
 }
 """How to read the target of each operation that has one from its request or command."""

@@ -20,6 +20,7 @@ USERNAME_PATTERN = r"^[a-z_][a-z0-9_.-]{0,63}$"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 SECRET_PATH_PATTERN = r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+){0,7}$"  # noqa: S105 - a regex
 OPERATION_PATTERN = r"^[a-z][a-z0-9_.]{0,127}$"
+IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
 
 class DiskFormat(StrEnum):
@@ -500,6 +501,28 @@ class CreateExportRequest(RpcRequest):
             "streamOptimized VMDK is always compressed; refused for raw, vhdx and vpc."
         ),
     )
+    idempotency_key: str | None = Field(
+        default=None,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Client-chosen key: the same key and request from the same requester "
+        "return the same job; the same key with another request is a conflict.",
+    )
+
+
+class JobHistoryView(Message):
+    """One transition of a job: the change-management record."""
+
+    at: AwareDatetime = Field(description="When it happened, UTC.")
+    action: str = Field(
+        description="requested, started, cancel_requested, succeeded, failed or cancelled."
+    )
+    status: JobStatus = Field(description="The job's status after it.")
+    actor: str | None = Field(description="Who did it (the requester, or who cancelled).")
+    reason: str | None = Field(default=None, description="Stable reason code, if any.")
+    detail: str | None = Field(
+        default=None,
+        description="Error text from qemu-img or the provider: bounded, secrets redacted.",
+    )
 
 
 class JobView(Message):
@@ -516,6 +539,21 @@ class JobView(Message):
     requested_by: str | None = Field(description="Who asked for it.")
     created_at: AwareDatetime = Field(description="When it was queued.")
     updated_at: AwareDatetime = Field(description="Last change.")
+    error_detail: str | None = Field(
+        default=None, description="Error text when failed: bounded, secrets redacted."
+    )
+    attempts: int = Field(default=0, ge=0, description="How many times a worker started it.")
+    cancel_requested_by: str | None = Field(
+        default=None, description="Who asked to cancel it, if anyone."
+    )
+    started_at: AwareDatetime | None = Field(default=None, description="Last start, if any.")
+    finished_at: AwareDatetime | None = Field(
+        default=None, description="When it ended (succeeded, failed or cancelled)."
+    )
+    history: list[JobHistoryView] | None = Field(
+        default=None,
+        description="Every transition, oldest first (on a single job; None in listings).",
+    )
 
 
 class JobIdRequest(RpcRequest):
@@ -525,9 +563,27 @@ class JobIdRequest(RpcRequest):
 
 
 class ListJobsRequest(RpcRequest):
-    """List jobs, newest first."""
+    """Page through jobs, newest first, optionally filtered."""
 
     limit: int = Field(default=100, ge=1, le=1000, description="At most this many.")
+    after: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Cursor: the id of the last job of the previous page.",
+    )
+    status: JobStatus | None = Field(default=None, description="Only jobs in this status.")
+    provider: str | None = Field(
+        default=None, max_length=63, description="Only jobs of this provider."
+    )
+    requested_by: str | None = Field(
+        default=None, max_length=128, description="Only jobs this principal asked for."
+    )
+    created_after: AwareDatetime | None = Field(
+        default=None, description="Only jobs created at or after this time."
+    )
+    created_before: AwareDatetime | None = Field(
+        default=None, description="Only jobs created before this time."
+    )
 
 
 # ---- audit ----------------------------------------------------------------------------------

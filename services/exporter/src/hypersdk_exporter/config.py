@@ -34,6 +34,42 @@ class ExporterSettings(DatabaseSettings):
     gateway_public_key_file: Path = Field(
         description="The gateway's Ed25519 public key (PEM), to check request seals."
     )
+    provider_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Jobs of one provider running at once across all workers; more wait queued.",
+    )
+    max_job_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=9,
+        description="A job started this often without finishing ends failed (below the work "
+        "queue's delivery limit of 10, so the job ends before its command is dead-lettered).",
+    )
+    job_poll_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="How often a worker reads its running job's row (a cancel stops it within).",
+    )
+    job_heartbeat_seconds: float = Field(
+        default=2.0, gt=0, description="How often a worker marks its running job alive."
+    )
+    stale_job_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A running job with no heartbeat this long is ended by the sweeper.",
+    )
+    sweep_interval_seconds: float = Field(
+        default=10.0, gt=0, description="How often the stale-job sweeper looks."
+    )
+    progress_interval_seconds: float = Field(
+        default=2.0, gt=0, description="Progress events at most this often (or every step)."
+    )
+    progress_step: int = Field(
+        default=5, ge=1, le=100, description="Percent between progress events."
+    )
     max_command_age_seconds: int = Field(
         default=86400, ge=60, description="Export commands whose grant is older are refused."
     )

@@ -9,7 +9,12 @@ from contextlib import asynccontextmanager
 from faststream.rabbit import RabbitBroker
 
 from hypersdk_contracts.events import ExporterRequestRejected
-from hypersdk_exporter.adapters.inbound.bus import CommandVerifier, register_rpc, register_worker
+from hypersdk_exporter.adapters.inbound.bus import (
+    CommandVerifier,
+    StaleJobSweeper,
+    register_rpc,
+    register_worker,
+)
 from hypersdk_exporter.adapters.outbound.artifacts import LocalArtifactWriter
 from hypersdk_exporter.adapters.outbound.bus import (
     RabbitJobQueue,
@@ -28,6 +33,7 @@ from hypersdk_exporter.adapters.outbound.qemu_img import (
     conversion_identity,
 )
 from hypersdk_exporter.config import ExporterSettings
+from hypersdk_exporter.core.jobs import JobPolicy
 from hypersdk_exporter.core.service import ExporterService
 from hypersdk_exporter.ports.outbound import DiskConverter
 from hypersdk_kit.bus import RabbitEventPublisher, RpcClient, build_broker
@@ -87,6 +93,15 @@ async def prepare_exporter(
             resolver=RpcCredentialResolver(rpc),
             uow=uow,
             export_dir=settings.export_dir,
+            policy=JobPolicy(
+                max_attempts=settings.max_job_attempts,
+                provider_concurrency=settings.provider_concurrency,
+                poll_seconds=settings.job_poll_seconds,
+                heartbeat_seconds=settings.job_heartbeat_seconds,
+                stale_after_seconds=settings.stale_job_seconds,
+                progress_interval_seconds=settings.progress_interval_seconds,
+                progress_step=settings.progress_step,
+            ),
         )
         seals = AssertionVerifier(
             load_public_key(settings.gateway_public_key_file), issuer="gateway"
@@ -107,6 +122,7 @@ async def prepare_exporter(
                 max_age_seconds=settings.max_command_age_seconds,
             ),
         )
-        yield exporter, broker, [outbox.relay]
+        sweeper = StaleJobSweeper(exporter, interval_seconds=settings.sweep_interval_seconds)
+        yield exporter, broker, [outbox.relay, sweeper]
     finally:
         await pool.close()

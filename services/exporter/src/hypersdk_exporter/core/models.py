@@ -8,10 +8,6 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Generic, TypeVar
 
-from hypersdk_contracts.events import Artifact
-from hypersdk_contracts.rpc import DiskFormat, JobStatus
-
-TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 # Source formats a provider may report; a source is always opened with its format spelled out.
 SOURCE_FORMATS = frozenset({"raw", "qcow2", "vmdk", "vhdx", "vpc"})
 CONTROLLERS = frozenset({"virtio", "scsi", "ide", "sata", "nvme", "usb", "fdc"})
@@ -124,20 +120,3 @@ class ImageInfo:
     format: str
     virtual_size: int
     backing_chain: bool = False  # a backing chain inside the provider's root is to be followed
-
-
-@dataclass(frozen=True)
-class Job:
-    """An export job."""
-
-    id: str
-    provider: str
-    vm: str
-    format: DiskFormat
-    status: JobStatus
-    progress: int
-    requested_by: str | None
-    created_at: datetime
-    updated_at: datetime
-    error: str | None = None
-    artifacts: list[Artifact] = field(default_factory=list)

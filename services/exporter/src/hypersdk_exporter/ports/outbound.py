@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
 
 from hypersdk_contracts.commands import VmExportRequested
 from hypersdk_contracts.envelope import RequestContext
-from hypersdk_contracts.events import Artifact
-from hypersdk_contracts.rpc import JobStatus
 from hypersdk_exporter.core.formats import FormatSpec
+from hypersdk_exporter.core.jobs import Job, JobQuery, JobTransition
 from hypersdk_exporter.core.models import (
     Credential,
     DiskInfo,
     ImageInfo,
-    Job,
     Page,
     Provider,
     SourceFingerprint,
@@ -56,31 +55,56 @@ class ProviderStore(ABC):
 
 
 class JobStore(ABC):
-    """Export jobs."""
+    """Export jobs and the history of their transitions (the change-management record)."""
+
+    class StaleJobError(Exception):
+        """The job changed since it was read (another writer moved it first)."""
+
+    class DuplicateKeyError(Exception):
+        """The requester already has a job with that idempotency key."""
 
     @abstractmethod
-    async def add(self, job: Job) -> None:
-        """Store a new job."""
+    async def add(self, job: Job, transition: JobTransition) -> None:
+        """Store a new job with its first record; :class:`DuplicateKeyError` on a reused key."""
 
     @abstractmethod
     async def get(self, job_id: str) -> Job | None:
-        """One job."""
+        """One job (None for an unknown or malformed id)."""
 
     @abstractmethod
-    async def recent(self, *, limit: int) -> list[Job]:
-        """Newest first."""
+    async def find_by_key(self, *, requested_by: str | None, key: str) -> Job | None:
+        """The requester's job with that idempotency key."""
 
     @abstractmethod
-    async def update(
-        self,
-        job_id: str,
-        *,
-        status: JobStatus | None = None,
-        progress: int | None = None,
-        error: str | None = None,
-        artifacts: list[Artifact] | None = None,
-    ) -> Job:
-        """Change a job and return it as stored."""
+    async def history(self, job_id: str) -> list[JobTransition]:
+        """Every transition of the job, oldest first."""
+
+    @abstractmethod
+    async def page(self, query: JobQuery) -> list[Job]:
+        """A page of jobs, newest first (ties by id), after ``query.after``."""
+
+    @abstractmethod
+    async def save(self, job: Job, transition: JobTransition | None) -> None:
+        """Store ``job`` (one move past the stored version) and its record, if any.
+
+        Raise :class:`StaleJobError` if the stored job is no longer at ``job.version - 1``.
+        """
+
+    @abstractmethod
+    async def touch(self, job_id: str, *, at: datetime) -> None:
+        """The running worker's heartbeat (changes no version)."""
+
+    @abstractmethod
+    async def stale(self, *, before: datetime, limit: int) -> list[Job]:
+        """Running jobs whose last heartbeat is older than ``before``."""
+
+    @abstractmethod
+    async def running_count(self, provider: str) -> int:
+        """Running jobs of ``provider``; inside a transaction, held until it ends.
+
+        Two workers counting for the same provider in their transactions are serialized, so
+        a count followed by a start cannot overshoot the provider's limit.
+        """
 
 
 class DiskSource(ABC):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from hypersdk_contracts.rpc import (
     CreateExportRequest,
     DiskView,
     GetVmRequest,
+    JobHistoryView,
     JobIdRequest,
     JobView,
     ListJobsRequest,
@@ -33,7 +37,8 @@ from hypersdk_contracts.rpc import (
     VmPage,
     VmView,
 )
-from hypersdk_exporter.core.models import Job, Provider, VmDescription, VmSummary
+from hypersdk_exporter.core.jobs import Job, JobTransition
+from hypersdk_exporter.core.models import Provider, VmDescription, VmSummary
 from hypersdk_exporter.core.service import ExporterService
 from hypersdk_kit.bus import (
     Authorizer,
@@ -46,10 +51,12 @@ from hypersdk_kit.bus import (
 from hypersdk_kit.guard import check_grant, check_seal, verify_seal
 from hypersdk_kit.trust import MAX_CLOCK_SKEW_SECONDS, AssertionRejectedError, AssertionVerifier
 
+logger = logging.getLogger(__name__)
 BROWSE = frozenset({Permission.VMS_BROWSE.value})
 CONFIGURE = frozenset({Permission.PROVIDERS_CONFIGURE.value})
 EXPORT = frozenset({Permission.VMS_EXPORT.value})
 VIEW_JOBS = frozenset({Permission.JOBS_VIEW.value})
+CANCEL_JOBS = frozenset({Permission.JOBS_CANCEL.value})
 
 
 def register_rpc(broker: RabbitBroker, exporter: ExporterService, *, guard: Authorizer) -> None:
@@ -107,14 +114,29 @@ def register_rpc(broker: RabbitBroker, exporter: ExporterService, *, guard: Auth
             format=request.format,
             compress=request.compress,
             context=request.context,
+            idempotency_key=request.idempotency_key,
         )
         return job_view(job)
 
     async def get_job(request: JobIdRequest) -> JobView:
-        return job_view(await exporter.get_job(request.job_id))
+        job = await exporter.get_job(request.job_id)
+        return job_view(job, history=await exporter.job_history(job.id))
+
+    async def cancel_job(request: JobIdRequest) -> JobView:
+        job = await exporter.cancel_job(request.job_id, request.context)
+        return job_view(job, history=await exporter.job_history(job.id))
 
     async def list_jobs(request: ListJobsRequest) -> list[JobView]:
-        return [job_view(job) for job in await exporter.list_jobs(limit=request.limit)]
+        jobs = await exporter.list_jobs(
+            limit=request.limit,
+            after=request.after,
+            status=request.status,
+            provider=request.provider,
+            requested_by=request.requested_by,
+            created_after=request.created_after,
+            created_before=request.created_before,
+        )
+        return [job_view(job) for job in jobs]
 
     routes: list[tuple[str, type[Any], Callable[[Any], Awaitable[Any]], frozenset[str]]] = [
         (
@@ -132,6 +154,7 @@ def register_rpc(broker: RabbitBroker, exporter: ExporterService, *, guard: Auth
         (RpcQueue.EXPORTER_CREATE_EXPORT, CreateExportRequest, create_export, EXPORT),
         (RpcQueue.EXPORTER_GET_JOB, JobIdRequest, get_job, VIEW_JOBS),
         (RpcQueue.EXPORTER_LIST_JOBS, ListJobsRequest, list_jobs, VIEW_JOBS),
+        (RpcQueue.EXPORTER_CANCEL_JOB, JobIdRequest, cancel_job, CANCEL_JOBS),
     ]
     for queue, model, answer, permissions in routes:
         serve_rpc(broker, queue, model, answer, permissions=permissions, authorizer=guard)
@@ -206,7 +229,12 @@ def register_worker(
     concurrency: int,
     verifier: CommandVerifier,
 ) -> None:
-    """Compete for export commands on the durable work queue."""
+    """Compete for export commands on the durable work queue, ``concurrency`` at once.
+
+    One consumer per slot, each with a prefetch of one: a worker runs at most
+    ``concurrency`` exports and never holds a command it has not started (another worker
+    may take it).
+    """
 
     async def run(event: CloudEvent) -> None:
         command = VmExportRequested.model_validate(event.data)
@@ -217,7 +245,42 @@ def register_worker(
             command, event.context.model_copy(update={"grant": command.grant})
         )
 
-    subscribe_envelopes(broker, durable_queue(EXPORT_JOBS_QUEUE), run, prefetch=concurrency)
+    for _ in range(concurrency):
+        subscribe_envelopes(broker, durable_queue(EXPORT_JOBS_QUEUE), run, prefetch=1)
+
+
+class StaleJobSweeper:
+    """Ends running jobs whose worker stopped beating, every ``interval_seconds``.
+
+    Every exporter process runs one; they may overlap safely (each move is a compare-and-set).
+    """
+
+    def __init__(self, exporter: ExporterService, *, interval_seconds: float) -> None:
+        self._exporter = exporter
+        self._interval = interval_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start sweeping."""
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop sweeping."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                for job in await self._exporter.sweep_stale_jobs():
+                    logger.warning(
+                        "stale job ended", extra={"job_id": job.id, "status": job.status.value}
+                    )
+            except Exception:  # the next sweep tries again
+                logger.warning("sweeping stale jobs failed", exc_info=True)
 
 
 def provider_view(provider: Provider) -> ProviderView:
@@ -269,9 +332,27 @@ def vm_view(provider: Provider, vm: VmSummary) -> VmView:
     )
 
 
-def job_view(job: Job) -> JobView:
-    """The API form of a job."""
+def job_view(job: Job, *, history: list[JobTransition] | None = None) -> JobView:
+    """The API form of a job (with its history when given)."""
     return JobView(
+        error_detail=job.error_detail,
+        attempts=job.attempts,
+        cancel_requested_by=job.cancel_requested_by,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        history=None
+        if history is None
+        else [
+            JobHistoryView(
+                at=t.at,
+                action=t.action.value,
+                status=t.status,
+                actor=t.actor,
+                reason=t.reason,
+                detail=t.detail,
+            )
+            for t in history
+        ],
         id=job.id,
         provider=job.provider,
         vm=job.vm,

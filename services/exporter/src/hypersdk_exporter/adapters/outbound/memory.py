@@ -6,18 +6,18 @@ import asyncio
 import dataclasses
 import hashlib
 import os
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from hypersdk_contracts.commands import VmExportRequested
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
-from hypersdk_contracts.events import Artifact
 from hypersdk_contracts.rpc import JobStatus
 from hypersdk_exporter.core import errors
 from hypersdk_exporter.core.errors import ExportCancelledError, ExportFailedError
 from hypersdk_exporter.core.formats import FormatSpec
-from hypersdk_exporter.core.models import Credential, ImageInfo, Job, Provider
+from hypersdk_exporter.core.jobs import Job, JobQuery, JobTransition
+from hypersdk_exporter.core.models import Credential, ImageInfo, Provider
 from hypersdk_exporter.ports.outbound import (
     ByteProgress,
     CancelCheck,
@@ -63,43 +63,91 @@ class InMemoryProviderStore(ProviderStore):
 
 
 class InMemoryJobStore(JobStore):
-    """Jobs in a dict."""
+    """Jobs and their history in dicts."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
+        self.transitions: dict[str, list[JobTransition]] = {}
+        self.lost = False
+        """While true every call fails as a lost database would."""
 
-    async def add(self, job: Job) -> None:
-        """Insert."""
+    def _check(self) -> None:
+        if self.lost:
+            raise ConnectionError("database unreachable")
+
+    async def add(self, job: Job, transition: JobTransition) -> None:
+        """Insert, or refuse a reused idempotency key."""
+        self._check()
+        if job.idempotency_key is not None and any(
+            (other.requested_by, other.idempotency_key) == (job.requested_by, job.idempotency_key)
+            for other in self.jobs.values()
+        ):
+            raise JobStore.DuplicateKeyError(job.idempotency_key)
         self.jobs[job.id] = job
+        self.transitions[job.id] = [transition]
 
     async def get(self, job_id: str) -> Job | None:
         """Fetch."""
+        self._check()
         return self.jobs.get(job_id)
 
-    async def recent(self, *, limit: int) -> list[Job]:
-        """Newest first."""
-        return sorted(self.jobs.values(), key=lambda j: j.created_at, reverse=True)[:limit]
+    async def find_by_key(self, *, requested_by: str | None, key: str) -> Job | None:
+        """Scan."""
+        self._check()
+        for job in self.jobs.values():
+            if (job.requested_by, job.idempotency_key) == (requested_by, key):
+                return job
+        return None
 
-    async def update(
-        self,
-        job_id: str,
-        *,
-        status: JobStatus | None = None,
-        progress: int | None = None,
-        error: str | None = None,
-        artifacts: list[Artifact] | None = None,
-    ) -> Job:
-        """Replace the given fields."""
-        job = self.jobs[job_id]
-        self.jobs[job_id] = dataclasses.replace(
-            job,
-            status=status or job.status,
-            progress=job.progress if progress is None else progress,
-            error=error or job.error,
-            artifacts=job.artifacts if artifacts is None else artifacts,
-            updated_at=datetime.now(UTC),
+    async def history(self, job_id: str) -> list[JobTransition]:
+        """Oldest first."""
+        self._check()
+        return list(self.transitions.get(job_id, []))
+
+    async def page(self, query: JobQuery) -> list[Job]:
+        """Newest first, ties by id (descending), after the cursor."""
+        self._check()
+        ordered = sorted(self.jobs.values(), key=lambda j: (j.created_at, j.id), reverse=True)
+        if query.after is not None:
+            cursor = (query.after.created_at, query.after.id)
+            ordered = [j for j in ordered if (j.created_at, j.id) < cursor]
+        return [j for j in ordered if query.matches(j)][: query.limit]
+
+    async def save(self, job: Job, transition: JobTransition | None) -> None:
+        """Compare the version and replace."""
+        self._check()
+        stored = self.jobs.get(job.id)
+        if stored is None or stored.version != job.version - 1:
+            raise JobStore.StaleJobError(job.id)
+        self.jobs[job.id] = job
+        if transition is not None:
+            self.transitions[job.id].append(transition)
+
+    async def touch(self, job_id: str, *, at: datetime) -> None:
+        """Set the heartbeat."""
+        self._check()
+        job = self.jobs.get(job_id)
+        if job is not None and job.status is JobStatus.RUNNING:
+            self.jobs[job_id] = dataclasses.replace(job, heartbeat_at=at)
+
+    async def stale(self, *, before: datetime, limit: int) -> list[Job]:
+        """Running with an old heartbeat."""
+        self._check()
+        found = [
+            j
+            for j in self.jobs.values()
+            if j.status is JobStatus.RUNNING and (j.heartbeat_at or j.updated_at) < before
+        ]
+        return sorted(found, key=lambda j: j.created_at)[:limit]
+
+    async def running_count(self, provider: str) -> int:
+        """Count."""
+        self._check()
+        return sum(
+            1
+            for j in self.jobs.values()
+            if j.provider == provider and j.status is JobStatus.RUNNING
         )
-        return self.jobs[job_id]
 
 
 class InMemoryJobQueue(JobQueue):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -21,6 +22,7 @@ from hypersdk_contracts.errors import HTTP_STATUS, ErrorCode, ServiceError
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import (
+    IDEMPOTENCY_KEY_PATTERN,
     NAME_PATTERN,
     PROVIDER_TYPES,
     SECRET_PATH_PATTERN,
@@ -35,6 +37,7 @@ from hypersdk_contracts.rpc import (
     GetVmRequest,
     IssuedApiKey,
     JobIdRequest,
+    JobStatus,
     JobView,
     ListApiKeysRequest,
     ListAuditEventsRequest,
@@ -162,6 +165,30 @@ class UpdateUserBody(Body):
 
 UserNameParam = Annotated[str, Path(max_length=64, description="Login name.")]
 IdParam = Annotated[str, Path(max_length=64, description="Public id.")]
+InstantParam = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="RFC 3339 date-time with a time zone, e.g. 2026-01-31T12:00:00Z.",
+        json_schema_extra={"format": "date-time"},
+    ),
+]
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def instant(value: str | None, name: str) -> datetime | None:
+    """A query parameter's RFC 3339 date-time (a number is not one, whatever pydantic says)."""
+    if value is None:
+        return None
+    try:
+        if not _RFC3339.match(value):
+            raise ValueError(value)
+        parsed = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ServiceError(
+            ErrorCode.VALIDATION_FAILED, f"{name} must be an RFC 3339 date-time with a time zone."
+        ) from exc
+    return parsed
 
 
 class CreateApiKeyBody(Body):
@@ -217,6 +244,7 @@ class ExportBody(Body):
     vm: str = Field(min_length=1, max_length=255)
     format: DiskFormat
     compress: bool = False
+    idempotency_key: str | None = Field(default=None, pattern=IDEMPOTENCY_KEY_PATTERN)
 
 
 class SecretBody(Body):
@@ -709,8 +737,27 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
         tags=["jobs"],
         openapi_extra=guarded(Permission.VMS_EXPORT),
     )
-    async def create_export(body: ExportBody, request: Request) -> Any:
+    async def create_export(
+        body: ExportBody,
+        request: Request,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                pattern=IDEMPOTENCY_KEY_PATTERN,
+                description="Same key and request again: the same job; another request: 409.",
+            ),
+        ] = None,
+    ) -> Any:
         """Queue an export; the job runs on an exporter worker."""
+        if (
+            idempotency_key is not None
+            and body.idempotency_key is not None
+            and idempotency_key != body.idempotency_key
+        ):
+            raise ServiceError(
+                ErrorCode.VALIDATION_FAILED,
+                "The Idempotency-Key header and the body's idempotency_key differ.",
+            )
         return await backend.ask(
             RpcQueue.EXPORTER_CREATE_EXPORT,
             CreateExportRequest(
@@ -718,6 +765,7 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
                 vm=body.vm,
                 format=body.format,
                 compress=body.compress,
+                idempotency_key=idempotency_key or body.idempotency_key,
                 context=ctx(request),
             ),
         )
@@ -725,26 +773,50 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
     view_jobs = guarded(Permission.JOBS_VIEW)
 
     @api.get("/jobs", response_model=list[JobView], tags=["jobs"], openapi_extra=view_jobs)
-    async def list_jobs(request: Request) -> Any:
-        """Jobs, newest first."""
-        return await backend.ask(RpcQueue.EXPORTER_LIST_JOBS, ListJobsRequest(context=ctx(request)))
+    async def list_jobs(  # noqa: PLR0917 - one query parameter per filter of the contract
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        after: Annotated[str | None, Query(max_length=64, description="Last job id seen.")] = None,
+        status: JobStatus | None = None,
+        provider: Annotated[str | None, Query(max_length=63)] = None,
+        requested_by: Annotated[str | None, Query(max_length=128)] = None,
+        created_after: InstantParam = None,
+        created_before: InstantParam = None,
+    ) -> Any:
+        """Jobs, newest first: a page of ``limit`` after the job id ``after``, filtered."""
+        return await backend.ask(
+            RpcQueue.EXPORTER_LIST_JOBS,
+            ListJobsRequest(
+                limit=limit,
+                after=after,
+                status=status,
+                provider=provider,
+                requested_by=requested_by,
+                created_after=instant(created_after, "created_after"),
+                created_before=instant(created_before, "created_before"),
+                context=ctx(request),
+            ),
+        )
 
     @api.get("/jobs/{job_id}", response_model=JobView, tags=["jobs"], openapi_extra=view_jobs)
-    async def get_job(job_id: str, request: Request) -> Any:
-        """One job: status, progress, artifacts with sizes and SHA-256."""
+    async def get_job(job_id: IdParam, request: Request) -> Any:
+        """One job: status, progress, artifacts with sizes and SHA-256, and its history."""
         return await backend.ask(
             RpcQueue.EXPORTER_GET_JOB, JobIdRequest(job_id=job_id, context=ctx(request))
         )
 
     @api.post(
         "/jobs/{job_id}/cancel",
+        status_code=202,
+        response_model=JobView,
         tags=["jobs"],
         openapi_extra=guarded(Permission.JOBS_CANCEL),
-        responses=NOT_BUILT,
     )
-    async def cancel_job(job_id: str) -> None:
-        """Cancel a job."""
-        raise not_implemented("Job cancellation")
+    async def cancel_job(job_id: IdParam, request: Request) -> Any:
+        """Cancel a job: a queued one at once, a running one within a second (409 if ended)."""
+        return await backend.ask(
+            RpcQueue.EXPORTER_CANCEL_JOB, JobIdRequest(job_id=job_id, context=ctx(request))
+        )
 
     # ---- secrets ---------------------------------------------------------------------------
     secrets_manage = guarded(Permission.SECRETS_MANAGE)

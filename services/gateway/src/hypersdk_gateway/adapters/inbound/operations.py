@@ -42,7 +42,7 @@ _ROUTES: dict[str, tuple[str, ...]] = {
     "POST /exports": (Q.EXPORTER_CREATE_EXPORT,),
     "GET /jobs": (Q.EXPORTER_LIST_JOBS,),
     "GET /jobs/{job_id}": (Q.EXPORTER_GET_JOB,),
-    "POST /jobs/{job_id}/cancel": (),
+    "POST /jobs/{job_id}/cancel": (Q.EXPORTER_CANCEL_JOB,),
     "GET /secrets": (Q.SECRETS_LIST,),
     "POST /secrets/{path:path}/rotate": (),
     "PUT /secrets/{path:secretpath}": (Q.SECRETS_PUT,),
