@@ -422,6 +422,9 @@ FAILED_STORM_ADDRESSES = 40
 STORM_REFUSAL_PAUSE_S = 0.1
 LEGIT_LOGIN_PAUSE_S = 0.25
 FAILED_STORM_WARMUP_S = 10.0  # every attacking address has failed at least once by then
+LEGIT_ADDRESS = "203.0.113.77"
+NEWCOMER_PAUSE_S = 2.0
+NEWCOMER_ADDRESSES = 90  # 203.0.113.100 and on, each used once
 
 
 def _count(counts: dict[str, int], status: int) -> None:
@@ -438,7 +441,8 @@ async def login_storm(
     2. ``FAILED_STORM_ADDRESSES`` clients, each from its own address (X-Forwarded-For through
        the trusted loopback proxy), sending wrong passwords for ever new user names, while a
        legitimate user logs in every ``LEGIT_LOGIN_PAUSE_S``: logins/s and that user's login
-       latency (from the first attempt to a session, retrying after Retry-After on a 503).
+       latency (from the first attempt to a session, retrying after Retry-After on a 503), the
+       first login apart from the repeat ones, and newcomers from fresh addresses beside them.
 
     A storm client that gets 503 or 429 tries again after ``STORM_REFUSAL_PAUSE_S`` (not after
     Retry-After: an attacker does not wait).
@@ -488,10 +492,48 @@ async def login_storm(
     }
 
 
+async def _login_until_done(
+    client: httpx.AsyncClient, url: str, password: str, *, address: str
+) -> tuple[int, float, int]:
+    """Log ``legit`` in from ``address``, retrying after Retry-After on a 503.
+
+    The final status, the seconds from the first attempt to the answer, and the attempts.
+    """
+    started, attempts = time.perf_counter(), 0
+    while True:
+        attempts += 1
+        response = await client.post(
+            url,
+            json={"username": "legit", "password": password},
+            headers={"x-forwarded-for": address},
+        )
+        if response.status_code != 503:
+            return response.status_code, time.perf_counter() - started, attempts
+        await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+
+
+def _logins(samples: list[tuple[float, int]], failures: int) -> dict[str, Any]:
+    """Count, first tries, failures and latency of some successful logins."""
+    seconds = [sample for sample, _ in samples]
+    return {
+        "count": len(samples),
+        "failures": failures,
+        "first_try": sum(1 for _, attempts in samples if attempts == 1),
+        "max_ms": max(seconds, default=0.0) * 1000,
+        **(percentiles(seconds) if seconds else {}),
+    }
+
+
 async def failed_login_storm(
     config: devstack.StackConfig, legit_password: str, *, seconds: float
 ) -> dict[str, Any]:
-    """Wrong passwords from many addresses; a legitimate user's logins measured meanwhile."""
+    """Wrong passwords from many addresses; legitimate logins measured meanwhile (decision 0039).
+
+    The legitimate user logs in over and over from one address: the first of those logins is a
+    newcomer's (nothing known of the address), the ones after it repeat logins of a user who
+    logged in from there recently. Beside it, the same user logs in every
+    ``NEWCOMER_PAUSE_S`` from an address never seen before: newcomers, during the storm.
+    """
     login_url = f"{config.gateway_url}/api/v1/auth/login"
     stop = asyncio.Event()
     storm_statuses: dict[str, int] = {}
@@ -510,53 +552,60 @@ async def failed_login_storm(
                 if response.status_code in (429, 503):
                     await asyncio.sleep(STORM_REFUSAL_PAUSE_S)
 
-    legit_samples: list[float] = []
-    legit_attempts: list[int] = []
-    legit_failures = 0
+    first: dict[str, Any] = {}
+    repeats: list[tuple[float, int]] = []
+    newcomers: list[tuple[float, int]] = []
+    failures = {"repeat": 0, "newcomer": 0}
 
     async def legitimate() -> None:
-        nonlocal legit_failures
-        headers = {"x-forwarded-for": "203.0.113.77"}
-        async with httpx.AsyncClient(timeout=60, headers=headers) as client:
+        async with httpx.AsyncClient(timeout=60) as client:
             while not stop.is_set():
-                started, attempts = time.perf_counter(), 0
-                while True:
-                    attempts += 1
-                    response = await client.post(
-                        login_url, json={"username": "legit", "password": legit_password}
-                    )
-                    if response.status_code != 503:
-                        break
-                    await asyncio.sleep(float(response.headers.get("retry-after", "1")))
-                if response.status_code == 200:
-                    legit_samples.append(time.perf_counter() - started)
-                    legit_attempts.append(attempts)
+                status, took, attempts = await _login_until_done(
+                    client, login_url, legit_password, address=LEGIT_ADDRESS
+                )
+                if not first:
+                    first.update(status=status, ms=took * 1000, attempts=attempts)
+                elif status == 200:
+                    repeats.append((took, attempts))
                 else:
-                    legit_failures += 1
+                    failures["repeat"] += 1
                 await asyncio.sleep(LEGIT_LOGIN_PAUSE_S)
+
+    async def newcomer() -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            for index in range(NEWCOMER_ADDRESSES):
+                await asyncio.sleep(NEWCOMER_PAUSE_S)
+                if stop.is_set():
+                    return
+                status, took, attempts = await _login_until_done(
+                    client, login_url, legit_password, address=f"203.0.113.{100 + index}"
+                )
+                if status == 200:
+                    newcomers.append((took, attempts))
+                else:
+                    failures["newcomer"] += 1
 
     attackers = asyncio.gather(*(attacker(index) for index in range(FAILED_STORM_ADDRESSES)))
     await asyncio.sleep(FAILED_STORM_WARMUP_S)  # the storm is on before the first legit login
     at_start = dict(storm_statuses)
     started = time.perf_counter()
-    legit = asyncio.ensure_future(legitimate())
+    legit = asyncio.gather(legitimate(), newcomer())
     await asyncio.sleep(seconds)
     stop.set()
     await asyncio.gather(attackers, legit)
     elapsed = time.perf_counter() - started
     answered = {status: count - at_start.get(status, 0) for status, count in storm_statuses.items()}
     checked = answered.get("401", 0)  # refused after a bcrypt check
+    legit_checked = len(repeats) + len(newcomers) + (1 if first.get("status") == 200 else 0)
     return {
         "addresses": FAILED_STORM_ADDRESSES,
         "seconds": elapsed,
         "storm_statuses": answered,
         "storm_answers_per_s": sum(answered.values()) / elapsed,
-        "checked_logins_per_s": (checked + len(legit_samples)) / elapsed,
-        "legit_logins": len(legit_samples),
-        "legit_failures": legit_failures,
-        "legit_first_try": sum(1 for a in legit_attempts if a == 1),
-        "legit_max_ms": max(legit_samples, default=0.0) * 1000,
-        **({"legit": percentiles(legit_samples)} if legit_samples else {}),
+        "checked_logins_per_s": (checked + legit_checked) / elapsed,
+        "first_login": first,
+        "repeat_logins": _logins(repeats, failures["repeat"]),
+        "newcomer_logins": _logins(newcomers, failures["newcomer"]),
     }
 
 
@@ -700,30 +749,47 @@ def render(results: dict[str, Any], command: str) -> str:
 
 
 def render_failed_storm(failed: dict[str, Any]) -> list[str]:
-    """The failed-login storm: logins/s and a legitimate user's login latency (decision 0003)."""
-    legit = failed.get("legit", {"p50_ms": float("nan"), "p99_ms": float("nan")})
+    """The failed-login storm: logins/s and legitimate logins by standing (decisions 0003, 0039)."""
     statuses = ", ".join(
         f"{count} x {status}" for status, count in sorted(failed["storm_statuses"].items())
     )
+    first = failed["first_login"]
+    nan = float("nan")
+
+    def row(label: str, logins: dict[str, Any]) -> str:
+        return (
+            f"| {label} | {logins['count']} ({logins['failures']} failed) | "
+            f"{logins['first_try']} | {logins.get('p50_ms', nan):.0f} ms | "
+            f"{logins.get('p99_ms', nan):.0f} ms | {logins['max_ms']:.0f} ms |"
+        )
+
+    first_ok = first.get("status") == 200
     return [
         "### A storm of failed logins from many addresses",
         "",
         f"{failed['addresses']} clients, each from its own address, send wrong passwords for ever",
         "new user names, retrying 100 ms after a refusal. After "
-        f"{FAILED_STORM_WARMUP_S:.0f} s of storm, for {failed['seconds']:.0f} s,",
-        "a legitimate user logs in every 250 ms from another address (retrying after",
-        "`Retry-After` on a 503; latency is from the first attempt to the session):",
+        f"{FAILED_STORM_WARMUP_S:.0f} s of storm, for {failed['seconds']:.0f} s, a legitimate",
+        "user logs in every 250 ms from one address: the first login is a newcomer's, the",
+        "next ones repeat logins of a user name and address pair that logged in recently",
+        f"(trusted, decision 0039). Every {NEWCOMER_PAUSE_S:.0f} s the same user also logs in",
+        "from an address never seen before (a newcomer). Clients retry after `Retry-After` on a",
+        "503; latency is from the first attempt to the session.",
         "",
-        "| logins checked/s | storm answers/s | legitimate logins | first try | p50 | p99 | max |",
-        "|---|---|---|---|---|---|---|",
-        f"| {failed['checked_logins_per_s']:.1f} | {failed['storm_answers_per_s']:.0f} | "
-        f"{failed['legit_logins']} ({failed['legit_failures']} failed) | "
-        f"{failed['legit_first_try']} | {legit['p50_ms']:.0f} ms | {legit['p99_ms']:.0f} ms | "
-        f"{failed['legit_max_ms']:.0f} ms |",
+        f"{failed['checked_logins_per_s']:.1f} logins checked/s, "
+        f"{failed['storm_answers_per_s']:.0f} storm answers/s. The first login took "
+        f"**{first.get('ms', nan):.0f} ms** in {first.get('attempts', 0)} attempt(s)"
+        f"{'' if first_ok else ' and failed'}.",
         "",
-        f"Storm answers: {statuses}. A 503 is `service_busy`, answered at once when identity's",
-        "bcrypt threads and queue are full (for an address that failed recently: all but the",
-        "places kept for others); it checks nothing and costs no throttle failure.",
+        "| legitimate logins | count | first try | p50 | p99 | max |",
+        "|---|---|---|---|---|---|",
+        row("repeat (trusted pair)", failed["repeat_logins"]),
+        row("newcomer (new address)", failed["newcomer_logins"]),
+        "",
+        f"Storm answers: {statuses}. A 503 is `service_busy`, answered at once when the bcrypt",
+        "places the login's standing may take are all taken (for an address that failed",
+        "recently or came back before its `Retry-After`: all but those kept for newcomers and",
+        "trusted pairs); it checks nothing and costs no throttle failure.",
         "",
     ]
 

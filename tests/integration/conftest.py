@@ -30,6 +30,8 @@ from hypersdk_kit.bus import build_broker
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import devstack
 
+from . import vsphere_sim
+
 ADMIN_PASSWORD = "planted-admin-password-" + secrets.token_hex(8)
 # Identity's PAM service and the Linux group mapped to a role: unique per run, so that the
 # pam.d file and group the PAM test creates (and removes) never collide with the machine's.
@@ -215,6 +217,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             database_url=config.database_url(),
             identity_login=identity_login,
         )
+
+
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vsphere_sim.Simulator]:
+    """govmomi's vCenter simulator for the session (tests/vsphere_sim), shared by its tests."""
+    with vsphere_sim.started(tmp_path_factory, port=free_port()) as simulator:
+        yield simulator
 
 
 @pytest.fixture

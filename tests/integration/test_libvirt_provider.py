@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pwd
-import stat
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,15 +28,13 @@ from hypersdk_exporter.adapters.outbound.memory import (
     InMemoryJobStore,
     InMemoryProviderStore,
 )
-from hypersdk_exporter.adapters.outbound.qemu_img import (
-    QemuImgConverter,
-    SandboxSettings,
-    conversion_identity,
-)
+from hypersdk_exporter.adapters.outbound.qemu_img import QemuImgConverter, SandboxSettings
 from hypersdk_exporter.core.models import Firmware, NicInfo, Provider
 from hypersdk_exporter.core.service import ExporterService
 from hypersdk_exporter.ports.outbound import ProviderSession
 from hypersdk_kit.memory import InMemoryUnitOfWork
+
+from .conversion import CONVERSION_USER, conversion_owner
 
 MIB = 1 << 20
 WEB_UUID = "6695eb01-f6a4-8304-79aa-97f2502e193f"
@@ -327,34 +323,11 @@ async def test_an_unreachable_uri_is_upstream_unavailable(lab: Lab) -> None:
     assert "missing.xml" not in error.value.message
 
 
-CONVERSION_USER = "hypersdk-convert"
-
-
 def _share_with_conversion_user(lab: Path, export_dir: Path) -> tuple[int, int] | None:
     """As root, qemu-img runs as the conversion user: let it reach the lab and the exports."""
-    if os.geteuid() != 0:
+    owner = conversion_owner(export_dir)
+    if owner is None:
         return None
-    try:
-        pwd.getpwnam(CONVERSION_USER)
-    except KeyError:
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--no-create-home",
-                "--home-dir",
-                "/nonexistent",
-                "--shell",
-                "/usr/sbin/nologin",
-                CONVERSION_USER,
-            ],
-            check=True,
-        )
-    owner = conversion_identity(CONVERSION_USER)
-    assert owner is not None
-    for directory in (export_dir.parent, *export_dir.parent.parents):
-        directory.chmod(stat.S_IMODE(directory.stat().st_mode) | stat.S_IXOTH)
-    os.chown(export_dir, *owner)
     for directory, _, files in os.walk(lab):
         os.chown(directory, -1, owner[1])
         os.chmod(directory, 0o750)

@@ -2,7 +2,8 @@
 
 Increasing delays then a lockout per user name (429 with Retry-After), a lockout per client
 address, admin unlock, both audited; two throttles on separate connection pools (two identity
-replicas) racing on one counter agree; an unknown user costs as much as a wrong password.
+replicas) racing on one counter agree; an unknown user costs as much as a wrong password; only
+a good login trusts its user name and address pair, a bounded number per name (decision 0039).
 Client addresses come from X-Forwarded-For (the test stack trusts 127.0.0.1 as a proxy), so
 these tests never lock 127.0.0.1 for the others.
 """
@@ -13,11 +14,11 @@ import asyncio
 import secrets
 import statistics
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypersdk_contracts.envelope import RequestContext
-from hypersdk_identity.adapters.outbound.postgres import PostgresThrottleStore
+from hypersdk_identity.adapters.outbound.postgres import PostgresThrottleStore, PostgresTrustStore
 from hypersdk_identity.core.throttle import LoginThrottle, LoginThrottledError, ThrottleRule
 from hypersdk_kit.database import Database, create_pool
 from hypersdk_kit.memory import InMemoryUnitOfWork
@@ -196,3 +197,52 @@ async def test_two_replicas_agree_on_one_counter(stack: Stack) -> None:
     )[0]
     assert row["failures"] == 5
     assert row["locked_until"] is not None
+
+
+def test_a_good_login_trusts_its_name_and_address_and_nothing_else(stack: Stack) -> None:
+    admin = stack.api.login("admin", ADMIN_PASSWORD)
+    username, password = _new_user(stack, admin)
+    home, elsewhere = _address(), _address()
+    ghost = f"ghost-{secrets.token_hex(4)}"
+
+    assert _login(stack, username, password, home)[0] == 200
+    assert _login(stack, username, "wrong-password-123", elsewhere)[0] == 401
+    assert _login(stack, ghost, password, elsewhere)[0] == 401
+
+    rows = stack.db(
+        "SELECT username, address, trusted_until - now() AS left"
+        " FROM identity.login_trust WHERE username = ANY($1::text[]) OR address = $2",
+        [username, ghost],
+        elsewhere,
+    )
+    assert [(row["username"], row["address"]) for row in rows] == [(username, home)]
+    assert 6 * 86400 < rows[0]["left"].total_seconds() <= 7 * 86400  # the default week
+
+    status, _, _ = stack.api.call("DELETE", f"/api/v1/users/{username}", token=admin)
+    assert status == 204
+    gone = "SELECT 1 FROM identity.login_trust WHERE username = $1"
+    assert stack.db(gone, username) == []  # with the user
+
+
+async def test_the_trust_store_keeps_a_bounded_number_of_addresses_per_name(stack: Stack) -> None:
+    admin = stack.api.login("admin", ADMIN_PASSWORD)
+    username, _ = _new_user(stack, admin)
+    addresses = [_address() for _ in range(3)]
+    pool = await create_pool(stack.database_url, size=2)
+    store = PostgresTrustStore(Database(pool))
+    now = datetime.now(UTC)
+    try:
+        for offset, address in enumerate(addresses):
+            until = now + timedelta(seconds=60 + offset)
+            await store.trust(username, address, until=until, keep=2)
+        kept = [await store.trusted(username, address, now=now) for address in addresses]
+        ended = await store.trusted(username, addresses[2], now=now + timedelta(seconds=62))
+        assert await store.forget(username, address=addresses[1]) == 1
+        swept = await store.sweep(now=now + timedelta(seconds=63))
+    finally:
+        await pool.close()
+
+    assert kept == [False, True, True]  # the one whose trust ends first was dropped
+    assert ended is False
+    assert swept == 1
+    assert stack.db("SELECT 1 FROM identity.login_trust WHERE username = $1", username) == []

@@ -12,7 +12,6 @@ import http.client
 import logging
 import ssl
 import traceback
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,16 +36,6 @@ HOSTILE_VM = "/DC0/vm/DC0_C0_RP0_VM2"
 
 
 @pytest.fixture(scope="session")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vsphere_sim.Simulator]:
-    cache = tmp_path_factory.getbasetemp().parent  # survives runs; never the repository
-    binary = vsphere_sim.build(cache)
-    with vsphere_sim.running(
-        binary, workdir=tmp_path_factory.mktemp("vsphere-sim"), port=free_port()
-    ) as simulator:
-        yield simulator
-
-
-@pytest.fixture(scope="session")
 def disk(sim: vsphere_sim.Simulator) -> bytes:
     """The content of DISK_VM's disk, uploaded, and two more VMs' disks prepared."""
     content = vsphere_sim.disk_content(DISK_BYTES, seed=10)
@@ -56,24 +45,7 @@ def disk(sim: vsphere_sim.Simulator) -> bytes:
             (DISK_VM, "data", content),
             (CHANGING_VM, "changing", vsphere_sim.disk_content(DISK_BYTES, seed=11)),
         ):
-            folder = vm_path.rsplit("/", 1)[1]
-            admin.put(
-                datacenter="DC0",
-                datastore="LocalDS_0",
-                path=f"{folder}/{name}-flat.vmdk",
-                body=body,
-            )
-            admin.put(
-                datacenter="DC0",
-                datastore="LocalDS_0",
-                path=f"{folder}/{name}.vmdk",
-                body=vsphere_sim.descriptor(f"{name}-flat.vmdk", len(body)),
-            )
-            admin.attach(
-                admin.vm(vm_path),
-                file_name=f"[LocalDS_0] {folder}/{name}.vmdk",
-                capacity=len(body),
-            )
+            vsphere_sim.upload_disk(admin, vm_path=vm_path, name=name, body=body)
         # a descriptor whose extent is a file of the host running the exporter
         hostile = vsphere_sim.descriptor("/etc/os-release", DISK_BYTES).replace(
             b'"/etc/os-release"', b'"../../../../etc/os-release"'

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from pyVim.connect import SmartStubAdapter
@@ -45,6 +46,7 @@ class Simulator:
     ca_file: str
     thumbprint: str
     root: Path  # where the simulator keeps its datastores
+    pid: int  # the process this test run started (a fault test may kill it)
 
 
 def build(cache_root: Path) -> Path:
@@ -121,6 +123,7 @@ def running(binary: Path, *, workdir: Path, port: int) -> Iterator[Simulator]:
             ca_file=info["ca_file"],
             thumbprint=info["thumbprint"],
             root=datastores,
+            pid=process.pid,
         )
     finally:
         if process.stdin:
@@ -134,6 +137,15 @@ def running(binary: Path, *, workdir: Path, port: int) -> Iterator[Simulator]:
         if process.stdout:
             process.stdout.close()
         stderr.close()
+
+
+@contextmanager
+def started(tmp_path_factory: Any, *, port: int) -> Iterator[Simulator]:
+    """A simulator of its own: built (cached outside the repository) and running on ``port``."""
+    cache = tmp_path_factory.getbasetemp().parent  # survives runs; never the repository
+    binary = build(cache)
+    with running(binary, workdir=tmp_path_factory.mktemp("vsphere-sim"), port=port) as simulator:
+        yield simulator
 
 
 def _first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
@@ -212,6 +224,25 @@ class Admin:
             assert time.monotonic() < deadline, "ReconfigVM_Task did not finish"
             time.sleep(0.05)
         assert task.info.state == vim.TaskInfo.State.success, task.info.error
+
+
+def upload_disk(admin: Admin, *, vm_path: str, name: str, body: bytes) -> str:
+    """``body`` as the flat extent of a new disk ``name`` in the VM's folder on LocalDS_0,
+    its descriptor next to it, and the VM's first disk pointed at it; the flat file's path."""
+    datacenter = vm_path.strip("/").split("/", 1)[0]
+    folder = vm_path.rsplit("/", 1)[1]
+    flat = f"{folder}/{name}-flat.vmdk"
+    admin.put(datacenter=datacenter, datastore="LocalDS_0", path=flat, body=body)
+    admin.put(
+        datacenter=datacenter,
+        datastore="LocalDS_0",
+        path=f"{folder}/{name}.vmdk",
+        body=descriptor(f"{name}-flat.vmdk", len(body)),
+    )
+    admin.attach(
+        admin.vm(vm_path), file_name=f"[LocalDS_0] {folder}/{name}.vmdk", capacity=len(body)
+    )
+    return flat
 
 
 def descriptor(flat_name: str, size: int) -> bytes:

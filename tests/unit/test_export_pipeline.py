@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -233,6 +234,70 @@ async def test_a_source_that_changes_during_the_export_fails_it(tmp_path: Path) 
     assert not (tmp_path / "job").exists()
 
 
+class RewrittenWhileStreamed(InMemorySource):
+    """A streamed disk rewritten (same size, new content) after its first block was read."""
+
+    async def stream(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+        yield self.data[:2]
+        self.change = "rewritten"
+        self.data = b"XY" + self.data[2:].upper()
+        yield self.data[2:]
+
+
+class FailingStream(InMemorySource):
+    """A streamed disk whose provider raises ``error`` after the first block."""
+
+    def __init__(self, error: ServiceError) -> None:
+        super().__init__(None, b"first")
+        self.error = error
+
+    async def stream(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+        yield self.data
+        raise self.error
+
+
+async def test_a_streamed_source_rewritten_during_the_spool_fails_it(tmp_path: Path) -> None:
+    # the fingerprint is taken before the first byte is read, not after the spool
+    with pytest.raises(ExportFailedError) as caught:
+        await ExportPipeline(converter=InMemoryConverter(), writer=LocalArtifactWriter()).run(
+            _vm(["a"]),
+            [RewrittenWhileStreamed(None, b"abcd")],
+            DiskFormat.RAW,
+            tmp_path / "job",
+            compress=False,
+            on_progress=_nothing,
+            cancelled=lambda: False,
+        )
+    assert caught.value.reason == "source_changed"
+    assert not (tmp_path / "job").exists()
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (ErrorCode.CONFLICT, "source_changed"),
+        (ErrorCode.UPSTREAM_UNAVAILABLE, "source_unavailable"),
+        (ErrorCode.NOT_FOUND, "source_unavailable"),
+    ],
+)
+async def test_a_provider_error_mid_stream_is_a_stable_reason(
+    tmp_path: Path, code: ErrorCode, reason: str
+) -> None:
+    with pytest.raises(ExportFailedError) as caught:
+        await ExportPipeline(converter=InMemoryConverter(), writer=LocalArtifactWriter()).run(
+            _vm(["a"]),
+            [FailingStream(ServiceError(code, "The host went away."))],
+            DiskFormat.QCOW2,
+            tmp_path / "job",
+            compress=False,
+            on_progress=_nothing,
+            cancelled=lambda: False,
+        )
+    assert caught.value.reason == reason
+    assert caught.value.detail == "The host went away."
+    assert not (tmp_path / "job").exists()
+
+
 async def test_cancel_stops_the_conversion_and_removes_partial_output(tmp_path: Path) -> None:
     converter = InMemoryConverter()
     cancel = asyncio.Event()
@@ -270,6 +335,8 @@ async def test_a_streamed_source_is_spooled_with_a_root_of_its_own(tmp_path: Pat
     assert source.parent == root
     assert root.parent == tmp_path / "job"
     assert artifacts[0].sha256 == hashlib.sha256(b"streamed bytes").hexdigest()
+    # the staged copy is gone once converted: only the artifact stays
+    assert [p.name for p in (tmp_path / "job").iterdir()] == [artifacts[0].name]
 
 
 async def test_the_ova_is_descriptor_disks_manifest_and_reads_back(tmp_path: Path) -> None:
@@ -295,6 +362,27 @@ async def test_the_ova_is_descriptor_disks_manifest_and_reads_back(tmp_path: Pat
     for section in ("References", "DiskSection", "NetworkSection", "OperatingSystemSection"):
         assert f"<ovf:{section}" in text
     assert "00:50:56:00:00:01" in text
+
+
+@pytest.mark.parametrize(
+    ("guest_os", "cim", "os_type"),
+    [
+        ("rhel8_64Guest", "1", "rhel8_64Guest"),  # a vSphere guest id is carried unchanged
+        ("otherLinux64Guest", "101", "otherLinux64Guest"),
+        ("Windows Server", "1", "windows9_64Guest"),  # a libvirt/local description is mapped
+        ("Debian GNU/Linux", "101", "otherLinux64Guest"),
+        ('evilGuest"/><x', "1", "otherGuest"),  # not a guest id: not copied into the XML
+    ],
+)
+def test_the_guest_os_becomes_the_os_type(guest_os: str, cim: str, os_type: str) -> None:
+    vm = dataclasses.replace(_vm(["root"]), guest_os=guest_os)
+    envelope = parse_xml(
+        ovf.descriptor(vm, [ovf.OvfDisk(index=0, file_name="r.vmdk", file_size=1)])
+    )
+    section = envelope.find(f"{{{ovf.OVF}}}VirtualSystem/{{{ovf.OVF}}}OperatingSystemSection")
+    assert section is not None
+    assert section.get(f"{{{ovf.OVF}}}id") == cim
+    assert section.get(f"{{{ovf.VMW}}}osType") == os_type
 
 
 async def test_a_tampered_ova_is_invalid(tmp_path: Path) -> None:

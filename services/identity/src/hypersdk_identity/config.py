@@ -91,6 +91,18 @@ class IdentitySettings(DatabaseSettings):
         ge=0,
         description="Failures from one client address within the window that lock it (0: off).",
     )
+    login_trust_seconds: int = Field(
+        default=604800,
+        ge=0,
+        le=7776000,
+        description="How long a good login puts its user name and address first in line (0: off).",
+    )
+    login_trust_addresses: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Addresses trusted per user name at most; the longest-trusted are dropped.",
+    )
 
     @field_validator("pam_group_roles", mode="before")
     @classmethod

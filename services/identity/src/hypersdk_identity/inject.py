@@ -20,14 +20,15 @@ from hypersdk_identity.adapters.outbound.postgres import (
     PostgresApiKeyStore,
     PostgresSessionStore,
     PostgresThrottleStore,
+    PostgresTrustStore,
     PostgresUserStore,
 )
 from hypersdk_identity.config import IdentitySettings
 from hypersdk_identity.core.apikeys import ApiKeyService
 from hypersdk_identity.core.pam import PamSupport
 from hypersdk_identity.core.service import IdentityService, SessionPolicy
-from hypersdk_identity.core.throttle import LoginThrottle, ThrottleRule
-from hypersdk_identity.ports.outbound import ThrottleStore
+from hypersdk_identity.core.throttle import LoginThrottle, ThrottleRule, TrustRule
+from hypersdk_identity.ports.outbound import ThrottleStore, TrustStore
 from hypersdk_kit.bus import RabbitEventPublisher, RpcClient, build_broker
 from hypersdk_kit.database import create_pool
 from hypersdk_kit.guard import RequestGuard
@@ -84,7 +85,12 @@ async def prepare_identity(
             sessions=PostgresSessionStore(database),
             hasher=hasher,
             uow=uow,
-            throttle=build_throttle(settings, store=PostgresThrottleStore(database), uow=uow),
+            throttle=build_throttle(
+                settings,
+                store=PostgresThrottleStore(database),
+                trust=PostgresTrustStore(database),
+                uow=uow,
+            ),
             blocklist=ZxcvbnPasswordBlocklist(),
             pam=pam,
             api_keys=api_key_store,
@@ -132,7 +138,11 @@ async def prepare_identity(
 
 
 def build_throttle(
-    settings: IdentitySettings, *, store: ThrottleStore, uow: UnitOfWork
+    settings: IdentitySettings,
+    *,
+    store: ThrottleStore,
+    uow: UnitOfWork,
+    trust: TrustStore | None = None,
 ) -> LoginThrottle:
     """The login throttle the settings describe."""
     address_rule = None
@@ -155,4 +165,9 @@ def build_throttle(
         address_rule=address_rule,
         uow=uow,
         clock=lambda: datetime.now(UTC),
+        trust=trust,
+        trust_rule=TrustRule(
+            seconds=settings.login_trust_seconds,
+            addresses_per_user=settings.login_trust_addresses,
+        ),
     )

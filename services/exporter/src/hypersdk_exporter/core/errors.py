@@ -24,6 +24,7 @@ UNSUPPORTED_SOURCE_FORMAT = "unsupported_source_format"
 SOURCE_FORMAT_MISMATCH = "source_format_mismatch"
 SOURCE_UNREADABLE = "source_unreadable"
 SOURCE_CHANGED = "source_changed"
+SOURCE_UNAVAILABLE = "source_unavailable"  # the provider stopped serving it mid-export
 SOURCE_MISMATCH = "source_mismatch"
 INSUFFICIENT_SPACE = "insufficient_space"
 CONVERSION_FAILED = "conversion_failed"

@@ -63,6 +63,9 @@ class DiskInfo:
     capacity_bytes: int  # virtual size
     controller: str  # virtio|scsi|ide|sata|nvme
     unit: int  # position on the controller
+    # the controller's model where the provider knows it (a descriptor names it):
+    # lsilogic|lsilogicsas|pvscsi|buslogic for scsi; None for "the bus's usual one"
+    controller_model: str | None = None
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,20 @@ _CONTROLLERS: dict[str, tuple[int, str | None]] = {
     "usb": (SCSI, "lsilogic"),
     "fdc": (IDE, None),
 }
+# A controller model a provider names (DiskInfo.controller_model), as OVF consumers know it.
+_CONTROLLER_MODELS: dict[str, tuple[int, str]] = {
+    "lsilogic": (SCSI, "lsilogic"),
+    "lsilogicsas": (SCSI, "lsilogicsas"),
+    "pvscsi": (SCSI, "VirtualSCSI"),
+    "buslogic": (SCSI, "buslogic"),
+}
 _NIC_MODELS = {"virtio": "VmxNet3", "vmxnet3": "VmxNet3", "e1000": "E1000", "e1000e": "E1000e"}
 # CIM operating system ids: 101 "Linux 64-Bit", 1 "Other".
 _CIM_OS = (("linux", 101, "otherLinux64Guest"), ("windows", 1, "windows9_64Guest"))
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
+# A vSphere guest id (VirtualMachineGuestOsIdentifier: rhel8_64Guest, windows2019srv_64Guest):
+# a vSphere provider's guest_os is one, and it is what vmw:osType carries, unchanged.
+_VSPHERE_GUEST_ID = re.compile(r"^[a-z][A-Za-z0-9_]{0,62}Guest$")
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,8 @@ def descriptor(vm: VmDescription, disks: list[OvfDisk]) -> bytes:  # noqa: PLR09
     cim_id, vmw_type = next(
         ((cim, vmw) for key, cim, vmw in _CIM_OS if key in vm.guest_os.lower()), (1, "otherGuest")
     )
+    if _VSPHERE_GUEST_ID.match(vm.guest_os):
+        vmw_type = vm.guest_os
     os_section = _sub(system, "ovf", "OperatingSystemSection", ovf_id=str(cim_id))
     os_section.set(_q("vmw", "osType"), vmw_type)
     _sub(os_section, "ovf", "Info", "The guest operating system")
@@ -154,15 +166,19 @@ def descriptor(vm: VmDescription, disks: list[OvfDisk]) -> bytes:  # noqa: PLR09
             "VirtualQuantity": str(vm.memory_mib),
         },
     )
-    controllers: dict[str, str] = {}
-    for bus in dict.fromkeys(vm.disks[d.index].controller for d in disks):
-        kind, subtype = _CONTROLLERS.get(bus, (SCSI, "lsilogic"))
-        controllers[bus] = next_id()
+    controllers: dict[tuple[str, str | None], str] = {}  # (bus, model) -> InstanceID
+    for bus, model in dict.fromkeys(
+        (vm.disks[d.index].controller, vm.disks[d.index].controller_model) for d in disks
+    ):
+        kind, subtype = _CONTROLLER_MODELS.get(model or "") or _CONTROLLERS.get(
+            bus, (SCSI, "lsilogic")
+        )
+        controllers[bus, model] = next_id()
         fields = {
             "Address": "0",
             "Description": f"{bus} controller",
             "ElementName": f"{bus}0",
-            "InstanceID": controllers[bus],
+            "InstanceID": controllers[bus, model],
             "ResourceType": str(kind),
         }
         if subtype:
@@ -177,7 +193,7 @@ def descriptor(vm: VmDescription, disks: list[OvfDisk]) -> bytes:  # noqa: PLR09
                 "ElementName": f"disk{number - 1}",
                 "HostResource": f"ovf:/disk/vmdisk{number}",
                 "InstanceID": next_id(),
-                "Parent": controllers[info.controller],
+                "Parent": controllers[info.controller, info.controller_model],
                 "ResourceType": str(DISK),
             },
         )

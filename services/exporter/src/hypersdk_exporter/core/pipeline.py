@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from hypersdk_contracts.errors import ServiceError
+from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import Artifact
 from hypersdk_contracts.rpc import DiskFormat
 from hypersdk_exporter.core import errors, ovf
@@ -90,12 +90,15 @@ class ExportPipeline:
         spec = FORMATS[target]
         base = ovf.safe_name(vm.name)
         paths: list[Path] = []
+        spools: list[Path | None] = []  # the staging directory of a streamed source
         infos: list[ImageInfo] = []
         before: list[SourceFingerprint] = []
         for index, source in enumerate(sources):
             _stop_if(check)
+            # taken before the first byte is read: a rewrite during the spool is a change too
+            before.append(await _fingerprint(source))
             path, root = await self._local(source, job_dir, index, check)
-            before.append(await source.fingerprint())
+            spools.append(root if root.parent == job_dir else None)
             infos.append(
                 await self._converter.inspect(path, format=source.format, allowed_root=root)
             )
@@ -125,8 +128,11 @@ class ExportPipeline:
                 on_progress=disk_progress,
                 cancelled=check,
             )
-            if await source.fingerprint() != before[index]:
+            if await _fingerprint(source) != before[index]:
                 raise ExportFailedError(errors.SOURCE_CHANGED, vm.disks[index].key)
+            staged = spools[index]
+            if staged is not None:  # a whole copy of the source: not an artifact
+                await self._writer.discard(staged)
             size = await self._writer.finish(partial, job_dir / name)
             converted.append((name, job_dir / name, size, digest))
             done += info.virtual_size
@@ -179,7 +185,10 @@ class ExportPipeline:
             return path, self._allowed_root(path)
         spool_dir = job_dir / f".source-{index}"
         spooled = spool_dir / "image"
-        await self._writer.spool(source.stream(), spooled, cancelled=check)
+        try:
+            await self._writer.spool(source.stream(), spooled, cancelled=check)
+        except ServiceError as exc:
+            raise _source_error(exc) from exc
         return spooled, spool_dir
 
     async def _check_space(self, job_dir: Path, total: int, *, ova: bool) -> None:
@@ -189,6 +198,25 @@ class ExportPipeline:
         free = await self._writer.free_bytes(job_dir)
         if free < need:
             raise ExportFailedError(errors.INSUFFICIENT_SPACE, f"need {need} bytes, {free} free")
+
+
+async def _fingerprint(source: DiskSource) -> SourceFingerprint:
+    try:
+        return await source.fingerprint()
+    except ServiceError as exc:
+        raise _source_error(exc) from exc
+
+
+def _source_error(exc: ServiceError) -> ExportFailedError:
+    """A provider's error while reading a source, as a stable reason of the job.
+
+    A conflict (the bytes no longer match what the provider described) is a changed source;
+    anything else (the provider went away, refused, timed out) is an unavailable one. The
+    provider's sentence is kept as the detail: drivers never put a credential in it.
+    """
+    if exc.code is ErrorCode.CONFLICT:
+        return ExportFailedError(errors.SOURCE_CHANGED, exc.message)
+    return ExportFailedError(errors.SOURCE_UNAVAILABLE, exc.message)
 
 
 def _stop_if(check: CancelCheck) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import IntEnum
 from typing import Literal
 
 
@@ -64,11 +65,29 @@ class ApiKey:
 ThrottleKind = Literal["username", "address"]
 
 
+class Standing(IntEnum):
+    """How far a login attempt is trusted before its password is checked (decision 0039).
+
+    Ordered: password checks start in this order, and each standing keeps places in the bcrypt
+    pool that the ones after it may not take. It is decided from the user name and address
+    pair and the address's recent history only, never from whether the user exists.
+    """
+
+    TRUSTED = 0
+    """This user name logged in successfully from this address recently."""
+    UNKNOWN = 1
+    """Nothing recent known about the address, for good or bad."""
+    SUSPICIOUS = 2
+    """The address failed to log in recently, or came back before its ``Retry-After``."""
+
+
 @dataclass(frozen=True)
 class ThrottleState:
     """Failed logins counted for one user name or one client address, shared by all replicas.
 
     ``version`` is 0 for a state not stored yet; stores save with compare-and-swap on it.
+    ``refused_until`` (addresses only): an attempt was refused ``service_busy`` and told to
+    retry no earlier than this; coming back before it makes the address suspicious.
     """
 
     kind: ThrottleKind
@@ -77,6 +96,7 @@ class ThrottleState:
     window_started_at: datetime | None = None
     last_failure_at: datetime | None = None
     locked_until: datetime | None = None
+    refused_until: datetime | None = None
     version: int = 0
 
 

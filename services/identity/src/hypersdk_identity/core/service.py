@@ -36,7 +36,7 @@ from hypersdk_contracts.rpc import (
     SessionView,
     UserView,
 )
-from hypersdk_identity.core.models import Session, User
+from hypersdk_identity.core.models import Session, Standing, User
 from hypersdk_identity.core.pam import PamSupport, usable_owner
 from hypersdk_identity.core.passwords import (
     MAX_PASSWORD_BYTES,
@@ -170,10 +170,13 @@ class IdentityService:
 
     async def login(self, username: str, password: str, context: RequestContext) -> LoginResult:
         """Check the password and open a session; the same error whatever went wrong."""
-        retry_after = self._hasher.full()
-        if retry_after is not None:  # refused before the throttle's database writes
+        # Every place taken, even those kept for trusted logins: refused before the throttle's
+        # database writes (nothing about the attempt is known yet).
+        retry_after = self._hasher.full(standing=Standing.TRUSTED)
+        if retry_after is not None:
             raise _busy(retry_after)
         admission: Admission | None = None
+        standing = Standing.UNKNOWN
         if self._throttle is not None:
             try:
                 admission = await self._throttle.admit(username, context.source_ip, context)
@@ -181,19 +184,21 @@ class IdentityService:
                 reason: Literal["locked", "throttled"] = "locked" if exc.locked else "throttled"
                 await self._publish_failure(username, reason, context)
                 raise _throttled(exc.retry_after_seconds) from None
-            retry_after = self._hasher.full(suspicious=admission.address_failed_recently)
-            if retry_after is not None:  # the last places are kept for addresses that behave
-                await self._throttle.withdrawn(admission)
+            standing = admission.standing
+            retry_after = self._hasher.full(standing=standing)
+            if retry_after is not None:  # the last places are kept for better standings
+                await self._throttle.withdrawn(admission, context, retry_after_seconds=retry_after)
                 raise _busy(retry_after)
-        suspicious = admission is not None and admission.address_failed_recently
         try:
-            with self._hasher.first_for(suspicious=suspicious):
+            with self._hasher.first_for(standing=standing):
                 user, failure = await self._verify(username, password, context)
         except PasswordHasher.BusyError as exc:
             # Nothing was checked: the attempt costs no failure (a storm of other people's
             # logins must not lock this user out), and is answered at once, not queued.
             if admission is not None and self._throttle is not None:
-                await self._throttle.withdrawn(admission)
+                await self._throttle.withdrawn(
+                    admission, context, retry_after_seconds=exc.retry_after_seconds
+                )
             raise _busy(exc.retry_after_seconds) from None
         if user is None or failure is not None:
             async with self._uow.transaction():
@@ -214,7 +219,7 @@ class IdentityService:
         actor = context.model_copy(update={"actor": user.username})
         async with self._uow.transaction():
             if admission is not None and self._throttle is not None:
-                await self._throttle.succeeded(admission)
+                await self._throttle.succeeded(admission, username=user.username)
             await self._sessions.add(session)
             await self._uow.record(
                 LoginSucceeded(username=user.username, method=user.source),
@@ -562,6 +567,8 @@ class IdentityService:
                 ended = await self._end_sessions(username, "user_disabled", context)
                 # Revoked, not suspended: enabling the user again restores no key (decision 0025).
                 keys = await self._revoke_keys(username, "owner_disabled", context)
+                if self._throttle is not None:  # and no address is trusted for them any more
+                    await self._throttle.forget_trust(username)
                 await self._uow.record(
                     UserDisabled(username=username, sessions_revoked=ended, api_keys_revoked=keys),
                     subject=f"user/{username}",
@@ -611,6 +618,8 @@ class IdentityService:
             for key in keys:
                 assert self._api_keys is not None
                 await self._api_keys.revoke(key.id, at=self._clock())
+            if self._throttle is not None:
+                await self._throttle.forget_trust(username)
             if not await self._users.delete(username):
                 raise _no_such_user()
             for key in keys:

@@ -9,6 +9,14 @@ that each attempt must wait ``delay_base * 2^n`` seconds after the last failure;
 within ``window_seconds`` lock the name for ``lockout_seconds``. Per client address: the same
 lockout with its own (higher) threshold, no delays. Unknown user names are counted exactly like
 known ones, so a 429 says nothing about whether a user exists.
+
+Admission also gives the attempt its :class:`Standing` for the password check (decision 0039):
+``TRUSTED`` when this user name logged in from this address recently (a pair recorded only by a
+login with the right password, expiring, a bounded number of addresses per name),
+``SUSPICIOUS`` when the address failed recently or came back before the ``Retry-After`` of a
+``service_busy`` refusal (such an early return keeps its charge on the address: a failure),
+``UNKNOWN`` otherwise. Nothing in it depends on whether the user
+exists.
 """
 
 from __future__ import annotations
@@ -22,11 +30,23 @@ from datetime import datetime, timedelta
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import AccountLocked, AccountUnlocked
-from hypersdk_identity.core.models import ThrottleKind, ThrottleState
-from hypersdk_identity.ports.outbound import ThrottleStore
+from hypersdk_identity.core.models import Standing, ThrottleKind, ThrottleState
+from hypersdk_identity.ports.outbound import ThrottleStore, TrustStore
 from hypersdk_kit.ports import UnitOfWork
 
 MAX_SWAPS = 50  # compare-and-swap retries before giving up on a counter under heavy contention
+# An attempt this much before the Retry-After it was given still counts as patient: replicas'
+# clocks differ a little (a client sleeps from when the answer reached it, later than the
+# refusal was decided, so it needs no more). A storm retrying after 100 ms is well inside.
+PATIENCE_TOLERANCE = timedelta(milliseconds=50)
+
+
+@dataclass(frozen=True)
+class TrustRule:
+    """How long a successful login trusts its user name and address pair, and for how many."""
+
+    seconds: int
+    addresses_per_user: int
 
 
 @dataclass(frozen=True)
@@ -105,11 +125,20 @@ class LoginThrottledError(Exception):
 
 @dataclass(frozen=True)
 class Admission:
-    """The charges one login attempt made; settle them with ``succeeded`` or ``failed``."""
+    """The charges one login attempt made; settle them with ``succeeded`` or ``failed``.
+
+    ``username`` and ``address`` are the counters charged (``address`` None when addresses are
+    not counted); ``name`` and ``source`` are the user name as typed and the client address,
+    the pair that trust is recorded for.
+    """
 
     username: str
     address: str | None
-    address_failed_recently: bool = False
+    name: str = ""
+    source: str | None = None
+    standing: Standing = Standing.UNKNOWN
+    impatient: bool = False
+    """The address came back before the ``Retry-After`` of its last ``service_busy``."""
 
 
 class LoginThrottle:
@@ -123,6 +152,8 @@ class LoginThrottle:
         address_rule: ThrottleRule | None,
         uow: UnitOfWork,
         clock: Callable[[], datetime],
+        trust: TrustStore | None = None,
+        trust_rule: TrustRule | None = None,
     ) -> None:
         self._store = store
         self._rules: dict[ThrottleKind, ThrottleRule | None] = {
@@ -131,6 +162,8 @@ class LoginThrottle:
         }
         self._uow = uow
         self._clock = clock
+        self._trust = trust if trust_rule is not None and trust_rule.seconds > 0 else None
+        self._trust_rule = trust_rule
 
     @staticmethod
     def username_key(username: str) -> str:
@@ -138,40 +171,105 @@ class LoginThrottle:
         return username.casefold()
 
     async def admit(self, username: str, address: str | None, context: RequestContext) -> Admission:
-        """Charge the attempt to its address and name, or raise :class:`LoginThrottledError`."""
+        """Charge the attempt to its address and name, or raise :class:`LoginThrottledError`.
+
+        The admission carries the attempt's standing. It is decided from the address's counter
+        and the trust of the (user name, address) pair only: an unknown user name gets exactly
+        the standing of a known one with a wrong password.
+        """
         admission = Admission(
             username=self.username_key(username),
             address=address if self._rules["address"] is not None else None,
+            name=username,
+            source=address,
         )
+        standing = Standing.UNKNOWN
         if admission.address is not None:
-            failed_before = await self._charge("address", admission.address, context)
-            admission = dataclasses.replace(admission, address_failed_recently=failed_before > 0)
+            now = self._clock()
+            before = await self._charge("address", admission.address, context)
+            impatient = before.refused_until is not None and now < before.refused_until
+            if impatient or self._rule("address").failures_at(before, now) > 0:
+                standing = Standing.SUSPICIOUS
+            admission = dataclasses.replace(admission, impatient=impatient)
         try:
             await self._charge("username", admission.username, context)
         except LoginThrottledError:
             if admission.address is not None:
                 await self._refund("address", admission.address)
             raise
-        return admission
+        # Looked up for every attempt, known user or not: the same work either way.
+        if (
+            address is not None
+            and self._trust is not None
+            and await self._trust.trusted(username, address, now=self._clock())
+        ):
+            standing = Standing.TRUSTED
+        return dataclasses.replace(admission, standing=standing)
 
-    async def succeeded(self, admission: Admission) -> None:
-        """A good password resets the name's counter and refunds the address's charge."""
+    async def succeeded(self, admission: Admission, *, username: str) -> None:
+        """A good password resets the name's counter and refunds the address's charge.
+
+        It also trusts the pair of ``username`` (the user's name as stored) and the address:
+        the only way a pair becomes trusted.
+        """
         await self._store.delete("username", admission.username)
         if admission.address is not None:
             await self._refund("address", admission.address)
+        if admission.source is not None and self._trust is not None:
+            assert self._trust_rule is not None
+            await self._trust.trust(
+                username,
+                admission.source,
+                until=self._clock() + timedelta(seconds=self._trust_rule.seconds),
+                keep=self._trust_rule.addresses_per_user,
+            )
 
-    async def withdrawn(self, admission: Admission) -> None:
-        """An attempt that checked no password (identity was busy) gives back both charges."""
+    async def withdrawn(
+        self, admission: Admission, context: RequestContext, *, retry_after_seconds: int
+    ) -> None:
+        """An attempt that checked no password (identity was busy) gives back its charges.
+
+        The address is told to come back after ``retry_after_seconds``. An attempt that came
+        back sooner keeps its address's charge as a failure (a storm retries at once, a client
+        that behaves waits): the address stays suspicious for the window, and an address that
+        keeps doing it is locked like one that keeps guessing.
+        """
         await self._refund("username", admission.username)
-        if admission.address is not None:
-            await self._refund("address", admission.address)
+        if admission.address is None:
+            return
+        patient_from = self._clock() + timedelta(seconds=retry_after_seconds) - PATIENCE_TOLERANCE
+        if not admission.impatient:
+            await self._refund("address", admission.address, refused_until=patient_from)
+            return
+
+        def refuse(state: ThrottleState) -> ThrottleState:
+            return dataclasses.replace(state, refused_until=patient_from)
+
+        async with self._uow.transaction():
+            await self._swap("address", admission.address, refuse)
+            await self._lock_if_due("address", admission.address, context)
 
     async def failed(self, admission: Admission, context: RequestContext) -> None:
-        """A refused attempt keeps its charge; lock what reached its threshold."""
+        """A refused attempt keeps its charge; lock what reached its threshold.
+
+        A wrong password on a trusted pair ends that pair's trust: whoever shares the address
+        gets one attempt at the trusted standing per good login, not a stream of them.
+        """
         async with self._uow.transaction():
             await self._lock_if_due("username", admission.username, context)
             if admission.address is not None:
                 await self._lock_if_due("address", admission.address, context)
+            if (
+                admission.standing is Standing.TRUSTED
+                and admission.source is not None
+                and self._trust is not None
+            ):
+                await self._trust.forget(admission.name, address=admission.source)
+
+    async def forget_trust(self, username: str) -> None:
+        """Trust no address of ``username`` any more (the user was disabled or deleted)."""
+        if self._trust is not None:
+            await self._trust.forget(username)
 
     async def locked_until(self, username: str) -> datetime | None:
         """When a lockout of ``username`` ends, if one is in force."""
@@ -207,6 +305,8 @@ class LoginThrottle:
             )
             for state in expired:
                 await self._publish_unlocked_on_expiry(state)
+        if self._trust is not None:
+            await self._trust.sweep(now=now)
         return len(expired)
 
     # ---- internals -----------------------------------------------------------------------------
@@ -231,8 +331,8 @@ class LoginThrottle:
             ErrorCode.UPSTREAM_UNAVAILABLE, "Too many logins at once; try again shortly."
         )
 
-    async def _charge(self, kind: ThrottleKind, key: str, context: RequestContext) -> int:
-        """Charge one attempt; the failures counted before it."""
+    async def _charge(self, kind: ThrottleKind, key: str, context: RequestContext) -> ThrottleState:
+        """Charge one attempt; the counter as it was before."""
         rule = self._rule(kind)
         now = self._clock()
 
@@ -250,13 +350,19 @@ class LoginThrottle:
             if before.locked_until is not None and before.locked_until <= now:
                 # The lockout had expired and this attempt cleared it before the sweeper did.
                 await self._publish_unlocked_on_expiry(before, context)
-        return rule.failures_at(before, now)
+        return before
 
-    async def _refund(self, kind: ThrottleKind, key: str) -> None:
+    async def _refund(
+        self, kind: ThrottleKind, key: str, *, refused_until: datetime | None = None
+    ) -> None:
         def refund(state: ThrottleState) -> ThrottleState | None:
-            if state.version == 0 or state.failures == 0:
+            if state.version == 0 or (state.failures == 0 and refused_until is None):
                 return None
-            return dataclasses.replace(state, failures=state.failures - 1)
+            return dataclasses.replace(
+                state,
+                failures=max(0, state.failures - 1),
+                refused_until=refused_until or state.refused_until,
+            )
 
         await self._swap(kind, key, refund)
 

@@ -10,6 +10,7 @@ from hypersdk_contracts.envelope import RequestContext
 from hypersdk_identity.core.models import (
     ApiKey,
     Session,
+    Standing,
     SystemAccount,
     ThrottleKind,
     ThrottleState,
@@ -109,6 +110,30 @@ class ThrottleStore(ABC):
         """Remove expired lockouts (returned) and counters without failures since a time."""
 
 
+class TrustStore(ABC):
+    """User name and client address pairs that logged in successfully recently.
+
+    Shared by every identity replica. Only a login with the right password adds or extends a
+    pair; entries expire, and a user name keeps a bounded number of addresses.
+    """
+
+    @abstractmethod
+    async def trusted(self, username: str, address: str, *, now: datetime) -> bool:
+        """Whether ``username`` logged in from ``address`` and the trust lasts beyond ``now``."""
+
+    @abstractmethod
+    async def trust(self, username: str, address: str, *, until: datetime, keep: int) -> None:
+        """Trust the pair until ``until``; the user name keeps its ``keep`` latest addresses."""
+
+    @abstractmethod
+    async def forget(self, username: str, *, address: str | None = None) -> int:
+        """Forget ``address`` of ``username``, or every address of it; how many."""
+
+    @abstractmethod
+    async def sweep(self, *, now: datetime) -> int:
+        """Remove pairs whose trust ended by ``now``; how many."""
+
+
 class ApiKeyStore(ABC):
     """Keeps API keys by the hash of the key."""
 
@@ -154,21 +179,24 @@ class PasswordHasher(ABC):
             super().__init__("password hasher busy")
             self.retry_after_seconds = retry_after_seconds
 
-    def full(self, *, suspicious: bool = False) -> int | None:
-        """Seconds to wait if a check started now would be refused, else None.
+    def full(self, *, standing: Standing) -> int | None:
+        """Seconds to wait if a check of a login of ``standing`` started now would be refused.
 
-        Lets a caller refuse before doing other work; a check may still raise
-        :class:`BusyError` when others took the last place in between. A ``suspicious`` caller
-        (its address failed to log in recently) is refused while only the places reserved for
-        the others are left.
+        None if it would not. Lets a caller refuse before doing other work; a check may still
+        raise :class:`BusyError` when others took the last place in between. Each standing
+        keeps places the ones after it may not take (decision 0039): a ``SUSPICIOUS`` caller is
+        refused while only the places kept for ``UNKNOWN`` and ``TRUSTED`` ones are left, an
+        ``UNKNOWN`` one while only those kept for ``TRUSTED`` ones are left.
         """
         return None
 
-    def first_for(self, *, suspicious: bool) -> AbstractContextManager[None]:
-        """Checks started inside wait behind no ``suspicious`` one if ``suspicious`` is False.
+    def first_for(self, *, standing: Standing) -> AbstractContextManager[None]:
+        """Checks started inside wait behind no check of a later standing, and count as it.
 
-        A login from an address without recent failures is served before waiting ones from
-        addresses that failed recently (a storm's), not behind them. Default: no order.
+        A login of a user who logged in from that address recently is served before waiting
+        ones of other addresses, and those of addresses without recent failures before the
+        ones of a storm's. Work outside such a block comes from callers already authenticated
+        (an administrator creating a user) and counts as ``TRUSTED``. Default: no order.
         """
         return nullcontext()
 

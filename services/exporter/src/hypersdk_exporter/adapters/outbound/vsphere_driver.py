@@ -69,7 +69,7 @@ vim: Any = _vim
 vmodl: Any = _vmodl
 SmartStubAdapter: Any = _connect.SmartStubAdapter
 
-TIMEOUT_SECONDS = 60.0
+TIMEOUT_SECONDS = 60.0  # default bound on any one connect, send or read of a socket
 TASK_TIMEOUT_SECONDS = 120.0
 PAGE_OBJECTS = 1000
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -100,6 +100,13 @@ class VsphereConfig(DriverConfig):
         default=None, description="SHA-256 thumbprint of the one server certificate to trust."
     )
     insecure: bool = Field(default=False, description="Skip TLS verification (logged).")
+    timeout_seconds: float = Field(
+        default=TIMEOUT_SECONDS,
+        ge=1,
+        le=600,
+        description="Bound on each connect and each read (API and datastore): a host that "
+        "stops answering fails the call after this long instead of hanging it.",
+    )
 
     @field_validator("host")
     @classmethod
@@ -239,7 +246,7 @@ def _login(
             host=host,
             port=config.port,
             sslContext=context,
-            httpConnectionTimeout=TIMEOUT_SECONDS,
+            httpConnectionTimeout=config.timeout_seconds,
             connectionPoolTimeout=-1,
         )
         instance = vim.ServiceInstance("ServiceInstance", stub)
@@ -330,9 +337,9 @@ class VsphereSession(ProviderSession):
             raise
         except vim.fault.NotAuthenticated:
             raise _upstream(host, "the session is no longer valid") from None
-        except ssl.SSLError as exc:
+        except ssl.SSLCertVerificationError as exc:
             raise _untrusted(host, exc) from None
-        except (OSError, http.client.HTTPException):
+        except (OSError, http.client.HTTPException):  # also a TLS stream cut short mid-read
             raise _unreachable(host) from None
         except vmodl.MethodFault as fault:
             raise _upstream(host, f"the call failed ({type(fault).__name__})") from None
@@ -600,7 +607,10 @@ class VsphereSession(ProviderSession):
         query = urlencode({"dcPath": backing.datacenter_path, "dsName": backing.datastore})
         url = f"/folder/{quote(path)}?{query}"
         connection = http.client.HTTPSConnection(
-            self._config.host, self._config.port, context=self._context, timeout=TIMEOUT_SECONDS
+            self._config.host,
+            self._config.port,
+            context=self._context,
+            timeout=self._config.timeout_seconds,
         )
         try:
             connection.request(
@@ -710,6 +720,21 @@ def _controller_kind(controller: Any) -> str:
     return "scsi"
 
 
+_SCSI_MODELS = (  # subclasses of VirtualSCSIController, as DiskInfo.controller_model
+    ("ParaVirtualSCSIController", "pvscsi"),
+    ("VirtualLsiLogicSASController", "lsilogicsas"),
+    ("VirtualLsiLogicController", "lsilogic"),
+    ("VirtualBusLogicController", "buslogic"),
+)
+
+
+def _controller_model(controller: Any) -> str | None:
+    if not isinstance(controller, vim.vm.device.VirtualSCSIController):
+        return None
+    name = type(controller).__name__
+    return next((model for cls, model in _SCSI_MODELS if name.endswith(cls)), None)
+
+
 def _disks(
     devices: Iterable[Any], datacenter_path: str
 ) -> tuple[tuple[DiskInfo, ...], tuple[tuple[str, Backing], ...]]:
@@ -743,6 +768,7 @@ def _disks(
                 capacity_bytes=capacity,
                 controller=kind,
                 unit=unit,
+                controller_model=_controller_model(controller),
             )
         )
         if match:
@@ -841,16 +867,26 @@ class VsphereDiskSource(DiskSource):
                     size = CHUNK_BYTES if remaining is None else min(CHUNK_BYTES, remaining)
                     if size == 0:
                         break
-                    block = await asyncio.to_thread(response.read, size)
+                    # a reset or a silent host (past timeout_seconds) is "unreachable"
+                    block = await self._session._call(response.read, size)
                     if not block:
                         break
                     if remaining is not None:
                         remaining -= len(block)
                     yield block
                 if remaining:
-                    raise _changed(file_name)
+                    await self._short(file_name)
             finally:
                 await asyncio.to_thread(connection.close)
+
+    async def _short(self, file_name: str) -> None:
+        """A body that ended early: the file changed, or the host went away mid-read.
+
+        Both look alike on the wire (the server closes the connection); asking for the file's
+        state again tells them apart: a host that no longer answers raises ``unreachable``.
+        """
+        await self._session._call(self._session.file_state, self._backing, file_name)
+        raise _changed(file_name)
 
     async def fingerprint(self) -> SourceFingerprint:
         """The VM's changeVersion and each file's size and Last-Modified, as served now."""

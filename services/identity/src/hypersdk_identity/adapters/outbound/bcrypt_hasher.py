@@ -5,10 +5,14 @@ CPU sets narrow, else the machine's count): one thread per core but one, so a st
 leaves a core to the event loop, the database and the other services. Its queue is bounded
 too: a check that would wait behind more than ``queue`` others is refused at once with
 :class:`PasswordHasher.BusyError` (identity answers 503 ``service_busy`` with Retry-After), so
-no login waits seconds for a thread and then times out. The last ``workers`` places are kept
-for logins from addresses without recent failures, and their checks are started before any
-waiting one of an address that failed recently, so a storm of failed logins neither crowds
-out nor queues ahead of everyone else (decision 0003).
+no login waits seconds for a thread and then times out.
+
+Each login comes with a :class:`Standing` (decision 0039). Waiting checks start in standing
+order (``TRUSTED``, then ``UNKNOWN``, then ``SUSPICIOUS``; first come first within one), and each
+standing keeps a thread's worth of places that the ones after it may not take: ``TRUSTED`` may
+take every place, ``UNKNOWN`` all but the last ``workers``, ``SUSPICIOUS`` also leaves the
+``workers`` before those. So a storm of failed logins neither crowds out nor queues ahead of a
+user who logged in from there before, nor of a newcomer (decision 0003).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, TypeVar
 
 import bcrypt
 
+from hypersdk_identity.core.models import Standing
 from hypersdk_identity.ports.outbound import PasswordHasher
 
 MIN_COST = 12
@@ -32,8 +37,10 @@ MAX_BYTES = 72  # bcrypt ignores (bcrypt 5: refuses) anything longer
 QUEUE_PER_WORKER = 4  # waiting checks per thread: at cost 12, at most ~1.2 s of waiting
 RETRY_AFTER_SECONDS = 1
 T = TypeVar("T")
-_SUSPICIOUS: ContextVar[bool] = ContextVar("hypersdk_bcrypt_suspicious", default=False)
-"""Whether checks of the current task come second (set by ``first_for`` around a login)."""
+_STANDING: ContextVar[Standing] = ContextVar("hypersdk_bcrypt_standing", default=Standing.TRUSTED)
+"""The standing checks of the current task count as (set by ``first_for`` around a login).
+
+Outside a login the caller is already authenticated (an administrator creating a user)."""
 Job = tuple[Callable[..., Any], tuple[object, ...], "Future[Any]"]
 
 
@@ -52,8 +59,9 @@ def default_workers() -> int:
 class BcryptPasswordHasher(PasswordHasher):
     """bcrypt with a configurable cost, never below 12; ``workers`` at a time, ``queue`` waiting.
 
-    A check or hash beyond ``workers + queue`` in flight raises :class:`PasswordHasher.BusyError`
-    before anything is queued.
+    A check or hash beyond the places its standing may take (``places``; all
+    ``workers + queue`` for ``TRUSTED``) raises :class:`PasswordHasher.BusyError` before
+    anything is queued.
     """
 
     def __init__(
@@ -66,13 +74,22 @@ class BcryptPasswordHasher(PasswordHasher):
         self._cost = cost
         self.workers = workers or default_workers()
         self.queue = QUEUE_PER_WORKER * self.workers if queue is None else queue
-        # Places a suspicious login may not take: one thread's worth, so a login from an address
-        # without recent failures waits behind at most the queue, never finds it full.
-        self.reserved = min(self.workers, self.queue)
+        # Places kept from the standings after each one: a thread's worth each, taken from the
+        # queue (every standing may fill the threads), so a login of a better standing waits
+        # behind at most the checks running and its own standing's, never finds the pool full.
+        kept_for_trusted = min(self.workers, self.queue)
+        kept_for_unknown = min(self.workers, self.queue - kept_for_trusted)
+        total = self.workers + self.queue
+        self.places: dict[Standing, int] = {
+            Standing.TRUSTED: total,
+            Standing.UNKNOWN: total - kept_for_trusted,
+            Standing.SUSPICIOUS: total - kept_for_trusted - kept_for_unknown,
+        }
+        """How many checks may be in flight when one of each standing is let in."""
         self._in_flight = 0
         self._running = 0
-        # Work waiting for a thread: first the checks of addresses without recent failures.
-        self._waiting: tuple[deque[Job], deque[Job]] = (deque(), deque())
+        # Work waiting for a thread, one first-come queue per standing, started in that order.
+        self._waiting: dict[Standing, deque[Job]] = {standing: deque() for standing in Standing}
         self._lock = threading.Lock()  # released from the worker threads
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="bcrypt")
 
@@ -81,44 +98,40 @@ class BcryptPasswordHasher(PasswordHasher):
         """Hashes and checks running or waiting for a thread."""
         return self._in_flight
 
-    def full(self, *, suspicious: bool = False) -> int | None:
-        """Seconds to wait when every place is taken, else None.
-
-        For a suspicious caller, every place but the reserved ones counts as all of them.
-        """
-        places = self.workers + self.queue - (self.reserved if suspicious else 0)
-        return RETRY_AFTER_SECONDS if self._in_flight >= places else None
+    def full(self, *, standing: Standing) -> int | None:
+        """Seconds to wait when every place ``standing`` may take is taken, else None."""
+        return RETRY_AFTER_SECONDS if self._in_flight >= self.places[standing] else None
 
     @contextmanager
-    def first_for(self, *, suspicious: bool) -> Iterator[None]:
-        """Checks started inside go first unless ``suspicious`` (see the port)."""
-        token = _SUSPICIOUS.set(suspicious)
+    def first_for(self, *, standing: Standing) -> Iterator[None]:
+        """Checks started inside count as ``standing`` (see the port)."""
+        token = _STANDING.set(standing)
         try:
             yield
         finally:
-            _SUSPICIOUS.reset(token)
+            _STANDING.reset(token)
 
     async def _run(self, work: Callable[..., T], *args: object) -> T:
         done: Future[T] = Future()
-        suspicious = _SUSPICIOUS.get()
+        standing = _STANDING.get()
         with self._lock:
             # Checked again here, not only by ``full``: others may have come in since.
-            if self._in_flight >= self.workers + self.queue - (self.reserved if suspicious else 0):
+            if self._in_flight >= self.places[standing]:
                 raise PasswordHasher.BusyError(RETRY_AFTER_SECONDS)
             self._in_flight += 1
-            self._waiting[suspicious].append((work, args, done))
+            self._waiting[standing].append((work, args, done))
             self._start_waiting()
         return await asyncio.wrap_future(done)
 
     def _start_waiting(self) -> None:
-        """Hand waiting work to free threads, first come first within a rank (lock held).
+        """Hand waiting work to free threads, in standing order, first come first (lock held).
 
         A place is given back when its work ends, not when its caller stops waiting: a thread
         still busy with an abandoned check is still busy.
         """
         while self._running < self.workers:
-            rank = self._waiting[False] or self._waiting[True]
-            if not rank:
+            rank = next((queue for queue in self._waiting.values() if queue), None)
+            if rank is None:
                 return
             work, args, done = rank.popleft()
             self._running += 1

@@ -27,6 +27,7 @@ from hypersdk_identity.ports.outbound import (
     PermissionDirectory,
     SessionStore,
     ThrottleStore,
+    TrustStore,
     UserStore,
 )
 
@@ -163,6 +164,47 @@ class InMemoryThrottleStore(ThrottleStore):
         for state in [*expired, *stale]:
             del self.states[(state.kind, state.key)]
         return expired
+
+
+class InMemoryTrustStore(TrustStore):
+    """Trusted (user name, address) pairs in a dict, bounded per user name like PostgreSQL."""
+
+    def __init__(self) -> None:
+        self.pairs: dict[tuple[str, str], datetime] = {}
+
+    async def trusted(self, username: str, address: str, *, now: datetime) -> bool:
+        """Whether the pair is trusted beyond ``now``."""
+        until = self.pairs.get((username, address))
+        return until is not None and now < until
+
+    async def trust(self, username: str, address: str, *, until: datetime, keep: int) -> None:
+        """Upsert, then keep the user name's ``keep`` latest-ending addresses."""
+        self.pairs[(username, address)] = until
+        mine = sorted(
+            (pair for pair in self.pairs if pair[0] == username),
+            key=lambda pair: self.pairs[pair],
+            reverse=True,
+        )
+        for pair in mine[keep:]:
+            del self.pairs[pair]
+
+    async def forget(self, username: str, *, address: str | None = None) -> int:
+        """Remove one pair or all of a user name."""
+        gone = [
+            pair
+            for pair in self.pairs
+            if pair[0] == username and (address is None or pair[1] == address)
+        ]
+        for pair in gone:
+            del self.pairs[pair]
+        return len(gone)
+
+    async def sweep(self, *, now: datetime) -> int:
+        """Remove ended pairs."""
+        ended = [pair for pair, until in self.pairs.items() if until <= now]
+        for pair in ended:
+            del self.pairs[pair]
+        return len(ended)
 
 
 class InMemoryApiKeyStore(ApiKeyStore):

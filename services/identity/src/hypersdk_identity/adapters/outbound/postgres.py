@@ -7,7 +7,13 @@ from datetime import datetime
 import asyncpg
 
 from hypersdk_identity.core.models import ApiKey, Session, ThrottleKind, ThrottleState, User
-from hypersdk_identity.ports.outbound import ApiKeyStore, SessionStore, ThrottleStore, UserStore
+from hypersdk_identity.ports.outbound import (
+    ApiKeyStore,
+    SessionStore,
+    ThrottleStore,
+    TrustStore,
+    UserStore,
+)
 from hypersdk_kit.database import Database
 from hypersdk_kit.outbox import OUTBOX_DEAD_MIGRATION, OUTBOX_MIGRATION
 
@@ -65,11 +71,24 @@ MIGRATIONS = [
     """,
     OUTBOX_MIGRATION,
     OUTBOX_DEAD_MIGRATION,
+    # 5: the standing of a login (decision 0039): trusted pairs, refusals' Retry-After.
+    """
+    ALTER TABLE login_throttle ADD COLUMN refused_until timestamptz;
+    CREATE TABLE login_trust (
+        username text NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+        address text NOT NULL,
+        trusted_until timestamptz NOT NULL,
+        PRIMARY KEY (username, address)
+    );
+    CREATE INDEX login_trust_until ON login_trust (trusted_until);
+    """,
 ]
 SESSION_COLUMNS = (
     "id::text AS id, username, token_hash, created_at, last_seen_at, expires_at, revoked"
 )
-THROTTLE_COLUMNS = "kind, key, failures, window_started_at, last_failure_at, locked_until, version"
+THROTTLE_COLUMNS = (
+    "kind, key, failures, window_started_at, last_failure_at, locked_until, refused_until, version"
+)
 API_KEY_COLUMNS = (
     "id::text AS id, owner, name, key_hash, hint, scopes, created_at, created_by, expires_at,"
     " revoked_at, replaced_by::text AS replaced_by, last_used_at"
@@ -243,19 +262,20 @@ class PostgresThrottleStore(ThrottleStore):
             state.window_started_at,
             state.last_failure_at,
             state.locked_until,
+            state.refused_until,
         )
         if state.version == 0:
             status = await self._pool.execute(
                 "INSERT INTO identity.login_throttle"
-                f" ({THROTTLE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, 1)"
+                f" ({THROTTLE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, 1)"
                 " ON CONFLICT (kind, key) DO NOTHING",
                 *values,
             )
         else:
             status = await self._pool.execute(
                 "UPDATE identity.login_throttle SET failures = $3, window_started_at = $4,"
-                " last_failure_at = $5, locked_until = $6, version = version + 1"
-                " WHERE kind = $1 AND key = $2 AND version = $7",
+                " last_failure_at = $5, locked_until = $6, refused_until = $7,"
+                " version = version + 1 WHERE kind = $1 AND key = $2 AND version = $8",
                 *values,
                 state.version,
             )
@@ -286,6 +306,67 @@ class PostgresThrottleStore(ThrottleStore):
                 stale_before,
             )
         return [ThrottleState(**dict(row)) for row in rows]
+
+
+class PostgresTrustStore(TrustStore):
+    """Trusted (user name, address) pairs in ``identity.login_trust``, shared by replicas.
+
+    A row goes with its user (``ON DELETE CASCADE``); a user name keeps its ``keep`` addresses
+    whose trust lasts longest, so the table holds at most users x ``keep`` rows.
+    """
+
+    def __init__(self, pool: Database) -> None:
+        self._pool = pool
+
+    async def trusted(self, username: str, address: str, *, now: datetime) -> bool:
+        """One primary-key lookup."""
+        row = await self._pool.fetchrow(
+            "SELECT 1 FROM identity.login_trust"
+            " WHERE username = $1 AND address = $2 AND trusted_until > $3",
+            username,
+            address,
+            now,
+        )
+        return row is not None
+
+    async def trust(self, username: str, address: str, *, until: datetime, keep: int) -> None:
+        """Upsert the pair, then drop the user name's addresses beyond the ``keep`` latest."""
+        await self._pool.execute(
+            "INSERT INTO identity.login_trust (username, address, trusted_until)"
+            " VALUES ($1, $2, $3) ON CONFLICT (username, address)"
+            " DO UPDATE SET trusted_until = EXCLUDED.trusted_until",
+            username,
+            address,
+            until,
+        )
+        await self._pool.execute(
+            "DELETE FROM identity.login_trust WHERE username = $1 AND address IN ("
+            " SELECT address FROM identity.login_trust WHERE username = $1"
+            " ORDER BY trusted_until DESC, address OFFSET $2)",
+            username,
+            keep,
+        )
+
+    async def forget(self, username: str, *, address: str | None = None) -> int:
+        """Delete one pair or every pair of a user name."""
+        if address is None:
+            status = await self._pool.execute(
+                "DELETE FROM identity.login_trust WHERE username = $1", username
+            )
+        else:
+            status = await self._pool.execute(
+                "DELETE FROM identity.login_trust WHERE username = $1 AND address = $2",
+                username,
+                address,
+            )
+        return int(status.split()[-1])
+
+    async def sweep(self, *, now: datetime) -> int:
+        """Delete ended pairs."""
+        status = await self._pool.execute(
+            "DELETE FROM identity.login_trust WHERE trusted_until <= $1", now
+        )
+        return int(status.split()[-1])
 
 
 def _api_key(row: asyncpg.Record) -> ApiKey:
