@@ -475,8 +475,8 @@ def render(exports: dict[str, Any]) -> list[str]:
     worst_status = max((s for s in status if s is not None), default=None)
     worst_stopped = max((s for s in stopped if s is not None), default=None)
     lines += [
-        f"{len(cancels)} exports of the same disk, each cancelled (`POST /api/v1/jobs/{{id}}/",
-        "cancel`) half a second after its qemu-img started writing; measured from the POST",
+        f"{len(cancels)} exports of the same disk, each cancelled half a second after its",
+        "qemu-img started writing (`POST /api/v1/jobs/{id}/cancel`); measured from the POST",
         "until the job reads `cancelled`, and until no qemu-img of the job is alive and its",
         "partial output is gone:",
         "",
