@@ -9,7 +9,9 @@ measures, in one run so that the figures compare side by side:
    FastAPI endpoint served by the same uvicorn process, with 1, 10 and 100 clients (wrk);
 3. audited calls per second at 100 clients against the bare endpoint, and the CPU each
    costs, process by process (bench/audited.py);
-4. a storm of logins (bcrypt cost 12) and the latency of other requests during it.
+4. a storm of logins (bcrypt cost 12) and the latency of other requests during it;
+5. exports of one multi-GiB disk through the platform against plain ``qemu-img convert``,
+   for qcow2 and streamOptimized vmdk, and the time a cancel takes (bench/exports.py).
 
 ``--only`` runs some phases alone and ``HYPERSDK_BENCH_SECONDS`` shortens each load (a smoke
 run; the figures of docs/benchmarks.md come from a whole run).
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import audited
 import devstack
+import exports
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.rpc import DecideRequest, RpcRequest
@@ -58,12 +61,14 @@ PASSWORD = "bench-admin-" + secrets.token_hex(6)
 
 
 PHASE_LIMIT_SECONDS = 300
-PHASES = ("policy", "gateway", "audited", "storm")
+PHASES = ("policy", "gateway", "audited", "storm", "exports")
 
 
-async def bounded(phase: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+async def bounded(
+    phase: Awaitable[dict[str, Any]], limit: float = PHASE_LIMIT_SECONDS
+) -> dict[str, Any]:
     """Every phase stops by itself."""
-    return await asyncio.wait_for(phase, timeout=PHASE_LIMIT_SECONDS)
+    return await asyncio.wait_for(phase, timeout=limit)
 
 
 def progress(message: str) -> None:
@@ -737,6 +742,8 @@ def render(results: dict[str, Any], command: str) -> str:
         f"({storm['logins_per_s']:.1f} logins/s completed).",
         "",
         *render_failed_storm(storm["failed_storm"]),
+        *exports.render(results["exports"]),
+        "",
     ]
     return "\n".join(lines)
 
@@ -825,6 +832,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             progress("login storm")
             results["login_storm"] = await bounded(
                 login_storm(config, token, args.requests // 2, storm_seconds=args.storm_seconds)
+            )
+        if "exports" in phases:
+            progress("exports against qemu-img, and cancels")
+            results["exports"] = await bounded(
+                exports.measure(config, auth, progress), exports.PHASE_LIMIT_S
             )
     return results
 

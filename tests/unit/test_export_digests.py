@@ -1,0 +1,87 @@
+"""The digests of the write pass over sparse files: holes hashed as zeros without reading them,
+data through one reused buffer, equal to the SHA-256 of the file's bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+from hypersdk_exporter.adapters.outbound.qemu_img import (
+    MAX_WRITE,
+    READ_BLOCK,
+    extents,
+    follow_hash,
+    hash_file,
+)
+
+MIB = 1 << 20
+
+
+def _layout(size: int, seed: int) -> list[tuple[int, bytes]]:
+    """Data runs at odd offsets and of odd lengths, holes between (some over READ_BLOCK)."""
+    rng = random.Random(seed)
+    runs, offset = [], 4096 * 3 + 17
+    while offset < size:
+        length = min(rng.randrange(1, 3 * MIB), size - offset)
+        runs.append((offset, rng.randbytes(length)))
+        offset += length + rng.choice([0, 4096, 65536 + 5, READ_BLOCK + 4096 * 7])
+    return runs
+
+
+def _sparse(path: Path, size: int, seed: int) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        for offset, data in _layout(size, seed):
+            os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+    return path
+
+
+def _expected(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_sparse_file_hashes_as_its_bytes(tmp_path: Path) -> None:
+    path = _sparse(tmp_path / "disk", 40 * MIB + 123, seed=1)
+    assert len(extents(path)) > 1  # really sparse here, or the holes went untested
+    assert hash_file(path) == _expected(path)
+
+
+def test_a_file_of_one_hole_and_an_empty_file(tmp_path: Path) -> None:
+    hole = tmp_path / "hole"
+    with hole.open("wb") as stream:
+        stream.truncate(3 * READ_BLOCK + 1)
+    empty = tmp_path / "empty"
+    empty.touch()
+    assert hash_file(hole) == _expected(hole)
+    assert hash_file(empty) == hashlib.sha256(b"").hexdigest()
+
+
+def test_the_follower_hashes_a_file_written_in_order_as_its_final_bytes(tmp_path: Path) -> None:
+    size = 3 * MAX_WRITE + 5 * MIB
+    path = tmp_path / "target"
+    with path.open("wb") as stream:
+        stream.truncate(size)  # created first, as qemu-img create does
+    written, stop = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            for offset, data in _layout(size, seed=2):  # in order, one request at a time
+                os.pwrite(fd, data, offset)
+                time.sleep(0.001)
+        finally:
+            os.close(fd)
+        written.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    digest = follow_hash(path, written, stop, metadata=[])
+    thread.join()
+    assert digest == _expected(path)
