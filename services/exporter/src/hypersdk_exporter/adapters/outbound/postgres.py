@@ -14,7 +14,7 @@ from hypersdk_exporter.core.jobs import Job, JobAction, JobQuery, JobTransition
 from hypersdk_exporter.core.models import Provider
 from hypersdk_exporter.ports.outbound import JobStore, ProviderStore
 from hypersdk_kit.database import Database
-from hypersdk_kit.outbox import OUTBOX_MIGRATION
+from hypersdk_kit.outbox import OUTBOX_DEAD_MIGRATION, OUTBOX_MIGRATION
 
 SCHEMA = "exporter"
 MIGRATIONS = [
@@ -81,6 +81,7 @@ MIGRATIONS = [
     INSERT INTO job_history (job_id, at, action, status, actor)
         SELECT id, created_at, 'requested', 'queued', requested_by FROM jobs;
     """,
+    OUTBOX_DEAD_MIGRATION,
 ]
 _JOB_COLUMNS = (
     "id::text AS id, provider, vm, format, status, progress, error, artifacts, requested_by,"
