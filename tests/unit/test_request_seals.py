@@ -26,11 +26,13 @@ from hypersdk_contracts.rpc import (
     CreateUserRequest,
     DiskFormat,
     ListUsersRequest,
+    ListVmsRequest,
+    ResolveCredentialRequest,
     RpcRequest,
 )
 from hypersdk_gateway.core.seals import seal_request
 from hypersdk_kit.bus import InMemoryEventPublisher
-from hypersdk_kit.guard import RequestGuard, SeenSeals, check_grant
+from hypersdk_kit.guard import QueuedGrace, RequestGuard, SeenSeals, check_grant
 from hypersdk_kit.trust import AssertionRejectedError, AssertionSigner, AssertionVerifier
 
 NOW = 1_800_000_000.0
@@ -303,3 +305,74 @@ def test_a_command_without_an_actor_is_refused() -> None:
             operation=EXPORT_COMMAND,
         )
     assert refused.value.reason == "missing_actor"
+
+
+# ---- a queued export's worker asks for its provider's credential --------------------------------
+
+RESOLVE = RpcQueue.SECRETS_RESOLVE_CREDENTIAL
+QUEUED = QueuedGrace(sealed_operation=RpcQueue.EXPORTER_CREATE_EXPORT, grace_seconds=3600)
+READ = frozenset({"vms:browse", "vms:export"})
+
+
+def _sealed(clock: Clock, operation: str, request: RpcRequest) -> RequestContext:
+    return seal_request(gateway(clock), operation, request).context
+
+
+def _credential_read(ctx: RequestContext) -> ResolveCredentialRequest:
+    return ResolveCredentialRequest(path="providers/lab", context=ctx)
+
+
+async def _read(guard: RequestGuard, ctx: RequestContext, queued: QueuedGrace | None) -> str:
+    """``admitted``, or the reason the guard refused the credential read (each a new message)."""
+    try:
+        await guard.authorize(
+            operation=RESOLVE,
+            context=ctx.model_copy(),
+            permissions=READ,
+            target=None,
+            queued=queued,
+        )
+    except ServiceError:
+        events: InMemoryEventPublisher = guard.events  # type: ignore[assignment]
+        return str(events.events[-1].data["reason"])
+    return "admitted"
+
+
+async def test_a_queued_exports_credential_read_is_backed_by_its_command_past_expiry() -> None:
+    """The job waited in the queue for 10 minutes: its seal (30 s) and grant (60 s) expired."""
+    clock, events = Clock(), InMemoryEventPublisher()
+    guard = make_guard(events, clock)
+    ops = sorted(with_follow_ups([RpcQueue.EXPORTER_CREATE_EXPORT]))
+    ctx = RequestContext(
+        actor="olga",
+        source_ip="198.51.100.7",
+        request_id="req-9",
+        grant=grant(ops, sub="olga", perm="vms:export"),
+    )
+    export = CreateExportRequest(provider="lab", vm="web-01", format=DiskFormat.RAW, context=ctx)
+    sealed = _sealed(clock, RpcQueue.EXPORTER_CREATE_EXPORT, export)
+
+    clock.now = NOW + 600
+    assert await _read(guard, sealed, QUEUED) == "admitted"
+    assert await _read(guard, sealed, None) == "seal_expired"  # no grace unless asked for
+    clock.now = NOW + 30 + 3600 + 120
+    assert await _read(guard, sealed, QUEUED) == "seal_expired"  # nor beyond it
+
+
+async def test_the_grace_is_for_the_queued_operation_only() -> None:
+    """A browse request's seal, expired, backs no credential read, grace or not."""
+    clock, events = Clock(), InMemoryEventPublisher()
+    guard = make_guard(events, clock)
+    ops = sorted(with_follow_ups([RpcQueue.EXPORTER_LIST_VMS]))
+    ctx = RequestContext(
+        actor="alice",
+        source_ip="198.51.100.7",
+        request_id="req-10",
+        grant=grant(ops, sub="alice", perm="vms:browse"),
+    )
+    sealed = _sealed(clock, RpcQueue.EXPORTER_LIST_VMS, ListVmsRequest(provider="lab", context=ctx))
+
+    clock.now = NOW + 5
+    assert await _read(guard, sealed, QUEUED) == "admitted"
+    clock.now = NOW + 600
+    assert await _read(guard, sealed, QUEUED) == "seal_expired"

@@ -69,6 +69,20 @@ _ADMITTED: ContextVar[tuple[RequestContext, str, SeenSeals, dict[str, Any]] | No
 
 
 @dataclass(frozen=True)
+class QueuedGrace:
+    """How long after their expiry a queued command's seal and grant still back its follow-ups.
+
+    An export command carries its request's seal and grant to the worker, which may start it
+    minutes later; what the worker then asks on the requester's behalf (the provider's
+    credential) is checked against those, expired or not, up to ``grace_seconds``: the same
+    bound the worker applies to the command itself.
+    """
+
+    sealed_operation: str
+    grace_seconds: int
+
+
+@dataclass(frozen=True)
 class RequestGuard:
     """Verifies seals (gateway), grants (policy) and principal assertions (identity).
 
@@ -104,14 +118,25 @@ class RequestGuard:
         context: RequestContext,
         permissions: frozenset[str],
         target: str | None = None,
+        queued: QueuedGrace | None = None,
     ) -> dict[str, Any]:
-        """The grant's claims if it allows one of ``permissions`` for this very request."""
+        """The grant's claims if it allows one of ``permissions`` for this very request.
+
+        With ``queued``, a follow-up of the queued operation it names may come after its seal
+        and grant expired (the command waited in a work queue), by at most its grace.
+        """
         try:
             if self.grants is None:
                 raise AssertionRejectedError("no_trust_anchor")
             _require_actor(context)
-            self._admit(operation=operation, context=context, target=target)
-            claims = self.grants.verify(context.grant)
+            grace = 0 if queued is None else queued.grace_seconds
+            seal = self._admit(
+                operation=operation, context=context, target=target, grace_seconds=grace
+            )
+            if grace and seal.get("op") != queued.sealed_operation:  # type: ignore[union-attr]
+                grace = 0  # no grace but for a follow-up of the queued operation
+                verify_seal(self.seals, context.seal)
+            claims = self.grants.verify(context.grant, grace_seconds=grace)
             check_grant(claims, context=context, permissions=permissions, operation=operation)
         except AssertionRejectedError as exc:
             await self.refuse(operation=operation, reason=exc.reason, context=context)
@@ -136,7 +161,12 @@ class RequestGuard:
         return claims
 
     def _admit(
-        self, *, operation: str, context: RequestContext, target: str | None
+        self,
+        *,
+        operation: str,
+        context: RequestContext,
+        target: str | None,
+        grace_seconds: int = 0,
     ) -> dict[str, Any]:
         admitted = _ADMITTED.get()
         if (
@@ -146,7 +176,7 @@ class RequestGuard:
             and admitted[2] is self.seen
         ):
             return admitted[3]
-        claims = verify_seal(self.seals, context.seal)
+        claims = verify_seal(self.seals, context.seal, grace_seconds=grace_seconds)
         check_seal(claims, context=context, operation=operation, target=target)
         # A follow-up (a question the served service asks on its caller's behalf, such as
         # policy.permissions_of while identity issues a key) may come more than once under one
@@ -181,7 +211,11 @@ def _require_actor(context: RequestContext) -> None:
 
 
 def verify_seal(
-    verifier: AssertionVerifier | None, seal: str | None, *, check_expiry: bool = True
+    verifier: AssertionVerifier | None,
+    seal: str | None,
+    *,
+    check_expiry: bool = True,
+    grace_seconds: int = 0,
 ) -> dict[str, Any]:
     """The claims of a seal the gateway signed; reasons are prefixed ``seal_`` or ``missing_``."""
     if verifier is None:
@@ -189,7 +223,7 @@ def verify_seal(
     if not seal:
         raise AssertionRejectedError("missing_seal")
     try:
-        claims = verifier.verify(seal, check_expiry=check_expiry)
+        claims = verifier.verify(seal, check_expiry=check_expiry, grace_seconds=grace_seconds)
     except AssertionRejectedError as exc:
         raise AssertionRejectedError(f"seal_{exc.reason}") from exc
     if claims.get("typ") != SEAL_TYPE or not isinstance(claims.get("jti"), str):

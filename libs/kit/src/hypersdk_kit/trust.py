@@ -85,8 +85,13 @@ class AssertionVerifier:
     issuer: str
     clock: Callable[[], float] = time.time
 
-    def verify(self, token: str | None, *, check_expiry: bool = True) -> dict[str, Any]:
-        """The claims of a valid assertion, or :class:`AssertionRejectedError`."""
+    def verify(
+        self, token: str | None, *, check_expiry: bool = True, grace_seconds: int = 0
+    ) -> dict[str, Any]:
+        """The claims of a valid assertion, or :class:`AssertionRejectedError`.
+
+        ``grace_seconds`` accepts an assertion that expired at most that long ago.
+        """
         if not token:
             raise AssertionRejectedError("missing_assertion")
         parts = token.split(".")
@@ -108,7 +113,7 @@ class AssertionVerifier:
         now = self.clock()
         if claims["iat"] > now + MAX_CLOCK_SKEW_SECONDS:
             raise AssertionRejectedError("not_yet_valid")
-        if check_expiry and claims["exp"] < now - MAX_CLOCK_SKEW_SECONDS:
+        if check_expiry and claims["exp"] < now - MAX_CLOCK_SKEW_SECONDS - grace_seconds:
             raise AssertionRejectedError("expired")
         return claims
 

@@ -30,3 +30,10 @@ class SecretsSettings(ServiceSettings):
         description="Broker logins that may read provider credentials (JSON list): the "
         "exporter's. Every other caller is refused (decision 0033).",
     )
+    queued_export_grace_seconds: int = Field(
+        default=86400,
+        ge=0,
+        description="How long after they expired an export command's seal and grant still back "
+        "its worker's credential read (the job waited in the queue); the exporter's "
+        "MAX_COMMAND_AGE_SECONDS bounds the command itself the same way.",
+    )

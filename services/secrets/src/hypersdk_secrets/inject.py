@@ -54,6 +54,10 @@ async def prepare_secrets(
         ),
     )
     register_rpc(
-        broker, secrets, guard=guard, credential_readers=frozenset(settings.credential_readers)
+        broker,
+        secrets,
+        guard=guard,
+        credential_readers=frozenset(settings.credential_readers),
+        queued_export_grace_seconds=settings.queued_export_grace_seconds,
     )
     yield secrets, broker

@@ -20,7 +20,7 @@ from hypersdk_contracts.rpc import (
     SecretPathRequest,
 )
 from hypersdk_kit.bus import Authorizer, current_message, serve_rpc
-from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.guard import QueuedGrace, RequestGuard
 from hypersdk_secrets.core.service import SecretsService
 
 SECRETS_MANAGE = frozenset({Permission.SECRETS_MANAGE.value})
@@ -42,6 +42,7 @@ class CredentialReaders:
     guard: RequestGuard
     readers: frozenset[str]
     login: Callable[[], str | None]
+    queued: QueuedGrace | None = None
 
     async def authorize(
         self,
@@ -55,7 +56,11 @@ class CredentialReaders:
         if self.login() not in self.readers:
             await self.guard.refuse(operation=operation, reason="not_a_reader", context=context)
         return await self.guard.authorize(
-            operation=operation, context=context, permissions=permissions, target=target
+            operation=operation,
+            context=context,
+            permissions=permissions,
+            target=target,
+            queued=self.queued,
         )
 
 
@@ -65,6 +70,7 @@ def register_rpc(
     *,
     guard: RequestGuard,
     credential_readers: frozenset[str] = frozenset(),
+    queued_export_grace_seconds: int = 0,
 ) -> None:
     """Answer the secrets questions on their request queues."""
 
@@ -73,7 +79,15 @@ def register_rpc(
         return None if user_id is None else str(user_id)
 
     readers: Authorizer = CredentialReaders(
-        guard=guard, readers=credential_readers, login=caller_login
+        guard=guard,
+        readers=credential_readers,
+        login=caller_login,
+        # The worker of a queued export reads its provider's credential with the command's
+        # seal and grant, which may have expired while the job waited (decision 0033).
+        queued=QueuedGrace(
+            sealed_operation=RpcQueue.EXPORTER_CREATE_EXPORT,
+            grace_seconds=queued_export_grace_seconds,
+        ),
     )
 
     async def resolve_credential(request: ResolveCredentialRequest) -> CredentialValue:
