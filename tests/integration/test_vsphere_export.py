@@ -43,10 +43,10 @@ from hypersdk_exporter.adapters.outbound.ova import extract_member, read_ova
 from hypersdk_exporter.adapters.outbound.qemu_img import QemuImgConverter, SandboxSettings
 from hypersdk_exporter.adapters.outbound.vsphere_driver import VsphereDriver
 from hypersdk_exporter.core import ovf
+from hypersdk_exporter.core.jobs import Job
 from hypersdk_exporter.core.models import (
     Credential,
     DiskInfo,
-    Job,
     Page,
     Provider,
     SourceFingerprint,
