@@ -574,8 +574,9 @@ CONVERSION_USER = "hypersdk-convert"
 def ensure_conversion_user(config: StackConfig) -> tuple[int, int] | None:
     """As root, the unprivileged user qemu-img runs as: created if missing.
 
-    It may pass through the directories above the state directory (search only), owns the
-    export directory, and reads the lab through its group (see share_lab).
+    It may pass through the directories above the state directory (search only) and through
+    the state directory (its group, 0710), owns the export directory, and reads the lab through
+    its group (see share_lab).
     """
     if os.geteuid() != 0:
         return None
@@ -596,10 +597,14 @@ def ensure_conversion_user(config: StackConfig) -> tuple[int, int] | None:
             check=True,
         )
         entry = pwd.getpwnam(CONVERSION_USER)
-    for directory in (config.state_dir, *config.state_dir.parents):
+    for directory in config.state_dir.parents:
         mode = directory.stat().st_mode
         if not mode & stat.S_IXOTH:
             directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+    # The state directory itself: searchable by the conversion user's group only (0710); what
+    # it may reach inside is its export directory and the lab (share_lab), nothing else.
+    os.chown(config.state_dir, -1, entry.pw_gid)
+    config.state_dir.chmod(0o710)
     os.chown(config.state_dir / "exports", entry.pw_uid, entry.pw_gid)
     return entry.pw_uid, entry.pw_gid
 
