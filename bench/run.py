@@ -444,8 +444,10 @@ async def login_storm(
        latency (from the first attempt to a session, retrying after Retry-After on a 503), the
        first login apart from the repeat ones, and newcomers from fresh addresses beside them.
 
-    A storm client that gets 503 or 429 tries again after ``STORM_REFUSAL_PAUSE_S`` (not after
-    Retry-After: an attacker does not wait).
+    In the first storm, users with the right password honour Retry-After after a 503 or 429,
+    as clients of the API must (an address back earlier counts as failing, decision 0039); in
+    the second, an attacking client tries again after ``STORM_REFUSAL_PAUSE_S`` (an attacker
+    does not wait).
     """
     url = f"{config.gateway_url}/api/v1/jobs"
     auth = {"authorization": f"Bearer {token}"}
@@ -470,8 +472,9 @@ async def login_storm(
                     json={"username": f"storm-{index}", "password": PASSWORD},
                 )
                 _count(good_storm, response.status_code)
-                if response.status_code != 200:
-                    await asyncio.sleep(STORM_REFUSAL_PAUSE_S)
+                if response.status_code != 200:  # these users honour Retry-After (decision 0039)
+                    retry_after = float(response.headers.get("retry-after", 0))
+                    await asyncio.sleep(max(retry_after, STORM_REFUSAL_PAUSE_S))
 
     storm_task = asyncio.gather(*(storm(index) for index in range(STORM_USERS)))
     await asyncio.sleep(1.0)  # let bcrypt saturate identity's thread pool

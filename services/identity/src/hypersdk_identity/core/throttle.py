@@ -14,7 +14,8 @@ Admission also gives the attempt its :class:`Standing` for the password check (d
 ``TRUSTED`` when this user name logged in from this address recently (a pair recorded only by a
 login with the right password, expiring, a bounded number of addresses per name),
 ``SUSPICIOUS`` when the address failed recently or came back before the ``Retry-After`` of a
-``service_busy`` refusal (such an early return keeps its charge on the address: a failure),
+``service_busy`` refusal (such an early return makes it suspicious for the window, without
+counting as a failure: a shared address is never locked out for it),
 ``UNKNOWN`` otherwise. Nothing in it depends on whether the user
 exists.
 """
@@ -229,25 +230,22 @@ class LoginThrottle:
     ) -> None:
         """An attempt that checked no password (identity was busy) gives back its charges.
 
-        The address is told to come back after ``retry_after_seconds``. An attempt that came
-        back sooner keeps its address's charge as a failure (a storm retries at once, a client
-        that behaves waits): the address stays suspicious for the window, and an address that
-        keeps doing it is locked like one that keeps guessing.
+        The address is told to come back after ``retry_after_seconds``. One that came back
+        sooner (a storm retries at once, a client that behaves waits) is suspicious until the
+        address's window has passed without another early return: its later attempts wait
+        behind everyone else's. It is not charged a failure: users behind one shared address
+        (an office's NAT) each waiting out their own ``Retry-After`` look early to each other,
+        and must not lock one another out (the 429 stays for wrong passwords).
         """
         await self._refund("username", admission.username)
         if admission.address is None:
             return
-        patient_from = self._clock() + timedelta(seconds=retry_after_seconds) - PATIENCE_TOLERANCE
-        if not admission.impatient:
-            await self._refund("address", admission.address, refused_until=patient_from)
-            return
-
-        def refuse(state: ThrottleState) -> ThrottleState:
-            return dataclasses.replace(state, refused_until=patient_from)
-
-        async with self._uow.transaction():
-            await self._swap("address", admission.address, refuse)
-            await self._lock_if_due("address", admission.address, context)
+        now = self._clock()
+        come_back_from = now + timedelta(seconds=retry_after_seconds) - PATIENCE_TOLERANCE
+        if admission.impatient:
+            window = timedelta(seconds=self._rule("address").window_seconds)
+            come_back_from = max(come_back_from, now + window)
+        await self._refund("address", admission.address, refused_until=come_back_from)
 
     async def failed(self, admission: Admission, context: RequestContext) -> None:
         """A refused attempt keeps its charge; lock what reached its threshold.
@@ -358,10 +356,11 @@ class LoginThrottle:
         def refund(state: ThrottleState) -> ThrottleState | None:
             if state.version == 0 or (state.failures == 0 and refused_until is None):
                 return None
+            later = [at for at in (refused_until, state.refused_until) if at is not None]
             return dataclasses.replace(
                 state,
                 failures=max(0, state.failures - 1),
-                refused_until=refused_until or state.refused_until,
+                refused_until=max(later, default=None),  # never shortens an early return's
             )
 
         await self._swap(kind, key, refund)
