@@ -251,10 +251,11 @@ class QemuImgConverter(DiskConverter):
             written.set()
             if process.returncode != 0:
                 raise ExportFailedError(errors.CONVERSION_FAILED, _last_line(err))
-            if follower is not None:
-                digest = await follower
-            else:
-                digest = await asyncio.to_thread(hash_file, target, stop)
+            if follower is None:
+                follower = asyncio.create_task(asyncio.to_thread(hash_file, target, stop))
+            # The digest's tail (or all of it) is hashed after qemu-img exits: a cancel then
+            # still stops it within a poll and a block.
+            digest = await _unless_cancelled(follower, cancelled)
             if cancelled():
                 raise ExportCancelledError
             await on_progress(info.virtual_size)
@@ -333,6 +334,19 @@ class QemuImgConverter(DiskConverter):
         if process.returncode not in (0, 1):
             raise ExportFailedError(errors.CONVERSION_FAILED, _last_line(err))
         return process.returncode == 0
+
+
+async def _unless_cancelled(task: asyncio.Task[str], cancelled: CancelCheck) -> str:
+    """The task's result, or ExportCancelledError as soon as a cancel is seen.
+
+    The caller then stops the task's hashing thread and waits for it.
+    """
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=CANCEL_POLL_SECONDS)
+        if done:
+            return task.result()
+        if cancelled():
+            raise ExportCancelledError
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:
