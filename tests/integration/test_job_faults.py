@@ -102,14 +102,21 @@ def _job(stack: Stack, token: str, job_id: str) -> dict[str, Any]:
     return dict(job)
 
 
-def _wait(condition: Callable[[], Any], seconds: float, what: str) -> Any:
+def _wait(
+    condition: Callable[[], Any],
+    seconds: float,
+    what: str,
+    *,
+    explain: Callable[[], Any] | None = None,
+) -> Any:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         found = condition()
         if found:
             return found
         time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {seconds} s")
+    details = f"; {explain()}" if explain is not None else ""
+    raise AssertionError(f"{what}: not within {seconds} s{details}")
 
 
 def _children(pid: int) -> list[int]:
@@ -305,8 +312,15 @@ def test_the_sweeper_ends_the_job_of_a_hung_worker_which_then_stops(tmp_path: Pa
                         == "failed"
                         and rows[0]
                     ),
-                    20,
+                    # Stale after 3 s; a hung worker stopped inside a transaction holds the
+                    # job's row until PostgreSQL ends its idle session (15 s).
+                    40,
                     "the sweeper failing the job",
+                    explain=lambda: stack.db(
+                        "SELECT usename, state, wait_event_type, wait_event, left(query, 120)"
+                        " AS query, now() - xact_start AS in_transaction FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    ),
                 )
             finally:
                 os.kill(worker, signal.SIGCONT)

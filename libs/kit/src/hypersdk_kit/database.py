@@ -19,6 +19,8 @@ import asyncpg
 _LOCK_NAMESPACE = 0x485344  # "HSD": advisory lock key prefix for migrations.
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 MAX_IDENTIFIER_LENGTH = 63  # PostgreSQL's NAMEDATALEN - 1
+IDLE_IN_TRANSACTION_TIMEOUT_SECONDS = 15
+"""How long a service's session may sit idle inside a transaction before PostgreSQL ends it."""
 
 
 def is_plain_identifier(name: str, *, max_length: int = MAX_IDENTIFIER_LENGTH) -> bool:
@@ -99,6 +101,15 @@ async def _provision_role(conn: asyncpg.Connection, *, schema: str, role: Servic
     )
     exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role.name)
     await conn.execute(f'{"ALTER" if exists else "CREATE"} ROLE "{role.name}" {attributes}')
+    # A process that hangs (stopped, or stuck outside PostgreSQL) inside a transaction would
+    # hold its row and advisory locks for ever, and whoever must take over waits behind them
+    # (the exporter's sweeper ending a hung worker's job): PostgreSQL ends such a session.
+    # No service keeps a transaction idle for long; the outbox relay's wait for confirms is
+    # bounded well below this.
+    await conn.execute(
+        f'ALTER ROLE "{role.name}" SET idle_in_transaction_session_timeout = '
+        f"'{IDLE_IN_TRANSACTION_TIMEOUT_SECONDS}s'"
+    )
     database = await conn.fetchval("SELECT current_database()")
     await conn.execute(f'REVOKE ALL ON DATABASE "{database}" FROM PUBLIC')
     await conn.execute(f'GRANT CONNECT ON DATABASE "{database}" TO "{role.name}"')
