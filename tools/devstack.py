@@ -571,17 +571,13 @@ def wait_ready(config: StackConfig, seconds: float = 90) -> None:
 CONVERSION_USER = "hypersdk-convert"
 
 
-def ensure_conversion_user(config: StackConfig) -> tuple[int, int] | None:
-    """As root, the unprivileged user qemu-img runs as: created if missing.
+def conversion_account() -> pwd.struct_passwd:
+    """The conversion user's account, created (a system user, no home, no shell) if missing.
 
-    It may pass through the directories above the state directory (search only) and through
-    the state directory (its group, 0710), owns the export directory, and reads the lab through
-    its group (see share_lab).
+    Root only; the tests that convert outside a stack use it too.
     """
-    if os.geteuid() != 0:
-        return None
     try:
-        entry = pwd.getpwnam(CONVERSION_USER)
+        return pwd.getpwnam(CONVERSION_USER)
     except KeyError:
         subprocess.run(
             [
@@ -596,7 +592,19 @@ def ensure_conversion_user(config: StackConfig) -> tuple[int, int] | None:
             ],
             check=True,
         )
-        entry = pwd.getpwnam(CONVERSION_USER)
+        return pwd.getpwnam(CONVERSION_USER)
+
+
+def ensure_conversion_user(config: StackConfig) -> tuple[int, int] | None:
+    """As root, the unprivileged user qemu-img runs as: created if missing.
+
+    It may pass through the directories above the state directory (search only) and through
+    the state directory (its group, 0710), owns the export directory, and reads the lab through
+    its group (see share_lab).
+    """
+    if os.geteuid() != 0:
+        return None
+    entry = conversion_account()
     for directory in config.state_dir.parents:
         mode = directory.stat().st_mode
         if not mode & stat.S_IXOTH:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import pwd
 import stat
-import subprocess
 from pathlib import Path
 
+import devstack
 from hypersdk_exporter.adapters.outbound.qemu_img import conversion_identity
 
-CONVERSION_USER = "hypersdk-convert"
+CONVERSION_USER = devstack.CONVERSION_USER
 
 
 def conversion_owner(export_dir: Path) -> tuple[int, int] | None:
@@ -20,22 +19,7 @@ def conversion_owner(export_dir: Path) -> tuple[int, int] | None:
     """
     if os.geteuid() != 0:
         return None
-    try:
-        pwd.getpwnam(CONVERSION_USER)
-    except KeyError:
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--no-create-home",
-                "--home-dir",
-                "/nonexistent",
-                "--shell",
-                "/usr/sbin/nologin",
-                CONVERSION_USER,
-            ],
-            check=True,
-        )
+    devstack.conversion_account()
     owner = conversion_identity(CONVERSION_USER)
     assert owner is not None
     for directory in (export_dir.parent, *export_dir.parent.parents):

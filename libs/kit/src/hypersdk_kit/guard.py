@@ -133,7 +133,7 @@ class RequestGuard:
             seal = self._admit(
                 operation=operation, context=context, target=target, grace_seconds=grace
             )
-            if grace and seal.get("op") != queued.sealed_operation:  # type: ignore[union-attr]
+            if queued is not None and grace and seal.get("op") != queued.sealed_operation:
                 grace = 0  # no grace but for a follow-up of the queued operation
                 verify_seal(self.seals, context.seal)
             claims = self.grants.verify(context.grant, grace_seconds=grace)
