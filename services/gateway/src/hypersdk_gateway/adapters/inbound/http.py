@@ -74,6 +74,7 @@ from hypersdk_contracts.rpc import (
 from hypersdk_gateway.adapters.inbound.errors import ErrorEnvelope, envelope_bytes
 from hypersdk_gateway.adapters.inbound.middleware import API_PREFIX, context_of
 from hypersdk_gateway.adapters.inbound.operations import operations_of
+from hypersdk_gateway.adapters.inbound.routing import indexed
 from hypersdk_gateway.adapters.outbound.accounts import BackendRoleAssignments, BackendUserAccounts
 from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_gateway.core.users import UserAdministration
@@ -978,7 +979,23 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
     _install_error_handlers(app)
     # The plain route list, for layers that must name a route before routing happens.
     app.state.route_table = [r for r in app.routes if isinstance(r, APIRoute)]
+    _route_by_index(app)
     return app
+
+
+def _route_by_index(app: FastAPI) -> None:
+    """Route each request among the routes its path can match, not all of them (0041).
+
+    Only where the router does nothing else before its scan (no form limits, no body limit
+    wrapped around its dispatch, telemetry off, as built above); otherwise it scans as before.
+    """
+    router = app.router
+    if router.form_limits or router.middleware_stack != router.app:
+        return
+    # Starlette types the attribute as its bound method; any ASGI callable is what it calls.
+    router.middleware_stack = indexed(  # type: ignore[assignment]
+        router.app, router=router, routes=router.routes
+    )
 
 
 def _document_security(app: FastAPI) -> None:

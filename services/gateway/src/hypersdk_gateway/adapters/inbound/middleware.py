@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute
 
 from hypersdk_contracts.credentials import is_well_formed_api_key
 from hypersdk_contracts.envelope import RequestContext
@@ -29,6 +29,7 @@ from hypersdk_contracts.rpc import (
     RpcRequest,
 )
 from hypersdk_gateway.adapters.inbound.errors import send_error
+from hypersdk_gateway.adapters.inbound.routing import RouteIndex
 from hypersdk_gateway.core.credentials import CredentialCache, credential_key
 from hypersdk_gateway.core.limits import TokenBuckets, longest_prefix
 from hypersdk_gateway.core.requests import (
@@ -161,7 +162,7 @@ class LoggingLayer:
     ) -> None:
         self.app = app
         self.events = events
-        self.routes = routes
+        self._routes = RouteIndex(routes)
         self.pending_event_wait_seconds = pending_event_wait_seconds
         self._event_slots = asyncio.Semaphore(max_pending_events)
 
@@ -174,11 +175,8 @@ class LoggingLayer:
         matched = getattr(scope.get("route"), "path", None)
         if matched:
             return str(matched)
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match is not Match.NONE:
-                return str(getattr(route, "path", "(unmatched)"))
-        return "(unmatched)"
+        route = self._routes.route_of(scope)
+        return "(unmatched)" if route is None else str(getattr(route, "path", "(unmatched)"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Time the request and record its outcome."""
