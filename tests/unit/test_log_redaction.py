@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from hypersdk_kit.logs import _REDACTIONS, JsonFormatter, redact
+from hypersdk_kit.logs import _REDACTIONS, JsonFormatter, configure_logging, redact
 
 TOKEN = "hsdk_s_" + "Ab3_" * 8
 
@@ -97,3 +97,33 @@ def test_the_formatter_writes_one_masked_json_object_per_record() -> None:
     assert (first["service"], first["level"], first["status"]) == ("gateway", "WARNING", 401)
     assert second["message"] == "request"
     assert second["route"] == "/api/v1/jobs"
+
+
+def test_configured_logging_writes_the_same_line_without_looking_up_the_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))  # restored afterwards
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    records: list[logging.LogRecord] = []
+
+    configure_logging("gateway", "INFO")
+
+    def keep(record: logging.LogRecord) -> bool:
+        records.append(record)
+        return True
+
+    root.handlers[0].addFilter(keep)
+    logging.getLogger("hypersdk_gateway.access").info(
+        "request", extra={"route": "/api/v1/jobs", "status": 200}
+    )
+
+    line = json.loads(stream.getvalue())
+    assert line["message"] == "request"
+    assert (line["service"], line["route"], line["status"]) == ("gateway", "/api/v1/jobs", 200)
+    assert records[0].pathname == "(unknown file)"  # no stack walk for a name no line shows
+    assert records[0].threadName is None

@@ -76,5 +76,13 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # A line names no source file, thread or process (see JsonFormatter), so records do not
+    # look them up: finding the caller walked the stack for about half of each line's cost
+    # (11 of 24 µs an access line). Setting ``_srcfile`` to None is how the logging module
+    # itself says to switch that lookup off.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     for noisy in ("aiormq", "aio_pika", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

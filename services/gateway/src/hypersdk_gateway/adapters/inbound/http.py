@@ -345,15 +345,19 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
     register_url_convertor("secretpath", SecretPathConvertor())
 
     async def authorize(request: Request, permission: Permission) -> None:
-        principal: Principal = request.state.principal
-        credential: bytes = request.state.credential
-        route = getattr(request.scope.get("route"), "path", request.url.path)
+        # The layers' shared state (what ``request.state`` wraps), read without building a
+        # State and a URL per call.
+        st = request.scope["state"]
+        principal: Principal = st["principal"]
+        credential: bytes = st["credential"]
+        matched = request.scope.get("route")
+        route = matched.path if matched is not None else request.url.path
         resource = f"{request.method} {route}"
         # A grant names the operations of one route (decision 0027), so it is kept per route.
         grant_key = f"{permission.value} {resource}"
         cached = cache.grant(credential, grant_key)
         if cached is not None:
-            request.state.grant = cached
+            st["grant"] = cached
             return
         generation = cache.generation
         decision = await backend.ask(
