@@ -119,6 +119,13 @@ class FailedAuthenticationThrottle:
     """Around the authentication layer: 429 for addresses that failed authentication too often.
 
     Public paths pass untouched (logins have their own limit and identity's throttling).
+
+    A call that arrives with the same credential while an earlier call is verifying it spends
+    no token first: the authentication layer asks identity once for all of them, so it costs
+    identity nothing. If that verdict is a refusal, the call's 401 is counted as a failure
+    afterwards and summarised rather than audited one by one. Before this, a client whose
+    cached credential expired under load (100 calls at once, 10 tokens) got 429 for the 90
+    calls that found the bucket empty, though its credential was good.
     """
 
     def __init__(
@@ -133,29 +140,33 @@ class FailedAuthenticationThrottle:
         self.failures = failures
         self.cache = cache
         self.refusals = refusals
+        self._verifying: set[bytes] = set()
 
-    def _already_verified(self, scope: Scope) -> bool:
-        """Whether the call's credential is one the gateway verified a moment ago (cached)."""
+    @staticmethod
+    def _credential(scope: Scope) -> bytes | None:
+        """The call's credential as the cache keys it; None when it sends none."""
         api_key = header(scope, b"x-api-key")
         if api_key is not None:
-            credential = f"apikey:{api_key.strip()}"
-        else:
-            scheme, _, token = (header(scope, b"authorization") or "").partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                return False
-            credential = f"session:{token.strip()[:512]}"
-        return self.cache.holds(credential_key(credential))
+            return credential_key(f"apikey:{api_key.strip()}")
+        scheme, _, token = (header(scope, b"authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return credential_key(f"session:{token.strip()[:512]}")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse a throttled address, or authenticate and count a failure."""
         if scope["type"] != "http" or is_public(scope):
             await self.app(scope, receive, send)
             return
-        if self._already_verified(scope):
+        key = self._credential(scope)
+        if key is not None and self.cache.holds(key):
             await self.app(scope, receive, send)  # identity is not asked: nothing to spend
             return
         st = state(scope)
         address: str = st["client"]
+        if key is not None and key in self._verifying:
+            await self.app(scope, receive, self._counting_refusal(scope, send, address))
+            return
         # Spent before identity is asked and given back unless the call fails authentication:
         # however many calls arrive at once, at most the bucket's worth reach identity.
         verdict = self.failures.take(address)
@@ -176,4 +187,23 @@ class FailedAuthenticationThrottle:
                 self.failures.refund(address)
             await send(message)
 
-        await self.app(scope, receive, watch)
+        first = key is not None and key not in self._verifying
+        if first and key is not None:
+            self._verifying.add(key)
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            if first and key is not None:
+                self._verifying.discard(key)
+
+    def _counting_refusal(self, scope: Scope, send: Send, address: str) -> Send:
+        """``send`` for a call that joined a verification: a 401 counts, summarised."""
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == UNAUTHORIZED:
+                state(scope)[SUMMARISED] = True
+                self.refusals.count(address, "authentication_failures")
+                self.failures.take(address)  # a failure of this address, spent afterwards
+            await send(message)
+
+        return watch
