@@ -156,8 +156,10 @@ def test_a_flood_of_bogus_tokens_is_throttled_and_summarised_in_the_audit_log(
 
     statuses = [status for status, _ in answers]
     assert flood_seconds < 10
-    assert statuses.count(401) <= 12  # the bucket of 10, and what refilled meanwhile
-    assert statuses.count(429) == 300 - statuses.count(401)
+    # Calls that arrive while the same bogus token is being verified get its 401 without
+    # spending a token first (identity is asked once for them); each counts afterwards.
+    assert statuses.count(401) + statuses.count(429) == 300
+    assert statuses.count(429) >= 250
     assert all(1 <= int(headers["retry-after"]) <= 60 for s, headers in answers if s == 429)
     assert neighbour[0] == 200
 
@@ -170,8 +172,10 @@ def test_a_flood_of_bogus_tokens_is_throttled_and_summarised_in_the_audit_log(
             if entry["sequence"] > before and entry["source_ip"] == attacker
         ]
         summaries = [entry for entry in entries if entry["action"] == "api.throttle"]
+        one_by_one = [entry for entry in entries if entry["action"] == "api.call"]
         if (
-            sum(int(s["result"].split("(")[1].split()[0]) for s in summaries) >= statuses.count(429)
+            sum(int(s["result"].split("(")[1].split()[0]) for s in summaries)
+            >= 300 - len(one_by_one)
             or time.monotonic() > deadline
         ):
             break
@@ -180,4 +184,7 @@ def test_a_flood_of_bogus_tokens_is_throttled_and_summarised_in_the_audit_log(
     assert summaries, "no summary of the refusals reached the audit log"
     assert all(s["result"].startswith("failure: authentication_failures (") for s in summaries)
     refused = sum(int(s["result"].split("(")[1].split()[0]) for s in summaries)
-    assert refused == statuses.count(429)
+    # The bucket of 10 and what refilled meanwhile reached identity, one entry each; every
+    # other call, 401 or 429, is counted in a summary.
+    assert len(one_by_one) <= 12
+    assert refused == 300 - len(one_by_one)

@@ -988,7 +988,7 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
 
 
 def _route_by_index(app: FastAPI) -> None:
-    """Route each request among the routes its path can match, not all of them (0041).
+    """Route each request among the routes its path can match, not all of them (0042).
 
     Only where the router does nothing else before its scan (no form limits, no body limit
     wrapped around its dispatch, telemetry off, as built above); otherwise it scans as before.

@@ -1,4 +1,4 @@
-"""Finding a request's route without trying every route of the API (decision 0041).
+"""Finding a request's route without trying every route of the API (decision 0042).
 
 Starlette and FastAPI route a request by trying each route's regular expression in turn, and
 the API has about sixty: under load that scan was about a tenth of the gateway's CPU per call.
