@@ -46,6 +46,7 @@ class InMemoryUserAccounts(UserAccounts):
     def __init__(self, faults: Faults) -> None:
         self.users: dict[str, UserView] = {}
         self.sessions: dict[str, int] = {}
+        self.generations: dict[str, int] = {}  # the last one of each name, kept after deletion
         self.faults = faults
 
     def _existing(self, username: str) -> UserView:
@@ -64,8 +65,12 @@ class InMemoryUserAccounts(UserAccounts):
         self.faults.check("create")
         if username in self.users:
             raise ServiceError(ErrorCode.CONFLICT, "A user with that name exists.")
+        self.generations[username] = self.generations.get(username, 0) + 1
         self.users[username] = UserView(
-            username=username, source=source, created_at=datetime(2026, 1, 1, tzinfo=UTC)
+            username=username,
+            generation=self.generations[username],
+            source=source,
+            created_at=datetime(2026, 1, 1, tzinfo=UTC),
         )
         self.sessions[username] = 0
         return self.users[username]
