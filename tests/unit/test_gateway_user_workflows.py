@@ -88,11 +88,11 @@ class InMemoryUserAccounts(UserAccounts):
             self.sessions[username] = 0
         return user
 
-    async def delete(self, username: str, context: RequestContext) -> None:
+    async def delete(self, username: str, context: RequestContext) -> UserView:
         self.faults.check("delete")
         self._existing(username)
-        del self.users[username]
         del self.sessions[username]
+        return self.users.pop(username)
 
     async def end_sessions(self, username: str, context: RequestContext) -> None:
         self.faults.check("end_sessions")
@@ -101,17 +101,29 @@ class InMemoryUserAccounts(UserAccounts):
 
 
 class InMemoryRoleAssignments(RoleAssignments):
-    """Policy's assignments in a dict (any user name, as policy keeps them)."""
+    """Policy's assignments in a dict (any user name, as policy keeps them).
+
+    ``accounts`` records the generation each name's roles were last given to (None: by name).
+    """
 
     def __init__(self, faults: Faults) -> None:
         self.assignments: dict[str, list[str]] = {}
+        self.accounts: dict[str, int | None] = {}
         self.faults = faults
 
     async def roles_of(self, username: str, context: RequestContext) -> list[str]:
         return sorted(self.assignments.get(username, []))
 
-    async def assign(self, username: str, roles: list[str], context: RequestContext) -> list[str]:
+    async def assign(
+        self,
+        username: str,
+        roles: list[str],
+        context: RequestContext,
+        *,
+        generation: int | None,
+    ) -> list[str]:
         self.faults.check("assign")
+        self.accounts[username] = generation
         if roles:
             self.assignments[username] = sorted(roles)
         else:
@@ -351,3 +363,29 @@ async def test_a_delete_refused_by_identity_keeps_the_roles(
     assert error.value.code is ErrorCode.CONFLICT
     assert set(accounts.users) == {"vera"}
     assert roles.assignments == {"vera": ["admin"]}
+
+
+# ---- accounts of one name (decision 0041) ---------------------------------------------------
+
+
+async def test_every_step_names_the_account_it_is_for(
+    users: UserAdministration,
+    accounts: InMemoryUserAccounts,
+    roles: InMemoryRoleAssignments,
+    faults: Faults,
+) -> None:
+    await _create(users, "vera", "admin")
+    assert roles.accounts == {"vera": 1}
+    await users.delete("vera", ADMIN)
+    assert roles.accounts == {"vera": 1}  # the deleted account's roles cleared, not the name's
+    await _create(users, "vera", "viewer")
+    assert roles.accounts == {"vera": 2}
+    faults.before["end_sessions"] = _unavailable()
+    with pytest.raises(ServiceError):
+        await users.update("vera", roles=["operator"], disabled=None, context=ADMIN)
+    assert (roles.assignments, roles.accounts) == ({"vera": ["viewer"]}, {"vera": 2})
+    faults.before["assign"] = _unavailable()
+    await users.delete("vera", ADMIN)
+    with pytest.raises(ServiceError):
+        await users.delete("vera", ADMIN)  # which account it was is not known any more
+    assert roles.accounts == {"vera": None}
