@@ -6,16 +6,23 @@ failure leaves a safe state, and repeating the call converges.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import pytest
 
-from hypersdk_contracts.envelope import RequestContext
+from hypersdk_contracts.envelope import CloudEvent, RequestContext, new_event
 from hypersdk_contracts.errors import ErrorCode, ServiceError
+from hypersdk_contracts.events import UserDeleted
+from hypersdk_contracts.names import RoutingKey
 from hypersdk_contracts.rpc import UserView
 from hypersdk_gateway.core.users import UserAdministration
 from hypersdk_gateway.ports.outbound import RoleAssignments, UserAccounts
+from hypersdk_kit.memory import InMemoryUnitOfWork
+from hypersdk_policy.adapters.inbound import bus as policy_bus
+from hypersdk_policy.adapters.outbound.memory import InMemoryRoleStore
+from hypersdk_policy.core.service import PolicyService
 
 ADMIN = RequestContext(actor="admin", request_id="req-users")
 
@@ -46,6 +53,7 @@ class InMemoryUserAccounts(UserAccounts):
     def __init__(self, faults: Faults) -> None:
         self.users: dict[str, UserView] = {}
         self.sessions: dict[str, int] = {}
+        self.generations: dict[str, int] = {}  # the last one of each name, kept after deletion
         self.faults = faults
 
     def _existing(self, username: str) -> UserView:
@@ -64,8 +72,12 @@ class InMemoryUserAccounts(UserAccounts):
         self.faults.check("create")
         if username in self.users:
             raise ServiceError(ErrorCode.CONFLICT, "A user with that name exists.")
+        self.generations[username] = self.generations.get(username, 0) + 1
         self.users[username] = UserView(
-            username=username, source=source, created_at=datetime(2026, 1, 1, tzinfo=UTC)
+            username=username,
+            generation=self.generations[username],
+            source=source,
+            created_at=datetime(2026, 1, 1, tzinfo=UTC),
         )
         self.sessions[username] = 0
         return self.users[username]
@@ -83,11 +95,11 @@ class InMemoryUserAccounts(UserAccounts):
             self.sessions[username] = 0
         return user
 
-    async def delete(self, username: str, context: RequestContext) -> None:
+    async def delete(self, username: str, context: RequestContext) -> UserView:
         self.faults.check("delete")
         self._existing(username)
-        del self.users[username]
         del self.sessions[username]
+        return self.users.pop(username)
 
     async def end_sessions(self, username: str, context: RequestContext) -> None:
         self.faults.check("end_sessions")
@@ -96,17 +108,29 @@ class InMemoryUserAccounts(UserAccounts):
 
 
 class InMemoryRoleAssignments(RoleAssignments):
-    """Policy's assignments in a dict (any user name, as policy keeps them)."""
+    """Policy's assignments in a dict (any user name, as policy keeps them).
+
+    ``accounts`` records the generation each name's roles were last given to (None: by name).
+    """
 
     def __init__(self, faults: Faults) -> None:
         self.assignments: dict[str, list[str]] = {}
+        self.accounts: dict[str, int | None] = {}
         self.faults = faults
 
     async def roles_of(self, username: str, context: RequestContext) -> list[str]:
         return sorted(self.assignments.get(username, []))
 
-    async def assign(self, username: str, roles: list[str], context: RequestContext) -> list[str]:
+    async def assign(
+        self,
+        username: str,
+        roles: list[str],
+        context: RequestContext,
+        *,
+        generation: int | None,
+    ) -> list[str]:
         self.faults.check("assign")
+        self.accounts[username] = generation
         if roles:
             self.assignments[username] = sorted(roles)
         else:
@@ -346,3 +370,101 @@ async def test_a_delete_refused_by_identity_keeps_the_roles(
     assert error.value.code is ErrorCode.CONFLICT
     assert set(accounts.users) == {"vera"}
     assert roles.assignments == {"vera": ["admin"]}
+
+
+# ---- accounts of one name (decision 0041) ---------------------------------------------------
+
+
+async def test_every_step_names_the_account_it_is_for(
+    users: UserAdministration,
+    accounts: InMemoryUserAccounts,
+    roles: InMemoryRoleAssignments,
+    faults: Faults,
+) -> None:
+    await _create(users, "vera", "admin")
+    assert roles.accounts == {"vera": 1}
+    await users.delete("vera", ADMIN)
+    assert roles.accounts == {"vera": 1}  # the deleted account's roles cleared, not the name's
+    await _create(users, "vera", "viewer")
+    assert roles.accounts == {"vera": 2}
+    faults.before["end_sessions"] = _unavailable()
+    with pytest.raises(ServiceError):
+        await users.update("vera", roles=["operator"], disabled=None, context=ADMIN)
+    assert (roles.assignments, roles.accounts) == ({"vera": ["viewer"]}, {"vera": 2})
+    faults.before["assign"] = _unavailable()
+    await users.delete("vera", ADMIN)
+    with pytest.raises(ServiceError):
+        await users.delete("vera", ADMIN)  # which account it was is not known any more
+    assert roles.accounts == {"vera": None}
+
+
+class PolicyRoles(RoleAssignments):
+    """The port over policy's own core and in-memory store, as its RPC answers would."""
+
+    def __init__(self, policy: PolicyService, faults: Faults) -> None:
+        self.policy = policy
+        self.faults = faults
+
+    async def roles_of(self, username: str, context: RequestContext) -> list[str]:
+        return await self.policy.roles_of(username)
+
+    async def assign(
+        self,
+        username: str,
+        roles: list[str],
+        context: RequestContext,
+        *,
+        generation: int | None,
+    ) -> list[str]:
+        self.faults.check("assign")
+        return await self.policy.assign_roles(
+            username=username, roles=roles, generation=generation, context=context
+        )
+
+
+def _deletions_subscriber(
+    policy: PolicyService, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[CloudEvent], Awaitable[None]]:
+    """Policy's ``policy.user-deletions`` handler, as its bus adapter registers it."""
+    handlers: list[Callable[[CloudEvent], Awaitable[None]]] = []
+    monkeypatch.setattr(
+        policy_bus, "subscribe_envelopes", lambda _b, _q, handler, **_: handlers.append(handler)
+    )
+    policy_bus.register_subscribers(None, policy, declare_topology=False)  # type: ignore[arg-type]
+    return handlers[0]
+
+
+@pytest.mark.parametrize("skew", [timedelta(days=1), -timedelta(days=1)], ids=["ahead", "behind"])
+async def test_a_deletion_reaches_policy_late_with_a_skewed_time_and_still_converges(
+    accounts: InMemoryUserAccounts,
+    faults: Faults,
+    monkeypatch: pytest.MonkeyPatch,
+    skew: timedelta,
+) -> None:
+    policy = PolicyService(roles=InMemoryRoleStore(), uow=InMemoryUnitOfWork(service="policy"))
+    user_deleted = _deletions_subscriber(policy, monkeypatch)
+    users = UserAdministration(accounts=accounts, roles=PolicyRoles(policy, faults))
+    await _create(users, "vera", "admin")
+    await _create(users, "olga", "admin")
+    faults.before["assign"] = _unavailable()
+    await users.delete("vera", ADMIN)  # the gateway's clear fails: policy's reaction remains
+    assert await policy.roles_of("vera") == ["admin"]
+    await _create(users, "vera", "viewer")  # a new vera, before the deletion event arrives
+    faults.before["assign"] = _unavailable()
+    await users.delete("olga", ADMIN)  # olga's deletion arrives before anyone takes the name
+
+    # identity.user.deleted as identity published them, timed by identity's skewed clock.
+    for name in ("vera", "olga"):
+        event = new_event(
+            service="identity",
+            routing_key=RoutingKey.USER_DELETED,
+            data=UserDeleted(username=name, generation=1, sessions_revoked=0, api_keys_revoked=0),
+            subject=f"user/{name}",
+            context=ADMIN,
+        )
+        await user_deleted(event.model_copy(update={"time": datetime.now(UTC) + skew}))
+
+    assert await policy.roles_of("vera") == ["viewer"]  # the new account keeps its roles
+    assert await policy.roles_of("olga") == []  # the deleted account's are gone
+    await _create(users, "olga", "auditor")  # and olga 2 gets only her own
+    assert await policy.roles_of("olga") == ["auditor"]

@@ -129,7 +129,9 @@ class IdentityBackend(InProcessBackend):
             return RoleList(username=r.username, roles=await policy.roles_of(r.username))
 
         async def assign(r: AssignRolesRequest) -> RoleList:
-            roles = await policy.assign_roles(username=r.username, roles=r.roles, context=r.context)
+            roles = await policy.assign_roles(
+                username=r.username, roles=r.roles, generation=r.generation, context=r.context
+            )
             return RoleList(username=r.username, roles=roles)
 
         async def authenticate(r: AuthenticateRequest) -> Any:

@@ -598,8 +598,9 @@ async def test_a_role_change_ends_the_users_sessions(world: World) -> None:
 async def test_deleting_a_user_ends_their_sessions_and_frees_the_name(world: World) -> None:
     session = await world.service.login("alice", PASSWORD, CONTEXT)
 
-    await world.service.delete_user("alice", ADMIN)
+    gone = await world.service.delete_user("alice", ADMIN)
 
+    assert (gone.username, gone.generation) == ("alice", 1)
     with pytest.raises(ServiceError):
         await world.service.authenticate(session.token)
     with pytest.raises(ServiceError) as login:
@@ -607,11 +608,19 @@ async def test_deleting_a_user_ends_their_sessions_and_frees_the_name(world: Wor
     assert login.value.code is ErrorCode.INVALID_CREDENTIALS
     assert world.events.events[-1].routing_key == "identity.login.failed"
     deleted = next(e for e in world.events.events if e.routing_key == "identity.user.deleted")
-    assert deleted.data == {"username": "alice", "sessions_revoked": 1, "api_keys_revoked": 0}
+    assert deleted.data == {
+        "username": "alice",
+        "generation": 1,
+        "sessions_revoked": 1,
+        "api_keys_revoked": 0,
+    }
     with pytest.raises(ServiceError) as again:
         await world.service.delete_user("alice", ADMIN)
     assert again.value.code is ErrorCode.NOT_FOUND
-    await world.service.create_user("alice", "a brand new password", ADMIN)
+    # The name is free again, for a new account that identity tells apart from the old one.
+    again_alice = await world.service.create_user("alice", "a brand new password", ADMIN)
+    assert again_alice.generation == 2
+    assert (await world.service.get_user("alice")).generation == 2
 
 
 @pytest.mark.parametrize("action", ["disable", "delete"])

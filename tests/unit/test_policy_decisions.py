@@ -135,7 +135,7 @@ async def test_role_assignment_replaces_the_old_roles(world: World) -> None:
     )
     assert not decision.allowed
     last = [e for e in world.events.events if e.routing_key == "policy.role.assigned"][-1]
-    assert last.data == {"username": "dave", "roles": ["viewer"]}
+    assert last.data == {"username": "dave", "roles": ["viewer"], "generation": None}
     assert last.actor == "dave"
 
 
@@ -223,7 +223,11 @@ async def test_bootstrap_admin_is_assigned_once(world: World) -> None:
     assert await world.service.roles_of("root") == ["admin"]
     assert await world.service.roles_of("intruder") == []
     assert world.events.types() == ["policy.role.assigned"]
-    assert world.events.events[0].data == {"username": "root", "roles": ["admin"]}
+    assert world.events.events[0].data == {
+        "username": "root",
+        "roles": ["admin"],
+        "generation": None,  # by name only: policy knows no account of it
+    }
     # No API request caused it: no actor, which only a request seal could back.
     assert world.events.events[0].actor is None
 

@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 
 from pydantic import AwareDatetime, Field
 
-from hypersdk_contracts.base import Message
+from hypersdk_contracts.base import INT64_MAX, Message
 from hypersdk_contracts.names import RoutingKey
 
 HTTP_ERROR_FLOOR = 400
@@ -126,6 +126,15 @@ class UserDeleted(EventData):
     routing_key = RoutingKey.USER_DELETED
     audit_action = "user.delete"
     username: str = Field(description="The user.")
+    generation: int | None = Field(
+        default=None,
+        ge=1,
+        le=INT64_MAX,
+        description=(
+            "Which account of that name was deleted (its generation in identity); null only"
+            " in events published before accounts had generations (decision 0041)."
+        ),
+    )
     sessions_revoked: int = Field(ge=0, description="Sessions ended.")
     api_keys_revoked: int = Field(ge=0, description="API keys removed.")
 
@@ -203,6 +212,15 @@ class RoleAssigned(EventData):
     audit_action = "role.assign"
     username: str = Field(description="Whose roles changed.")
     roles: list[str] = Field(description="The roles the user now holds.")
+    generation: int | None = Field(
+        default=None,
+        ge=1,
+        le=INT64_MAX,
+        description=(
+            "The account (generation) they were assigned to; null: by name only (the"
+            " bootstrap admin, or a clear by name)."
+        ),
+    )
 
 
 class RoleRemoved(EventData):

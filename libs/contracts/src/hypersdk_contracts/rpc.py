@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, StringConstraints
 
-from hypersdk_contracts.base import Message
+from hypersdk_contracts.base import INT64_MAX, Message
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorBody
 from hypersdk_contracts.events import Artifact
@@ -67,6 +67,14 @@ class UserView(Message):
     """A user as the API shows it."""
 
     username: str = Field(description="Login name.")
+    generation: int = Field(
+        ge=1,
+        le=INT64_MAX,
+        description=(
+            "Which account of this name: 1 for the first, one more each time the name is"
+            " created again (identity's database orders them, decision 0041)."
+        ),
+    )
     source: Literal["local", "pam"] = Field(description="Where the password is checked.")
     created_at: AwareDatetime = Field(description="When the account was created.")
     disabled: bool = Field(default=False, description="Whether logins are refused.")
@@ -296,6 +304,17 @@ class AssignRolesRequest(RpcRequest):
 
     username: str = Field(pattern=USERNAME_PATTERN, description="User.")
     roles: list[str] = Field(description="Roles to hold from now on.")
+    generation: int | None = Field(
+        default=None,
+        ge=1,
+        le=INT64_MAX,
+        description=(
+            "The account (its generation in identity) the roles are for: a deletion of that"
+            " account or an older one removes them, never a newer account's (decision 0041)."
+            " Required unless ``roles`` is empty: clearing by name only removes whatever the"
+            " name holds."
+        ),
+    )
 
 
 class RolesOfRequest(RpcRequest):

@@ -16,6 +16,11 @@ refused harmlessly the second time):
   own durable queue), so they go even if the second call never happens; a repeated DELETE of an
   account identity no longer has clears leftover roles again before answering 404.
 
+Roles are always assigned to one account: the generation identity gave it (decision 0041),
+read from identity's answer in the same workflow. Policy refuses them for an account it saw
+deleted, or when a newer account of the name holds roles, so a step that arrives late (a
+restore, a clear) never changes the roles of an account created under the name meanwhile.
+
 An undo that fails is logged and the original error is raised: the states it leaves are still
 safe (an account without roles, roles that policy removes on ``identity.user.deleted``).
 """
@@ -75,7 +80,7 @@ class UserAdministration:
             username=username, password=password, source=source, context=context
         )
         try:
-            held = await self._roles.assign(username, wanted, context)
+            held = await self._roles.assign(username, wanted, context, generation=user.generation)
         except Exception:
             await _best_effort(self._accounts.delete(username, context), "delete", username)
             raise
@@ -105,12 +110,15 @@ class UserAdministration:
         if wanted is None:
             return UserWithRoles(user=user, roles=await self._roles.roles_of(username, context))
         previous = await self._roles.roles_of(username, context)
+        generation = user.generation
         try:
-            held = await self._roles.assign(username, wanted, context)
+            held = await self._roles.assign(username, wanted, context, generation=generation)
             await self._accounts.end_sessions(username, context)
         except Exception:
             await _best_effort(
-                self._roles.assign(username, previous, context), "restore roles", username
+                self._roles.assign(username, previous, context, generation=generation),
+                "restore roles",
+                username,
             )
             raise
         return UserWithRoles(user=user, roles=held)
@@ -118,15 +126,22 @@ class UserAdministration:
     async def delete(self, username: str, context: RequestContext) -> None:
         """Delete the account, then its role assignments (policy also does on the event)."""
         try:
-            await self._accounts.delete(username, context)
+            deleted = await self._accounts.delete(username, context)
         except ServiceError as exc:
             if exc.code is ErrorCode.NOT_FOUND:
                 # A retry after a partial failure: the account is gone, its roles may not be.
+                # Which account it was is unknown now: cleared by name (only takes roles away).
                 await _best_effort(
-                    self._roles.assign(username, [], context), "clear roles", username
+                    self._roles.assign(username, [], context, generation=None),
+                    "clear roles",
+                    username,
                 )
             raise
-        await _best_effort(self._roles.assign(username, [], context), "clear roles", username)
+        await _best_effort(
+            self._roles.assign(username, [], context, generation=deleted.generation),
+            "clear roles",
+            username,
+        )
 
 
 async def _best_effort(step: Awaitable[object], what: str, username: str) -> None:

@@ -45,8 +45,8 @@ class UserAccounts(ABC):
         """Disable (ending sessions, revoking keys) or enable a user."""
 
     @abstractmethod
-    async def delete(self, username: str, context: RequestContext) -> None:
-        """Delete a user with their sessions and API keys."""
+    async def delete(self, username: str, context: RequestContext) -> UserView:
+        """Delete a user with their sessions and API keys; the account as it was."""
 
     @abstractmethod
     async def end_sessions(self, username: str, context: RequestContext) -> None:
@@ -64,5 +64,16 @@ class RoleAssignments(ABC):
         """Roles a user holds, sorted."""
 
     @abstractmethod
-    async def assign(self, username: str, roles: list[str], context: RequestContext) -> list[str]:
-        """Replace a user's roles; the roles now held."""
+    async def assign(
+        self,
+        username: str,
+        roles: list[str],
+        context: RequestContext,
+        *,
+        generation: int | None,
+    ) -> list[str]:
+        """Replace a user's roles, for account ``generation``; the roles now held.
+
+        ``generation`` None only to clear the roles of a name whose account is unknown
+        (policy refuses roles by name only, decision 0041).
+        """

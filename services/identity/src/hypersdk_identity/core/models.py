@@ -10,13 +10,19 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class User:
-    """A user account; ``password_hash`` is None for users checked by PAM."""
+    """A user account; ``password_hash`` is None for users checked by PAM.
+
+    ``generation`` tells the accounts of one name apart (decision 0041): the store gives the
+    first account of a name 1 and each account created under the name later one more, in the
+    order its database commits them; 0 for a user not stored yet.
+    """
 
     username: str
     source: Literal["local", "pam"]
     password_hash: bytes | None
     created_at: datetime
     disabled: bool = False
+    generation: int = 0
 
 
 @dataclass(frozen=True)

@@ -294,7 +294,7 @@ class IdentityService:
         user = User(username=username, source="pam", password_hash=None, created_at=self._clock())
         try:
             async with self._uow.transaction():
-                await self._users.add(user)
+                user = await self._users.add(user)  # a generation of its own, as any account
                 await self._uow.record(
                     UserCreated(username=username, source="pam", provisioned=True),
                     subject=f"user/{username}",
@@ -517,7 +517,7 @@ class IdentityService:
         )
         try:
             async with self._uow.transaction():
-                await self._users.add(user)
+                user = await self._users.add(user)
                 await self._uow.record(
                     UserCreated(username=username, source=source),
                     subject=f"user/{username}",
@@ -603,8 +603,13 @@ class IdentityService:
             )
         return revoked
 
-    async def delete_user(self, username: str, context: RequestContext) -> None:
-        """Delete a user, their sessions and their API keys."""
+    async def delete_user(self, username: str, context: RequestContext) -> UserView:
+        """Delete a user, their sessions and their API keys; the account as it was.
+
+        ``identity.user.deleted`` names the account's generation, as read by the deletion
+        itself: whoever removes the account's roles removes that account's, never those of an
+        account created under the name afterwards (decision 0041).
+        """
         _refuse_self(username, context, "delete")
         if await self._users.get(username) is None:
             raise _no_such_user()
@@ -620,7 +625,8 @@ class IdentityService:
                 await self._api_keys.revoke(key.id, at=self._clock())
             if self._throttle is not None:
                 await self._throttle.forget_trust(username)
-            if not await self._users.delete(username):
+            deleted = await self._users.delete(username)
+            if deleted is None:
                 raise _no_such_user()
             for key in keys:
                 await self._uow.record(
@@ -629,10 +635,16 @@ class IdentityService:
                     context=context,
                 )
             await self._uow.record(
-                UserDeleted(username=username, sessions_revoked=ended, api_keys_revoked=len(keys)),
+                UserDeleted(
+                    username=username,
+                    generation=deleted.generation,
+                    sessions_revoked=ended,
+                    api_keys_revoked=len(keys),
+                ),
                 subject=f"user/{username}",
                 context=context,
             )
+        return _view(deleted)
 
     async def unlock_user(self, username: str, context: RequestContext) -> bool:
         """Lift a lockout of a user name (known or not yet provisioned); whether one was on."""
@@ -651,6 +663,7 @@ def _view(
 ) -> UserView:
     return UserView(
         username=user.username,
+        generation=user.generation,
         source=user.source,
         created_at=user.created_at,
         disabled=user.disabled,

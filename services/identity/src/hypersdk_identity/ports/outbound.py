@@ -25,8 +25,13 @@ class UserStore(ABC):
         """A user with that name already exists."""
 
     @abstractmethod
-    async def add(self, user: User) -> None:
-        """Store a new user; raise :class:`UserExistsError` if the name is taken."""
+    async def add(self, user: User) -> User:
+        """Store a new user; the user as stored, with its generation.
+
+        Raise :class:`UserExistsError` if the name is taken. The generation is one more than
+        that of the last account of the name ever stored (1 for a new name), whatever
+        ``user.generation`` says: the accounts of a name are ordered by this store alone.
+        """
 
     @abstractmethod
     async def get(self, username: str) -> User | None:
@@ -41,8 +46,8 @@ class UserStore(ABC):
         """Disable or enable a user; the user as now stored, or None if there is none."""
 
     @abstractmethod
-    async def delete(self, username: str) -> bool:
-        """Remove a user with their sessions and API keys; whether there was one."""
+    async def delete(self, username: str) -> User | None:
+        """Remove a user with their sessions and API keys; the removed user, if there was one."""
 
 
 class SessionStore(ABC):

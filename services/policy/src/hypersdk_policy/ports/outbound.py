@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from datetime import datetime
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One role a user name holds, and the account (identity's generation) it was given to.
+
+    ``generation`` None: assigned by name only (the bootstrap admin, rows from before accounts
+    had generations); it belongs to whichever account holds the name (decision 0041).
+    """
+
+    role: str
+    generation: int | None
 
 
 class RoleStore(ABC):
-    """Roles, their permissions and who holds them."""
+    """Roles, their permissions and who holds them.
+
+    The changes of one user name's assignments are made under :meth:`lock_user`, inside the
+    unit of work's transaction, so that reading what the name holds and changing it is atomic
+    against a concurrent assignment or deletion of the same name.
+    """
 
     @abstractmethod
     async def permissions_of_roles(self, roles: list[str]) -> set[str]:
@@ -18,14 +35,35 @@ class RoleStore(ABC):
         """Roles a user holds, sorted."""
 
     @abstractmethod
-    async def set_roles(self, username: str, roles: list[str]) -> None:
-        """Replace the roles a user holds."""
+    async def lock_user(self, username: str) -> None:
+        """Hold the changes of ``username``'s assignments to this transaction until it ends."""
 
     @abstractmethod
-    async def remove_roles_assigned_until(self, username: str, until: datetime) -> list[str]:
-        """Remove the user's roles assigned at or before ``until``; the removed ones, sorted.
+    async def assignments(self, username: str) -> list[Assignment]:
+        """The roles a user name holds with their accounts, by role."""
 
-        Roles assigned later (to a new user of the same name) stay.
+    @abstractmethod
+    async def set_roles(
+        self, username: str, roles: list[str], generation: int | None = None
+    ) -> None:
+        """Replace every role the name holds by ``roles``, given to account ``generation``."""
+
+    @abstractmethod
+    async def deleted_through(self, username: str) -> int:
+        """The newest generation of the name whose deletion policy handled; 0 if none."""
+
+    @abstractmethod
+    async def record_deletion(self, username: str, generation: int) -> None:
+        """Remember that account ``generation`` of the name was deleted (never lowers it)."""
+
+    @abstractmethod
+    async def remove_assignments(
+        self, username: str, *, through: int | None, unbound: bool
+    ) -> list[str]:
+        """Remove roles of the name; the removed roles, sorted.
+
+        Those given to generation ``through`` or an older one, and with ``unbound`` those
+        given by name only.
         """
 
     @abstractmethod

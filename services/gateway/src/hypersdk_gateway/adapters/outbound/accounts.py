@@ -55,10 +55,12 @@ class BackendUserAccounts(UserAccounts):
             await self._backend.ask(RpcQueue.IDENTITY_UPDATE_USER, request)
         )
 
-    async def delete(self, username: str, context: RequestContext) -> None:
+    async def delete(self, username: str, context: RequestContext) -> UserView:
         """``identity.rpc.delete_user``."""
-        await self._backend.ask(
-            RpcQueue.IDENTITY_DELETE_USER, UserNameRequest(username=username, context=context)
+        return UserView.model_validate(
+            await self._backend.ask(
+                RpcQueue.IDENTITY_DELETE_USER, UserNameRequest(username=username, context=context)
+            )
         )
 
     async def end_sessions(self, username: str, context: RequestContext) -> None:
@@ -82,10 +84,19 @@ class BackendRoleAssignments(RoleAssignments):
         )
         return RoleList.model_validate(answer).roles
 
-    async def assign(self, username: str, roles: list[str], context: RequestContext) -> list[str]:
-        """Replace the user's roles."""
+    async def assign(
+        self,
+        username: str,
+        roles: list[str],
+        context: RequestContext,
+        *,
+        generation: int | None,
+    ) -> list[str]:
+        """Replace the user's roles, for account ``generation``."""
         answer = await self._backend.ask(
             RpcQueue.POLICY_ASSIGN_ROLES,
-            AssignRolesRequest(username=username, roles=roles, context=context),
+            AssignRolesRequest(
+                username=username, roles=roles, generation=generation, context=context
+            ),
         )
         return RoleList.model_validate(answer).roles

@@ -156,8 +156,8 @@ def register_account_rpc(
             request.username, disabled=request.disabled, context=request.context
         )
 
-    async def delete_user(request: UserNameRequest) -> None:
-        await identity.delete_user(request.username, request.context)
+    async def delete_user(request: UserNameRequest) -> UserView:
+        return await identity.delete_user(request.username, request.context)
 
     async def unlock_user(request: UserNameRequest) -> None:
         await identity.unlock_user(request.username, request.context)

@@ -37,12 +37,17 @@ class InMemoryUserStore(UserStore):
 
     def __init__(self) -> None:
         self.users: dict[str, User] = {}
+        self.generations: dict[str, int] = {}
+        """The last generation given to each name, kept after the user is deleted."""
 
-    async def add(self, user: User) -> None:
-        """Insert or refuse a duplicate."""
+    async def add(self, user: User) -> User:
+        """Insert with the name's next generation, or refuse a duplicate."""
         if user.username in self.users:
             raise UserStore.UserExistsError(user.username)
-        self.users[user.username] = user
+        generation = self.generations.get(user.username, 0) + 1
+        self.generations[user.username] = generation
+        self.users[user.username] = dataclasses.replace(user, generation=generation)
+        return self.users[user.username]
 
     async def get(self, username: str) -> User | None:
         """Fetch."""
@@ -59,9 +64,9 @@ class InMemoryUserStore(UserStore):
         self.users[username] = dataclasses.replace(self.users[username], disabled=disabled)
         return self.users[username]
 
-    async def delete(self, username: str) -> bool:
+    async def delete(self, username: str) -> User | None:
         """Remove."""
-        return self.users.pop(username, None) is not None
+        return self.users.pop(username, None)
 
 
 class InMemorySessionStore(SessionStore):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 
 import asyncpg
@@ -82,6 +83,18 @@ MIGRATIONS = [
     );
     CREATE INDEX login_trust_until ON login_trust (trusted_until);
     """,
+    # 6: account generations (decision 0041). The last generation of every name ever created
+    # stays after its user is deleted, so that an account created again under the name gets a
+    # higher one; accounts that exist already are generation 1.
+    """
+    CREATE TABLE user_generations (
+        username text PRIMARY KEY,
+        generation bigint NOT NULL CHECK (generation >= 1)
+    );
+    ALTER TABLE users ADD COLUMN generation bigint NOT NULL DEFAULT 1 CHECK (generation >= 1);
+    ALTER TABLE users ALTER COLUMN generation DROP DEFAULT;
+    INSERT INTO user_generations (username, generation) SELECT username, 1 FROM users;
+    """,
 ]
 SESSION_COLUMNS = (
     "id::text AS id, username, token_hash, created_at, last_seen_at, expires_at, revoked"
@@ -107,12 +120,23 @@ class PostgresUserStore(UserStore):
     def __init__(self, pool: Database) -> None:
         self._pool = pool
 
-    async def add(self, user: User) -> None:
-        """Insert; a duplicate name raises ``UserExistsError``."""
+    async def add(self, user: User) -> User:
+        """Insert with the name's next generation; a duplicate name raises ``UserExistsError``.
+
+        One statement: the name's row in ``user_generations`` is incremented (row-locked until
+        commit, so a concurrent creation of the same name waits and then counts from this one)
+        and the user inserted with the result. A duplicate fails the statement, and the
+        increment goes with it.
+        """
         try:
-            await self._pool.execute(
-                "INSERT INTO identity.users (username, source, password_hash, created_at, disabled)"
-                " VALUES ($1, $2, $3, $4, $5)",
+            generation = await self._pool.fetchval(
+                "WITH next AS ("
+                " INSERT INTO identity.user_generations AS g (username, generation)"
+                " VALUES ($1, 1) ON CONFLICT (username)"
+                " DO UPDATE SET generation = g.generation + 1 RETURNING g.generation)"
+                " INSERT INTO identity.users"
+                " (username, source, password_hash, created_at, disabled, generation)"
+                " SELECT $1, $2, $3, $4, $5, next.generation FROM next RETURNING generation",
                 user.username,
                 user.source,
                 user.password_hash,
@@ -121,6 +145,7 @@ class PostgresUserStore(UserStore):
             )
         except asyncpg.UniqueViolationError as exc:
             raise UserStore.UserExistsError(user.username) from exc
+        return dataclasses.replace(user, generation=generation)
 
     async def get(self, username: str) -> User | None:
         """Fetch one user."""
@@ -143,12 +168,12 @@ class PostgresUserStore(UserStore):
         )
         return None if row is None else User(**dict(row))
 
-    async def delete(self, username: str) -> bool:
+    async def delete(self, username: str) -> User | None:
         """Delete; sessions and API keys go with the user (ON DELETE CASCADE)."""
-        status = await self._pool.execute(
-            "DELETE FROM identity.users WHERE username = $1", username
+        row = await self._pool.fetchrow(
+            "DELETE FROM identity.users WHERE username = $1 RETURNING *", username
         )
-        return _changed(status)
+        return None if row is None else User(**dict(row))
 
 
 class PostgresSessionStore(SessionStore):

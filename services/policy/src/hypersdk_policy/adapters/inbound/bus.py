@@ -30,7 +30,7 @@ def register_subscribers(
         if event.routing_key != RoutingKey.USER_DELETED:
             raise PoisonMessageError(event.type)
         deleted = UserDeleted.model_validate(event.data)
-        await policy.user_deleted(deleted.username, deleted_at=event.time)
+        await policy.user_deleted(deleted.username, generation=deleted.generation)
 
     subscribe_envelopes(
         broker,

@@ -12,6 +12,7 @@ from typing import Any
 from faststream.rabbit import RabbitBroker
 
 from hypersdk_contracts.envelope import RequestContext
+from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import (
@@ -68,8 +69,17 @@ def register_rpc(
         return decision.model_copy(update={"grant": grant})
 
     async def assign_roles(request: AssignRolesRequest) -> RoleList:
+        if request.generation is None and request.roles:
+            # By name only, a late request could give roles to the next account of the name
+            # (decision 0041); clearing by name can only take roles away.
+            raise ServiceError(
+                ErrorCode.VALIDATION_FAILED, "Roles are given to one account: name its generation."
+            )
         roles = await policy.assign_roles(
-            username=request.username, roles=request.roles, context=request.context
+            username=request.username,
+            roles=request.roles,
+            generation=request.generation,
+            context=request.context,
         )
         return RoleList(username=request.username, roles=roles)
 
