@@ -187,14 +187,14 @@ class FailedAuthenticationThrottle:
                 self.failures.refund(address)
             await send(message)
 
-        first = key is not None and key not in self._verifying
-        if first and key is not None:
-            self._verifying.add(key)
+        if key is None:
+            await self.app(scope, receive, watch)
+            return
+        self._verifying.add(key)  # calls with this credential join until this one is done
         try:
             await self.app(scope, receive, watch)
         finally:
-            if first and key is not None:
-                self._verifying.discard(key)
+            self._verifying.discard(key)
 
     def _counting_refusal(self, scope: Scope, send: Send, address: str) -> Send:
         """``send`` for a call that joined a verification: a 401 counts, summarised."""
