@@ -27,7 +27,7 @@ class Compression(StrEnum):
 class Digest(StrEnum):
     """How the SHA-256 of a qemu-img output is computed (see decision 0034)."""
 
-    FOLLOW = "follow"  # hashed behind qemu-img as it writes in order, metadata written first
+    FOLLOW = "follow"  # hashed behind qemu-img as it writes in order into a file made first
     AT_CLOSE = "at_close"  # the header is rewritten until qemu-img closes: hashed from cache
 
 
@@ -48,8 +48,6 @@ class FormatSpec:
         args = ["-O", self.qemu_name]
         if self.compresses(compress) and self.compression is Compression.OPTIONAL:
             args.append("-c")
-        elif self.digest is Digest.FOLLOW and self.qemu_name == "qcow2":
-            options.append("preallocation=metadata")
         if options:
             args += ["-o", ",".join(options)]
         return args

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hypersdk_exporter.adapters.outbound import qcow2_layout
 from hypersdk_exporter.core import errors
 from hypersdk_exporter.core.errors import ExportCancelledError, ExportFailedError
 from hypersdk_exporter.core.formats import SOURCE_FORMATS, Digest, FormatSpec
@@ -42,6 +43,7 @@ PR_SET_PDEATHSIG = 1
 CANCEL_POLL_SECONDS = 0.05
 MAX_INFO_OUTPUT = 4 << 20
 MAX_CHAIN = 16
+MAX_MAP_OUTPUT = 64 << 20  # about 600,000 extents
 # qemu-img convert writes at most this much in one request (its largest buffer); a follower
 # stays this far behind the end of what it sees written.
 MAX_WRITE = 16 << 20
@@ -235,11 +237,20 @@ class QemuImgConverter(DiskConverter):
         written = threading.Event()
         stop = threading.Event()
         follower = None
+        layout: qcow2_layout.Layout | None = None
+        if mode is Digest.FOLLOW and spec.qemu_name == "qcow2":
+            runs = await self._data_runs(image, info)
+            if runs is None:
+                mode = Digest.AT_CLOSE  # a compact convert, hashed when it closes
+            else:
+                layout = qcow2_layout.plan(info.virtual_size, runs)
         if mode is Digest.FOLLOW:
-            # Created first, so what the new image holds before any data is known (its
+            # The target is made first, so what it holds before any data is known (its
             # metadata, never rewritten by an in-order convert); then filled in place.
-            await self._create(target, spec, compress=compress, size=info.virtual_size)
-            metadata = await asyncio.to_thread(extents, target)
+            identity = conversion_identity(self._settings.user)
+            metadata, planned = await asyncio.to_thread(
+                _prepare, target, identity, layout, info.virtual_size
+            )
             args = ["convert", "-p", "-n", "--target-is-zero", "-f", info.format]
             args += ["-O", spec.qemu_name, "json:" + json.dumps(image), str(target)]
             follower = asyncio.create_task(
@@ -256,6 +267,12 @@ class QemuImgConverter(DiskConverter):
             # The digest's tail (or all of it) is hashed after qemu-img exits: a cancel then
             # still stops it within a poll and a block.
             digest = await _unless_cancelled(follower, cancelled)
+            if layout is not None and not await asyncio.to_thread(
+                layout_kept, target, layout, planned
+            ):
+                logger.warning("qemu-img changed the planned qcow2 layout: hashing it again")
+                follower = asyncio.create_task(asyncio.to_thread(hash_file, target, stop))
+                digest = await _unless_cancelled(follower, cancelled)
             if cancelled():
                 raise ExportCancelledError
             await on_progress(info.virtual_size)
@@ -271,14 +288,51 @@ class QemuImgConverter(DiskConverter):
             _unlink(target)
             raise
 
-    async def _create(self, target: Path, spec: FormatSpec, *, compress: bool, size: int) -> None:
-        options = spec.qemu_args(compress=compress)
-        create = ["create", "-q", "-f", options[1], *options[2:], str(target), str(size)]
-        process = await self._spawn(create)
-        _, err = await process.communicate()
+    async def _data_runs(
+        self, image: dict[str, Any], info: ImageInfo
+    ) -> tuple[qcow2_layout.Run, ...] | None:
+        """The guest clusters the source holds data in (``qemu-img map``), or None.
+
+        None when the map cannot be had within its limits (a source too fragmented for
+        :data:`MAX_MAP_OUTPUT`, a timeout, an error): the export then falls back to a
+        compact convert hashed at close, slower and just as correct.
+        """
+        settings = self._settings
+        process = await self._spawn(
+            ["map", "--output=json", "-f", info.format, "json:" + json.dumps(image)],
+            memory=settings.info_memory_bytes,
+            cpu=settings.info_cpu_seconds,
+        )
+        assert process.stdout is not None
+        assert process.stderr is not None
+        try:
+            async with asyncio.timeout(settings.info_timeout_seconds):
+                out = await process.stdout.read(MAX_MAP_OUTPUT + 1)
+                if len(out) <= MAX_MAP_OUTPUT:
+                    while chunk := await process.stdout.read(MAX_MAP_OUTPUT + 1 - len(out)):
+                        out += chunk
+                        if len(out) > MAX_MAP_OUTPUT:
+                            break
+                if len(out) > MAX_MAP_OUTPUT:
+                    logger.warning("the source's map is too large: hashing the qcow2 at close")
+                    return None
+                err = await process.stderr.read(1 << 16)
+                await process.wait()
+        except TimeoutError:
+            logger.warning("qemu-img map timed out: hashing the qcow2 at close")
+            return None
+        finally:
+            _kill_group(process)
+            with contextlib.suppress(ProcessLookupError):
+                await process.wait()
         if process.returncode != 0:
-            _unlink(target)
-            raise ExportFailedError(errors.CONVERSION_FAILED, _last_line(err))
+            logger.warning("qemu-img map failed (%s): hashing the qcow2 at close", _last_line(err))
+            return None
+        try:
+            return qcow2_layout.runs_of(_data_extents(json.loads(out)))
+        except (ValueError, TypeError, KeyError):
+            logger.warning("unreadable qemu-img map: hashing the qcow2 at close")
+            return None
 
     async def _watch(
         self,
@@ -403,6 +457,71 @@ def _check_references(info: dict[str, Any], root: Path) -> None:
     data_file = data.get("data-file")
     if data_file is not None:
         _resolved(str(data_file), root, errors.UNSAFE_DATA_FILE)
+
+
+def _data_extents(entries: Any) -> list[tuple[int, int]]:
+    """(start, length) of what a ``qemu-img map`` says holds data that does not read as zeros."""
+    if not isinstance(entries, list):
+        raise ValueError("not a list")
+    found: list[tuple[int, int]] = []
+    for entry in entries:
+        if entry["data"] is True and entry.get("zero") is not True:
+            start, length = entry["start"], entry["length"]
+            if type(start) is not int or type(length) is not int or start < 0 or length < 0:
+                raise ValueError("bad extent")
+            found.append((start, length))
+    return found
+
+
+def _prepare(
+    target: Path,
+    identity: tuple[int, int] | None,
+    layout: qcow2_layout.Layout | None,
+    size: int,
+) -> tuple[list[tuple[int, int]], str]:
+    """Create the target, 0600 and the conversion user's: a qcow2 layout or raw holes.
+
+    A qcow2 target gets the layout's metadata; a raw one is ``size`` bytes of holes.
+    Returns the extents its metadata occupies and the SHA-256 of that metadata as written.
+    """
+    fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        if identity is not None:
+            os.fchown(fd, *identity)
+        if layout is None:
+            os.ftruncate(fd, size)
+            return [], ""
+        qcow2_layout.write(fd, layout)
+        return [(0, layout.metadata_end)], _metadata_digest(fd, layout)
+    except BaseException:
+        _unlink(target)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _metadata_digest(fd: int, layout: qcow2_layout.Layout) -> str:
+    digest = hashlib.sha256()
+    reader = _BlockReader(fd)
+    position = 0
+    while position < layout.metadata_end:
+        position = reader.hash(digest, position, layout.metadata_end)
+    return digest.hexdigest()
+
+
+def layout_kept(path: Path, layout: qcow2_layout.Layout, metadata: str) -> bool:
+    """Whether qemu-img left a qcow2 layout as planned: the same length, the same metadata.
+
+    Had it allocated a cluster the map did not show (the source changed under it), it would
+    have appended the cluster and rewritten tables already hashed.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if os.fstat(fd).st_size != layout.file_size:
+            return False
+        return _metadata_digest(fd, layout) == metadata
+    finally:
+        os.close(fd)
 
 
 # ---- digests -------------------------------------------------------------------------------
