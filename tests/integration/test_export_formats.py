@@ -515,3 +515,113 @@ async def test_killing_the_worker_kills_qemu_img(area: Path) -> None:
     )
     await LocalArtifactWriter(owner=conversion_identity(CONVERT_USER)).prepare(job_dir)
     await asyncio.to_thread(_worker_kill_check, worker)
+
+
+# ---- the compact qcow2 layout written first (decision 0043) --------------------------------
+
+
+def _patterned(path: Path, size: int, writes: list[tuple[int, int]], seed: int) -> Path:
+    """A sparse raw disk of ``size`` bytes holding seeded bytes at (offset, length) places."""
+    with path.open("wb") as out:
+        out.truncate(size)
+        for index, (offset, length) in enumerate(writes):
+            out.seek(offset)
+            block = hashlib.sha256(f"{seed}-{index}".encode()).digest()
+            out.write((block * (length // 32 + 1))[:length])
+    path.chmod(0o644)
+    return path
+
+
+async def _convert_qcow2(area: Path, source: Path, source_format: str, name: str) -> Path:
+    converter = QemuImgConverter(SandboxSettings(user=CONVERT_USER))
+    info = await converter.inspect(source, format=source_format, allowed_root=area / "disks")
+    job_dir = area / "exports" / name
+    await LocalArtifactWriter(owner=conversion_identity(CONVERT_USER)).prepare(job_dir)
+    target = job_dir / "out.qcow2"
+    digest = await converter.convert(
+        source=source,
+        info=info,
+        target=target,
+        spec=FORMATS[DiskFormat.QCOW2],
+        compress=False,
+        on_progress=lambda done: asyncio.sleep(0),
+        cancelled=lambda: False,
+    )
+    assert digest == _sha256(target)  # hashed behind qemu-img, equal to the finished file
+    check = subprocess.run(
+        ["qemu-img", "check", "-f", "qcow2", target], check=False, capture_output=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr  # nothing to repair or leak
+    assert _same(source, source_format, target, "qcow2")
+    return target
+
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("size", "writes"),
+    [
+        (10 * MIB, []),
+        (10 * MIB, [(100, 5000), (3 * MIB + 7, 70000), (10 * MIB - 1, 1)]),
+        (3 * GIB, [(0, MIB), (600 * MIB, 2 * MIB), (2 * GIB + 5, 100), (3 * GIB - 4096, 4096)]),
+        (1200 * MIB, [(500 * MIB, 30 * MIB)]),
+        (GIB + 12345, [(GIB, 12345)]),
+    ],
+    ids=["empty", "unaligned", "regions far apart", "across a region", "odd size"],
+)
+async def test_qcow2_is_compact_and_hashed_as_written(
+    area: Path, size: int, writes: list[tuple[int, int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    source = _patterned(area / "disks" / "sparse.raw", size, writes, seed=size)
+    target = await _convert_qcow2(area, source, "raw", "compact")
+    plain = area / "plain.qcow2"
+    _qemu("convert", "-f", "raw", "-O", "qcow2", str(source), str(plain))
+    # as compact as qemu-img's own: a cluster more at most, for odd placements
+    assert target.stat().st_blocks * 512 <= plain.stat().st_blocks * 512 + (64 << 10)
+    assert target.stat().st_size < max(size, 1 << 20)
+    assert "hashing" not in caplog.text  # the planned layout held: no fallback
+
+
+async def test_a_qcow2_source_with_zero_clusters_maps_to_the_same_layout(area: Path) -> None:
+    raw = _patterned(area / "base.raw", 64 * MIB, [(0, 4 * MIB), (40 * MIB, 3 * MIB)], seed=7)
+    source = area / "disks" / "zeroes.qcow2"
+    _qemu("convert", "-f", "raw", "-O", "qcow2", str(raw), str(source))
+    # a zeroed range inside allocated data: zero clusters in the source, read as zeros
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -z 1M 2M", str(source)],
+        check=True,
+        capture_output=True,
+    )
+    source.chmod(0o644)
+    await _convert_qcow2(area, source, "qcow2", "zeroes")
+
+
+async def test_a_map_too_large_falls_back_to_hashing_at_close(
+    area: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hypersdk_exporter.adapters.outbound import qemu_img
+
+    monkeypatch.setattr(qemu_img, "MAX_MAP_OUTPUT", 10)
+    source = _patterned(area / "disks" / "s.raw", 20 * MIB, [(MIB, MIB), (9 * MIB, 5)], seed=3)
+    await _convert_qcow2(area, source, "raw", "fallback")
+    assert "map is too large" in caplog.text
+
+
+async def test_a_layout_qemu_img_had_to_change_is_hashed_again(
+    area: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A source that gained data after it was mapped: qemu-img appends clusters and rewrites
+    tables already hashed; the digest is then taken again from the finished file."""
+    source = _patterned(area / "disks" / "g.raw", 20 * MIB, [(MIB, MIB), (9 * MIB, MIB)], seed=4)
+    real = QemuImgConverter._data_runs
+
+    async def stale(self: QemuImgConverter, image: object, info: object) -> object:
+        runs = await real(self, image, info)  # type: ignore[arg-type]
+        assert runs
+        return runs[:1]  # the map missed the second run
+
+    monkeypatch.setattr(QemuImgConverter, "_data_runs", stale)
+    await _convert_qcow2(area, source, "raw", "changed")
+    assert "changed the planned qcow2 layout" in caplog.text

@@ -12,6 +12,7 @@ qemu-img is the real one, slowed with its own ``-r`` rate limit (a wrapper scrip
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import os
@@ -21,11 +22,13 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from .conftest import ADMIN_PASSWORD, TEST_ENV, Api, Stack, devstack
@@ -480,3 +483,51 @@ def test_idempotency_keys_and_paging(shared: Stack) -> None:
     assert (status, none) == (200, [])
     status, bad, _ = shared.api.call("GET", "/api/v1/jobs?status=exploded", token=admin)
     assert status in {400, 422}, bad
+
+
+def test_a_job_whose_command_never_reached_the_queue_ends_failed(shared: Stack) -> None:
+    """The state an exporter killed between committing a job and the broker's confirm of its
+    command leaves behind (written here as the database administrator): a queued job no worker
+    will ever receive. The sweeper ends it failed instead of leaving it queued forever."""
+    admin = shared.api.login("admin", ADMIN_PASSWORD)
+    job_id = str(uuid.uuid4())
+
+    async def plant() -> None:
+        connection = await asyncpg.connect(shared.database_url)
+        try:
+            async with connection.transaction():
+                await connection.execute(
+                    "INSERT INTO exporter.jobs (id, provider, vm, format, status, progress,"
+                    " requested_by, created_at, updated_at)"
+                    " VALUES ($1::uuid, 'demo-lab', 'web-01', 'qcow2', 'queued', 0, 'admin',"
+                    " now() - interval '1 hour', now() - interval '1 hour')",
+                    job_id,
+                )
+                await connection.execute(
+                    "INSERT INTO exporter.job_history (job_id, at, action, status, actor)"
+                    " VALUES ($1::uuid, now() - interval '1 hour', 'requested', 'queued', 'admin')",
+                    job_id,
+                )
+        finally:
+            await connection.close()
+
+    asyncio.run(plant())
+    assert _job(shared, admin, job_id)["status"] == "queued"
+    done = _wait(
+        lambda: (j := _job(shared, admin, job_id))["status"] != "queued" and j,
+        30,
+        "the sweeper ending the undispatched job",
+    )
+    assert (done["status"], done["error"]) == ("failed", "not_dispatched"), done
+    assert "never reached the work queue" in done["error_detail"]
+    assert [e["action"] for e in done["history"]] == ["requested", "failed"]
+    # a job exported normally meanwhile was dispatched, and is not touched by the sweeper
+    fresh = _export(shared, admin, "web-01")
+    finished = _wait(
+        lambda: (
+            (j := _job(shared, admin, fresh["id"]))["status"] not in {"queued", "running"} and j
+        ),
+        60,
+        "the normal export ending",
+    )
+    assert finished["status"] == "succeeded", finished

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import hashlib
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -375,6 +376,56 @@ async def test_the_sweeper_ends_jobs_whose_worker_vanished(copying: World) -> No
     assert not (copying.export_dir / lost.id).exists()
     assert copying.events.events[-1].data == {"job_id": lost.id, "reason": "worker_lost"}
     assert await copying.service.sweep_stale_jobs() == []
+
+
+async def test_a_job_whose_command_never_reached_the_queue_ends_failed(copying: World) -> None:
+    """The exporter stopped between committing the job and the broker's confirm."""
+    now = datetime.now(UTC)
+    lost, requested = Job.request(
+        id=str(uuid.uuid4()),
+        provider="lab",
+        vm="web-01",
+        format=DiskFormat.RAW,
+        requested_by=OLGA.actor,
+        at=now - timedelta(seconds=120),
+    )
+    await copying.jobs.add(lost, requested)  # committed; its command never sent
+    sent = await copying.service.create_export(
+        provider="lab", vm="db-01", format=DiskFormat.RAW, context=OLGA
+    )
+    assert copying.jobs.jobs[sent.id].dispatched_at is not None
+    waiting = dataclasses.replace(copying.jobs.jobs[sent.id], created_at=now - timedelta(hours=1))
+    copying.jobs.jobs[sent.id] = waiting  # old, queued, but dispatched: a worker has it
+    fresh, requested = Job.request(
+        id=str(uuid.uuid4()),
+        provider="lab",
+        vm="web-01",
+        format=DiskFormat.RAW,
+        requested_by=OLGA.actor,
+        at=now,
+    )
+    await copying.jobs.add(fresh, requested)  # its confirm may still be on the way
+
+    ended = await copying.service.sweep_stale_jobs()
+
+    assert [j.id for j in ended] == [lost.id]
+    failed = copying.jobs.jobs[lost.id]
+    assert (failed.status, failed.error) == (JobStatus.FAILED, "not_dispatched")
+    assert failed.error_detail is not None
+    assert "never reached the work queue" in failed.error_detail
+    assert copying.jobs.jobs[sent.id].status is JobStatus.QUEUED
+    assert copying.jobs.jobs[fresh.id].status is JobStatus.QUEUED
+    assert copying.events.events[-1].data == {"job_id": lost.id, "reason": "not_dispatched"}
+    assert await copying.service.sweep_stale_jobs() == []
+
+
+async def test_a_worker_records_the_dispatch_of_a_command_it_receives(copying: World) -> None:
+    job = await copying.service.create_export(
+        provider="lab", vm="web-01", format=DiskFormat.RAW, context=OLGA
+    )
+    copying.jobs.jobs[job.id] = dataclasses.replace(copying.jobs.jobs[job.id], dispatched_at=None)
+    await copying.service.run_export(copying.queue.commands[0], OLGA)
+    assert copying.jobs.jobs[job.id].dispatched_at is not None
 
 
 async def test_a_worker_whose_job_was_swept_stops_and_never_succeeds(blocking: World) -> None:

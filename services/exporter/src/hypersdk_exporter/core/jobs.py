@@ -108,6 +108,7 @@ class Job:
     heartbeat_at: datetime | None = None
     idempotency_key: str | None = None
     request_digest: str | None = None
+    dispatched_at: datetime | None = None  # when its command was confirmed by the broker
     version: int = 0
 
     @classmethod

@@ -385,7 +385,20 @@ class ExporterService:
                 job.id, context, lambda j: j.fail(reason="enqueue_failed", at=self._clock())
             )
             raise
-        return job
+        return await self._dispatched(job)
+
+    async def _dispatched(self, job: Job) -> Job:
+        """Record that the job's command is in the work queue (else the sweeper ends the job).
+
+        Best effort: the command is already sent; the worker records it again on receipt.
+        """
+        at = self._clock()
+        try:
+            await self._jobs.mark_dispatched(job.id, at=at)
+        except Exception:
+            logger.warning("could not record the dispatch of job %s", job.id, exc_info=True)
+            return job
+        return dataclasses.replace(job, dispatched_at=job.dispatched_at or at)
 
     async def get_job(self, job_id: str) -> Job:
         """One job or not_found."""
@@ -472,6 +485,8 @@ class ExporterService:
         if job is None:
             logger.warning("export command for unknown job %s dropped", command.job_id)
             return _missing_job(command, self._clock())
+        if job.dispatched_at is None:
+            job = await self._dispatched(job)
         job_dir = self._export_dir / job.id
         started = await self._start(job, context)
         if started.status is not JobStatus.RUNNING:
@@ -556,6 +571,15 @@ class ExporterService:
         detail = f"no heartbeat for {self._policy.stale_after_seconds:g} s (its worker was lost)"
         return job.fail(reason="worker_lost", detail=detail, at=self._clock())
 
+    def _never_sent(self, job: Job, *, before: datetime) -> tuple[Job, JobTransition]:
+        """Fail ``job`` as not_dispatched, unless it was dispatched or moved meanwhile."""
+        if job.status is not JobStatus.QUEUED or job.dispatched_at is not None:
+            raise IllegalTransitionError(job, JobAction.FAILED)
+        if job.created_at >= before:
+            raise IllegalTransitionError(job, JobAction.FAILED)
+        detail = "its command never reached the work queue (the exporter stopped first)"
+        return job.fail(reason="not_dispatched", detail=detail, at=self._clock(), by=None)
+
     def _give_up(self, job: Job) -> tuple[Job, JobTransition]:
         detail = f"started {job.attempts} times without finishing (its workers were lost)"
         return job.fail(reason="too_many_attempts", detail=detail, at=self._clock())
@@ -627,14 +651,26 @@ class ExporterService:
         raise JobStore.StaleJobError(job_id)
 
     async def sweep_stale_jobs(self) -> list[Job]:
-        """End every running job whose worker stopped beating (vanished, or hung).
+        """End the jobs no worker will finish: stale running ones, never dispatched queued ones.
 
-        Cancelled if someone asked to cancel it, else failed ``worker_lost``; its partial
-        output is removed. A worker that comes back finds its job ended and stops.
+        A running job whose worker stopped beating (vanished, or hung) ends cancelled if
+        someone asked to cancel it, else failed ``worker_lost``; its partial output is
+        removed. A worker that comes back finds its job ended and stops. A queued job whose
+        command never reached the work queue ends failed ``not_dispatched``: its exporter
+        stopped between recording the job and the broker's confirm of its command, so no
+        worker will ever receive it.
         """
         policy = self._policy
         before = self._clock() - timedelta(seconds=policy.stale_after_seconds)
         ended: list[Job] = []
+        for job in await self._jobs.undispatched(before=before, limit=100):
+            done = await self._end(
+                job.id,
+                RequestContext(actor=None),
+                functools.partial(self._never_sent, before=before),
+            )
+            if done.terminal:
+                ended.append(done)
         for job in await self._jobs.stale(before=before, limit=100):
             context = RequestContext(actor=None)
             if job.cancel_requested_by is not None:

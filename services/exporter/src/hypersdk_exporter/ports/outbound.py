@@ -99,6 +99,14 @@ class JobStore(ABC):
         """Running jobs whose last heartbeat is older than ``before``."""
 
     @abstractmethod
+    async def mark_dispatched(self, job_id: str, *, at: datetime) -> None:
+        """Record that the job's command reached the work queue (changes no version)."""
+
+    @abstractmethod
+    async def undispatched(self, *, before: datetime, limit: int) -> list[Job]:
+        """Queued jobs created before ``before`` whose command was never recorded as sent."""
+
+    @abstractmethod
     async def running_count(self, provider: str) -> int:
         """Running jobs of ``provider``; inside a transaction, held until it ends.
 

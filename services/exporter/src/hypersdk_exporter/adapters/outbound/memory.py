@@ -114,12 +114,12 @@ class InMemoryJobStore(JobStore):
         return [j for j in ordered if query.matches(j)][: query.limit]
 
     async def save(self, job: Job, transition: JobTransition | None) -> None:
-        """Compare the version and replace."""
+        """Compare the version and replace (the dispatch time is kept: no move sets it)."""
         self._check()
         stored = self.jobs.get(job.id)
         if stored is None or stored.version != job.version - 1:
             raise JobStore.StaleJobError(job.id)
-        self.jobs[job.id] = job
+        self.jobs[job.id] = dataclasses.replace(job, dispatched_at=stored.dispatched_at)
         if transition is not None:
             self.transitions[job.id].append(transition)
 
@@ -137,6 +137,23 @@ class InMemoryJobStore(JobStore):
             j
             for j in self.jobs.values()
             if j.status is JobStatus.RUNNING and (j.heartbeat_at or j.updated_at) < before
+        ]
+        return sorted(found, key=lambda j: j.created_at)[:limit]
+
+    async def mark_dispatched(self, job_id: str, *, at: datetime) -> None:
+        """Set dispatched_at if not set."""
+        self._check()
+        job = self.jobs.get(job_id)
+        if job is not None and job.dispatched_at is None:
+            self.jobs[job_id] = dataclasses.replace(job, dispatched_at=at)
+
+    async def undispatched(self, *, before: datetime, limit: int) -> list[Job]:
+        """Queued, never dispatched, old."""
+        self._check()
+        found = [
+            j
+            for j in self.jobs.values()
+            if j.status is JobStatus.QUEUED and j.dispatched_at is None and j.created_at < before
         ]
         return sorted(found, key=lambda j: j.created_at)[:limit]
 

@@ -82,11 +82,19 @@ MIGRATIONS = [
         SELECT id, created_at, 'requested', 'queued', requested_by FROM jobs;
     """,
     OUTBOX_DEAD_MIGRATION,
+    # A job whose command never reached the work queue (its exporter stopped between the
+    # commit and the broker's confirm) is found by the sweeper and ends failed.
+    """
+    ALTER TABLE jobs ADD COLUMN dispatched_at timestamptz;
+    UPDATE jobs SET dispatched_at = created_at;
+    CREATE INDEX jobs_undispatched ON jobs (created_at)
+        WHERE status = 'queued' AND dispatched_at IS NULL;
+    """,
 ]
 _JOB_COLUMNS = (
     "id::text AS id, provider, vm, format, status, progress, error, artifacts, requested_by,"
     " created_at, updated_at, version, error_detail, attempts, cancel_requested_by, started_at,"
-    " finished_at, heartbeat_at, idempotency_key, request_digest"
+    " finished_at, heartbeat_at, idempotency_key, request_digest, dispatched_at"
 )
 _PROVIDER_LOCK = 0x48534450  # "HSDP": advisory lock namespace of provider job counts
 
@@ -308,6 +316,25 @@ class PostgresJobStore(JobStore):
         )
         return [_job(row) for row in rows]
 
+    async def mark_dispatched(self, job_id: str, *, at: datetime) -> None:
+        """Set once; a later call (the worker's, on receipt) keeps the first time."""
+        await self._pool.execute(
+            "UPDATE exporter.jobs SET dispatched_at = $2"
+            " WHERE id = $1::uuid AND dispatched_at IS NULL",
+            job_id,
+            at,
+        )
+
+    async def undispatched(self, *, before: datetime, limit: int) -> list[Job]:
+        """Queued jobs with no recorded dispatch, created before ``before``."""
+        rows = await self._pool.fetch(
+            f"SELECT {_JOB_COLUMNS} FROM exporter.jobs WHERE status = 'queued'"
+            " AND dispatched_at IS NULL AND created_at < $1 ORDER BY created_at LIMIT $2",
+            before,
+            limit,
+        )
+        return [_job(row) for row in rows]
+
     async def running_count(self, provider: str) -> int:
         """Count under a transaction-scoped advisory lock on the provider's name."""
         if self._pool.in_transaction:
@@ -342,6 +369,7 @@ def _job(row: Any) -> Job:
         heartbeat_at=row["heartbeat_at"],
         idempotency_key=row["idempotency_key"],
         request_digest=row["request_digest"],
+        dispatched_at=row["dispatched_at"],
         id=row["id"],
         provider=row["provider"],
         vm=row["vm"],
