@@ -26,6 +26,7 @@ import kubernetes_validate.utils as kv_utils  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from hypersdk_exporter.config import ExporterSettings
 from hypersdk_gateway.adapters.inbound.revocations import QUEUE_PREFIX, REVOKING_EVENTS
 from hypersdk_gateway.config import GatewaySettings
 from hypersdk_kit.bus import durable_queue
@@ -194,6 +195,9 @@ def test_schema_validation_catches_an_invalid_manifest() -> None:
         ({"services": {"gateway": {"credentialCacheSeconds": 60}}}, "credentialCacheSeconds"),
         ({"services": {"gateway": {"maxPendingEvents": 0}}}, "maxPendingEvents"),
         ({"services": {"gateway": {"eventBatchSize": 0}}}, "eventBatchSize"),
+        ({"services": {"exporter": {"jobConcurrency": 0}}}, "jobConcurrency"),
+        ({"services": {"exporter": {"maxJobAttempts": 10}}}, "maxJobAttempts"),
+        ({"services": {"exporter": {"libvirtDiskRoots": ["images"]}}}, "libvirtDiskRoots"),
         (
             {"services": {"policy": {"extraEnv": [{"name": "DB_PASSWORD", "value": "x"}]}}},
             "extraEnv",
@@ -352,6 +356,11 @@ def test_environment_contract(objects: list[dict[str, Any]], service: str) -> No
         assert [i["path"] for i in secret_volume["items"]] == [token_file.name]
         assert secret_volume["defaultMode"] & 0o007 == 0, "token not world-readable"
     if service == "exporter":
+        # every variable the chart sets names a real setting of the exporter
+        fields = set(ExporterSettings.model_fields)
+        assert {n.removeprefix(prefix).lower() for n in env} <= fields, sorted(env)
+        assert env["HYPERSDK_EXPORTER_JOB_CONCURRENCY"]["value"] == "1"
+        assert env["HYPERSDK_EXPORTER_STALE_JOB_SECONDS"]["value"] == "60"
         export_dir = env["HYPERSDK_EXPORTER_EXPORT_DIR"]["value"]
         mount = mounts[export_dir]
         assert not mount.get("readOnly", False)
@@ -580,6 +589,9 @@ def test_variants_render_valid_manifests() -> None:
                         "labVolume": {"persistentVolumeClaim": {"claimName": "lab-images"}},
                         "persistence": {"existingClaim": "exports-nfs"},
                         "replicaCount": 3,
+                        "jobConcurrency": 2,
+                        "providerConcurrency": 8,
+                        "libvirtDiskRoots": ["/srv/images", "/srv/more"],
                     }
                 },
             }
@@ -594,6 +606,18 @@ def test_variants_render_valid_manifests() -> None:
     assert exporter["imagePullSecrets"] == [{"name": "regcred"}]
     env = container_env(container)
     assert env["HYPERSDK_EXPORTER_LAB_ROOT"]["value"] == "/srv/lab"
+    settings = ExporterSettings.model_validate(
+        {
+            name.removeprefix("HYPERSDK_EXPORTER_").lower(): json.loads(item["value"])
+            if name.endswith("_ROOTS")
+            else item["value"]
+            for name, item in env.items()
+            if "value" in item
+        }
+        | {"database_url": "postgresql://x@db/x", "amqp_url": "amqp://x@mq/x"}
+    )
+    assert (settings.job_concurrency, settings.provider_concurrency) == (2, 8)
+    assert settings.libvirt_disk_roots == [Path("/srv/images"), Path("/srv/more")]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/srv/lab"]["readOnly"] is True
     claims = {

@@ -215,6 +215,18 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 - name: HYPERSDK_EXPORTER_LAB_ROOT
   value: {{ $svc.labRoot | quote }}
 {{- end }}
+- name: HYPERSDK_EXPORTER_JOB_CONCURRENCY
+  value: {{ $svc.jobConcurrency | default 1 | quote }}
+- name: HYPERSDK_EXPORTER_PROVIDER_CONCURRENCY
+  value: {{ $svc.providerConcurrency | default 4 | quote }}
+- name: HYPERSDK_EXPORTER_MAX_JOB_ATTEMPTS
+  value: {{ $svc.maxJobAttempts | default 5 | quote }}
+- name: HYPERSDK_EXPORTER_STALE_JOB_SECONDS
+  value: {{ $svc.staleJobSeconds | default 60 | quote }}
+{{- with $svc.libvirtDiskRoots }}
+- name: HYPERSDK_EXPORTER_LIBVIRT_DISK_ROOTS
+  value: {{ toJson . | quote }}
+{{- end }}
 {{- end }}
 {{- with $svc.extraEnv }}
 {{ toYaml . }}
