@@ -7,21 +7,22 @@ import asyncio
 import hashlib
 import os
 import random
+import signal
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from hypersdk_exporter.adapters.outbound.qemu_img import (
+from hypersdk_exporter.adapters.outbound.digests import (
     MAX_WRITE,
     READ_BLOCK,
-    _unless_cancelled,
     extents,
     follow_hash,
     hash_file,
 )
-from hypersdk_exporter.core.errors import ExportCancelledError
+from hypersdk_exporter.adapters.outbound.qemu_img import _HashChild, _unless_cancelled
+from hypersdk_exporter.core.errors import ExportCancelledError, ExportFailedError
 
 MIB = 1 << 20
 
@@ -52,10 +53,11 @@ def _expected(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_a_sparse_file_hashes_as_its_bytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mapped", [False, True], ids=["read", "mapped"])
+def test_a_sparse_file_hashes_as_its_bytes(tmp_path: Path, mapped: bool) -> None:
     path = _sparse(tmp_path / "disk", 40 * MIB + 123, seed=1)
     assert len(extents(path)) > 1  # really sparse here, or the holes went untested
-    assert hash_file(path) == _expected(path)
+    assert hash_file(path, mapped=mapped) == _expected(path)
 
 
 def test_a_file_of_one_hole_and_an_empty_file(tmp_path: Path) -> None:
@@ -68,7 +70,10 @@ def test_a_file_of_one_hole_and_an_empty_file(tmp_path: Path) -> None:
     assert hash_file(empty) == hashlib.sha256(b"").hexdigest()
 
 
-def test_the_follower_hashes_a_file_written_in_order_as_its_final_bytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mapped", [False, True], ids=["read", "mapped"])
+def test_the_follower_hashes_a_file_written_in_order_as_its_final_bytes(
+    tmp_path: Path, mapped: bool
+) -> None:
     size = 3 * MAX_WRITE + 5 * MIB
     path = tmp_path / "target"
     with path.open("wb") as stream:
@@ -87,7 +92,7 @@ def test_the_follower_hashes_a_file_written_in_order_as_its_final_bytes(tmp_path
 
     thread = threading.Thread(target=writer)
     thread.start()
-    digest = follow_hash(path, written, stop, metadata=[])
+    digest = follow_hash(path, written, stop, metadata=[], mapped=mapped)
     thread.join()
     assert digest == _expected(path)
 
@@ -116,3 +121,68 @@ async def test_a_digest_that_finishes_is_returned() -> None:
         return "abc"
 
     assert await _unless_cancelled(asyncio.create_task(hashing()), lambda: False) == "abc"
+
+
+# ---- the hashing child: the converter's digests come from a process of their own ------------
+
+
+def _write_in_order(path: Path, size: int, seed: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for offset, data in _layout(size, seed=seed):
+            os.pwrite(fd, data, offset)
+            time.sleep(0.001)
+    finally:
+        os.close(fd)
+
+
+async def test_the_child_follows_a_file_written_in_order(tmp_path: Path) -> None:
+    size = 3 * MAX_WRITE + 5 * MIB
+    path = tmp_path / "target"
+    with path.open("wb") as stream:
+        stream.truncate(size)
+    child = await _HashChild.start(path, follow=True)
+    await asyncio.to_thread(_write_in_order, path, size, 3)
+    assert await child.digest(lambda: False) == _expected(path)
+
+
+async def test_the_child_hashes_a_closed_file_once_told(tmp_path: Path) -> None:
+    path = _sparse(tmp_path / "closed", 20 * MIB + 7, seed=4)
+    child = await _HashChild.start(path, follow=False)
+    assert await child.digest(lambda: False) == _expected(path)
+
+
+async def test_a_child_that_dies_fails_the_digest_never_the_worker(tmp_path: Path) -> None:
+    """What a SIGBUS does to a mapping of a file cut short: kills the child; the export fails."""
+    path = _sparse(tmp_path / "cut", 8 * MIB, seed=5)
+    child = await _HashChild.start(path, follow=False)
+    os.kill(child._process.pid, signal.SIGBUS)
+    with pytest.raises(ExportFailedError) as caught:
+        await child.digest(lambda: False)
+    assert caught.value.reason == "artifact_write_failed"
+
+
+async def test_a_file_that_shrinks_under_the_child_fails_the_digest(tmp_path: Path) -> None:
+    path = tmp_path / "shrinking"
+    with path.open("wb") as stream:
+        stream.truncate(64 * MIB)
+    os.pwrite(os.open(path, os.O_WRONLY), b"x" * (40 * MIB), 0)
+    child = await _HashChild.start(path, follow=True)
+    await asyncio.sleep(0.3)  # it has hashed up to the frontier (40 MiB less one request)
+    os.truncate(path, 1 * MIB)
+    with pytest.raises(ExportFailedError):
+        await child.digest(lambda: False)
+
+
+async def test_a_cancel_kills_the_child(tmp_path: Path) -> None:
+    path = tmp_path / "long"
+    with path.open("wb") as stream:
+        stream.truncate(8 << 30)  # 8 GiB of zeros: seconds of hashing
+    child = await _HashChild.start(path, follow=False)
+    pid = child._process.pid
+    with pytest.raises(ExportCancelledError):
+        await child.digest(lambda: True)
+    await child.stop()
+    assert child._process.returncode is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

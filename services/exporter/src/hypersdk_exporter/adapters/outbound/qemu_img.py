@@ -22,14 +22,14 @@ import pwd
 import re
 import resource
 import signal
-import threading
-import time
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from hypersdk_exporter.adapters.outbound import qcow2_layout
+from hypersdk_exporter.adapters.outbound import digests, qcow2_layout
+from hypersdk_exporter.adapters.outbound.digests import BlockReader
 from hypersdk_exporter.core import errors
 from hypersdk_exporter.core.errors import ExportCancelledError, ExportFailedError
 from hypersdk_exporter.core.formats import SOURCE_FORMATS, Digest, FormatSpec
@@ -44,16 +44,9 @@ CANCEL_POLL_SECONDS = 0.05
 MAX_INFO_OUTPUT = 4 << 20
 MAX_CHAIN = 16
 MAX_MAP_OUTPUT = 64 << 20  # about 600,000 extents
-# qemu-img convert writes at most this much in one request (its largest buffer); a follower
-# stays this far behind the end of what it sees written.
-MAX_WRITE = 16 << 20
-READ_BLOCK = 4 << 20
-_ZEROS = bytes(READ_BLOCK)
-# Hashed ranges go to the kernel's writeback in steps of this size.
-WRITE_BACK_BLOCK = 32 << 20
-SYNC_FILE_RANGE_WRITE = 2
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 _libc = ctypes.CDLL(None, use_errno=True)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -234,10 +227,8 @@ class QemuImgConverter(DiskConverter):
             str(target),
         ]
         mode = spec.digest_mode(compress=compress)
-        written = threading.Event()
-        stop = threading.Event()
-        follower = None
         layout: qcow2_layout.Layout | None = None
+        planned = ""
         if mode is Digest.FOLLOW and spec.qemu_name == "qcow2":
             runs = await self._data_runs(image, info)
             if runs is None:
@@ -248,43 +239,38 @@ class QemuImgConverter(DiskConverter):
             # The target is made first, so what it holds before any data is known (its
             # metadata, never rewritten by an in-order convert); then filled in place.
             identity = conversion_identity(self._settings.user)
-            metadata, planned = await asyncio.to_thread(
-                _prepare, target, identity, layout, info.virtual_size
-            )
+            planned = await asyncio.to_thread(_prepare, target, identity, layout, info.virtual_size)
             args = ["convert", "-p", "-n", "--target-is-zero", "-f", info.format]
             args += ["-O", spec.qemu_name, "json:" + json.dumps(image), str(target)]
-            follower = asyncio.create_task(
-                asyncio.to_thread(follow_hash, target, written, stop, metadata)
-            )
-        process = await self._spawn(args)
+        metadata_end = layout.metadata_end if layout is not None else 0
+        hashing = await _HashChild.start(
+            target, follow=mode is Digest.FOLLOW, metadata_end=metadata_end
+        )
+        process: asyncio.subprocess.Process | None = None
         try:
+            process = await self._spawn(args)
             err = await self._watch(process, info.virtual_size, on_progress, cancelled)
-            written.set()
             if process.returncode != 0:
                 raise ExportFailedError(errors.CONVERSION_FAILED, _last_line(err))
-            if follower is None:
-                follower = asyncio.create_task(asyncio.to_thread(hash_file, target, stop))
             # The digest's tail (or all of it) is hashed after qemu-img exits: a cancel then
-            # still stops it within a poll and a block.
-            digest = await _unless_cancelled(follower, cancelled)
+            # still stops it within a poll.
+            digest = await hashing.digest(cancelled)
             if layout is not None and not await asyncio.to_thread(
                 layout_kept, target, layout, planned
             ):
                 logger.warning("qemu-img changed the planned qcow2 layout: hashing it again")
-                follower = asyncio.create_task(asyncio.to_thread(hash_file, target, stop))
-                digest = await _unless_cancelled(follower, cancelled)
+                hashing = await _HashChild.start(target, follow=False)
+                digest = await hashing.digest(cancelled)
             if cancelled():
                 raise ExportCancelledError
             await on_progress(info.virtual_size)
             return digest
         except BaseException:
-            stop.set()
-            _kill_group(process)
-            with contextlib.suppress(ProcessLookupError):
-                await asyncio.shield(process.wait())
-            if follower is not None:
-                with contextlib.suppress(BaseException):
-                    await follower
+            if process is not None:
+                _kill_group(process)
+                with contextlib.suppress(ProcessLookupError):
+                    await asyncio.shield(process.wait())
+            await hashing.stop()
             _unlink(target)
             raise
 
@@ -390,7 +376,7 @@ class QemuImgConverter(DiskConverter):
         return process.returncode == 0
 
 
-async def _unless_cancelled(task: asyncio.Task[str], cancelled: CancelCheck) -> str:
+async def _unless_cancelled(task: asyncio.Task[_T], cancelled: CancelCheck) -> _T:
     """The task's result, or ExportCancelledError as soon as a cancel is seen.
 
     The caller then stops the task's hashing thread and waits for it.
@@ -478,11 +464,11 @@ def _prepare(
     identity: tuple[int, int] | None,
     layout: qcow2_layout.Layout | None,
     size: int,
-) -> tuple[list[tuple[int, int]], str]:
+) -> str:
     """Create the target, 0600 and the conversion user's: a qcow2 layout or raw holes.
 
     A qcow2 target gets the layout's metadata; a raw one is ``size`` bytes of holes.
-    Returns the extents its metadata occupies and the SHA-256 of that metadata as written.
+    Returns the SHA-256 of the qcow2 metadata as written (empty for raw).
     """
     fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
@@ -490,9 +476,9 @@ def _prepare(
             os.fchown(fd, *identity)
         if layout is None:
             os.ftruncate(fd, size)
-            return [], ""
+            return ""
         qcow2_layout.write(fd, layout)
-        return [(0, layout.metadata_end)], _metadata_digest(fd, layout)
+        return _metadata_digest(fd, layout)
     except BaseException:
         _unlink(target)
         raise
@@ -502,7 +488,7 @@ def _prepare(
 
 def _metadata_digest(fd: int, layout: qcow2_layout.Layout) -> str:
     digest = hashlib.sha256()
-    reader = _BlockReader(fd)
+    reader = BlockReader(fd)
     position = 0
     while position < layout.metadata_end:
         position = reader.hash(digest, position, layout.metadata_end)
@@ -524,153 +510,65 @@ def layout_kept(path: Path, layout: qcow2_layout.Layout, metadata: str) -> bool:
         os.close(fd)
 
 
-# ---- digests -------------------------------------------------------------------------------
+# ---- the hashing child ---------------------------------------------------------------------
 
 
-def hash_file(path: Path, stop: threading.Event | None = None) -> str:
-    """SHA-256 of a file qemu-img has closed (its pages are still in the page cache)."""
-    digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        reader = _BlockReader(fd)
-        size = os.fstat(fd).st_size
-        position = 0
-        while position < size:
-            if stop is not None and stop.is_set():
-                raise ExportCancelledError
-            position = reader.hash(digest, position, min(size, position + READ_BLOCK))
-    finally:
-        os.close(fd)
-    return digest.hexdigest()
+class _HashChild:
+    """The SHA-256 of one output, computed by a child process (``digests.py``, decision 0044).
 
-
-class _BlockReader:
-    """Feeds a digest from a file: through one reused buffer, holes as zeros without reading.
-
-    Every range hashed is handed to the kernel's writeback at once (``sync_file_range``, no
-    wait), so the fsync that makes the artifact durable finds little left to write.
+    Started before qemu-img: ``follow`` hashes behind it, else it waits for the end. It runs
+    as the service's own user with ``PR_SET_PDEATHSIG`` (it dies with its worker), and is
+    killed on cancel.
     """
 
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._buffer = memoryview(bytearray(READ_BLOCK))
-        self._written_back = 0
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
 
-    def hash(self, digest: Any, start: int, end: int) -> int:
-        """Hash [start, end) of the file (at most READ_BLOCK); returns the new position."""
-        end = min(end, start + READ_BLOCK)
+    @classmethod
+    async def start(cls, path: Path, *, follow: bool, metadata_end: int = 0) -> _HashChild:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-I",
+            "-m",
+            digests.__name__,
+            str(path),
+            "follow" if follow else "close",
+            str(metadata_end),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=dict(ENVIRONMENT),
+            cwd="/",
+            start_new_session=True,
+            preexec_fn=_preexec(os.getpid(), identity=None, memory=None, cpu=None),
+        )
+        return cls(process)
+
+    async def digest(self, cancelled: CancelCheck) -> str:
+        """Tell it the output is complete; its digest, or ExportCancelledError on a cancel."""
+        process = self._process
+        assert process.stdin is not None
+        assert process.stdout is not None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            process.stdin.write(b"w")
+            await process.stdin.drain()
+            process.stdin.close()
+        answer = asyncio.create_task(process.stdout.read(128))
         try:
-            data = os.lseek(self._fd, start, os.SEEK_DATA)
-        except OSError:  # ENXIO: nothing but a hole after start
-            data = end
-        if data > start:  # a hole: zeros, final (decision 0034)
-            stop = min(data, end)
-            digest.update(_ZEROS[: stop - start])
-            return stop
-        hole = min(os.lseek(self._fd, start, os.SEEK_HOLE), end)
-        count = os.preadv(self._fd, [self._buffer[: hole - start]], start)
-        if count <= 0:
-            raise ExportFailedError(errors.ARTIFACT_WRITE_FAILED, "output shrank")
-        digest.update(self._buffer[:count])
-        self._write_back(start + count)
-        return start + count
+            out = await _unless_cancelled(answer, cancelled)
+        finally:
+            answer.cancel()
+        await process.wait()
+        text = out.decode(errors="replace").strip()
+        if process.returncode != 0 or not re.fullmatch(r"[0-9a-f]{64}", text):
+            raise ExportFailedError(
+                errors.ARTIFACT_WRITE_FAILED,
+                f"the output changed while it was hashed (hashing ended {process.returncode})",
+            )
+        return text
 
-    def _write_back(self, upto: int) -> None:
-        if upto - self._written_back >= WRITE_BACK_BLOCK:
-            _sync_file_range(self._fd, self._written_back, upto - self._written_back)
-            self._written_back = upto
-
-
-def _sync_file_range(fd: int, offset: int, count: int) -> None:
-    """Start writeback of a range (SYNC_FILE_RANGE_WRITE): no wait; errors left to fsync."""
-    _libc.sync_file_range(fd, ctypes.c_int64(offset), ctypes.c_int64(count), SYNC_FILE_RANGE_WRITE)
-
-
-def extents(path: Path) -> list[tuple[int, int]]:
-    """The data extents of a file, as (start, end)."""
-    found: list[tuple[int, int]] = []
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        offset = 0
-        while True:
-            try:
-                start = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError:  # ENXIO: no data after offset
-                return found
-            offset = os.lseek(fd, start, os.SEEK_HOLE)
-            found.append((start, offset))
-    finally:
-        os.close(fd)
-
-
-def _uncovered(start: int, end: int, metadata: list[tuple[int, int]]) -> bool:
-    """Whether part of [start, end) lies outside every metadata extent."""
-    position = start
-    for meta_start, meta_end in metadata:
-        if meta_end <= position:
-            continue
-        if meta_start > position:
-            return True
-        position = meta_end
-        if position >= end:
-            return False
-    return position < end
-
-
-def _data_end(fd: int, start: int, metadata: list[tuple[int, int]]) -> int:
-    """End of the last extent at or after ``start`` holding written data, not only metadata."""
-    end = start
-    offset = start
-    while True:
-        try:
-            data = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError:  # ENXIO: no data after offset
-            return end
-        offset = os.lseek(fd, data, os.SEEK_HOLE)
-        if _uncovered(data, offset, metadata):
-            end = offset
-
-
-def follow_hash(
-    path: Path,
-    written: threading.Event,
-    stop: threading.Event,
-    metadata: list[tuple[int, int]] | None = None,
-) -> str:
-    """SHA-256 of a file while qemu-img writes it in order (decision 0034).
-
-    qemu-img convert writes in guest order, one request at a time (its default: no ``-W``);
-    the target was created beforehand (raw, or qcow2 with preallocated metadata) and its
-    ``metadata`` extents recorded, so data clusters have fixed places in guest order and no
-    metadata is rewritten. So everything before the end of the last extent holding data, less
-    one request, is final: it is hashed while later data is being written, and a hole there
-    is final zeros. After qemu-img exits the rest is hashed.
-    """
-    digest = hashlib.sha256()
-    while not path.exists():
-        if written.is_set() or stop.is_set():
-            break
-        time.sleep(0.01)
-    fd = os.open(path, os.O_RDONLY)
-    reader = _BlockReader(fd)
-    position = 0
-    try:
-        while True:
-            if stop.is_set():
-                raise ExportCancelledError
-            finished = written.is_set()
-            if finished:
-                frontier = os.fstat(fd).st_size
-            else:
-                frontier = max(position, _data_end(fd, position, metadata or []) - MAX_WRITE)
-            advanced = frontier > position
-            while position < frontier:
-                position = reader.hash(digest, position, frontier)
-                if stop.is_set():
-                    raise ExportCancelledError
-            if finished:
-                return digest.hexdigest()
-            if not advanced:
-                written.wait(0.02)
-    finally:
-        os.close(fd)
+    async def stop(self) -> None:
+        """Kill it and wait (a cancel, a failure)."""
+        _kill_group(self._process)
+        with contextlib.suppress(ProcessLookupError):
+            await asyncio.shield(self._process.wait())
