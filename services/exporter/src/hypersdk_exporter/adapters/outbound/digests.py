@@ -2,7 +2,7 @@
 
 This module needs nothing but the standard library, so it also runs as the hashing child
 (``python -I -m hypersdk_exporter.adapters.outbound.digests``) the converter starts for each
-output: the child maps the file instead of copying it through a buffer (decision 0044), and
+output: the child maps the file instead of copying it through a buffer (decision 0043), and
 a file cut short under a mapping raises SIGBUS, which kills the child, never the worker.
 
 The child's protocol: ``PATH follow|close METADATA_END``; on stdin one byte ``w`` once the

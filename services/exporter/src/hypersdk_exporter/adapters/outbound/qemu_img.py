@@ -514,7 +514,7 @@ def layout_kept(path: Path, layout: qcow2_layout.Layout, metadata: str) -> bool:
 
 
 class _HashChild:
-    """The SHA-256 of one output, computed by a child process (``digests.py``, decision 0044).
+    """The SHA-256 of one output, computed by a child process (``digests.py``, decision 0043).
 
     Started before qemu-img: ``follow`` hashes behind it, else it waits for the end. It runs
     as the service's own user with ``PR_SET_PDEATHSIG`` (it dies with its worker), and is
