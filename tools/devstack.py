@@ -1,7 +1,8 @@
 """Run the whole platform on this machine: ``up``, ``down``, ``status``.
 
 ``up`` checks RabbitMQ and PostgreSQL (starting them if installed but down), creates the
-database, runs migrations, starts one supervisor process that owns an OpenBao dev server and
+database, runs migrations, starts one supervisor process that owns an OpenBao server
+(persistent storage under the state directory, initialised once, unsealed at each start) and
 the six services, bootstraps the admin user and seeds the demo lab. ``down`` stops that
 supervisor, which stops its children: nothing else is touched.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import http.client
 import json
@@ -148,7 +150,8 @@ class StackConfig:
         env["HYPERSDK_GATEWAY_PORT"] = str(self.gateway_port)
         env["HYPERSDK_GATEWAY_HEALTH_PORT"] = "0"
         env["HYPERSDK_SECRETS_VAULT_ADDR"] = f"http://127.0.0.1:{self.vault_port}"
-        env["HYPERSDK_SECRETS_VAULT_TOKEN_FILE"] = str(self.secret_dir / "vault-token")
+        env["HYPERSDK_SECRETS_VAULT_ROLE_ID_FILE"] = str(self.secret_dir / "secrets-role-id")
+        env["HYPERSDK_SECRETS_VAULT_SECRET_ID_FILE"] = str(self.secret_dir / "secrets-secret-id")
         keys = self.key_dir
         env["HYPERSDK_IDENTITY_SIGNING_KEY_FILE"] = str(keys / "identity.key")
         env["HYPERSDK_IDENTITY_POLICY_PUBLIC_KEY_FILE"] = str(keys / "policy.pub")
@@ -359,17 +362,112 @@ def _bao_binary(config: StackConfig) -> str:
     return found
 
 
+SECRETS_ROLE = "hypersdk-secrets"
+SECRETS_POLICY = """
+# The secrets service: our folder of the KV v2 engine, nothing else.
+path "secret/data/hypersdk/*" { capabilities = ["create", "read", "update", "delete"] }
+path "secret/metadata/hypersdk/*" { capabilities = ["read", "list", "delete"] }
+path "secret/metadata/hypersdk" { capabilities = ["list"] }
+"""
+
+
+def openbao_dir(config: StackConfig) -> Path:
+    """OpenBao's configuration and its raft storage (0700)."""
+    return config.state_dir / "openbao"
+
+
+def write_openbao_config(config: StackConfig) -> Path:
+    """The server's configuration: raft storage under the state directory, loopback only.
+
+    Plain HTTP on 127.0.0.1 (this machine's users cannot read loopback traffic without
+    root); production talks TLS to an external Vault (docs/operations.md).
+    """
+    directory = _private_dir(openbao_dir(config))
+    data = _private_dir(directory / "data")
+    port = config.vault_port
+    text = f"""
+storage "raft" {{
+  path                   = "{data}"
+  node_id                = "hypersdk"
+  performance_multiplier = 1
+}}
+listener "tcp" {{
+  address         = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{port + 1}"
+  tls_disable     = true
+}}
+api_addr     = "http://127.0.0.1:{port}"
+cluster_addr = "http://127.0.0.1:{port + 1}"
+ui           = false
+"""
+    path = directory / "config.hcl"
+    _private_file(path, text)
+    return path
+
+
+def openbao_setup(config: StackConfig, seconds: float = 60) -> None:
+    """Initialise OpenBao once, unseal it, give the secrets service its AppRole.
+
+    The unseal key and the root token are kept in 0600 files (``openbao-unseal-key``,
+    ``openbao-root-token``) and used only here, by the setup; the secrets service logs in with
+    its own AppRole (role ID and a fresh secret ID at each start, 0600), whose policy reaches
+    our folder of the KV engine only.
+    """
+    import hvac
+
+    client = hvac.Client(url=f"http://127.0.0.1:{config.vault_port}", timeout=5)
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client.sys.read_seal_status()
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    key_file = config.secret_dir / "openbao-unseal-key"
+    token_file = config.secret_dir / "openbao-root-token"
+    if not client.sys.is_initialized():
+        result = client.sys.initialize(secret_shares=1, secret_threshold=1)
+        _private_file(key_file, result["keys_base64"][0] + "\n")
+        _private_file(token_file, result["root_token"] + "\n")
+    if client.sys.is_sealed():
+        client.sys.submit_unseal_key(_read_secret(key_file))
+    client.token = _read_secret(token_file)
+    while True:  # unsealed, it elects itself leader before it answers
+        try:
+            mounts = client.sys.list_mounted_secrets_engines()["data"]
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    if "secret/" not in mounts:
+        client.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    if "approle/" not in client.sys.list_auth_methods()["data"]:
+        client.sys.enable_auth_method("approle")
+    client.sys.create_or_update_policy(SECRETS_ROLE, SECRETS_POLICY)
+    client.auth.approle.create_or_update_approle(
+        SECRETS_ROLE,
+        token_policies=[SECRETS_ROLE],
+        token_ttl=config.extra_env.get("HYPERSDK_DEV_VAULT_TOKEN_TTL", "1h"),
+        token_max_ttl=config.extra_env.get("HYPERSDK_DEV_VAULT_TOKEN_MAX_TTL", "24h"),
+    )
+    role_id = client.auth.approle.read_role_id(SECRETS_ROLE)["data"]["role_id"]
+    _private_file(config.secret_dir / "secrets-role-id", role_id + "\n")
+    secret_file = config.secret_dir / "secrets-secret-id"
+    if secret_file.exists():  # the previous start's: no longer needed
+        with contextlib.suppress(Exception):
+            client.auth.approle.destroy_secret_id(SECRETS_ROLE, _read_secret(secret_file))
+    secret_id = client.auth.approle.generate_secret_id(SECRETS_ROLE)["data"]["secret_id"]
+    _private_file(secret_file, secret_id + "\n")
+
+
 def supervise(config: StackConfig) -> None:
     """Run OpenBao and the six services; restart what dies; stop all on SIGTERM."""
     env = config.service_env()
     commands: dict[str, list[str]] = {
-        "openbao": [
-            _bao_binary(config),
-            "server",
-            "-dev",
-            f"-dev-listen-address=127.0.0.1:{config.vault_port}",
-            "-dev-no-store-token",
-        ]
+        "openbao": [_bao_binary(config), "server", f"-config={write_openbao_config(config)}"]
     }
     for service in SERVICES:
         commands[service] = [config.python, "-m", f"hypersdk_{service}"]
@@ -382,14 +480,8 @@ def supervise(config: StackConfig) -> None:
         child_env = dict(env)
         stdout: int = log
         if name == "openbao":
-            # The root token by environment, never on the command line (``ps`` shows argv to
-            # every local user); its banner on stdout prints the token and the unseal key, so
-            # only stderr (the server log) is kept.
-            child_env = {
-                "PATH": env.get("PATH", ""),
-                "HOME": str(config.state_dir),
-                "BAO_DEV_ROOT_TOKEN_ID": _read_secret(config.secret_dir / "vault-token"),
-            }
+            # Nothing secret in its environment or command line; no banner worth keeping.
+            child_env = {"PATH": env.get("PATH", ""), "HOME": str(config.state_dir)}
             stdout = subprocess.DEVNULL
         children[name] = subprocess.Popen(
             commands[name], env=child_env, stdout=stdout, stderr=log, stdin=subprocess.DEVNULL
@@ -403,7 +495,7 @@ def supervise(config: StackConfig) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     start("openbao")
-    _wait_port("127.0.0.1", config.vault_port, 30)
+    openbao_setup(config)
     for service in SERVICES:
         start(service)
     while not stopping:
@@ -414,6 +506,11 @@ def supervise(config: StackConfig) -> None:
                 restarts[name] = [*recent, time.monotonic()]
                 time.sleep(min(2 ** len(recent) * 0.5, 10))
                 start(name)
+                if name == "openbao":  # it starts sealed
+                    try:
+                        openbao_setup(config)
+                    except Exception as exc:  # the supervisor keeps the services running
+                        print(f"OpenBao setup failed: {type(exc).__name__}", file=sys.stderr)
     # Services first (they drain in-flight work), OpenBao last.
     for name in [*reversed(SERVICES), "openbao"]:
         child = children[name]
@@ -503,7 +600,7 @@ def isolated(
             db_role_prefix=database,
             harness=True,
             gateway_port=free_port(),
-            vault_port=free_port(),
+            vault_port=free_port(count=2),  # API and raft cluster
             health_base_port=free_port(count=HEALTH_PORTS),
             extra_env=dict(extra_env or {}),
         )
@@ -655,8 +752,6 @@ def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, s
             env[f"HYPERSDK_{service.upper()}_MIGRATION_DATABASE_URL"] = config.database_url()
         for service in MIGRATED:
             _run_module(config, service, "migrate", env=env)
-        token_file = config.secret_dir / "vault-token"
-        _private_file(token_file, secrets.token_hex(24))
         # The stack's description in a 0600 file, not on the supervisor's command line (which
         # every local user can read): extra_env may one day hold something secret.
         stack_file = config.run_dir / "stack.json"

@@ -339,7 +339,8 @@ def _descendants(root: int) -> list[int]:
 def _stack_secrets(stack: Stack) -> dict[str, str]:
     secret_dir = stack.config.secret_dir
     found = {"admin password": ADMIN_PASSWORD}
-    found["vault token"] = (secret_dir / "vault-token").read_text().strip()
+    for name in ("openbao-root-token", "openbao-unseal-key", "secrets-secret-id"):
+        found[name] = (secret_dir / name).read_text().strip()
     for kind in ("amqp", "postgres"):
         for path in (secret_dir / kind).iterdir():
             found[f"{kind} password of {path.name}"] = path.read_text().strip()

@@ -7,7 +7,10 @@ import os
 import subprocess
 from pathlib import Path
 
-from .conftest import _port_free, devstack, isolated_stack_config
+from .conftest import Api, _port_free, devstack, isolated_stack_config
+
+PASSWORD = "lifecycle-admin-password"
+CANARY = "persisted-canary-value-0012"
 
 
 def _children(pid: int) -> list[int]:
@@ -45,7 +48,13 @@ def test_down_stops_every_process_it_started_and_nothing_else(
 
 
 def _check_up_and_down(config: devstack.StackConfig, bystander: subprocess.Popen[bytes]) -> None:
-    info = devstack.up(config, admin_password="lifecycle-admin-password")
+    info = devstack.up(config, admin_password=PASSWORD)
+    api = Api(config.gateway_url)
+    admin = api.login("admin", PASSWORD)
+    status, body, _ = api.call(
+        "PUT", "/api/v1/secrets/providers/persisted", {"data": {"password": CANARY}}, token=admin
+    )
+    assert status == 200, body
     supervisor = devstack.running_pid(config)
     assert supervisor is not None
     children = _children(supervisor)
@@ -66,3 +75,23 @@ def _check_up_and_down(config: devstack.StackConfig, bystander: subprocess.Popen
     assert _port_free(config.gateway_port)
     assert bystander.poll() is None, "down must not touch processes it did not start"
     assert devstack.down(config) is False
+    _check_secrets_survive(config)
+
+
+def _check_secrets_survive(config: devstack.StackConfig) -> None:
+    """OpenBao keeps its storage under the state directory: ``make down && make up`` keeps
+    every secret and its versions; it is unsealed again by the setup, never by a person."""
+    devstack.up(config, admin_password=PASSWORD)
+    api = Api(config.gateway_url)
+    admin = api.login("admin", PASSWORD)
+    status, listed, _ = api.call("GET", "/api/v1/secrets", token=admin)
+    assert status == 200, listed
+    kept = [s for s in listed if s["path"] == "providers/persisted"]
+    assert [s["version"] for s in kept] == [1]
+    status, body, _ = api.call(
+        "PUT", "/api/v1/secrets/providers/persisted", {"data": {"password": CANARY}}, token=admin
+    )
+    assert (status, body["version"]) == (200, 2)
+    for path in config.log_dir.iterdir():
+        assert CANARY.encode() not in path.read_bytes(), path.name
+    assert devstack.down(config) is True

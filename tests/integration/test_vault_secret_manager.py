@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import stat
+from pathlib import Path
 
 import hvac
+import pytest
 
-from hypersdk_secrets.adapters.outbound.vault import VaultSecretManager
+from hypersdk_secrets.adapters.outbound.vault import AppRoleLogin, VaultSecretManager
 
 from .conftest import Stack
 
 
 def _manager(stack: Stack, prefix: str) -> VaultSecretManager:
-    token = (stack.config.secret_dir / "vault-token").read_text().strip()
+    token = (stack.config.secret_dir / "openbao-root-token").read_text().strip()
     client = hvac.Client(url=f"http://127.0.0.1:{stack.config.vault_port}", token=token)
     return VaultSecretManager(client, mount="secret", prefix=prefix)
 
@@ -46,3 +50,79 @@ async def test_not_ready_with_a_bad_token(stack: Stack) -> None:
     client = hvac.Client(url=f"http://127.0.0.1:{stack.config.vault_port}", token="not-a-token")
     manager = VaultSecretManager(client, mount="secret", prefix="x")
     assert await manager.ready() is False
+
+
+def _root(stack: Stack) -> hvac.Client:
+    token = (stack.config.secret_dir / "openbao-root-token").read_text().strip()
+    return hvac.Client(url=f"http://127.0.0.1:{stack.config.vault_port}", token=token)
+
+
+def test_the_secrets_service_approle_reaches_its_folder_only(stack: Stack) -> None:
+    """Logged in as the secrets service (its role ID and secret ID files), the token may use
+    ``secret/hypersdk/`` and nothing else: no other folder, no policy, no auth method."""
+    secret_dir = stack.config.secret_dir
+    for name in (
+        "openbao-root-token",
+        "openbao-unseal-key",
+        "secrets-role-id",
+        "secrets-secret-id",
+    ):
+        assert stat.S_IMODE((secret_dir / name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE((stack.config.state_dir / "openbao").stat().st_mode) == 0o700
+    service = hvac.Client(url=f"http://127.0.0.1:{stack.config.vault_port}")
+    service.auth.approle.login(
+        role_id=(secret_dir / "secrets-role-id").read_text().strip(),
+        secret_id=(secret_dir / "secrets-secret-id").read_text().strip(),
+    )
+    kv = service.secrets.kv.v2
+    path = f"hypersdk/test-{secrets.token_hex(4)}"
+    kv.create_or_update_secret(path=path, secret={"k": "v"}, mount_point="secret")
+    assert kv.read_secret_version(path=path, mount_point="secret", raise_on_deleted_version=True)
+    _root(stack).secrets.kv.v2.create_or_update_secret(
+        path="elsewhere/x", secret={"k": "v"}, mount_point="secret"
+    )
+    refused = [
+        lambda: kv.read_secret_version(
+            path="elsewhere/x", mount_point="secret", raise_on_deleted_version=True
+        ),
+        lambda: kv.create_or_update_secret(path="elsewhere/y", secret={}, mount_point="secret"),
+        service.sys.list_policies,
+        lambda: service.sys.enable_auth_method("userpass", path=f"u{secrets.token_hex(2)}"),
+        lambda: service.auth.approle.generate_secret_id("hypersdk-secrets"),
+    ]
+    for attempt in refused:
+        with pytest.raises(hvac.exceptions.Forbidden):
+            attempt()
+
+
+async def test_an_approle_token_is_renewed_and_logged_in_again(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A role whose tokens live 2 s (at most 5 s): calls over 8 s all succeed, through renewals,
+    a login again once the maximum TTL nears, and one after the token was revoked."""
+    root = _root(stack)
+    role = f"test-short-{secrets.token_hex(3)}"
+    root.auth.approle.create_or_update_approle(
+        role, token_policies=["hypersdk-secrets"], token_ttl="2s", token_max_ttl="5s"
+    )
+    role_file, secret_file = tmp_path / "role-id", tmp_path / "secret-id"
+    role_file.write_text(root.auth.approle.read_role_id(role)["data"]["role_id"])
+    secret_file.write_text(root.auth.approle.generate_secret_id(role)["data"]["secret_id"])
+    client = hvac.Client(url=f"http://127.0.0.1:{stack.config.vault_port}")
+    manager = VaultSecretManager(
+        client,
+        mount="secret",
+        prefix=f"hypersdk/test-{secrets.token_hex(4)}",
+        approle=AppRoleLogin(role_file, secret_file),
+    )
+
+    tokens: set[str] = set()
+    assert await manager.ready() is True
+    for index in range(16):
+        await manager.put("rotating", {"n": str(index)})
+        assert await manager.read("rotating") == {"n": str(index)}
+        tokens.add(client.token)
+        if index == 10:
+            root.auth.token.revoke(client.token)  # revoked under the service's feet
+        await asyncio.sleep(0.5)
+    assert len(tokens) >= 2  # logged in again at least once (max TTL, revocation)

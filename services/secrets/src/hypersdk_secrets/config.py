@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from hypersdk_kit.settings import ServiceSettings
@@ -16,7 +16,15 @@ class SecretsSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="HYPERSDK_SECRETS_", extra="ignore")
 
     vault_addr: str = Field(default="http://127.0.0.1:8200", description="Vault/OpenBao URL.")
-    vault_token_file: Path = Field(description="File (0600) holding the Vault token.")
+    vault_token_file: Path | None = Field(
+        default=None, description="File (0600) holding a Vault token (or use an AppRole)."
+    )
+    vault_role_id_file: Path | None = Field(
+        default=None, description="File holding the service's AppRole role ID."
+    )
+    vault_secret_id_file: Path | None = Field(
+        default=None, description="File (0600) holding the service's AppRole secret ID."
+    )
     vault_kv_mount: str = Field(default="secret", description="KV v2 mount point.")
     vault_path_prefix: str = Field(default="hypersdk", description="Folder of our secrets.")
     policy_public_key_file: Path = Field(
@@ -37,3 +45,12 @@ class SecretsSettings(ServiceSettings):
         "its worker's credential read (the job waited in the queue); the exporter's "
         "MAX_COMMAND_AGE_SECONDS bounds the command itself the same way.",
     )
+
+    @model_validator(mode="after")
+    def _one_way_into_vault(self) -> SecretsSettings:
+        approle = (self.vault_role_id_file, self.vault_secret_id_file)
+        if any(approle) and not all(approle):
+            raise ValueError("an AppRole needs both VAULT_ROLE_ID_FILE and VAULT_SECRET_ID_FILE")
+        if all(approle) == (self.vault_token_file is not None):
+            raise ValueError("set either VAULT_TOKEN_FILE or the AppRole files, not both")
+        return self

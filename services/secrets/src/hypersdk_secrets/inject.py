@@ -13,7 +13,7 @@ from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, build_broker
 from hypersdk_kit.guard import RequestGuard
 from hypersdk_kit.trust import AssertionVerifier, load_public_key
 from hypersdk_secrets.adapters.inbound.rpc import register_rpc
-from hypersdk_secrets.adapters.outbound.vault import VaultSecretManager
+from hypersdk_secrets.adapters.outbound.vault import AppRoleLogin, VaultSecretManager
 from hypersdk_secrets.config import SecretsSettings
 from hypersdk_secrets.core.service import SecretsService
 from hypersdk_secrets.ports.outbound import SecretManager
@@ -22,11 +22,16 @@ SERVICE = "secrets"
 
 
 def vault_secret_manager(settings: SecretsSettings) -> VaultSecretManager:
-    """A KV v2 SecretManager authenticated with the token in the token file."""
-    token = settings.vault_token_file.read_text().strip()
+    """A KV v2 SecretManager logged in with its AppRole, or with the token in its file."""
+    approle = None
+    token = None
+    if settings.vault_role_id_file is not None and settings.vault_secret_id_file is not None:
+        approle = AppRoleLogin(settings.vault_role_id_file, settings.vault_secret_id_file)
+    elif settings.vault_token_file is not None:
+        token = settings.vault_token_file.read_text().strip()
     client = hvac.Client(url=settings.vault_addr, token=token, timeout=10)
     return VaultSecretManager(
-        client, mount=settings.vault_kv_mount, prefix=settings.vault_path_prefix
+        client, mount=settings.vault_kv_mount, prefix=settings.vault_path_prefix, approle=approle
     )
 
 

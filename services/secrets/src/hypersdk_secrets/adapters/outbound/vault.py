@@ -3,24 +3,120 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import hvac
-from hvac.exceptions import InvalidPath
+from hvac.exceptions import Forbidden, InvalidPath, Unauthorized, VaultError
 
 from hypersdk_contracts.rpc import SecretMetadata
 from hypersdk_secrets.ports.outbound import SecretManager
+
+_T = TypeVar("_T")
+RENEW_AT = 2 / 3
+"""A token is renewed once this share of its lease has passed."""
+
+
+@dataclass(frozen=True)
+class AppRoleLogin:
+    """Where the service's AppRole credentials are (0600 files, or a mounted Secret)."""
+
+    role_id_file: Path
+    secret_id_file: Path
+
+
+class VaultSession:
+    """An hvac client whose token stays valid.
+
+    With a static token, nothing is done. With an AppRole, the service logs in when it first
+    needs Vault, renews its token once two thirds of the lease have passed, logs in again when
+    a renewal is refused or would leave less than a third of the first lease (the token's
+    maximum TTL nears), and once more when a call is refused as unauthenticated (the token
+    was revoked). The secret ID is read from its file at each login and never kept or logged.
+    """
+
+    def __init__(
+        self,
+        client: hvac.Client,
+        *,
+        approle: AppRoleLogin | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self._approle = approle
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._renew_at = 0.0 if approle is not None else math.inf
+        self._lease = 0
+
+    def _login(self) -> None:
+        assert self._approle is not None
+        role_id = self._approle.role_id_file.read_text().strip()
+        secret_id = self._approle.secret_id_file.read_text().strip()
+        auth = self.client.auth.approle.login(role_id=role_id, secret_id=secret_id)["auth"]
+        self._lease = int(auth.get("lease_duration") or 0)
+        self._schedule(self._lease)
+
+    def _schedule(self, lease: int) -> None:
+        self._renew_at = self._clock() + lease * RENEW_AT if lease > 0 else math.inf
+
+    def fresh(self) -> None:
+        """Make sure the token is valid for a while (blocking: call it in a thread)."""
+        if self._approle is None or self._clock() < self._renew_at:
+            return
+        with self._lock:
+            if self._clock() < self._renew_at:
+                return
+            if self._lease > 0:
+                try:
+                    auth = self.client.auth.token.renew_self()["auth"]
+                except VaultError:  # refused, or past its maximum TTL: log in again
+                    auth = None
+                lease = int(auth.get("lease_duration") or 0) if auth else 0
+                if lease * 3 >= self._lease:
+                    self._schedule(lease)
+                    return
+            self._login()
+
+    def call(self, operation: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``operation`` with a fresh token; once more after a login if it was refused."""
+        self.fresh()
+        try:
+            return operation(*args, **kwargs)
+        except (Forbidden, Unauthorized):
+            if self._approle is None:
+                raise
+            with self._lock:
+                self._login()
+            return operation(*args, **kwargs)
 
 
 class VaultSecretManager(SecretManager):
     """Secrets under ``<mount>/<prefix>/`` in a KV v2 engine."""
 
-    def __init__(self, client: hvac.Client, *, mount: str, prefix: str) -> None:
+    def __init__(
+        self,
+        client: hvac.Client,
+        *,
+        mount: str,
+        prefix: str,
+        approle: AppRoleLogin | None = None,
+    ) -> None:
+        self._session = VaultSession(client, approle=approle)
         self._client = client
         self._kv = client.secrets.kv.v2
         self._mount = mount
         self._prefix = prefix.strip("/")
+
+    async def _call(self, operation: Callable[..., _T], **kwargs: Any) -> _T:
+        return await asyncio.to_thread(functools.partial(self._session.call, operation, **kwargs))
 
     def _full(self, path: str) -> str:
         return f"{self._prefix}/{path}"
@@ -29,6 +125,7 @@ class VaultSecretManager(SecretManager):
         """Vault answers, is initialised and unsealed, and our token is valid."""
         try:
             sealed = await asyncio.to_thread(self._client.sys.is_sealed)
+            await asyncio.to_thread(self._session.fresh)
             authenticated = await asyncio.to_thread(self._client.is_authenticated)
         except Exception:
             return False
@@ -36,7 +133,7 @@ class VaultSecretManager(SecretManager):
 
     async def put(self, path: str, data: dict[str, str]) -> SecretMetadata:
         """Create or update."""
-        response = await asyncio.to_thread(
+        response = await self._call(
             self._kv.create_or_update_secret,
             path=self._full(path),
             secret=data,
@@ -50,7 +147,7 @@ class VaultSecretManager(SecretManager):
     async def read(self, path: str) -> dict[str, str] | None:
         """The current version's data."""
         try:
-            response = await asyncio.to_thread(
+            response = await self._call(
                 self._kv.read_secret_version,
                 path=self._full(path),
                 mount_point=self._mount,
@@ -64,7 +161,7 @@ class VaultSecretManager(SecretManager):
     async def describe(self, path: str) -> SecretMetadata | None:
         """Read metadata only."""
         try:
-            response = await asyncio.to_thread(
+            response = await self._call(
                 self._kv.read_secret_metadata, path=self._full(path), mount_point=self._mount
             )
         except InvalidPath:
@@ -81,7 +178,7 @@ class VaultSecretManager(SecretManager):
         while pending:
             folder = pending.pop()
             try:
-                response = await asyncio.to_thread(
+                response = await self._call(
                     self._kv.list_secrets,
                     path=f"{self._prefix}/{folder}".rstrip("/"),
                     mount_point=self._mount,
@@ -100,7 +197,7 @@ class VaultSecretManager(SecretManager):
         """Delete metadata and all versions."""
         if await self.describe(path) is None:
             return False
-        await asyncio.to_thread(
+        await self._call(
             self._kv.delete_metadata_and_all_versions,
             path=self._full(path),
             mount_point=self._mount,
