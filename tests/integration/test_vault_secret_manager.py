@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 import stat
+import time
 from pathlib import Path
 
 import hvac
 import pytest
 
+from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_secrets.adapters.outbound.vault import AppRoleLogin, VaultSecretManager
 
-from .conftest import Stack
+from .conftest import ADMIN_PASSWORD, Stack, devstack
 
 
 def _manager(stack: Stack, prefix: str) -> VaultSecretManager:
@@ -126,3 +128,51 @@ async def test_an_approle_token_is_renewed_and_logged_in_again(
             root.auth.token.revoke(client.token)  # revoked under the service's feet
         await asyncio.sleep(0.5)
     assert len(tokens) >= 2  # logged in again at least once (max TTL, revocation)
+
+
+async def test_an_unreachable_vault_is_upstream_unavailable() -> None:
+    port = devstack.free_port()
+    manager = VaultSecretManager(
+        hvac.Client(url=f"http://127.0.0.1:{port}", token="t", timeout=2),
+        mount="secret",
+        prefix="x",
+    )
+    assert await manager.ready() is False
+    with pytest.raises(ServiceError) as caught:
+        await manager.describe("anything")
+    assert caught.value.code is ErrorCode.UPSTREAM_UNAVAILABLE
+    assert "t" not in caught.value.message.split()  # no token in the sentence
+
+
+def _secrets_ready(stack: Stack) -> bool:
+    index = devstack.SERVICES.index("secrets")
+    return devstack._ready(f"http://127.0.0.1:{stack.config.health_base_port + index}/readyz")
+
+
+def test_a_sealed_vault_answers_503_then_recovers_by_itself(stack: Stack) -> None:
+    """Sealed under the platform: secret calls answer 503 upstream_unavailable with
+    Retry-After and the secrets service reads not ready; unsealed by the setup, the same
+    calls succeed again without restarting anything."""
+    admin = stack.api.login("admin", ADMIN_PASSWORD)
+    status, _, _ = stack.api.call("GET", "/api/v1/secrets", token=admin)
+    assert status == 200
+    _root(stack).sys.seal()
+    try:
+        status, body, headers = stack.api.call("GET", "/api/v1/secrets", token=admin)
+        assert status == 503, body
+        assert body["error"]["code"] == "upstream_unavailable"
+        assert headers["retry-after"]
+        deadline = time.monotonic() + 10
+        while _secrets_ready(stack) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _secrets_ready(stack)
+    finally:
+        devstack.openbao_setup(stack.config)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status, _, _ = stack.api.call("GET", "/api/v1/secrets", token=admin)
+        if status == 200 and _secrets_ready(stack):
+            break
+        time.sleep(0.2)
+    assert status == 200
+    assert _secrets_ready(stack)

@@ -8,7 +8,10 @@ from hypersdk_contracts.rpc import SecretMetadata
 
 
 class SecretManager(ABC):
-    """Stores secrets by path; values go in, metadata comes out (values only to ``read``)."""
+    """Stores secrets by path; values go in, metadata comes out (values only to ``read``).
+
+    A store that cannot answer now raises ServiceError ``upstream_unavailable``.
+    """
 
     @abstractmethod
     async def ready(self) -> bool:

@@ -14,12 +14,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import hvac
-from hvac.exceptions import Forbidden, InvalidPath, Unauthorized, VaultError
+from hvac.exceptions import (
+    BadGateway,
+    Forbidden,
+    InternalServerError,
+    InvalidPath,
+    Unauthorized,
+    VaultDown,
+    VaultError,
+)
+from requests.exceptions import RequestException
 
+from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.rpc import SecretMetadata
 from hypersdk_secrets.ports.outbound import SecretManager
 
 _T = TypeVar("_T")
+UNAVAILABLE = (RequestException, VaultDown, InternalServerError, BadGateway)
+"""What says Vault cannot answer now: unreachable, timed out, sealed, or failing."""
 RENEW_AT = 2 / 3
 """A token is renewed once this share of its lease has passed."""
 
@@ -86,16 +98,27 @@ class VaultSession:
             self._login()
 
     def call(self, operation: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """``operation`` with a fresh token; once more after a login if it was refused."""
-        self.fresh()
+        """``operation`` with a fresh token; once more after a login if it was refused.
+
+        Vault unreachable, sealed, or failing (5xx) is ``upstream_unavailable`` (a 503 with
+        ``Retry-After`` at the gateway); the next call tries again, so service resumes by
+        itself when Vault is back. Nothing is cached meanwhile.
+        """
         try:
-            return operation(*args, **kwargs)
-        except (Forbidden, Unauthorized):
-            if self._approle is None:
-                raise
-            with self._lock:
-                self._login()
-            return operation(*args, **kwargs)
+            self.fresh()
+            try:
+                return operation(*args, **kwargs)
+            except (Forbidden, Unauthorized):
+                if self._approle is None:
+                    raise
+                with self._lock:
+                    self._login()
+                return operation(*args, **kwargs)
+        except UNAVAILABLE as exc:
+            raise ServiceError(
+                ErrorCode.UPSTREAM_UNAVAILABLE,
+                "The secret store is unavailable; try again shortly.",
+            ) from exc
 
 
 class VaultSecretManager(SecretManager):
