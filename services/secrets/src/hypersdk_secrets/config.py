@@ -25,6 +25,11 @@ class SecretsSettings(ServiceSettings):
     vault_secret_id_file: Path | None = Field(
         default=None, description="File (0600) holding the service's AppRole secret ID."
     )
+    vault_ca_file: Path | None = Field(
+        default=None,
+        description="PEM bundle of the CAs Vault's certificate is checked against (default: "
+        "the certifi bundle requests ships).",
+    )
     vault_kv_mount: str = Field(default="secret", description="KV v2 mount point.")
     vault_path_prefix: str = Field(default="hypersdk", description="Folder of our secrets.")
     policy_public_key_file: Path = Field(

@@ -29,7 +29,8 @@ def vault_secret_manager(settings: SecretsSettings) -> VaultSecretManager:
         approle = AppRoleLogin(settings.vault_role_id_file, settings.vault_secret_id_file)
     elif settings.vault_token_file is not None:
         token = settings.vault_token_file.read_text().strip()
-    client = hvac.Client(url=settings.vault_addr, token=token, timeout=10)
+    verify: str | bool = str(settings.vault_ca_file) if settings.vault_ca_file else True
+    client = hvac.Client(url=settings.vault_addr, token=token, timeout=10, verify=verify)
     return VaultSecretManager(
         client, mount=settings.vault_kv_mount, prefix=settings.vault_path_prefix, approle=approle
     )
