@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import stat
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import hvac
@@ -13,6 +15,8 @@ import pytest
 
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_secrets.adapters.outbound.vault import AppRoleLogin, VaultSecretManager
+from hypersdk_secrets.config import SecretsSettings
+from hypersdk_secrets.inject import vault_secret_manager
 
 from .conftest import ADMIN_PASSWORD, Stack, devstack
 
@@ -176,3 +180,59 @@ def test_a_sealed_vault_answers_503_then_recovers_by_itself(stack: Stack) -> Non
         time.sleep(0.2)
     assert status == 200
     assert _secrets_ready(stack)
+
+
+@pytest.fixture
+def tls_vault(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
+    """An OpenBao dev server on TLS with a CA of its own: (URL, CA file, token file)."""
+    port = devstack.free_port()
+    certs = tmp_path / "tls"
+    certs.mkdir()
+    token = tmp_path / "token"
+    token.write_text("tls-root-" + secrets.token_hex(8))
+    token.chmod(0o600)
+    server = subprocess.Popen(
+        [
+            devstack._bao_binary(devstack.StackConfig(state_dir=tmp_path)),
+            "server",
+            "-dev",
+            "-dev-tls",
+            f"-dev-tls-cert-dir={certs}",
+            f"-dev-listen-address=127.0.0.1:{port}",
+        ],
+        env={"PATH": "/usr/bin:/bin", "BAO_DEV_ROOT_TOKEN_ID": token.read_text()},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not ((certs / "vault-ca.pem").exists() and devstack._port_open("127.0.0.1", port)):
+            assert time.monotonic() < deadline, "the TLS dev server did not start"
+            time.sleep(0.05)
+        yield f"https://127.0.0.1:{port}", certs / "vault-ca.pem", token
+    finally:
+        server.kill()
+        server.wait()
+
+
+async def test_vault_over_tls_is_checked_against_its_ca(
+    tls_vault: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    url, ca, token = tls_vault
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    base = {
+        "amqp_url": "amqp://u:p@127.0.0.1/x",
+        "vault_addr": url,
+        "vault_token_file": str(token),
+        "policy_public_key_file": str(keys / "policy.pub"),
+        "gateway_public_key_file": str(keys / "gateway.pub"),
+    }
+    trusted = vault_secret_manager(SecretsSettings.model_validate(base | {"vault_ca_file": ca}))
+    assert await trusted.ready() is True
+    assert await trusted.describe("nothing/here") is None
+    unknown = vault_secret_manager(SecretsSettings.model_validate(base))  # certifi's CAs only
+    assert await unknown.ready() is False
+    with pytest.raises(ServiceError) as caught:
+        await unknown.describe("nothing/here")
+    assert caught.value.code is ErrorCode.UPSTREAM_UNAVAILABLE
