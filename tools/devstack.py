@@ -366,7 +366,8 @@ SECRETS_ROLE = "hypersdk-secrets"
 SECRETS_POLICY = """
 # The secrets service: our folder of the KV v2 engine, nothing else.
 path "secret/data/hypersdk/*" { capabilities = ["create", "read", "update", "delete"] }
-path "secret/metadata/hypersdk/*" { capabilities = ["read", "list", "delete"] }
+path "secret/metadata/hypersdk/*" { capabilities = ["read", "update", "list", "delete"] }
+path "secret/destroy/hypersdk/*" { capabilities = ["update"] }
 path "secret/metadata/hypersdk" { capabilities = ["list"] }
 """
 
@@ -416,32 +417,8 @@ def openbao_setup(config: StackConfig, seconds: float = 60) -> None:
     import hvac
 
     client = hvac.Client(url=f"http://127.0.0.1:{config.vault_port}", timeout=5)
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            client.sys.read_seal_status()
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    key_file = config.secret_dir / "openbao-unseal-key"
-    token_file = config.secret_dir / "openbao-root-token"
-    if not client.sys.is_initialized():
-        result = client.sys.initialize(secret_shares=1, secret_threshold=1)
-        _private_file(key_file, result["keys_base64"][0] + "\n")
-        _private_file(token_file, result["root_token"] + "\n")
-    if client.sys.is_sealed():
-        client.sys.submit_unseal_key(_read_secret(key_file))
-    client.token = _read_secret(token_file)
-    while True:  # unsealed, it elects itself leader before it answers
-        try:
-            mounts = client.sys.list_mounted_secrets_engines()["data"]
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    _openbao_active(config, client, time.monotonic() + seconds)
+    mounts = client.sys.list_mounted_secrets_engines()["data"]
     if "secret/" not in mounts:
         client.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
     if "approle/" not in client.sys.list_auth_methods()["data"]:
@@ -461,6 +438,40 @@ def openbao_setup(config: StackConfig, seconds: float = 60) -> None:
             client.auth.approle.destroy_secret_id(SECRETS_ROLE, _read_secret(secret_file))
     secret_id = client.auth.approle.generate_secret_id(SECRETS_ROLE)["data"]["secret_id"]
     _private_file(secret_file, secret_id + "\n")
+
+
+def _openbao_active(config: StackConfig, client: object, deadline: float) -> None:
+    """Wait for the server, initialise it the first time, unseal it, wait until it leads.
+
+    ``client`` is an hvac.Client; it is left holding the root token.
+    """
+    import hvac
+
+    assert isinstance(client, hvac.Client)
+    while True:
+        try:
+            client.sys.read_seal_status()
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    key_file = config.secret_dir / "openbao-unseal-key"
+    token_file = config.secret_dir / "openbao-root-token"
+    if not client.sys.is_initialized():
+        result = client.sys.initialize(secret_shares=1, secret_threshold=1)
+        _private_file(key_file, result["keys_base64"][0] + "\n")
+        _private_file(token_file, result["root_token"] + "\n")
+    if client.sys.is_sealed():
+        client.sys.submit_unseal_key(_read_secret(key_file))
+    client.token = _read_secret(token_file)
+    while True:  # unsealed, it elects itself leader before it takes writes
+        with contextlib.suppress(Exception):
+            if client.sys.read_leader_status().get("is_self"):
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError("OpenBao did not become active")
+        time.sleep(0.05)
 
 
 def supervise(config: StackConfig) -> None:

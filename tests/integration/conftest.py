@@ -197,6 +197,9 @@ TEST_ENV = {
     "HYPERSDK_IDENTITY_PAM_SERVICE": PAM_SERVICE,
     "HYPERSDK_IDENTITY_PAM_GROUP_ROLES": json.dumps({PAM_GROUP: "operator"}),
     "HYPERSDK_IDENTITY_SWEEP_INTERVAL_SECONDS": "1",
+    # rotated-from versions live 3 s, graces are looked for twice a second
+    "HYPERSDK_SECRETS_ROTATION_GRACE_SECONDS": "3",
+    "HYPERSDK_SECRETS_GRACE_SWEEP_INTERVAL_SECONDS": "0.5",
 }
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import hvac
@@ -126,7 +128,9 @@ async def test_an_approle_token_is_renewed_and_logged_in_again(
     assert await manager.ready() is True
     for index in range(16):
         await manager.put("rotating", {"n": str(index)})
-        assert await manager.read("rotating") == {"n": str(index)}
+        value = await manager.read("rotating")
+        assert value is not None
+        assert value.data == {"n": str(index)}
         tokens.add(client.token)
         if index == 10:
             root.auth.token.revoke(client.token)  # revoked under the service's feet
@@ -236,3 +240,75 @@ async def test_vault_over_tls_is_checked_against_its_ca(
     with pytest.raises(ServiceError) as caught:
         await unknown.describe("nothing/here")
     assert caught.value.code is ErrorCode.UPSTREAM_UNAVAILABLE
+
+
+async def test_versions_graces_and_destruction_in_vault(stack: Stack) -> None:
+    manager = _manager(stack, f"test-{secrets.token_hex(4)}")
+    await manager.put("rotating", {"v": "one"})
+    await manager.put("rotating", {"v": "two"}, cas=1)
+    with pytest.raises(ServiceError) as conflict:
+        await manager.put("rotating", {"v": "three"}, cas=1)
+    assert conflict.value.code is ErrorCode.CONFLICT
+    first = await manager.read("rotating", 1)
+    current = await manager.read("rotating")
+    assert first is not None
+    assert current is not None
+    assert (first.data, first.version, current.data, current.version) == (
+        {"v": "one"},
+        1,
+        {"v": "two"},
+        2,
+    )
+    until = datetime.now(UTC) + timedelta(seconds=5)
+    await manager.keep_until("rotating", 1, until)
+    (grace,) = [g for g in await manager.graces() if g.path == "rotating"]
+    assert (grace.version, grace.until) == (1, until)
+    await manager.destroy("rotating", 1)
+    assert await manager.read("rotating", 1) is None
+    assert [g for g in await manager.graces() if g.path == "rotating"] == []
+    still = await manager.read("rotating")
+    assert still is not None
+    assert still.data == {"v": "two"}
+
+
+def test_a_rotation_through_the_api(stack: Stack) -> None:
+    """POST /secrets/{path}/rotate: metadata back, the new value current, the previous one
+    destroyed when the grace (3 s on the test platform) ends; audited, values nowhere."""
+    api = stack.api
+    admin = api.login("admin", ADMIN_PASSWORD)
+    path = f"providers/rot-{secrets.token_hex(3)}"
+    old, new = "rot-old-" + secrets.token_hex(6), "rot-new-" + secrets.token_hex(6)
+    status, _, _ = api.call("PUT", f"/api/v1/secrets/{path}", {"data": {"p": old}}, token=admin)
+    assert status == 200
+    status, rotation, _ = api.call(
+        "POST", f"/api/v1/secrets/{path}/rotate", {"data": {"p": new}}, token=admin
+    )
+    assert status == 200, rotation
+    assert (rotation["version"], rotation["previous_version"]) == (2, 1)
+    assert old not in json.dumps(rotation)
+    assert new not in json.dumps(rotation)
+    status, missing, _ = api.call(
+        "POST", "/api/v1/secrets/providers/none-here/rotate", {"data": {"p": "x"}}, token=admin
+    )
+    assert (status, missing["error"]["code"]) == (404, "not_found")
+    status, empty, _ = api.call("POST", f"/api/v1/secrets/{path}/rotate", {"data": {}}, token=admin)
+    assert status == 422, empty
+
+    manager = _manager(stack, "hypersdk")
+    kept = asyncio.run(manager.read(path, 1))
+    assert kept is not None
+    assert kept.data == {"p": old}  # within the grace
+    deadline = time.monotonic() + 15
+    while asyncio.run(manager.read(path, 1)) is not None:
+        assert time.monotonic() < deadline, "the rotated-from version was never destroyed"
+        time.sleep(0.2)
+    current = asyncio.run(manager.read(path))
+    assert current is not None
+    assert current.data == {"p": new}
+    time.sleep(0.5)
+    entries = api.recent_audit(admin, last=100)
+    actions = [e["action"] for e in entries if path in json.dumps(e)]
+    assert "secret.rotate" in actions
+    assert "secret.destroy_version" in actions
+    assert old not in json.dumps(entries)
+    assert new not in json.dumps(entries)

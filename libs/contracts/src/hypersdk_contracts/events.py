@@ -263,6 +263,38 @@ class SecretDeleted(EventData):
     path: str = Field(description="Path of the secret.")
 
 
+class SecretRotated(EventData):
+    """A secret got a new version; the previous one stays readable until a deadline."""
+
+    routing_key = RoutingKey.SECRET_ROTATED
+    audit_action = "secret.rotate"
+    path: str = Field(description="Path of the secret.")
+    version: int = Field(description="Version number now current.")
+    previous_version: int = Field(description="The version it replaced.")
+    previous_readable_until: AwareDatetime = Field(
+        description="When the previous version is destroyed (the rotation's grace period)."
+    )
+
+
+class SecretRead(EventData):
+    """A service read a secret's value (the exporter, a provider credential); never the value."""
+
+    routing_key = RoutingKey.SECRET_READ
+    audit_action = "secret.read"
+    path: str = Field(description="Path of the secret.")
+    version: int = Field(description="The version that was read.")
+    reader: str = Field(description="The broker login of the service that read it.")
+
+
+class SecretVersionDestroyed(EventData):
+    """A rotated-from version reached the end of its grace period and was destroyed."""
+
+    routing_key = RoutingKey.SECRET_VERSION_DESTROYED
+    audit_action = "secret.destroy_version"
+    path: str = Field(description="Path of the secret.")
+    version: int = Field(description="The version destroyed.")
+
+
 class ProviderRegistered(EventData):
     """A provider connection was registered."""
 
@@ -500,6 +532,9 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         AuthorizationDenied,
         SecretWritten,
         SecretDeleted,
+        SecretRotated,
+        SecretRead,
+        SecretVersionDestroyed,
         ProviderRegistered,
         ProviderUpdated,
         ProviderRemoved,

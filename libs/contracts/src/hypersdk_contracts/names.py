@@ -53,6 +53,9 @@ class RoutingKey(StrEnum):
     AUTHORIZATION_DENIED = "policy.authorization.denied"
     SECRET_WRITTEN = "secrets.secret.written"  # noqa: S105 - a routing key, not a secret
     SECRET_DELETED = "secrets.secret.deleted"  # noqa: S105 - a routing key, not a secret
+    SECRET_ROTATED = "secrets.secret.rotated"  # noqa: S105 - a routing key, not a secret
+    SECRET_READ = "secrets.secret.read"  # noqa: S105 - a routing key, not a secret
+    SECRET_VERSION_DESTROYED = "secrets.secret.version_destroyed"  # noqa: S105 - a routing key
     PROVIDER_REGISTERED = "exporter.provider.registered"
     PROVIDER_REMOVED = "exporter.provider.removed"
     PROVIDER_UPDATED = "exporter.provider.updated"
@@ -103,6 +106,7 @@ class RpcQueue(StrEnum):
     SECRETS_LIST = "secrets.rpc.list_secrets"
     SECRETS_DESCRIBE = "secrets.rpc.describe_secret"
     SECRETS_RESOLVE_CREDENTIAL = "secrets.rpc.resolve_credential"
+    SECRETS_ROTATE = "secrets.rpc.rotate_secret"
     EXPORTER_REGISTER_PROVIDER = "exporter.rpc.register_provider"
     EXPORTER_LIST_PROVIDERS = "exporter.rpc.list_providers"
     EXPORTER_GET_PROVIDER = "exporter.rpc.get_provider"

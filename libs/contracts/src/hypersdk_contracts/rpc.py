@@ -357,6 +357,22 @@ class PutSecretRequest(RpcRequest):
     data: dict[str, str] = Field(repr=False, description="Key/value pairs to store.")
 
 
+class SecretRotation(Message):
+    """The outcome of a rotation: metadata only."""
+
+    path: str = Field(description="Path of the secret.")
+    version: int = Field(description="Version number now current.")
+    previous_version: int = Field(description="The version it replaced, readable until...")
+    previous_readable_until: AwareDatetime = Field(description="...this moment, then destroyed.")
+
+
+class RotateSecretRequest(RpcRequest):
+    """Rotate a secret: its new value becomes a new version."""
+
+    path: str = Field(pattern=SECRET_PATH_PATTERN, description="Path of the secret.")
+    data: dict[str, str] = Field(repr=False, description="The new key/value pairs.")
+
+
 class SecretPathRequest(RpcRequest):
     """A request about one secret path."""
 

@@ -43,6 +43,14 @@ class SecretsSettings(ServiceSettings):
         description="Broker logins that may read provider credentials (JSON list): the "
         "exporter's. Every other caller is refused (decision 0033).",
     )
+    rotation_grace_seconds: int = Field(
+        default=86400,
+        ge=0,
+        description="How long a rotated-from version stays readable before it is destroyed.",
+    )
+    grace_sweep_interval_seconds: float = Field(
+        default=60.0, gt=0, description="How often ended graces are looked for."
+    )
     queued_export_grace_seconds: int = Field(
         default=86400,
         ge=0,

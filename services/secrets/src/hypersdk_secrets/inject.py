@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import hvac
 from faststream.rabbit import RabbitBroker
@@ -19,6 +23,41 @@ from hypersdk_secrets.core.service import SecretsService
 from hypersdk_secrets.ports.outbound import SecretManager
 
 SERVICE = "secrets"
+logger = logging.getLogger(__name__)
+
+
+class GraceSweeper:
+    """Destroys rotated-from versions whose grace ended, every ``interval_seconds``.
+
+    Every replica runs one; they may overlap (destroying a destroyed version changes nothing).
+    """
+
+    def __init__(self, secrets: SecretsService, *, interval_seconds: float) -> None:
+        self._secrets = secrets
+        self._interval = interval_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start sweeping."""
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop sweeping."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                for path, version in await self._secrets.sweep():
+                    logger.info(
+                        "rotated-from version destroyed", extra={"path": path, "version": version}
+                    )
+            except Exception:  # Vault away: the next sweep tries again
+                logger.warning("sweeping rotation graces failed", exc_info=True)
 
 
 def vault_secret_manager(settings: SecretsSettings) -> VaultSecretManager:
@@ -50,7 +89,11 @@ async def prepare_secrets(
     publisher = events or RabbitEventPublisher(
         broker, service=SERVICE, declare_topology=settings.declare_topology
     )
-    secrets = SecretsService(manager=manager or vault_secret_manager(settings), events=publisher)
+    secrets = SecretsService(
+        manager=manager or vault_secret_manager(settings),
+        events=publisher,
+        rotation_grace=timedelta(seconds=settings.rotation_grace_seconds),
+    )
     guard = RequestGuard(
         events=publisher,
         rejected=SecretsRequestRejected,

@@ -61,8 +61,10 @@ from hypersdk_contracts.rpc import (
     RevokeSessionRequest,
     RolesOfRequest,
     RotateApiKeyRequest,
+    RotateSecretRequest,
     SecretMetadata,
     SecretPathRequest,
+    SecretRotation,
     SessionView,
     UpdateProviderRequest,
     UserNameRequest,
@@ -838,13 +840,20 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
 
     @api.post(
         "/secrets/{path:path}/rotate",
+        response_model=SecretRotation,
         tags=["secrets"],
         openapi_extra=secrets_manage,
-        responses=NOT_BUILT,
     )
-    async def rotate_secret(path: str) -> None:
-        """Rotate a secret."""
-        raise not_implemented("Secret rotation")
+    async def rotate_secret(path: str, body: SecretBody, request: Request) -> Any:
+        """Rotate a secret: the new value is current at once, the previous kept a while.
+
+        The previous version stays readable for the grace period, then is destroyed. The
+        answer holds metadata only.
+        """
+        return await backend.ask(
+            RpcQueue.SECRETS_ROTATE,
+            RotateSecretRequest(path=path, data=body.data, context=ctx(request)),
+        )
 
     @api.put(
         "/secrets/{path:secretpath}",

@@ -44,7 +44,7 @@ _ROUTES: dict[str, tuple[str, ...]] = {
     "GET /jobs/{job_id}": (Q.EXPORTER_GET_JOB,),
     "POST /jobs/{job_id}/cancel": (Q.EXPORTER_CANCEL_JOB,),
     "GET /secrets": (Q.SECRETS_LIST,),
-    "POST /secrets/{path:path}/rotate": (),
+    "POST /secrets/{path:path}/rotate": (Q.SECRETS_ROTATE,),
     "PUT /secrets/{path:secretpath}": (Q.SECRETS_PUT,),
     "DELETE /secrets/{path:secretpath}": (Q.SECRETS_DELETE,),
     "GET /audit/events": (Q.AUDIT_LIST_EVENTS,),

@@ -16,8 +16,10 @@ from hypersdk_contracts.rpc import (
     ListSecretsRequest,
     PutSecretRequest,
     ResolveCredentialRequest,
+    RotateSecretRequest,
     SecretMetadata,
     SecretPathRequest,
+    SecretRotation,
 )
 from hypersdk_kit.bus import Authorizer, current_message, serve_rpc
 from hypersdk_kit.guard import QueuedGrace, RequestGuard
@@ -91,7 +93,12 @@ def register_rpc(
     )
 
     async def resolve_credential(request: ResolveCredentialRequest) -> CredentialValue:
-        return await secrets.resolve_credential(request.path)
+        return await secrets.resolve_credential(
+            request.path, reader=caller_login(), context=request.context
+        )
+
+    async def rotate_secret(request: RotateSecretRequest) -> SecretRotation:
+        return await secrets.rotate(request.path, request.data, request.context)
 
     async def put_secret(request: PutSecretRequest) -> SecretMetadata:
         return await secrets.put(request.path, request.data, request.context)
@@ -110,6 +117,14 @@ def register_rpc(
         RpcQueue.SECRETS_PUT,
         PutSecretRequest,
         put_secret,
+        permissions=SECRETS_MANAGE,
+        authorizer=guard,
+    )
+    serve_rpc(
+        broker,
+        RpcQueue.SECRETS_ROTATE,
+        RotateSecretRequest,
+        rotate_secret,
         permissions=SECRETS_MANAGE,
         authorizer=guard,
     )
