@@ -179,8 +179,9 @@ def plain(fmt: DiskFormat, source: Path, out_dir: Path, *, durable: bool) -> dic
 
     qemu-img's default cache mode for convert (``unsafe``) never flushes, and ``-t
     writeback`` made the streamOptimized vmdk about a fifth slower than one fsync after it
-    (flushes along the way; measured with this benchmark), so the like-for-like baseline of a platform that fsyncs each artifact once is this: plain
-    ``qemu-img convert``, then one fsync of what it wrote.
+    (flushes along the way; measured with this benchmark), so the like-for-like baseline of
+    a platform that fsyncs each artifact once is this: plain ``qemu-img convert``, then one
+    fsync of what it wrote.
     """
     output = out_dir / f"plain.{FORMATS[fmt].extension}"
     args = plain_args(fmt, source, output)
