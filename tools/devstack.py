@@ -505,26 +505,34 @@ def supervise(config: StackConfig) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    start("openbao")
-    openbao_setup(config)
-    for service in SERVICES:
-        start(service)
-    while not stopping:
-        time.sleep(0.5)
-        for name, child in list(children.items()):
-            if child.poll() is not None and not stopping:
-                recent = [t for t in restarts[name] if time.monotonic() - t < 60]
-                restarts[name] = [*recent, time.monotonic()]
-                time.sleep(min(2 ** len(recent) * 0.5, 10))
-                start(name)
-                if name == "openbao":  # it starts sealed
-                    try:
-                        openbao_setup(config)
-                    except Exception as exc:  # the supervisor keeps the services running
-                        print(f"OpenBao setup failed: {type(exc).__name__}", file=sys.stderr)
-    # Services first (they drain in-flight work), OpenBao last.
+    try:
+        start("openbao")
+        openbao_setup(config)
+        for service in SERVICES:
+            start(service)
+        while not stopping:
+            time.sleep(0.5)
+            for name, child in list(children.items()):
+                if child.poll() is not None and not stopping:
+                    recent = [t for t in restarts[name] if time.monotonic() - t < 60]
+                    restarts[name] = [*recent, time.monotonic()]
+                    time.sleep(min(2 ** len(recent) * 0.5, 10))
+                    start(name)
+                    if name == "openbao":  # it starts sealed
+                        try:
+                            openbao_setup(config)
+                        except Exception as exc:  # the supervisor keeps the services running
+                            print(f"OpenBao setup failed: {type(exc).__name__}", file=sys.stderr)
+    finally:  # whatever ended the loop (a setup that failed too), nothing is left running
+        _stop_children(children)
+
+
+def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Services first (they drain in-flight work), OpenBao last."""
     for name in [*reversed(SERVICES), "openbao"]:
-        child = children[name]
+        child = children.get(name)
+        if child is None:
+            continue
         if child.poll() is None:
             child.terminate()
         try:
@@ -659,8 +667,10 @@ def _ready(url: str) -> bool:
         return False
 
 
-def wait_ready(config: StackConfig, seconds: float = 90) -> None:
-    """Wait until every service answers /readyz."""
+def wait_ready(
+    config: StackConfig, seconds: float = 90, *, supervisor: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until every service answers /readyz (or the ``supervisor`` started here exits)."""
     urls = [f"{config.gateway_url}/readyz"] + [
         f"http://127.0.0.1:{config.health_base_port + i}/readyz"
         for i, service in enumerate(SERVICES)
@@ -671,6 +681,8 @@ def wait_ready(config: StackConfig, seconds: float = 90) -> None:
     while pending and time.monotonic() < deadline:
         pending = [url for url in pending if not _ready(url)]
         if pending:
+            if supervisor is not None and supervisor.poll() is not None:  # it gave up: say so
+                raise SystemExit(f"the supervisor exited; see {config.log_dir}/supervisor.log")
             time.sleep(0.5)
     if pending:
         raise SystemExit(f"services not ready: {pending}; see logs in {config.log_dir}")
@@ -751,6 +763,7 @@ def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, s
     _private_dir(config.state_dir / "exports")
     _private_dir(config.state_dir / "lab")
     conversion = ensure_conversion_user(config)
+    supervisor: subprocess.Popen[bytes] | None = None
     if running_pid(config) is not None:
         print("the platform is already running", flush=True)
     else:
@@ -783,7 +796,7 @@ def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, s
             ),
         )
         _private_file(_pid_file(config), str(supervisor.pid))
-    wait_ready(config)
+    wait_ready(config, supervisor=supervisor)
     password_file = config.secret_dir / "admin-password"
     password = admin_password or os.environ.get("HYPERSDK_BOOTSTRAP_ADMIN_PASSWORD")
     if not password:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import grp
 import os
 import subprocess
+import time
 from pathlib import Path
+
+import pytest
 
 from .conftest import Api, _port_free, devstack, isolated_stack_config
 
@@ -95,3 +98,32 @@ def _check_secrets_survive(config: devstack.StackConfig) -> None:
     for path in config.log_dir.iterdir():
         assert CANARY.encode() not in path.read_bytes(), path.name
     assert devstack.down(config) is True
+    _check_a_failed_setup_leaves_nothing(config)
+
+
+def _check_a_failed_setup_leaves_nothing(config: devstack.StackConfig) -> None:
+    """OpenBao cannot be unsealed (a wrong key): ``up`` fails at once, naming the log, and the
+    supervisor leaves no OpenBao or service behind (it used to leave OpenBao orphaned)."""
+    key = config.secret_dir / "openbao-unseal-key"
+    right = key.read_text()
+    key.write_text("d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmc=\n")
+    try:
+        with pytest.raises(SystemExit, match="supervisor exited"):
+            devstack.up(config, admin_password=PASSWORD)
+        time.sleep(0.5)
+        leftovers = [
+            entry.name
+            for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and str(config.state_dir).encode() in _cmdline(entry)
+        ]
+        assert leftovers == [], leftovers
+    finally:
+        key.write_text(right)
+        devstack.down(config)
+
+
+def _cmdline(entry: Path) -> bytes:
+    try:
+        return (entry / "cmdline").read_bytes()
+    except OSError:
+        return b""
