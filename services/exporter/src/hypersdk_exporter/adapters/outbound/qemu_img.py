@@ -243,11 +243,12 @@ class QemuImgConverter(DiskConverter):
             args = ["convert", "-p", "-n", "--target-is-zero", "-f", info.format]
             args += ["-O", spec.qemu_name, "json:" + json.dumps(image), str(target)]
         metadata_end = layout.metadata_end if layout is not None else 0
-        hashing = await _HashChild.start(
-            target, follow=mode is Digest.FOLLOW, metadata_end=metadata_end
-        )
+        hashing: _HashChild | None = None
         process: asyncio.subprocess.Process | None = None
         try:
+            hashing = await _HashChild.start(
+                target, follow=mode is Digest.FOLLOW, metadata_end=metadata_end
+            )
             process = await self._spawn(args)
             err = await self._watch(process, info.virtual_size, on_progress, cancelled)
             if process.returncode != 0:
@@ -270,7 +271,8 @@ class QemuImgConverter(DiskConverter):
                 _kill_group(process)
                 with contextlib.suppress(ProcessLookupError):
                     await asyncio.shield(process.wait())
-            await hashing.stop()
+            if hashing is not None:
+                await hashing.stop()
             _unlink(target)
             raise
 
@@ -379,7 +381,7 @@ class QemuImgConverter(DiskConverter):
 async def _unless_cancelled(task: asyncio.Task[_T], cancelled: CancelCheck) -> _T:
     """The task's result, or ExportCancelledError as soon as a cancel is seen.
 
-    The caller then stops the task's hashing thread and waits for it.
+    The caller then stops what the task waits for (the hashing child) and waits for it.
     """
     while True:
         done, _ = await asyncio.wait({task}, timeout=CANCEL_POLL_SECONDS)
