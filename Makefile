@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PACKAGES := libs/contracts libs/kit services/gateway services/identity services/policy \
-            services/secrets services/exporter services/audit
+            services/secrets services/exporter services/audit clients/hyperctl
 STAMP := $(VENV)/.installed
 # Debian packages: qemu-img; libvirt-python builds against libvirt-dev; the vSphere simulator of the
 # tests builds from govmomi's Debian source with Go; wrk loads the gateway in `make bench`.
@@ -46,7 +46,7 @@ test-integration: install
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy libs/contracts/src libs/kit/src services/*/src
+	$(PY) -m mypy libs/contracts/src libs/kit/src services/*/src clients/*/src
 
 bench: install
 	$(PY) bench/run.py

@@ -1,0 +1,1 @@
+"""hyperctl: the command-line client of the HyperSDK platform (public HTTP API only)."""

@@ -1,0 +1,5 @@
+"""Entry point: python -m hypersdk_cli."""
+
+from hypersdk_cli.cli import main
+
+main()

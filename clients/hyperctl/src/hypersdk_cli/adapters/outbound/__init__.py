@@ -1,0 +1,1 @@
+"""httpx for the API, files for the configuration and sessions."""

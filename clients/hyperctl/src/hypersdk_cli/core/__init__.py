@@ -1,0 +1,1 @@
+"""What hyperctl does, whatever the transport: errors, sessions, job progress."""

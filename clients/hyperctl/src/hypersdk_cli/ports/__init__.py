@@ -1,0 +1,1 @@
+"""The roles hyperctl needs from the outside world."""
