@@ -80,7 +80,7 @@ class JobDisplay:
             )
             self._progress.start()
             self._task = self._progress.add_task(
-                f"{self._job_id[:12]} queued", total=100, bytes="-", rate="-", eta="-"
+                f"{self._job_id[:8]} queued", total=100, bytes="-", rate="-", eta="-"
             )
         return self
 
@@ -106,7 +106,7 @@ class JobDisplay:
             self._progress.update(
                 self._task,
                 completed=progress.percent,
-                description=f"{self._job_id[:12]} {progress.status}",
+                description=f"{self._job_id[:8]} {progress.status}",
                 bytes=parts["bytes"],
                 rate=parts["rate"],
                 eta=parts["eta"],
