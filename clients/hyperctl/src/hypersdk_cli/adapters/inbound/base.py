@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from hypersdk_cli.adapters.inbound.output import FORMATS
+from hypersdk_cli.adapters.inbound.output import FORMATS, note
 from hypersdk_cli.config import GlobalOptions
 from hypersdk_cli.core.errors import CliError, ExitCode
 from hypersdk_cli.core.platform import Platform
@@ -80,12 +80,90 @@ class ExamplesHelp:
         super().format_epilog(ctx, formatter)  # type: ignore[misc]
 
 
+API_KEY_WARNING = "warning: --api-key shows the key in the process list; prefer HYPERSDK_API_KEY."
+
+
+def _set_option(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, _: click.Parameter, value: Any) -> None:
+        if value is None:
+            return
+        app = app_of(ctx)
+        app.options = replace(app.options, **{name: value})
+        if name == "api_key":
+            note(API_KEY_WARNING)
+
+    return callback
+
+
+def _set_output(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        app_of(ctx).output = value
+
+
+def global_options() -> list[click.Option]:
+    """The options every command accepts, before or after its name (like kubectl's flags)."""
+    return [
+        click.Option(
+            ["--context"],
+            expose_value=False,
+            callback=_set_option("context"),
+            help="Context of the configuration file to use.",
+        ),
+        click.Option(
+            ["--server"],
+            expose_value=False,
+            callback=_set_option("server"),
+            help="Platform URL, e.g. https://hypersdk.example.com (overrides the context's).",
+        ),
+        click.Option(
+            ["--ca-bundle"],
+            type=click.Path(exists=True, dir_okay=False),
+            expose_value=False,
+            callback=_set_option("ca_bundle"),
+            help="PEM file of the CAs that sign the server's certificate.",
+        ),
+        click.Option(
+            ["--pin-sha256"],
+            expose_value=False,
+            callback=_set_option("pin_sha256"),
+            help="SHA-256 fingerprint of the server's certificate (the only one accepted).",
+        ),
+        click.Option(
+            ["--api-key"],
+            expose_value=False,
+            callback=_set_option("api_key"),
+            help="API key (X-API-Key). Visible in the process list: prefer HYPERSDK_API_KEY.",
+        ),
+        click.Option(
+            ["--timeout"],
+            type=click.FloatRange(1, 600),
+            expose_value=False,
+            callback=_set_option("timeout_seconds"),
+            help="Seconds an answer may take (default 30).",
+        ),
+        click.Option(
+            ["-o", "--output"],
+            type=click.Choice(FORMATS),
+            expose_value=False,
+            callback=_set_output,
+            help="Output format (default: table; json and yaml are the API's JSON).",
+        ),
+    ]
+
+
+def _with_global_options(params: list[click.Parameter]) -> None:
+    """Add the global options a command does not define itself (``set-context --server``)."""
+    taken = {opt for param in params for opt in param.opts}
+    params.extend(option for option in global_options() if not taken & set(option.opts))
+
+
 class Command(ExamplesHelp, click.Command):
-    """A hyperctl command."""
+    """A hyperctl command; it accepts the global options too."""
 
     def __init__(self, *args: Any, examples: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.examples = examples
+        _with_global_options(self.params)
 
 
 class Group(ExamplesHelp, click.Group):
@@ -97,6 +175,7 @@ class Group(ExamplesHelp, click.Group):
     def __init__(self, *args: Any, examples: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.examples = examples
+        _with_global_options(self.params)
 
 
 class Root(Group):
@@ -126,28 +205,6 @@ class Root(Group):
             app = ctx.find_object(App)
             if app is not None:
                 app.close()
-
-
-def _set_output(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
-    if value is not None:
-        app_of(ctx).output = value
-
-
-def output_option(function: F) -> F:
-    """``-o/--output table|json|yaml``, accepted before or after the command's name."""
-    return click.option(
-        "-o",
-        "--output",
-        type=click.Choice(FORMATS),
-        expose_value=False,
-        callback=_set_output,
-        help="Output format (default: table; json and yaml are the API's JSON).",
-    )(function)
-
-
-def with_options(app: App, **changes: Any) -> None:
-    """Set global options given on the root command."""
-    app.options = replace(app.options, **changes)
 
 
 def new_app() -> App:

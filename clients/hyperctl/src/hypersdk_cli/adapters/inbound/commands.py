@@ -10,11 +10,11 @@ from typing import Any
 import click
 from click.shell_completion import get_completion_class
 
-from hypersdk_cli.adapters.inbound.base import App, Group, Root, app_of, output_option
+from hypersdk_cli.adapters.inbound.base import App, Group, Root, app_of
 from hypersdk_cli.adapters.inbound.output import Column, cell_text, done, emit, field, note
 from hypersdk_cli.adapters.inbound.progress import human_bytes, watch_job
 from hypersdk_cli.adapters.outbound.files import valid_context_name
-from hypersdk_cli.config import GlobalOptions, context_name, resolve_target
+from hypersdk_cli.config import context_name, resolve_target
 from hypersdk_cli.core.errors import CliError, ExitCode
 from hypersdk_cli.core.jobs import ended_well, total_disk_bytes
 from hypersdk_cli.core.models import Context
@@ -128,10 +128,6 @@ AUDIT_COLUMNS = [
 ]
 
 
-def _options(**values: Any) -> GlobalOptions:
-    return GlobalOptions(**{k: v for k, v in values.items() if v is not None})
-
-
 @click.group(
     cls=Root,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -142,55 +138,16 @@ def _options(**values: Any) -> GlobalOptions:
         "HYPERSDK_API_KEY=... hyperctl jobs list -o json",
     ],
 )
-@click.option("--context", help="Context of the configuration file to use.")
-@click.option(
-    "--server", help="Platform URL, e.g. https://hypersdk.example.com (overrides the context's)."
-)
-@click.option(
-    "--ca-bundle",
-    type=click.Path(exists=True, dir_okay=False),
-    help="PEM file of the CAs that sign the server's certificate.",
-)
-@click.option(
-    "--pin-sha256", help="SHA-256 fingerprint of the server's certificate (the only one accepted)."
-)
-@click.option(
-    "--api-key",
-    help="API key (X-API-Key). Visible in the process list: prefer HYPERSDK_API_KEY.",
-)
-@click.option(
-    "--timeout", type=click.FloatRange(1, 600), help="Seconds an answer may take (default 30)."
-)
-@output_option
 @click.version_option("0.1.0", prog_name="hyperctl")
-@click.pass_context
-def cli(  # noqa: PLR0917 - one parameter per global option
-    ctx: click.Context,
-    context: str | None,
-    server: str | None,
-    ca_bundle: str | None,
-    pin_sha256: str | None,
-    api_key: str | None,
-    timeout: float | None,
-) -> None:
+def cli() -> None:
     """hyperctl: export VMs and administer a HyperSDK platform from a terminal or a script.
 
-    Every command takes -o table|json|yaml; JSON and YAML are the API's own JSON. Exit
-    codes: 0 ok, 1 error, 2 usage or invalid input, 3 not authenticated, 4 forbidden,
-    5 not found, 6 conflict, 7 unavailable or rate limited, 8 export failed, 9 not
-    implemented by the platform, 10 audit chain invalid, 130 interrupted (docs/cli.md).
+    Every command takes the options below, before or after its name, and -o table|json|yaml
+    (JSON and YAML are the API's own JSON). Exit codes: 0 ok, 1 error, 2 usage or invalid
+    input, 3 not authenticated, 4 forbidden, 5 not found, 6 conflict, 7 unavailable or rate
+    limited, 8 export failed, 9 not implemented by the platform, 10 audit chain invalid,
+    130 interrupted (docs/cli.md).
     """
-    app = app_of(ctx)
-    if api_key is not None:
-        note("warning: --api-key shows the key in the process list; prefer HYPERSDK_API_KEY.")
-    app.options = _options(
-        context=context,
-        server=server,
-        ca_bundle=ca_bundle,
-        pin_sha256=pin_sha256,
-        api_key=api_key,
-        timeout_seconds=timeout,
-    )
 
 
 # ---- login, logout, whoami -------------------------------------------------------------------
@@ -213,7 +170,6 @@ def _read_secret_line(prompt: str) -> str:
 )
 @click.option("--username", "-u", help="Login name (prompted for if missing).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
-@output_option
 @click.pass_context
 def login(ctx: click.Context, username: str | None, password_stdin: bool) -> None:
     """Log in: a session token stored 0600 in the config dir, for the current context.
@@ -273,7 +229,6 @@ def login(ctx: click.Context, username: str | None, password_stdin: bool) -> Non
 
 
 @cli.command(examples=["hyperctl logout", "hyperctl --context prod logout"])
-@output_option
 @click.pass_context
 def logout(ctx: click.Context) -> None:
     """End the session on the platform and remove its token file."""
@@ -295,7 +250,6 @@ def logout(ctx: click.Context) -> None:
 
 
 @cli.command(examples=["hyperctl whoami", "hyperctl whoami -o json"])
-@output_option
 @click.pass_obj
 def whoami(app: App) -> None:
     """Who the platform sees: user, roles, and the session or API key in use."""
@@ -320,7 +274,6 @@ def vms() -> None:
 )
 @click.option("--provider", help="Only this provider's VMs.")
 @click.option("--limit", type=click.IntRange(1), help="At most this many (default: all pages).")
-@output_option
 @click.pass_obj
 def vms_list(app: App, provider: str | None, limit: int | None) -> None:
     """List VMs, by provider then name (every page unless --limit)."""
@@ -332,7 +285,6 @@ def vms_list(app: App, provider: str | None, limit: int | None) -> None:
     examples=["hyperctl vms show demo-lab/web-01", "hyperctl vms show demo-lab/db-01 -o yaml"],
 )
 @click.argument("vm_id", metavar="PROVIDER/VM")
-@output_option
 @click.pass_obj
 def vms_show(app: App, vm_id: str) -> None:
     """Describe one VM: disks, NICs, firmware, guest OS."""
@@ -368,7 +320,6 @@ def _split_vm(vm: str, provider: str | None) -> tuple[str, str]:
 @click.option(
     "--cancel-on-interrupt", is_flag=True, help="With --wait: Ctrl-C cancels the job, no question."
 )
-@output_option
 @click.pass_obj
 def export(  # noqa: PLR0917 - one parameter per option
     app: App,
@@ -441,7 +392,6 @@ def jobs() -> None:
 @click.option("--created-before", help="RFC 3339 time.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--after", help="Job id of the last job of the previous page.")
-@output_option
 @click.pass_obj
 def jobs_list(  # noqa: PLR0917 - one parameter per filter
     app: App,
@@ -468,7 +418,6 @@ def jobs_list(  # noqa: PLR0917 - one parameter per filter
 
 @jobs.command("show", examples=["hyperctl jobs show JOB_ID", "hyperctl jobs show JOB_ID -o json"])
 @click.argument("job_id")
-@output_option
 @click.pass_obj
 def jobs_show(app: App, job_id: str) -> None:
     """One job: status, progress, artifacts with SHA-256, and its history."""
@@ -481,7 +430,6 @@ def jobs_show(app: App, job_id: str) -> None:
 
 @jobs.command("cancel", examples=["hyperctl jobs cancel JOB_ID"])
 @click.argument("job_id")
-@output_option
 @click.pass_obj
 def jobs_cancel(app: App, job_id: str) -> None:
     """Cancel a job: a queued one at once, a running one within a second (exit 6 if ended)."""
@@ -493,7 +441,6 @@ def jobs_cancel(app: App, job_id: str) -> None:
 )
 @click.argument("job_id")
 @click.option("--cancel-on-interrupt", is_flag=True, help="Ctrl-C cancels the job, no question.")
-@output_option
 @click.pass_obj
 def jobs_watch(app: App, job_id: str, cancel_on_interrupt: bool) -> None:
     """Follow a job to its end with a live progress bar (exit 8 if it fails)."""
@@ -539,7 +486,6 @@ def providers() -> None:
 
 
 @providers.command("list", examples=["hyperctl providers list", "hyperctl providers list -o yaml"])
-@output_option
 @click.pass_obj
 def providers_list(app: App) -> None:
     """List providers."""
@@ -548,7 +494,6 @@ def providers_list(app: App) -> None:
 
 @providers.command("show", examples=["hyperctl providers show demo-lab"])
 @click.argument("name")
-@output_option
 @click.pass_obj
 def providers_show(app: App, name: str) -> None:
     """One provider."""
@@ -567,7 +512,6 @@ def providers_show(app: App, name: str) -> None:
 )
 @click.argument("name")
 @_provider_options
-@output_option
 @click.pass_obj
 def providers_add(
     app: App,
@@ -595,7 +539,6 @@ def providers_add(
 )
 @click.argument("name")
 @_provider_options
-@output_option
 @click.pass_obj
 def providers_update(
     app: App,
@@ -615,7 +558,6 @@ def providers_update(
 
 @providers.command("delete", examples=["hyperctl providers delete lab2"])
 @click.argument("name")
-@output_option
 @click.pass_obj
 def providers_delete(app: App, name: str) -> None:
     """Unregister a provider."""
@@ -632,7 +574,6 @@ def users() -> None:
 
 
 @users.command("list", examples=["hyperctl users list", "hyperctl users list -o json"])
-@output_option
 @click.pass_obj
 def users_list(app: App) -> None:
     """List users."""
@@ -653,7 +594,6 @@ def users_list(app: App) -> None:
 )
 @click.option("--pam", is_flag=True, help="A PAM user: the system checks the password.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
-@output_option
 @click.pass_obj
 def users_add(
     app: App, username: str, roles: tuple[str, ...], pam: bool, password_stdin: bool
@@ -673,7 +613,6 @@ def users_add(
 
 @users.command("show", examples=["hyperctl users show vera"])
 @click.argument("username")
-@output_option
 @click.pass_obj
 def users_show(app: App, username: str) -> None:
     """One user, with roles and any lockout."""
@@ -692,7 +631,6 @@ def users_show(app: App, username: str) -> None:
 @click.option("--role", "roles", multiple=True, help="Replace the roles (repeat).")
 @click.option("--no-roles", is_flag=True, help="Remove every role.")
 @click.option("--disable/--enable", "disabled", default=None, help="Refuse or allow logins.")
-@output_option
 @click.pass_obj
 def users_update(
     app: App, username: str, roles: tuple[str, ...], no_roles: bool, disabled: bool | None
@@ -710,7 +648,6 @@ def users_update(
 
 @users.command("delete", examples=["hyperctl users delete vera"])
 @click.argument("username")
-@output_option
 @click.pass_obj
 def users_delete(app: App, username: str) -> None:
     """Delete a user with their sessions and API keys."""
@@ -720,7 +657,6 @@ def users_delete(app: App, username: str) -> None:
 
 @users.command("unlock", examples=["hyperctl users unlock vera"])
 @click.argument("username")
-@output_option
 @click.pass_obj
 def users_unlock(app: App, username: str) -> None:
     """Lift a login lockout."""
@@ -751,7 +687,6 @@ def api_keys() -> None:
 
 @api_keys.command("list", examples=["hyperctl api-keys list", "hyperctl api-keys list --owner ci"])
 @click.option("--owner", help="Only this user's keys.")
-@output_option
 @click.pass_obj
 def api_keys_list(app: App, owner: str | None) -> None:
     """List API keys that work (never the keys)."""
@@ -769,7 +704,6 @@ def api_keys_list(app: App, owner: str | None) -> None:
 @click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(PERMISSIONS))
 @click.option("--expires-at", help="RFC 3339 time the key stops working.")
 @click.option("--owner", help="User the key acts as (default: you).")
-@output_option
 @click.pass_obj
 def api_keys_create(
     app: App, name: str, scopes: tuple[str, ...], expires_at: str | None, owner: str | None
@@ -792,7 +726,6 @@ def api_keys_create(
     show_default=True,
     help="How long the old key keeps working.",
 )
-@output_option
 @click.pass_obj
 def api_keys_rotate(app: App, key_id: str, grace_seconds: int) -> None:
     """Issue a replacement key (printed once); the old one dies now or after a grace period."""
@@ -801,7 +734,6 @@ def api_keys_rotate(app: App, key_id: str, grace_seconds: int) -> None:
 
 @api_keys.command("revoke", examples=["hyperctl api-keys revoke KEY_ID"])
 @click.argument("key_id")
-@output_option
 @click.pass_obj
 def api_keys_revoke(app: App, key_id: str) -> None:
     """Revoke an API key: no gateway accepts it once this returns."""
@@ -864,7 +796,6 @@ def secrets() -> None:
 
 
 @secrets.command("list", examples=["hyperctl secrets list"])
-@output_option
 @click.pass_obj
 def secrets_list(app: App) -> None:
     """List secret paths and versions (never values)."""
@@ -893,7 +824,6 @@ def secrets_list(app: App) -> None:
     "field_name",
     help="Store the whole input as this one field (else: a JSON object of fields).",
 )
-@output_option
 @click.pass_obj
 def secrets_put(app: App, path: str, source: str, field_name: str | None) -> None:
     """Store a new version of a secret, read from stdin or a file."""
@@ -902,7 +832,6 @@ def secrets_put(app: App, path: str, source: str, field_name: str | None) -> Non
 
 @secrets.command("delete", examples=["hyperctl secrets delete apps/token"])
 @click.argument("path")
-@output_option
 @click.pass_obj
 def secrets_delete(app: App, path: str) -> None:
     """Delete a secret and its versions."""
@@ -912,7 +841,6 @@ def secrets_delete(app: App, path: str) -> None:
 
 @secrets.command("rotate", examples=["hyperctl secrets rotate providers/lab2"])
 @click.argument("path")
-@output_option
 @click.pass_obj
 def secrets_rotate(app: App, path: str) -> None:
     """Rotate a secret (the platform answers not_implemented in this version)."""
@@ -936,7 +864,6 @@ def audit() -> None:
 )
 @click.option("--after-sequence", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
-@output_option
 @click.pass_obj
 def audit_events(app: App, after_sequence: int, limit: int) -> None:
     """Audit entries in chain order."""
@@ -945,7 +872,6 @@ def audit_events(app: App, after_sequence: int, limit: int) -> None:
 
 
 @audit.command("verify", examples=["hyperctl audit verify", "hyperctl audit verify -o json"])
-@output_option
 @click.pass_obj
 def audit_verify(app: App) -> None:
     """Recompute the hash chain; exit 10 (and name the entry) if it does not check out."""
@@ -961,7 +887,6 @@ def audit_verify(app: App) -> None:
 
 
 @audit.command("export", examples=["hyperctl audit export -o json > audit.json"])
-@output_option
 @click.pass_obj
 def audit_export(app: App) -> None:
     """Export the log (the platform answers not_implemented in this version)."""
@@ -988,7 +913,6 @@ def config_group() -> None:
     "get-contexts",
     examples=["hyperctl config get-contexts", "hyperctl config get-contexts -o json"],
 )
-@output_option
 @click.pass_obj
 def get_contexts(app: App) -> None:
     """List contexts; the current one is marked (API keys and tokens are never shown)."""
