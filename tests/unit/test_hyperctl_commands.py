@@ -583,3 +583,17 @@ def test_no_option_takes_a_password_token_or_secret_value_on_the_command_line() 
                 command.name,
                 param.name,
             )
+
+
+def test_a_second_context_is_created_by_login_and_the_current_one_kept() -> None:
+    world = World()
+    world.api.password = "vera-password"
+    result = world.run(
+        "--context", "vera", "login", "--server", "http://platform.test", "-u", "vera",
+        "--password-stdin", stdin="vera-password\n",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert world.store.config.current_context == "lab"
+    assert set(world.store.sessions) == {"lab", "vera"}
+    assert world.store.sessions["vera"].username == "vera"
+    assert world.run("--context", "nope", "whoami").exit_code == 5

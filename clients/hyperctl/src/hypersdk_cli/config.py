@@ -56,7 +56,7 @@ def resolve_target(options: GlobalOptions, config: CliConfig, environ: Mapping[s
         raise CliError(
             "no_such_context",
             f"No context {name!r}: see 'hyperctl config get-contexts'.",
-            exit_code=ExitCode.USAGE,
+            exit_code=ExitCode.NOT_FOUND,
         )
     if server is None:
         raise CliError(
