@@ -597,3 +597,44 @@ def test_a_second_context_is_created_by_login_and_the_current_one_kept() -> None
     assert set(world.store.sessions) == {"lab", "vera"}
     assert world.store.sessions["vera"].username == "vera"
     assert world.run("--context", "nope", "whoami").exit_code == 5
+
+
+def test_a_redirect_is_not_followed_and_a_page_loop_ends() -> None:
+    world = World()
+    world.api.overrides[("GET", "/providers")] = ApiReply(302, None, {"location": "http://x"})
+    redirected = world.run("providers", "list")
+    assert redirected.exit_code == 1
+    assert "HTTP 302" in redirected.stderr
+    world.api.overrides[("GET", "/vms")] = ApiReply(
+        200, [world.api.vms[0]], {"x-next-page-token": "same"}
+    )
+    looping = world.run("vms", "list")
+    assert looping.exit_code == 1
+    assert "lead in a circle" in looping.stderr
+
+
+def test_a_hostile_job_id_cannot_drive_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("time.sleep", lambda _: None)
+    world = World()
+    world.api.overrides[("POST", "/exports")] = ApiReply(
+        202, {**_queued_job(), "id": "j\x1b]0;x\x07[red]"}
+    )
+    world.api.overrides[("GET", "/jobs/j%1B%5D0%3Bx%07%5Bred%5D")] = ApiReply(
+        200, {**_queued_job(), "id": "j\x1b]0;x\x07[red]", "status": "failed", "error": "boom"}
+    )
+    result = world.run("export", "demo-lab/web-01", "--format", "qcow2", "--wait")
+    assert result.exit_code == 8
+    assert "\x1b" not in result.output
+    assert "\x07" not in result.output
+
+
+def _queued_job() -> dict[str, Any]:
+    return {
+        "id": "job-x",
+        "provider": "demo-lab",
+        "vm": "web-01",
+        "format": "qcow2",
+        "status": "queued",
+        "progress": 0,
+        "artifacts": [],
+    }

@@ -91,6 +91,7 @@ class Platform:
         """Every VM (all pages), or the first ``limit``."""
         items: list[Any] = []
         token: str | None = None
+        seen: set[str] = set()
         while True:
             page_size = VMS_PAGE if limit is None else min(VMS_PAGE, limit - len(items))
             reply = self.call(
@@ -102,6 +103,9 @@ class Platform:
             token = reply.headers.get(NEXT_PAGE_HEADER)
             if not token or (limit is not None and len(items) >= limit):
                 return items
+            if token in seen or not reply.body:  # a server leading in circles never ends
+                raise CliError("bad_response", "The server's VM pages lead in a circle.")
+            seen.add(token)
 
     def get_vm(self, vm_id: str) -> Any:
         """GET /vms/{provider}/{vm}."""

@@ -21,6 +21,7 @@ from hypersdk_cli.core.errors import CliError, ExitCode
 from hypersdk_cli.core.jobs import ENDED, follow_job, progress_of
 from hypersdk_cli.core.jobs import Progress as JobProgress
 from hypersdk_cli.core.platform import Platform
+from hypersdk_cli.core.text import printable
 
 SECOND_INTERRUPT_SECONDS = 3.0
 CANCEL_WAIT_SECONDS = 15.0
@@ -59,7 +60,7 @@ class JobDisplay:
     """Shows one job's progress until it ends or the display is stopped."""
 
     def __init__(self, *, job_id: str, total_bytes: int | None, live: bool) -> None:
-        self._job_id = job_id
+        self._job_id = printable(job_id, one_line=True)
         self._total_bytes = total_bytes
         self._live = live
         self._progress: Progress | None = None
@@ -69,12 +70,12 @@ class JobDisplay:
     def __enter__(self) -> JobDisplay:
         if self._live:
             self._progress = Progress(
-                TextColumn("{task.description}"),
+                TextColumn("{task.description}", markup=False),
                 BarColumn(),
-                TextColumn("{task.percentage:>3.0f}%"),
-                TextColumn("{task.fields[bytes]}"),
-                TextColumn("{task.fields[rate]}"),
-                TextColumn("ETA {task.fields[eta]}"),
+                TextColumn("{task.percentage:>3.0f}%", markup=False),
+                TextColumn("{task.fields[bytes]}", markup=False),
+                TextColumn("{task.fields[rate]}", markup=False),
+                TextColumn("ETA {task.fields[eta]}", markup=False),
                 console=console(stderr=True),
                 refresh_per_second=8,
             )
@@ -130,6 +131,7 @@ def watch_job(
 ) -> Any:
     """Follow the job to its end with a display; on Ctrl-C, offer to cancel it (exit 130)."""
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
+    shown_id = printable(job_id, one_line=True)  # the server's text, shown in a prompt
     display = JobDisplay(job_id=job_id, total_bytes=total_bytes, live=sys.stderr.isatty())
     try:
         with display:
@@ -137,10 +139,10 @@ def watch_job(
     except KeyboardInterrupt:
         display.stop()
         click.echo("", err=True)
-    if _wants_cancel(job_id, cancel_on_interrupt=cancel_on_interrupt, interactive=interactive):
+    if _wants_cancel(shown_id, cancel_on_interrupt=cancel_on_interrupt, interactive=interactive):
         _cancel(platform, job_id)
     else:
-        note(f"Job {job_id} keeps running: follow it with 'hyperctl jobs watch {job_id}'.")
+        note(f"Job {shown_id} keeps running: follow it with 'hyperctl jobs watch {shown_id}'.")
     raise click.exceptions.Exit(ExitCode.INTERRUPTED)
 
 
