@@ -73,6 +73,8 @@ def test_login_stores_a_private_session_and_whoami_reads_it(admin: Hyperctl) -> 
     assert me["username"] == "admin"
     assert me["kind"] == "session"
     assert "admin" in me["roles"]
+    sessions = admin.json("sessions", "list")
+    assert [s["id"] for s in sessions if s["current"]] == [me["session_id"]]
 
 
 def test_the_readme_journey(admin: Hyperctl, stack: Stack) -> None:
@@ -172,6 +174,7 @@ def test_the_audit_trail_and_routes_not_built_yet(admin: Hyperctl) -> None:
     assert {"sequence", "action", "hash", "prev_hash"} <= set(entries[0])
     verdict = admin.json("audit", "verify")
     assert verdict["valid"] is True
+    assert isinstance(admin.json("audit", "quarantine"), list)
     export = admin.run("audit", "export")
     assert export.returncode == 9
     assert export.stderr.startswith("error: not_implemented: Audit export is not available")

@@ -158,8 +158,15 @@ class InMemoryPlatformApi(PlatformApi):
             (r"/secrets/(.+)", "PUT", self._put_secret),
             (r"/secrets", "GET", self._list_secrets),
             (r"/audit/verify", "GET", self._verify),
+            (r"/audit/quarantine", "GET", lambda *_: ApiReply(200, [])),
+            (r"/auth/sessions", "GET", self._sessions),
             (r"/audit/export", "GET", self._not_built),
         ]
+
+    def _sessions(self, user: str, *_: Any) -> ApiReply:
+        if "X-API-Key" in self.calls[-1].headers:
+            return envelope(403, "forbidden", "Sessions are listed with a session token.")
+        return ApiReply(200, [{"id": "s-1", "current": True}])
 
     def _me(self, user: str, *_: Any) -> ApiReply:
         return ApiReply(200, {"username": user, "roles": ["admin"], "kind": "session"})

@@ -638,3 +638,16 @@ def _queued_job() -> dict[str, Any]:
         "progress": 0,
         "artifacts": [],
     }
+
+
+def test_session_calls_carry_the_session_even_with_an_api_key_set() -> None:
+    world = World()
+    world.api.api_keys["hsk_env"] = "ci"
+    world.environ["HYPERSDK_API_KEY"] = "hsk_env"
+    listed = world.run("sessions", "list", "-o", "json")
+    assert _json(listed) == [{"id": "s-1", "current": True}]
+    assert world.api.calls[-1].headers == {"Authorization": f"Bearer {world.token}"}
+    assert world.run("logout").exit_code == 0
+    assert world.api.calls[-1].headers == {"Authorization": f"Bearer {world.token}"}
+    assert world.token not in world.api.tokens
+    assert world.run("audit", "quarantine", "-o", "json").stdout.strip() == "[]"

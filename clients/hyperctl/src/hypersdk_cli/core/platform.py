@@ -56,18 +56,26 @@ class Platform:
         json: Any = None,
         query: Query | None = None,
         headers: Mapping[str, str] | None = None,
+        session_only: bool = False,
     ) -> ApiReply:
-        """One authenticated call; an error answer raises :class:`CliError`."""
+        """One authenticated call; an error answer raises :class:`CliError`.
+
+        ``session_only`` calls (logout, sessions) carry the session even if an API key is set.
+        """
+        credential = (
+            self.credentials.session_headers() if session_only else self.credentials.headers()
+        )
         reply = self._api.call(
             method,
             path,
             json=json,
             params=_params(query or {}),
-            headers={**self.credentials.headers(), **(headers or {})},
+            headers={**credential, **(headers or {})},
         )
+        by_session = session_only or not self.credentials.uses_api_key
         if reply.status >= 300:  # noqa: PLR2004 - httpx follows no redirect: none is expected
             error = api_error(reply.status, reply.body)
-            if reply.status == 401 and not self.credentials.uses_api_key:  # noqa: PLR2004
+            if reply.status == 401 and by_session:  # noqa: PLR2004
                 self.credentials.forget()  # revoked or ended: never send it again
                 error.message += " Run 'hyperctl login'."
             raise error
@@ -84,7 +92,15 @@ class Platform:
 
     def logout(self) -> None:
         """POST /auth/logout: the session ends on the server."""
-        self.call("POST", "/auth/logout")
+        self.call("POST", "/auth/logout", session_only=True)
+
+    def list_sessions(self) -> Any:
+        """GET /auth/sessions: the caller's live sessions (never their tokens)."""
+        return self.body("GET", "/auth/sessions", session_only=True)
+
+    def revoke_session(self, session_id: str) -> None:
+        """DELETE /auth/sessions/{id}: end one of the caller's sessions."""
+        self.call("DELETE", f"/auth/sessions/{segment(session_id)}", session_only=True)
 
     # ---- vms and providers -----------------------------------------------------------------
     def list_vms(self, *, provider: str | None, limit: int | None) -> list[Any]:
@@ -225,6 +241,12 @@ class Platform:
     def audit_verify(self) -> Any:
         """GET /audit/verify."""
         return self.body("GET", "/audit/verify")
+
+    def audit_quarantine(self, *, after_number: int, limit: int) -> Any:
+        """GET /audit/quarantine: events audit refused to chain as genuine."""
+        return self.body(
+            "GET", "/audit/quarantine", query={"after_number": after_number, "limit": limit}
+        )
 
     def audit_export(self) -> Any:
         """GET /audit/export."""

@@ -93,6 +93,10 @@ class Credentials:
         """The header that authenticates a call."""
         if self._api_key is not None:
             return {"X-API-Key": self._api_key}
+        return self.session_headers()
+
+    def session_headers(self) -> dict[str, str]:
+        """The session's header, for calls only a session may make (an API key never does)."""
         return {"Authorization": f"Bearer {self.session().token}"}
 
     def session(self) -> StoredSession:

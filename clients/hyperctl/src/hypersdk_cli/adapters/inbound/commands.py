@@ -256,6 +256,35 @@ def whoami(app: App) -> None:
     emit(app.platform.me(), app.output, single=True)
 
 
+@cli.group(examples=["hyperctl sessions list", "hyperctl sessions revoke SESSION_ID"])
+def sessions() -> None:
+    """Your live sessions (with the session of the current context, never an API key)."""
+
+
+@sessions.command("list", examples=["hyperctl sessions list", "hyperctl sessions list -o json"])
+@click.pass_obj
+def sessions_list(app: App) -> None:
+    """List your live sessions; CURRENT marks this context's."""
+    columns = [
+        Column("CURRENT", lambda s: "*" if s.get("current") else ""),
+        field("id"),
+        field("created_at"),
+        field("last_seen_at"),
+        field("expires_at"),
+        field("idle_expires_at"),
+    ]
+    emit(app.platform.list_sessions(), app.output, columns=columns)
+
+
+@sessions.command("revoke", examples=["hyperctl sessions revoke SESSION_ID"])
+@click.argument("session_id")
+@click.pass_obj
+def sessions_revoke(app: App, session_id: str) -> None:
+    """End one of your sessions (another user's is not found)."""
+    app.platform.revoke_session(session_id)
+    done(f"Session {session_id} revoked.", app.output)
+
+
 # ---- vms and export --------------------------------------------------------------------------
 
 
@@ -884,6 +913,27 @@ def audit_verify(app: App) -> None:
             f" {verdict.get('reason')}.",
             exit_code=ExitCode.AUDIT_INVALID,
         )
+
+
+@audit.command(
+    "quarantine",
+    examples=["hyperctl audit quarantine", "hyperctl audit quarantine --after-number 10 -o json"],
+)
+@click.option("--after-number", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.pass_obj
+def audit_quarantine(app: App, after_number: int, limit: int) -> None:
+    """Events audit refused to chain as genuine, in the order they arrived."""
+    columns = [
+        field("number", "NO"),
+        field("received_at"),
+        field("claimed_type"),
+        field("claimed_source"),
+        field("producer"),
+        field("reason"),
+    ]
+    entries = app.platform.audit_quarantine(after_number=after_number, limit=limit)
+    emit(entries, app.output, columns=columns)
 
 
 @audit.command("export", examples=["hyperctl audit export -o json > audit.json"])
