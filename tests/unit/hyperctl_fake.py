@@ -154,7 +154,7 @@ class InMemoryPlatformApi(PlatformApi):
             (r"/jobs/([^/]+)", "GET", self._get_job),
             (r"/jobs/([^/]+)/cancel", "POST", self._cancel),
             (r"/api-keys", "POST", self._create_key),
-            (r"/secrets/(.+)/rotate", "POST", self._not_built),
+            (r"/secrets/(.+)/rotate", "POST", self._rotate_secret),
             (r"/secrets/(.+)", "PUT", self._put_secret),
             (r"/secrets", "GET", self._list_secrets),
             (r"/audit/verify", "GET", self._verify),
@@ -250,6 +250,16 @@ class InMemoryPlatformApi(PlatformApi):
     def _put_secret(self, user: str, body: Any, params: Any, path: str) -> ApiReply:
         self.secrets[path] = body["data"]
         return ApiReply(200, {"path": path, "version": 1, "updated_at": NOW.isoformat()})
+
+    def _rotate_secret(self, user: str, body: Any, params: Any, path: str) -> ApiReply:
+        if path not in self.secrets:
+            return envelope(404, "not_found", "No such secret.", "req-rot")
+        self.secrets[path] = body["data"]
+        return ApiReply(
+            200,
+            {"path": path, "version": 2, "previous_version": 1,
+             "previous_readable_until": NOW.isoformat()},
+        )  # fmt: skip
 
     def _list_secrets(self, *_: Any) -> ApiReply:
         return ApiReply(200, [{"path": p, "version": 1} for p in self.secrets])

@@ -292,7 +292,6 @@ def test_not_implemented_routes_report_their_line() -> None:
     result = world.run("audit", "export")
     assert result.exit_code == 9
     assert result.stderr.startswith("error: not_implemented: Audit export is not available")
-    assert world.run("secrets", "rotate", "providers/lab2").exit_code == 9
 
 
 def test_an_unexpected_failure_is_a_line_not_a_traceback() -> None:
@@ -484,6 +483,18 @@ def test_secrets_come_from_stdin_and_are_never_echoed() -> None:
     bad = world.run("secrets", "put", "apps/x", stdin="not json but secret-ish")
     assert bad.exit_code == 2
     assert "secret-ish" not in bad.output
+
+
+def test_a_secret_rotates_to_a_value_from_stdin() -> None:
+    world = World()
+    world.api.secrets["apps/token"] = {"value": "old"}
+    result = world.run("secrets", "rotate", "apps/token", "--field", "value", "-o", "json",
+                       stdin="n3w-value\n")  # fmt: skip
+    assert _json(result)["previous_version"] == 1
+    assert world.api.secrets["apps/token"] == {"value": "n3w-value"}
+    assert "n3w-value" not in result.output
+    missing = world.run("secrets", "rotate", "apps/none", "--field", "v", stdin="x\n")
+    assert missing.exit_code == 5
 
 
 def test_secrets_put_has_no_value_argument() -> None:

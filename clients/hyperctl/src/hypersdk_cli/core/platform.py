@@ -227,9 +227,13 @@ class Platform:
         """DELETE /secrets/{path}."""
         self.call("DELETE", f"/secrets/{slashed_path(path, 'A secret path')}")
 
-    def rotate_secret(self, path: str) -> Any:
-        """POST /secrets/{path}/rotate."""
-        return self.body("POST", f"/secrets/{slashed_path(path, 'A secret path')}/rotate")
+    def rotate_secret(self, path: str, data: Mapping[str, str]) -> Any:
+        """POST /secrets/{path}/rotate: the new value current, the previous kept a while."""
+        return self.body(
+            "POST",
+            f"/secrets/{slashed_path(path, 'A secret path')}/rotate",
+            json={"data": dict(data)},
+        )
 
     # ---- audit -----------------------------------------------------------------------------
     def audit_events(self, *, after_sequence: int, limit: int) -> Any:

@@ -868,12 +868,35 @@ def secrets_delete(app: App, path: str) -> None:
     done(f"Secret {path} deleted.", app.output)
 
 
-@secrets.command("rotate", examples=["hyperctl secrets rotate providers/lab2"])
+@secrets.command(
+    "rotate",
+    examples=[
+        "hyperctl secrets rotate providers/lab2 --from-file lab2-new.json",
+        "hyperctl secrets rotate apps/token --field value    # prompts without echo",
+    ],
+)
 @click.argument("path")
+@click.option(
+    "--from-file",
+    "source",
+    default="-",
+    show_default=True,
+    metavar="FILE",
+    help="Where the new value is: a file, or - for stdin.",
+)
+@click.option(
+    "--field",
+    "field_name",
+    help="Rotate to the whole input as this one field (else: a JSON object of fields).",
+)
 @click.pass_obj
-def secrets_rotate(app: App, path: str) -> None:
-    """Rotate a secret (the platform answers not_implemented in this version)."""
-    emit(app.platform.rotate_secret(path), app.output, single=True)
+def secrets_rotate(app: App, path: str, source: str, field_name: str | None) -> None:
+    """Rotate a secret to a new value (stdin or a file); the previous one is kept a while.
+
+    The answer says until when the previous version stays readable; then it is destroyed.
+    """
+    data = _secret_data(source, field_name)
+    emit(app.platform.rotate_secret(path, data), app.output, single=True)
 
 
 # ---- audit -----------------------------------------------------------------------------------
