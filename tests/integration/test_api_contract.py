@@ -188,7 +188,7 @@ DESIGN_ROUTES = {
     ("get", "/healthz"), ("get", "/readyz"),
 }  # fmt: skip
 NOT_BUILT = {
-    ("post", "/api/v1/secrets/{path}/rotate"), ("get", "/api/v1/audit/export"),
+    ("get", "/api/v1/audit/export"),
     ("get", "/api/v1/system/config"), ("put", "/api/v1/system/config"),
     ("get", "/api/v1/webhooks"), ("post", "/api/v1/webhooks"),
     ("delete", "/api/v1/webhooks/{webhook_id}"),
