@@ -44,7 +44,7 @@ from hypersdk_kit.bus import (
 )
 from hypersdk_kit.database import ServiceRole, apply_migrations
 
-from .conftest import ADMIN_PASSWORD, Stack, devstack, until
+from .conftest import ADMIN_PASSWORD, Stack, devstack, process_tree, until
 
 SERVICES = devstack.SERVICES
 
@@ -320,22 +320,6 @@ def test_services_connect_as_their_own_roles(stack: Stack) -> None:
 # ---- nothing secret in argv or logs -----------------------------------------------------------
 
 
-def _descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat[1])
-    found, frontier = [root], [root]
-    while frontier:
-        frontier = [pid for pid, parent in parents.items() if parent in frontier]
-        found += frontier
-    return found
-
-
 def _stack_secrets(stack: Stack) -> dict[str, str]:
     secret_dir = stack.config.secret_dir
     found = {"admin password": ADMIN_PASSWORD}
@@ -353,7 +337,7 @@ def test_no_secret_in_any_command_line_or_log(stack: Stack) -> None:
     known = _stack_secrets(stack)
     assert len(known) >= 2 + len(SERVICES) + len(devstack.MIGRATED)
     command_lines = {}
-    for pid in _descendants(supervisor):
+    for pid in process_tree(supervisor):
         try:
             command_lines[pid] = (Path("/proc") / str(pid) / "cmdline").read_bytes()
         except OSError:

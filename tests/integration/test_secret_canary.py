@@ -17,26 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .conftest import ADMIN_PASSWORD, Stack, devstack
+from .conftest import ADMIN_PASSWORD, Stack, devstack, process_tree
 
 CANARY = "canary-" + secrets.token_hex(12)
 CANARY_USER = "canary-user-" + secrets.token_hex(6)
-
-
-def _descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat[1])
-    found, frontier = [root], [root]
-    while frontier:
-        frontier = [pid for pid, parent in parents.items() if parent in frontier]
-        found += frontier
-    return found
 
 
 class ProcessWatch:
@@ -61,7 +45,7 @@ class ProcessWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for pid in _descendants(self.root):
+            for pid in process_tree(self.root):
                 for part in ("cmdline", "environ"):
                     try:
                         content = (Path("/proc") / str(pid) / part).read_bytes()

@@ -27,6 +27,41 @@ class Component(Protocol):
         """Stop (the broker is still connected)."""
 
 
+class Periodic(Component):
+    """Runs ``action`` every ``interval_seconds`` (the first after one interval), as a component.
+
+    A failed run is logged and tried again at the next interval; ``stop`` cancels the loop.
+    Sweepers use it: every replica runs one, so their actions must be safe to overlap.
+    """
+
+    def __init__(
+        self, name: str, action: Callable[[], Awaitable[object]], *, interval_seconds: float
+    ) -> None:
+        self._name = name
+        self._action = action
+        self._interval = interval_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the loop."""
+        self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def stop(self) -> None:
+        """Cancel the loop and wait for it."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self._action()
+            except Exception:  # the next run tries again
+                logger.warning("%s failed", self._name, exc_info=True)
+
+
 def restrict_file_modes() -> None:
     """Files the process creates are 0600 and directories 0700, whatever creates them."""
     os.umask(0o077)

@@ -11,9 +11,9 @@ from faststream.rabbit import RabbitBroker
 from hypersdk_contracts.events import ExporterRequestRejected
 from hypersdk_exporter.adapters.inbound.bus import (
     CommandVerifier,
-    StaleJobSweeper,
     register_rpc,
     register_worker,
+    stale_job_sweeper,
 )
 from hypersdk_exporter.adapters.outbound.artifacts import LocalArtifactWriter
 from hypersdk_exporter.adapters.outbound.bus import (
@@ -122,7 +122,7 @@ async def prepare_exporter(
                 max_age_seconds=settings.max_command_age_seconds,
             ),
         )
-        sweeper = StaleJobSweeper(exporter, interval_seconds=settings.sweep_interval_seconds)
+        sweeper = stale_job_sweeper(exporter, interval_seconds=settings.sweep_interval_seconds)
         yield exporter, broker, [outbox.relay, sweeper]
     finally:
         await pool.close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +13,7 @@ from faststream.rabbit import RabbitBroker
 from hypersdk_contracts.events import SecretsRequestRejected
 from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, build_broker
 from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.runtime import Periodic
 from hypersdk_kit.trust import AssertionVerifier, load_public_key
 from hypersdk_secrets.adapters.inbound.rpc import register_rpc
 from hypersdk_secrets.adapters.outbound.vault import AppRoleLogin, VaultSecretManager
@@ -26,38 +25,17 @@ SERVICE = "secrets"
 logger = logging.getLogger(__name__)
 
 
-class GraceSweeper:
+def grace_sweeper(secrets: SecretsService, *, interval_seconds: float) -> Periodic:
     """Destroys rotated-from versions whose grace ended, every ``interval_seconds``.
 
-    Every replica runs one; they may overlap (destroying a destroyed version changes nothing).
+    Every replica runs one; overlaps are harmless (a destroyed version stays destroyed).
     """
 
-    def __init__(self, secrets: SecretsService, *, interval_seconds: float) -> None:
-        self._secrets = secrets
-        self._interval = interval_seconds
-        self._task: asyncio.Task[None] | None = None
+    async def sweep() -> None:
+        for path, version in await secrets.sweep():
+            logger.info("rotated-from version destroyed", extra={"path": path, "version": version})
 
-    async def start(self) -> None:
-        """Start sweeping."""
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        """Stop sweeping."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                for path, version in await self._secrets.sweep():
-                    logger.info(
-                        "rotated-from version destroyed", extra={"path": path, "version": version}
-                    )
-            except Exception:  # Vault away: the next sweep tries again
-                logger.warning("sweeping rotation graces failed", exc_info=True)
+    return Periodic("sweeping rotation graces", sweep, interval_seconds=interval_seconds)
 
 
 def vault_secret_manager(settings: SecretsSettings) -> VaultSecretManager:

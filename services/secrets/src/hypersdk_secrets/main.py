@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypersdk_kit.runtime import broker_ready, serve_until_stopped
 from hypersdk_secrets.config import SecretsSettings
-from hypersdk_secrets.inject import SERVICE, GraceSweeper, prepare_secrets
+from hypersdk_secrets.inject import SERVICE, grace_sweeper, prepare_secrets
 
 
 async def serve(settings: SecretsSettings) -> None:
@@ -22,6 +22,6 @@ async def serve(settings: SecretsSettings) -> None:
             health_port=settings.health_port,
             ready=ready,
             components=[
-                GraceSweeper(secrets, interval_seconds=settings.grace_sweep_interval_seconds)
+                grace_sweeper(secrets, interval_seconds=settings.grace_sweep_interval_seconds)
             ],
         )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -49,6 +47,7 @@ from hypersdk_kit.bus import (
     subscribe_envelopes,
 )
 from hypersdk_kit.guard import check_grant, check_seal, verify_seal
+from hypersdk_kit.runtime import Periodic
 from hypersdk_kit.trust import MAX_CLOCK_SKEW_SECONDS, AssertionRejectedError, AssertionVerifier
 
 logger = logging.getLogger(__name__)
@@ -249,38 +248,17 @@ def register_worker(
         subscribe_envelopes(broker, durable_queue(EXPORT_JOBS_QUEUE), run, prefetch=1)
 
 
-class StaleJobSweeper:
-    """Ends running jobs whose worker stopped beating, every ``interval_seconds``.
+def stale_job_sweeper(exporter: ExporterService, *, interval_seconds: float) -> Periodic:
+    """Ends the jobs no worker will finish, every ``interval_seconds``.
 
     Every exporter process runs one; they may overlap safely (each move is a compare-and-set).
     """
 
-    def __init__(self, exporter: ExporterService, *, interval_seconds: float) -> None:
-        self._exporter = exporter
-        self._interval = interval_seconds
-        self._task: asyncio.Task[None] | None = None
+    async def sweep() -> None:
+        for job in await exporter.sweep_stale_jobs():
+            logger.warning("stale job ended", extra={"job_id": job.id, "status": job.status.value})
 
-    async def start(self) -> None:
-        """Start sweeping."""
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        """Stop sweeping."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                for job in await self._exporter.sweep_stale_jobs():
-                    logger.warning(
-                        "stale job ended", extra={"job_id": job.id, "status": job.status.value}
-                    )
-            except Exception:  # the next sweep tries again
-                logger.warning("sweeping stale jobs failed", exc_info=True)
+    return Periodic("sweeping stale jobs", sweep, interval_seconds=interval_seconds)
 
 
 def provider_view(provider: Provider) -> ProviderView:
