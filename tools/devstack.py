@@ -30,14 +30,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
-from hypersdk_kit.trust import generate_key_pair
+from hypersdk_kit.trust import assemble, encode_claims, generate_key_pair, signed_message
 
 SERVICES = ("identity", "policy", "secrets", "exporter", "audit", "gateway")
 HEALTH_PORTS = len(SERVICES)
@@ -149,16 +150,18 @@ class StackConfig:
         env["HYPERSDK_SECRETS_CREDENTIAL_READERS"] = json.dumps([self.amqp_login("exporter")])
         env["HYPERSDK_GATEWAY_PORT"] = str(self.gateway_port)
         env["HYPERSDK_GATEWAY_HEALTH_PORT"] = "0"
-        env["HYPERSDK_SECRETS_VAULT_ADDR"] = f"http://127.0.0.1:{self.vault_port}"
-        env["HYPERSDK_SECRETS_VAULT_ROLE_ID_FILE"] = str(self.secret_dir / "secrets-role-id")
-        env["HYPERSDK_SECRETS_VAULT_SECRET_ID_FILE"] = str(self.secret_dir / "secrets-secret-id")
+        for service in VAULT_POLICIES:  # each logs in with its own AppRole (0045, 0046)
+            prefix = f"HYPERSDK_{service.upper()}_"
+            env[prefix + "VAULT_ADDR"] = f"http://127.0.0.1:{self.vault_port}"
+            env[prefix + "VAULT_ROLE_ID_FILE"] = str(self.secret_dir / f"{service}-role-id")
+            env[prefix + "VAULT_SECRET_ID_FILE"] = str(self.secret_dir / f"{service}-secret-id")
         keys = self.key_dir
-        env["HYPERSDK_IDENTITY_SIGNING_KEY_FILE"] = str(keys / "identity.key")
-        env["HYPERSDK_IDENTITY_POLICY_PUBLIC_KEY_FILE"] = str(keys / "policy.pub")
-        env["HYPERSDK_POLICY_SIGNING_KEY_FILE"] = str(keys / "policy.key")
-        env["HYPERSDK_POLICY_IDENTITY_PUBLIC_KEY_FILE"] = str(keys / "identity.pub")
+        env["HYPERSDK_IDENTITY_TRANSIT_KEY"] = TRANSIT_KEYS["identity"]
+        env["HYPERSDK_IDENTITY_POLICY_TRANSIT_KEY"] = TRANSIT_KEYS["policy"]
+        env["HYPERSDK_POLICY_TRANSIT_KEY"] = TRANSIT_KEYS["policy"]
+        env["HYPERSDK_POLICY_IDENTITY_TRANSIT_KEY"] = TRANSIT_KEYS["identity"]
         for service in ("secrets", "exporter", "audit"):
-            env[f"HYPERSDK_{service.upper()}_POLICY_PUBLIC_KEY_FILE"] = str(keys / "policy.pub")
+            env[f"HYPERSDK_{service.upper()}_POLICY_TRANSIT_KEY"] = TRANSIT_KEYS["policy"]
         env["HYPERSDK_GATEWAY_SIGNING_KEY_FILE"] = str(keys / "gateway.key")
         for service in ("identity", "policy", "secrets", "exporter", "audit"):
             env[f"HYPERSDK_{service.upper()}_GATEWAY_PUBLIC_KEY_FILE"] = str(keys / "gateway.pub")
@@ -362,14 +365,40 @@ def _bao_binary(config: StackConfig) -> str:
     return found
 
 
-SECRETS_ROLE = "hypersdk-secrets"
-SECRETS_POLICY = """
-# The secrets service: our folder of the KV v2 engine, nothing else.
+TRANSIT_KEYS = {"identity": "hypersdk-identity", "policy": "hypersdk-policy"}
+"""The transit keys that sign principals and grants (decision 0046), by issuer."""
+
+
+def _reads_public_keys(*issuers: str) -> str:
+    return "".join(
+        f'path "transit/keys/{TRANSIT_KEYS[issuer]}" {{ capabilities = ["read"] }}\n'
+        for issuer in issuers
+    )
+
+
+def _signs_with(issuer: str) -> str:
+    return f'path "transit/sign/{TRANSIT_KEYS[issuer]}" {{ capabilities = ["update"] }}\n'
+
+
+VAULT_POLICIES = {
+    # The secrets service: our folder of the KV v2 engine; policy's public keys (grants).
+    "secrets": """
 path "secret/data/hypersdk/*" { capabilities = ["create", "read", "update", "delete"] }
 path "secret/metadata/hypersdk/*" { capabilities = ["read", "update", "list", "delete"] }
 path "secret/destroy/hypersdk/*" { capabilities = ["update"] }
 path "secret/metadata/hypersdk" { capabilities = ["list"] }
 """
+    + _reads_public_keys("policy"),
+    # Identity signs principals with its key; it checks grants and its own principals.
+    "identity": _signs_with("identity") + _reads_public_keys("identity", "policy"),
+    # Policy signs grants with its key; it checks principals and its own grants.
+    "policy": _signs_with("policy") + _reads_public_keys("identity", "policy"),
+    # The exporter and audit check grants; they read no secret (the exporter's credentials
+    # come through the secrets service, decision 0033).
+    "exporter": _reads_public_keys("policy"),
+    "audit": _reads_public_keys("policy"),
+}
+"""Each service's Vault policy (decisions 0045, 0046); the gateway has no Vault login."""
 
 
 def openbao_dir(config: StackConfig) -> Path:
@@ -407,36 +436,88 @@ ui           = false
 
 
 def openbao_setup(config: StackConfig, seconds: float = 60) -> None:
-    """Initialise OpenBao once, unseal it, give the secrets service its AppRole.
+    """Initialise OpenBao once, unseal it, give each service that needs it its AppRole.
 
     The unseal key and the root token are kept in 0600 files (``openbao-unseal-key``,
-    ``openbao-root-token``) and used only here, by the setup; the secrets service logs in with
-    its own AppRole (role ID and a fresh secret ID at each start, 0600), whose policy reaches
-    our folder of the KV engine only.
+    ``openbao-root-token``) and used only here, by the setup. The transit keys of identity
+    and policy are made once (ed25519, not exportable). Each service in
+    :data:`VAULT_POLICIES` logs in with its own AppRole (role ID and a fresh secret ID at
+    each start, 0600), whose policy reaches only what the service needs.
     """
     import hvac
+    from hvac.exceptions import InvalidPath
 
     client = hvac.Client(url=f"http://127.0.0.1:{config.vault_port}", timeout=5)
     _openbao_active(config, client, time.monotonic() + seconds)
     mounts = client.sys.list_mounted_secrets_engines()["data"]
     if "secret/" not in mounts:
         client.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    if "transit/" not in mounts:
+        client.sys.enable_secrets_engine("transit", path="transit")
+    for key in TRANSIT_KEYS.values():
+        try:
+            client.secrets.transit.read_key(key)
+        except InvalidPath:  # made not exportable: it never leaves OpenBao
+            client.secrets.transit.create_key(key, key_type="ed25519", exportable=False)
     if "approle/" not in client.sys.list_auth_methods()["data"]:
         client.sys.enable_auth_method("approle")
-    client.sys.create_or_update_policy(SECRETS_ROLE, SECRETS_POLICY)
+    for service, policy in VAULT_POLICIES.items():
+        _approle(config, client, service, policy)
+
+
+@dataclass(frozen=True)
+class HarnessTransitSigner:
+    """Signs as identity or policy in OpenBao transit with the root token: tests and bench only.
+
+    The harness stands where the issuer stands (it needs a genuine grant to prove what a
+    service does with one); services sign with their own AppRole (decision 0046).
+    """
+
+    config: StackConfig
+    issuer: str
+    ttl_seconds: int = 60
+    clock: Callable[[], float] = time.time
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """A genuine assertion of ``claims`` by the issuer."""
+        import hvac
+
+        payload = encode_claims(
+            claims, issuer=self.issuer, ttl_seconds=self.ttl_seconds, now=self.clock()
+        )
+        client = hvac.Client(
+            url=f"http://127.0.0.1:{self.config.vault_port}",
+            token=_read_secret(self.config.secret_dir / "openbao-root-token"),
+            timeout=5,
+        )
+        answer = client.secrets.transit.sign_data(
+            TRANSIT_KEYS[self.issuer],
+            hash_input=base64.b64encode(signed_message(payload)).decode(),
+        )
+        signature = answer["data"]["signature"].rpartition(":")[2]
+        return assemble(payload, base64.b64decode(signature))
+
+
+def _approle(config: StackConfig, client: object, service: str, policy: str) -> None:
+    """``service``'s policy and AppRole; its role ID and a fresh secret ID in 0600 files."""
+    import hvac
+
+    assert isinstance(client, hvac.Client)
+    role = f"hypersdk-{service}"
+    client.sys.create_or_update_policy(role, policy)
     client.auth.approle.create_or_update_approle(
-        SECRETS_ROLE,
-        token_policies=[SECRETS_ROLE],
+        role,
+        token_policies=[role],
         token_ttl=config.extra_env.get("HYPERSDK_DEV_VAULT_TOKEN_TTL", "1h"),
         token_max_ttl=config.extra_env.get("HYPERSDK_DEV_VAULT_TOKEN_MAX_TTL", "24h"),
     )
-    role_id = client.auth.approle.read_role_id(SECRETS_ROLE)["data"]["role_id"]
-    _private_file(config.secret_dir / "secrets-role-id", role_id + "\n")
-    secret_file = config.secret_dir / "secrets-secret-id"
+    role_id = client.auth.approle.read_role_id(role)["data"]["role_id"]
+    _private_file(config.secret_dir / f"{service}-role-id", role_id + "\n")
+    secret_file = config.secret_dir / f"{service}-secret-id"
     if secret_file.exists():  # the previous start's: no longer needed
         with contextlib.suppress(Exception):
-            client.auth.approle.destroy_secret_id(SECRETS_ROLE, _read_secret(secret_file))
-    secret_id = client.auth.approle.generate_secret_id(SECRETS_ROLE)["data"]["secret_id"]
+            client.auth.approle.destroy_secret_id(role, _read_secret(secret_file))
+    secret_id = client.auth.approle.generate_secret_id(role)["data"]["secret_id"]
     _private_file(secret_file, secret_id + "\n")
 
 
@@ -757,9 +838,12 @@ def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, s
         config.key_dir,
     ):
         _private_dir(directory)
-    for signer in ("identity", "policy", "gateway"):
-        if not (config.key_dir / f"{signer}.key").exists():
-            generate_key_pair(config.key_dir / f"{signer}.key", config.key_dir / f"{signer}.pub")
+    # Identity's and policy's keys are OpenBao transit keys (decision 0046); only the
+    # gateway's seal key is a file.
+    if not (config.key_dir / "gateway.key").exists():
+        generate_key_pair(config.key_dir / "gateway.key", config.key_dir / "gateway.pub")
+    for retired in ("identity.key", "policy.key", "identity.pub", "policy.pub"):
+        (config.key_dir / retired).unlink(missing_ok=True)  # from before decision 0046
     _private_dir(config.state_dir / "exports")
     _private_dir(config.state_dir / "lab")
     conversion = ensure_conversion_user(config)

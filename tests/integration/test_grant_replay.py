@@ -21,6 +21,7 @@ from typing import Any
 import aio_pika
 import pytest
 
+import devstack
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.names import EVENTS_EXCHANGE, RoutingKey, RpcQueue
@@ -236,7 +237,7 @@ async def test_an_export_command_needs_the_seal_of_the_request_that_queued_it(
     )
     assert status == 202, job
     # A genuine grant for the command, signed with policy's key right after the job was made.
-    policy = AssertionSigner(load_private_key(stack.config.key_dir / "policy.key"), issuer="policy")
+    policy = devstack.HarnessTransitSigner(stack.config, "policy")
     grant = policy.sign(
         {"typ": "grant", "sub": "admin", "perm": "vms:export", "op": [EXPORT_COMMAND]}
     )

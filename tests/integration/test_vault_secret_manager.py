@@ -16,7 +16,8 @@ import hvac
 import pytest
 
 from hypersdk_contracts.errors import ErrorCode, ServiceError
-from hypersdk_secrets.adapters.outbound.vault import AppRoleLogin, VaultSecretManager
+from hypersdk_kit.vault import AppRoleLogin
+from hypersdk_secrets.adapters.outbound.vault import VaultSecretManager
 from hypersdk_secrets.config import SecretsSettings
 from hypersdk_secrets.inject import vault_secret_manager
 

@@ -18,13 +18,14 @@ import aio_pika
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import devstack
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.operations import EXPORT_COMMAND
 from hypersdk_contracts.rpc import CreateExportRequest, DiskFormat, ListSecretsRequest
 from hypersdk_kit.bus import RpcClient, build_broker
-from hypersdk_kit.trust import AssertionSigner, load_private_key
+from hypersdk_kit.trust import AssertionSigner
 
 from .conftest import ADMIN_PASSWORD, Stack
 from .test_export_journey import _wait_for_job
@@ -51,7 +52,7 @@ def _command(job_id: str, grant: str, actor: str, request_id: str) -> bytes:
     ).encode()
 
 
-def _grant(signer: AssertionSigner, *, sub: str, perm: str) -> str:
+def _grant(signer: AssertionSigner | devstack.HarnessTransitSigner, *, sub: str, perm: str) -> str:
     return signer.sign({"typ": "grant", "sub": sub, "perm": perm, "op": [EXPORT_COMMAND]})
 
 
@@ -81,10 +82,11 @@ async def test_forged_export_commands_are_rejected_dead_lettered_and_audited(
     jobs_before = stack.db("SELECT count(*) AS n FROM exporter.jobs")[0]["n"]
     exports_before = set((stack.config.state_dir / "exports").iterdir())
 
-    policy_key = load_private_key(stack.config.key_dir / "policy.key")
-    real_policy = AssertionSigner(policy_key, issuer="policy")
+    real_policy = devstack.HarnessTransitSigner(stack.config, "policy")
     impostor = AssertionSigner(Ed25519PrivateKey.generate(), issuer="policy")
-    expired = AssertionSigner(policy_key, issuer="policy", clock=lambda: time.time() - 3 * 86400)
+    expired = devstack.HarnessTransitSigner(
+        stack.config, "policy", clock=lambda: time.time() - 3 * 86400
+    )
     rid = "forged-request-0001"
     forgeries = {
         "missing_assertion": _command(str(uuid.uuid4()), "", "admin", rid),

@@ -30,7 +30,7 @@ from hypersdk_gateway.core.seals import seal_request
 from hypersdk_identity.adapters.inbound.rpc import (
     caller_of,
     own_session_claims,
-    sign_principal,
+    principal_claims,
 )
 from hypersdk_identity.adapters.outbound.bus import RpcPermissionDirectory
 from hypersdk_identity.adapters.outbound.memory import (
@@ -255,8 +255,12 @@ def _guard() -> RequestGuard:
     )
 
 
+def _signed(signer: AssertionSigner, principal: Principal) -> Principal:
+    return principal.model_copy(update={"assertion": signer.sign(principal_claims(principal))})
+
+
 def _context(principal: Principal, key: Ed25519PrivateKey = IDENTITY_KEY) -> RequestContext:
-    signed = sign_principal(AssertionSigner(key, issuer="identity"), principal)
+    signed = _signed(AssertionSigner(key, issuer="identity"), principal)
     request = CreateApiKeyRequest(
         owner="admin",
         name="ci",
@@ -297,7 +301,7 @@ async def test_identity_lists_and_ends_sessions_only_for_a_session_of_their_owne
     key = Principal(username="admin", kind="apikey", key_id="k1", scopes=["users:manage"])
 
     def sealed(principal: Principal, owner: str) -> RequestContext:
-        signed = sign_principal(AssertionSigner(IDENTITY_KEY, issuer="identity"), principal)
+        signed = _signed(AssertionSigner(IDENTITY_KEY, issuer="identity"), principal)
         request = ListSessionsRequest(
             username=owner,
             context=RequestContext(

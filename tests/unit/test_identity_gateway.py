@@ -135,10 +135,10 @@ class IdentityBackend(InProcessBackend):
             return RoleList(username=r.username, roles=roles)
 
         async def authenticate(r: AuthenticateRequest) -> Any:
-            return sign_principal(signer, await identity.authenticate(r.token))
+            return await sign_principal(signer, await identity.authenticate(r.token))
 
         async def authenticate_api_key(r: AuthenticateApiKeyRequest) -> Any:
-            return sign_principal(signer, await keys.authenticate(r.key))
+            return await sign_principal(signer, await keys.authenticate(r.key))
 
         async def create_api_key(r: CreateApiKeyRequest) -> Any:
             return await keys.create(

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -53,9 +53,48 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def encode_claims(claims: dict[str, Any], *, issuer: str, ttl_seconds: int, now: float) -> str:
+    """The payload part of an assertion: ``claims`` plus iss, iat, exp and a unique jti."""
+    issued = int(now)
+    body = {
+        **claims,
+        "iss": issuer,
+        "iat": issued,
+        "exp": issued + ttl_seconds,
+        "jti": uuid.uuid4().hex,
+    }
+    return _b64(json.dumps(body, separators=(",", ":"), sort_keys=True).encode())
+
+
+def signed_message(payload: str) -> bytes:
+    """What an assertion's signature covers."""
+    return _CONTEXT + payload.encode()
+
+
+def assemble(payload: str, signature: bytes) -> str:
+    """The assertion of a payload and its Ed25519 signature."""
+    return f"{_VERSION}.{payload}.{_b64(signature)}"
+
+
+class ClaimsSigner(Protocol):
+    """What signs identity's principals and policy's grants: a key here, or Vault transit."""
+
+    async def assert_claims(self, claims: dict[str, Any]) -> str:
+        """A signed assertion of ``claims`` (see :func:`encode_claims`)."""
+        ...
+
+
+class KeyRing(Protocol):
+    """The public keys an issuer signs with now (several while a key is being rotated)."""
+
+    def public_keys(self) -> tuple[Ed25519PublicKey, ...]:
+        """Every key an assertion of the issuer may be checked against, newest first."""
+        ...
+
+
 @dataclass(frozen=True)
 class AssertionSigner:
-    """Signs claims as one issuer, with a lifetime."""
+    """Signs claims as one issuer, with a lifetime, with a key held in memory."""
 
     key: Ed25519PrivateKey
     issuer: str
@@ -64,24 +103,21 @@ class AssertionSigner:
 
     def sign(self, claims: dict[str, Any]) -> str:
         """A signed assertion of ``claims`` plus iss, iat, exp and a unique jti."""
-        now = int(self.clock())
-        body = {
-            **claims,
-            "iss": self.issuer,
-            "iat": now,
-            "exp": now + self.ttl_seconds,
-            "jti": uuid.uuid4().hex,
-        }
-        payload = _b64(json.dumps(body, separators=(",", ":"), sort_keys=True).encode())
-        signature = self.key.sign(_CONTEXT + payload.encode())
-        return f"{_VERSION}.{payload}.{_b64(signature)}"
+        payload = encode_claims(
+            claims, issuer=self.issuer, ttl_seconds=self.ttl_seconds, now=self.clock()
+        )
+        return assemble(payload, self.key.sign(signed_message(payload)))
+
+    async def assert_claims(self, claims: dict[str, Any]) -> str:
+        """:meth:`sign`, as a :class:`ClaimsSigner`."""
+        return self.sign(claims)
 
 
 @dataclass(frozen=True)
 class AssertionVerifier:
-    """Checks assertions of one issuer."""
+    """Checks assertions of one issuer, against its key or each key of its ring."""
 
-    key: Ed25519PublicKey
+    key: Ed25519PublicKey | KeyRing
     issuer: str
     clock: Callable[[], float] = time.time
 
@@ -99,9 +135,18 @@ class AssertionVerifier:
             raise AssertionRejectedError("malformed_assertion")
         try:
             signature = _unb64(parts[2])
-            self.key.verify(signature, _CONTEXT + parts[1].encode())
-        except (InvalidSignature, ValueError) as exc:
+        except ValueError as exc:
             raise AssertionRejectedError("bad_signature") from exc
+        keys = (self.key,) if isinstance(self.key, Ed25519PublicKey) else self.key.public_keys()
+        message = _CONTEXT + parts[1].encode()
+        for key in keys:
+            try:
+                key.verify(signature, message)
+                break
+            except (InvalidSignature, ValueError):
+                continue
+        else:
+            raise AssertionRejectedError("bad_signature")
         try:
             claims = json.loads(_unb64(parts[1]))
         except ValueError as exc:

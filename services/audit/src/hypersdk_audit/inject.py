@@ -15,9 +15,11 @@ from hypersdk_audit.config import AuditSettings
 from hypersdk_audit.core.attribution import Attribution
 from hypersdk_audit.core.service import AuditService
 from hypersdk_contracts.events import AuditRequestRejected
-from hypersdk_kit.bus import BatchConsumer, RabbitEventPublisher, build_broker
+from hypersdk_kit.bus import RabbitEventPublisher, build_broker
 from hypersdk_kit.database import create_pool
 from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.runtime import Component
+from hypersdk_kit.transit import TrustKeys
 from hypersdk_kit.trust import AssertionVerifier, load_public_key
 
 SERVICE = "audit"
@@ -35,7 +37,7 @@ async def create_audit_pool(dsn: str, *, size: int) -> asyncpg.Pool:
 @asynccontextmanager
 async def prepare_audit(
     settings: AuditSettings,
-) -> AsyncIterator[tuple[AuditService, RabbitBroker, BatchConsumer]]:
+) -> AsyncIterator[tuple[AuditService, RabbitBroker, list[Component]]]:
     """The audit use cases wired to PostgreSQL and the bus (broker and consumer not started)."""
     broker = build_broker(
         settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
@@ -53,14 +55,18 @@ async def prepare_audit(
             ),
         )
         audit = AuditService(log=PostgresAuditLog(pool), attribution=attribution)
+        keys = TrustKeys(settings)
+        policy_keys = await keys.public(
+            "policy",
+            file=settings.policy_public_key_file,
+            transit_key=settings.policy_transit_key,
+        )
         guard = RequestGuard(
             events=RabbitEventPublisher(
                 broker, service=SERVICE, declare_topology=settings.declare_topology
             ),
             rejected=AuditRequestRejected,
-            grants=AssertionVerifier(
-                load_public_key(settings.policy_public_key_file), issuer="policy"
-            ),
+            grants=AssertionVerifier(policy_keys, issuer="policy"),
             seals=AssertionVerifier(
                 load_public_key(settings.gateway_public_key_file), issuer="gateway"
             ),
@@ -74,7 +80,7 @@ async def prepare_audit(
             guard=guard,
             declare_topology=settings.declare_topology,
         )
-        yield audit, broker, events
+        yield audit, broker, [events, *keys.components]
     finally:
         await pool.close()
 

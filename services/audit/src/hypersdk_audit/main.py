@@ -11,7 +11,7 @@ from hypersdk_kit.runtime import serve_until_stopped
 
 async def serve(settings: AuditSettings) -> None:
     """Record events until stopped."""
-    async with prepare_audit(settings) as (_, broker, events):
+    async with prepare_audit(settings) as (_, broker, components):
         await broker.connect()
         if settings.declare_topology:
             await declare_dead_letter_queue(broker, AUDIT_EVENTS_QUEUE)
@@ -20,5 +20,5 @@ async def serve(settings: AuditSettings) -> None:
             service=SERVICE,
             health_host=settings.health_host,
             health_port=settings.health_port,
-            components=[events],
+            components=components,
         )

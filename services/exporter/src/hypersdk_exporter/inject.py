@@ -42,6 +42,7 @@ from hypersdk_kit.guard import RequestGuard
 from hypersdk_kit.outbox import build_outbox
 from hypersdk_kit.ports import EnvelopePublisher
 from hypersdk_kit.runtime import Component
+from hypersdk_kit.transit import TrustKeys
 from hypersdk_kit.trust import AssertionVerifier, load_public_key
 
 SERVICE = "exporter"
@@ -78,9 +79,13 @@ async def prepare_exporter(
             pool, settings=settings, schema=SCHEMA, service=SERVICE, publisher=publisher
         )
         uow = outbox.unit_of_work
-        grants = AssertionVerifier(
-            load_public_key(settings.policy_public_key_file), issuer="policy"
+        keys = TrustKeys(settings)
+        policy_keys = await keys.public(
+            "policy",
+            file=settings.policy_public_key_file,
+            transit_key=settings.policy_transit_key,
         )
+        grants = AssertionVerifier(policy_keys, issuer="policy")
         rpc = RpcClient(broker, timeout_seconds=settings.rpc_timeout_seconds)
         exporter = ExporterService(
             providers=PostgresProviderStore(outbox.database),
@@ -123,6 +128,6 @@ async def prepare_exporter(
             ),
         )
         sweeper = stale_job_sweeper(exporter, interval_seconds=settings.sweep_interval_seconds)
-        yield exporter, broker, [outbox.relay, sweeper]
+        yield exporter, broker, [outbox.relay, sweeper, *keys.components]
     finally:
         await pool.close()

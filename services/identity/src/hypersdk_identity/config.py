@@ -10,18 +10,29 @@ from pydantic_settings import SettingsConfigDict
 
 from hypersdk_contracts.permissions import Role
 from hypersdk_kit.settings import DatabaseSettings
+from hypersdk_kit.vault import VaultClientSettings
 
 
-class IdentitySettings(DatabaseSettings):
+class IdentitySettings(DatabaseSettings, VaultClientSettings):
     """Settings of the identity service."""
 
     model_config = SettingsConfigDict(env_prefix="HYPERSDK_IDENTITY_", extra="ignore")
 
-    signing_key_file: Path = Field(
-        description="Ed25519 private key (PEM, 0600) for principal assertions."
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM, 0600) for principal assertions; or transit_key.",
     )
-    policy_public_key_file: Path = Field(
-        description="Policy's Ed25519 public key (PEM), to check grants."
+    transit_key: str | None = Field(
+        default=None,
+        description="Or the Vault transit key that signs principal assertions (decision 0046).",
+    )
+    policy_public_key_file: Path | None = Field(
+        default=None,
+        description="Policy's Ed25519 public key (PEM), to check grants.",
+    )
+    policy_transit_key: str | None = Field(
+        default=None,
+        description="Or the Vault transit key whose public keys check grants.",
     )
     gateway_public_key_file: Path = Field(
         description="The gateway's Ed25519 public key (PEM), to check request seals."

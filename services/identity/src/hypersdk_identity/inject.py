@@ -35,12 +35,8 @@ from hypersdk_kit.guard import RequestGuard
 from hypersdk_kit.outbox import build_outbox
 from hypersdk_kit.ports import EnvelopePublisher, UnitOfWork
 from hypersdk_kit.runtime import Component
-from hypersdk_kit.trust import (
-    AssertionSigner,
-    AssertionVerifier,
-    load_private_key,
-    load_public_key,
-)
+from hypersdk_kit.transit import TrustKeys
+from hypersdk_kit.trust import AssertionVerifier, load_public_key
 
 SERVICE = "identity"
 
@@ -102,21 +98,25 @@ async def prepare_identity(
                 b"dummy-password-for-timing", bcrypt.gensalt(settings.bcrypt_cost)
             ),
         )
-        signing_key = load_private_key(settings.signing_key_file)
-        signer = AssertionSigner(
-            signing_key,
+        keys = TrustKeys(settings)
+        signer, own_keys = await keys.signer(
+            file=settings.signing_key_file,
+            transit_key=settings.transit_key,
             issuer=SERVICE,
             ttl_seconds=settings.assertion_ttl_seconds,
+        )
+        policy_keys = await keys.public(
+            "policy",
+            file=settings.policy_public_key_file,
+            transit_key=settings.policy_transit_key,
         )
         guard = RequestGuard(
             events=uow,
             rejected=IdentityRequestRejected,
-            grants=AssertionVerifier(
-                load_public_key(settings.policy_public_key_file), issuer="policy"
-            ),
+            grants=AssertionVerifier(policy_keys, issuer="policy"),
             # Its own assertions: a caller may list and revoke only its own sessions, and a
             # key issuing a key is held to the scopes its assertion names.
-            principals=AssertionVerifier(signing_key.public_key(), issuer=SERVICE),
+            principals=AssertionVerifier(own_keys, issuer=SERVICE),
             seals=AssertionVerifier(
                 load_public_key(settings.gateway_public_key_file), issuer="gateway"
             ),
@@ -132,7 +132,7 @@ async def prepare_identity(
             pam=pam,
         )
         register_rpc(broker, identity, signer=signer, guard=guard, api_keys=api_keys)
-        yield identity, broker, [outbox.relay]
+        yield identity, broker, [outbox.relay, *keys.components]
     finally:
         await pool.close()
 

@@ -14,12 +14,8 @@ from hypersdk_kit.guard import RequestGuard
 from hypersdk_kit.outbox import build_outbox
 from hypersdk_kit.ports import EnvelopePublisher
 from hypersdk_kit.runtime import Component
-from hypersdk_kit.trust import (
-    AssertionSigner,
-    AssertionVerifier,
-    load_private_key,
-    load_public_key,
-)
+from hypersdk_kit.transit import TrustKeys
+from hypersdk_kit.trust import AssertionVerifier, load_public_key
 from hypersdk_policy.adapters.inbound.bus import register_subscribers
 from hypersdk_policy.adapters.inbound.rpc import register_rpc
 from hypersdk_policy.adapters.outbound.postgres import SCHEMA, PostgresRoleStore
@@ -52,23 +48,29 @@ async def prepare_policy(
             pool, settings=settings, schema=SCHEMA, service=SERVICE, publisher=publisher
         )
         policy = PolicyService(roles=PostgresRoleStore(outbox.database), uow=outbox.unit_of_work)
-        signing_key = load_private_key(settings.signing_key_file)
+        keys = TrustKeys(settings)
+        signer, own_keys = await keys.signer(
+            file=settings.signing_key_file,
+            transit_key=settings.transit_key,
+            issuer=SERVICE,
+            ttl_seconds=settings.grant_ttl_seconds,
+        )
+        identity_keys = await keys.public(
+            "identity",
+            file=settings.identity_public_key_file,
+            transit_key=settings.identity_transit_key,
+        )
         guard = RequestGuard(
             events=outbox.unit_of_work,
             rejected=PolicyRequestRejected,
-            grants=AssertionVerifier(signing_key.public_key(), issuer=SERVICE),
-            principals=AssertionVerifier(
-                load_public_key(settings.identity_public_key_file), issuer="identity"
-            ),
+            grants=AssertionVerifier(own_keys, issuer=SERVICE),
+            principals=AssertionVerifier(identity_keys, issuer="identity"),
             seals=AssertionVerifier(
                 load_public_key(settings.gateway_public_key_file), issuer="gateway"
             ),
         )
-        signer = AssertionSigner(
-            signing_key, issuer=SERVICE, ttl_seconds=settings.grant_ttl_seconds
-        )
         register_rpc(broker, policy, guard=guard, signer=signer)
         register_subscribers(broker, policy, declare_topology=settings.declare_topology)
-        yield policy, broker, [outbox.relay]
+        yield policy, broker, [outbox.relay, *keys.components]
     finally:
         await pool.close()

@@ -8,32 +8,23 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from hypersdk_kit.settings import ServiceSettings
+from hypersdk_kit.vault import VaultClientSettings
 
 
-class SecretsSettings(ServiceSettings):
+class SecretsSettings(ServiceSettings, VaultClientSettings):
     """Settings of the secrets service."""
 
     model_config = SettingsConfigDict(env_prefix="HYPERSDK_SECRETS_", extra="ignore")
 
-    vault_addr: str = Field(default="http://127.0.0.1:8200", description="Vault/OpenBao URL.")
-    vault_token_file: Path | None = Field(
-        default=None, description="File (0600) holding a Vault token (or use an AppRole)."
-    )
-    vault_role_id_file: Path | None = Field(
-        default=None, description="File holding the service's AppRole role ID."
-    )
-    vault_secret_id_file: Path | None = Field(
-        default=None, description="File (0600) holding the service's AppRole secret ID."
-    )
-    vault_ca_file: Path | None = Field(
-        default=None,
-        description="PEM bundle of the CAs Vault's certificate is checked against (default: "
-        "the certifi bundle requests ships).",
-    )
     vault_kv_mount: str = Field(default="secret", description="KV v2 mount point.")
     vault_path_prefix: str = Field(default="hypersdk", description="Folder of our secrets.")
-    policy_public_key_file: Path = Field(
-        description="Policy's Ed25519 public key (PEM), to check the grant of every request."
+    policy_public_key_file: Path | None = Field(
+        default=None,
+        description="Policy's Ed25519 public key (PEM), to check the grant of every request.",
+    )
+    policy_transit_key: str | None = Field(
+        default=None,
+        description="Or the Vault transit key whose public keys check the grant of every request.",
     )
     gateway_public_key_file: Path = Field(
         description="The gateway's Ed25519 public key (PEM), to check request seals."
@@ -60,10 +51,7 @@ class SecretsSettings(ServiceSettings):
     )
 
     @model_validator(mode="after")
-    def _one_way_into_vault(self) -> SecretsSettings:
-        approle = (self.vault_role_id_file, self.vault_secret_id_file)
-        if any(approle) and not all(approle):
-            raise ValueError("an AppRole needs both VAULT_ROLE_ID_FILE and VAULT_SECRET_ID_FILE")
-        if all(approle) == (self.vault_token_file is not None):
-            raise ValueError("set either VAULT_TOKEN_FILE or the AppRole files, not both")
+    def _vault_login_given(self) -> SecretsSettings:
+        if not self.vault_login_configured:
+            raise ValueError("set either VAULT_TOKEN_FILE or the AppRole files")
         return self

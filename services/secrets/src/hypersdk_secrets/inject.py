@@ -13,10 +13,12 @@ from faststream.rabbit import RabbitBroker
 from hypersdk_contracts.events import SecretsRequestRejected
 from hypersdk_kit.bus import EventPublisher, RabbitEventPublisher, build_broker
 from hypersdk_kit.guard import RequestGuard
-from hypersdk_kit.runtime import Periodic
+from hypersdk_kit.runtime import Component, Periodic
+from hypersdk_kit.transit import TrustKeys
 from hypersdk_kit.trust import AssertionVerifier, load_public_key
+from hypersdk_kit.vault import AppRoleLogin
 from hypersdk_secrets.adapters.inbound.rpc import register_rpc
-from hypersdk_secrets.adapters.outbound.vault import AppRoleLogin, VaultSecretManager
+from hypersdk_secrets.adapters.outbound.vault import VaultSecretManager
 from hypersdk_secrets.config import SecretsSettings
 from hypersdk_secrets.core.service import SecretsService
 from hypersdk_secrets.ports.outbound import SecretManager
@@ -59,7 +61,7 @@ async def prepare_secrets(
     *,
     manager: SecretManager | None = None,
     events: EventPublisher | None = None,
-) -> AsyncIterator[tuple[SecretsService, RabbitBroker]]:
+) -> AsyncIterator[tuple[SecretsService, RabbitBroker, list[Component]]]:
     """The secrets use cases wired to Vault and the bus (broker not started yet)."""
     broker = build_broker(
         settings.amqp_url.get_secret_value(), service=SERVICE, tls=settings.amqp_tls
@@ -72,10 +74,14 @@ async def prepare_secrets(
         events=publisher,
         rotation_grace=timedelta(seconds=settings.rotation_grace_seconds),
     )
+    keys = TrustKeys(settings)
+    policy_keys = await keys.public(
+        "policy", file=settings.policy_public_key_file, transit_key=settings.policy_transit_key
+    )
     guard = RequestGuard(
         events=publisher,
         rejected=SecretsRequestRejected,
-        grants=AssertionVerifier(load_public_key(settings.policy_public_key_file), issuer="policy"),
+        grants=AssertionVerifier(policy_keys, issuer="policy"),
         seals=AssertionVerifier(
             load_public_key(settings.gateway_public_key_file), issuer="gateway"
         ),
@@ -87,4 +93,4 @@ async def prepare_secrets(
         credential_readers=frozenset(settings.credential_readers),
         queued_export_grace_seconds=settings.queued_export_grace_seconds,
     )
-    yield secrets, broker
+    yield secrets, broker, keys.components

@@ -9,7 +9,7 @@ from hypersdk_secrets.inject import SERVICE, grace_sweeper, prepare_secrets
 
 async def serve(settings: SecretsSettings) -> None:
     """Answer secrets requests until stopped; ready when both the bus and Vault answer."""
-    async with prepare_secrets(settings) as (secrets, broker):
+    async with prepare_secrets(settings) as (secrets, broker, components):
         bus_ready = broker_ready(broker)
 
         async def ready() -> bool:
@@ -22,6 +22,7 @@ async def serve(settings: SecretsSettings) -> None:
             health_port=settings.health_port,
             ready=ready,
             components=[
-                grace_sweeper(secrets, interval_seconds=settings.grace_sweep_interval_seconds)
+                grace_sweeper(secrets, interval_seconds=settings.grace_sweep_interval_seconds),
+                *components,
             ],
         )

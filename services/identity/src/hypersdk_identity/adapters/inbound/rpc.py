@@ -39,26 +39,29 @@ from hypersdk_identity.core.apikeys import ApiKeyService, Caller
 from hypersdk_identity.core.service import IdentityService
 from hypersdk_kit.bus import Answer, RequestT, serve_rpc
 from hypersdk_kit.guard import RequestGuard
-from hypersdk_kit.trust import AssertionSigner
+from hypersdk_kit.trust import ClaimsSigner
 
 USERS_MANAGE = frozenset({Permission.USERS_MANAGE.value})
 APIKEYS_MANAGE = frozenset({Permission.APIKEYS_MANAGE.value})
 Answerer = Callable[[RequestT], Awaitable[Answer]]
 
 
-def sign_principal(signer: AssertionSigner, principal: Principal) -> Principal:
+def principal_claims(principal: Principal) -> dict[str, Any]:
+    """What identity's assertion of a principal says."""
+    return {
+        "typ": "principal",
+        "sub": principal.username,
+        "kind": principal.kind,
+        "sid": principal.session_id,
+        "kid": principal.key_id,
+        "scopes": principal.scopes,
+        "xroles": principal.external_roles,
+    }
+
+
+async def sign_principal(signer: ClaimsSigner, principal: Principal) -> Principal:
     """The principal with a short-lived assertion of itself, signed by identity."""
-    assertion = signer.sign(
-        {
-            "typ": "principal",
-            "sub": principal.username,
-            "kind": principal.kind,
-            "sid": principal.session_id,
-            "kid": principal.key_id,
-            "scopes": principal.scopes,
-            "xroles": principal.external_roles,
-        }
-    )
+    assertion = await signer.assert_claims(principal_claims(principal))
     return principal.model_copy(update={"assertion": assertion})
 
 
@@ -66,7 +69,7 @@ def register_rpc(
     broker: RabbitBroker,
     identity: IdentityService,
     *,
-    signer: AssertionSigner,
+    signer: ClaimsSigner,
     guard: RequestGuard,
     api_keys: ApiKeyService,
 ) -> None:
@@ -80,7 +83,7 @@ def register_rpc(
         return await identity.login(request.username, request.password, context)
 
     async def authenticate(request: AuthenticateRequest) -> Principal:
-        return sign_principal(signer, await identity.authenticate(request.token))
+        return await sign_principal(signer, await identity.authenticate(request.token))
 
     async def logout(request: LogoutRequest) -> None:
         await identity.logout(request.token, request.context)
@@ -120,7 +123,7 @@ def register_account_rpc(
     broker: RabbitBroker,
     identity: IdentityService,
     *,
-    signer: AssertionSigner,
+    signer: ClaimsSigner,
     guard: RequestGuard,
 ) -> None:
     """Sessions of the caller, and user management (users:manage)."""
@@ -191,13 +194,13 @@ def register_api_key_rpc(
     broker: RabbitBroker,
     api_keys: ApiKeyService,
     *,
-    signer: AssertionSigner,
+    signer: ClaimsSigner,
     guard: RequestGuard,
 ) -> None:
     """API keys: authentication (any caller with a key), management (apikeys:manage)."""
 
     async def authenticate_api_key(request: AuthenticateApiKeyRequest) -> Principal:
-        return sign_principal(signer, await api_keys.authenticate(request.key))
+        return await sign_principal(signer, await api_keys.authenticate(request.key))
 
     async def create_api_key(request: CreateApiKeyRequest) -> IssuedApiKey:
         return await api_keys.create(

@@ -26,14 +26,14 @@ from hypersdk_contracts.rpc import (
 )
 from hypersdk_kit.bus import serve_rpc
 from hypersdk_kit.guard import RequestGuard
-from hypersdk_kit.trust import AssertionSigner
+from hypersdk_kit.trust import ClaimsSigner
 from hypersdk_policy.core.service import PolicyService
 
 USERS_MANAGE = frozenset({Permission.USERS_MANAGE.value})
 
 
 def register_rpc(
-    broker: RabbitBroker, policy: PolicyService, *, guard: RequestGuard, signer: AssertionSigner
+    broker: RabbitBroker, policy: PolicyService, *, guard: RequestGuard, signer: ClaimsSigner
 ) -> None:
     """Answer the policy questions on their request queues."""
 
@@ -58,7 +58,7 @@ def register_rpc(
         # Bound to the actor, the permission and the operations of one route, not to one
         # request: the gateway reuses it for that route while it lives and drops it on any
         # revocation (decision 0015); its seal binds each use to one request (decision 0027).
-        grant = signer.sign(
+        grant = await signer.assert_claims(
             {
                 "typ": "grant",
                 "sub": request.username,

@@ -4,124 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
-import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import hvac
 from hvac.exceptions import (
-    BadGateway,
-    Forbidden,
-    InternalServerError,
     InvalidPath,
     InvalidRequest,
-    Unauthorized,
-    VaultDown,
-    VaultError,
 )
-from requests.exceptions import RequestException
 
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.rpc import SecretMetadata
+from hypersdk_kit.vault import AppRoleLogin, VaultSession
 from hypersdk_secrets.ports.outbound import Grace, SecretManager, SecretValue
 
 _T = TypeVar("_T")
-UNAVAILABLE = (RequestException, VaultDown, InternalServerError, BadGateway)
-"""What says Vault cannot answer now: unreachable, timed out, sealed, or failing."""
+UNAVAILABLE_MESSAGE = "The secret store is unavailable; try again shortly."
 GRACE_KEY = "grace-"
 """Custom metadata key prefix of a rotated-from version's deadline."""
-RENEW_AT = 2 / 3
-"""A token is renewed once this share of its lease has passed."""
-
-
-@dataclass(frozen=True)
-class AppRoleLogin:
-    """Where the service's AppRole credentials are (0600 files, or a mounted Secret)."""
-
-    role_id_file: Path
-    secret_id_file: Path
-
-
-class VaultSession:
-    """An hvac client whose token stays valid.
-
-    With a static token, nothing is done. With an AppRole, the service logs in when it first
-    needs Vault, renews its token once two thirds of the lease have passed, logs in again when
-    a renewal is refused or would leave less than a third of the first lease (the token's
-    maximum TTL nears), and once more when a call is refused as unauthenticated (the token
-    was revoked). The secret ID is read from its file at each login and never kept or logged.
-    """
-
-    def __init__(
-        self,
-        client: hvac.Client,
-        *,
-        approle: AppRoleLogin | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.client = client
-        self._approle = approle
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._renew_at = 0.0 if approle is not None else math.inf
-        self._lease = 0
-
-    def _login(self) -> None:
-        assert self._approle is not None
-        role_id = self._approle.role_id_file.read_text().strip()
-        secret_id = self._approle.secret_id_file.read_text().strip()
-        auth = self.client.auth.approle.login(role_id=role_id, secret_id=secret_id)["auth"]
-        self._lease = int(auth.get("lease_duration") or 0)
-        self._schedule(self._lease)
-
-    def _schedule(self, lease: int) -> None:
-        self._renew_at = self._clock() + lease * RENEW_AT if lease > 0 else math.inf
-
-    def fresh(self) -> None:
-        """Make sure the token is valid for a while (blocking: call it in a thread)."""
-        if self._approle is None or self._clock() < self._renew_at:
-            return
-        with self._lock:
-            if self._clock() < self._renew_at:
-                return
-            if self._lease > 0:
-                try:
-                    auth = self.client.auth.token.renew_self()["auth"]
-                except VaultError:  # refused, or past its maximum TTL: log in again
-                    auth = None
-                lease = int(auth.get("lease_duration") or 0) if auth else 0
-                if lease * 3 >= self._lease:
-                    self._schedule(lease)
-                    return
-            self._login()
-
-    def call(self, operation: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """``operation`` with a fresh token; once more after a login if it was refused.
-
-        Vault unreachable, sealed, or failing (5xx) is ``upstream_unavailable`` (a 503 with
-        ``Retry-After`` at the gateway); the next call tries again, so service resumes by
-        itself when Vault is back. Nothing is cached meanwhile.
-        """
-        try:
-            self.fresh()
-            try:
-                return operation(*args, **kwargs)
-            except (Forbidden, Unauthorized):
-                if self._approle is None:
-                    raise
-                with self._lock:
-                    self._login()
-                return operation(*args, **kwargs)
-        except UNAVAILABLE as exc:
-            raise ServiceError(
-                ErrorCode.UPSTREAM_UNAVAILABLE,
-                "The secret store is unavailable; try again shortly.",
-            ) from exc
 
 
 class VaultSecretManager(SecretManager):
@@ -135,7 +36,7 @@ class VaultSecretManager(SecretManager):
         prefix: str,
         approle: AppRoleLogin | None = None,
     ) -> None:
-        self._session = VaultSession(client, approle=approle)
+        self._session = VaultSession(client, approle=approle, unavailable=UNAVAILABLE_MESSAGE)
         self._client = client
         self._kv = client.secrets.kv.v2
         self._mount = mount

@@ -1,0 +1,250 @@
+"""Principals and grants signed in Vault transit; their public keys read from it (decision 0046).
+
+Identity's and policy's Ed25519 keys are transit keys (``hypersdk-identity``,
+``hypersdk-policy``): not exportable, so the private halves never leave Vault and never touch
+a disk of ours. Each signature is one call to ``transit/sign/<key>`` with the service's own
+AppRole, whose policy allows that key alone. Assertions keep their format (``hypersdk_kit.trust``):
+a verifier cannot tell a transit signature from any other Ed25519 one.
+
+A service that checks those assertions reads the key's public halves (``transit/keys/<key>``,
+every version from ``min_decryption_version`` up) at start and again every
+``refresh_seconds``. A rotation adds a version; signers keep signing with the previous one
+until the new one is ``publish_seconds`` old (longer than any verifier takes to read it), so
+no verifier ever meets a signature it cannot check, and both versions verify during the
+overlap. Raising ``min_decryption_version`` retires the old one everywhere within one refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from hypersdk_kit.runtime import Component, Periodic
+from hypersdk_kit.trust import (
+    AssertionSigner,
+    ClaimsSigner,
+    assemble,
+    encode_claims,
+    load_private_key,
+    load_public_key,
+    signed_message,
+)
+from hypersdk_kit.vault import VaultClientSettings, VaultSession
+
+logger = logging.getLogger(__name__)
+
+MOUNT = "transit"
+REFRESH_SECONDS = 30.0
+PUBLISH_SECONDS = 90.0
+"""A new version signs only once it is this old: three refreshes of every verifier."""
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    """One version of a transit key: its public half and when it was made."""
+
+    version: int
+    public_key: Ed25519PublicKey
+    created: float
+
+
+class TransitKeyRing:
+    """The public keys of one transit key, kept current (a :class:`~hypersdk_kit.trust.KeyRing`).
+
+    Also a component: started with the service, it refreshes every ``refresh_seconds``; a
+    refresh that fails (Vault down) keeps the keys it had, so checking goes on.
+    """
+
+    def __init__(
+        self,
+        session: VaultSession,
+        key: str,
+        *,
+        mount: str = MOUNT,
+        refresh_seconds: float = REFRESH_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self.key = key
+        self._mount = mount
+        self._clock = clock
+        self._versions: tuple[KeyVersion, ...] = ()
+        self._refresher = Periodic(
+            f"reading the public keys of {key}", self.refresh, interval_seconds=refresh_seconds
+        )
+
+    def public_keys(self) -> tuple[Ed25519PublicKey, ...]:
+        """Every version's public key, newest first (empty before the first read)."""
+        return tuple(version.public_key for version in self._versions)
+
+    @property
+    def versions(self) -> tuple[KeyVersion, ...]:
+        """The versions read, newest first."""
+        return self._versions
+
+    async def refresh(self) -> None:
+        """Read the key's versions from Vault (``upstream_unavailable`` when it cannot answer)."""
+        client = self._session.client
+        read = functools.partial(
+            self._session.call,
+            client.secrets.transit.read_key,
+            name=self.key,
+            mount_point=self._mount,
+        )
+        data = (await asyncio.to_thread(read))["data"]
+        if data.get("type") != "ed25519":
+            raise ValueError(f"transit key {self.key} is not an ed25519 key")
+        found = [
+            KeyVersion(
+                version=int(number),
+                public_key=Ed25519PublicKey.from_public_bytes(
+                    base64.b64decode(entry["public_key"])
+                ),
+                created=_timestamp(entry.get("creation_time")),
+            )
+            for number, entry in data["keys"].items()
+        ]
+        self._versions = tuple(sorted(found, key=lambda version: -version.version))
+
+    def signing_version(self, publish_seconds: float) -> int:
+        """The newest version at least ``publish_seconds`` old; the oldest one if none is."""
+        if not self._versions:
+            raise LookupError(f"no version of {self.key} read yet")
+        now = self._clock()
+        for version in self._versions:
+            if now - version.created >= publish_seconds:
+                return version.version
+        return self._versions[-1].version
+
+    async def start(self) -> None:
+        """Keep reading the keys (the first read is the caller's, before serving)."""
+        await self._refresher.start()
+
+    async def stop(self) -> None:
+        """Stop reading."""
+        await self._refresher.stop()
+
+
+class TransitSigner:
+    """Signs assertions of one issuer with its transit key (a ``ClaimsSigner``)."""
+
+    def __init__(
+        self,
+        session: VaultSession,
+        ring: TransitKeyRing,
+        *,
+        issuer: str,
+        ttl_seconds: int = 60,
+        mount: str = MOUNT,
+        publish_seconds: float = PUBLISH_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._ring = ring
+        self.issuer = issuer
+        self._ttl = ttl_seconds
+        self._mount = mount
+        self._publish = publish_seconds
+        self._clock = clock
+
+    async def assert_claims(self, claims: dict[str, Any]) -> str:
+        """One ``transit/sign`` call; ``upstream_unavailable`` when Vault cannot answer."""
+        payload = encode_claims(
+            claims, issuer=self.issuer, ttl_seconds=self._ttl, now=self._clock()
+        )
+        client = self._session.client
+        sign = functools.partial(
+            self._session.call,
+            client.secrets.transit.sign_data,
+            name=self._ring.key,
+            hash_input=base64.b64encode(signed_message(payload)).decode(),
+            key_version=self._ring.signing_version(self._publish),
+            mount_point=self._mount,
+        )
+        answer: dict[str, Any] = await asyncio.to_thread(sign)
+        return assemble(payload, _signature(answer["data"]["signature"]))
+
+
+class TrustKeys:
+    """A service's signer and the keys it checks, each from a file or from transit.
+
+    Transit keys share one Vault session and one ring per key; :attr:`components` are the
+    rings to start with the service (each read once here, before anything is served).
+    """
+
+    UNAVAILABLE = "The signing service is unavailable; try again shortly."
+
+    def __init__(self, settings: VaultClientSettings) -> None:
+        self._settings = settings
+        self._session: VaultSession | None = None
+        self._rings: dict[str, TransitKeyRing] = {}
+
+    @property
+    def components(self) -> list[Component]:
+        """The rings to keep fresh while the service runs."""
+        return list(self._rings.values())
+
+    def _vault(self) -> VaultSession:
+        if self._session is None:
+            self._session = self._settings.vault_session(unavailable=self.UNAVAILABLE)
+        return self._session
+
+    async def ring(self, key: str) -> TransitKeyRing:
+        """The ring of a transit key, read once."""
+        if key not in self._rings:
+            ring = TransitKeyRing(self._vault(), key)
+            await ring.refresh()
+            self._rings[key] = ring
+        return self._rings[key]
+
+    async def public(
+        self, what: str, *, file: Path | None, transit_key: str | None
+    ) -> Ed25519PublicKey | TransitKeyRing:
+        """The key(s) ``what`` (a setting's name) is checked against."""
+        if (file is None) == (transit_key is None):
+            raise ValueError(f"set either {what}_public_key_file or {what}_transit_key")
+        if transit_key is not None:
+            return await self.ring(transit_key)
+        assert file is not None
+        return load_public_key(file)
+
+    async def signer(
+        self, *, file: Path | None, transit_key: str | None, issuer: str, ttl_seconds: int
+    ) -> tuple[ClaimsSigner, Ed25519PublicKey | TransitKeyRing]:
+        """The service's signer, and the key(s) its own assertions are checked against."""
+        if (file is None) == (transit_key is None):
+            raise ValueError("set either signing_key_file or transit_key")
+        if transit_key is not None:
+            ring = await self.ring(transit_key)
+            signer = TransitSigner(self._vault(), ring, issuer=issuer, ttl_seconds=ttl_seconds)
+            return signer, ring
+        assert file is not None
+        key = load_private_key(file)
+        return AssertionSigner(key, issuer=issuer, ttl_seconds=ttl_seconds), key.public_key()
+
+
+def _signature(text: str) -> bytes:
+    """The bytes of a transit signature, ``vault:v<N>:<base64>``."""
+    prefix, _, encoded = text.rpartition(":")
+    if not prefix.startswith("vault:v"):
+        raise ValueError("not a transit signature")
+    return base64.b64decode(encoded)
+
+
+def _timestamp(text: object) -> float:
+    """Seconds since the epoch of a transit ``creation_time`` (RFC 3339, nanoseconds)."""
+    if not isinstance(text, str):
+        return 0.0
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    seconds = datetime.fromisoformat(whole + "+00:00").timestamp()
+    return seconds + float("0." + fraction) if fraction else seconds
