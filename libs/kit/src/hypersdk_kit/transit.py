@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from hvac.exceptions import VaultError
 
+from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_kit.runtime import Component, Periodic
 from hypersdk_kit.trust import (
     AssertionSigner,
@@ -171,8 +173,12 @@ class TransitSigner:
             key_version=self._ring.signing_version(self._publish),
             mount_point=self._mount,
         )
-        answer: dict[str, Any] = await asyncio.to_thread(sign)
-        return assemble(payload, _signature(answer["data"]["signature"]))
+        try:
+            answer: dict[str, Any] = await asyncio.to_thread(sign)
+            return assemble(payload, _signature(answer["data"]["signature"]))
+        except (VaultError, KeyError, ValueError) as exc:  # refused, or an odd answer
+            logger.error("transit refused to sign with %s: %s", self._ring.key, type(exc).__name__)
+            raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, TrustKeys.UNAVAILABLE) from exc
 
 
 class TrustKeys:
