@@ -61,9 +61,9 @@ def test_no_private_key_of_identity_or_policy_is_on_disk(stack: Stack) -> None:
     """Only the gateway's seal key is a file; the transit keys cannot be exported."""
     private_keys = []
     for path in Path(stack.config.state_dir).rglob("*"):
-        if path.is_file() and not path.is_symlink() and path.stat().st_size < 1 << 20:
-            if b"PRIVATE KEY" in path.read_bytes():
-                private_keys.append(path.name)
+        small = path.is_file() and not path.is_symlink() and path.stat().st_size < 1 << 20
+        if small and b"PRIVATE KEY" in path.read_bytes():
+            private_keys.append(path.name)
     assert private_keys == ["gateway.key"]
     root = _root(stack)
     for key in devstack.TRANSIT_KEYS.values():
@@ -200,12 +200,19 @@ def test_a_sealed_vault_makes_authentication_answer_503_then_it_recovers(stack: 
     answers 503 upstream_unavailable with Retry-After (not 401, not 500); once unsealed, the
     same credential works without restarting anything."""
     token = stack.api.login("admin", ADMIN_PASSWORD)  # not yet verified by the gateway
+    assert _ready(stack, "identity")
+    assert _ready(stack, "policy")
     _root(stack).sys.seal()
     try:
         status, body, headers = stack.api.call("GET", "/api/v1/jobs", token=token)
         assert status == 503, body
         assert body["error"]["code"] == "upstream_unavailable"
         assert headers["retry-after"]
+        # The signers read not ready; the services that only check keep the keys they hold.
+        assert not _ready(stack, "identity")
+        assert not _ready(stack, "policy")
+        assert _ready(stack, "exporter")
+        assert _ready(stack, "audit")
     finally:
         devstack.openbao_setup(stack.config)
     deadline = time.monotonic() + 20
@@ -215,3 +222,10 @@ def test_a_sealed_vault_makes_authentication_answer_503_then_it_recovers(stack: 
             break
         time.sleep(0.2)
     assert status == 200, body
+    assert _ready(stack, "identity")
+    assert _ready(stack, "policy")
+
+
+def _ready(stack: Stack, service: str) -> bool:
+    port = stack.config.health_base_port + devstack.SERVICES.index(service)
+    return devstack._ready(f"http://127.0.0.1:{port}/readyz")

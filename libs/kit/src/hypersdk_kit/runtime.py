@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from faststream.rabbit import RabbitBroker
 
@@ -25,6 +25,15 @@ class Component(Protocol):
 
     async def stop(self) -> None:
         """Stop (the broker is still connected)."""
+
+
+@runtime_checkable
+class Reporting(Protocol):
+    """A component whose state counts toward the service's readiness (``/readyz``)."""
+
+    async def ready(self) -> bool:
+        """Whether the service can do its work as far as this component goes."""
+        ...
 
 
 class Periodic(Component):
@@ -129,9 +138,13 @@ async def serve_until_stopped(
     await broker.start()
     for component in components:
         await component.start()
-    server = await start_health_server(
-        host=health_host, port=health_port, ready=ready or broker_ready(broker)
-    )
+    checks = [ready or broker_ready(broker)]
+    checks += [component.ready for component in components if isinstance(component, Reporting)]
+
+    async def all_ready() -> bool:
+        return all([await check() for check in checks])
+
+    server = await start_health_server(host=health_host, port=health_port, ready=all_ready)
     logger.info("%s started", service)
     try:
         await stop.wait()

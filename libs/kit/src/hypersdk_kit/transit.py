@@ -81,6 +81,8 @@ class TransitKeyRing:
         self._mount = mount
         self._clock = clock
         self._versions: tuple[KeyVersion, ...] = ()
+        self.signs = False
+        """Set when this service signs with the key: readiness then needs Vault unsealed."""
         self._refresher = Periodic(
             f"reading the public keys of {key}", self.refresh, interval_seconds=refresh_seconds
         )
@@ -127,6 +129,16 @@ class TransitKeyRing:
             if now - version.created >= publish_seconds:
                 return version.version
         return self._versions[-1].version
+
+    async def ready(self) -> bool:
+        """Checking needs only the keys held; signing needs Vault answering and unsealed."""
+        if not self.signs:
+            return True
+        try:
+            status = await asyncio.to_thread(self._session.client.sys.read_seal_status)
+        except Exception:  # unreachable, or failing
+            return False
+        return status.get("sealed") is False
 
     async def start(self) -> None:
         """Keep reading the keys (the first read is the caller's, before serving)."""
@@ -232,6 +244,7 @@ class TrustKeys:
             raise ValueError("set either signing_key_file or transit_key")
         if transit_key is not None:
             ring = await self.ring(transit_key)
+            ring.signs = True
             signer = TransitSigner(self._vault(), ring, issuer=issuer, ttl_seconds=ttl_seconds)
             return signer, ring
         assert file is not None
