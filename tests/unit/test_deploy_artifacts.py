@@ -25,11 +25,16 @@ import kubernetes_validate  # type: ignore[import-untyped]  # ships no py.typed
 import kubernetes_validate.utils as kv_utils  # type: ignore[import-untyped]
 import pytest
 import yaml
+from pydantic import BaseModel
 
+from hypersdk_audit.config import AuditSettings
 from hypersdk_exporter.config import ExporterSettings
 from hypersdk_gateway.adapters.inbound.revocations import QUEUE_PREFIX, REVOKING_EVENTS
 from hypersdk_gateway.config import GatewaySettings
+from hypersdk_identity.config import IdentitySettings
 from hypersdk_kit.bus import durable_queue
+from hypersdk_policy.config import PolicySettings
+from hypersdk_secrets.config import SecretsSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "hypersdk"
@@ -37,6 +42,7 @@ DOCKERFILE = REPO / "docker" / "Dockerfile"
 DOCKERIGNORE = REPO / "docker" / "Dockerfile.dockerignore"
 SKAFFOLD = REPO / "skaffold.yaml"
 RABBITMQ_DEFINITIONS = REPO / "deploy" / "rabbitmq" / "definitions.json"
+DEVSTACK = REPO / "tools" / "devstack.py"
 
 RELEASE = "hypersdk"
 NAMESPACE = "hypersdk"
@@ -48,6 +54,18 @@ HEALTH_PORT = 8081
 # Oldest Kubernetes the chart declares (Chart.yaml kubeVersion) and the newest bundled schema.
 KUBE_VERSIONS = ("1.25", kv_utils.latest_version())
 COMPONENT = "app.kubernetes.io/component"
+# The services that may log in to Vault (decisions 0045, 0046); the gateway never does.
+VAULT_CLIENTS = ("identity", "policy", "secrets", "exporter", "audit")
+VAULT_DIR = "/var/run/secrets/hypersdk/vault"
+NO_TRANSIT = {"vault": {"transit": {"enabled": False}}}
+SETTINGS: dict[str, type[BaseModel]] = {
+    "gateway": GatewaySettings,
+    "identity": IdentitySettings,
+    "policy": PolicySettings,
+    "secrets": SecretsSettings,
+    "exporter": ExporterSettings,
+    "audit": AuditSettings,
+}
 
 
 # ---- rendering helpers ------------------------------------------------------------------------
@@ -90,6 +108,48 @@ def container_env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in container.get("env", [])}
 
 
+def pod_of(objects: list[dict[str, Any]], service: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod spec, its one container) of a service's Deployment."""
+    spec: dict[str, Any] = deployment_of(objects, service)["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    return spec, container
+
+
+def secret_sources(volume: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Secrets a volume projects, as {"name", "items"} (a secret or projected volume)."""
+    if "secret" in volume:
+        return [{"name": volume["secret"]["secretName"], "items": volume["secret"]["items"]}]
+    return [s["secret"] for s in volume.get("projected", {}).get("sources", []) if "secret" in s]
+
+
+def secrets_used(spec: dict[str, Any]) -> set[str]:
+    """Every Secret a pod reads: through its volumes or an env secretKeyRef."""
+    names = {source["name"] for volume in spec["volumes"] for source in secret_sources(volume)}
+    for container in spec["containers"]:
+        for entry in container.get("env", []):
+            ref = entry.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                names.add(ref["name"])
+    return names
+
+
+def mounted_file(spec: dict[str, Any], container: dict[str, Any], path: str) -> dict[str, Any]:
+    """The Secret item a file path of the container comes from: {"secret", "key", "mode"}."""
+    file = Path(path)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for mount in container["volumeMounts"]:
+        if Path(mount["mountPath"]) != file.parent:
+            continue
+        assert mount["readOnly"] is True, path
+        volume = volumes[mount["name"]]
+        mode = volume.get("secret", volume.get("projected", {})).get("defaultMode")
+        for source in secret_sources(volume):
+            for item in source["items"]:
+                if item["path"] == file.name:
+                    return {"secret": source["name"], "key": item["key"], "mode": mode}
+    raise AssertionError(f"{path} is not a mounted Secret file")
+
+
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, str]:
     return render()
@@ -98,6 +158,12 @@ def rendered() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def objects(rendered: dict[str, str]) -> list[dict[str, Any]]:
     return documents(rendered)
+
+
+@pytest.fixture(scope="module")
+def objects_without_transit() -> list[dict[str, Any]]:
+    """The chart with vault.transit.enabled=false: identity's and policy's keys as files."""
+    return documents(render(NO_TRANSIT))
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +222,9 @@ def test_render_has_the_expected_objects(objects: list[dict[str, Any]]) -> None:
 def test_notes_explain_access_secrets_and_migrations(rendered: dict[str, str]) -> None:
     notes = next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
     assert "port-forward svc/hypersdk-gateway" in notes
-    assert "hypersdk-secrets-vault-token" in notes
+    for service in VAULT_CLIENTS:
+        assert f"hypersdk-{service}-vault-approle" in notes
+    assert "hypersdk-gateway-vault-approle" not in notes
     assert "pre-install/pre-upgrade" in notes
 
 
@@ -202,6 +270,14 @@ def test_schema_validation_catches_an_invalid_manifest() -> None:
             {"services": {"policy": {"extraEnv": [{"name": "DB_PASSWORD", "value": "x"}]}}},
             "extraEnv",
         ),
+        # The Vault address moved to vault.addr (every service that logs in).
+        ({"services": {"secrets": {"vault": {"addr": "https://v:8200"}}}}, "addr"),
+        ({"services": {"gateway": {"vault": {"approleSecret": "gw"}}}}, "vault"),
+        ({"services": {"audit": {"vault": {"approleSecret": "Bad_Name"}}}}, "approleSecret"),
+        ({"vault": {"addr": "vault:8200"}}, "addr"),
+        ({"vault": {"caSecret": "Not A Name"}}, "caSecret"),
+        ({"vault": {"transit": {"enabled": "yes"}}}, "enabled"),
+        ({"vault": {"transit": {"policyKey": ""}}}, "policyKey"),
     ],
 )
 def test_values_schema_rejects_insecure_or_broken_values(
@@ -277,9 +353,19 @@ def test_probes_hit_health_endpoints(objects: list[dict[str, Any]], service: str
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
 
 
-# Which signing-key files each service reads, and through which variable.
+# Which signing-key files each service reads, and through which variable. With transit (the
+# default) only the gateway's seal key is a file; identity's and policy's keys are in Vault.
 SEALS = {"GATEWAY_PUBLIC_KEY_FILE": "gateway.pub"}
 SIGNING_KEYS = {
+    "identity": SEALS,
+    "policy": SEALS,
+    "secrets": SEALS,
+    "exporter": SEALS,
+    "audit": SEALS,
+    "gateway": {"SIGNING_KEY_FILE": "gateway.key"},
+}
+# Without transit (vault.transit.enabled=false): every key a file, as before decision 0046.
+SIGNING_KEY_FILES = {
     "identity": {
         "SIGNING_KEY_FILE": "identity.key",
         "POLICY_PUBLIC_KEY_FILE": "policy.pub",
@@ -295,16 +381,28 @@ SIGNING_KEYS = {
     "audit": {"POLICY_PUBLIC_KEY_FILE": "policy.pub", **SEALS},
     "gateway": {"SIGNING_KEY_FILE": "gateway.key"},
 }
+# The transit keys each service names, and through which variable (with transit).
+TRANSIT_KEYS = {
+    "identity": {"TRANSIT_KEY": "hypersdk-identity", "POLICY_TRANSIT_KEY": "hypersdk-policy"},
+    "policy": {"TRANSIT_KEY": "hypersdk-policy", "IDENTITY_TRANSIT_KEY": "hypersdk-identity"},
+    "secrets": {"POLICY_TRANSIT_KEY": "hypersdk-policy"},
+    "exporter": {"POLICY_TRANSIT_KEY": "hypersdk-policy"},
+    "audit": {"POLICY_TRANSIT_KEY": "hypersdk-policy"},
+    "gateway": {},
+}
 
 
+@pytest.mark.parametrize("transit", [True, False], ids=["transit", "files"])
 @pytest.mark.parametrize("service", SERVICES)
 def test_each_service_mounts_only_the_signing_keys_it_needs(
-    objects: list[dict[str, Any]], service: str
+    objects: list[dict[str, Any]],
+    objects_without_transit: list[dict[str, Any]],
+    service: str,
+    transit: bool,
 ) -> None:
-    spec = deployment_of(objects, service)["spec"]["template"]["spec"]
-    (container,) = spec["containers"]
+    spec, container = pod_of(objects if transit else objects_without_transit, service)
     env = container_env(container)
-    wanted = SIGNING_KEYS[service]
+    wanted = (SIGNING_KEYS if transit else SIGNING_KEY_FILES)[service]
     volumes = {v["name"]: v for v in spec["volumes"]}
     if not wanted:
         assert "signing-keys" not in volumes
@@ -317,6 +415,53 @@ def test_each_service_mounts_only_the_signing_keys_it_needs(
     for variable, file_name in wanted.items():
         value = env[f"HYPERSDK_{service.upper()}_{variable}"]["value"]
         assert value == f"{mount['mountPath']}/{file_name}"
+    key_files = {
+        n.removeprefix(f"HYPERSDK_{service.upper()}_") for n in env if n.endswith("KEY_FILE")
+    }
+    assert key_files == set(wanted), "no variable names a key file that is not mounted"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_with_transit_identity_and_policy_sign_in_vault(
+    objects: list[dict[str, Any]], service: str
+) -> None:
+    """Decision 0046, the default: the transit keys by name; no private key of identity or
+    policy, no public key file of theirs, anywhere."""
+    spec, container = pod_of(objects, service)
+    prefix = f"HYPERSDK_{service.upper()}_"
+    env = {n.removeprefix(prefix): e.get("value") for n, e in container_env(container).items()}
+    assert {n: v for n, v in env.items() if n.endswith("TRANSIT_KEY")} == TRANSIT_KEYS[service]
+    if service != "gateway":
+        assert "SIGNING_KEY_FILE" not in env
+    assert not [
+        n for n in env if n.endswith(("POLICY_PUBLIC_KEY_FILE", "IDENTITY_PUBLIC_KEY_FILE"))
+    ]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "signing-keys"]
+    files = {item["path"] for item in volume["secret"]["items"]}
+    assert files == ({"gateway.key"} if service == "gateway" else {"gateway.pub"})
+
+
+def test_without_transit_the_key_files_come_back(
+    objects_without_transit: list[dict[str, Any]],
+) -> None:
+    """vault.transit.enabled=false: the old environment, and only secrets logs in to Vault."""
+    for service in SERVICES:
+        spec, container = pod_of(objects_without_transit, service)
+        env = container_env(container)
+        prefix = f"HYPERSDK_{service.upper()}_"
+        assert not [n for n in env if n.endswith("TRANSIT_KEY")], service
+        for variable in SIGNING_KEY_FILES[service]:
+            assert prefix + variable in env, (service, variable)
+        vault_env = {n for n in env if n.startswith(prefix + "VAULT_")}
+        if service == "secrets":
+            assert vault_env == {
+                f"{prefix}VAULT_{v}" for v in ("ADDR", "ROLE_ID_FILE", "SECRET_ID_FILE")
+            }
+            assert "hypersdk-secrets-vault-approle" in secrets_used(spec)
+        else:
+            assert vault_env == set(), service
+            assert not [s for s in secrets_used(spec) if "vault" in s], service
+            assert "vault" not in {v["name"] for v in spec["volumes"]}, service
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -347,18 +492,12 @@ def test_environment_contract(objects: list[dict[str, Any]], service: str) -> No
 
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    if service == "secrets":
-        assert env["HYPERSDK_SECRETS_VAULT_ADDR"]["value"].startswith("https://")
-        token_file = Path(env["HYPERSDK_SECRETS_VAULT_TOKEN_FILE"]["value"])
-        mount = mounts[str(token_file.parent)]
-        assert mount["readOnly"] is True
-        secret_volume = volumes[mount["name"]]["secret"]
-        assert [i["path"] for i in secret_volume["items"]] == [token_file.name]
-        assert secret_volume["defaultMode"] & 0o007 == 0, "token not world-readable"
+    # every variable the chart sets names a real setting of the service
+    fields = set(SETTINGS[service].model_fields)
+    assert {n.removeprefix(prefix).lower() for n in env} <= fields, sorted(env)
+    if service in VAULT_CLIENTS:
+        assert env[prefix + "VAULT_ADDR"]["value"] == "https://vault.vault.svc:8200"
     if service == "exporter":
-        # every variable the chart sets names a real setting of the exporter
-        fields = set(ExporterSettings.model_fields)
-        assert {n.removeprefix(prefix).lower() for n in env} <= fields, sorted(env)
         assert env["HYPERSDK_EXPORTER_JOB_CONCURRENCY"]["value"] == "1"
         assert env["HYPERSDK_EXPORTER_STALE_JOB_SECONDS"]["value"] == "60"
         export_dir = env["HYPERSDK_EXPORTER_EXPORT_DIR"]["value"]
@@ -376,6 +515,174 @@ def test_each_service_has_its_own_credentials(objects: list[dict[str, Any]]) -> 
         ref = container_env(container)[f"HYPERSDK_{service.upper()}_AMQP_URL"]["valueFrom"]
         secrets.add(ref["secretKeyRef"]["name"])
     assert len(secrets) == len(SERVICES)
+
+
+# ---- Vault logins (decisions 0045, 0046) --------------------------------------------------------
+
+
+def test_the_gateway_has_no_vault_login(objects: list[dict[str, Any]]) -> None:
+    spec, container = pod_of(objects, "gateway")
+    assert not [name for name in container_env(container) if "VAULT" in name]
+    assert not [s for s in secrets_used(spec) if "vault" in s]
+    assert "vault" not in {v["name"] for v in spec["volumes"]}
+    assert not [m for m in container["volumeMounts"] if m["mountPath"].startswith(VAULT_DIR)]
+    labels = deployment_of(objects, "gateway")["spec"]["template"]["metadata"]["labels"]
+    assert "hypersdk.io/egress-vault" not in labels
+
+
+@pytest.mark.parametrize("service", VAULT_CLIENTS)
+def test_each_service_mounts_its_own_approle_only(
+    objects: list[dict[str, Any]], service: str
+) -> None:
+    """With transit every service but the gateway logs in, each with its own AppRole."""
+    spec, _ = pod_of(objects, service)
+    approles = {s for s in secrets_used(spec) if s.endswith("-vault-approle")}
+    assert approles == {f"hypersdk-{service}-vault-approle"}
+
+
+@pytest.mark.parametrize("service", VAULT_CLIENTS)
+def test_approle_ids_are_files_not_env_values(objects: list[dict[str, Any]], service: str) -> None:
+    spec, container = pod_of(objects, service)
+    env = container_env(container)
+    prefix = f"HYPERSDK_{service.upper()}_"
+    approle = f"hypersdk-{service}-vault-approle"
+    for variable, key in (("VAULT_ROLE_ID_FILE", "role-id"), ("VAULT_SECRET_ID_FILE", "secret-id")):
+        path = env[prefix + variable]["value"]
+        assert path == f"{VAULT_DIR}/{key}"
+        source = mounted_file(spec, container, path)
+        assert source == {"secret": approle, "key": key, "mode": 0o440}, "0440, the fsGroup's"
+    assert spec["securityContext"]["fsGroup"] == UID
+    assert prefix + "VAULT_TOKEN_FILE" not in env, "one login only"
+    for entry in env.values():  # the IDs never travel as values or secretKeyRefs
+        assert entry.get("valueFrom", {}).get("secretKeyRef", {}).get("name") != approle
+        assert not entry["name"].endswith(("ROLE_ID", "SECRET_ID", "TOKEN"))
+
+
+def test_secrets_may_log_in_with_a_token_instead_of_its_approle() -> None:
+    objects = documents(
+        render(
+            {
+                "services": {
+                    "secrets": {
+                        "vault": {
+                            "approleSecret": "",
+                            "tokenSecret": "hypersdk-secrets-vault-token",
+                            "tokenKey": "vault-token",
+                        }
+                    }
+                }
+            }
+        )
+    )
+    spec, container = pod_of(objects, "secrets")
+    env = container_env(container)
+    assert not [n for n in env if "ROLE_ID" in n or "SECRET_ID" in n]
+    token_file = env["HYPERSDK_SECRETS_VAULT_TOKEN_FILE"]["value"]
+    assert mounted_file(spec, container, token_file) == {
+        "secret": "hypersdk-secrets-vault-token", "key": "vault-token", "mode": 0o440,
+    }  # fmt: skip
+    assert {s for s in secrets_used(spec) if "vault" in s} == {"hypersdk-secrets-vault-token"}
+    identity, _ = pod_of(objects, "identity")  # the others keep their AppRoles
+    assert "hypersdk-identity-vault-approle" in secrets_used(identity)
+    for o in objects:
+        kubernetes_validate.validate(o, KUBE_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        (
+            {"services": {"secrets": {"vault": {"tokenSecret": "vault-token"}}}},
+            "set approleSecret or tokenSecret, not both",
+        ),
+        (
+            {"services": {"secrets": {"vault": {"approleSecret": ""}}}},
+            r"services.secrets.vault.approleSecret \(or tokenSecret\) is required",
+        ),
+        (
+            {"services": {"exporter": {"vault": {"approleSecret": ""}}}},
+            "services.exporter.vault.approleSecret is required",
+        ),
+    ],
+)
+def test_a_service_that_logs_in_needs_exactly_one_login(
+    values: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(helm.HelmError, match=complaint):
+        render(values)
+
+
+def test_without_transit_only_secrets_needs_an_approle() -> None:
+    no_approles = {
+        service: {"vault": {"approleSecret": ""}}
+        for service in ("identity", "policy", "exporter", "audit")
+    }
+    objects = documents(render(NO_TRANSIT | {"services": no_approles}))
+    for service in ("identity", "policy", "exporter", "audit"):
+        _, container = pod_of(objects, service)
+        assert not [n for n in container_env(container) if "VAULT" in n], service
+
+
+def test_vault_ca_bundle_reaches_every_service_that_logs_in() -> None:
+    objects = documents(render({"vault": {"caSecret": "vault-ca", "caKey": "bundle.pem"}}))
+    for service in SERVICES:
+        spec, container = pod_of(objects, service)
+        ca = container_env(container).get(f"HYPERSDK_{service.upper()}_VAULT_CA_FILE")
+        if service == "gateway":
+            assert ca is None
+            assert "vault-ca" not in secrets_used(spec)
+            continue
+        assert ca is not None, service
+        assert ca["value"] == f"{VAULT_DIR}/ca.crt"
+        source = mounted_file(spec, container, ca["value"])
+        assert source == {"secret": "vault-ca", "key": "bundle.pem", "mode": 0o440}
+    for o in objects:
+        kubernetes_validate.validate(o, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_migration_jobs_do_not_log_in_to_vault(objects: list[dict[str, Any]]) -> None:
+    for job in of_kind(objects, "Job").values():
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert not [n for n in container_env(container) if "VAULT" in n], job["metadata"]["name"]
+
+
+@cache
+def devstack() -> ModuleType:
+    """tools/devstack.py, where `make up` keeps the Vault policies and transit keys."""
+    spec = importlib.util.spec_from_file_location("_deploy_test_devstack", DEVSTACK)
+    assert spec is not None, DEVSTACK
+    assert spec.loader is not None, DEVSTACK
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_gives_the_vault_side_of_devstack(chart_values: dict[str, Any]) -> None:
+    """The policies an operator copies are make up's own, for the chart's transit keys."""
+    from hypersdk_kit.transit import PUBLISH_SECONDS, REFRESH_SECONDS
+
+    stack = devstack()
+    transit = chart_values["vault"]["transit"]
+    assert transit["enabled"] is True
+    assert {"identity": transit["identityKey"], "policy": transit["policyKey"]} == (
+        stack.TRANSIT_KEYS
+    )
+    assert set(stack.VAULT_POLICIES) == set(VAULT_CLIENTS)
+    readme = (CHART / "README.md").read_text()
+    blocks = {
+        "\n".join(line.strip() for line in block.strip().splitlines())
+        for block in re.findall(r"```hcl\n(.*?)```", readme, re.DOTALL)
+    }
+    for service, policy in stack.VAULT_POLICIES.items():
+        assert policy.strip() in blocks, service
+        assert f"`hypersdk-{service}`" in readme, service
+    for key in stack.TRANSIT_KEYS.values():
+        assert f"transit/keys/{key} type=ed25519 exportable=false" in readme
+    assert "bao write -f transit/keys/hypersdk-policy/rotate" in readme
+    assert "min_decryption_version" in readme
+    assert f"{PUBLISH_SECONDS:g} s" in readme
+    assert f"{REFRESH_SECONDS:g} s" in readme
 
 
 def test_audit_attributes_each_login_of_the_definitions_to_its_service(
@@ -513,13 +820,13 @@ def _pod_labels(workload: dict[str, Any]) -> dict[str, str]:
     return labels
 
 
-EXPECTED_EGRESS = {
+EXPECTED_EGRESS = {  # with transit, every service but the gateway logs in to Vault (8200)
     "gateway": {53, 5672, 5671},
-    "identity": {53, 5672, 5671, 5432},
-    "policy": {53, 5672, 5671, 5432},
+    "identity": {53, 5672, 5671, 5432, 8200},
+    "policy": {53, 5672, 5671, 5432, 8200},
     "secrets": {53, 5672, 5671, 8200},
-    "exporter": {53, 5672, 5671, 5432},
-    "audit": {53, 5672, 5671, 5432},
+    "exporter": {53, 5672, 5671, 5432, 8200},
+    "audit": {53, 5672, 5671, 5432, 8200},
 }
 
 
@@ -532,6 +839,16 @@ def test_network_policy_reachability(objects: list[dict[str, Any]], service: str
     assert isolated, f"{service} is not covered by the default deny"
     assert egress == EXPECTED_EGRESS[service]
     assert ingress == ({GATEWAY_PORT} if service == "gateway" else set())
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_without_transit_only_secrets_reaches_vault(
+    objects_without_transit: list[dict[str, Any]], service: str
+) -> None:
+    policies = list(of_kind(objects_without_transit, "NetworkPolicy").values())
+    labels = _pod_labels(deployment_of(objects_without_transit, service))
+    _, _, egress = _reachability(policies, labels)
+    assert (8200 in egress) is (service == "secrets")
 
 
 def test_migration_jobs_reach_only_dns_and_postgres(objects: list[dict[str, Any]]) -> None:

@@ -75,8 +75,31 @@ hypersdk.io/egress-rabbitmq: "true"
 {{- if has .service (splitList " " (include "hypersdk.databaseServices" .root)) }}
 hypersdk.io/egress-postgres: "true"
 {{- end }}
-{{- if eq .service "secrets" }}
+{{- if include "hypersdk.vaultLogin" . }}
 hypersdk.io/egress-vault: "true"
+{{- end }}
+{{- end }}
+
+{{/*
+How a service logs in to Vault: "approle", "token" or "" (no Vault login). The secrets
+service always logs in; identity, policy, exporter and audit only when vault.transit.enabled
+(they sign with or read transit keys); the gateway never. A migration Job (.migration) never
+logs in. A service that needs a login gets exactly one: its AppRole Secret, or (secrets
+only) a token Secret. (dict "root" $ "service" "identity" ["migration" true])
+*/}}
+{{- define "hypersdk.vaultLogin" -}}
+{{- $needs := or (eq .service "secrets") (and .root.Values.vault.transit.enabled (has .service (list "identity" "policy" "exporter" "audit"))) }}
+{{- if and $needs (not .migration) }}
+{{- $vault := (index .root.Values.services .service).vault | default dict }}
+{{- if and $vault.approleSecret $vault.tokenSecret }}
+{{- fail (printf "services.%s.vault: set approleSecret or tokenSecret, not both" .service) }}
+{{- else if $vault.approleSecret }}approle
+{{- else if $vault.tokenSecret }}token
+{{- else if eq .service "secrets" }}
+{{- fail "services.secrets.vault.approleSecret (or tokenSecret) is required: the secrets service logs in to Vault" }}
+{{- else }}
+{{- fail (printf "services.%s.vault.approleSecret is required: with vault.transit.enabled %s logs in to Vault" .service .service) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -177,6 +200,8 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 - name: {{ $prefix }}DECLARE_TOPOLOGY
   value: "false"
 {{- $keys := trimSuffix "/" .root.Values.signing.mountPath }}
+{{- $transit := .root.Values.vault.transit }}
+{{- if not $transit.enabled }}
 {{- if eq .service "identity" }}
 - name: HYPERSDK_IDENTITY_SIGNING_KEY_FILE
   value: {{ printf "%s/identity.key" $keys | quote }}
@@ -191,6 +216,25 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 - name: {{ $prefix }}POLICY_PUBLIC_KEY_FILE
   value: {{ printf "%s/policy.pub" $keys | quote }}
 {{- end }}
+{{- else }}
+{{- /* Decision 0046: identity and policy sign in transit; verifiers read its public keys. */}}
+{{- $identityKey := required "vault.transit.identityKey is required" $transit.identityKey }}
+{{- $policyKey := required "vault.transit.policyKey is required" $transit.policyKey }}
+{{- if eq .service "identity" }}
+- name: HYPERSDK_IDENTITY_TRANSIT_KEY
+  value: {{ $identityKey | quote }}
+- name: HYPERSDK_IDENTITY_POLICY_TRANSIT_KEY
+  value: {{ $policyKey | quote }}
+{{- else if eq .service "policy" }}
+- name: HYPERSDK_POLICY_TRANSIT_KEY
+  value: {{ $policyKey | quote }}
+- name: HYPERSDK_POLICY_IDENTITY_TRANSIT_KEY
+  value: {{ $identityKey | quote }}
+{{- else if ne .service "gateway" }}
+- name: {{ $prefix }}POLICY_TRANSIT_KEY
+  value: {{ $policyKey | quote }}
+{{- end }}
+{{- end }}
 {{- if eq .service "gateway" }}
 - name: HYPERSDK_GATEWAY_SIGNING_KEY_FILE
   value: {{ printf "%s/gateway.key" $keys | quote }}
@@ -198,11 +242,24 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 - name: {{ $prefix }}GATEWAY_PUBLIC_KEY_FILE
   value: {{ printf "%s/gateway.pub" $keys | quote }}
 {{- end }}
-{{- if eq .service "secrets" }}
-- name: HYPERSDK_SECRETS_VAULT_ADDR
-  value: {{ required "services.secrets.vault.addr is required" $svc.vault.addr | quote }}
-- name: HYPERSDK_SECRETS_VAULT_TOKEN_FILE
-  value: {{ printf "%s/token" (trimSuffix "/" $svc.vault.tokenMountPath) | quote }}
+{{- $login := include "hypersdk.vaultLogin" . }}
+{{- if $login }}
+{{- $dir := trimSuffix "/" .root.Values.vault.mountPath }}
+- name: {{ $prefix }}VAULT_ADDR
+  value: {{ required "vault.addr is required" .root.Values.vault.addr | quote }}
+{{- if eq $login "approle" }}
+- name: {{ $prefix }}VAULT_ROLE_ID_FILE
+  value: {{ printf "%s/role-id" $dir | quote }}
+- name: {{ $prefix }}VAULT_SECRET_ID_FILE
+  value: {{ printf "%s/secret-id" $dir | quote }}
+{{- else }}
+- name: {{ $prefix }}VAULT_TOKEN_FILE
+  value: {{ printf "%s/token" $dir | quote }}
+{{- end }}
+{{- if .root.Values.vault.caSecret }}
+- name: {{ $prefix }}VAULT_CA_FILE
+  value: {{ printf "%s/ca.crt" $dir | quote }}
+{{- end }}
 {{- end }}
 {{- if eq .service "audit" }}
 - name: HYPERSDK_AUDIT_PUBLISHERS
@@ -248,6 +305,7 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
       - key: gateway.key
         path: gateway.key
       {{- else }}
+      {{- if not .root.Values.vault.transit.enabled }}
       {{- if eq .service "identity" }}
       - key: identity.key
         path: identity.key
@@ -260,6 +318,7 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
       {{- if ne .service "policy" }}
       - key: policy.pub
         path: policy.pub
+      {{- end }}
       {{- end }}
       - key: gateway.pub
         path: gateway.pub
@@ -280,14 +339,35 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
         path: client-ca.crt
       {{- end }}
 {{- end }}
-{{- if eq .service "secrets" }}
-- name: vault-token
-  secret:
-    secretName: {{ required "services.secrets.vault.tokenSecret is required" $svc.vault.tokenSecret }}
+{{- $login := include "hypersdk.vaultLogin" . }}
+{{- if $login }}
+{{- /* One directory: the service's own login (AppRole or token) and the CA bundle. */}}
+- name: vault
+  projected:
     defaultMode: 288 # 0440: readable by the fsGroup only
-    items:
-      - key: {{ $svc.vault.tokenKey }}
-        path: token
+    sources:
+      {{- if eq $login "approle" }}
+      - secret:
+          name: {{ $svc.vault.approleSecret }}
+          items:
+            - key: role-id
+              path: role-id
+            - key: secret-id
+              path: secret-id
+      {{- else }}
+      - secret:
+          name: {{ $svc.vault.tokenSecret }}
+          items:
+            - key: {{ required "services.secrets.vault.tokenKey is required" $svc.vault.tokenKey }}
+              path: token
+      {{- end }}
+      {{- with .root.Values.vault.caSecret }}
+      - secret:
+          name: {{ . }}
+          items:
+            - key: {{ required "vault.caKey is required" $.root.Values.vault.caKey }}
+              path: ca.crt
+      {{- end }}
 {{- end }}
 {{- if eq .service "exporter" }}
 - name: exports
@@ -313,9 +393,9 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 - name: signing-keys
   mountPath: {{ .root.Values.signing.mountPath }}
   readOnly: true
-{{- if eq .service "secrets" }}
-- name: vault-token
-  mountPath: {{ $svc.vault.tokenMountPath }}
+{{- if include "hypersdk.vaultLogin" . }}
+- name: vault
+  mountPath: {{ .root.Values.vault.mountPath }}
   readOnly: true
 {{- end }}
 {{- if eq .service "exporter" }}
