@@ -20,6 +20,7 @@ import asyncio
 import base64
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 MOUNT = "transit"
 REFRESH_SECONDS = 30.0
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|z|[+-]\d\d:\d\d)")
 PUBLISH_SECONDS = 90.0
 """A new version signs only once it is this old: three refreshes of every verifier."""
 
@@ -261,9 +263,15 @@ def _signature(text: str) -> bytes:
 
 
 def _timestamp(text: object) -> float:
-    """Seconds since the epoch of a transit ``creation_time`` (RFC 3339, nanoseconds)."""
+    """Seconds since the epoch of a transit ``creation_time`` (RFC 3339, up to nanoseconds).
+
+    Missing is 0 (the version counts as old: only OpenBao before creation times lacks one).
+    """
     if not isinstance(text, str):
         return 0.0
-    whole, _, fraction = text.rstrip("Z").partition(".")
-    seconds = datetime.fromisoformat(whole + "+00:00").timestamp()
-    return seconds + float("0." + fraction) if fraction else seconds
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError(f"unreadable creation_time {text!r}")
+    whole, fraction, zone = match.groups()
+    seconds = datetime.fromisoformat(whole + ("+00:00" if zone in ("Z", "z") else zone))
+    return seconds.timestamp() + (float("0." + fraction) if fraction else 0.0)
