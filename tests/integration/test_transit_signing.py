@@ -9,7 +9,9 @@ that need a signature answer 503 and they recover by themselves.
 from __future__ import annotations
 
 import base64
+import os
 import secrets
+import signal
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from hypersdk_kit.transit import TransitKeyRing, TransitSigner
 from hypersdk_kit.trust import AssertionRejectedError, AssertionVerifier
 from hypersdk_kit.vault import AppRoleLogin, VaultSession
 
-from .conftest import ADMIN_PASSWORD, Stack, devstack
+from .conftest import ADMIN_PASSWORD, Stack, devstack, process_tree
 
 GRANT = {"typ": "grant", "sub": "admin", "perm": "jobs:view", "op": ["exporter.rpc.list_jobs"]}
 
@@ -224,6 +226,64 @@ def test_a_sealed_vault_makes_authentication_answer_503_then_it_recovers(stack: 
     assert status == 200, body
     assert _ready(stack, "identity")
     assert _ready(stack, "policy")
+
+
+def _children(stack: Stack) -> dict[str, int]:
+    """The supervisor's children by name: ``openbao`` and each service."""
+    supervisor = devstack.running_pid(stack.config)
+    assert supervisor is not None
+    found: dict[str, int] = {}
+    for pid in process_tree(supervisor)[1:]:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if Path(argv[0].decode()).name == "bao":
+            found["openbao"] = pid
+        for service in devstack.SERVICES:
+            if f"hypersdk_{service}".encode() in argv:
+                found[service] = pid
+    return found
+
+
+def _works_again(stack: Stack, seconds: float) -> tuple[int, object]:
+    """A credential the gateway has never seen, until it is served (identity signs anew)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        status, body, _ = stack.api.call("POST", "/api/v1/auth/login", ADMIN_LOGIN)
+        if status == 200:
+            status, body, _ = stack.api.call("GET", "/api/v1/jobs", token=body["token"])
+            if status == 200 or time.monotonic() > deadline:
+                return status, body
+        elif time.monotonic() > deadline:
+            return status, body
+        time.sleep(0.2)
+
+
+ADMIN_LOGIN = {"username": "admin", "password": ADMIN_PASSWORD}
+
+
+def test_openbao_killed_is_restarted_and_unsealed_and_the_services_sign_again(
+    stack: Stack,
+) -> None:
+    """kill -9 of OpenBao, then of identity: the supervisor restarts each (OpenBao unsealed
+    by the setup, fresh secret IDs), the other services keep running, and new credentials are
+    signed again without any other restart."""
+    before = _children(stack)
+    os.kill(before["openbao"], signal.SIGKILL)
+    status, body = _works_again(stack, 30)
+    assert status == 200, body
+    after = _children(stack)
+    assert after["openbao"] != before["openbao"]
+    assert {name: after[name] for name in devstack.SERVICES} == {
+        name: before[name] for name in devstack.SERVICES
+    }
+    # identity killed: restarted, it logs in with the secret ID the last setup wrote and
+    # reads its keys before serving.
+    os.kill(after["identity"], signal.SIGKILL)
+    status, body = _works_again(stack, 30)
+    assert status == 200, body
+    assert _children(stack)["identity"] != after["identity"]
 
 
 def _ready(stack: Stack, service: str) -> bool:

@@ -16,7 +16,7 @@ import hvac
 import pytest
 
 from hypersdk_contracts.errors import ErrorCode, ServiceError
-from hypersdk_kit.vault import AppRoleLogin
+from hypersdk_kit.vault import AppRoleLogin, VaultSession
 from hypersdk_secrets.adapters.outbound.vault import VaultSecretManager
 from hypersdk_secrets.config import SecretsSettings
 from hypersdk_secrets.inject import vault_secret_manager
@@ -27,7 +27,7 @@ from .conftest import ADMIN_PASSWORD, Stack, devstack
 def _manager(stack: Stack, prefix: str) -> VaultSecretManager:
     token = (stack.config.secret_dir / "openbao-root-token").read_text().strip()
     client = hvac.Client(url=f"http://127.0.0.1:{stack.config.vault_port}", token=token)
-    return VaultSecretManager(client, mount="secret", prefix=prefix)
+    return VaultSecretManager(VaultSession(client), mount="secret", prefix=prefix)
 
 
 async def test_versions_metadata_listing_and_deletion(stack: Stack) -> None:
@@ -57,7 +57,7 @@ async def test_versions_metadata_listing_and_deletion(stack: Stack) -> None:
 
 async def test_not_ready_with_a_bad_token(stack: Stack) -> None:
     client = hvac.Client(url=f"http://127.0.0.1:{stack.config.vault_port}", token="not-a-token")
-    manager = VaultSecretManager(client, mount="secret", prefix="x")
+    manager = VaultSecretManager(VaultSession(client), mount="secret", prefix="x")
     assert await manager.ready() is False
 
 
@@ -119,10 +119,9 @@ async def test_an_approle_token_is_renewed_and_logged_in_again(
     secret_file.write_text(root.auth.approle.generate_secret_id(role)["data"]["secret_id"])
     client = hvac.Client(url=f"http://127.0.0.1:{stack.config.vault_port}")
     manager = VaultSecretManager(
-        client,
+        VaultSession(client, approle=AppRoleLogin(role_file, secret_file)),
         mount="secret",
         prefix=f"hypersdk/test-{secrets.token_hex(4)}",
-        approle=AppRoleLogin(role_file, secret_file),
     )
 
     tokens: set[str] = set()
@@ -142,7 +141,7 @@ async def test_an_approle_token_is_renewed_and_logged_in_again(
 async def test_an_unreachable_vault_is_upstream_unavailable() -> None:
     port = devstack.free_port()
     manager = VaultSecretManager(
-        hvac.Client(url=f"http://127.0.0.1:{port}", token="t", timeout=2),
+        VaultSession(hvac.Client(url=f"http://127.0.0.1:{port}", token="t", timeout=2)),
         mount="secret",
         prefix="x",
     )

@@ -30,6 +30,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hvac.exceptions import VaultError
+from pydantic import BaseModel, Field
 
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_kit.runtime import Component, Periodic
@@ -193,6 +194,18 @@ class TransitSigner:
         except (VaultError, KeyError, ValueError) as exc:  # refused, or an odd answer
             logger.error("transit refused to sign with %s: %s", self._ring.key, type(exc).__name__)
             raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, TrustKeys.UNAVAILABLE) from exc
+
+
+class PolicyKeySettings(BaseModel):
+    """Where a service that checks grants finds policy's public keys: a mixin of its settings."""
+
+    policy_public_key_file: Path | None = Field(
+        default=None, description="Policy's Ed25519 public key (PEM), to check grants."
+    )
+    policy_transit_key: str | None = Field(
+        default=None,
+        description="Or the Vault transit key whose public keys check grants (decision 0046).",
+    )
 
 
 class TrustKeys:

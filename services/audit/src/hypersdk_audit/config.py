@@ -9,10 +9,11 @@ from pydantic_settings import SettingsConfigDict
 
 from hypersdk_contracts.catalogue import SERVICES
 from hypersdk_kit.settings import DatabaseSettings
+from hypersdk_kit.transit import PolicyKeySettings
 from hypersdk_kit.vault import VaultClientSettings
 
 
-class AuditSettings(DatabaseSettings, VaultClientSettings):
+class AuditSettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings):
     """Settings of the audit service."""
 
     model_config = SettingsConfigDict(env_prefix="HYPERSDK_AUDIT_", extra="ignore")
@@ -25,14 +26,6 @@ class AuditSettings(DatabaseSettings, VaultClientSettings):
     )
     batch_wait_seconds: float = Field(
         default=0.02, gt=0, le=5, description="...or this long after its first event."
-    )
-    policy_public_key_file: Path | None = Field(
-        default=None,
-        description="Policy's Ed25519 public key (PEM), to check the grant of every request.",
-    )
-    policy_transit_key: str | None = Field(
-        default=None,
-        description="Or the Vault transit key whose public keys check the grant of every request.",
     )
     gateway_public_key_file: Path = Field(
         description="The gateway's Ed25519 public key (PEM), to check the request seal of events."

@@ -8,10 +8,11 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from hypersdk_kit.settings import DatabaseSettings
+from hypersdk_kit.transit import PolicyKeySettings
 from hypersdk_kit.vault import VaultClientSettings
 
 
-class ExporterSettings(DatabaseSettings, VaultClientSettings):
+class ExporterSettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings):
     """Settings of the exporter service."""
 
     model_config = SettingsConfigDict(env_prefix="HYPERSDK_EXPORTER_", extra="ignore")
@@ -29,14 +30,6 @@ class ExporterSettings(DatabaseSettings, VaultClientSettings):
     )
     job_concurrency: int = Field(default=1, ge=1, le=16, description="Exports run at once.")
     rpc_timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of questions.")
-    policy_public_key_file: Path | None = Field(
-        default=None,
-        description="Policy's Ed25519 public key (PEM), to check grants of requests and commands.",
-    )
-    policy_transit_key: str | None = Field(
-        default=None,
-        description="Or the Vault transit key whose public keys check those grants.",
-    )
     gateway_public_key_file: Path = Field(
         description="The gateway's Ed25519 public key (PEM), to check request seals."
     )

@@ -10,10 +10,11 @@ from pydantic_settings import SettingsConfigDict
 
 from hypersdk_contracts.permissions import Role
 from hypersdk_kit.settings import DatabaseSettings
+from hypersdk_kit.transit import PolicyKeySettings
 from hypersdk_kit.vault import VaultClientSettings
 
 
-class IdentitySettings(DatabaseSettings, VaultClientSettings):
+class IdentitySettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings):
     """Settings of the identity service."""
 
     model_config = SettingsConfigDict(env_prefix="HYPERSDK_IDENTITY_", extra="ignore")
@@ -25,14 +26,6 @@ class IdentitySettings(DatabaseSettings, VaultClientSettings):
     transit_key: str | None = Field(
         default=None,
         description="Or the Vault transit key that signs principal assertions (decision 0046).",
-    )
-    policy_public_key_file: Path | None = Field(
-        default=None,
-        description="Policy's Ed25519 public key (PEM), to check grants.",
-    )
-    policy_transit_key: str | None = Field(
-        default=None,
-        description="Or the Vault transit key whose public keys check grants.",
     )
     gateway_public_key_file: Path = Field(
         description="The gateway's Ed25519 public key (PEM), to check request seals."

@@ -8,24 +8,17 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from hypersdk_kit.settings import ServiceSettings
+from hypersdk_kit.transit import PolicyKeySettings
 from hypersdk_kit.vault import VaultClientSettings
 
 
-class SecretsSettings(ServiceSettings, VaultClientSettings):
+class SecretsSettings(ServiceSettings, VaultClientSettings, PolicyKeySettings):
     """Settings of the secrets service."""
 
     model_config = SettingsConfigDict(env_prefix="HYPERSDK_SECRETS_", extra="ignore")
 
     vault_kv_mount: str = Field(default="secret", description="KV v2 mount point.")
     vault_path_prefix: str = Field(default="hypersdk", description="Folder of our secrets.")
-    policy_public_key_file: Path | None = Field(
-        default=None,
-        description="Policy's Ed25519 public key (PEM), to check the grant of every request.",
-    )
-    policy_transit_key: str | None = Field(
-        default=None,
-        description="Or the Vault transit key whose public keys check the grant of every request.",
-    )
     gateway_public_key_file: Path = Field(
         description="The gateway's Ed25519 public key (PEM), to check request seals."
     )

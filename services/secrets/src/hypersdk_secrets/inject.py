@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-import hvac
 from faststream.rabbit import RabbitBroker
 
 from hypersdk_contracts.events import SecretsRequestRejected
@@ -16,9 +15,8 @@ from hypersdk_kit.guard import RequestGuard
 from hypersdk_kit.runtime import Component, Periodic
 from hypersdk_kit.transit import TrustKeys
 from hypersdk_kit.trust import AssertionVerifier, load_public_key
-from hypersdk_kit.vault import AppRoleLogin
 from hypersdk_secrets.adapters.inbound.rpc import register_rpc
-from hypersdk_secrets.adapters.outbound.vault import VaultSecretManager
+from hypersdk_secrets.adapters.outbound.vault import UNAVAILABLE_MESSAGE, VaultSecretManager
 from hypersdk_secrets.config import SecretsSettings
 from hypersdk_secrets.core.service import SecretsService
 from hypersdk_secrets.ports.outbound import SecretManager
@@ -42,16 +40,10 @@ def grace_sweeper(secrets: SecretsService, *, interval_seconds: float) -> Period
 
 def vault_secret_manager(settings: SecretsSettings) -> VaultSecretManager:
     """A KV v2 SecretManager logged in with its AppRole, or with the token in its file."""
-    approle = None
-    token = None
-    if settings.vault_role_id_file is not None and settings.vault_secret_id_file is not None:
-        approle = AppRoleLogin(settings.vault_role_id_file, settings.vault_secret_id_file)
-    elif settings.vault_token_file is not None:
-        token = settings.vault_token_file.read_text().strip()
-    verify: str | bool = str(settings.vault_ca_file) if settings.vault_ca_file else True
-    client = hvac.Client(url=settings.vault_addr, token=token, timeout=10, verify=verify)
     return VaultSecretManager(
-        client, mount=settings.vault_kv_mount, prefix=settings.vault_path_prefix, approle=approle
+        settings.vault_session(unavailable=UNAVAILABLE_MESSAGE),
+        mount=settings.vault_kv_mount,
+        prefix=settings.vault_path_prefix,
     )
 
 

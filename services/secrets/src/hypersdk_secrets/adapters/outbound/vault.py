@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-import hvac
 from hvac.exceptions import (
     InvalidPath,
     InvalidRequest,
@@ -16,7 +15,7 @@ from hvac.exceptions import (
 
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.rpc import SecretMetadata
-from hypersdk_kit.vault import AppRoleLogin, VaultSession
+from hypersdk_kit.vault import VaultSession
 from hypersdk_secrets.ports.outbound import Grace, SecretManager, SecretValue
 
 _T = TypeVar("_T")
@@ -26,19 +25,16 @@ GRACE_KEY = "grace-"
 
 
 class VaultSecretManager(SecretManager):
-    """Secrets under ``<mount>/<prefix>/`` in a KV v2 engine."""
+    """Secrets under ``<mount>/<prefix>/`` in a KV v2 engine, through a logged-in session.
 
-    def __init__(
-        self,
-        client: hvac.Client,
-        *,
-        mount: str,
-        prefix: str,
-        approle: AppRoleLogin | None = None,
-    ) -> None:
-        self._session = VaultSession(client, approle=approle, unavailable=UNAVAILABLE_MESSAGE)
-        self._client = client
-        self._kv = client.secrets.kv.v2
+    Build the session with ``unavailable=UNAVAILABLE_MESSAGE`` (``SecretsSettings.vault_session``
+    in the composition root) so an outage reads as the secret store's.
+    """
+
+    def __init__(self, session: VaultSession, *, mount: str, prefix: str) -> None:
+        self._session = session
+        self._client = session.client
+        self._kv = session.client.secrets.kv.v2
         self._mount = mount
         self._prefix = prefix.strip("/")
 
