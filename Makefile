@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PACKAGES := libs/contracts libs/kit services/gateway services/identity services/policy \
+PACKAGES := libs/contracts libs/kit libs/auditproof services/gateway services/identity services/policy \
             services/secrets services/exporter services/audit clients/hyperctl
 STAMP := $(VENV)/.installed
 # Debian packages: qemu-img; libvirt-python builds against libvirt-dev; the vSphere simulator of the
@@ -46,7 +46,7 @@ test-integration: install
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy libs/contracts/src libs/kit/src services/*/src clients/*/src
+	$(PY) -m mypy libs/contracts/src libs/kit/src libs/auditproof/src services/*/src clients/*/src
 
 bench: install
 	$(PY) bench/run.py

@@ -162,6 +162,7 @@ class StackConfig:
         env["HYPERSDK_POLICY_IDENTITY_TRANSIT_KEY"] = TRANSIT_KEYS["identity"]
         for service in ("secrets", "exporter", "audit"):
             env[f"HYPERSDK_{service.upper()}_POLICY_TRANSIT_KEY"] = TRANSIT_KEYS["policy"]
+        env["HYPERSDK_AUDIT_CHECKPOINT_TRANSIT_KEY"] = TRANSIT_KEYS["audit"]
         env["HYPERSDK_GATEWAY_SIGNING_KEY_FILE"] = str(keys / "gateway.key")
         for service in ("identity", "policy", "secrets", "exporter", "audit"):
             env[f"HYPERSDK_{service.upper()}_GATEWAY_PUBLIC_KEY_FILE"] = str(keys / "gateway.pub")
@@ -365,8 +366,13 @@ def _bao_binary(config: StackConfig) -> str:
     return found
 
 
-TRANSIT_KEYS = {"identity": "hypersdk-identity", "policy": "hypersdk-policy"}
-"""The transit keys that sign principals and grants (decision 0046), by issuer."""
+TRANSIT_KEYS = {
+    "identity": "hypersdk-identity",
+    "policy": "hypersdk-policy",
+    "audit": "hypersdk-audit",
+}
+"""The transit keys that sign principals and grants (decision 0046) and audit checkpoints
+(decision 0047), by issuer."""
 
 
 def _reads_public_keys(*issuers: str) -> str:
@@ -396,7 +402,8 @@ path "secret/metadata/hypersdk" { capabilities = ["list"] }
     # The exporter and audit check grants; they read no secret (the exporter's credentials
     # come through the secrets service, decision 0033).
     "exporter": _reads_public_keys("policy"),
-    "audit": _reads_public_keys("policy"),
+    # Audit checks grants and signs the checkpoints of its log with its own key (0047).
+    "audit": _signs_with("audit") + _reads_public_keys("audit", "policy"),
 }
 """Each service's Vault policy (decisions 0045, 0046); the gateway has no Vault login."""
 

@@ -71,8 +71,11 @@ class Api:
         except urllib.error.HTTPError as error:
             raw = error.read()
             status, response_headers = error.code, dict(error.headers)
+        headers_out = {k.lower(): v for k, v in response_headers.items()}
+        if headers_out.get("content-type", "").startswith("application/x-ndjson"):
+            return status, raw.decode(), headers_out  # JSON Lines: the text as it came
         payload = json.loads(raw) if raw else None
-        return status, payload, {k.lower(): v for k, v in response_headers.items()}
+        return status, payload, headers_out
 
     def recent_audit(self, token: str, last: int = 500) -> list[dict[str, Any]]:
         """The newest ``last`` audit entries, in chain order."""

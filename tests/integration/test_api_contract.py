@@ -182,13 +182,15 @@ DESIGN_ROUTES = {
     ("delete", "/api/v1/secrets/{path}"), ("post", "/api/v1/secrets/{path}/rotate"),
     ("get", "/api/v1/audit/events"), ("get", "/api/v1/audit/verify"),
     ("get", "/api/v1/audit/export"), ("get", "/api/v1/audit/quarantine"),
+    ("get", "/api/v1/audit/checkpoints"), ("post", "/api/v1/audit/checkpoints"),
+    ("get", "/api/v1/audit/checkpoints/latest"),
+    ("get", "/api/v1/audit/proofs/inclusion"), ("get", "/api/v1/audit/proofs/consistency"),
     ("get", "/api/v1/system/config"), ("put", "/api/v1/system/config"),
     ("get", "/api/v1/webhooks"), ("post", "/api/v1/webhooks"),
     ("delete", "/api/v1/webhooks/{webhook_id}"),
     ("get", "/healthz"), ("get", "/readyz"),
 }  # fmt: skip
 NOT_BUILT = {
-    ("get", "/api/v1/audit/export"),
     ("get", "/api/v1/system/config"), ("put", "/api/v1/system/config"),
     ("get", "/api/v1/webhooks"), ("post", "/api/v1/webhooks"),
     ("delete", "/api/v1/webhooks/{webhook_id}"),

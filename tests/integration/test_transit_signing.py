@@ -103,6 +103,9 @@ def test_each_service_reaches_only_what_its_approle_allows(stack: Stack) -> None
             "sign as policy": _allowed(
                 lambda t=transit: t.sign_data("hypersdk-policy", hash_input=message)
             ),
+            "sign as audit": _allowed(
+                lambda t=transit: t.sign_data("hypersdk-audit", hash_input=message)
+            ),
             "identity's public keys": _allowed(lambda t=transit: t.read_key("hypersdk-identity")),
             "policy's public keys": _allowed(lambda t=transit: t.read_key("hypersdk-policy")),
             "list policies": _allowed(lambda c=client: c.sys.list_acl_policies()),
@@ -112,6 +115,7 @@ def test_each_service_reaches_only_what_its_approle_allows(stack: Stack) -> None
             "read KV": False,
             "sign as identity": True,
             "sign as policy": False,
+            "sign as audit": False,
             "identity's public keys": True,
             "policy's public keys": True,
             "list policies": False,
@@ -120,6 +124,7 @@ def test_each_service_reaches_only_what_its_approle_allows(stack: Stack) -> None
             "read KV": False,
             "sign as identity": False,
             "sign as policy": True,
+            "sign as audit": False,
             "identity's public keys": True,
             "policy's public keys": True,
             "list policies": False,
@@ -128,6 +133,7 @@ def test_each_service_reaches_only_what_its_approle_allows(stack: Stack) -> None
             "read KV": True,
             "sign as identity": False,
             "sign as policy": False,
+            "sign as audit": False,
             "identity's public keys": False,
             "policy's public keys": True,
             "list policies": False,
@@ -136,6 +142,7 @@ def test_each_service_reaches_only_what_its_approle_allows(stack: Stack) -> None
             "read KV": False,
             "sign as identity": False,
             "sign as policy": False,
+            "sign as audit": False,
             "identity's public keys": False,
             "policy's public keys": True,
             "list policies": False,
@@ -144,6 +151,7 @@ def test_each_service_reaches_only_what_its_approle_allows(stack: Stack) -> None
             "read KV": False,
             "sign as identity": False,
             "sign as policy": False,
+            "sign as audit": True,
             "identity's public keys": False,
             "policy's public keys": True,
             "list policies": False,

@@ -378,7 +378,11 @@ SIGNING_KEY_FILES = {
     },
     "secrets": {"POLICY_PUBLIC_KEY_FILE": "policy.pub", **SEALS},
     "exporter": {"POLICY_PUBLIC_KEY_FILE": "policy.pub", **SEALS},
-    "audit": {"POLICY_PUBLIC_KEY_FILE": "policy.pub", **SEALS},
+    "audit": {
+        "POLICY_PUBLIC_KEY_FILE": "policy.pub",
+        "CHECKPOINT_KEY_FILE": "audit.key",
+        **SEALS,
+    },
     "gateway": {"SIGNING_KEY_FILE": "gateway.key"},
 }
 # The transit keys each service names, and through which variable (with transit).
@@ -387,7 +391,10 @@ TRANSIT_KEYS = {
     "policy": {"TRANSIT_KEY": "hypersdk-policy", "IDENTITY_TRANSIT_KEY": "hypersdk-identity"},
     "secrets": {"POLICY_TRANSIT_KEY": "hypersdk-policy"},
     "exporter": {"POLICY_TRANSIT_KEY": "hypersdk-policy"},
-    "audit": {"POLICY_TRANSIT_KEY": "hypersdk-policy"},
+    "audit": {
+        "POLICY_TRANSIT_KEY": "hypersdk-policy",
+        "CHECKPOINT_TRANSIT_KEY": "hypersdk-audit",
+    },
     "gateway": {},
 }
 
@@ -665,9 +672,11 @@ def test_readme_gives_the_vault_side_of_devstack(chart_values: dict[str, Any]) -
     stack = devstack()
     transit = chart_values["vault"]["transit"]
     assert transit["enabled"] is True
-    assert {"identity": transit["identityKey"], "policy": transit["policyKey"]} == (
-        stack.TRANSIT_KEYS
-    )
+    assert {
+        "identity": transit["identityKey"],
+        "policy": transit["policyKey"],
+        "audit": transit["auditKey"],
+    } == stack.TRANSIT_KEYS
     assert set(stack.VAULT_POLICIES) == set(VAULT_CLIENTS)
     readme = (CHART / "README.md").read_text()
     blocks = {
@@ -1122,6 +1131,7 @@ def test_dockerfile_contract() -> None:
     assert packages == {
         "./libs/contracts",
         "./libs/kit",
+        "./libs/auditproof",
         *(f"./services/{s}" for s in SERVICES),
     }
     assert "qemu-utils" in runs

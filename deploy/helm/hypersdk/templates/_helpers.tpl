@@ -216,6 +216,10 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 - name: {{ $prefix }}POLICY_PUBLIC_KEY_FILE
   value: {{ printf "%s/policy.pub" $keys | quote }}
 {{- end }}
+{{- if eq .service "audit" }}
+- name: HYPERSDK_AUDIT_CHECKPOINT_KEY_FILE
+  value: {{ printf "%s/audit.key" $keys | quote }}
+{{- end }}
 {{- else }}
 {{- /* Decision 0046: identity and policy sign in transit; verifiers read its public keys. */}}
 {{- $identityKey := required "vault.transit.identityKey is required" $transit.identityKey }}
@@ -233,6 +237,11 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 {{- else if ne .service "gateway" }}
 - name: {{ $prefix }}POLICY_TRANSIT_KEY
   value: {{ $policyKey | quote }}
+{{- end }}
+{{- if eq .service "audit" }}
+{{- /* Decision 0047: audit signs the checkpoints of its log with its own transit key. */}}
+- name: HYPERSDK_AUDIT_CHECKPOINT_TRANSIT_KEY
+  value: {{ required "vault.transit.auditKey is required" $transit.auditKey | quote }}
 {{- end }}
 {{- end }}
 {{- if eq .service "gateway" }}
@@ -318,6 +327,10 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
       {{- if ne .service "policy" }}
       - key: policy.pub
         path: policy.pub
+      {{- end }}
+      {{- if eq .service "audit" }}
+      - key: audit.key
+        path: audit.key
       {{- end }}
       {{- end }}
       - key: gateway.pub

@@ -510,6 +510,20 @@ class EventQuarantined(EventData):
         return f"failure: {self.reason}"
 
 
+class CheckpointSigned(EventData):
+    """Audit signed a checkpoint of its Merkle tree: witnesses keep it (decision 0047)."""
+
+    routing_key = RoutingKey.CHECKPOINT_SIGNED
+    audit_action = "audit.checkpoint"
+    origin: str = Field(description="Which log.")
+    size: int = Field(ge=0, description="Entries the tree holds.")
+    root: str = Field(pattern=r"^[0-9a-f]{64}$", description="Merkle root, hex.")
+    head: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hash of the entry at size.")
+    time: str = Field(description="When it was signed (the signed body's form).")
+    key_id: str = Field(description="Which key signed.")
+    signature: str = Field(description="Ed25519 signature of the body, base64.")
+
+
 EVENT_TYPES: dict[str, type[EventData]] = {
     cls.routing_key.value: cls
     for cls in (
@@ -553,6 +567,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         ExporterRequestRejected,
         AuditRequestRejected,
         EventQuarantined,
+        CheckpointSigned,
     )
 }
 """Payload class of each routing key."""

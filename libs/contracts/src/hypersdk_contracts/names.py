@@ -74,6 +74,7 @@ class RoutingKey(StrEnum):
     EXPORTER_REQUEST_REJECTED = "exporter.request.rejected"
     AUDIT_REQUEST_REJECTED = "audit.request.rejected"
     EVENT_QUARANTINED = "audit.event.quarantined"
+    CHECKPOINT_SIGNED = "audit.checkpoint.signed"
 
 
 class RpcQueue(StrEnum):
@@ -121,3 +122,8 @@ class RpcQueue(StrEnum):
     AUDIT_VERIFY = "audit.rpc.verify"
     AUDIT_LIST_EVENTS = "audit.rpc.list_events"
     AUDIT_LIST_QUARANTINE = "audit.rpc.list_quarantine"
+    AUDIT_CHECKPOINT = "audit.rpc.checkpoint"
+    AUDIT_LIST_CHECKPOINTS = "audit.rpc.list_checkpoints"
+    AUDIT_PROVE_INCLUSION = "audit.rpc.prove_inclusion"
+    AUDIT_PROVE_CONSISTENCY = "audit.rpc.prove_consistency"
+    AUDIT_PUBLIC_KEYS = "audit.rpc.public_keys"

@@ -649,6 +649,81 @@ class AuditEntryView(Message):
     hash: str = Field(description="SHA-256 of this entry's canonical form.")
 
 
+class CheckpointView(Message):
+    """A signed checkpoint of the audit log's Merkle tree (decision 0047).
+
+    The signature is Ed25519 over the checkpoint's body: the lines
+    ``hypersdk-audit-checkpoint/v1``, ``origin <origin>``, ``size <size>``, ``root <hex>``,
+    ``head <hex>``, ``time <YYYY-MM-DDTHH:MM:SS.ffffffZ>``, each ending in a newline.
+    """
+
+    origin: str = Field(description="Which log this is (the deployment's audit origin).")
+    size: int = Field(description="How many entries the tree holds (sequences 1 to size).")
+    root: str = Field(description="RFC 9162 Merkle tree root at that size, hex.")
+    head: str = Field(description="Hash of the entry at sequence size (the chain's head).")
+    time: str = Field(description="When it was signed, UTC, in the body's form.")
+    key_id: str = Field(description="Which key signed: ed25519:<16 hex of SHA-256 of it>.")
+    signature: str = Field(description="Ed25519 signature of the body, base64.")
+
+
+class CheckpointRequest(RpcRequest):
+    """Sign a checkpoint of the log as it is now (the latest one if nothing was added)."""
+
+
+class ListCheckpointsRequest(RpcRequest):
+    """Checkpoints in increasing size."""
+
+    after_size: int = Field(default=0, ge=0, description="Checkpoints of larger sizes.")
+    limit: int = Field(default=100, ge=1, le=1000, description="At most this many.")
+    latest: bool = Field(default=False, description="Only the newest checkpoint.")
+
+
+class InclusionProofRequest(RpcRequest):
+    """Prove that an entry is in the tree of a given size."""
+
+    sequence: int = Field(ge=1, description="The entry.")
+    tree_size: int | None = Field(
+        default=None, ge=1, description="The tree's size (by default the latest checkpoint's)."
+    )
+
+
+class InclusionProofView(Message):
+    """RFC 9162 inclusion proof: the audit path of leaf ``sequence - 1``."""
+
+    entry: AuditEntryView = Field(description="The entry (its canonical JSON is the leaf).")
+    leaf_index: int = Field(description="sequence - 1.")
+    tree_size: int = Field(description="Size of the tree the proof is for.")
+    hashes: list[str] = Field(description="The audit path, hex, bottom-up.")
+
+
+class ConsistencyProofRequest(RpcRequest):
+    """Prove that the tree of ``first`` entries is a prefix of the tree of ``second``."""
+
+    first: int = Field(ge=1, description="The older size.")
+    second: int | None = Field(
+        default=None, ge=1, description="The newer size (by default the latest checkpoint's)."
+    )
+
+
+class ConsistencyProofView(Message):
+    """RFC 9162 consistency proof between two sizes."""
+
+    first: int = Field(description="The older size.")
+    second: int = Field(description="The newer size.")
+    hashes: list[str] = Field(description="The proof, hex.")
+
+
+class PublicKeysRequest(RpcRequest):
+    """The keys checkpoints are signed with."""
+
+
+class PublicKeysView(Message):
+    """The log's origin and its checkpoint keys, by key id (PEM)."""
+
+    origin: str = Field(description="Which log this is.")
+    keys: dict[str, str] = Field(description="key id -> Ed25519 public key, PEM.")
+
+
 class VerifyRequest(RpcRequest):
     """Verify the whole chain."""
 

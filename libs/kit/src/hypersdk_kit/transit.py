@@ -167,7 +167,7 @@ class TransitSigner:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._session = session
-        self._ring = ring
+        self.ring = ring
         self.issuer = issuer
         self._ttl = ttl_seconds
         self._mount = mount
@@ -179,20 +179,26 @@ class TransitSigner:
         payload = encode_claims(
             claims, issuer=self.issuer, ttl_seconds=self._ttl, now=self._clock()
         )
+        _, signature = await self.sign(signed_message(payload))
+        return assemble(payload, signature)
+
+    async def sign(self, message: bytes) -> tuple[int, bytes]:
+        """The key version used and the Ed25519 signature of ``message`` (one call)."""
+        version = self.ring.signing_version(self._publish)
         client = self._session.client
         sign = functools.partial(
             self._session.call,
             client.secrets.transit.sign_data,
-            name=self._ring.key,
-            hash_input=base64.b64encode(signed_message(payload)).decode(),
-            key_version=self._ring.signing_version(self._publish),
+            name=self.ring.key,
+            hash_input=base64.b64encode(message).decode(),
+            key_version=version,
             mount_point=self._mount,
         )
         try:
             answer: dict[str, Any] = await asyncio.to_thread(sign)
-            return assemble(payload, _signature(answer["data"]["signature"]))
+            return version, _signature(answer["data"]["signature"])
         except (VaultError, KeyError, ValueError) as exc:  # refused, or an odd answer
-            logger.error("transit refused to sign with %s: %s", self._ring.key, type(exc).__name__)
+            logger.error("transit refused to sign with %s: %s", self.ring.key, type(exc).__name__)
             raise ServiceError(ErrorCode.UPSTREAM_UNAVAILABLE, TrustKeys.UNAVAILABLE) from exc
 
 
@@ -251,6 +257,18 @@ class TrustKeys:
         assert file is not None
         return load_public_key(file)
 
+    async def transit_signer(
+        self, key: str, *, issuer: str, ttl_seconds: int = 60, readiness: bool = True
+    ) -> TransitSigner:
+        """A signer with a transit key.
+
+        ``readiness``: the service cannot serve without signing, so it reads not ready while
+        Vault is sealed (identity, policy); audit's checkpoints wait instead.
+        """
+        ring = await self.ring(key)
+        ring.signs = ring.signs or readiness
+        return TransitSigner(self._vault(), ring, issuer=issuer, ttl_seconds=ttl_seconds)
+
     async def signer(
         self, *, file: Path | None, transit_key: str | None, issuer: str, ttl_seconds: int
     ) -> tuple[ClaimsSigner, Ed25519PublicKey | TransitKeyRing]:
@@ -258,10 +276,8 @@ class TrustKeys:
         if (file is None) == (transit_key is None):
             raise ValueError("set either signing_key_file or transit_key")
         if transit_key is not None:
-            ring = await self.ring(transit_key)
-            ring.signs = True
-            signer = TransitSigner(self._vault(), ring, issuer=issuer, ttl_seconds=ttl_seconds)
-            return signer, ring
+            signer = await self.transit_signer(transit_key, issuer=issuer, ttl_seconds=ttl_seconds)
+            return signer, signer.ring
         assert file is not None
         key = load_private_key(file)
         return AssertionSigner(key, issuer=issuer, ttl_seconds=ttl_seconds), key.public_key()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from hypersdk_contracts.catalogue import SERVICES
@@ -35,6 +35,32 @@ class AuditSettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings):
         description="Broker login -> service (JSON object): who really published each event. "
         "Events from a login not listed here are quarantined; audit's own login is implied.",
     )
+
+    checkpoint_key_file: Path | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM, 0600) that signs checkpoints, for deployments "
+        "without Vault (decision 0047).",
+    )
+    checkpoint_transit_key: str | None = Field(
+        default=None, description="Or the Vault transit key that signs checkpoints."
+    )
+    checkpoint_interval_seconds: float = Field(
+        default=60.0,
+        ge=1,
+        le=86400,
+        description="Sign a checkpoint this often when the log has grown since the last one.",
+    )
+    origin: str = Field(
+        default="hypersdk",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$",
+        description="Name of this log in its checkpoints (one per deployment).",
+    )
+
+    @model_validator(mode="after")
+    def _one_checkpoint_key(self) -> AuditSettings:
+        if (self.checkpoint_key_file is None) == (self.checkpoint_transit_key is None):
+            raise ValueError("set either checkpoint_key_file or checkpoint_transit_key")
+        return self
 
     @field_validator("publishers")
     @classmethod

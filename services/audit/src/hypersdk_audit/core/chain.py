@@ -11,14 +11,24 @@ recorded before audit attributed events have neither and keep their original has
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
-import rfc8785
+from hypersdk_auditproof import entries as canonical_entries
+from hypersdk_auditproof.entries import GENESIS_HASH, format_timestamp
 
-GENESIS_HASH = "0" * 64
+__all__ = [
+    "GENESIS_HASH",
+    "ChainedEntry",
+    "EntryFields",
+    "Verification",
+    "chain",
+    "entry_hash",
+    "format_timestamp",
+    "link",
+    "verify",
+]
 
 
 @dataclass(frozen=True)
@@ -39,10 +49,6 @@ class EntryFields:
     """When audit received the event (``timestamp`` is the producer's own clock)."""
 
 
-_ATTRIBUTION = ("producer", "received_at")
-"""Fields hashed only when set: entries older than attribution have neither."""
-
-
 @dataclass(frozen=True)
 class ChainedEntry(EntryFields):
     """An entry with its place in the chain."""
@@ -55,39 +61,42 @@ class ChainedEntry(EntryFields):
 _HASHED = tuple(EntryFields.__dataclass_fields__)
 
 
-def format_timestamp(value: datetime) -> str:
-    """ISO 8601 UTC with microseconds and a Z, the only form that is hashed."""
-    utc = value.astimezone(UTC)
-    if utc.year < 1000:  # noqa: PLR2004 - strftime writes such years unpadded; keep their hashes
-        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    # The same text as the strftime above, at a fraction of its cost (once or twice per entry).
-    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+def canonical(fields: EntryFields, *, sequence: int, prev_hash: str) -> bytes:
+    """The RFC 8785 form of the entry that its hash and its Merkle leaf are taken over.
 
-
-def entry_hash(fields: EntryFields, *, sequence: int, prev_hash: str) -> str:
-    """SHA-256 (hex) of the canonical JSON of the entry."""
+    Fields older than attribution (producer, received_at) are left out when unset, so entries
+    recorded before them keep their hashes (``hypersdk_auditproof.entries``).
+    """
     # Field by field, not dataclasses.asdict, which deep-copies every value.
-    document = {
-        key: value
-        for key in _HASHED
-        if not ((value := getattr(fields, key)) is None and key in _ATTRIBUTION)
-    }
+    document = {key: getattr(fields, key) for key in _HASHED}
     document["timestamp"] = format_timestamp(fields.timestamp)
     if fields.received_at is not None:
         document["received_at"] = format_timestamp(fields.received_at)
     document["sequence"] = sequence
     document["prev_hash"] = prev_hash
-    return hashlib.sha256(rfc8785.dumps(document)).hexdigest()
+    return canonical_entries.canonical(document)
+
+
+def entry_hash(fields: EntryFields, *, sequence: int, prev_hash: str) -> str:
+    """SHA-256 (hex) of the canonical JSON of the entry."""
+    return canonical_entries.entry_hash(canonical(fields, sequence=sequence, prev_hash=prev_hash))
+
+
+def link(fields: EntryFields, *, sequence: int, prev_hash: str) -> tuple[ChainedEntry, bytes]:
+    """Place ``fields`` after an entry whose hash is ``prev_hash``; with its Merkle leaf hash."""
+    document = canonical(fields, sequence=sequence, prev_hash=prev_hash)
+    entry = ChainedEntry(
+        **{key: getattr(fields, key) for key in _HASHED},
+        sequence=sequence,
+        prev_hash=prev_hash,
+        hash=canonical_entries.entry_hash(document),
+    )
+    return entry, canonical_entries.entry_leaf(document)
 
 
 def chain(fields: EntryFields, *, sequence: int, prev_hash: str) -> ChainedEntry:
     """Place ``fields`` after an entry whose hash is ``prev_hash``."""
-    return ChainedEntry(
-        **{key: getattr(fields, key) for key in _HASHED},
-        sequence=sequence,
-        prev_hash=prev_hash,
-        hash=entry_hash(fields, sequence=sequence, prev_hash=prev_hash),
-    )
+    return link(fields, sequence=sequence, prev_hash=prev_hash)[0]
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+
+from hypersdk_auditproof.checkpoint import SignedCheckpoint
 
 from hypersdk_audit.core.chain import ChainedEntry, EntryFields
+from hypersdk_audit.core.proofs import Node, TreeHead
 from hypersdk_audit.core.quarantine import QuarantinedEvent
 
 
 class AuditLog(ABC):
-    """An append-only, hash-chained log, and the quarantine of events it refused."""
+    """An append-only, hash-chained log with its Merkle tree; the quarantine of refused events.
+
+    Appending an entry also stores every perfect subtree of the tree it completes (leaf index
+    = sequence - 1, the leaf is the entry's canonical JSON), in the same transaction.
+    """
 
     @abstractmethod
     async def append_batch(
@@ -39,3 +46,27 @@ class AuditLog(ABC):
     @abstractmethod
     async def quarantined(self, *, after_number: int, limit: int) -> list[QuarantinedEvent]:
         """Quarantined events after a number, in the order they were kept."""
+
+    @abstractmethod
+    async def entry(self, sequence: int) -> ChainedEntry | None:
+        """One entry, or None."""
+
+    @abstractmethod
+    async def tree_head(self) -> TreeHead:
+        """The size, root and newest entry's hash, as of one moment."""
+
+    @abstractmethod
+    async def tree_nodes(self, nodes: Iterable[Node]) -> dict[Node, bytes]:
+        """The stored perfect subtrees asked for (those not stored are left out)."""
+
+    @abstractmethod
+    async def add_checkpoint(self, signed: SignedCheckpoint) -> SignedCheckpoint:
+        """Keep a checkpoint; the one kept for its size (an earlier one wins)."""
+
+    @abstractmethod
+    async def checkpoints(self, *, after_size: int, limit: int) -> list[SignedCheckpoint]:
+        """Checkpoints of sizes above ``after_size``, smallest first."""
+
+    @abstractmethod
+    async def latest_checkpoint(self) -> SignedCheckpoint | None:
+        """The checkpoint of the largest size, if any."""

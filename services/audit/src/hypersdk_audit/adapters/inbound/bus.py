@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from faststream.rabbit import RabbitBroker
+from hypersdk_auditproof.checkpoint import SignedCheckpoint
 
 from hypersdk_audit.core.chain import ChainedEntry
 from hypersdk_audit.core.quarantine import QuarantinedEvent
@@ -11,8 +16,17 @@ from hypersdk_contracts.names import AUDIT_EVENTS_QUEUE, RpcQueue
 from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import (
     AuditEntryView,
+    CheckpointRequest,
+    CheckpointView,
+    ConsistencyProofRequest,
+    ConsistencyProofView,
+    InclusionProofRequest,
+    InclusionProofView,
     ListAuditEventsRequest,
+    ListCheckpointsRequest,
     ListQuarantineRequest,
+    PublicKeysRequest,
+    PublicKeysView,
     QuarantinedEventView,
     VerifyRequest,
     VerifyResult,
@@ -101,7 +115,58 @@ def register_consumers(
         permissions=AUDIT_VIEW,
         authorizer=guard,
     )
+    _serve_proofs(broker, audit, guard)
     return events
+
+
+def _serve_proofs(broker: RabbitBroker, audit: AuditService, guard: Authorizer) -> None:
+    """Checkpoints, inclusion and consistency proofs, the checkpoint keys (audit:view)."""
+
+    async def checkpoint(request: CheckpointRequest) -> CheckpointView:
+        return checkpoint_view(await audit.checkpoint())
+
+    async def list_checkpoints(request: ListCheckpointsRequest) -> list[CheckpointView]:
+        if request.latest:
+            latest = await audit.latest_checkpoint()
+            return [] if latest is None else [checkpoint_view(latest)]
+        kept = await audit.checkpoints(after_size=request.after_size, limit=request.limit)
+        return [checkpoint_view(signed) for signed in kept]
+
+    async def inclusion(request: InclusionProofRequest) -> InclusionProofView:
+        proof = await audit.inclusion(request.sequence, tree_size=request.tree_size)
+        return InclusionProofView(
+            entry=_view(proof.entry),
+            leaf_index=proof.entry.sequence - 1,
+            tree_size=proof.tree_size,
+            hashes=[digest.hex() for digest in proof.hashes],
+        )
+
+    async def consistency(request: ConsistencyProofRequest) -> ConsistencyProofView:
+        proof = await audit.consistency(request.first, second=request.second)
+        return ConsistencyProofView(
+            first=proof.first, second=proof.second, hashes=[digest.hex() for digest in proof.hashes]
+        )
+
+    async def public_keys(request: PublicKeysRequest) -> PublicKeysView:
+        keys = {
+            key_id: key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+            for key_id, key in audit.public_keys().items()
+        }
+        return PublicKeysView(origin=audit.origin, keys=keys)
+
+    def serve(queue: RpcQueue, model: type[Any], handler: Callable[[Any], Awaitable[Any]]) -> None:
+        serve_rpc(broker, queue, model, handler, permissions=AUDIT_VIEW, authorizer=guard)
+
+    serve(RpcQueue.AUDIT_CHECKPOINT, CheckpointRequest, checkpoint)
+    serve(RpcQueue.AUDIT_LIST_CHECKPOINTS, ListCheckpointsRequest, list_checkpoints)
+    serve(RpcQueue.AUDIT_PROVE_INCLUSION, InclusionProofRequest, inclusion)
+    serve(RpcQueue.AUDIT_PROVE_CONSISTENCY, ConsistencyProofRequest, consistency)
+    serve(RpcQueue.AUDIT_PUBLIC_KEYS, PublicKeysRequest, public_keys)
+
+
+def checkpoint_view(signed: SignedCheckpoint) -> CheckpointView:
+    """A checkpoint as the API and its event show it."""
+    return CheckpointView.model_validate(signed.to_json())
 
 
 def _view(entry: ChainedEntry) -> AuditEntryView:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC
 from typing import Any
 
 import asyncpg
+from hypersdk_auditproof.checkpoint import Checkpoint, SignedCheckpoint
+from hypersdk_auditproof.entries import entry_leaf
+from hypersdk_auditproof.merkle import TreeBuilder
 
-from hypersdk_audit.core.chain import GENESIS_HASH, ChainedEntry, EntryFields, chain
+from hypersdk_audit.core.chain import GENESIS_HASH, ChainedEntry, EntryFields, canonical, link
+from hypersdk_audit.core.proofs import Node, TreeHead, root_at, root_nodes
 from hypersdk_audit.core.quarantine import QuarantinedEvent
 from hypersdk_audit.ports.outbound import AuditLog
 
@@ -48,7 +53,28 @@ MIGRATIONS = [
         envelope jsonb NOT NULL
     );
     """,
+    # Decision 0047: the Merkle tree over entries (every perfect subtree's root, kept as it
+    # completes; level 0 are the leaves) and the signed checkpoints of it. Entries chained
+    # before this migration get their leaves when the service starts (catch_up_tree).
+    """
+    CREATE TABLE tree (
+        level smallint NOT NULL,
+        index bigint NOT NULL,
+        hash bytea NOT NULL,
+        PRIMARY KEY (level, index)
+    );
+    CREATE TABLE checkpoints (
+        size bigint PRIMARY KEY,
+        origin text NOT NULL,
+        root bytea NOT NULL,
+        head char(64) NOT NULL,
+        time timestamptz NOT NULL,
+        key_id text NOT NULL,
+        signature bytea NOT NULL
+    );
+    """,
 ]
+_CATCH_UP_BATCH = 5000
 _CHAIN_LOCK = 0x41554454  # "AUDT": serialises appends across audit replicas.
 _COPY_COLUMNS = (
     "sequence",
@@ -69,9 +95,9 @@ _COLUMNS = ", ".join(f'"{column}"' if column == "user" else column for column in
 
 
 class PostgresAuditLog(AuditLog):
-    """Entries in ``audit.entries``; appends are serialised by an advisory lock.
+    """Entries in ``audit.entries``, the tree in ``audit.tree``; one advisory lock for appends.
 
-    A batch costs one transaction: a lock, two reads and one COPY, however many entries.
+    A batch costs one transaction: a lock, three reads and two COPYs, however many entries.
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -95,21 +121,27 @@ class PostgresAuditLog(AuditLog):
             )
             sequence = 0 if head is None else head["sequence"]
             prev_hash = GENESIS_HASH if head is None else head["hash"]
+            tree = await _tree_at(conn, sequence)
             added: list[ChainedEntry] = []
+            nodes: list[tuple[int, int, bytes]] = []
             for fields in batch:
                 if fields.event_id in seen:
                     continue
                 seen.add(fields.event_id)
                 sequence += 1
-                entry = chain(fields, sequence=sequence, prev_hash=prev_hash)
+                entry, leaf = link(fields, sequence=sequence, prev_hash=prev_hash)
                 prev_hash = entry.hash
                 added.append(entry)
+                nodes += tree.append(leaf)
             if added:
                 await conn.copy_records_to_table(
                     "entries",
                     schema_name=SCHEMA,
                     columns=_COPY_COLUMNS,
                     records=[tuple(getattr(entry, c) for c in _COPY_COLUMNS) for entry in added],
+                )
+                await conn.copy_records_to_table(
+                    "tree", schema_name=SCHEMA, columns=("level", "index", "hash"), records=nodes
                 )
             if quarantine:
                 await conn.executemany(
@@ -136,6 +168,101 @@ class PostgresAuditLog(AuditLog):
                 f"SELECT {_COLUMNS} FROM audit.entries ORDER BY sequence", prefetch=1000
             ):
                 yield _entry(row)
+
+    async def catch_up_tree(self) -> int:
+        """Give entries chained before the tree existed their leaves; how many were added.
+
+        Batch by batch under the chain lock, so appends go on between batches.
+        """
+        added = 0
+        while True:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHAIN_LOCK)
+                size = await _tree_size(conn)
+                rows = await conn.fetch(
+                    f"SELECT {_COLUMNS} FROM audit.entries WHERE sequence > $1 "
+                    "ORDER BY sequence LIMIT $2",
+                    size,
+                    _CATCH_UP_BATCH,
+                )
+                if not rows:
+                    return added
+                tree = await _tree_at(conn, size)
+                nodes: list[tuple[int, int, bytes]] = []
+                for row in rows:
+                    entry = _entry(row)
+                    if entry.sequence != tree.size + 1:
+                        raise RuntimeError(f"the chain has a gap before {entry.sequence}")
+                    document = canonical(entry, sequence=entry.sequence, prev_hash=entry.prev_hash)
+                    nodes += tree.append(entry_leaf(document))
+                await conn.copy_records_to_table(
+                    "tree", schema_name=SCHEMA, columns=("level", "index", "hash"), records=nodes
+                )
+                added += len(rows)
+
+    async def entry(self, sequence: int) -> ChainedEntry | None:
+        """One entry."""
+        row = await self._pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM audit.entries WHERE sequence = $1", sequence
+        )
+        return None if row is None else _entry(row)
+
+    async def tree_head(self) -> TreeHead:
+        """The head and the root's nodes read in one snapshot."""
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            head = await conn.fetchrow(
+                "SELECT sequence, hash FROM audit.entries ORDER BY sequence DESC LIMIT 1"
+            )
+            size = 0 if head is None else int(head["sequence"])
+            nodes = await _nodes(conn, root_nodes(size))
+        return TreeHead(
+            size=size,
+            root=root_at(size, nodes),
+            head=GENESIS_HASH if head is None else head["hash"],
+        )
+
+    async def tree_nodes(self, nodes: Iterable[Node]) -> dict[Node, bytes]:
+        """One query."""
+        async with self._pool.acquire() as conn:
+            return await _nodes(conn, set(nodes))
+
+    async def add_checkpoint(self, signed: SignedCheckpoint) -> SignedCheckpoint:
+        """Insert unless its size is kept already; the one kept."""
+        checkpoint = signed.checkpoint
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO audit.checkpoints (size, origin, root, head, time, key_id, signature)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (size) DO NOTHING",
+                checkpoint.size,
+                checkpoint.origin,
+                checkpoint.root,
+                checkpoint.head,
+                checkpoint.time,
+                signed.key_id,
+                signed.signature,
+            )
+            row = await conn.fetchrow(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM audit.checkpoints WHERE size = $1",
+                checkpoint.size,
+            )
+        return _checkpoint(row)
+
+    async def checkpoints(self, *, after_size: int, limit: int) -> list[SignedCheckpoint]:
+        """Smallest first."""
+        rows = await self._pool.fetch(
+            f"SELECT {_CHECKPOINT_COLUMNS} FROM audit.checkpoints WHERE size > $1 "
+            "ORDER BY size LIMIT $2",
+            after_size,
+            limit,
+        )
+        return [_checkpoint(row) for row in rows]
+
+    async def latest_checkpoint(self) -> SignedCheckpoint | None:
+        """The largest size."""
+        row = await self._pool.fetchrow(
+            f"SELECT {_CHECKPOINT_COLUMNS} FROM audit.checkpoints ORDER BY size DESC LIMIT 1"
+        )
+        return None if row is None else _checkpoint(row)
 
     async def quarantined(self, *, after_number: int, limit: int) -> list[QuarantinedEvent]:
         """One page of ``audit.quarantine``."""
@@ -171,6 +298,55 @@ def _quarantine_row(record: QuarantinedEvent) -> tuple[Any, ...]:
         json.dumps(record.envelope) if name == "envelope" else getattr(record, name)
         for name in _QUARANTINE_FIELDS
     )
+
+
+_CHECKPOINT_COLUMNS = "size, origin, root, head, time, key_id, signature"
+
+
+def _checkpoint(row: Any) -> SignedCheckpoint:
+    checkpoint = Checkpoint(
+        origin=row["origin"],
+        size=int(row["size"]),
+        root=bytes(row["root"]),
+        head=row["head"],
+        time=row["time"].astimezone(UTC),
+    )
+    return SignedCheckpoint(
+        checkpoint=checkpoint, key_id=row["key_id"], signature=bytes(row["signature"])
+    )
+
+
+async def _tree_size(conn: asyncpg.Connection) -> int:
+    """How many leaves the tree has."""
+    last = await conn.fetchval("SELECT max(index) FROM audit.tree WHERE level = 0")
+    return 0 if last is None else int(last) + 1
+
+
+async def _nodes(conn: asyncpg.Connection, wanted: set[Node]) -> dict[Node, bytes]:
+    if not wanted:
+        return {}
+    levels, indexes = zip(*sorted(wanted), strict=True)
+    rows = await conn.fetch(
+        "SELECT t.level, t.index, t.hash FROM audit.tree t "
+        "JOIN unnest($1::smallint[], $2::bigint[]) AS w(level, index) "
+        "ON t.level = w.level AND t.index = w.index",
+        list(levels),
+        list(indexes),
+    )
+    return {(int(row["level"]), int(row["index"])): bytes(row["hash"]) for row in rows}
+
+
+async def _tree_at(conn: asyncpg.Connection, size: int) -> TreeBuilder:
+    """The tree of the first ``size`` entries, ready to take the next leaf.
+
+    A node missing means the tree is behind the chain (entries from before the tree, which
+    :meth:`PostgresAuditLog.catch_up_tree` mends at start): nothing is appended then.
+    """
+    wanted = sorted(root_nodes(size), key=lambda node: -node[0])
+    found = await _nodes(conn, set(wanted))
+    if len(found) != len(wanted):
+        raise RuntimeError("the audit tree is behind the chain: catch_up_tree must run first")
+    return TreeBuilder(size, [found[node] for node in wanted])
 
 
 def _entry(row: Any) -> ChainedEntry:

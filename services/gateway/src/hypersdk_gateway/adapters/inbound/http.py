@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from starlette.convertors import PathConvertor, register_url_convertor
@@ -30,17 +31,24 @@ from hypersdk_contracts.rpc import (
     ApiKeyIdRequest,
     ApiKeyView,
     AuditEntryView,
+    CheckpointRequest,
+    CheckpointView,
+    ConsistencyProofRequest,
+    ConsistencyProofView,
     CreateApiKeyRequest,
     CreateExportRequest,
     DecideRequest,
     DiskFormat,
     GetVmRequest,
+    InclusionProofRequest,
+    InclusionProofView,
     IssuedApiKey,
     JobIdRequest,
     JobStatus,
     JobView,
     ListApiKeysRequest,
     ListAuditEventsRequest,
+    ListCheckpointsRequest,
     ListJobsRequest,
     ListProvidersRequest,
     ListQuarantineRequest,
@@ -54,6 +62,7 @@ from hypersdk_contracts.rpc import (
     ProviderNameRequest,
     ProviderType,
     ProviderView,
+    PublicKeysRequest,
     PutSecretRequest,
     QuarantinedEventView,
     RefreshRequest,
@@ -73,6 +82,7 @@ from hypersdk_contracts.rpc import (
     VerifyResult,
     VmView,
 )
+from hypersdk_gateway.adapters.inbound.audit_export import audit_bundle, prepend
 from hypersdk_gateway.adapters.inbound.errors import ErrorEnvelope, envelope_bytes
 from hypersdk_gateway.adapters.inbound.middleware import API_PREFIX, context_of
 from hypersdk_gateway.adapters.inbound.operations import operations_of
@@ -924,10 +934,109 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
         """Recompute the hash chain; name the first entry that does not check out."""
         return await backend.ask(RpcQueue.AUDIT_VERIFY, VerifyRequest(context=ctx(request)))
 
-    @api.get("/audit/export", tags=["audit"], openapi_extra=audit_view, responses=NOT_BUILT)
-    async def audit_export() -> None:
-        """Export the log."""
-        raise not_implemented("Audit export")
+    @api.get(
+        "/audit/checkpoints",
+        response_model=list[CheckpointView],
+        tags=["audit"],
+        openapi_extra=audit_view,
+    )
+    async def audit_checkpoints(
+        request: Request,
+        after_size: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    ) -> Any:
+        """Signed checkpoints of the log's Merkle tree, smallest size first."""
+        return await backend.ask(
+            RpcQueue.AUDIT_LIST_CHECKPOINTS,
+            ListCheckpointsRequest(after_size=after_size, limit=limit, context=ctx(request)),
+        )
+
+    @api.get(
+        "/audit/checkpoints/latest",
+        response_model=CheckpointView,
+        tags=["audit"],
+        openapi_extra=audit_view,
+    )
+    async def audit_latest_checkpoint(request: Request) -> Any:
+        """The newest signed checkpoint (404 before the first)."""
+        found = await backend.ask(
+            RpcQueue.AUDIT_LIST_CHECKPOINTS,
+            ListCheckpointsRequest(latest=True, context=ctx(request)),
+        )
+        if not found:
+            raise ServiceError(ErrorCode.NOT_FOUND, "No checkpoint has been signed yet.")
+        return found[0]
+
+    @api.post(
+        "/audit/checkpoints",
+        response_model=CheckpointView,
+        tags=["audit"],
+        openapi_extra=audit_view,
+    )
+    async def audit_sign_checkpoint(request: Request) -> Any:
+        """Sign a checkpoint of the log as it is now (the latest one if nothing was added)."""
+        return await backend.ask(RpcQueue.AUDIT_CHECKPOINT, CheckpointRequest(context=ctx(request)))
+
+    @api.get(
+        "/audit/proofs/inclusion",
+        response_model=InclusionProofView,
+        tags=["audit"],
+        openapi_extra=audit_view,
+    )
+    async def audit_inclusion_proof(
+        request: Request,
+        sequence: Annotated[int, Query(ge=1, le=INT64_MAX)],
+        tree_size: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
+    ) -> Any:
+        """RFC 9162 proof that an entry is in the tree (by default the latest checkpoint's)."""
+        return await backend.ask(
+            RpcQueue.AUDIT_PROVE_INCLUSION,
+            InclusionProofRequest(sequence=sequence, tree_size=tree_size, context=ctx(request)),
+        )
+
+    @api.get(
+        "/audit/proofs/consistency",
+        response_model=ConsistencyProofView,
+        tags=["audit"],
+        openapi_extra=audit_view,
+    )
+    async def audit_consistency_proof(
+        request: Request,
+        first: Annotated[int, Query(ge=1, le=INT64_MAX)],
+        second: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
+    ) -> Any:
+        """RFC 9162 proof that the tree of ``first`` entries is a prefix of ``second``'s."""
+        return await backend.ask(
+            RpcQueue.AUDIT_PROVE_CONSISTENCY,
+            ConsistencyProofRequest(first=first, second=second, context=ctx(request)),
+        )
+
+    @api.get(
+        "/audit/export",
+        tags=["audit"],
+        openapi_extra=audit_view,
+        response_class=StreamingResponse,
+        responses={200: {"content": {"application/x-ndjson": {}}}},
+    )
+    async def audit_export(request: Request) -> StreamingResponse:
+        """The whole log as an offline-verifiable bundle (JSON Lines), streamed page by page.
+
+        The header (origin, checkpoint keys) and the first page are read before answering, so a
+        refusal or an unavailable audit service is an ordinary error response.
+        """
+        context = ctx(request)
+        keys = await backend.ask(RpcQueue.AUDIT_PUBLIC_KEYS, PublicKeysRequest(context=context))
+        checkpoints = await backend.ask(
+            RpcQueue.AUDIT_LIST_CHECKPOINTS,
+            ListCheckpointsRequest(after_size=0, limit=MAX_PAGE, context=context),
+        )
+        pages = audit_bundle(backend, context, keys, checkpoints)
+        first = await anext(pages)
+        return StreamingResponse(
+            prepend(first, pages),
+            media_type="application/x-ndjson",
+            headers={"Content-Disposition": 'attachment; filename="audit-bundle.jsonl"'},
+        )
 
     # ---- system ----------------------------------------------------------------------------
     system = guarded(Permission.SYSTEM_CONFIGURE)
