@@ -18,6 +18,7 @@ from typing import Any
 import aio_pika
 import httpx
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
 from hypersdk_auditproof import merkle
 from hypersdk_auditproof.checkpoint import SignedCheckpoint, body, verify_signature
 from hypersdk_auditproof.entries import canonical, entry_leaf

@@ -15,9 +15,6 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypersdk_auditproof import merkle
-from hypersdk_auditproof.checkpoint import verify_signature
-from hypersdk_auditproof.entries import entry_leaf
 
 from hypersdk_audit.adapters.outbound.postgres import (
     _COPY_COLUMNS,
@@ -29,6 +26,9 @@ from hypersdk_audit.adapters.outbound.signers import KeyFileSigner
 from hypersdk_audit.core.chain import GENESIS_HASH, EntryFields, canonical, chain
 from hypersdk_audit.core.service import AuditService
 from hypersdk_audit.inject import create_audit_pool
+from hypersdk_auditproof import merkle
+from hypersdk_auditproof.checkpoint import verify_signature
+from hypersdk_auditproof.entries import entry_leaf
 from hypersdk_kit.database import apply_migrations
 from tests.unit.audit_world import attribution
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from hypersdk_auditproof.verify import verify_bundle
+
 from .conftest import ADMIN_PASSWORD, Stack
 
 
@@ -175,7 +177,7 @@ def test_an_api_key_for_scripts(admin: Hyperctl, tmp_path: Path) -> None:
     assert key not in after.stderr
 
 
-def test_the_audit_trail_and_routes_not_built_yet(admin: Hyperctl) -> None:
+def test_the_audit_trail_and_its_bundle(admin: Hyperctl) -> None:
     entries = admin.json("audit", "events", "--limit", "5")
     assert len(entries) == 5
     assert {"sequence", "action", "hash", "prev_hash"} <= set(entries[0])
@@ -183,9 +185,10 @@ def test_the_audit_trail_and_routes_not_built_yet(admin: Hyperctl) -> None:
     assert verdict["valid"] is True
     assert isinstance(admin.json("audit", "quarantine"), list)
     export = admin.run("audit", "export")
-    assert export.returncode == 9
-    assert export.stderr.startswith("error: not_implemented: Audit export is not available")
-    assert "(request " in export.stderr
+    assert export.returncode == 0, export.stderr
+    lines = export.stdout.splitlines()
+    assert json.loads(lines[0])["format"] == "hypersdk-audit-bundle/v1"
+    assert verify_bundle(lines).valid
 
 
 def test_without_a_credential_or_with_a_bogus_one(admin: Hyperctl, tmp_path: Path) -> None:

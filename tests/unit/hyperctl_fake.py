@@ -24,6 +24,9 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 MiB = 1 << 20
 
 
+BUNDLE = '{"format": "hypersdk-audit-bundle/v1"}\n{"kind": "entry", "sequence": 1}\n'
+
+
 @dataclass
 class Call:
     method: str
@@ -160,7 +163,7 @@ class InMemoryPlatformApi(PlatformApi):
             (r"/audit/verify", "GET", self._verify),
             (r"/audit/quarantine", "GET", lambda *_: ApiReply(200, [])),
             (r"/auth/sessions", "GET", self._sessions),
-            (r"/audit/export", "GET", self._not_built),
+            (r"/audit/export", "GET", self._audit_export),
         ]
 
     def _sessions(self, user: str, *_: Any) -> ApiReply:
@@ -269,8 +272,9 @@ class InMemoryPlatformApi(PlatformApi):
             200, {"valid": True, "entries": 12, "first_bad_sequence": None, "reason": None}
         )
 
-    def _not_built(self, *_: Any) -> ApiReply:
-        return envelope(501, "not_implemented", "Audit export is not available in this version.")
+    def _audit_export(self, *_: Any) -> ApiReply:
+        """The bundle as the HTTP adapter hands JSON Lines on: text."""
+        return ApiReply(200, BUNDLE, {"content-type": "application/x-ndjson"})
 
 
 @dataclass

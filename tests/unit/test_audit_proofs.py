@@ -6,14 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypersdk_auditproof import merkle
-from hypersdk_auditproof.checkpoint import SignedCheckpoint, body, verify_signature
-from hypersdk_auditproof.entries import entry_leaf
 
 from hypersdk_audit.adapters.outbound.memory import InMemoryAuditLog
 from hypersdk_audit.adapters.outbound.signers import KeyFileSigner
 from hypersdk_audit.core.chain import EntryFields, canonical
 from hypersdk_audit.core.service import AuditService
+from hypersdk_auditproof import merkle
+from hypersdk_auditproof.checkpoint import SignedCheckpoint, body, verify_signature
+from hypersdk_auditproof.entries import entry_leaf
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 
 from .audit_world import attribution

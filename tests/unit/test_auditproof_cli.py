@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from hypersdk_auditproof.bundle import public_key_pem
 from hypersdk_auditproof.cli import KEYS_FROM_BUNDLE_WARNING, main
 from hypersdk_auditproof.verify import verify_bundle
-
 from tests.unit.test_auditproof_verify import KEY, LOG, SIZE, TRUSTED, at, bundle
 
 
@@ -146,3 +146,13 @@ def test_the_module_reads_stdin(files: Path) -> None:
     result = subprocess.run([*command[:3], "nowhere"], capture_output=True, cwd=files, check=False)
     assert result.returncode == 2
     assert b"Traceback" not in result.stderr
+
+
+def test_the_package_imports_nothing_else_of_hypersdk() -> None:
+    code = (
+        "import sys, hypersdk_auditproof.cli, hypersdk_auditproof.verify;"
+        "print(sorted(m for m in sys.modules if m.startswith('hypersdk')"
+        " and not m.startswith('hypersdk_auditproof')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    assert result.stdout == b"[]\n"

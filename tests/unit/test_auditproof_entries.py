@@ -1,4 +1,10 @@
-"""The canonical form of an entry: byte-identical to the audit service's chain hash."""
+"""The canonical form of an entry: byte-identical to the audit service's chain hash.
+
+The service's ``chain.entry_hash`` now calls this library, so comparing with it alone would be
+circular: ``ORIGINAL_HASHES`` were computed with the service's own implementation before that
+change (``services/audit/src/hypersdk_audit/core/chain.py`` at commit 119291b) and pin the bytes
+every entry already recorded was hashed over.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ from typing import Any
 
 import pytest
 import rfc8785
+
+from hypersdk_audit.core import chain
 from hypersdk_auditproof.entries import (
     GENESIS_HASH,
     HASHED_FIELDS,
@@ -18,8 +26,6 @@ from hypersdk_auditproof.entries import (
     format_timestamp,
 )
 from hypersdk_auditproof.merkle import leaf_hash
-
-from hypersdk_audit.core import chain
 
 WHEN = datetime(2026, 12, 7, 10, 11, 12, 123456, tzinfo=UTC)
 
@@ -70,6 +76,28 @@ FIELDS = [
 ]
 
 
+ORIGINAL_HASHES = [
+    (
+        "fe2488ce890bc163fc12a7a0738f4c196e1a50c047051ae17038dfa4f2728913",
+        "fa4e83029cb56afe28d0c1a85f3eb3c820b5e53b572a9443c98198779d01e3b6",
+    ),
+    (
+        "020718be4e7a4590dd864508c2c6f1367cc9e0d4b9aea7a92bac9a95a403fa76",
+        "09f2de23e9d96e2c3013f8240ea619f0778b0015767cc94732a4e7827a8553e1",
+    ),
+    (
+        "ac9b880b405cf9afd4613b3e040897659e4dd4b3491916682f226acf6ebd6674",
+        "ca04057325c9da3fd5e3b561c7628b6eeedf4a93cf20c4f1fdc17ab804075bff",
+    ),
+    (
+        "e3fbe8e6e879b220c0714a0a3433d673d792bb3f996ea0355803d2cee27a5e0c",
+        "4984f98a46529c79b1a2170e2f964ffce01609e4954817eeb23f6924e3d52c1a",
+    ),
+]
+"""For each of FIELDS: its hash at sequence 1 after the genesis, and at 987654 after "ab" * 32."""
+POSITIONS = [(1, GENESIS_HASH), (987654, "ab" * 32)]
+
+
 def as_mapping(fields: chain.EntryFields, *, sequence: int, prev_hash: str) -> dict[str, Any]:
     """What a bundle carries: every field, times in their hashed form, plus the chain's."""
     document: dict[str, Any] = {key: getattr(fields, key) for key in HASHED_FIELDS}
@@ -80,12 +108,14 @@ def as_mapping(fields: chain.EntryFields, *, sequence: int, prev_hash: str) -> d
     return document
 
 
-@pytest.mark.parametrize("fields", FIELDS)
-def test_the_hash_is_the_audit_services_own(fields: chain.EntryFields) -> None:
-    for sequence, prev_hash in ((1, GENESIS_HASH), (987654, "ab" * 32)):
-        expected = chain.entry_hash(fields, sequence=sequence, prev_hash=prev_hash)
+@pytest.mark.parametrize(("fields", "hashes"), list(zip(FIELDS, ORIGINAL_HASHES, strict=True)))
+def test_the_hash_is_the_one_the_audit_service_always_wrote(
+    fields: chain.EntryFields, hashes: tuple[str, str]
+) -> None:
+    for (sequence, prev_hash), expected in zip(POSITIONS, hashes, strict=True):
         document = as_mapping(fields, sequence=sequence, prev_hash=prev_hash)
         assert entry_hash(canonical(document)) == expected
+        assert chain.entry_hash(fields, sequence=sequence, prev_hash=prev_hash) == expected
 
 
 def test_a_chain_built_by_the_service_verifies_with_the_library() -> None:

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Callable
 
 import pytest
+
 from hypersdk_auditproof.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,

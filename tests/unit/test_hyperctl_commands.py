@@ -23,7 +23,15 @@ from hypersdk_cli.core.models import CliConfig, Context, StoredSession
 from hypersdk_cli.core.session import REFRESH_AFTER
 from hypersdk_cli.ports.outbound import ApiReply
 
-from .hyperctl_fake import NOW, Clock, InMemoryConfigStore, InMemoryPlatformApi, envelope, wiring
+from .hyperctl_fake import (
+    BUNDLE,
+    NOW,
+    Clock,
+    InMemoryConfigStore,
+    InMemoryPlatformApi,
+    envelope,
+    wiring,
+)
 
 SERVER = "http://platform.test"
 
@@ -289,9 +297,19 @@ def test_an_error_page_without_an_envelope_still_gets_one_line() -> None:
 
 def test_not_implemented_routes_report_their_line() -> None:
     world = World()
+    world.api.overrides[("GET", "/audit/export")] = envelope(
+        501, "not_implemented", "Audit export is not available in this version."
+    )
     result = world.run("audit", "export")
     assert result.exit_code == 9
     assert result.stderr.startswith("error: not_implemented: Audit export is not available")
+
+
+def test_the_audit_bundle_goes_to_stdout_as_it_came() -> None:
+    world = World()
+    result = world.run("audit", "export")
+    assert result.exit_code == 0
+    assert result.stdout == BUNDLE
 
 
 def test_an_unexpected_failure_is_a_line_not_a_traceback() -> None:

@@ -261,4 +261,7 @@ class TreeBuilder:
 
     def copy(self) -> TreeBuilder:
         """An independent builder at the same state, to try an alternative next leaf."""
-        return TreeBuilder(self._size, self._frontier)
+        clone = TreeBuilder.__new__(TreeBuilder)  # the state is valid already: skip the checks
+        clone._size = self._size
+        clone._frontier = list(self._frontier)
+        return clone

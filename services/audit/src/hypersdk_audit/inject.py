@@ -10,7 +10,6 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 from faststream.rabbit import RabbitBroker
-from hypersdk_auditproof.checkpoint import SignedCheckpoint
 
 from hypersdk_audit.adapters.inbound.bus import checkpoint_view, register_consumers
 from hypersdk_audit.adapters.outbound.postgres import PostgresAuditLog
@@ -19,6 +18,7 @@ from hypersdk_audit.config import AuditSettings
 from hypersdk_audit.core.attribution import Attribution
 from hypersdk_audit.core.proofs import CheckpointSigner
 from hypersdk_audit.core.service import AuditService
+from hypersdk_auditproof.checkpoint import SignedCheckpoint
 from hypersdk_contracts.events import AuditRequestRejected, CheckpointSigned
 from hypersdk_kit.bus import RabbitEventPublisher, build_broker
 from hypersdk_kit.database import create_pool

@@ -252,9 +252,12 @@ class Platform:
             "GET", "/audit/quarantine", query={"after_number": after_number, "limit": limit}
         )
 
-    def audit_export(self) -> Any:
-        """GET /audit/export."""
-        return self.body("GET", "/audit/export")
+    def audit_export(self) -> str:
+        """GET /audit/export: the bundle's JSON Lines."""
+        bundle = self.body("GET", "/audit/export")
+        if not isinstance(bundle, str):
+            raise CliError("bad_response", "The audit export was not JSON Lines.")
+        return bundle
 
 
 def log_in(

@@ -15,10 +15,10 @@ from datetime import datetime
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from hypersdk_auditproof import merkle
-from hypersdk_auditproof.checkpoint import Checkpoint, SignedCheckpoint, body
 
 from hypersdk_audit.core.chain import ChainedEntry
+from hypersdk_auditproof import merkle
+from hypersdk_auditproof.checkpoint import Checkpoint, SignedCheckpoint, body
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 
 Node = tuple[int, int]

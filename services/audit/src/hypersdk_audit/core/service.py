@@ -7,8 +7,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from hypersdk_auditproof import merkle
-from hypersdk_auditproof.checkpoint import SignedCheckpoint
 
 from hypersdk_audit.core.attribution import Attribution, NotGenuineError
 from hypersdk_audit.core.chain import ChainedEntry, EntryFields, Verification, verify
@@ -29,6 +27,8 @@ from hypersdk_audit.core.quarantine import (
 )
 from hypersdk_audit.core.recorder import entry_fields
 from hypersdk_audit.ports.outbound import AuditLog
+from hypersdk_auditproof import merkle
+from hypersdk_auditproof.checkpoint import SignedCheckpoint
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_kit.bus import Received
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Sequence
 
-from hypersdk_auditproof.checkpoint import SignedCheckpoint
-
 from hypersdk_audit.core.chain import ChainedEntry, EntryFields
 from hypersdk_audit.core.proofs import Node, TreeHead
 from hypersdk_audit.core.quarantine import QuarantinedEvent
+from hypersdk_auditproof.checkpoint import SignedCheckpoint
 
 
 class AuditLog(ABC):

@@ -959,11 +959,21 @@ def audit_quarantine(app: App, after_number: int, limit: int) -> None:
     emit(entries, app.output, columns=columns)
 
 
-@audit.command("export", examples=["hyperctl audit export -o json > audit.json"])
+@audit.command(
+    "export",
+    examples=[
+        "hyperctl audit export > bundle.jsonl",
+        "hypersdk-audit-verify bundle.jsonl --public-key audit.pub",
+    ],
+)
 @click.pass_obj
 def audit_export(app: App) -> None:
-    """Export the log (the platform answers not_implemented in this version)."""
-    emit(app.platform.audit_export(), app.output, single=True)
+    """Write the whole log as a bundle (JSON Lines) that hypersdk-audit-verify checks offline.
+
+    The bundle goes to standard output as the platform sent it (at most 32 MiB through
+    hyperctl; larger logs: GET /api/v1/audit/export directly).
+    """
+    click.echo(app.platform.audit_export(), nl=False)
 
 
 # ---- config ----------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ API_PREFIX = "/api/v1"
 MAX_BODY_BYTES = 32 << 20
 """An answer larger than this is refused (a hostile or broken server cannot fill memory)."""
 USER_AGENT = "hyperctl/0.1"
+JSON_LINES = "application/x-ndjson"
+"""A body passed on as text, never parsed: the audit export bundle."""
 
 
 def normalized_pin(value: str) -> str:
@@ -170,7 +172,9 @@ class HttpxPlatformApi(PlatformApi):
                 status, answer_headers = response.status_code, dict(response.headers)
         except httpx.HTTPError as exc:
             raise _failure(exc, self._server) from None
-        return ApiReply(status=status, body=self._parse(status, raw), headers=answer_headers)
+        return ApiReply(
+            status=status, body=self._parse(status, raw, answer_headers), headers=answer_headers
+        )
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -195,9 +199,12 @@ class HttpxPlatformApi(PlatformApi):
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _parse(self, status: int, raw: bytes) -> Any:
+    def _parse(self, status: int, raw: bytes, headers: Mapping[str, str]) -> Any:
         if not raw.strip():
             return None
+        content_type = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+        if status < 300 and content_type.startswith(JSON_LINES):  # noqa: PLR2004 - success
+            return raw.decode("utf-8", errors="strict")  # JSON Lines: passed on as they came
         try:
             return jsonlib.loads(raw)
         except (ValueError, RecursionError) as exc:

@@ -7,11 +7,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from faststream.rabbit import RabbitBroker
-from hypersdk_auditproof.checkpoint import SignedCheckpoint
 
 from hypersdk_audit.core.chain import ChainedEntry
 from hypersdk_audit.core.quarantine import QuarantinedEvent
 from hypersdk_audit.core.service import AuditService
+from hypersdk_auditproof.checkpoint import SignedCheckpoint
 from hypersdk_contracts.names import AUDIT_EVENTS_QUEUE, RpcQueue
 from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import (

@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Iterable, Sequence
 
-from hypersdk_auditproof.checkpoint import SignedCheckpoint
-from hypersdk_auditproof.merkle import TreeBuilder
-
 from hypersdk_audit.core.chain import GENESIS_HASH, ChainedEntry, EntryFields, link
 from hypersdk_audit.core.proofs import Node, TreeHead, root_at
 from hypersdk_audit.core.quarantine import QuarantinedEvent
 from hypersdk_audit.ports.outbound import AuditLog
+from hypersdk_auditproof.checkpoint import SignedCheckpoint
+from hypersdk_auditproof.merkle import TreeBuilder
 
 
 class InMemoryAuditLog(AuditLog):

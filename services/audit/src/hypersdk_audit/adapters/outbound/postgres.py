@@ -8,14 +8,14 @@ from datetime import UTC
 from typing import Any
 
 import asyncpg
-from hypersdk_auditproof.checkpoint import Checkpoint, SignedCheckpoint
-from hypersdk_auditproof.entries import entry_leaf
-from hypersdk_auditproof.merkle import TreeBuilder
 
 from hypersdk_audit.core.chain import GENESIS_HASH, ChainedEntry, EntryFields, canonical, link
 from hypersdk_audit.core.proofs import Node, TreeHead, root_at, root_nodes
 from hypersdk_audit.core.quarantine import QuarantinedEvent
 from hypersdk_audit.ports.outbound import AuditLog
+from hypersdk_auditproof.checkpoint import Checkpoint, SignedCheckpoint
+from hypersdk_auditproof.entries import entry_leaf
+from hypersdk_auditproof.merkle import TreeBuilder
 
 SCHEMA = "audit"
 MIGRATIONS = [

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from hypersdk_auditproof.checkpoint import key_id
 
+from hypersdk_auditproof.checkpoint import key_id
 from hypersdk_kit.transit import TransitSigner
 
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
 from hypersdk_auditproof.bundle import Genesis, checkpoint_line, entry_line, header_line
 from hypersdk_auditproof.checkpoint import SignedCheckpoint
 from hypersdk_auditproof.entries import format_timestamp
-
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.rpc import ListAuditEventsRequest, ListCheckpointsRequest
 from hypersdk_gateway.ports.outbound import Backend
