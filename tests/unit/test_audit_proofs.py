@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -105,6 +106,20 @@ async def test_a_checkpoint_is_signed_kept_published_and_not_repeated_for_an_unc
     assert second.checkpoint.size == 15
     assert await audit.checkpoints(after_size=0, limit=10) == [first, second]
     assert await audit.latest_checkpoint() == second
+
+
+async def test_an_idle_log_is_not_signed_again_for_the_record_of_its_own_checkpoint() -> None:
+    log = InMemoryAuditLog()
+    audit, published = await service(log, Ed25519PrivateKey.generate())
+    await grow(log, 1, 3)
+    first = await audit.checkpoint()
+    # The checkpoint's event comes back and is chained: that alone signs nothing new.
+    record = dataclasses.replace(fields(99), action="audit.checkpoint", producer="audit")
+    await log.append_batch([record])
+    assert await audit.checkpoint() == first
+    await grow(log, 4, 1)  # anything else does
+    assert (await audit.checkpoint()).checkpoint.size == 5
+    assert len(published) == 2
 
 
 async def test_without_a_key_no_checkpoint_is_signed() -> None:

@@ -30,6 +30,7 @@ from hypersdk_audit.ports.outbound import AuditLog
 from hypersdk_auditproof import merkle
 from hypersdk_auditproof.checkpoint import SignedCheckpoint
 from hypersdk_contracts.errors import ErrorCode, ServiceError
+from hypersdk_contracts.events import CheckpointSigned
 from hypersdk_kit.bus import Received
 
 Published = Callable[[SignedCheckpoint], Awaitable[None]]
@@ -124,7 +125,7 @@ class AuditService:
             raise ServiceError(ErrorCode.NOT_IMPLEMENTED, "No checkpoint key is configured.")
         head = await self._log.tree_head()
         latest = await self._log.latest_checkpoint()
-        if latest is not None and latest.checkpoint.size >= head.size:
+        if latest is not None and await self._unchanged_since(latest.checkpoint.size, head.size):
             return latest
         checkpoint, message = new_checkpoint(self.origin, head, self._clock())
         key_id, signature = await self._signer.sign(message)
@@ -132,6 +133,19 @@ class AuditService:
         if kept.signature == signature and self._published is not None:
             await self._published(kept)
         return kept
+
+    async def _unchanged_since(self, checkpointed: int, size: int) -> bool:
+        """Whether nothing but the record of that checkpoint was added since it.
+
+        Each checkpoint's event is chained too; without this an idle log would be signed
+        again every interval, for ever, one checkpoint per checkpoint.
+        """
+        if size <= checkpointed:
+            return True
+        if size > checkpointed + 1:
+            return False
+        newest = await self._log.entry(size)
+        return newest is not None and newest.action == CheckpointSigned.audit_action
 
     async def checkpoints(self, *, after_size: int, limit: int) -> list[SignedCheckpoint]:
         """Checkpoints in increasing size."""
