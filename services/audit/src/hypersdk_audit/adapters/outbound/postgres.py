@@ -97,7 +97,7 @@ _COLUMNS = ", ".join(f'"{column}"' if column == "user" else column for column in
 class PostgresAuditLog(AuditLog):
     """Entries in ``audit.entries``, the tree in ``audit.tree``; one advisory lock for appends.
 
-    A batch costs one transaction: a lock, three reads and two COPYs, however many entries.
+    A batch costs one transaction: a lock, four reads and two COPYs, however many entries.
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -121,6 +121,8 @@ class PostgresAuditLog(AuditLog):
             )
             sequence = 0 if head is None else head["sequence"]
             prev_hash = GENESIS_HASH if head is None else head["hash"]
+            while await _extend_tree(conn, _CATCH_UP_BATCH):
+                pass  # entries an older replica chained without the tree
             tree = await _tree_at(conn, sequence)
             added: list[ChainedEntry] = []
             nodes: list[tuple[int, int, bytes]] = []
@@ -172,33 +174,17 @@ class PostgresAuditLog(AuditLog):
     async def catch_up_tree(self) -> int:
         """Give entries chained before the tree existed their leaves; how many were added.
 
-        Batch by batch under the chain lock, so appends go on between batches.
+        Batch by batch under the chain lock, so appends go on between batches. An append that
+        finds the tree behind (an older replica appended meanwhile) catches up itself.
         """
         added = 0
         while True:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHAIN_LOCK)
-                size = await _tree_size(conn)
-                rows = await conn.fetch(
-                    f"SELECT {_COLUMNS} FROM audit.entries WHERE sequence > $1 "
-                    "ORDER BY sequence LIMIT $2",
-                    size,
-                    _CATCH_UP_BATCH,
-                )
-                if not rows:
-                    return added
-                tree = await _tree_at(conn, size)
-                nodes: list[tuple[int, int, bytes]] = []
-                for row in rows:
-                    entry = _entry(row)
-                    if entry.sequence != tree.size + 1:
-                        raise RuntimeError(f"the chain has a gap before {entry.sequence}")
-                    document = canonical(entry, sequence=entry.sequence, prev_hash=entry.prev_hash)
-                    nodes += tree.append(entry_leaf(document))
-                await conn.copy_records_to_table(
-                    "tree", schema_name=SCHEMA, columns=("level", "index", "hash"), records=nodes
-                )
-                added += len(rows)
+                count = await _extend_tree(conn, _CATCH_UP_BATCH)
+            if not count:
+                return added
+            added += count
 
     async def entry(self, sequence: int) -> ChainedEntry | None:
         """One entry."""
@@ -336,16 +322,39 @@ async def _nodes(conn: asyncpg.Connection, wanted: set[Node]) -> dict[Node, byte
     return {(int(row["level"]), int(row["index"])): bytes(row["hash"]) for row in rows}
 
 
+async def _extend_tree(conn: asyncpg.Connection, limit: int) -> int:
+    """Leaves for up to ``limit`` entries the tree lacks (the chain lock held); how many."""
+    size = await _tree_size(conn)
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM audit.entries WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+        size,
+        limit,
+    )
+    if not rows:
+        return 0
+    tree = await _tree_at(conn, size)
+    nodes: list[tuple[int, int, bytes]] = []
+    for row in rows:
+        entry = _entry(row)
+        if entry.sequence != tree.size + 1:
+            raise RuntimeError(f"the chain has a gap before {entry.sequence}")
+        document = canonical(entry, sequence=entry.sequence, prev_hash=entry.prev_hash)
+        nodes += tree.append(entry_leaf(document))
+    await conn.copy_records_to_table(
+        "tree", schema_name=SCHEMA, columns=("level", "index", "hash"), records=nodes
+    )
+    return len(rows)
+
+
 async def _tree_at(conn: asyncpg.Connection, size: int) -> TreeBuilder:
     """The tree of the first ``size`` entries, ready to take the next leaf.
 
-    A node missing means the tree is behind the chain (entries from before the tree, which
-    :meth:`PostgresAuditLog.catch_up_tree` mends at start): nothing is appended then.
+    A node missing means the tree does not hold those entries: nothing is appended then.
     """
     wanted = sorted(root_nodes(size), key=lambda node: -node[0])
     found = await _nodes(conn, set(wanted))
     if len(found) != len(wanted):
-        raise RuntimeError("the audit tree is behind the chain: catch_up_tree must run first")
+        raise RuntimeError(f"the audit tree lacks nodes of its first {size} leaves")
     return TreeBuilder(size, [found[node] for node in wanted])
 
 
