@@ -121,8 +121,9 @@ class PostgresAuditLog(AuditLog):
             )
             sequence = 0 if head is None else head["sequence"]
             prev_hash = GENESIS_HASH if head is None else head["hash"]
-            while await _extend_tree(conn, _CATCH_UP_BATCH):
-                pass  # entries an older replica chained without the tree
+            if await _tree_size(conn) < sequence:  # an older replica chained without it
+                while await _extend_tree(conn, _CATCH_UP_BATCH):
+                    pass
             tree = await _tree_at(conn, sequence)
             added: list[ChainedEntry] = []
             nodes: list[tuple[int, int, bytes]] = []
