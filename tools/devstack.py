@@ -44,6 +44,10 @@ SERVICES = ("identity", "policy", "secrets", "exporter", "audit", "gateway")
 HEALTH_PORTS = len(SERVICES)
 """Each service's health port is the stack's base port plus its index in SERVICES."""
 MIGRATED = ("identity", "policy", "exporter", "audit")
+EXTRA_DB_LOGINS = ("audit_retention",)
+"""Database logins that are not a service's: the audit retention job's (decision 0048)."""
+EXTRA_DB_ROLES = (*EXTRA_DB_LOGINS, "audit_owner")
+"""...and the owner of audit's schema, which nobody logs in as."""
 ROOT = Path(__file__).resolve().parent.parent
 RABBITMQ_DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
 HARNESS = "harness"
@@ -254,7 +258,7 @@ def _read_secret(path: Path) -> str:
 def ensure_credentials(config: StackConfig) -> None:
     """Generate each service's RabbitMQ and PostgreSQL password once (0600 files)."""
     logins = [*SERVICES, HARNESS] if config.harness else list(SERVICES)
-    for kind, names in (("amqp", logins), ("postgres", MIGRATED)):
+    for kind, names in (("amqp", logins), ("postgres", [*MIGRATED, *EXTRA_DB_LOGINS])):
         directory = _private_dir(config.secret_dir / kind)
         for name in names:
             if not (directory / name).exists():
@@ -338,6 +342,23 @@ def provision_bus(config: StackConfig) -> None:
         check=False,
         capture_output=True,
     )  # fmt: skip
+
+
+def retention_env(config: StackConfig, **limits: str) -> dict[str, str]:
+    """The environment of ``python -m hypersdk_audit retain`` on this stack.
+
+    The retention job's own database login (decision 0048) and the audit settings; ``limits``
+    are more ``HYPERSDK_AUDIT_*`` settings by suffix, e.g. ``RETENTION_MAX_ENTRIES="100"``.
+    """
+    env = config.service_env()
+    env["HYPERSDK_AUDIT_RETENTION_DATABASE_URL"] = config.service_database_url("audit_retention")
+    env.update({f"HYPERSDK_AUDIT_{name}": value for name, value in limits.items()})
+    return env
+
+
+def retain(config: StackConfig, **limits: str) -> str:
+    """Run the audit retention job once; its output (it logs what it cut)."""
+    return _run_module(config, "audit", "retain", env=retention_env(config, **limits))
 
 
 def _run_module(config: StackConfig, service: str, *args: str, env: dict[str, str]) -> str:
@@ -680,7 +701,8 @@ async def _drop_database(config: StackConfig) -> None:
     )
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{config.database}" WITH (FORCE)')
-        for service in MIGRATED:  # roles are cluster-wide; these served that database only
+        # Roles are cluster-wide; these served that database only.
+        for service in (*MIGRATED, *EXTRA_DB_ROLES):
             await conn.execute(f'DROP ROLE IF EXISTS "{config.db_role(service)}"')
     finally:
         await conn.close()
@@ -865,6 +887,10 @@ def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, s
         for service in MIGRATED:
             # As the administrator: creates the service's role, which owns only its schema.
             env[f"HYPERSDK_{service.upper()}_MIGRATION_DATABASE_URL"] = config.database_url()
+        # Only migrate (which provisions the role) and retain (retention_env) see this one.
+        env["HYPERSDK_AUDIT_RETENTION_DATABASE_URL"] = config.service_database_url(
+            "audit_retention"
+        )
         for service in MIGRATED:
             _run_module(config, service, "migrate", env=env)
         # The stack's description in a 0600 file, not on the supervisor's command line (which

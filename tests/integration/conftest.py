@@ -81,7 +81,8 @@ class Api:
         """The newest ``last`` audit entries, in chain order."""
         status, verdict, _ = self.call("GET", "/api/v1/audit/verify", token=token)
         assert status == 200, verdict
-        after = max(0, int(verdict["entries"]) - last)
+        assert verdict["valid"], verdict
+        after = max(0, int(verdict["verification"]["to_size"]) - last)
         entries: list[dict[str, Any]] = []
         while True:  # pages of at most 1000
             status, page, _ = self.call(

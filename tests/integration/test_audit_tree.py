@@ -144,9 +144,16 @@ async def test_a_log_chained_before_the_tree_gets_its_leaves_at_start(database: 
         assert await log.catch_up_tree() == 0
         await log.append_batch(_fields(3))
         # An older replica chains more without the tree; the next append catches up itself.
-        await pool.execute("DELETE FROM audit.tree WHERE index >= 2000 AND level = 0")
-        await pool.execute(
-            "DELETE FROM audit.tree WHERE level > 0 AND (index + 1) * (1 << level) > 2000"
+        head = await pool.fetchrow(
+            "SELECT sequence, hash FROM audit.entries ORDER BY sequence DESC LIMIT 1"
+        )
+        older, prev = [], head["hash"]
+        for sequence, fields in enumerate(_fields(600), start=head["sequence"] + 1):
+            entry = chain(fields, sequence=sequence, prev_hash=prev)
+            prev = entry.hash
+            older.append(tuple(getattr(entry, column) for column in _COPY_COLUMNS))
+        await pool.copy_records_to_table(
+            "entries", schema_name=SCHEMA, columns=_COPY_COLUMNS, records=older
         )
         await log.append_batch(_fields(2))
         leaves = await _leaves(pool)
@@ -154,7 +161,7 @@ async def test_a_log_chained_before_the_tree_gets_its_leaves_at_start(database: 
         for leaf in leaves:
             builder.append(leaf)
         assert (await log.tree_head()).root == builder.root()
-        assert len(leaves) == 2505
+        assert len(leaves) == 3105
     finally:
         await pool.close()
 

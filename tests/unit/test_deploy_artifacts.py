@@ -58,6 +58,11 @@ COMPONENT = "app.kubernetes.io/component"
 VAULT_CLIENTS = ("identity", "policy", "secrets", "exporter", "audit")
 VAULT_DIR = "/var/run/secrets/hypersdk/vault"
 NO_TRANSIT = {"vault": {"transit": {"enabled": False}}}
+ADMIN_SECRET = "pg-admin"
+# With migrations.enabled (the default) the chart requires an administrator's URL: audit's
+# migrate creates and acts as its schema's NOLOGIN owner (decision 0048).
+INSTALL_VALUES: dict[str, Any] = {"migrations": {"adminSecret": ADMIN_SECRET}}
+ADMIN_REFUSAL = "migrations.enabled needs migrations.adminSecret"
 SETTINGS: dict[str, type[BaseModel]] = {
     "gateway": GatewaySettings,
     "identity": IdentitySettings,
@@ -72,9 +77,25 @@ SETTINGS: dict[str, type[BaseModel]] = {
 
 
 def render(values: dict[str, Any] | None = None) -> dict[str, str]:
-    """Render the chart as `helm install hypersdk -n hypersdk` would, without a cluster."""
+    """Render the chart as `helm install hypersdk -n hypersdk` would, without a cluster, with
+    the values every install needs (INSTALL_VALUES) under `values`."""
+    return render_exactly(_deep_merge(INSTALL_VALUES, values or {}))
+
+
+def render_exactly(values: dict[str, Any] | None) -> dict[str, str]:
+    """Render with these values only, over the chart's defaults."""
     with helm.Chart.load(CHART) as chart:
         return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def documents(rendered: dict[str, str]) -> list[dict[str, Any]]:
@@ -226,6 +247,7 @@ def test_notes_explain_access_secrets_and_migrations(rendered: dict[str, str]) -
         assert f"hypersdk-{service}-vault-approle" in notes
     assert "hypersdk-gateway-vault-approle" not in notes
     assert "pre-install/pre-upgrade" in notes
+    assert f"{ADMIN_SECRET}: database-url (an administrator's database URL" in notes
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
@@ -705,27 +727,59 @@ def test_audit_attributes_each_login_of_the_definitions_to_its_service(
     }
 
 
-def test_only_migration_jobs_get_the_administrators_database_url() -> None:
-    """Set, migrations.adminSecret reaches each migration Job (which creates the service's
-    role) and no Deployment; unset, nothing does."""
-    for admin_secret in ("", "pg-admin"):
-        objects = documents(render({"migrations": {"adminSecret": admin_secret}}))
-        for service in SERVICES:
-            (container,) = deployment_of(objects, service)["spec"]["template"]["spec"]["containers"]
-            assert not any("MIGRATION" in name for name in container_env(container))
-        for service in DATABASE_SERVICES:
-            job = of_kind(objects, "Job")[f"hypersdk-{service}-migrate"]
-            (container,) = job["spec"]["template"]["spec"]["containers"]
-            admin = container_env(container).get(
-                f"HYPERSDK_{service.upper()}_MIGRATION_DATABASE_URL"
-            )
-            if admin_secret:
-                assert admin == {
-                    "name": f"HYPERSDK_{service.upper()}_MIGRATION_DATABASE_URL",
-                    "valueFrom": {"secretKeyRef": {"name": "pg-admin", "key": "database-url"}},
-                }
-            else:
-                assert admin is None
+def test_only_migration_jobs_get_the_administrators_database_url(
+    objects: list[dict[str, Any]],
+) -> None:
+    """migrations.adminSecret reaches each migration Job (which creates the service's role)
+    and no Deployment."""
+    for service in SERVICES:
+        (container,) = deployment_of(objects, service)["spec"]["template"]["spec"]["containers"]
+        assert not any("MIGRATION" in name for name in container_env(container))
+    for service in DATABASE_SERVICES:
+        job = of_kind(objects, "Job")[f"hypersdk-{service}-migrate"]
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        admin = container_env(container).get(f"HYPERSDK_{service.upper()}_MIGRATION_DATABASE_URL")
+        assert admin == {
+            "name": f"HYPERSDK_{service.upper()}_MIGRATION_DATABASE_URL",
+            "valueFrom": {"secretKeyRef": {"name": ADMIN_SECRET, "key": "database-url"}},
+        }
+
+
+@pytest.mark.parametrize(
+    "values",
+    [None, {"migrations": {"adminSecret": ""}}, {"migrations": {"enabled": True}}],
+    ids=["chart-defaults", "empty-admin-secret", "enabled-without-admin-secret"],
+)
+def test_migrations_refuse_to_render_without_an_administrator(
+    values: dict[str, Any] | None,
+) -> None:
+    """Audit's migrate stops without an administrator's connection (decision 0048), so the
+    chart refuses to render an audit migrate Job that would fail the install, and says what
+    to do instead."""
+    with pytest.raises(helm.HelmRenderError) as refused:
+        render_exactly(values)
+    message = str(refused.value)
+    assert ADMIN_REFUSAL in message
+    for advice in (
+        "Set migrations.adminSecret to an existing Secret holding an administrator's URL",
+        "set migrations.enabled=false and run `hypersdk-audit migrate` with "
+        "HYPERSDK_AUDIT_MIGRATION_DATABASE_URL yourself",
+    ):
+        assert advice in message
+    assert "retention role" not in message, "retention is off by default"
+
+
+def test_migrations_disabled_need_no_administrator() -> None:
+    """migrations.enabled=false: no Job, and the administrator's URL is nowhere; the notes
+    tell the operator that audit's own migrate needs it."""
+    rendered = render_exactly({"migrations": {"enabled": False}})
+    objects = documents(rendered)
+    assert of_kind(objects, "Job") == {}
+    for o in objects:
+        assert "MIGRATION" not in json.dumps(o), f"{o['kind']}/{o['metadata']['name']}"
+    notes = next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+    assert "`hypersdk-audit migrate`" in notes
+    assert "needs HYPERSDK_AUDIT_MIGRATION_DATABASE_URL" in notes
 
 
 def test_gateway_service_and_health_services(objects: list[dict[str, Any]]) -> None:
@@ -893,6 +947,288 @@ def test_network_policy_peers_are_configurable() -> None:
     assert ingress == {GATEWAY_PORT}
 
 
+# ---- audit retention (decision 0048) ------------------------------------------------------------
+
+RETENTION_SECRET = "hypersdk-audit-retention"
+RETENTION_URL = "HYPERSDK_AUDIT_RETENTION_DATABASE_URL"
+RETENTION_VALUES: dict[str, Any] = {
+    "migrations": {"adminSecret": ADMIN_SECRET},
+    "services": {
+        "audit": {
+            "retention": {
+                "enabled": True,
+                "maxAgeDays": 365,
+                "maxEntries": 10_000_000,
+                "existingSecret": RETENTION_SECRET,
+            }
+        }
+    },
+}
+
+
+def with_retention(**retention: Any) -> dict[str, Any]:
+    """RETENTION_VALUES with some retention values replaced (None removes a limit)."""
+    values: dict[str, Any] = json.loads(json.dumps(RETENTION_VALUES))
+    values["services"]["audit"]["retention"].update(retention)
+    return values
+
+
+@pytest.fixture(scope="module")
+def retention_objects() -> list[dict[str, Any]]:
+    return documents(render(RETENTION_VALUES))
+
+
+def retention_job(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the CronJob, its Job template's pod spec)."""
+    (cronjob,) = of_kind(objects, "CronJob").values()
+    return cronjob, cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def test_retention_is_off_by_default(
+    rendered: dict[str, str], objects: list[dict[str, Any]]
+) -> None:
+    assert of_kind(objects, "CronJob") == {}
+    assert "hypersdk-audit-retention" not in of_kind(objects, "ServiceAccount")
+    for o in objects:
+        assert "RETENTION" not in json.dumps(o), f"{o['kind']}/{o['metadata']['name']}"
+    notes = next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+    assert "retention" not in notes.lower()
+
+
+def test_retention_renders_a_cronjob_of_its_own(
+    retention_objects: list[dict[str, Any]], rendered: dict[str, str]
+) -> None:
+    from hypersdk_audit.cli import CLI
+
+    assert "retain" in CLI.extras, "the chart runs a command the audit CLI has"
+    kinds = [o["kind"] for o in retention_objects]
+    assert kinds.count("CronJob") == 1
+    assert kinds.count("ServiceAccount") == 8  # + the retention job's own
+    assert len(retention_objects) == len(documents(rendered)) + 2
+    cronjob, spec = retention_job(retention_objects)
+    assert cronjob["metadata"]["name"] == "hypersdk-audit-retention"
+    assert cronjob["metadata"]["namespace"] == NAMESPACE
+    assert cronjob["spec"] | {"jobTemplate": None} == {
+        "schedule": "17 3 * * *",
+        "concurrencyPolicy": "Forbid",
+        "startingDeadlineSeconds": 3600,
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+        "jobTemplate": None,
+    }
+    job = cronjob["spec"]["jobTemplate"]["spec"]
+    assert (job["backoffLimit"], job["activeDeadlineSeconds"]) == (1, 3600)
+    assert spec["restartPolicy"] == "Never"
+    _assert_hardened_pod(spec, "audit retention")
+    assert spec["enableServiceLinks"] is False
+    account = of_kind(retention_objects, "ServiceAccount")[spec["serviceAccountName"]]
+    assert spec["serviceAccountName"] == "hypersdk-audit-retention", "not audit's"
+    assert account["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    assert container["command"] == ["python", "-m", "hypersdk_audit", "retain"]
+    assert container["image"] == "hypersdk:0.1.0"
+    labels = cronjob["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    assert labels[COMPONENT] == "audit-retention"
+    audit_service = of_kind(retention_objects, "Service")["hypersdk-audit"]
+    assert not _selects({"matchLabels": audit_service["spec"]["selector"]}, labels)
+
+
+def test_retention_environment(
+    retention_objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit's environment, plus the retention role's URL (from its Secret) and the limits."""
+    _, spec = retention_job(retention_objects)
+    (container,) = spec["containers"]
+    env = container_env(container)
+    assert env[RETENTION_URL] == {
+        "name": RETENTION_URL,
+        "valueFrom": {"secretKeyRef": {"name": RETENTION_SECRET, "key": "database-url"}},
+    }
+    assert env["HYPERSDK_AUDIT_RETENTION_MAX_AGE_DAYS"]["value"] == "365"
+    assert env["HYPERSDK_AUDIT_RETENTION_MAX_ENTRIES"]["value"] == "10000000"
+    _, audit = pod_of(retention_objects, "audit")
+    for name, entry in container_env(audit).items():  # the same key, origin, extraEnv...
+        assert env[name] == entry, name
+    retention_only = set(env) - set(container_env(audit))
+    assert retention_only == {
+        RETENTION_URL,
+        "HYPERSDK_AUDIT_RETENTION_MAX_AGE_DAYS",
+        "HYPERSDK_AUDIT_RETENTION_MAX_ENTRIES",
+    }
+    assert env["HYPERSDK_AUDIT_CHECKPOINT_TRANSIT_KEY"]["value"] == "hypersdk-audit"
+    for variable, key in (("VAULT_ROLE_ID_FILE", "role-id"), ("VAULT_SECRET_ID_FILE", "secret-id")):
+        source = mounted_file(spec, container, env[f"HYPERSDK_AUDIT_{variable}"]["value"])
+        assert source == {"secret": "hypersdk-audit-vault-approle", "key": key, "mode": 0o440}
+    # every variable is a setting of audit, and together they are valid settings
+    placeholders = {
+        "HYPERSDK_AUDIT_AMQP_URL": "amqp://hypersdk-audit@mq/hypersdk",
+        "HYPERSDK_AUDIT_DATABASE_URL": "postgresql://hypersdk_audit@db/hypersdk",
+        RETENTION_URL: "postgresql://hypersdk_audit_retention@db/hypersdk",
+    }
+    for name, entry in env.items():
+        assert name.removeprefix("HYPERSDK_AUDIT_").lower() in AuditSettings.model_fields, name
+        monkeypatch.setenv(name, entry["value"] if "value" in entry else placeholders[name])
+    settings = AuditSettings()  # every field from the environment
+    assert settings.retention_max_age_days == 365
+    assert settings.retention_max_entries == 10_000_000
+    assert settings.retention_database_url is not None
+
+
+def test_retention_with_one_limit_sets_only_that_one() -> None:
+    for limits, wanted in (
+        ({"maxAgeDays": 0.5, "maxEntries": None}, {"MAX_AGE_DAYS": "0.5"}),
+        ({"maxAgeDays": None, "maxEntries": 1}, {"MAX_ENTRIES": "1"}),
+    ):
+        _, spec = retention_job(documents(render(with_retention(**limits))))
+        (container,) = spec["containers"]
+        env = {
+            n.removeprefix("HYPERSDK_AUDIT_RETENTION_"): e.get("value")
+            for n, e in container_env(container).items()
+            if n.startswith("HYPERSDK_AUDIT_RETENTION_MAX_")
+        }
+        assert env == wanted
+
+
+def test_retention_without_transit_signs_with_audit_key_file() -> None:
+    objects = documents(render(NO_TRANSIT | with_retention()))
+    _, spec = retention_job(objects)
+    (container,) = spec["containers"]
+    env = container_env(container)
+    assert not [n for n in env if "VAULT" in n or n.endswith("TRANSIT_KEY")]
+    source = mounted_file(spec, container, env["HYPERSDK_AUDIT_CHECKPOINT_KEY_FILE"]["value"])
+    assert source == {"secret": "hypersdk-signing-keys", "key": "audit.key", "mode": 0o440}
+    assert not [s for s in secrets_used(spec) if "vault" in s]
+    policies = list(of_kind(objects, "NetworkPolicy").values())
+    cronjob, _ = retention_job(objects)
+    _, _, egress = _reachability(policies, _pod_labels(cronjob["spec"]["jobTemplate"]))
+    assert egress == {53, 5432}
+
+
+def test_retention_reaches_only_dns_postgres_and_vault(
+    retention_objects: list[dict[str, Any]],
+) -> None:
+    policies = list(of_kind(retention_objects, "NetworkPolicy").values())
+    cronjob, _ = retention_job(retention_objects)
+    labels = _pod_labels(cronjob["spec"]["jobTemplate"])
+    isolated, ingress, egress = _reachability(policies, labels)
+    assert isolated, "the default deny covers the retention job"
+    assert ingress == set()
+    assert egress == {53, 5432, 8200}, "no RabbitMQ"
+
+
+def test_only_retention_and_audit_migrate_get_the_retention_url(
+    retention_objects: list[dict[str, Any]],
+) -> None:
+    """The audit Deployment never holds the retention credential; audit's migrate Job does
+    (it creates the retention role), from the same Secret as the CronJob."""
+    for objects in (retention_objects, documents(render(NO_TRANSIT | with_retention()))):
+        for service in SERVICES:
+            spec, container = pod_of(objects, service)
+            assert not [n for n in container_env(container) if "RETENTION" in n], service
+            assert RETENTION_SECRET not in secrets_used(spec), service
+        _, spec = retention_job(objects)
+        (cron_container,) = spec["containers"]
+        for service in DATABASE_SERVICES:
+            job = of_kind(objects, "Job")[f"hypersdk-{service}-migrate"]
+            (container,) = job["spec"]["template"]["spec"]["containers"]
+            env = container_env(container)
+            if service == "audit":
+                assert env[RETENTION_URL] == container_env(cron_container)[RETENTION_URL]
+                assert "HYPERSDK_AUDIT_MIGRATION_DATABASE_URL" in env
+            else:
+                assert not [n for n in env if "RETENTION" in n], service
+
+
+def test_retention_secret_is_in_the_notes() -> None:
+    rendered = render(RETENTION_VALUES)
+    notes = next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+    assert f"{RETENTION_SECRET}: database-url" in notes
+    assert "cronjob/hypersdk-audit-retention" in notes
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_retention_manifests_are_valid_kubernetes(
+    retention_objects: list[dict[str, Any]], kube_version: str
+) -> None:
+    for o in retention_objects:
+        try:
+            kubernetes_validate.validate(o, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            pytest.fail(f"{o['kind']}/{o['metadata']['name']} at {path}: {e.message}")
+    rendered = render(RETENTION_VALUES)
+    assert find_secret_leaks(retention_objects, "\n".join(rendered.values())) == []
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        (
+            with_retention(maxAgeDays=None, maxEntries=None),
+            "set maxAgeDays or maxEntries",
+        ),
+        (with_retention(existingSecret=""), "services.audit.retention.existingSecret is required"),
+        (
+            with_retention(existingSecret="hypersdk-audit"),
+            "the audit service's own database URL",
+        ),
+        (
+            with_retention() | {"migrations": {"adminSecret": ""}},
+            re.escape(
+                f"{ADMIN_REFUSAL}: audit's migrate Job must create the NOLOGIN owner of "
+                "audit's schema (and the retention role)"
+            ),
+        ),
+    ],
+    ids=["no-limit", "no-secret", "audit-own-url", "no-admin"],
+)
+def test_retention_refuses_to_render_misconfigured(values: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(helm.HelmError, match=complaint):
+        render(values)
+
+
+def test_retention_without_migrations_needs_no_admin() -> None:
+    """migrations.enabled=false: the operator runs migrate (with the retention URL) itself."""
+    rendered = render(with_retention() | {"migrations": {"enabled": False, "adminSecret": ""}})
+    objects = documents(rendered)
+    assert of_kind(objects, "Job") == {}
+    assert len(of_kind(objects, "CronJob")) == 1
+    notes = next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+    assert "HYPERSDK_AUDIT_MIGRATION_DATABASE_URL" in notes
+    assert RETENTION_URL in notes
+
+
+@pytest.mark.parametrize(
+    ("retention", "complaint"),
+    [
+        ({"maxAgeDays": 0}, "maxAgeDays"),
+        ({"maxAgeDays": "30"}, "maxAgeDays"),
+        ({"maxEntries": 0}, "maxEntries"),
+        ({"maxEntries": 2.5}, "maxEntries"),
+        ({"concurrencyPolicy": "Allow"}, "concurrencyPolicy"),
+        ({"existingSecret": "Not_A_Name"}, "existingSecret"),
+        ({"schedule": "daily"}, "schedule"),
+        ({"maxAge": 30}, "maxAge"),
+    ],
+)
+def test_values_schema_checks_retention(retention: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=complaint):
+        render(with_retention(**retention))
+
+
+def test_readme_documents_retention() -> None:
+    readme = (CHART / "README.md").read_text()
+    for text in (
+        "services.audit.retention",
+        "python -m hypersdk_audit retain",
+        RETENTION_URL,
+        "HYPERSDK_AUDIT_RETENTION_MAX_AGE_DAYS",
+        "HYPERSDK_AUDIT_RETENTION_MAX_ENTRIES",
+        "/api/v1/audit/holds",
+    ):
+        assert text in readme, text
+
+
 # ---- values variants --------------------------------------------------------------------------
 
 
@@ -957,14 +1293,20 @@ def test_variants_render_valid_manifests() -> None:
 
 
 def test_long_release_names_stay_valid() -> None:
-    """Names are truncated so that even <53-char release>-exporter-migrate is a valid name."""
+    """Names are truncated so that even <53-char release>-exporter-migrate is a valid name
+    (and the retention CronJob's within a CronJob's 52)."""
     release = "a-very-long-release-name-for-hypersdk-production-eu1"
     with helm.Chart.load(CHART) as chart:
-        objects = documents(chart.render(None, name=release, namespace="prod", is_install=True))
+        objects = documents(
+            chart.render(RETENTION_VALUES, name=release, namespace="prod", is_install=True)
+        )
     keys = [(o["kind"], o["metadata"]["name"]) for o in objects]
     assert len(set(keys)) == len(keys), "truncation made two names collide"
+    assert len(of_kind(objects, "CronJob")) == 1
     for o in objects:
         assert len(o["metadata"]["name"]) <= 63, o["metadata"]["name"]
+        if o["kind"] == "CronJob":  # its Jobs add 11 characters
+            assert len(o["metadata"]["name"]) <= 52, o["metadata"]["name"]
         kubernetes_validate.validate(o, KUBE_VERSIONS[-1], strict=True)
 
 
@@ -1249,27 +1591,22 @@ def test_skaffold_builds_the_image_and_deploys_the_chart(chart_values: dict[str,
     assert forward["port"] in {p["port"] for p in service["spec"]["ports"]}
     assert service["metadata"]["labels"][COMPONENT] == "gateway"
 
-    # Profile patches set values that exist in the chart.
+    # The release's own values render (audit's migration needs the administrator's Secret),
+    # and so does each profile: a JSON patch "add" of setValues replaces them whole.
+    def renders(set_values: dict[str, Any]) -> None:
+        assert set_values.get("migrations.adminSecret"), "audit's migrate needs it (0048)"
+        with helm.Chart.load(CHART) as chart:
+            overrides: dict[str, Any] = {}
+            for dotted, value in set_values.items():
+                overrides = _deep_merge(overrides, helm.parse_set_string(f"{dotted}={value}"))
+            documents(chart.render(overrides, name=RELEASE, namespace=NAMESPACE))
+
+    renders(release.get("setValues", {}))
     for profile in config.get("profiles", []):
         for patch in profile.get("patches", []):
             assert patch["path"].startswith("/deploy/helm/releases/0/")
             if patch["path"].endswith("/setValues"):
-                with helm.Chart.load(CHART) as chart:
-                    overrides: dict[str, Any] = {}
-                    for dotted, value in patch["value"].items():
-                        parsed = helm.parse_set_string(f"{dotted}={value}")
-                        overrides = _deep_merge(overrides, parsed)
-                    documents(chart.render(overrides, name=RELEASE, namespace=NAMESPACE))
-
-
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(a)
-    for key, value in b.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+                renders(patch["value"])
 
 
 # ---- RabbitMQ definitions ---------------------------------------------------------------------

@@ -34,7 +34,8 @@ def _stack(tmp_path: Path, *, harness: bool) -> devstack.StackConfig:
 def test_each_service_gets_its_own_generated_passwords_in_private_files(tmp_path: Path) -> None:
     config = _stack(tmp_path, harness=False)
     passwords = []
-    for kind, names in (("amqp", devstack.SERVICES), ("postgres", devstack.MIGRATED)):
+    postgres = (*devstack.MIGRATED, *devstack.EXTRA_DB_LOGINS)
+    for kind, names in (("amqp", devstack.SERVICES), ("postgres", postgres)):
         directory = config.secret_dir / kind
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
         assert sorted(p.name for p in directory.iterdir()) == sorted(names)

@@ -451,3 +451,64 @@ affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/*
+Name of the audit retention CronJob (and its ServiceAccount): <fullname>-audit-retention, the
+fullname cut so the name stays within the 52 characters a CronJob may have (its Jobs add a
+suffix of 11).
+*/}}
+{{- define "hypersdk.retentionName" -}}
+{{- printf "%s-audit-retention" (include "hypersdk.fullname" . | trunc 36 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The audit retention settings, checked (decision 0048): "true" when the retention job is on,
+"" when off; a misconfiguration fails the render. Used by the CronJob and by audit's migrate
+Job, which provisions the retention role from the same Secret.
+*/}}
+{{- define "hypersdk.retentionEnabled" -}}
+{{- $audit := .Values.services.audit }}
+{{- $r := $audit.retention | default dict }}
+{{- if $r.enabled }}
+{{- if and (kindIs "invalid" $r.maxAgeDays) (kindIs "invalid" $r.maxEntries) }}
+{{- fail "services.audit.retention: set maxAgeDays or maxEntries (or both): with neither the retention job cuts nothing" }}
+{{- end }}
+{{- if not $r.existingSecret }}
+{{- fail "services.audit.retention.existingSecret is required: the Secret with the retention role's database URL (HYPERSDK_AUDIT_RETENTION_DATABASE_URL)" }}
+{{- end }}
+{{- if and (eq $r.existingSecret $audit.existingSecret) (eq $r.secretKey $audit.secretKeys.databaseUrl) }}
+{{- fail "services.audit.retention: existingSecret/secretKey name the audit service's own database URL; the retention role is a login of its own" }}
+{{- end }}
+{{- include "hypersdk.checkMigrationAdmin" . }}
+{{- true }}
+{{- end }}
+{{- end }}
+
+{{/* The retention role's URL, from its Secret (the CronJob and audit's migrate Job only). */}}
+{{- define "hypersdk.retentionDatabaseUrl" -}}
+{{- $r := .Values.services.audit.retention }}
+- name: HYPERSDK_AUDIT_RETENTION_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $r.existingSecret }}
+      key: {{ required "services.audit.retention.secretKey is required" $r.secretKey }}
+{{- end }}
+
+{{/*
+Refuses migration Jobs that cannot work (decision 0048): audit's schema is owned by a NOLOGIN
+role only an administrator can create and act as, so audit's migrate stops without the
+administrator's connection (HYPERSDK_AUDIT_MIGRATION_DATABASE_URL, from migrations.adminSecret).
+Identity, policy and the exporter could still migrate as their own DBA-made roles; audit cannot.
+Renders nothing. Called by migrations.yaml and by hypersdk.retentionEnabled, so the render
+fails with this message whichever template comes first.
+*/}}
+{{- define "hypersdk.checkMigrationAdmin" -}}
+{{- $m := .Values.migrations }}
+{{- if and $m.enabled (not $m.adminSecret) (has "audit" (splitList " " (include "hypersdk.databaseServices" .))) }}
+{{- $retention := "" }}
+{{- if (.Values.services.audit.retention | default dict).enabled }}
+{{- $retention = " (and the retention role)" }}
+{{- end }}
+{{- fail (printf "migrations.enabled needs migrations.adminSecret: audit's migrate Job must create the NOLOGIN owner of audit's schema%s and migrate as that owner, which takes an administrator's PostgreSQL connection (HYPERSDK_AUDIT_MIGRATION_DATABASE_URL; decision 0048). Set migrations.adminSecret to an existing Secret holding an administrator's URL (key migrations.adminSecretKey), or set migrations.enabled=false and run `hypersdk-audit migrate` with HYPERSDK_AUDIT_MIGRATION_DATABASE_URL yourself" $retention) }}
+{{- end }}
+{{- end }}

@@ -524,6 +524,40 @@ class CheckpointSigned(EventData):
     signature: str = Field(description="Ed25519 signature of the body, base64.")
 
 
+class RetentionCut(EventData):
+    """The retention job cut the oldest entries; the log now starts at a signed genesis (0048).
+
+    Chained by the retention job itself, in the transaction of the cut, before the entries go.
+    """
+
+    routing_key = RoutingKey.RETENTION_APPLIED
+    audit_action = "audit.retention.cut"
+    genesis_size: int = Field(ge=1, description="Entries 1 to this one were cut.")
+    genesis_head: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hash of that entry.")
+    root: str = Field(pattern=r"^[0-9a-f]{64}$", description="Merkle root at that size, hex.")
+    reason: Literal["age", "size"] = Field(description="Which limit the entries passed.")
+    cutoff: AwareDatetime | None = Field(
+        default=None, description="For an age cut: entries recorded before this time."
+    )
+
+
+class HoldPlaced(EventData):
+    """A legal hold was placed: retention cuts nothing until every hold is lifted."""
+
+    routing_key = RoutingKey.HOLD_PLACED
+    audit_action = "audit.hold.place"
+    hold_id: str = Field(description="Id of the hold.")
+    reason: str = Field(description="Why, as the person placing it wrote it.")
+
+
+class HoldLifted(EventData):
+    """A legal hold was lifted."""
+
+    routing_key = RoutingKey.HOLD_LIFTED
+    audit_action = "audit.hold.lift"
+    hold_id: str = Field(description="Id of the hold.")
+
+
 EVENT_TYPES: dict[str, type[EventData]] = {
     cls.routing_key.value: cls
     for cls in (
@@ -568,6 +602,9 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         AuditRequestRejected,
         EventQuarantined,
         CheckpointSigned,
+        RetentionCut,
+        HoldPlaced,
+        HoldLifted,
     )
 }
 """Payload class of each routing key."""

@@ -75,6 +75,9 @@ class RoutingKey(StrEnum):
     AUDIT_REQUEST_REJECTED = "audit.request.rejected"
     EVENT_QUARANTINED = "audit.event.quarantined"
     CHECKPOINT_SIGNED = "audit.checkpoint.signed"
+    RETENTION_APPLIED = "audit.retention.applied"
+    HOLD_PLACED = "audit.hold.placed"
+    HOLD_LIFTED = "audit.hold.lifted"
 
 
 class RpcQueue(StrEnum):
@@ -127,3 +130,9 @@ class RpcQueue(StrEnum):
     AUDIT_PROVE_INCLUSION = "audit.rpc.prove_inclusion"
     AUDIT_PROVE_CONSISTENCY = "audit.rpc.prove_consistency"
     AUDIT_PUBLIC_KEYS = "audit.rpc.public_keys"
+    AUDIT_START_VERIFICATION = "audit.rpc.start_verification"
+    AUDIT_GET_VERIFICATION = "audit.rpc.get_verification"
+    AUDIT_LIST_VERIFICATIONS = "audit.rpc.list_verifications"
+    AUDIT_LIST_HOLDS = "audit.rpc.list_holds"
+    AUDIT_PLACE_HOLD = "audit.rpc.place_hold"
+    AUDIT_LIFT_HOLD = "audit.rpc.lift_hold"

@@ -722,10 +722,99 @@ class PublicKeysView(Message):
 
     origin: str = Field(description="Which log this is.")
     keys: dict[str, str] = Field(description="key id -> Ed25519 public key, PEM.")
+    genesis: GenesisView | None = Field(
+        default=None, description="Where the log starts after a retention cut (None: at 0)."
+    )
+
+
+class GenesisView(Message):
+    """A retention genesis (decision 0048): the log holds the entries after ``size``."""
+
+    size: int = Field(description="Entries 1 to size were cut.")
+    head: str = Field(description="Hash of entry size, which the next entry links to.")
+    frontier: list[str] = Field(
+        description="The tree's compact range at size: its perfect subtrees' roots, largest "
+        "first, hex."
+    )
+    checkpoint: CheckpointView = Field(description="The signed checkpoint at size.")
 
 
 class VerifyRequest(RpcRequest):
-    """Verify the whole chain."""
+    """Verify what was added since the newest checkpoint a verification found valid."""
+
+
+class VerificationProblemView(Message):
+    """One problem a verification found."""
+
+    code: str = Field(description="Stable code, e.g. entry_edited, entries_missing.")
+    sequence: int | None = Field(description="Where, if it has a place.")
+    message: str = Field(description="What it means.")
+
+
+class VerificationView(Message):
+    """A verification of the log by the offline verifier (decision 0048)."""
+
+    id: str = Field(description="Id of the run.")
+    kind: Literal["incremental", "full"] = Field(description="From a checkpoint, or all.")
+    status: Literal["running", "done", "abandoned"] = Field(
+        description="abandoned: its replica stopped before it ended."
+    )
+    requested_by: str | None = Field(description="Who asked for it.")
+    started_at: AwareDatetime = Field(description="When it started, UTC.")
+    updated_at: AwareDatetime = Field(description="Last progress, UTC.")
+    finished_at: AwareDatetime | None = Field(description="When it ended, UTC.")
+    from_size: int = Field(description="It starts after this entry (a signed checkpoint).")
+    to_size: int = Field(description="The log's size when it started: walked up to it.")
+    checked: int = Field(description="Entries walked.")
+    valid: bool | None = Field(description="The outcome (None while running).")
+    latest_checkpoint: int | None = Field(
+        description="Newest checkpoint whose signature, root and head were found right."
+    )
+    problems: list[VerificationProblemView] = Field(description="The first 100 problems.")
+    problems_not_listed: int = Field(description="Problems beyond those listed.")
+
+
+class StartVerificationRequest(RpcRequest):
+    """Start a full verification in the background."""
+
+
+class VerificationIdRequest(RpcRequest):
+    """One verification."""
+
+    id: str = Field(min_length=1, max_length=64, description="Its id.")
+
+
+class ListVerificationsRequest(RpcRequest):
+    """The newest verifications first."""
+
+    limit: int = Field(default=20, ge=1, le=200, description="At most this many.")
+
+
+class HoldView(Message):
+    """A legal hold: while one stands, retention cuts nothing."""
+
+    id: str = Field(description="Id of the hold.")
+    reason: str = Field(description="Why it was placed.")
+    placed_by: str = Field(description="Who placed it.")
+    placed_at: AwareDatetime = Field(description="When, UTC.")
+    lifted_by: str | None = Field(description="Who lifted it.")
+    lifted_at: AwareDatetime | None = Field(description="When, UTC (None: it stands).")
+
+
+class ListHoldsRequest(RpcRequest):
+    """Every legal hold, lifted ones too."""
+
+
+class PlaceHoldRequest(RpcRequest):
+    """Place a legal hold."""
+
+    reason: str = Field(min_length=1, max_length=500, description="Why (a case, a request).")
+
+
+class HoldIdRequest(RpcRequest):
+    """One legal hold."""
+
+    id: str = Field(min_length=1, max_length=64, description="Its id.")
 
 
 class VerifyResult(Message):
@@ -735,13 +824,74 @@ class VerifyResult(Message):
     entries: int = Field(description="How many entries were checked.")
     first_bad_sequence: int | None = Field(description="First entry that does not check out.")
     reason: str | None = Field(description="What is wrong with it.")
+    verification: VerificationView | None = Field(
+        default=None, description="The run in full: where it started, every problem."
+    )
+
+
+AUDIT_ACTION_FILTER_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}\*?$"
+"""An audit action (``vm.export``), or the start of some followed by ``*`` (``vm.export*``)."""
 
 
 class ListAuditEventsRequest(RpcRequest):
-    """Page through the chain in order."""
+    """Page through the chain in order, optionally filtered: an entry must pass every filter.
+
+    The cursor is the sequence of the last entry of the previous page (``after_sequence``);
+    a page shorter than ``limit`` is the last one.
+    """
 
     after_sequence: int = Field(default=0, ge=0, description="Entries after this one.")
     limit: int = Field(default=100, ge=1, le=1000, description="At most this many.")
+    since: AwareDatetime | None = Field(
+        default=None, description="Only entries whose timestamp is at or after this time."
+    )
+    until: AwareDatetime | None = Field(
+        default=None, description="Only entries whose timestamp is before this time."
+    )
+    user: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Only entries this user (or API key id) caused.",
+    )
+    subject: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Only entries about this person (a data subject's access request): those "
+        "they caused and those about their account (resource user/<subject>).",
+    )
+    action: str | None = Field(
+        default=None,
+        pattern=AUDIT_ACTION_FILTER_PATTERN,
+        description="Only this action (vm.export); with a trailing *, every action that starts "
+        "with what precedes it (vm.export* is vm.export, vm.export.start, ...).",
+    )
+    resource: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="Only entries about this resource, exactly (user/alice, job/<id>).",
+    )
+    result: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Only this result, exactly (success, failure: http_403); failure: every "
+        "failure, whatever its reason.",
+    )
+    request_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Only entries of this API call's request ID.",
+    )
+    source_ip: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Only entries of calls from this client address, exactly.",
+    )
 
 
 class QuarantinedEventView(Message):

@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 
 import uvloop
 
-from hypersdk_kit.database import ServiceRole, apply_migrations
+from hypersdk_kit.database import SchemaAccess, ServiceRole, apply_migrations
 from hypersdk_kit.logs import configure_logging
 from hypersdk_kit.runtime import restrict_file_modes
 from hypersdk_kit.settings import DatabaseSettings, ServiceSettings
@@ -38,6 +38,8 @@ class ServiceCli(Generic[SettingsT]):
     schema: str | None = None
     migrations: list[str] = field(default_factory=list)
     extras: dict[str, Subcommand[SettingsT]] = field(default_factory=dict)
+    access: Callable[[SettingsT], SchemaAccess] | None = None
+    """A schema with an owner of its own: the grants of the service's login and of others."""
 
     def main(self, argv: list[str] | None = None) -> None:
         """Parse ``argv`` and run the chosen role."""
@@ -61,11 +63,17 @@ class ServiceCli(Generic[SettingsT]):
             assert isinstance(settings, DatabaseSettings)
             service_dsn = settings.database_url.get_secret_value()
             admin = settings.migration_database_url
+            if admin is None and self.access is not None:
+                raise SystemExit(
+                    f"hypersdk-{self.service} migrate needs MIGRATION_DATABASE_URL: its schema is "
+                    "owned by a role of its own, which only an administrator can act as"
+                )
             count = await apply_migrations(
                 service_dsn if admin is None else admin.get_secret_value(),
                 schema=self.schema,
                 migrations=self.migrations,
                 owner=None if admin is None else ServiceRole.of_dsn(service_dsn),
+                access=None if admin is None or self.access is None else self.access(settings),
             )
             logger.info("applied %d migrations to schema %s", count, self.schema)
         elif args.command in self.extras:

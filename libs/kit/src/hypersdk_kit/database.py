@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -87,17 +87,28 @@ def scram_verifier(password: str, *, iterations: int = 4096) -> str:
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
-async def _provision_role(conn: asyncpg.Connection, *, schema: str, role: ServiceRole) -> None:
-    """Create or update ``role`` and make it the owner of ``schema`` and everything in it.
+async def _provision_role(
+    conn: asyncpg.Connection,
+    *,
+    schema: str,
+    role: ServiceRole,
+    owns_schema: bool = True,
+    login: bool = True,
+) -> None:
+    """Create or update ``role``; with ``owns_schema``, the owner of ``schema`` and all in it.
 
-    The role can log in and nothing more: no superuser, no role or database creation, no
-    rights on other schemas (each is owned by its own service's role, with no grants), no
-    CREATE on ``public``. Runs on an administrator's connection.
+    The role can log in (unless ``login`` is false: a schema's owner that nobody logs in as)
+    and nothing more: no superuser, no role or database creation, no rights on other schemas
+    (each is owned by its own service's role, with no grants), no CREATE on ``public``. Runs on
+    an administrator's connection.
     """
-    verifier = scram_verifier(role.password)
+    if login:
+        verifier = scram_verifier(role.password)
+        attributes = f"LOGIN PASSWORD '{verifier}'"
+    else:
+        attributes = "NOLOGIN PASSWORD NULL"
     attributes = (
-        "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS "
-        f"PASSWORD '{verifier}'"
+        f"{attributes} NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS"
     )
     exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role.name)
     await conn.execute(f'{"ALTER" if exists else "CREATE"} ROLE "{role.name}" {attributes}')
@@ -112,12 +123,16 @@ async def _provision_role(conn: asyncpg.Connection, *, schema: str, role: Servic
     )
     database = await conn.fetchval("SELECT current_database()")
     await conn.execute(f'REVOKE ALL ON DATABASE "{database}" FROM PUBLIC')
-    await conn.execute(f'GRANT CONNECT ON DATABASE "{database}" TO "{role.name}"')
+    if login:
+        await conn.execute(f'GRANT CONNECT ON DATABASE "{database}" TO "{role.name}"')
     await conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+    if not owns_schema:
+        return
     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}" AUTHORIZATION "{role.name}"')
     await conn.execute(f'ALTER SCHEMA "{schema}" OWNER TO "{role.name}"')
-    # Objects an earlier migration created as the administrator pass to the role (a sequence
-    # owned by a column moves with its table).
+    # Objects an earlier migration created as another role (the administrator, or the service's
+    # login before its schema had an owner of its own) pass to the owner (a sequence owned by a
+    # column moves with its table; functions too).
     rows = await conn.fetch(
         """
         SELECT c.relname, c.relkind FROM pg_class c
@@ -136,29 +151,76 @@ async def _provision_role(conn: asyncpg.Connection, *, schema: str, role: Servic
     for row in rows:
         kind = kinds.get(row["relkind"], "TABLE")
         await conn.execute(f'ALTER {kind} "{schema}"."{row["relname"]}" OWNER TO "{role.name}"')
+    functions = await conn.fetch(
+        "SELECT p.oid::regprocedure::text AS signature FROM pg_proc p "
+        "JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = $1 AND pg_get_userbyid(p.proowner) <> $2",
+        schema,
+        role.name,
+    )
+    for function in functions:
+        await conn.execute(f'ALTER FUNCTION {function["signature"]} OWNER TO "{role.name}"')
+
+
+@dataclass(frozen=True)
+class SchemaAccess:
+    """A schema owned by a role nobody logs in as, reached by login roles through grants only.
+
+    A service whose login must not be able to change what it wrote (the audit log: INSERT and
+    SELECT, never UPDATE or DELETE) cannot own its tables, since an owner may do anything to
+    them. Its schema is then owned by ``<login>_owner`` (NOLOGIN); the migrations run as that
+    owner; afterwards each template of ``grants`` runs as the owner, ``{role}`` replaced by the
+    quoted name of the login role it is keyed by (``"service"`` is the service's own login;
+    other keys name ``others``, extra login roles such as a retention job's). Grants are
+    re-applied on every migrate, so they follow the tables the migrations create.
+    """
+
+    grants: Mapping[str, str]
+    others: Mapping[str, ServiceRole] = field(default_factory=dict)
+
+
+def owner_role_of(login: ServiceRole) -> ServiceRole:
+    """The NOLOGIN owner of a schema whose service login holds grants only (SchemaAccess)."""
+    name = f"{login.name}_owner"
+    if not is_plain_identifier(name):
+        raise ValueError(f"the owner role of {login.name!r} would not be a plain identifier")
+    return ServiceRole(name=name, password="")
 
 
 async def apply_migrations(
-    dsn: str, *, schema: str, migrations: list[str], owner: ServiceRole | None = None
+    dsn: str,
+    *,
+    schema: str,
+    migrations: list[str],
+    owner: ServiceRole | None = None,
+    access: SchemaAccess | None = None,
 ) -> int:
     """Apply the migrations of ``schema`` not applied yet, in order; return how many ran.
 
     With ``owner``, ``dsn`` is an administrator's connection: the service's role is created
     (or its password and attributes reset) first, owns the schema, and the migrations run as
-    that role, so everything they create is the role's. Without it, ``dsn`` is the service's
-    own connection, whose role must already own the schema (or may create it).
+    that role, so everything they create is the role's. With ``access`` too, the schema is
+    owned by a NOLOGIN role of its own instead, the migrations run as it, and the service's
+    role (and ``access.others``) get only ``access.grants``. Without ``owner``, ``dsn`` is the
+    service's own connection, whose role must already own the schema (or may create it).
 
-    Each migration runs in its own transaction under an advisory lock, so replicas starting
+    All pending migrations run in one transaction under an advisory lock, so replicas starting
     together do not race. Migrations are append-only: never edit one that has shipped.
     """
     if not is_plain_identifier(schema):
         raise ValueError(f"not a plain schema name: {schema!r}")
+    if access is not None and owner is None:
+        raise ValueError("grants need the administrator's connection and the service's role")
     conn = await asyncpg.connect(dsn)
     applied = 0
     try:
         if owner is not None:
-            await _provision_role(conn, schema=schema, role=owner)
-            await conn.execute(f'SET ROLE "{owner.name}"')
+            schema_owner = owner if access is None else owner_role_of(owner)
+            await _provision_role(conn, schema=schema, role=schema_owner, login=access is None)
+            if access is not None:
+                for login in (owner, *access.others.values()):
+                    await _provision_role(conn, schema=schema, role=login, owns_schema=False)
+            await conn.execute(f'SET ROLE "{schema_owner.name}"')
         elif not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         await conn.execute(
@@ -182,9 +244,32 @@ async def apply_migrations(
                     f'INSERT INTO "{schema}".schema_migrations (version) VALUES ($1)', version
                 )
                 applied += 1
+            if owner is not None and access is not None:
+                await _grant(conn, schema, {"service": owner, **access.others}, access.grants)
     finally:
         await conn.close()
     return applied
+
+
+async def _grant(
+    conn: asyncpg.Connection,
+    schema: str,
+    roles: Mapping[str, ServiceRole],
+    grants: Mapping[str, str],
+) -> None:
+    """Give each login role exactly its grants: whatever it held in ``schema`` is revoked first."""
+    await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+    for key, role in roles.items():
+        quoted = f'"{role.name}"'
+        await conn.execute(
+            f'REVOKE ALL ON ALL TABLES IN SCHEMA "{schema}" FROM {quoted};'
+            f'REVOKE ALL ON ALL SEQUENCES IN SCHEMA "{schema}" FROM {quoted};'
+            f'REVOKE ALL ON SCHEMA "{schema}" FROM {quoted};'
+        )
+        template = grants.get(key)
+        if template is not None:
+            await conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO {quoted};')
+            await conn.execute(template.format(role=quoted))
 
 
 class Database:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from hypersdk_contracts.catalogue import SERVICES
@@ -54,6 +54,19 @@ class AuditSettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings):
         default="hypersdk",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$",
         description="Name of this log in its checkpoints (one per deployment).",
+    )
+
+    retention_database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL DSN of the retention job's own role, the only one that may "
+        "cut entries (decision 0048). `migrate` provisions that role from it; `retain` "
+        "connects with it. The service itself never uses it.",
+    )
+    retention_max_age_days: float | None = Field(
+        default=None, gt=0, description="Cut entries audit received longer ago than this."
+    )
+    retention_max_entries: int | None = Field(
+        default=None, ge=1, description="Keep at most this many newest entries."
     )
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ from faststream.rabbit import RabbitBroker
 from hypersdk_audit.adapters.inbound.bus import checkpoint_view, register_consumers
 from hypersdk_audit.adapters.outbound.postgres import PostgresAuditLog
 from hypersdk_audit.adapters.outbound.signers import KeyFileSigner, TransitCheckpointSigner
+from hypersdk_audit.adapters.outbound.verifier import ChildProcessVerifier
 from hypersdk_audit.config import AuditSettings
 from hypersdk_audit.core.attribution import Attribution
 from hypersdk_audit.core.proofs import CheckpointSigner
@@ -71,7 +72,8 @@ async def prepare_audit(
         audit = AuditService(
             log=log,
             attribution=attribution,
-            signer=await _checkpoint_signer(settings, keys),
+            signer=await checkpoint_signer(settings, keys),
+            verifier=ChildProcessVerifier(),
             origin=settings.origin,
             published=functools.partial(_publish_checkpoint, events_out),
         )
@@ -107,7 +109,7 @@ async def prepare_audit(
         await pool.close()
 
 
-async def _checkpoint_signer(settings: AuditSettings, keys: TrustKeys) -> CheckpointSigner:
+async def checkpoint_signer(settings: AuditSettings, keys: TrustKeys) -> CheckpointSigner:
     """The audit key: Vault transit, or a local key file."""
     if settings.checkpoint_transit_key is not None:
         return TransitCheckpointSigner(

@@ -236,11 +236,9 @@ class Platform:
         )
 
     # ---- audit -----------------------------------------------------------------------------
-    def audit_events(self, *, after_sequence: int, limit: int) -> Any:
-        """GET /audit/events in chain order."""
-        return self.body(
-            "GET", "/audit/events", query={"after_sequence": after_sequence, "limit": limit}
-        )
+    def audit_events(self, query: Query) -> Any:
+        """GET /audit/events in chain order, filtered (``query``: filters, cursor, limit)."""
+        return self.body("GET", "/audit/events", query=query)
 
     def audit_verify(self) -> Any:
         """GET /audit/verify."""
@@ -252,11 +250,11 @@ class Platform:
             "GET", "/audit/quarantine", query={"after_number": after_number, "limit": limit}
         )
 
-    def audit_export(self) -> str:
-        """GET /audit/export: the bundle's JSON Lines."""
-        bundle = self.body("GET", "/audit/export")
+    def audit_export(self, query: Query | None = None) -> str:
+        """GET /audit/export: the bundle's JSON Lines, or (``format`` jsonl, csv) the entries'."""
+        bundle = self.body("GET", "/audit/export", query=query)
         if not isinstance(bundle, str):
-            raise CliError("bad_response", "The audit export was not JSON Lines.")
+            raise CliError("bad_response", "The audit export was not JSON Lines or CSV.")
         return bundle
 
 

@@ -907,20 +907,53 @@ def audit() -> None:
     """The hash-chained audit log (needs audit:view)."""
 
 
+AUDIT_FILTERS = (
+    ("--since", "RFC 3339 time: only entries at or after it, e.g. 2026-01-31T12:00:00Z."),
+    ("--until", "RFC 3339 time: only entries before it."),
+    ("--user", "Only entries this user (or API key id) caused."),
+    ("--subject", "A person's entries: those they caused and those about their account."),
+    ("--action", "Only this action; with a trailing *, every action starting so (vm.export*)."),
+    ("--resource", "Only this resource, exactly (user/alice, job/ID)."),
+    ("--result", "Only this result, exactly; 'failure' for every failure."),
+    ("--request-id", "Only the entries of this API call."),
+    ("--source-ip", "Only the entries of calls from this client address."),
+)
+
+
+def audit_filter_options(command: Any) -> Any:
+    """The filters of GET /audit/events and /audit/export, as options of ``command``."""
+    for name, text in reversed(AUDIT_FILTERS):
+        command = click.option(name, help=text)(command)
+    return command
+
+
 @audit.command(
     "events",
     examples=[
         "hyperctl audit events --limit 50",
         "hyperctl audit events --after-sequence 1200 -o json",
+        "hyperctl audit events --user alice --action 'vm.export*' --since 2026-01-01T00:00:00Z",
+        "hyperctl audit events --result failure --limit 20",
     ],
 )
-@click.option("--after-sequence", type=click.IntRange(0), default=0, show_default=True)
+@audit_filter_options
+@click.option(
+    "--after-sequence",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Sequence of the last entry of the previous page.",
+)
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.pass_obj
-def audit_events(app: App, after_sequence: int, limit: int) -> None:
-    """Audit entries in chain order."""
-    entries = app.platform.audit_events(after_sequence=after_sequence, limit=limit)
-    emit(entries, app.output, columns=AUDIT_COLUMNS)
+def audit_events(app: App, /, after_sequence: int, limit: int, **filters: str | None) -> None:
+    """Audit entries in chain order that pass every filter given.
+
+    A page shorter than --limit is the last; otherwise run again with --after-sequence the
+    last entry's sequence.
+    """
+    query = {**filters, "after_sequence": after_sequence, "limit": limit}
+    emit(app.platform.audit_events(query), app.output, columns=AUDIT_COLUMNS)
 
 
 @audit.command("verify", examples=["hyperctl audit verify", "hyperctl audit verify -o json"])
@@ -964,16 +997,41 @@ def audit_quarantine(app: App, after_number: int, limit: int) -> None:
     examples=[
         "hyperctl audit export > bundle.jsonl",
         "hypersdk-audit-verify bundle.jsonl --public-key audit.pub",
+        "hyperctl audit export --format csv --subject alice > alice.csv",
+        "hyperctl audit export --format jsonl --result failure --since 2026-01-01T00:00:00Z",
     ],
 )
+@click.option(
+    "--format",
+    "export_format",
+    type=click.Choice(["bundle", "jsonl", "csv"]),
+    default="bundle",
+    show_default=True,
+    help="bundle: the whole log, verifiable offline; jsonl, csv: the entries the filters select.",
+)
+@audit_filter_options
+@click.option(
+    "--after-sequence", type=click.IntRange(0), help="jsonl, csv: only entries after this one."
+)
 @click.pass_obj
-def audit_export(app: App) -> None:
+def audit_export(
+    app: App, /, export_format: str, after_sequence: int | None, **filters: str | None
+) -> None:
     """Write the whole log as a bundle (JSON Lines) that hypersdk-audit-verify checks offline.
 
-    The bundle goes to standard output as the platform sent it (at most 32 MiB through
-    hyperctl; larger logs: GET /api/v1/audit/export directly).
+    With --format jsonl or csv, the entries the filters select instead (a bundle takes no
+    filter). The answer goes to standard output as the platform sent it (at most 32 MiB
+    through hyperctl; larger: GET /api/v1/audit/export directly). CSV cells that a
+    spreadsheet would evaluate (starting with = + - @, a tab or a CR) start with a '.
     """
-    click.echo(app.platform.audit_export(), nl=False)
+    query = {**filters, "after_sequence": after_sequence}
+    if export_format != "bundle":
+        query["format"] = export_format
+    # As bytes: a text stream may translate line ends, and CSV's are CRLF (RFC 4180).
+    text = app.platform.audit_export(query)
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode())
+    sys.stdout.buffer.flush()
 
 
 # ---- config ----------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ MAX_BODY_BYTES = 32 << 20
 USER_AGENT = "hyperctl/0.1"
 JSON_LINES = "application/x-ndjson"
 """A body passed on as text, never parsed: the audit export bundle."""
+TEXT_BODIES = (JSON_LINES, "text/csv")
+"""Bodies passed on as text, never parsed: audit exports (JSON Lines, CSV)."""
 
 
 def normalized_pin(value: str) -> str:
@@ -203,8 +205,8 @@ class HttpxPlatformApi(PlatformApi):
         if not raw.strip():
             return None
         content_type = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
-        if status < 300 and content_type.startswith(JSON_LINES):  # noqa: PLR2004 - success
-            return raw.decode("utf-8", errors="strict")  # JSON Lines: passed on as they came
+        if status < 300 and content_type.startswith(TEXT_BODIES):  # noqa: PLR2004 - success
+            return raw.decode("utf-8", errors="strict")  # JSON Lines, CSV: passed on as they came
         try:
             return jsonlib.loads(raw)
         except (ValueError, RecursionError) as exc:

@@ -10,8 +10,12 @@ from faststream.rabbit import RabbitBroker
 
 from hypersdk_audit.core.chain import ChainedEntry
 from hypersdk_audit.core.quarantine import QuarantinedEvent
+from hypersdk_audit.core.query import EntryFilter, TextMatch
+from hypersdk_audit.core.retention import Hold
 from hypersdk_audit.core.service import AuditService
+from hypersdk_audit.core.verification import VerificationRun
 from hypersdk_auditproof.checkpoint import SignedCheckpoint
+from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.names import AUDIT_EVENTS_QUEUE, RpcQueue
 from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import (
@@ -20,14 +24,23 @@ from hypersdk_contracts.rpc import (
     CheckpointView,
     ConsistencyProofRequest,
     ConsistencyProofView,
+    GenesisView,
+    HoldIdRequest,
+    HoldView,
     InclusionProofRequest,
     InclusionProofView,
     ListAuditEventsRequest,
     ListCheckpointsRequest,
+    ListHoldsRequest,
     ListQuarantineRequest,
+    ListVerificationsRequest,
+    PlaceHoldRequest,
     PublicKeysRequest,
     PublicKeysView,
     QuarantinedEventView,
+    StartVerificationRequest,
+    VerificationIdRequest,
+    VerificationView,
     VerifyRequest,
     VerifyResult,
 )
@@ -41,6 +54,7 @@ from hypersdk_kit.bus import (
 )
 
 AUDIT_VIEW = frozenset({Permission.AUDIT_VIEW.value})
+SYSTEM_CONFIGURE = frozenset({Permission.SYSTEM_CONFIGURE.value})
 
 
 def register_consumers(
@@ -74,16 +88,22 @@ def register_consumers(
     )
 
     async def verify(request: VerifyRequest) -> VerifyResult:
-        outcome = await audit.verify()
+        run = await audit.verify(requested_by=request.context.actor)
+        first = run.problems[0] if run.problems else None
         return VerifyResult(
-            valid=outcome.valid,
-            entries=outcome.entries,
-            first_bad_sequence=outcome.first_bad_sequence,
-            reason=outcome.reason,
+            valid=bool(run.valid),
+            entries=run.checked,
+            first_bad_sequence=None if first is None else first.sequence,
+            reason=None if first is None else f"{first.code}: {first.message}",
+            verification=verification_view(run),
         )
 
     async def list_events(request: ListAuditEventsRequest) -> list[AuditEntryView]:
-        entries = await audit.page(after_sequence=request.after_sequence, limit=request.limit)
+        entries = await audit.page(
+            after_sequence=request.after_sequence,
+            limit=request.limit,
+            where=entry_filter(request),
+        )
         return [_view(entry) for entry in entries]
 
     serve_rpc(
@@ -116,7 +136,65 @@ def register_consumers(
         authorizer=guard,
     )
     _serve_proofs(broker, audit, guard)
+    _serve_verifications_and_holds(broker, audit, guard)
     return events
+
+
+def _serve_verifications_and_holds(
+    broker: RabbitBroker, audit: AuditService, guard: Authorizer
+) -> None:
+    """Background verifications (audit:view), legal holds (placed and lifted: system:configure)."""
+
+    async def start_verification(request: StartVerificationRequest) -> VerificationView:
+        run = await audit.start_full_verification(requested_by=request.context.actor)
+        return verification_view(run)
+
+    async def get_verification(request: VerificationIdRequest) -> VerificationView:
+        run = await audit.verification(request.id)
+        if run is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, f"No verification {request.id}.")
+        return verification_view(run)
+
+    async def list_verifications(request: ListVerificationsRequest) -> list[VerificationView]:
+        return [verification_view(run) for run in await audit.verifications(limit=request.limit)]
+
+    async def list_holds(request: ListHoldsRequest) -> list[HoldView]:
+        return [_hold_view(hold) for hold in await audit.holds()]
+
+    async def place_hold(request: PlaceHoldRequest) -> HoldView:
+        return _hold_view(await audit.place_hold(request.reason, context=request.context))
+
+    async def lift_hold(request: HoldIdRequest) -> HoldView:
+        return _hold_view(await audit.lift_hold(request.id, context=request.context))
+
+    def serve(
+        queue: RpcQueue,
+        model: type[Any],
+        handler: Callable[[Any], Awaitable[Any]],
+        permissions: frozenset[str] = AUDIT_VIEW,
+    ) -> None:
+        serve_rpc(broker, queue, model, handler, permissions=permissions, authorizer=guard)
+
+    serve(RpcQueue.AUDIT_START_VERIFICATION, StartVerificationRequest, start_verification)
+    serve(RpcQueue.AUDIT_GET_VERIFICATION, VerificationIdRequest, get_verification)
+    serve(RpcQueue.AUDIT_LIST_VERIFICATIONS, ListVerificationsRequest, list_verifications)
+    serve(RpcQueue.AUDIT_LIST_HOLDS, ListHoldsRequest, list_holds)
+    serve(RpcQueue.AUDIT_PLACE_HOLD, PlaceHoldRequest, place_hold, SYSTEM_CONFIGURE)
+    serve(RpcQueue.AUDIT_LIFT_HOLD, HoldIdRequest, lift_hold, SYSTEM_CONFIGURE)
+
+
+def verification_view(run: VerificationRun) -> VerificationView:
+    """A verification as the API shows it."""
+    return VerificationView.model_validate(
+        {
+            **run.__dict__,
+            "problems": [problem.__dict__ for problem in run.problems],
+        }
+    )
+
+
+def _hold_view(hold: Hold) -> HoldView:
+    return HoldView.model_validate(hold.__dict__)
 
 
 def _serve_proofs(broker: RabbitBroker, audit: AuditService, guard: Authorizer) -> None:
@@ -152,7 +230,19 @@ def _serve_proofs(broker: RabbitBroker, audit: AuditService, guard: Authorizer) 
             key_id: key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
             for key_id, key in audit.public_keys().items()
         }
-        return PublicKeysView(origin=audit.origin, keys=keys)
+        genesis = await audit.genesis()
+        return PublicKeysView(
+            origin=audit.origin,
+            keys=keys,
+            genesis=None
+            if genesis is None
+            else GenesisView(
+                size=genesis.checkpoint.checkpoint.size,
+                head=genesis.checkpoint.checkpoint.head,
+                frontier=[digest.hex() for digest in genesis.frontier],
+                checkpoint=checkpoint_view(genesis.checkpoint),
+            ),
+        )
 
     def serve(queue: RpcQueue, model: type[Any], handler: Callable[[Any], Awaitable[Any]]) -> None:
         serve_rpc(broker, queue, model, handler, permissions=AUDIT_VIEW, authorizer=guard)
@@ -167,6 +257,21 @@ def _serve_proofs(broker: RabbitBroker, audit: AuditService, guard: Authorizer) 
 def checkpoint_view(signed: SignedCheckpoint) -> CheckpointView:
     """A checkpoint as the API and its event show it."""
     return CheckpointView.model_validate(signed.to_json())
+
+
+def entry_filter(request: ListAuditEventsRequest) -> EntryFilter:
+    """The filters of a query (``action`` ending in ``*`` is a prefix; ``result=failure``: all)."""
+    return EntryFilter(
+        since=request.since,
+        until=request.until,
+        user=request.user,
+        subject=request.subject,
+        action=None if request.action is None else TextMatch.of(request.action),
+        resource=request.resource,
+        result=None if request.result is None else TextMatch.of_result(request.result),
+        request_id=request.request_id,
+        source_ip=request.source_ip,
+    )
 
 
 def _view(entry: ChainedEntry) -> AuditEntryView:

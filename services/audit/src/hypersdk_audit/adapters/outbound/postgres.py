@@ -9,10 +9,14 @@ from typing import Any
 
 import asyncpg
 
+from hypersdk_audit.adapters.outbound.postgres_query import filtered_page
 from hypersdk_audit.core.chain import GENESIS_HASH, ChainedEntry, EntryFields, canonical, link
 from hypersdk_audit.core.proofs import Node, TreeHead, root_at, root_nodes
 from hypersdk_audit.core.quarantine import QuarantinedEvent
-from hypersdk_audit.ports.outbound import AuditLog
+from hypersdk_audit.core.query import EVERY_ENTRY, EntryFilter
+from hypersdk_audit.core.retention import Hold
+from hypersdk_audit.core.verification import Problem, VerificationRun
+from hypersdk_audit.ports.outbound import AuditLog, GenesisPoint
 from hypersdk_auditproof.checkpoint import Checkpoint, SignedCheckpoint
 from hypersdk_auditproof.entries import entry_leaf
 from hypersdk_auditproof.merkle import TreeBuilder
@@ -73,9 +77,178 @@ MIGRATIONS = [
         signature bytea NOT NULL
     );
     """,
+    # Decision 0048: append-only storage. The schema's owner is a role nobody logs in as; the
+    # service's login may only INSERT and SELECT (GRANTS), and these triggers hold whatever the
+    # grants say: no entry, tree node, checkpoint or quarantined event is ever updated, nothing
+    # is truncated, and entries are deleted only as a retention cut, a prefix sealed by a
+    # signed checkpoint recorded as the log's genesis, while no legal hold stands.
+    """
+    CREATE TABLE genesis (
+        size bigint PRIMARY KEY REFERENCES checkpoints (size),
+        cut_at timestamptz NOT NULL,
+        reason text NOT NULL
+    );
+    CREATE TABLE holds (
+        id text PRIMARY KEY,
+        reason text NOT NULL,
+        placed_by text NOT NULL,
+        placed_at timestamptz NOT NULL,
+        lifted_by text,
+        lifted_at timestamptz
+    );
+    CREATE TABLE verifications (
+        id text PRIMARY KEY,
+        kind text NOT NULL,
+        status text NOT NULL,
+        requested_by text,
+        started_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL,
+        finished_at timestamptz,
+        from_size bigint NOT NULL,
+        to_size bigint NOT NULL,
+        checked bigint NOT NULL,
+        valid boolean,
+        latest_checkpoint bigint,
+        problems jsonb NOT NULL,
+        problems_not_listed integer NOT NULL
+    );
+    CREATE INDEX verifications_by_start ON verifications (started_at DESC);
+    CREATE INDEX verifications_valid ON verifications (latest_checkpoint) WHERE valid;
+    CREATE FUNCTION refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'audit.% is append-only: % refused', TG_TABLE_NAME, TG_OP
+            USING ERRCODE = 'insufficient_privilege';
+    END $$;
+    CREATE FUNCTION check_cut() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        sealed bigint := COALESCE((SELECT max(size) FROM audit.genesis), 0);
+    BEGIN
+        IF EXISTS (SELECT 1 FROM audit.holds WHERE lifted_at IS NULL) THEN
+            RAISE EXCEPTION 'a legal hold suspends cutting audit entries'
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        IF EXISTS (SELECT 1 FROM cut WHERE sequence > sealed) THEN
+            RAISE EXCEPTION 'audit entries after the genesis (size %) cannot be cut', sealed
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        IF EXISTS (SELECT 1 FROM audit.entries WHERE sequence <= sealed) THEN
+            RAISE EXCEPTION 'a cut removes every entry up to the genesis (size %)', sealed
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        IF NOT EXISTS (
+            SELECT 1 FROM audit.entries WHERE sequence > sealed
+                AND action = 'audit.retention.cut' AND resource = 'entries/1-' || sealed
+        ) THEN
+            RAISE EXCEPTION 'a cut is recorded in the log before its entries go'
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE FUNCTION check_genesis() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.size <= COALESCE((SELECT max(size) FROM audit.genesis), 0) THEN
+            RAISE EXCEPTION 'a genesis moves forward only' USING ERRCODE = 'check_violation';
+        END IF;
+        IF NOT EXISTS (
+            SELECT 1 FROM audit.entries e JOIN audit.checkpoints c ON c.size = e.sequence
+            WHERE e.sequence = NEW.size AND e.hash = c.head
+        ) THEN
+            RAISE EXCEPTION 'a genesis is a checkpoint of the entries as they are'
+                USING ERRCODE = 'check_violation';
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE FUNCTION check_lift() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF OLD.lifted_at IS NOT NULL OR NEW.lifted_at IS NULL OR NEW.lifted_by IS NULL THEN
+            RAISE EXCEPTION 'a legal hold is lifted once, by someone'
+                USING ERRCODE = 'check_violation';
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE FUNCTION check_verification() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF OLD.status <> 'running' OR NEW.id <> OLD.id OR NEW.kind <> OLD.kind
+            OR NEW.started_at <> OLD.started_at OR NEW.from_size <> OLD.from_size
+            OR NEW.to_size <> OLD.to_size THEN
+            RAISE EXCEPTION 'a verification is recorded once it ends'
+                USING ERRCODE = 'check_violation';
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER verifications_end_once BEFORE UPDATE ON verifications
+        FOR EACH ROW EXECUTE FUNCTION check_verification();
+    CREATE TRIGGER verifications_not_deleted BEFORE DELETE ON verifications
+        FOR EACH ROW EXECUTE FUNCTION refuse_change();
+    CREATE TRIGGER holds_lifted_once BEFORE UPDATE ON holds
+        FOR EACH ROW EXECUTE FUNCTION check_lift();
+    CREATE TRIGGER entries_not_updated BEFORE UPDATE ON entries
+        FOR EACH ROW EXECUTE FUNCTION refuse_change();
+    CREATE TRIGGER entries_not_truncated BEFORE TRUNCATE ON entries
+        FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+    CREATE TRIGGER entries_cut_as_a_prefix AFTER DELETE ON entries
+        REFERENCING OLD TABLE AS cut FOR EACH STATEMENT EXECUTE FUNCTION check_cut();
+    CREATE TRIGGER genesis_moves_forward BEFORE INSERT ON genesis
+        FOR EACH ROW EXECUTE FUNCTION check_genesis();
+    CREATE TRIGGER tree_not_changed BEFORE UPDATE OR DELETE ON tree
+        FOR EACH ROW EXECUTE FUNCTION refuse_change();
+    CREATE TRIGGER checkpoints_not_changed BEFORE UPDATE OR DELETE ON checkpoints
+        FOR EACH ROW EXECUTE FUNCTION refuse_change();
+    CREATE TRIGGER genesis_not_changed BEFORE UPDATE OR DELETE ON genesis
+        FOR EACH ROW EXECUTE FUNCTION refuse_change();
+    CREATE TRIGGER quarantine_not_changed BEFORE UPDATE OR DELETE ON quarantine
+        FOR EACH ROW EXECUTE FUNCTION refuse_change();
+    CREATE TRIGGER holds_not_deleted BEFORE DELETE ON holds
+        FOR EACH ROW EXECUTE FUNCTION refuse_change();
+    DO $$
+    DECLARE
+        name text;
+    BEGIN
+        FOREACH name IN ARRAY ARRAY[
+            'tree', 'checkpoints', 'genesis', 'quarantine', 'holds', 'verifications'
+        ] LOOP
+            EXECUTE format(
+                'CREATE TRIGGER %I BEFORE TRUNCATE ON %I '
+                'FOR EACH STATEMENT EXECUTE FUNCTION refuse_change()',
+                name || '_not_truncated', name
+            );
+        END LOOP;
+    END $$;
+    """,
+    # Query and filtered export (GET /audit/events, GET /audit/export): every filter has an
+    # index in sequence order. A text column is indexed on its first 256 characters (a btree
+    # row holds at most 2704 bytes, and a resource, a secret's path say, has no bound), and a
+    # lookup matches that key, then the whole text; action and result also serve prefix
+    # filters (vm.export*, failure) as ranges, whatever the database's collation.
+    """
+    CREATE INDEX entries_by_user ON entries (left("user", 256), sequence);
+    CREATE INDEX entries_by_resource ON entries (left(resource, 256), sequence);
+    CREATE INDEX entries_by_request_id ON entries (left(request_id, 256), sequence);
+    CREATE INDEX entries_by_source_ip ON entries (left(source_ip, 256), sequence);
+    CREATE INDEX entries_by_action ON entries (left(action, 256) text_pattern_ops, sequence);
+    CREATE INDEX entries_by_result ON entries (left(result, 256) text_pattern_ops, sequence);
+    CREATE INDEX entries_by_timestamp ON entries (timestamp, sequence);
+    """,
 ]
+GRANTS = {
+    # The service: chain entries and their tree, keep checkpoints and refused events, place
+    # and lift legal holds; read everything. Never UPDATE or DELETE what it chained.
+    "service": """
+        GRANT SELECT, INSERT ON entries, tree, checkpoints, quarantine TO {role};
+        GRANT SELECT ON genesis, schema_migrations TO {role};
+        GRANT SELECT, INSERT, UPDATE (lifted_by, lifted_at) ON holds TO {role};
+        GRANT SELECT, INSERT, UPDATE ON verifications TO {role};
+        GRANT USAGE ON ALL SEQUENCES IN SCHEMA audit TO {role};
+    """,
+    # The retention job: sign the genesis, chain the record of the cut, cut the prefix.
+    "retention": """
+        GRANT SELECT, INSERT ON entries, tree, checkpoints, genesis TO {role};
+        GRANT DELETE ON entries TO {role};
+        GRANT SELECT ON holds, schema_migrations TO {role};
+    """,
+}
 _CATCH_UP_BATCH = 5000
-_CHAIN_LOCK = 0x41554454  # "AUDT": serialises appends across audit replicas.
+CHAIN_LOCK = 0x41554454  # "AUDT": serialises appends across audit replicas.
 _COPY_COLUMNS = (
     "sequence",
     "event_id",
@@ -108,55 +281,18 @@ class PostgresAuditLog(AuditLog):
     ) -> list[ChainedEntry]:
         """Chain after the current head and COPY the new rows, in one transaction."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHAIN_LOCK)
-            seen = {
-                row["event_id"]
-                for row in await conn.fetch(
-                    "SELECT event_id FROM audit.entries WHERE event_id = ANY($1::text[])",
-                    [fields.event_id for fields in batch],
-                )
-            }
-            head = await conn.fetchrow(
-                "SELECT sequence, hash FROM audit.entries ORDER BY sequence DESC LIMIT 1"
-            )
-            sequence = 0 if head is None else head["sequence"]
-            prev_hash = GENESIS_HASH if head is None else head["hash"]
-            if await _tree_size(conn) < sequence:  # an older replica chained without it
-                while await _extend_tree(conn, _CATCH_UP_BATCH):
-                    pass
-            tree = await _tree_at(conn, sequence)
-            added: list[ChainedEntry] = []
-            nodes: list[tuple[int, int, bytes]] = []
-            for fields in batch:
-                if fields.event_id in seen:
-                    continue
-                seen.add(fields.event_id)
-                sequence += 1
-                entry, leaf = link(fields, sequence=sequence, prev_hash=prev_hash)
-                prev_hash = entry.hash
-                added.append(entry)
-                nodes += tree.append(leaf)
-            if added:
-                await conn.copy_records_to_table(
-                    "entries",
-                    schema_name=SCHEMA,
-                    columns=_COPY_COLUMNS,
-                    records=[tuple(getattr(entry, c) for c in _COPY_COLUMNS) for entry in added],
-                )
-                await conn.copy_records_to_table(
-                    "tree", schema_name=SCHEMA, columns=("level", "index", "hash"), records=nodes
-                )
-            if quarantine:
-                await conn.executemany(
-                    f"INSERT INTO audit.quarantine ({_QUARANTINE_COLUMNS}) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb) "
-                    "ON CONFLICT (id) DO NOTHING",
-                    [_quarantine_row(record) for record in quarantine],
-                )
-            return added
+            return await append_in(conn, batch, quarantine)
 
-    async def page(self, *, after_sequence: int, limit: int) -> list[ChainedEntry]:
-        """One page."""
+    async def page(
+        self, *, after_sequence: int, limit: int, where: EntryFilter = EVERY_ENTRY
+    ) -> list[ChainedEntry]:
+        """One page; a filtered one as ``postgres_query`` finds it, through the filters' indexes."""
+        if where.narrows:
+            async with self._pool.acquire() as conn:
+                rows = await filtered_page(
+                    conn, _COLUMNS, where, after_sequence=after_sequence, limit=limit
+                )
+            return [_entry(row) for row in rows]
         rows = await self._pool.fetch(
             f"SELECT {_COLUMNS} FROM audit.entries WHERE sequence > $1 ORDER BY sequence LIMIT $2",
             after_sequence,
@@ -181,7 +317,7 @@ class PostgresAuditLog(AuditLog):
         added = 0
         while True:
             async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHAIN_LOCK)
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK)
                 count = await _extend_tree(conn, _CATCH_UP_BATCH)
             if not count:
                 return added
@@ -201,7 +337,7 @@ class PostgresAuditLog(AuditLog):
                 "SELECT sequence, hash FROM audit.entries ORDER BY sequence DESC LIMIT 1"
             )
             size = 0 if head is None else int(head["sequence"])
-            nodes = await _nodes(conn, root_nodes(size))
+            nodes = await stored_nodes(conn, root_nodes(size))
         return TreeHead(
             size=size,
             root=root_at(size, nodes),
@@ -211,7 +347,7 @@ class PostgresAuditLog(AuditLog):
     async def tree_nodes(self, nodes: Iterable[Node]) -> dict[Node, bytes]:
         """One query."""
         async with self._pool.acquire() as conn:
-            return await _nodes(conn, set(nodes))
+            return await stored_nodes(conn, set(nodes))
 
     async def add_checkpoint(self, signed: SignedCheckpoint) -> SignedCheckpoint:
         """Insert unless its size is kept already; the one kept."""
@@ -264,6 +400,153 @@ class PostgresAuditLog(AuditLog):
             for row in rows
         ]
 
+    # ---- retention's genesis and legal holds (decision 0048) ------------------------------
+
+    async def genesis(self) -> GenesisPoint | None:
+        """The newest genesis, its checkpoint and frontier read in one snapshot."""
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            return await genesis_of(conn)
+
+    async def holds(self) -> list[Hold]:
+        """Oldest first."""
+        rows = await self._pool.fetch(f"SELECT {HOLD_COLUMNS} FROM audit.holds ORDER BY placed_at")
+        return [Hold(**dict(row)) for row in rows]
+
+    async def place_hold(self, hold: Hold, *, record: EntryFields) -> None:
+        """The hold and its entry in one transaction."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO audit.holds (id, reason, placed_by, placed_at) "
+                "VALUES ($1, $2, $3, $4)",
+                hold.id,
+                hold.reason,
+                hold.placed_by,
+                hold.placed_at,
+            )
+            await append_in(conn, [record])
+
+    async def lift_hold(self, hold: Hold, *, record: EntryFields) -> bool:
+        """Lifted once: a hold lifted already, or none of that id, is False."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                "UPDATE audit.holds SET lifted_by = $2, lifted_at = $3 "
+                "WHERE id = $1 AND lifted_at IS NULL",
+                hold.id,
+                hold.lifted_by,
+                hold.lifted_at,
+            )
+            if status != "UPDATE 1":
+                return False
+            await append_in(conn, [record])
+            return True
+
+    # ---- verifications (decision 0048) ----------------------------------------------------
+
+    async def save_verification(self, run: VerificationRun) -> None:
+        """Insert, or update while it runs."""
+        problems = json.dumps([problem.__dict__ for problem in run.problems])
+        await self._pool.execute(
+            f"INSERT INTO audit.verifications ({_VERIFICATION_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14) "
+            "ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, "
+            "updated_at = EXCLUDED.updated_at, finished_at = EXCLUDED.finished_at, "
+            "checked = EXCLUDED.checked, valid = EXCLUDED.valid, "
+            "latest_checkpoint = EXCLUDED.latest_checkpoint, problems = EXCLUDED.problems, "
+            "problems_not_listed = EXCLUDED.problems_not_listed "
+            "WHERE audit.verifications.status = 'running'",
+            run.id,
+            run.kind,
+            run.status,
+            run.requested_by,
+            run.started_at,
+            run.updated_at,
+            run.finished_at,
+            run.from_size,
+            run.to_size,
+            run.checked,
+            run.valid,
+            run.latest_checkpoint,
+            problems,
+            run.problems_not_listed,
+        )
+
+    async def verification(self, run_id: str) -> VerificationRun | None:
+        """One."""
+        row = await self._pool.fetchrow(
+            f"SELECT {_VERIFICATION_COLUMNS} FROM audit.verifications WHERE id = $1", run_id
+        )
+        return None if row is None else _verification(row)
+
+    async def verifications(self, *, limit: int) -> list[VerificationRun]:
+        """Newest first."""
+        rows = await self._pool.fetch(
+            f"SELECT {_VERIFICATION_COLUMNS} FROM audit.verifications "
+            "ORDER BY started_at DESC LIMIT $1",
+            limit,
+        )
+        return [_verification(row) for row in rows]
+
+    async def verified_checkpoint(self) -> int:
+        """From the partial index of valid runs."""
+        value = await self._pool.fetchval(
+            "SELECT max(latest_checkpoint) FROM audit.verifications WHERE valid"
+        )
+        return 0 if value is None else int(value)
+
+
+async def append_in(
+    conn: asyncpg.Connection,
+    batch: Sequence[EntryFields],
+    quarantine: Sequence[QuarantinedEvent] = (),
+) -> list[ChainedEntry]:
+    """Chain ``batch`` after the head, inside the caller's transaction, under the chain lock."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK)
+    seen = {
+        row["event_id"]
+        for row in await conn.fetch(
+            "SELECT event_id FROM audit.entries WHERE event_id = ANY($1::text[])",
+            [fields.event_id for fields in batch],
+        )
+    }
+    head = await conn.fetchrow(
+        "SELECT sequence, hash FROM audit.entries ORDER BY sequence DESC LIMIT 1"
+    )
+    sequence = 0 if head is None else head["sequence"]
+    prev_hash = GENESIS_HASH if head is None else head["hash"]
+    if await _tree_size(conn) < sequence:  # an older replica chained without it
+        while await _extend_tree(conn, _CATCH_UP_BATCH):
+            pass
+    tree = await _tree_at(conn, sequence)
+    added: list[ChainedEntry] = []
+    nodes: list[tuple[int, int, bytes]] = []
+    for fields in batch:
+        if fields.event_id in seen:
+            continue
+        seen.add(fields.event_id)
+        sequence += 1
+        entry, leaf = link(fields, sequence=sequence, prev_hash=prev_hash)
+        prev_hash = entry.hash
+        added.append(entry)
+        nodes += tree.append(leaf)
+    if added:
+        await conn.copy_records_to_table(
+            "entries",
+            schema_name=SCHEMA,
+            columns=_COPY_COLUMNS,
+            records=[tuple(getattr(entry, c) for c in _COPY_COLUMNS) for entry in added],
+        )
+        await conn.copy_records_to_table(
+            "tree", schema_name=SCHEMA, columns=("level", "index", "hash"), records=nodes
+        )
+    if quarantine:
+        await conn.executemany(
+            f"INSERT INTO audit.quarantine ({_QUARANTINE_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb) "
+            "ON CONFLICT (id) DO NOTHING",
+            [_quarantine_row(record) for record in quarantine],
+        )
+    return added
+
 
 _QUARANTINE_FIELDS = (
     "id",
@@ -288,6 +571,40 @@ def _quarantine_row(record: QuarantinedEvent) -> tuple[Any, ...]:
 
 
 _CHECKPOINT_COLUMNS = "size, origin, root, head, time, key_id, signature"
+HOLD_COLUMNS = "id, reason, placed_by, placed_at, lifted_by, lifted_at"
+_VERIFICATION_COLUMNS = (
+    "id, kind, status, requested_by, started_at, updated_at, finished_at, from_size, to_size, "
+    "checked, valid, latest_checkpoint, problems, problems_not_listed"
+)
+
+
+def _verification(row: Any) -> VerificationRun:
+    values = dict(row)
+    values["problems"] = tuple(Problem(**item) for item in json.loads(values["problems"]))
+    return VerificationRun(**values)
+
+
+async def genesis_of(conn: asyncpg.Connection) -> GenesisPoint | None:
+    """The newest genesis with its checkpoint and the tree's compact range at its size."""
+    row = await conn.fetchrow(
+        f"SELECT {', '.join('c.' + c for c in _CHECKPOINT_COLUMNS.split(', '))} "
+        "FROM audit.genesis g JOIN audit.checkpoints c ON c.size = g.size "
+        "ORDER BY g.size DESC LIMIT 1"
+    )
+    if row is None:
+        return None
+    checkpoint = _checkpoint(row)
+    frontier = await frontier_at(conn, checkpoint.checkpoint.size)
+    return GenesisPoint(checkpoint=checkpoint, frontier=frontier)
+
+
+async def frontier_at(conn: asyncpg.Connection, size: int) -> tuple[bytes, ...]:
+    """The perfect subtrees' roots the tree at ``size`` folds from, largest first."""
+    wanted = sorted(root_nodes(size), key=lambda node: -node[0])
+    found = await stored_nodes(conn, set(wanted))
+    if len(found) != len(wanted):
+        raise RuntimeError(f"the audit tree lacks nodes of its first {size} leaves")
+    return tuple(found[node] for node in wanted)
 
 
 def _checkpoint(row: Any) -> SignedCheckpoint:
@@ -309,7 +626,8 @@ async def _tree_size(conn: asyncpg.Connection) -> int:
     return 0 if last is None else int(last) + 1
 
 
-async def _nodes(conn: asyncpg.Connection, wanted: set[Node]) -> dict[Node, bytes]:
+async def stored_nodes(conn: asyncpg.Connection, wanted: set[Node]) -> dict[Node, bytes]:
+    """The stored perfect subtrees among ``wanted``, in one query."""
     if not wanted:
         return {}
     levels, indexes = zip(*sorted(wanted), strict=True)
@@ -353,7 +671,7 @@ async def _tree_at(conn: asyncpg.Connection, size: int) -> TreeBuilder:
     A node missing means the tree does not hold those entries: nothing is appended then.
     """
     wanted = sorted(root_nodes(size), key=lambda node: -node[0])
-    found = await _nodes(conn, set(wanted))
+    found = await stored_nodes(conn, set(wanted))
     if len(found) != len(wanted):
         raise RuntimeError(f"the audit tree lacks nodes of its first {size} leaves")
     return TreeBuilder(size, [found[node] for node in wanted])

@@ -32,7 +32,7 @@ async def audit_bundle(
 ) -> AsyncIterator[bytes]:
     """The bundle's lines, a page of them per chunk."""
     public = {key_id: _public_key(pem) for key_id, pem in keys["keys"].items()}
-    head = [header_line(keys["origin"], public, Genesis())]
+    head = [header_line(keys["origin"], public, genesis_of(keys))]
     while checkpoints:
         head += [checkpoint_line(SignedCheckpoint.from_json(item)) for item in checkpoints]
         if len(checkpoints) < PAGE:
@@ -54,6 +54,24 @@ async def audit_bundle(
         if len(page) < PAGE:
             return
         after = page[-1]["sequence"]
+
+
+def genesis_of(keys: Mapping[str, Any]) -> Genesis:
+    """Where the log starts: after a retention cut, its genesis (decision 0048)."""
+    genesis = keys.get("genesis")
+    if genesis is None:
+        return Genesis()
+    return Genesis(
+        size=genesis["size"],
+        head=genesis["head"],
+        frontier=tuple(bytes.fromhex(item) for item in genesis["frontier"]),
+    )
+
+
+def first_checkpoint_after(keys: Mapping[str, Any]) -> int:
+    """Checkpoints before the genesis are not the remaining log's: the bundle starts at it."""
+    genesis = keys.get("genesis")
+    return 0 if genesis is None else max(genesis["size"] - 1, 0)
 
 
 def _hashed_form(entry: dict[str, Any]) -> dict[str, Any]:

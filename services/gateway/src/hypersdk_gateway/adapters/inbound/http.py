@@ -40,6 +40,8 @@ from hypersdk_contracts.rpc import (
     DecideRequest,
     DiskFormat,
     GetVmRequest,
+    HoldIdRequest,
+    HoldView,
     InclusionProofRequest,
     InclusionProofView,
     IssuedApiKey,
@@ -49,15 +51,18 @@ from hypersdk_contracts.rpc import (
     ListApiKeysRequest,
     ListAuditEventsRequest,
     ListCheckpointsRequest,
+    ListHoldsRequest,
     ListJobsRequest,
     ListProvidersRequest,
     ListQuarantineRequest,
     ListSecretsRequest,
     ListSessionsRequest,
     ListUsersRequest,
+    ListVerificationsRequest,
     ListVmsRequest,
     LoginRequest,
     LogoutRequest,
+    PlaceHoldRequest,
     Principal,
     ProviderNameRequest,
     ProviderType,
@@ -75,14 +80,26 @@ from hypersdk_contracts.rpc import (
     SecretPathRequest,
     SecretRotation,
     SessionView,
+    StartVerificationRequest,
     UpdateProviderRequest,
     UserNameRequest,
     UserView,
+    VerificationIdRequest,
+    VerificationView,
     VerifyRequest,
     VerifyResult,
     VmView,
 )
-from hypersdk_gateway.adapters.inbound.audit_export import audit_bundle, prepend
+from hypersdk_gateway.adapters.inbound.audit_entries import (
+    AuditFilters,
+    ExportFormat,
+    entries_export,
+)
+from hypersdk_gateway.adapters.inbound.audit_export import (
+    audit_bundle,
+    first_checkpoint_after,
+    prepend,
+)
 from hypersdk_gateway.adapters.inbound.errors import ErrorEnvelope, envelope_bytes
 from hypersdk_gateway.adapters.inbound.middleware import API_PREFIX, context_of
 from hypersdk_gateway.adapters.inbound.operations import operations_of
@@ -202,6 +219,21 @@ def instant(value: str | None, name: str) -> datetime | None:
             ErrorCode.VALIDATION_FAILED, f"{name} must be an RFC 3339 date-time with a time zone."
         ) from exc
     return parsed
+
+
+def audit_filters(filters: AuditFilters) -> dict[str, Any]:
+    """An audit query's filters as ``ListAuditEventsRequest`` fields, its times read strictly."""
+    return {
+        **filters.model_dump(exclude={"since", "until"}),
+        "since": instant(filters.since, "since"),
+        "until": instant(filters.until, "until"),
+    }
+
+
+class PlaceHoldBody(Body):
+    """A legal hold: why it is placed (a case number, a request)."""
+
+    reason: str = Field(min_length=1, max_length=500)
 
 
 class CreateApiKeyBody(Body):
@@ -901,14 +933,24 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
     )
     async def audit_events(
         request: Request,
-        after_sequence: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+        filters: Annotated[AuditFilters, Query()],
+        after_sequence: Annotated[
+            int, Query(ge=0, le=INT64_MAX, description="Sequence of the last entry seen.")
+        ] = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     ) -> Any:
-        """Audit entries in chain order."""
+        """Audit entries in chain order that pass every filter given.
+
+        The cursor is the sequence of a page's last entry, passed back as ``after_sequence``;
+        a page shorter than ``limit`` is the last one.
+        """
         return await backend.ask(
             RpcQueue.AUDIT_LIST_EVENTS,
             ListAuditEventsRequest(
-                after_sequence=after_sequence, limit=limit, context=ctx(request)
+                after_sequence=after_sequence,
+                limit=limit,
+                **audit_filters(filters),
+                context=ctx(request),
             ),
         )
 
@@ -933,6 +975,85 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
     async def audit_verify(request: Request) -> Any:
         """Recompute the hash chain; name the first entry that does not check out."""
         return await backend.ask(RpcQueue.AUDIT_VERIFY, VerifyRequest(context=ctx(request)))
+
+    @api.get(
+        "/audit/verifications",
+        response_model=list[VerificationView],
+        tags=["audit"],
+        openapi_extra=audit_view,
+    )
+    async def audit_verifications(
+        request: Request, limit: Annotated[int, Query(ge=1, le=200)] = 20
+    ) -> Any:
+        """Verifications of the log, the newest first (incremental and full)."""
+        return await backend.ask(
+            RpcQueue.AUDIT_LIST_VERIFICATIONS,
+            ListVerificationsRequest(limit=limit, context=ctx(request)),
+        )
+
+    @api.post(
+        "/audit/verifications",
+        status_code=202,
+        response_model=VerificationView,
+        tags=["audit"],
+        openapi_extra=audit_view,
+    )
+    async def audit_start_verification(request: Request) -> Any:
+        """Start a full verification from the genesis in the background (202, the run)."""
+        return await backend.ask(
+            RpcQueue.AUDIT_START_VERIFICATION, StartVerificationRequest(context=ctx(request))
+        )
+
+    @api.get(
+        "/audit/verifications/{run_id}",
+        response_model=VerificationView,
+        tags=["audit"],
+        openapi_extra=audit_view,
+    )
+    async def audit_verification(
+        request: Request, run_id: Annotated[str, Path(min_length=1, max_length=64)]
+    ) -> Any:
+        """One verification: its progress, then its outcome."""
+        return await backend.ask(
+            RpcQueue.AUDIT_GET_VERIFICATION,
+            VerificationIdRequest(id=run_id, context=ctx(request)),
+        )
+
+    @api.get(
+        "/audit/holds", response_model=list[HoldView], tags=["audit"], openapi_extra=audit_view
+    )
+    async def audit_holds(request: Request) -> Any:
+        """Legal holds, lifted ones too: while one stands, retention cuts nothing."""
+        return await backend.ask(RpcQueue.AUDIT_LIST_HOLDS, ListHoldsRequest(context=ctx(request)))
+
+    system_configure = guarded(Permission.SYSTEM_CONFIGURE)
+
+    @api.post(
+        "/audit/holds",
+        status_code=201,
+        response_model=HoldView,
+        tags=["audit"],
+        openapi_extra=system_configure,
+    )
+    async def audit_place_hold(body: PlaceHoldBody, request: Request) -> Any:
+        """Place a legal hold (recorded in the log)."""
+        return await backend.ask(
+            RpcQueue.AUDIT_PLACE_HOLD, PlaceHoldRequest(reason=body.reason, context=ctx(request))
+        )
+
+    @api.delete(
+        "/audit/holds/{hold_id}",
+        response_model=HoldView,
+        tags=["audit"],
+        openapi_extra=system_configure,
+    )
+    async def audit_lift_hold(
+        request: Request, hold_id: Annotated[str, Path(min_length=1, max_length=64)]
+    ) -> Any:
+        """Lift a standing legal hold (recorded in the log); the hold as lifted."""
+        return await backend.ask(
+            RpcQueue.AUDIT_LIFT_HOLD, HoldIdRequest(id=hold_id, context=ctx(request))
+        )
 
     @api.get(
         "/audit/checkpoints",
@@ -1016,19 +1137,51 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
         tags=["audit"],
         openapi_extra=audit_view,
         response_class=StreamingResponse,
-        responses={200: {"content": {"application/x-ndjson": {}}}},
+        responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}},
     )
-    async def audit_export(request: Request) -> StreamingResponse:
+    async def audit_export(
+        request: Request,
+        filters: Annotated[AuditFilters, Query()],
+        export_format: Annotated[
+            ExportFormat,
+            Query(
+                alias="format",
+                description="bundle (the default): the whole log, verifiable offline; jsonl or "
+                "csv: the entries the filters select.",
+            ),
+        ] = "bundle",
+        after_sequence: Annotated[
+            int, Query(ge=0, le=INT64_MAX, description="jsonl and csv: entries after this one.")
+        ] = 0,
+    ) -> StreamingResponse:
         """The whole log as an offline-verifiable bundle (JSON Lines), streamed page by page.
 
         The header (origin, checkpoint keys) and the first page are read before answering, so a
-        refusal or an unavailable audit service is an ordinary error response.
+        refusal or an unavailable audit service is an ordinary error response. With
+        ``format=jsonl`` or ``format=csv``, the entries the filters select instead (a bundle
+        takes no filter: a part of the log could not be verified).
         """
         context = ctx(request)
+        if export_format != "bundle":
+            query = ListAuditEventsRequest(
+                after_sequence=after_sequence,
+                limit=MAX_PAGE,
+                **audit_filters(filters),
+                context=context,
+            )
+            return await entries_export(backend, query, export_format)
+        if filters.given or after_sequence:
+            raise ServiceError(
+                ErrorCode.VALIDATION_FAILED,
+                "A bundle is the whole log (a part of it could not be verified): filter with "
+                "format=jsonl or format=csv.",
+            )
         keys = await backend.ask(RpcQueue.AUDIT_PUBLIC_KEYS, PublicKeysRequest(context=context))
         checkpoints = await backend.ask(
             RpcQueue.AUDIT_LIST_CHECKPOINTS,
-            ListCheckpointsRequest(after_size=0, limit=MAX_PAGE, context=context),
+            ListCheckpointsRequest(
+                after_size=first_checkpoint_after(keys), limit=MAX_PAGE, context=context
+            ),
         )
         pages = audit_bundle(backend, context, keys, checkpoints)
         first = await anext(pages)
