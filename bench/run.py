@@ -11,7 +11,11 @@ measures, in one run so that the figures compare side by side:
    costs, process by process (bench/audited.py);
 4. a storm of logins (bcrypt cost 12) and the latency of other requests during it;
 5. exports of one multi-GiB disk through the platform against plain ``qemu-img convert``,
-   for qcow2 and streamOptimized vmdk, and the time a cancel takes (bench/exports.py).
+   for qcow2 and streamOptimized vmdk, and the time a cancel takes (bench/exports.py);
+6. the audit service: the rate it chains durable entries against a raw consume of the same
+   messages from the same broker, and, in a scratch database of 1M entries, checkpoint
+   signing, inclusion and consistency proofs and the offline verification of the whole export
+   bundle (bench/audit.py).
 
 ``--only`` runs some phases alone and ``HYPERSDK_BENCH_SECONDS`` shortens each load (a smoke
 run; the figures of docs/benchmarks.md come from a whole run).
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -44,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
+import audit
 import audited
 import devstack
 import exports
@@ -61,7 +67,7 @@ PASSWORD = "bench-admin-" + secrets.token_hex(6)
 
 
 PHASE_LIMIT_SECONDS = 300
-PHASES = ("policy", "gateway", "audited", "storm", "exports")
+PHASES = ("policy", "gateway", "audited", "storm", "exports", "audit")
 
 
 async def bounded(
@@ -755,6 +761,8 @@ def render(results: dict[str, Any], command: str) -> str:
         *render_failed_storm(storm["failed_storm"]),
         *exports.render(results["exports"]),
         "",
+        *audit.render(results["audit"]),
+        "",
     ]
     return "\n".join(lines)
 
@@ -826,6 +834,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "HYPERSDK_GATEWAY_TRUSTED_PROXIES": '["127.0.0.1"]',
             },
         ) as config,
+        # Before the platform starts: audit's publishers then include this login.
+        (
+            audit.publisher_login(config) if "audit" in phases else contextlib.nullcontext()
+        ) as publisher,
     ):
         await asyncio.to_thread(devstack.up, config, admin_password=PASSWORD)
         token = await asyncio.to_thread(login, config)
@@ -848,6 +860,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             progress("exports against qemu-img, and cancels")
             results["exports"] = await bounded(
                 exports.measure(config, auth, progress), exports.PHASE_LIMIT_S
+            )
+        if "audit" in phases:
+            assert publisher is not None
+            progress("audit: ingest against a raw consume, proofs at 1M entries")
+            results["audit"] = await bounded(
+                audit.measure(config, publisher, Path(state), progress), audit.PHASE_LIMIT_S
             )
     return results
 

@@ -240,7 +240,10 @@ async def test_each_service_role_reads_only_its_own_schema(stack: Stack) -> None
 
 
 def test_service_roles_are_unprivileged_and_own_their_schema(stack: Stack) -> None:
-    roles = [stack.config.db_role(service) for service in devstack.MIGRATED]
+    """Each service's role owns its schema, but audit's: a NOLOGIN owner of its own (0048)."""
+    roles = [
+        stack.config.db_role(service) for service in (*devstack.MIGRATED, *devstack.EXTRA_DB_ROLES)
+    ]
     rows = stack.db(
         "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls "
         "FROM pg_roles WHERE rolname = ANY($1::text[])",
@@ -256,7 +259,12 @@ def test_service_roles_are_unprivileged_and_own_their_schema(stack: Stack) -> No
     )
     assert owners
     for row in owners:
-        assert row["owner"] == stack.config.db_role(row["schema"]), dict(row)
+        owner = "audit_owner" if row["schema"] == "audit" else row["schema"]
+        assert row["owner"] == stack.config.db_role(owner), dict(row)
+    (owner,) = stack.db(
+        "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", stack.config.db_role("audit_owner")
+    )
+    assert owner["rolcanlogin"] is False
 
 
 def test_each_role_has_the_password_of_its_services_url(stack: Stack) -> None:
