@@ -271,3 +271,50 @@ async def test_the_genesis_frontier_matches_the_bundle_format() -> None:
         frontier=genesis.frontier,
     )
     assert len(genesis.frontier) == bin(12).count("1")
+
+
+async def test_a_long_cut_goes_in_steps_each_behind_its_own_genesis() -> None:
+    log, audit, _, clock = await world(40, policy=RetentionPolicy())
+    retention = Retention(
+        store=InMemoryRetentionStore(log),
+        signer=KeyFileSigner(KEY),
+        policy=RetentionPolicy(max_entries=5),
+        origin="t",
+        clock=clock,
+        step=10,
+    )
+    outcome = await retention.run()
+
+    assert outcome.cut
+    assert log.genesis_sizes == [10, 20, 30, 36]
+    assert outcome.removed == 36
+    records = [e.resource for e in log.entries if e.action == "audit.retention.cut"]
+    assert records == ["entries/1-10", "entries/1-20", "entries/1-30", "entries/1-36"]
+    await audit.checkpoint()
+    report = verify_bundle(await bundle(log, audit), keys=audit.public_keys())
+    assert report.valid, report.problems
+
+
+async def test_a_hold_placed_during_a_long_cut_stops_it_between_steps() -> None:
+    log, audit, _, clock = await world(40, policy=RetentionPolicy())
+    store = InMemoryRetentionStore(log)
+    original = store.cut
+
+    async def cut_then_hold(*args: object, **kwargs: object) -> int:
+        removed = await original(*args, **kwargs)  # type: ignore[arg-type]
+        if not log.hold_list:
+            await audit.place_hold("case 7", context=ADMIN)
+        return removed
+
+    store.cut = cut_then_hold  # type: ignore[method-assign]
+    retention = Retention(
+        store=store,
+        signer=KeyFileSigner(KEY),
+        policy=RetentionPolicy(max_entries=5),
+        origin="t",
+        clock=clock,
+        step=10,
+    )
+    outcome = await retention.run()
+    assert outcome.cut
+    assert log.genesis_sizes == [10]

@@ -249,6 +249,8 @@ GRANTS = {
 }
 _CATCH_UP_BATCH = 5000
 CHAIN_LOCK = 0x41554454  # "AUDT": serialises appends across audit replicas.
+LOCK_WAIT_SECONDS = 30
+"""Longest wait of an append for the chain lock (a retention step takes about a second)."""
 _COPY_COLUMNS = (
     "sequence",
     "event_id",
@@ -499,7 +501,12 @@ async def append_in(
     batch: Sequence[EntryFields],
     quarantine: Sequence[QuarantinedEvent] = (),
 ) -> list[ChainedEntry]:
-    """Chain ``batch`` after the head, inside the caller's transaction, under the chain lock."""
+    """Chain ``batch`` after the head, inside the caller's transaction, under the chain lock.
+
+    A batch waits at most LOCK_WAIT for the lock: then it fails, its deliveries go back to
+    the queue and the consumer logs it, instead of waiting unseen for ever.
+    """
+    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT_SECONDS}s'")
     await conn.execute("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK)
     seen = {
         row["event_id"]
