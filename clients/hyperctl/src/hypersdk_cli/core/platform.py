@@ -244,6 +244,30 @@ class Platform:
         """GET /audit/verify."""
         return self.body("GET", "/audit/verify")
 
+    def audit_start_verification(self) -> Any:
+        """POST /audit/verifications: a full verification, started in the background."""
+        return self.body("POST", "/audit/verifications")
+
+    def audit_verification(self, run_id: str) -> Any:
+        """GET /audit/verifications/{id}: its progress, then its outcome."""
+        return self.body("GET", f"/audit/verifications/{quote(run_id, safe='')}")
+
+    def audit_verifications(self, *, limit: int) -> Any:
+        """GET /audit/verifications: the newest first."""
+        return self.body("GET", "/audit/verifications", query={"limit": limit})
+
+    def audit_holds(self) -> Any:
+        """GET /audit/holds: legal holds, lifted ones too."""
+        return self.body("GET", "/audit/holds")
+
+    def audit_place_hold(self, reason: str) -> Any:
+        """POST /audit/holds (system:configure): retention cuts nothing while it stands."""
+        return self.body("POST", "/audit/holds", json={"reason": reason})
+
+    def audit_lift_hold(self, hold_id: str) -> Any:
+        """DELETE /audit/holds/{id} (system:configure)."""
+        return self.body("DELETE", f"/audit/holds/{quote(hold_id, safe='')}")
+
     def audit_quarantine(self, *, after_number: int, limit: int) -> Any:
         """GET /audit/quarantine: events audit refused to chain as genuine."""
         return self.body(

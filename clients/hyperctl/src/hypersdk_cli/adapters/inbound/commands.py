@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -956,19 +957,133 @@ def audit_events(app: App, /, after_sequence: int, limit: int, **filters: str | 
     emit(app.platform.audit_events(query), app.output, columns=AUDIT_COLUMNS)
 
 
-@audit.command("verify", examples=["hyperctl audit verify", "hyperctl audit verify -o json"])
+@audit.command(
+    "verify",
+    examples=[
+        "hyperctl audit verify",
+        "hyperctl audit verify --full",
+        "hyperctl audit verify -o json",
+    ],
+)
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Verify the whole log from its genesis (in the background; this waits for it).",
+)
+@click.option(
+    "--timeout",
+    "timeout_seconds",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    show_default=True,
+    help="With --full: give up waiting after this many seconds (the run goes on).",
+)
 @click.pass_obj
-def audit_verify(app: App) -> None:
-    """Recompute the hash chain; exit 10 (and name the entry) if it does not check out."""
-    verdict = app.platform.audit_verify()
-    emit(verdict, app.output, single=True)
-    if not verdict.get("valid"):
+def audit_verify(app: App, full: bool, timeout_seconds: float) -> None:
+    """Verify the log; exit 10 (and name the entry) if it does not check out.
+
+    Without --full, what was added since the newest checkpoint a verification found valid.
+    """
+    if not full:
+        verdict = app.platform.audit_verify()
+        emit(verdict, app.output, single=True)
+        if not verdict.get("valid"):
+            raise CliError(
+                "audit_invalid",
+                f"The audit chain does not verify at entry {verdict.get('first_bad_sequence')}:"
+                f" {verdict.get('reason')}.",
+                exit_code=ExitCode.AUDIT_INVALID,
+            )
+        return
+    run = app.platform.audit_start_verification()
+    deadline = time.monotonic() + timeout_seconds
+    while run.get("status") == "running":
+        if time.monotonic() > deadline:
+            raise CliError(
+                "verification_running",
+                f"The full verification {run.get('id')} is still running; see "
+                "'hyperctl audit verifications'.",
+                exit_code=ExitCode.ERROR,
+            )
+        time.sleep(0.5)
+        run = app.platform.audit_verification(str(run["id"]))
+    emit(run, app.output, single=True)
+    if run.get("valid") is not True:
+        first = (run.get("problems") or [{}])[0]
         raise CliError(
             "audit_invalid",
-            f"The audit chain does not verify at entry {verdict.get('first_bad_sequence')}:"
-            f" {verdict.get('reason')}.",
+            f"The audit log does not verify ({run.get('status')}): {first.get('code')} at "
+            f"entry {first.get('sequence')}: {first.get('message')}.",
             exit_code=ExitCode.AUDIT_INVALID,
         )
+
+
+VERIFICATION_COLUMNS = [
+    field("id"),
+    field("kind"),
+    field("status"),
+    field("valid"),
+    field("from_size", "FROM"),
+    field("to_size", "TO"),
+    field("checked"),
+    field("started_at", "STARTED"),
+]
+HOLD_COLUMNS = [
+    field("id"),
+    field("reason"),
+    field("placed_by"),
+    field("placed_at"),
+    field("lifted_at"),
+]
+
+
+@audit.command(
+    "verifications",
+    examples=["hyperctl audit verifications", "hyperctl audit verifications --limit 5 -o json"],
+)
+@click.option("--limit", type=click.IntRange(1, 200), default=20, show_default=True)
+@click.pass_obj
+def audit_verifications(app: App, limit: int) -> None:
+    """Verifications of the log, the newest first (incremental and full)."""
+    emit(app.platform.audit_verifications(limit=limit), app.output, columns=VERIFICATION_COLUMNS)
+
+
+@audit.group(
+    "holds",
+    examples=[
+        "hyperctl audit holds list",
+        "hyperctl audit holds place 'case 2026-114'",
+        "hyperctl audit holds lift HOLD_ID",
+    ],
+)
+def audit_holds() -> None:
+    """Legal holds: while one stands, retention cuts nothing.
+
+    Placing and lifting need system:configure; listing, audit:view.
+    """
+
+
+@audit_holds.command("list", examples=["hyperctl audit holds list -o json"])
+@click.pass_obj
+def audit_holds_list(app: App) -> None:
+    """Every hold, lifted ones too."""
+    emit(app.platform.audit_holds(), app.output, columns=HOLD_COLUMNS)
+
+
+@audit_holds.command("place", examples=["hyperctl audit holds place 'case 2026-114'"])
+@click.argument("reason")
+@click.pass_obj
+def audit_holds_place(app: App, reason: str) -> None:
+    """Place a hold (recorded in the log); REASON says why (1 to 500 characters)."""
+    emit(app.platform.audit_place_hold(reason), app.output, single=True)
+
+
+@audit_holds.command("lift", examples=["hyperctl audit holds lift HOLD_ID"])
+@click.argument("hold_id")
+@click.pass_obj
+def audit_holds_lift(app: App, hold_id: str) -> None:
+    """Lift a standing hold (recorded in the log)."""
+    emit(app.platform.audit_lift_hold(hold_id), app.output, single=True)
 
 
 @audit.command(
