@@ -186,3 +186,36 @@ async def test_a_cancel_kills_the_child(tmp_path: Path) -> None:
     assert child._process.returncode is not None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_a_following_child_is_ready_once_it_holds_the_file_open(tmp_path: Path) -> None:
+    """qemu-img starts only then: a child still starting would fall behind it for good."""
+    size = 2 * MAX_WRITE + 3 * MIB
+    path = tmp_path / "target"
+    with path.open("wb") as stream:
+        stream.truncate(size)
+    child = await _HashChild.start(path, follow=True)
+    await child.ready(lambda: False)
+    pid = child._process.pid
+    held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    assert str(path) in held
+    await asyncio.to_thread(_write_in_order, path, size, 6)
+    assert await child.digest(lambda: False) == _expected(path)
+
+
+async def test_a_following_child_that_dies_before_it_is_ready_fails_the_export(
+    tmp_path: Path,
+) -> None:
+    child = await _HashChild.start(tmp_path / "never-made", follow=True)  # it waits for it
+    os.kill(child._process.pid, signal.SIGKILL)
+    with pytest.raises(ExportFailedError) as caught:
+        await child.ready(lambda: False)
+    assert caught.value.reason == "artifact_write_failed"
+
+
+async def test_a_cancel_stops_the_wait_for_a_following_child(tmp_path: Path) -> None:
+    child = await _HashChild.start(tmp_path / "never-made", follow=True)
+    with pytest.raises(ExportCancelledError):
+        await child.ready(lambda: True)
+    await child.stop()
+    assert child._process.returncode is not None

@@ -6,8 +6,11 @@ output: the child maps the file instead of copying it through a buffer (decision
 a file cut short under a mapping raises SIGBUS, which kills the child, never the worker.
 
 The child's protocol: ``PATH follow|close METADATA_END``; on stdin one byte ``w`` once the
-writer exited successfully (end of input without it: stop); on stdout the hex digest. Exit 0
-with a digest, 1 when stopped, 2 when the file shrank, 3 on an unreadable file.
+writer exited successfully (end of input without it: stop); on stdout, when following, a line
+``r`` once the file is open (the writer is started only then: a child still starting, its
+modules read from a cold page cache behind the writer's reads, fell a second behind and hashed
+the rest after the writer exited), then the hex digest. Exit 0 with a digest, 1 when stopped,
+2 when the file shrank, 3 on an unreadable file.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "MAX_WRITE",
+    "READY",
     "READ_BLOCK",
     "BlockReader",
     "ShrankError",
@@ -37,6 +42,8 @@ __all__ = [
 # stays this far behind the end of what it sees written.
 MAX_WRITE = 16 << 20
 READ_BLOCK = 4 << 20
+READY = b"r\n"
+"""What a following child writes once it holds the file open."""
 _ZEROS = bytes(READ_BLOCK)
 # Hashed ranges go to the kernel's writeback in steps of this size.
 WRITE_BACK_BLOCK = 32 << 20
@@ -184,6 +191,7 @@ def follow_hash(
     metadata: list[tuple[int, int]] | None = None,
     *,
     mapped: bool = False,
+    on_open: Callable[[], None] = lambda: None,
 ) -> str:
     """SHA-256 of a file while qemu-img writes it in order (decision 0034).
 
@@ -193,6 +201,7 @@ def follow_hash(
     guest order and no metadata is rewritten. So everything before the end of the last
     extent holding data, less one request, is final: it is hashed while later data is being
     written, and a hole there is final zeros. After qemu-img exits the rest is hashed.
+    ``on_open`` is called once the file is open.
     """
     digest = hashlib.sha256()
     while not path.exists():
@@ -203,6 +212,7 @@ def follow_hash(
     reader = BlockReader(fd, mapped=mapped)
     position = 0
     try:
+        on_open()
         while True:
             if stop.is_set():
                 raise StoppedError
@@ -235,11 +245,15 @@ def main(argv: list[str]) -> int:
         signal = sys.stdin.buffer.read(1)
         (written if signal == b"w" else stop).set()
 
+    def opened() -> None:
+        sys.stdout.buffer.write(READY)
+        sys.stdout.flush()
+
     threading.Thread(target=control, daemon=True).start()
     try:
         if mode == "follow":
             metadata = [(0, metadata_end)] if metadata_end else []
-            digest = follow_hash(path, written, stop, metadata, mapped=True)
+            digest = follow_hash(path, written, stop, metadata, mapped=True, on_open=opened)
         else:
             while not written.wait(0.05):
                 if stop.is_set():

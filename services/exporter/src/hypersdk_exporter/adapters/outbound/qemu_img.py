@@ -249,6 +249,8 @@ class QemuImgConverter(DiskConverter):
             hashing = await _HashChild.start(
                 target, follow=mode is Digest.FOLLOW, metadata_end=metadata_end
             )
+            # A follower still starting when qemu-img starts falls behind it for good.
+            await hashing.ready(cancelled)
             process = await self._spawn(args)
             err = await self._watch(process, info.virtual_size, on_progress, cancelled)
             if process.returncode != 0:
@@ -518,13 +520,14 @@ def layout_kept(path: Path, layout: qcow2_layout.Layout, metadata: str) -> bool:
 class _HashChild:
     """The SHA-256 of one output, computed by a child process (``digests.py``, decision 0043).
 
-    Started before qemu-img: ``follow`` hashes behind it, else it waits for the end. It runs
-    as the service's own user with ``PR_SET_PDEATHSIG`` (it dies with its worker), and is
-    killed on cancel.
+    Started before qemu-img: ``follow`` hashes behind it (qemu-img is started once the child
+    holds the file open, :meth:`ready`), else it waits for the end. It runs as the service's
+    own user with ``PR_SET_PDEATHSIG`` (it dies with its worker), and is killed on cancel.
     """
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, *, follow: bool) -> None:
         self._process = process
+        self._unready = follow  # a following child says when it holds the file open
 
     @classmethod
     async def start(cls, path: Path, *, follow: bool, metadata_end: int = 0) -> _HashChild:
@@ -544,7 +547,29 @@ class _HashChild:
             start_new_session=True,
             preexec_fn=_preexec(os.getpid(), identity=None, memory=None, cpu=None),
         )
-        return cls(process)
+        return cls(process, follow=follow)
+
+    async def ready(self, cancelled: CancelCheck) -> None:
+        """Once a following child holds the file open (at once for one hashing at close).
+
+        Started from a cold page cache behind qemu-img's reads, the child took up to a second
+        to start, and then hashed what qemu-img had written meanwhile after qemu-img exited.
+        """
+        if self._unready and await self._ready_line(cancelled) != digests.READY:
+            await self._process.wait()
+            raise ExportFailedError(
+                errors.ARTIFACT_WRITE_FAILED,
+                f"the output could not be hashed (hashing ended {self._process.returncode})",
+            )
+
+    async def _ready_line(self, cancelled: CancelCheck) -> bytes:
+        assert self._process.stdout is not None
+        line = asyncio.create_task(self._process.stdout.readline())
+        try:
+            return await _unless_cancelled(line, cancelled)
+        finally:
+            line.cancel()
+            self._unready = False
 
     async def digest(self, cancelled: CancelCheck) -> str:
         """Tell it the output is complete; its digest, or ExportCancelledError on a cancel."""
@@ -555,6 +580,8 @@ class _HashChild:
             process.stdin.write(b"w")
             await process.stdin.drain()
             process.stdin.close()
+        if self._unready:  # never waited for (what it says is checked with the digest)
+            await self._ready_line(cancelled)
         answer = asyncio.create_task(process.stdout.read(128))
         try:
             out = await _unless_cancelled(answer, cancelled)
