@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 
 from hypersdk_contracts.base import INT64_MAX, Message
 from hypersdk_contracts.envelope import RequestContext
@@ -833,21 +833,13 @@ AUDIT_ACTION_FILTER_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}\*?$"
 """An audit action (``vm.export``), or the start of some followed by ``*`` (``vm.export*``)."""
 
 
-class ListAuditEventsRequest(RpcRequest):
-    """Page through the chain in order, optionally filtered: an entry must pass every filter.
+class AuditTextFilters(BaseModel):
+    """The exact-text filters of an audit query, each bounded; every one given must hold.
 
-    The cursor is the sequence of the last entry of the previous page (``after_sequence``);
-    a page shorter than ``limit`` is the last one.
+    Shared by the request (``ListAuditEventsRequest``) and the gateway's query parameters, so
+    the API's document states the same bounds the audit service enforces.
     """
 
-    after_sequence: int = Field(default=0, ge=0, description="Entries after this one.")
-    limit: int = Field(default=100, ge=1, le=1000, description="At most this many.")
-    since: AwareDatetime | None = Field(
-        default=None, description="Only entries whose timestamp is at or after this time."
-    )
-    until: AwareDatetime | None = Field(
-        default=None, description="Only entries whose timestamp is before this time."
-    )
     user: str | None = Field(
         default=None,
         min_length=1,
@@ -891,6 +883,23 @@ class ListAuditEventsRequest(RpcRequest):
         min_length=1,
         max_length=64,
         description="Only entries of calls from this client address, exactly.",
+    )
+
+
+class ListAuditEventsRequest(RpcRequest, AuditTextFilters):
+    """Page through the chain in order, optionally filtered: an entry must pass every filter.
+
+    The cursor is the sequence of the last entry of the previous page (``after_sequence``);
+    a page shorter than ``limit`` is the last one.
+    """
+
+    after_sequence: int = Field(default=0, ge=0, description="Entries after this one.")
+    limit: int = Field(default=100, ge=1, le=1000, description="At most this many.")
+    since: AwareDatetime | None = Field(
+        default=None, description="Only entries whose timestamp is at or after this time."
+    )
+    until: AwareDatetime | None = Field(
+        default=None, description="Only entries whose timestamp is before this time."
     )
 
 

@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Literal
 
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.rpc import (
-    AUDIT_ACTION_FILTER_PATTERN,
     AuditEntryView,
+    AuditTextFilters,
     ListAuditEventsRequest,
 )
 from hypersdk_gateway.adapters.inbound.audit_export import prepend
@@ -41,11 +41,11 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 """A spreadsheet reads a cell starting so as a formula (CSV injection): such a cell gets a '."""
 
 
-class AuditFilters(BaseModel):
+class AuditFilters(AuditTextFilters):
     """The filters of ``GET /audit/events`` and ``GET /audit/export``; every one must hold.
 
-    The same bounds as the contract's (``ListAuditEventsRequest``), so that the API's document
-    states them; anything beyond them is a 422 ``validation_failed``.
+    The text filters and their bounds are the contract's (``AuditTextFilters``); the times are
+    read strictly here (``instant``); anything beyond them is a 422 ``validation_failed``.
     """
 
     since: str | None = Field(
@@ -60,38 +60,6 @@ class AuditFilters(BaseModel):
         max_length=64,
         description="RFC 3339 date-time with a time zone: only entries before it.",
         json_schema_extra={"format": "date-time"},
-    )
-    user: str | None = Field(
-        default=None, min_length=1, max_length=128, description="Only entries this user caused."
-    )
-    subject: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=128,
-        description="A person's entries (data-subject access): those they caused and those "
-        "about their account (resource user/<subject>).",
-    )
-    action: str | None = Field(
-        default=None,
-        pattern=AUDIT_ACTION_FILTER_PATTERN,
-        description="Only this action (vm.export); a trailing * for every action starting so "
-        "(vm.export*).",
-    )
-    resource: str | None = Field(
-        default=None, min_length=1, max_length=512, description="Only this resource, exactly."
-    )
-    result: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=256,
-        description="Only this result, exactly (success, failure: http_403); failure: every "
-        "failure.",
-    )
-    request_id: str | None = Field(
-        default=None, min_length=1, max_length=128, description="Only this API call's entries."
-    )
-    source_ip: str | None = Field(
-        default=None, min_length=1, max_length=64, description="Only this client address's."
     )
 
     @property
