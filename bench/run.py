@@ -18,7 +18,8 @@ measures, in one run so that the figures compare side by side:
    bundle (bench/audit.py).
 
 ``--only`` runs some phases alone and ``HYPERSDK_BENCH_SECONDS`` shortens each load (a smoke
-run; the figures of docs/benchmarks.md come from a whole run).
+run; the figures of docs/benchmarks.md come from a whole run). ``--only exports --section``
+(or ``audit``) rewrites that phase's section of docs/benchmarks.md alone, saying when.
 
 Every load targets 127.0.0.1, is bounded in count, and stops by itself.
 """
@@ -39,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -767,6 +768,29 @@ def render(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "exports": lambda results: exports.render(results["exports"]),
+    "audit": lambda results: audit.render(results["audit"]),
+}
+"""Phases whose section of the docs a run of that phase alone can rewrite (``--section``)."""
+
+
+def replace_section(text: str, section: list[str], when: str) -> str:
+    """``text`` with the level-2 section that ``section`` starts with replaced by it.
+
+    The new section says when it was measured, since the rest of the page is another run's.
+    """
+    heading = section[0]
+    lines = text.split("\n")
+    if heading not in lines:
+        raise SystemExit(f"no section {heading!r} in the docs to rewrite")
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    note = [f"Measured alone on {when} (`bench/run.py --only ... --section`).", ""]
+    body = [*section[:2], *note, *section[2:], ""]
+    return "\n".join([*lines[:start], *body, *lines[end:]])
+
+
 def render_failed_storm(failed: dict[str, Any]) -> list[str]:
     """The failed-login storm: logins/s and legitimate logins by standing (decisions 0003, 0039)."""
     statuses = ", ".join(
@@ -881,10 +905,23 @@ def main() -> None:
     parser.add_argument(
         "--only", action="append", choices=PHASES, help="run this phase (repeatable); no docs"
     )
+    parser.add_argument(
+        "--section",
+        action="store_true",
+        help=f"with --only {'/'.join(SECTIONS)}: rewrite that phase's section of the docs",
+    )
     args = parser.parse_args()
+    if args.section and (not args.only or not set(args.only) <= set(SECTIONS)):
+        parser.error(f"--section takes --only among {', '.join(SECTIONS)}")
     results = asyncio.run(main_async(args))
     if args.only is not None:
         print(json.dumps(results, indent=2))
+        if args.section:
+            path = Path(args.write)
+            text = path.read_text()
+            for phase in args.only:
+                text = replace_section(text, SECTIONS[phase](results), results["when"])
+            path.write_text(text)
         return
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)

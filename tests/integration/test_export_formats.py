@@ -625,3 +625,47 @@ async def test_a_layout_qemu_img_had_to_change_is_hashed_again(
     monkeypatch.setattr(QemuImgConverter, "_data_runs", stale)
     await _convert_qcow2(area, source, "raw", "changed")
     assert "changed the planned qcow2 layout" in caplog.text
+
+
+# ---- reading the source past the page cache (decision 0049) --------------------------------
+
+
+class _Recording(QemuImgConverter):
+    """The real converter, recording the arguments of every qemu-img it runs."""
+
+    def __init__(self) -> None:
+        super().__init__(SandboxSettings(user=CONVERT_USER))
+        self.runs: list[list[str]] = []
+
+    async def _spawn(
+        self, args: list[str], *, memory: int | None = None, cpu: int | None = None
+    ) -> asyncio.subprocess.Process:
+        self.runs.append(args)
+        return await super()._spawn(args, memory=memory, cpu=cpu)
+
+
+@pytest.mark.parametrize("spooled", [False, True], ids=["the provider's file", "a spool"])
+@pytest.mark.parametrize("target", [DiskFormat.QCOW2, DiskFormat.VMDK, DiskFormat.RAW])
+async def test_a_source_is_read_past_the_page_cache_unless_just_spooled(
+    area: Path, target: DiskFormat, spooled: bool
+) -> None:
+    source = _patterned(area / "disks" / "d.raw", 24 * MIB, [(MIB, 3 * MIB), (20 * MIB, 5)], 11)
+    converter = _Recording()
+    info = await converter.inspect(source, format="raw", allowed_root=area / "disks")
+    job_dir = area / "exports" / f"direct-{target.value}-{spooled}"
+    await LocalArtifactWriter(owner=conversion_identity(CONVERT_USER)).prepare(job_dir)
+    output = job_dir / "out"
+    digest = await converter.convert(
+        source=source,
+        info=info,
+        target=output,
+        spec=FORMATS[target],
+        compress=False,
+        on_progress=lambda done: asyncio.sleep(0),
+        cancelled=lambda: False,
+        spooled=spooled,
+    )
+    (convert,) = [args for args in converter.runs if args[0] == "convert"]
+    assert ("-T" in convert and convert[convert.index("-T") + 1] == "none") is not spooled
+    assert digest == _sha256(output)
+    assert _same(source, "raw", output, FORMATS[target].qemu_name)

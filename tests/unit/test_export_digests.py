@@ -21,7 +21,14 @@ from hypersdk_exporter.adapters.outbound.digests import (
     follow_hash,
     hash_file,
 )
-from hypersdk_exporter.adapters.outbound.qemu_img import _HashChild, _unless_cancelled
+from hypersdk_exporter.adapters.outbound.qemu_img import (
+    SPARE,
+    QemuImgConverter,
+    SandboxSettings,
+    _HashChild,
+    _reads_direct,
+    _unless_cancelled,
+)
 from hypersdk_exporter.core.errors import ExportCancelledError, ExportFailedError
 
 MIB = 1 << 20
@@ -219,3 +226,71 @@ async def test_a_cancel_stops_the_wait_for_a_following_child(tmp_path: Path) -> 
         await child.ready(lambda: True)
     await child.stop()
     assert child._process.returncode is not None
+
+
+# ---- the spare: a child started before it is needed -----------------------------------------
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+async def test_a_spare_child_hashes_the_next_output(tmp_path: Path) -> None:
+    path = _sparse(tmp_path / "closed", 9 * MIB + 5, seed=7)
+    await SPARE.discard()
+    await SPARE.prime()
+    await SPARE.prime()  # one waits already: no second one
+    spare = SPARE.take()
+    assert spare is not None
+    assert SPARE.take() is None  # it is the caller's now
+    cmdline = Path(f"/proc/{spare.pid}/cmdline").read_bytes()
+    assert str(tmp_path).encode() not in cmdline  # the path goes over stdin, not argv
+    child = await _HashChild.start(path, follow=False, spare=spare)
+    assert child._process is spare
+    assert await child.digest(lambda: False) == _expected(path)
+
+
+async def test_a_spare_that_died_is_replaced_by_a_new_child(tmp_path: Path) -> None:
+    path = _sparse(tmp_path / "closed", 3 * MIB, seed=8)
+    await SPARE.discard()
+    await SPARE.prime()
+    spare = SPARE.take()
+    assert spare is not None
+    os.kill(spare.pid, signal.SIGKILL)
+    for _ in range(200):  # dead (its stdin closed), not yet reaped by the loop
+        if _state(spare.pid) == "Z":
+            break
+        await asyncio.sleep(0.005)
+    child = await _HashChild.start(path, follow=False, spare=spare)
+    assert child._process is not spare
+    assert await child.digest(lambda: False) == _expected(path)
+    assert spare.returncode == -signal.SIGKILL
+
+
+async def test_inspecting_a_source_starts_the_spare(tmp_path: Path) -> None:
+    """So the child of its conversion has imported its modules by the time it is needed."""
+    await SPARE.discard()
+    converter = QemuImgConverter(SandboxSettings(executable="/nonexistent/qemu-img"))
+    with pytest.raises((ExportFailedError, OSError)):
+        await converter.inspect(tmp_path / "disk.raw", format="raw", allowed_root=tmp_path)
+    spare = SPARE.take()
+    assert spare is not None
+    assert spare.returncode is None
+    await _HashChild(spare).stop()
+
+
+async def test_a_spare_that_never_gets_a_command_exits_when_its_stdin_closes() -> None:
+    await SPARE.discard()
+    await SPARE.prime()
+    spare = SPARE.take()
+    assert spare is not None
+    assert spare.stdin is not None
+    spare.stdin.close()
+    assert await asyncio.wait_for(spare.wait(), 10) == 1  # stopped: nothing to hash
+
+
+def test_direct_reads_where_the_filesystem_takes_them(tmp_path: Path) -> None:
+    disk = _sparse(tmp_path / "disk", MIB, seed=9)
+    assert _reads_direct(disk)  # this filesystem does
+    assert not _reads_direct(Path("/proc/self/status"))  # procfs does not
+    assert not _reads_direct(tmp_path / "missing")

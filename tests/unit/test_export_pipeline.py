@@ -146,6 +146,7 @@ async def test_disks_convert_with_digests_and_progress(tmp_path: Path) -> None:
     assert [a.name for a in artifacts] == ["db_01-root.qcow2", "db_01-data.qcow2"]
     assert artifacts[1].sha256 == hashlib.sha256(b"b" * 3000).hexdigest()
     assert [c[3] for c in converter.converted] == [True, True]  # compressed as asked
+    assert converter.spooled == [False, False]  # the provider's own files: read past the cache
     assert [root for _, _, root in converter.inspected] == [tmp_path / "src"] * 2
     assert seen[-1] == (4000, 4000)
     assert (tmp_path / "job").stat().st_mode & 0o777 == 0o700
@@ -332,6 +333,7 @@ async def test_a_streamed_source_is_spooled_with_a_root_of_its_own(tmp_path: Pat
     assert artifacts[0].sha256 == hashlib.sha256(b"streamed bytes").hexdigest()
     # the staged copy is gone once converted: only the artifact stays
     assert [p.name for p in (tmp_path / "job").iterdir()] == [artifacts[0].name]
+    assert converter.spooled == [True]  # just written: read through the page cache
 
 
 async def test_the_ova_is_descriptor_disks_manifest_and_reads_back(tmp_path: Path) -> None:

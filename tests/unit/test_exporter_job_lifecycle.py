@@ -68,6 +68,7 @@ class BlockingConverter(InMemoryConverter):
         compress: bool,
         on_progress: ByteProgress,
         cancelled: CancelCheck,
+        spooled: bool = False,
     ) -> str:
         data = source.read_bytes()
         target.write_bytes(data[: len(data) // 2])

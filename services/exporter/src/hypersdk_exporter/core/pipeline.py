@@ -127,6 +127,7 @@ class ExportPipeline:
                 compress=compress,
                 on_progress=disk_progress,
                 cancelled=check,
+                spooled=spools[index] is not None,
             )
             if await _fingerprint(source) != before[index]:
                 raise ExportFailedError(errors.SOURCE_CHANGED, vm.disks[index].key)

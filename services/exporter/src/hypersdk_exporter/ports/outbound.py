@@ -242,8 +242,12 @@ class DiskConverter(ABC):
         compress: bool,
         on_progress: ByteProgress,
         cancelled: CancelCheck,
+        spooled: bool = False,
     ) -> str:
         """Write ``target`` (0600) and return its SHA-256, computed as it is written.
+
+        ``spooled``: the source is a copy the exporter has just written (read it through the
+        page cache, where it still is).
 
         Raise ExportCancelledError within a second of ``cancelled()`` turning true (the
         conversion killed), ExportFailedError(conversion_failed) if qemu-img fails.

@@ -5,12 +5,14 @@ This module needs nothing but the standard library, so it also runs as the hashi
 output: the child maps the file instead of copying it through a buffer (decision 0043), and
 a file cut short under a mapping raises SIGBUS, which kills the child, never the worker.
 
-The child's protocol: ``PATH follow|close METADATA_END``; on stdin one byte ``w`` once the
-writer exited successfully (end of input without it: stop); on stdout, when following, a line
-``r`` once the file is open (the writer is started only then: a child still starting, its
-modules read from a cold page cache behind the writer's reads, fell a second behind and hashed
-the rest after the writer exited), then the hex digest. Exit 0 with a digest, 1 when stopped,
-2 when the file shrank, 3 on an unreadable file.
+The child's protocol: it starts with no arguments and waits, a spare the converter keeps
+ready (its interpreter started, its modules imported), for one line on stdin, ``follow|close
+METADATA_END PATH``; then on stdin one byte ``w`` once the writer exited successfully (end of
+input without it: stop); on stdout a line ``r`` once the command is taken, when following
+once the file is open (the writer is started only then: a child still starting, its modules
+read from a cold page cache behind the writer's reads, fell a second behind and hashed the
+rest after the writer exited), then the hex digest. Exit 0 with a digest, 1 when stopped (or
+no command came), 2 when the file shrank, 3 on an unreadable file.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "BlockReader",
     "ShrankError",
     "StoppedError",
+    "command_line",
     "extents",
     "follow_hash",
     "hash_file",
@@ -236,9 +239,21 @@ def follow_hash(
         os.close(fd)
 
 
-def main(argv: list[str]) -> int:
+def command_line(path: Path, *, follow: bool, metadata_end: int) -> bytes:
+    """The line that sets a waiting child to hash ``path``."""
+    name = os.fsencode(path)
+    if b"\n" in name:
+        raise ValueError("a path with a line break")
+    return b"%s %d %s\n" % (b"follow" if follow else b"close", metadata_end, name)
+
+
+def main() -> int:
     """The hashing child (see the module's docstring)."""
-    path, mode, metadata_end = Path(argv[0]), argv[1], int(argv[2])
+    line = sys.stdin.buffer.readline()
+    if not line.endswith(b"\n"):  # the converter went away before it had a file to hash
+        return EXIT_STOPPED
+    mode, metadata_end, name = line[:-1].split(b" ", 2)
+    path = Path(os.fsdecode(name))
     written, stop = threading.Event(), threading.Event()
 
     def control() -> None:
@@ -251,10 +266,11 @@ def main(argv: list[str]) -> int:
 
     threading.Thread(target=control, daemon=True).start()
     try:
-        if mode == "follow":
-            metadata = [(0, metadata_end)] if metadata_end else []
+        if mode == b"follow":
+            metadata = [(0, int(metadata_end))] if int(metadata_end) else []
             digest = follow_hash(path, written, stop, metadata, mapped=True, on_open=opened)
         else:
+            opened()  # the command is taken; the file is opened once it is written
             while not written.wait(0.05):
                 if stop.is_set():
                     return EXIT_STOPPED
@@ -271,4 +287,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -215,6 +215,7 @@ class InMemoryConverter(DiskConverter):
     def __init__(self) -> None:
         self.inspected: list[tuple[Path, str, Path]] = []
         self.converted: list[tuple[Path, Path, str, bool]] = []
+        self.spooled: list[bool] = []  # per conversion: whether its source was a spool
         self.sizes: dict[str, int] = {}
         self.started = asyncio.Event()
 
@@ -238,9 +239,11 @@ class InMemoryConverter(DiskConverter):
         compress: bool,
         on_progress: ByteProgress,
         cancelled: CancelCheck,
+        spooled: bool = False,
     ) -> str:
         """Copy in two halves; wait for a cancel in between for *slow* sources."""
         self.converted.append((source, target, spec.qemu_name, spec.compresses(compress)))
+        self.spooled.append(spooled)
         if "fail" in source.name:
             raise ExportFailedError(errors.CONVERSION_FAILED, "simulated")
         data = _read(source)

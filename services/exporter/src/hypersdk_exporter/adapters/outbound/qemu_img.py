@@ -168,6 +168,7 @@ class QemuImgConverter(DiskConverter):
         """qemu-img info with the format given; refuse what reaches outside ``allowed_root``."""
         if format not in SOURCE_FORMATS:
             raise ExportFailedError(errors.UNSUPPORTED_SOURCE_FORMAT, format)
+        await SPARE.prime()  # the hashing child of its conversion, ready by then
         root, path = _real(allowed_root), _real(source)
         if not _inside(path, root):
             raise ExportFailedError(errors.UNSAFE_EXTERNAL_EXTENT, "the image is outside the root")
@@ -209,17 +210,24 @@ class QemuImgConverter(DiskConverter):
         compress: bool,
         on_progress: ByteProgress,
         cancelled: CancelCheck,
+        spooled: bool = False,
     ) -> str:
-        """qemu-img convert -p, hashed as it writes; killed within a second of a cancel."""
+        """qemu-img convert -p, hashed as it writes; killed within a second of a cancel.
+
+        The source is read with ``O_DIRECT`` (``-T none``) where its filesystem allows and it
+        was not ``spooled`` (decision 0049).
+        """
         image: dict[str, Any] = {
             "driver": info.format,
             "file": {"driver": "file", "filename": str(source)},
         }
         if not info.backing_chain:
             image["backing"] = None  # nothing qemu was not told about is ever opened
+        reading = [] if spooled or not _reads_direct(source) else ["-T", "none"]
         args = [
             "convert",
             "-p",
+            *reading,
             "-f",
             info.format,
             *spec.qemu_args(compress=compress),
@@ -240,14 +248,18 @@ class QemuImgConverter(DiskConverter):
             # metadata, never rewritten by an in-order convert); then filled in place.
             identity = conversion_identity(self._settings.user)
             planned = await asyncio.to_thread(_prepare, target, identity, layout, info.virtual_size)
-            args = ["convert", "-p", "-n", "--target-is-zero", "-f", info.format]
+            args = ["convert", "-p", *reading, "-n", "--target-is-zero", "-f", info.format]
             args += ["-O", spec.qemu_name, "json:" + json.dumps(image), str(target)]
         metadata_end = layout.metadata_end if layout is not None else 0
         hashing: _HashChild | None = None
         process: asyncio.subprocess.Process | None = None
         try:
             hashing = await _HashChild.start(
-                target, follow=mode is Digest.FOLLOW, metadata_end=metadata_end
+                target,
+                follow=mode is Digest.FOLLOW,
+                metadata_end=metadata_end,
+                spare=SPARE.take(),
+                cancelled=cancelled,
             )
             # A follower still starting when qemu-img starts falls behind it for good.
             await hashing.ready(cancelled)
@@ -257,6 +269,8 @@ class QemuImgConverter(DiskConverter):
                 raise ExportFailedError(errors.CONVERSION_FAILED, _last_line(err))
             # The digest's tail (or all of it) is hashed after qemu-img exits: a cancel then
             # still stops it within a poll.
+            await hashing.written()
+            await SPARE.prime()  # for the next conversion, while the child hashes the tail
             digest = await hashing.digest(cancelled)
             if layout is not None and not await asyncio.to_thread(
                 layout_kept, target, layout, planned
@@ -393,6 +407,21 @@ async def _unless_cancelled(task: asyncio.Task[_T], cancelled: CancelCheck) -> _
             raise ExportCancelledError
 
 
+def _reads_direct(source: Path) -> bool:
+    """Whether the source's filesystem takes ``O_DIRECT`` reads (tmpfs before Linux 6.6 not).
+
+    A source read once is better read past the page cache: copying every block through it
+    cost qemu-img about three times the CPU, on the same cores as the hashing child, and the
+    blocks pushed out cached pages that are read again (decision 0049).
+    """
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
 def _kill_group(process: asyncio.subprocess.Process) -> None:
     if process.returncode is not None:
         return
@@ -523,22 +552,22 @@ class _HashChild:
     Started before qemu-img: ``follow`` hashes behind it (qemu-img is started once the child
     holds the file open, :meth:`ready`), else it waits for the end. It runs as the service's
     own user with ``PR_SET_PDEATHSIG`` (it dies with its worker), and is killed on cancel.
+    A child is started idle, waiting for its command line: the spare (:class:`_Spare`) the
+    converter starts when it inspects a source is ready by the time the output is made.
     """
 
-    def __init__(self, process: asyncio.subprocess.Process, *, follow: bool) -> None:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
         self._process = process
-        self._unready = follow  # a following child says when it holds the file open
+        self._unready = True  # it says when it has taken its command
 
-    @classmethod
-    async def start(cls, path: Path, *, follow: bool, metadata_end: int = 0) -> _HashChild:
-        process = await asyncio.create_subprocess_exec(
+    @staticmethod
+    async def spawn() -> asyncio.subprocess.Process:
+        """A child waiting for its command line."""
+        return await asyncio.create_subprocess_exec(
             sys.executable,
             "-I",
             "-m",
             digests.__name__,
-            str(path),
-            "follow" if follow else "close",
-            str(metadata_end),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
@@ -547,10 +576,35 @@ class _HashChild:
             start_new_session=True,
             preexec_fn=_preexec(os.getpid(), identity=None, memory=None, cpu=None),
         )
-        return cls(process, follow=follow)
+
+    @classmethod
+    async def start(
+        cls,
+        path: Path,
+        *,
+        follow: bool,
+        metadata_end: int = 0,
+        spare: asyncio.subprocess.Process | None = None,
+        cancelled: CancelCheck = lambda: False,
+    ) -> _HashChild:
+        """A child hashing ``path``: ``spare``, ready, if it takes the command; else a new one.
+
+        A spare that died while it waited (its death not yet seen) says nothing: it is
+        replaced, and the new child's readiness is left to :meth:`ready`.
+        """
+        command = digests.command_line(path, follow=follow, metadata_end=metadata_end)
+        if spare is not None:
+            child = cls(spare)
+            await _send(spare, command)
+            if await child._ready_line(cancelled) == digests.READY:
+                return child
+            await child.stop()
+        process = await cls.spawn()
+        await _send(process, command)  # one that dies at once fails its ready line
+        return cls(process)
 
     async def ready(self, cancelled: CancelCheck) -> None:
-        """Once a following child holds the file open (at once for one hashing at close).
+        """Once the child has taken its command: a following child holds the file open.
 
         Started from a cold page cache behind qemu-img's reads, the child took up to a second
         to start, and then hashed what qemu-img had written meanwhile after qemu-img exited.
@@ -571,15 +625,22 @@ class _HashChild:
             line.cancel()
             self._unready = False
 
+    async def written(self) -> None:
+        """Tell it the output is complete (once)."""
+        stdin = self._process.stdin
+        assert stdin is not None
+        if stdin.is_closing():
+            return
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            stdin.write(b"w")
+            await stdin.drain()
+        stdin.close()
+
     async def digest(self, cancelled: CancelCheck) -> str:
         """Tell it the output is complete; its digest, or ExportCancelledError on a cancel."""
         process = self._process
-        assert process.stdin is not None
         assert process.stdout is not None
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            process.stdin.write(b"w")
-            await process.stdin.drain()
-            process.stdin.close()
+        await self.written()
         if self._unready:  # never waited for (what it says is checked with the digest)
             await self._ready_line(cancelled)
         answer = asyncio.create_task(process.stdout.read(128))
@@ -601,3 +662,69 @@ class _HashChild:
         _kill_group(self._process)
         with contextlib.suppress(ProcessLookupError):
             await asyncio.shield(self._process.wait())
+
+
+class _Spare:
+    """The one idle hashing child of this process, started before it is needed.
+
+    A child's interpreter, started from a cold page cache, takes about a tenth of a second to
+    import its modules; qemu-img waits for the child to hold the output open, so that tenth
+    was on every conversion's path. The spare is started when a source is inspected and after
+    each conversion, awaited, never in the background (a cancelled process creation hangs the
+    stdlib loop's shutdown). At most one waits per process, bound to the event loop that
+    started it; it dies with the process (``PR_SET_PDEATHSIG``).
+    """
+
+    def __init__(self) -> None:
+        self._process: asyncio.subprocess.Process | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def prime(self) -> None:
+        """Start the spare unless one waits."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # one left by another loop cannot be awaited here
+            self._forget()
+            self._loop, self._lock = loop, asyncio.Lock()
+        assert self._lock is not None
+        async with self._lock:
+            if self._process is None or self._process.returncode is not None:
+                self._process = await _HashChild.spawn()
+
+    def take(self) -> asyncio.subprocess.Process | None:
+        """The waiting spare, now the caller's, or None."""
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return None
+        if self._loop is not asyncio.get_running_loop():
+            self._process = process
+            self._forget()
+            return None
+        return process
+
+    async def discard(self) -> None:
+        """Kill the spare and wait for it (tests; a shutdown)."""
+        process = self.take()
+        if process is not None:
+            await _HashChild(process).stop()
+
+    def _forget(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+        self._process = None
+
+
+async def _send(process: asyncio.subprocess.Process, command: bytes) -> bool:
+    """Write a child its command line; False when it is gone."""
+    assert process.stdin is not None
+    try:
+        process.stdin.write(command)
+        await process.stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True
+
+
+SPARE = _Spare()
+"""This process's spare hashing child."""
