@@ -1446,3 +1446,21 @@ async def test_the_openapi_document_is_public_and_documents_security_and_errors(
     envelope = document["components"]["schemas"]["ErrorEnvelope"]
     assert "error" in envelope["required"]
     assert gateway.backend.asked == []
+
+
+async def test_the_asyncapi_document_is_public_and_valid_and_not_in_the_openapi_one(
+    gateway: Gateway,
+) -> None:
+    from hypersdk_contracts.asyncapi import asyncapi_document
+    from tests.unit.test_asyncapi import asyncapi_validator
+
+    response = await gateway.client.get("/api/v1/asyncapi.json")
+    openapi = (await gateway.client.get("/api/v1/openapi.json")).json()
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    document = response.json()
+    assert document == asyncapi_document()
+    assert list(asyncapi_validator().iter_errors(document)) == []
+    assert "/api/v1/asyncapi.json" not in openapi["paths"]
+    assert gateway.backend.asked == []

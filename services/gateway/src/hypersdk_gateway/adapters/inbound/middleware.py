@@ -49,7 +49,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 logger = logging.getLogger("hypersdk_gateway.access")
 API_PREFIX = "/api/v1"
 LOGIN_PATH = f"{API_PREFIX}/auth/login"
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", f"{API_PREFIX}/openapi.json"})
+ASYNCAPI_PATH = f"{API_PREFIX}/asyncapi.json"
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", f"{API_PREFIX}/openapi.json", ASYNCAPI_PATH})
 SUMMARISED = "refusal_summarised"
 """State key: the call was refused in bulk; a summary audits it, not its own event."""
 
