@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PACKAGES := libs/contracts libs/kit libs/auditproof services/gateway services/identity services/policy \
-            services/secrets services/exporter services/audit clients/hyperctl
+            services/secrets services/exporter services/audit services/webhooks clients/hyperctl
 STAMP := $(VENV)/.installed
 # Debian packages: qemu-img; libvirt-python builds against libvirt-dev; the vSphere simulator of the
 # tests builds from govmomi's Debian source with Go; wrk loads the gateway in `make bench`.

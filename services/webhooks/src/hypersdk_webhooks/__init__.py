@@ -1,0 +1,1 @@
+"""HyperSDK webhooks: event subscriptions delivered to external systems, signed, SSRF-safe."""

@@ -1,0 +1,199 @@
+"""In-memory fakes of the outbound ports, for unit tests of the service core."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from hypersdk_webhooks.core.models import Attempt, Endpoint, Message, MessageState, Outcome
+from hypersdk_webhooks.core.ssrf import UNRESOLVABLE, IPAddress, Target, TargetRefusedError
+from hypersdk_webhooks.ports.outbound import (
+    Delivery,
+    EndpointStore,
+    MessageStore,
+    Resolver,
+    WebhookEvents,
+)
+
+
+class InMemoryResolver(Resolver):
+    """Scripted answers: the same ones at every lookup, or the next round at each lookup.
+
+    ``answers`` maps a host to its addresses, answered every time. ``rounds`` maps a host to
+    one list of addresses per lookup (the last repeats): a zone that rebinds between lookups.
+    An empty answer, or a host in neither, raises TargetRefusedError(unresolvable), as the
+    real resolvers do. ``lookups`` records every host asked, in order.
+    """
+
+    def __init__(
+        self,
+        answers: Mapping[str, Sequence[IPAddress]] | None = None,
+        *,
+        rounds: Mapping[str, Sequence[Sequence[IPAddress]]] | None = None,
+    ) -> None:
+        self._answers = {host: list(found) for host, found in (answers or {}).items()}
+        self._rounds = {host: [list(r) for r in found] for host, found in (rounds or {}).items()}
+        self.lookups: list[str] = []
+
+    async def resolve(self, host: str) -> list[IPAddress]:
+        """The scripted answers of ``host``."""
+        self.lookups.append(host)
+        rounds = self._rounds.get(host)
+        if rounds:
+            found = rounds[min(self.lookups.count(host), len(rounds)) - 1]
+        else:
+            found = self._answers.get(host, [])
+        if not found:
+            raise TargetRefusedError(UNRESOLVABLE, "The host name has no A or AAAA answer.")
+        return list(found)
+
+
+@dataclass(frozen=True)
+class RecordedPost:
+    """One post an InMemoryDelivery received (the body and headers as given)."""
+
+    target: Target
+    headers: dict[str, str] = field(repr=False)
+    body: bytes = field(repr=False)
+    timeout_seconds: float
+
+
+class InMemoryDelivery(Delivery):
+    """Records every post and returns scripted attempts in order (the last one repeats).
+
+    With no script, every post is delivered (status 204).
+    """
+
+    def __init__(self, attempts: Sequence[Attempt] = ()) -> None:
+        self._attempts = list(attempts)
+        self.posts: list[RecordedPost] = []
+
+    async def post(
+        self,
+        target: Target,
+        *,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout_seconds: float,
+    ) -> Attempt:
+        """Record the post; the next scripted attempt."""
+        self.posts.append(
+            RecordedPost(
+                target=target, headers=dict(headers), body=body, timeout_seconds=timeout_seconds
+            )
+        )
+        if not self._attempts:
+            return Attempt(outcome=Outcome.DELIVERED, latency_ms=0.0, status=204)
+        index = min(len(self.posts), len(self._attempts)) - 1
+        return self._attempts[index]
+
+
+class InMemoryEndpointStore(EndpointStore):
+    """Endpoints in a dict, in the order they were added."""
+
+    def __init__(self) -> None:
+        self.endpoints: dict[str, Endpoint] = {}
+        self.messages: InMemoryMessageStore | None = None  # to delete an endpoint's messages
+
+    async def add(self, endpoint: Endpoint) -> None:
+        """Store a new endpoint."""
+        self.endpoints[endpoint.id] = endpoint
+
+    async def get(self, endpoint_id: str) -> Endpoint | None:
+        """The endpoint, or None."""
+        return self.endpoints.get(endpoint_id)
+
+    async def list(self) -> list[Endpoint]:
+        """Every endpoint, oldest first."""
+        return list(self.endpoints.values())
+
+    async def save(self, endpoint: Endpoint) -> None:
+        """Replace a stored endpoint."""
+        self.endpoints[endpoint.id] = endpoint
+
+    async def delete(self, endpoint_id: str) -> bool:
+        """Remove it and its messages."""
+        if self.messages is not None:
+            self.messages.drop_endpoint(endpoint_id)
+        return self.endpoints.pop(endpoint_id, None) is not None
+
+
+class InMemoryMessageStore(MessageStore):
+    """Messages in a dict; unique per (event, endpoint) like the database's constraint."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, Message] = {}
+
+    async def add_new(self, messages: Sequence[Message]) -> int:
+        """Store those not already there."""
+        present = {(m.event_id, m.endpoint_id) for m in self.messages.values()}
+        new = [m for m in messages if (m.event_id, m.endpoint_id) not in present]
+        for message in new:
+            self.messages[message.id] = message
+        return len(new)
+
+    async def claim_due(
+        self, *, now: datetime, endpoints: frozenset[str], limit: int, lease: timedelta
+    ) -> list[Message]:
+        """Due, unleased pending messages of ``endpoints``, oldest first, now leased."""
+        due = sorted(
+            (
+                m
+                for m in self.messages.values()
+                if m.state is MessageState.PENDING
+                and m.endpoint_id in endpoints
+                and m.next_attempt_at is not None
+                and m.next_attempt_at <= now
+                and (m.leased_until is None or m.leased_until <= now)
+            ),
+            key=lambda m: (m.next_attempt_at, m.created_at),
+        )[:limit]
+        claimed = [replace(m, leased_until=now + lease) for m in due]
+        for message in claimed:
+            self.messages[message.id] = message
+        return claimed
+
+    async def save(self, message: Message) -> None:
+        """Replace a stored message (gone with its endpoint: not brought back)."""
+        if message.id in self.messages:
+            self.messages[message.id] = message
+
+    async def get(self, message_id: str) -> Message | None:
+        """The message, or None."""
+        return self.messages.get(message_id)
+
+    async def dead(self, *, endpoint_id: str | None, limit: int) -> list[Message]:
+        """Dead letters, newest first."""
+        dead = [
+            m
+            for m in self.messages.values()
+            if m.state is MessageState.DEAD and endpoint_id in (None, m.endpoint_id)
+        ]
+        return sorted(dead, key=lambda m: m.created_at, reverse=True)[:limit]
+
+    def drop_endpoint(self, endpoint_id: str) -> None:
+        """Forget an endpoint's messages."""
+        for key in [k for k, m in self.messages.items() if m.endpoint_id == endpoint_id]:
+            del self.messages[key]
+
+
+class InMemoryWebhookEvents(WebhookEvents):
+    """Records what would be published."""
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[str, str, Attempt]] = []  # endpoint id, message id, attempt
+        self.dead: list[str] = []  # message ids
+        self.disabled: list[str] = []  # endpoint ids
+
+    async def attempted(self, endpoint: Endpoint, message: Message, attempt: Attempt) -> None:
+        """Record an attempt."""
+        self.attempts.append((endpoint.id, message.id, attempt))
+
+    async def dead_lettered(self, endpoint: Endpoint, message: Message) -> None:
+        """Record a dead letter."""
+        self.dead.append(message.id)
+
+    async def endpoint_disabled(self, endpoint: Endpoint) -> None:
+        """Record a disabled endpoint."""
+        self.disabled.append(endpoint.id)

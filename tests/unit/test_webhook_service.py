@@ -1,0 +1,353 @@
+"""The webhooks core with in-memory stores: endpoints, messages per event, signed attempts,
+retries to a dead letter, replay, rotation overlap, auto-disable and per-endpoint limits."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hypersdk_contracts.errors import ErrorCode, ServiceError
+from hypersdk_webhooks.adapters.outbound.memory import (
+    InMemoryEndpointStore,
+    InMemoryMessageStore,
+    InMemoryWebhookEvents,
+)
+from hypersdk_webhooks.core import signing
+from hypersdk_webhooks.core.models import Attempt, EndpointStatus, MessageState, Outcome
+from hypersdk_webhooks.core.schedule import DisablePolicy, RetryPolicy
+from hypersdk_webhooks.core.service import WebhookService
+from hypersdk_webhooks.core.ssrf import AddressPolicy, Target
+from hypersdk_webhooks.ports.outbound import Delivery
+
+URL = "https://hooks.example.com/in"
+BODY = b'{"specversion":"1.0","type":"exporter.job.succeeded","data":{}}'
+
+
+@dataclass
+class Posted:
+    target: Target
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class ScriptedDelivery(Delivery):
+    """Answers from a script (then the default), records every post, tracks concurrency."""
+
+    script: list[Outcome] = field(default_factory=list)
+    default: Outcome = Outcome.DELIVERED
+    pause_seconds: float = 0.0
+    posts: list[Posted] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0
+
+    async def post(
+        self,
+        target: Target,
+        *,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout_seconds: float,
+    ) -> Attempt:
+        self.posts.append(Posted(target, dict(headers), body))
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.pause_seconds)
+        finally:
+            self.in_flight -= 1
+        outcome = self.script.pop(0) if self.script else self.default
+        status = 200 if outcome is Outcome.DELIVERED else 500
+        return Attempt(outcome=outcome, latency_ms=1.0, status=status, address="203.0.113.9")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+@dataclass
+class Rig:
+    service: WebhookService
+    endpoints: InMemoryEndpointStore
+    messages: InMemoryMessageStore
+    delivery: ScriptedDelivery
+    events: InMemoryWebhookEvents
+    clock: Clock
+
+
+def _rig(
+    *,
+    delivery: ScriptedDelivery | None = None,
+    retry: RetryPolicy | None = None,
+    disable: DisablePolicy | None = None,
+) -> Rig:
+    endpoints, messages = InMemoryEndpointStore(), InMemoryMessageStore()
+    endpoints.messages = messages
+    events, clock = InMemoryWebhookEvents(), Clock()
+    delivery = delivery or ScriptedDelivery()
+    service = WebhookService(
+        endpoints=endpoints,
+        messages=messages,
+        delivery=delivery,
+        events=events,
+        policy=AddressPolicy(),
+        retry=retry or RetryPolicy(jitter_ratio=0.0),
+        disable=disable,
+        clock=clock,
+        rng=random.Random(7),
+    )
+    return Rig(service, endpoints, messages, delivery, events, clock)
+
+
+async def test_a_registered_endpoint_gets_its_secret_once_and_never_shows_it() -> None:
+    rig = _rig()
+    endpoint, secret = await rig.service.register(url=URL, event_types=["exporter.job.*"])
+    assert secret.startswith("whsec_")
+    assert endpoint.status is EndpointStatus.ACTIVE
+    assert secret not in repr(endpoint)
+    assert secret not in repr(await rig.service.list_endpoints())
+    assert endpoint.keys.active(rig.clock.now) == (secret,)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1/in", "http://[::1]/", "http://169.254.169.254/latest", "ftp://x.example/"],
+)
+async def test_a_target_the_policy_refuses_is_a_validation_error(url: str) -> None:
+    with pytest.raises(ServiceError) as caught:
+        await _rig().service.register(url=url, event_types=["#"])
+    assert caught.value.code is ErrorCode.VALIDATION_FAILED
+
+
+@pytest.mark.parametrize("patterns", [[], ["Exporter.job"], ["a..b"], ["a.b*"], ["x" * 201]])
+async def test_filters_that_are_not_topic_patterns_are_refused(patterns: list[str]) -> None:
+    with pytest.raises(ServiceError) as caught:
+        await _rig().service.register(url=URL, event_types=patterns)
+    assert caught.value.code is ErrorCode.VALIDATION_FAILED
+
+
+async def test_an_event_makes_one_message_per_matching_endpoint_once() -> None:
+    rig = _rig()
+    jobs, _ = await rig.service.register(url=URL, event_types=["exporter.job.*"])
+    everything, _ = await rig.service.register(url=URL, event_types=["#"])
+    await rig.service.register(url=URL, event_types=["identity.#"])
+    assert await rig.service.dispatch(event_id="e1", event_type="exporter.job.succeeded", body=BODY)
+    assert {m.endpoint_id for m in rig.messages.messages.values()} == {jobs.id, everything.id}
+    # the same event redelivered by the bus makes nothing new
+    assert not await rig.service.dispatch(
+        event_id="e1", event_type="exporter.job.succeeded", body=BODY
+    )
+    assert len(rig.messages.messages) == 2
+
+
+async def test_the_services_own_events_are_never_delivered() -> None:
+    rig = _rig()
+    await rig.service.register(url=URL, event_types=["#"])
+    made = await rig.service.dispatch(
+        event_id="e2", event_type="webhooks.message.attempted", body=BODY
+    )
+    assert made == 0
+
+
+async def test_a_delivery_is_signed_with_the_endpoints_secret() -> None:
+    rig = _rig()
+    _, secret = await rig.service.register(url=URL, event_types=["#"])
+    await rig.service.dispatch(event_id="e3", event_type="exporter.job.succeeded", body=BODY)
+    assert await rig.service.deliver_due() == 1
+    (posted,) = rig.delivery.posts
+    assert posted.body == BODY
+    assert posted.headers["content-type"] == "application/cloudevents+json"
+    signing.verify(
+        headers=posted.headers, body=posted.body, secret=secret, now=int(rig.clock.now.timestamp())
+    )
+    (message,) = rig.messages.messages.values()
+    assert message.state is MessageState.DELIVERED
+    assert posted.headers["webhook-id"] == message.message_id
+    assert [a.outcome for _, _, a in rig.events.attempts] == [Outcome.DELIVERED]
+    assert await rig.service.deliver_due() == 0  # nothing left
+
+
+async def test_failures_follow_the_schedule_to_a_dead_letter_and_a_replay_delivers() -> None:
+    retry = RetryPolicy(
+        delays=(timedelta(0), timedelta(seconds=5), timedelta(seconds=30)), jitter_ratio=0.0
+    )
+    rig = _rig(delivery=ScriptedDelivery(default=Outcome.HTTP_ERROR), retry=retry)
+    await rig.service.register(url=URL, event_types=["#"])
+    await rig.service.dispatch(event_id="e4", event_type="exporter.job.failed", body=BODY)
+    seen: list[tuple[int, MessageState]] = []
+    for step in (timedelta(0), timedelta(seconds=4), timedelta(seconds=1), timedelta(seconds=30)):
+        rig.clock.advance(step)
+        attempted = await rig.service.deliver_due()
+        (message,) = rig.messages.messages.values()
+        seen.append((attempted, message.state))
+    # at once, nothing before its 5 s, then at 5 s; the third failure is the last of the schedule
+    assert seen[0] == (1, MessageState.PENDING)
+    assert seen[1] == (0, MessageState.PENDING)
+    assert seen[2] == (1, MessageState.PENDING)
+    assert seen[3] == (1, MessageState.DEAD)
+    (dead,) = await rig.service.dead_letters()
+    assert rig.events.dead == [dead.id]
+    ids = {p.headers["webhook-id"] for p in rig.delivery.posts}
+    assert ids == {dead.message_id}  # every attempt under one id: the receiver dedupes
+
+    rig.delivery.default = Outcome.DELIVERED
+    replayed = await rig.service.replay(dead.id)
+    assert replayed.state is MessageState.PENDING
+    assert await rig.service.deliver_due() == 1
+    assert rig.messages.messages[dead.id].state is MessageState.DELIVERED
+    assert rig.delivery.posts[-1].headers["webhook-id"] == dead.message_id
+    with pytest.raises(ServiceError) as caught:
+        await rig.service.replay(dead.id)
+    assert caught.value.code is ErrorCode.CONFLICT
+
+
+async def test_during_a_rotation_both_secrets_sign_then_only_the_new_one() -> None:
+    rig = _rig()
+    endpoint, old = await rig.service.register(url=URL, event_types=["#"])
+    _, new = await rig.service.rotate_secret(endpoint.id)
+    await rig.service.dispatch(event_id="e5", event_type="policy.role.assigned", body=BODY)
+    await rig.service.deliver_due()
+    during = rig.delivery.posts[-1].headers
+    assert len(during["webhook-signature"].split()) == 2
+    for secret in (old, new):
+        signing.verify(headers=during, body=BODY, secret=secret, now=int(rig.clock.now.timestamp()))
+    rig.clock.advance(timedelta(hours=24, seconds=1))
+    await rig.service.dispatch(event_id="e6", event_type="policy.role.assigned", body=BODY)
+    await rig.service.deliver_due()
+    after = rig.delivery.posts[-1].headers
+    assert len(after["webhook-signature"].split()) == 1
+    now = int(rig.clock.now.timestamp())
+    signing.verify(headers=after, body=BODY, secret=new, now=now)
+    with pytest.raises(signing.SigningError):
+        signing.verify(headers=after, body=BODY, secret=old, now=now)
+
+
+async def test_sustained_failure_disables_the_endpoint_and_resume_starts_over() -> None:
+    rig = _rig(
+        delivery=ScriptedDelivery(default=Outcome.CONNECT_FAILED),
+        retry=RetryPolicy(delays=(timedelta(0),) * 20, jitter_ratio=0.0),
+        disable=DisablePolicy(after=timedelta(hours=1), min_failures=3),
+    )
+    endpoint, _ = await rig.service.register(url=URL, event_types=["#"])
+    for index in range(4):
+        await rig.service.dispatch(event_id=f"f{index}", event_type="a.b.c", body=BODY)
+        await rig.service.deliver_due()
+        rig.clock.advance(timedelta(minutes=30))
+    # four failures, but only after an hour of failing is it disabled
+    stored = await rig.service.get(endpoint.id)
+    assert stored.status is EndpointStatus.DISABLED
+    assert rig.events.disabled == [endpoint.id]
+    assert "in a row" in stored.disabled_reason
+    # disabled: no new messages, nothing attempted
+    assert not await rig.service.dispatch(event_id="f9", event_type="a.b.c", body=BODY)
+    assert await rig.service.deliver_due() == 0
+    resumed = await rig.service.resume(endpoint.id)
+    assert resumed.status is EndpointStatus.ACTIVE
+    assert (resumed.consecutive_failures, resumed.failing_since) == (0, None)
+
+
+async def test_one_success_resets_the_failure_count() -> None:
+    rig = _rig(
+        delivery=ScriptedDelivery(script=[Outcome.TIMEOUT, Outcome.TIMEOUT]),
+        retry=RetryPolicy(delays=(timedelta(0),) * 5, jitter_ratio=0.0),
+    )
+    endpoint, _ = await rig.service.register(url=URL, event_types=["#"])
+    await rig.service.dispatch(event_id="g1", event_type="a.b.c", body=BODY)
+    for _ in range(2):
+        await rig.service.deliver_due()
+    assert (await rig.service.get(endpoint.id)).consecutive_failures == 2
+    await rig.service.deliver_due()
+    assert (await rig.service.get(endpoint.id)).consecutive_failures == 0
+
+
+async def test_a_paused_endpoints_messages_wait_for_its_resume() -> None:
+    rig = _rig()
+    endpoint, _ = await rig.service.register(url=URL, event_types=["#"])
+    await rig.service.pause(endpoint.id)
+    assert await rig.service.dispatch(event_id="h1", event_type="a.b.c", body=BODY) == 1
+    assert await rig.service.deliver_due() == 0
+    await rig.service.resume(endpoint.id)
+    assert await rig.service.deliver_due() == 1
+
+
+async def test_each_endpoint_has_at_most_its_limit_in_flight() -> None:
+    rig = _rig(delivery=ScriptedDelivery(pause_seconds=0.01))
+    await rig.service.register(url=URL, event_types=["#"], max_in_flight=2)
+    for index in range(10):
+        await rig.service.dispatch(event_id=f"i{index}", event_type="a.b.c", body=BODY)
+    assert await rig.service.deliver_due() == 10
+    assert rig.delivery.most_in_flight == 2
+
+
+async def test_a_claim_that_is_never_finished_comes_due_again_after_its_lease() -> None:
+    """A worker killed mid-attempt: its claim lapses and the message is attempted again."""
+    rig = _rig()
+    endpoint, _ = await rig.service.register(url=URL, event_types=["#"])
+    await rig.service.dispatch(event_id="j1", event_type="a.b.c", body=BODY)
+    claim = {"now": rig.clock.now, "endpoints": frozenset({endpoint.id}), "limit": 10}
+    lost = await rig.messages.claim_due(**claim, lease=timedelta(seconds=120))
+    assert len(lost) == 1  # claimed by a worker that then died
+    assert await rig.service.deliver_due() == 0  # still leased
+    rig.clock.advance(timedelta(seconds=121))
+    assert await rig.service.deliver_due() == 1
+    assert rig.messages.messages[lost[0].id].state is MessageState.DELIVERED
+
+
+async def test_deleting_an_endpoint_removes_its_messages() -> None:
+    rig = _rig()
+    endpoint, _ = await rig.service.register(url=URL, event_types=["#"])
+    await rig.service.dispatch(event_id="k1", event_type="a.b.c", body=BODY)
+    await rig.service.delete(endpoint.id)
+    assert not rig.messages.messages
+    with pytest.raises(ServiceError) as caught:
+        await rig.service.get(endpoint.id)
+    assert caught.value.code is ErrorCode.NOT_FOUND
+
+
+async def test_limits_of_an_endpoint_are_checked() -> None:
+    service = _rig().service
+    for kwargs in ({"timeout_seconds": 0.1}, {"timeout_seconds": 60}, {"max_in_flight": 0}):
+        with pytest.raises(ServiceError):
+            await service.register(url=URL, event_types=["#"], **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_stored_target_the_policy_now_refuses_is_a_blocked_attempt() -> None:
+    """The allow-list shrank after the endpoint was stored: nothing is sent, it is retried."""
+    rig = _rig()
+    endpoint, _ = await rig.service.register(url=URL, event_types=["#"])
+    await rig.endpoints.save(
+        replace(await rig.service.get(endpoint.id), url="http://10.0.0.8/hook")
+    )
+    await rig.service.dispatch(event_id="m1", event_type="a.b.c", body=BODY)
+    assert await rig.service.deliver_due() == 1
+    assert not rig.delivery.posts
+    ((_, _, attempt),) = rig.events.attempts
+    assert attempt.outcome is Outcome.BLOCKED_ADDRESS
+    (message,) = rig.messages.messages.values()
+    assert message.state is MessageState.PENDING  # retried on the schedule
+
+
+async def test_an_attempt_that_breaks_leaves_its_message_to_come_due_again() -> None:
+    class BrokenEvents(InMemoryWebhookEvents):
+        async def attempted(self, *args: object) -> None:  # type: ignore[override]
+            raise RuntimeError("the outbox is down")
+
+    rig = _rig()
+    rig.service._events = BrokenEvents()
+    await rig.service.register(url=URL, event_types=["#"])
+    await rig.service.register(url=URL, event_types=["#"])
+    await rig.service.dispatch(event_id="n1", event_type="a.b.c", body=BODY)
+    assert await rig.service.deliver_due() == 2  # one failure does not stop the other
+    assert len(rig.delivery.posts) == 2
