@@ -232,7 +232,11 @@ async def test_a_cancel_stops_the_wait_for_a_following_child(tmp_path: Path) -> 
 
 
 def _state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    """The process's state letter; "gone" once the loop has reaped it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
 
 
 async def test_a_spare_child_hashes_the_next_output(tmp_path: Path) -> None:
@@ -257,8 +261,8 @@ async def test_a_spare_that_died_is_replaced_by_a_new_child(tmp_path: Path) -> N
     spare = SPARE.take()
     assert spare is not None
     os.kill(spare.pid, signal.SIGKILL)
-    for _ in range(200):  # dead (its stdin closed), not yet reaped by the loop
-        if _state(spare.pid) == "Z":
+    for _ in range(200):  # dead, its stdin closed (reaped by the loop or not yet)
+        if _state(spare.pid) in {"Z", "gone"}:
             break
         await asyncio.sleep(0.005)
     child = await _HashChild.start(path, follow=False, spare=spare)
@@ -294,3 +298,18 @@ def test_direct_reads_where_the_filesystem_takes_them(tmp_path: Path) -> None:
     assert _reads_direct(disk)  # this filesystem does
     assert not _reads_direct(Path("/proc/self/status"))  # procfs does not
     assert not _reads_direct(tmp_path / "missing")
+
+
+async def test_a_spare_that_cannot_start_is_only_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No process to spare (EAGAIN, ENOMEM): the conversion then starts its own child."""
+    await SPARE.discard()
+
+    async def exhausted() -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(_HashChild, "spawn", staticmethod(exhausted))
+    await SPARE.prime_quietly()
+    assert SPARE.take() is None
+    assert "no spare hashing child: BlockingIOError" in caplog.text

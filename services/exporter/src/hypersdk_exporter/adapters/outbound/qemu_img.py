@@ -168,7 +168,7 @@ class QemuImgConverter(DiskConverter):
         """qemu-img info with the format given; refuse what reaches outside ``allowed_root``."""
         if format not in SOURCE_FORMATS:
             raise ExportFailedError(errors.UNSUPPORTED_SOURCE_FORMAT, format)
-        await SPARE.prime()  # the hashing child of its conversion, ready by then
+        await SPARE.prime_quietly()  # the hashing child of its conversion, ready by then
         root, path = _real(allowed_root), _real(source)
         if not _inside(path, root):
             raise ExportFailedError(errors.UNSAFE_EXTERNAL_EXTENT, "the image is outside the root")
@@ -270,7 +270,7 @@ class QemuImgConverter(DiskConverter):
             # The digest's tail (or all of it) is hashed after qemu-img exits: a cancel then
             # still stops it within a poll.
             await hashing.written()
-            await SPARE.prime()  # for the next conversion, while the child hashes the tail
+            await SPARE.prime_quietly()  # for the next conversion, while the child hashes the tail
             digest = await hashing.digest(cancelled)
             if layout is not None and not await asyncio.to_thread(
                 layout_kept, target, layout, planned
@@ -690,6 +690,13 @@ class _Spare:
         async with self._lock:
             if self._process is None or self._process.returncode is not None:
                 self._process = await _HashChild.spawn()
+
+    async def prime_quietly(self) -> None:
+        """:meth:`prime`, a failure to start only logged: a conversion then starts its own."""
+        try:
+            await self.prime()
+        except OSError as exc:
+            logger.warning("no spare hashing child: %s", type(exc).__name__)
 
     def take(self) -> asyncio.subprocess.Process | None:
         """The waiting spare, now the caller's, or None."""
