@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import itertools
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -231,6 +232,22 @@ def test_progress_reports_are_bounded_and_carry_bytes_rate_and_eta() -> None:
     assert report is not None
     assert report.percent == 51
     assert meter.update(2000, 2000) is None  # 100 % is the completion event's
+
+
+def test_progress_reports_of_a_fast_job_are_at_most_one_a_second() -> None:
+    """Twenty step reports in three seconds were twenty commits beside the conversion."""
+    now = [0.0]
+    meter = ProgressMeter(clock=lambda: now[0], interval_seconds=2, step=5, min_interval_seconds=1)
+    sent = []
+    for done in range(0, 3000, 10):  # 3000 bytes in 3 s, a step every 0.15 s
+        now[0] += 0.01
+        report = meter.update(done, 3000)
+        if report is not None:
+            sent.append((now[0], report.percent))
+    assert 2 <= len(sent) <= 3
+    times = [at for at, _ in sent]
+    assert all(later - earlier >= 1 for earlier, later in itertools.pairwise(times))
+    assert [percent for _, percent in sent] == sorted({percent for _, percent in sent})
 
 
 # ---- history --------------------------------------------------------------------------------

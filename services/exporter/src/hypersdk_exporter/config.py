@@ -69,6 +69,9 @@ class ExporterSettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings)
     progress_step: int = Field(
         default=5, ge=1, le=100, description="Percent between progress events."
     )
+    progress_min_interval_seconds: float = Field(
+        default=1.0, ge=0, description="Progress events of a job never closer than this."
+    )
     max_command_age_seconds: int = Field(
         default=86400, ge=60, description="Export commands whose grant is older are refused."
     )

@@ -106,6 +106,7 @@ async def prepare_exporter(
                 stale_after_seconds=settings.stale_job_seconds,
                 progress_interval_seconds=settings.progress_interval_seconds,
                 progress_step=settings.progress_step,
+                progress_min_interval_seconds=settings.progress_min_interval_seconds,
             ),
         )
         seals = AssertionVerifier(

@@ -285,7 +285,9 @@ class JobPolicy:
     progress_interval_seconds: float = 2.0
     """Progress events at most this often..."""
     progress_step: int = 5
-    """...unless the job moved at least this many percent since the last one."""
+    """...unless the job moved at least this many percent since the last one..."""
+    progress_min_interval_seconds: float = 1.0
+    """...and never sooner than this after the last one (at most one a second)."""
 
 
 @dataclass(frozen=True)
@@ -304,13 +306,17 @@ class ProgressMeter:
     """Turns bytes done into reports at a bounded rate.
 
     A report is due when the overall percent grew and either ``step`` percent or
-    ``interval_seconds`` passed since the last one; 100 % is left to the completion event.
-    So a job emits at most ``100 / step`` step reports plus one per interval.
+    ``interval_seconds`` passed since the last one, and ``min_interval_seconds`` did; 100 % is
+    left to the completion event. So a job emits at most ``100 / step`` step reports plus one
+    per interval, and never more than one per ``min_interval_seconds``: a fast export of a
+    few seconds made twenty step reports, each a job row, an outbox row and an audit entry
+    committed while its qemu-img competed for the same disk.
     """
 
     clock: Callable[[], float]
     interval_seconds: float
     step: int
+    min_interval_seconds: float = 0.0
     _started: float = field(init=False)
     _last_time: float = field(init=False)
     _last_percent: int = 0
@@ -325,9 +331,10 @@ class ProgressMeter:
         overall = done * 100 // total if total > 0 else 0
         if overall >= 100 or overall <= self._last_percent:  # noqa: PLR2004 - percent
             return None
-        if overall - self._last_percent < self.step and now - self._last_time < (
-            self.interval_seconds
-        ):
+        since = now - self._last_time
+        if since < self.min_interval_seconds:
+            return None
+        if overall - self._last_percent < self.step and since < self.interval_seconds:
             return None
         self._last_percent, self._last_time = overall, now
         elapsed = now - self._started

@@ -722,6 +722,7 @@ class ExporterService:
             clock=time.monotonic,
             interval_seconds=self._policy.progress_interval_seconds,
             step=self._policy.progress_step,
+            min_interval_seconds=self._policy.progress_min_interval_seconds,
         )
 
         async def progress(done: int, total: int) -> None:
