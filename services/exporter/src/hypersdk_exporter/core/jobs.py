@@ -306,10 +306,11 @@ class ProgressMeter:
     """Turns bytes done into reports at a bounded rate.
 
     A report is due when the overall percent grew and either ``step`` percent or
-    ``interval_seconds`` passed since the last one, and ``min_interval_seconds`` did; 100 % is
-    left to the completion event. So a job emits at most ``100 / step`` step reports plus one
-    per interval, and never more than one per ``min_interval_seconds``: a fast export of a
-    few seconds made twenty step reports, each a job row, an outbox row and an audit entry
+    ``interval_seconds`` passed since the last one and, after the first report,
+    ``min_interval_seconds`` did too; 100 % is left to the completion event. So a job emits
+    at most ``100 / step`` step reports plus one per interval, and never more than one per
+    ``min_interval_seconds``: a fast export of a few seconds made twenty step reports, each a
+    job row, an outbox row and an audit entry
     committed while its qemu-img competed for the same disk.
     """
 
@@ -332,7 +333,7 @@ class ProgressMeter:
         if overall >= 100 or overall <= self._last_percent:  # noqa: PLR2004 - percent
             return None
         since = now - self._last_time
-        if since < self.min_interval_seconds:
+        if self._last_percent and since < self.min_interval_seconds:  # the first is never held
             return None
         if overall - self._last_percent < self.step and since < self.interval_seconds:
             return None
