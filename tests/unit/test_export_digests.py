@@ -300,6 +300,15 @@ def test_direct_reads_where_the_filesystem_takes_them(tmp_path: Path) -> None:
     assert not _reads_direct(tmp_path / "missing")
 
 
+def test_a_fifo_swapped_in_for_the_source_is_answered_at_once(tmp_path: Path) -> None:
+    """No writer ever opens it: a blocking open would hang the worker."""
+    fifo = tmp_path / "disk.raw"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    assert not _reads_direct(fifo)
+    assert time.monotonic() - started < 1
+
+
 async def test_a_spare_that_cannot_start_is_only_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

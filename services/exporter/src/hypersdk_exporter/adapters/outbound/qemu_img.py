@@ -22,6 +22,7 @@ import pwd
 import re
 import resource
 import signal
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -223,7 +224,8 @@ class QemuImgConverter(DiskConverter):
         }
         if not info.backing_chain:
             image["backing"] = None  # nothing qemu was not told about is ever opened
-        reading = [] if spooled or not _reads_direct(source) else ["-T", "none"]
+        direct = not spooled and await asyncio.to_thread(_reads_direct, source)
+        reading = ["-T", "none"] if direct else []
         args = [
             "convert",
             "-p",
@@ -412,14 +414,18 @@ def _reads_direct(source: Path) -> bool:
 
     A source read once is better read past the page cache: copying every block through it
     cost qemu-img about three times the CPU, on the same cores as the hashing child, and the
-    blocks pushed out cached pages that are read again (decision 0049).
+    blocks pushed out cached pages that are read again (decision 0049). A FIFO swapped in for
+    the source is opened without blocking (off the event loop) and answered no.
     """
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+        fd = os.open(source, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return False
-    os.close(fd)
-    return True
+    try:
+        mode = os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+    return stat.S_ISREG(mode) or stat.S_ISBLK(mode)
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:
