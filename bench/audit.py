@@ -77,7 +77,6 @@ from hypersdk_audit.adapters.outbound import postgres as audit_postgres
 from hypersdk_audit.adapters.outbound.postgres import MIGRATIONS, SCHEMA, PostgresAuditLog
 from hypersdk_audit.adapters.outbound.signers import KeyFileSigner
 from hypersdk_audit.config import AuditSettings
-from hypersdk_audit.core.attribution import Attribution
 from hypersdk_audit.core.chain import ChainedEntry, EntryFields
 from hypersdk_audit.core.proofs import root_at, root_nodes
 from hypersdk_audit.core.service import AuditService
@@ -102,6 +101,7 @@ from hypersdk_contracts.names import (
     EVENTS_EXCHANGE,
     RoutingKey,
 )
+from hypersdk_kit.attribution import Attribution
 from hypersdk_kit.bus import DELIVERY_LIMIT
 from hypersdk_kit.database import apply_migrations
 from hypersdk_kit.trust import AssertionVerifier

@@ -3,7 +3,7 @@
 ``up`` checks RabbitMQ and PostgreSQL (starting them if installed but down), creates the
 database, runs migrations, starts one supervisor process that owns an OpenBao server
 (persistent storage under the state directory, initialised once, unsealed at each start) and
-the six services, bootstraps the admin user and seeds the demo lab. ``down`` stops that
+the seven services, bootstraps the admin user and seeds the demo lab. ``down`` stops that
 supervisor, which stops its children: nothing else is touched.
 
 Integration tests drive the same code with their own database, RabbitMQ vhost, ports and
@@ -40,10 +40,10 @@ from urllib.parse import quote
 
 from hypersdk_kit.trust import assemble, encode_claims, generate_key_pair, signed_message
 
-SERVICES = ("identity", "policy", "secrets", "exporter", "audit", "gateway")
+SERVICES = ("identity", "policy", "secrets", "exporter", "audit", "webhooks", "gateway")
 HEALTH_PORTS = len(SERVICES)
 """Each service's health port is the stack's base port plus its index in SERVICES."""
-MIGRATED = ("identity", "policy", "exporter", "audit")
+MIGRATED = ("identity", "policy", "exporter", "audit", "webhooks")
 EXTRA_DB_LOGINS = ("audit_retention",)
 """Database logins that are not a service's: the audit retention job's (decision 0048)."""
 EXTRA_DB_ROLES = (*EXTRA_DB_LOGINS, "audit_owner")
@@ -99,6 +99,11 @@ class StackConfig:
     def key_dir(self) -> Path:
         """Signing keys: identity's, policy's and the gateway's Ed25519 pairs (private 0600)."""
         return self.secret_dir / "keys"
+
+    @property
+    def sealing_key_file(self) -> Path:
+        """The key that seals webhook signing secrets at rest (0600, made once)."""
+        return self.secret_dir / "webhooks-sealing-key"
 
     @property
     def gateway_url(self) -> str:
@@ -164,17 +169,20 @@ class StackConfig:
         env["HYPERSDK_IDENTITY_POLICY_TRANSIT_KEY"] = TRANSIT_KEYS["policy"]
         env["HYPERSDK_POLICY_TRANSIT_KEY"] = TRANSIT_KEYS["policy"]
         env["HYPERSDK_POLICY_IDENTITY_TRANSIT_KEY"] = TRANSIT_KEYS["identity"]
-        for service in ("secrets", "exporter", "audit"):
+        for service in ("secrets", "exporter", "audit", "webhooks"):
             env[f"HYPERSDK_{service.upper()}_POLICY_TRANSIT_KEY"] = TRANSIT_KEYS["policy"]
         env["HYPERSDK_AUDIT_CHECKPOINT_TRANSIT_KEY"] = TRANSIT_KEYS["audit"]
         env["HYPERSDK_GATEWAY_SIGNING_KEY_FILE"] = str(keys / "gateway.key")
-        for service in ("identity", "policy", "secrets", "exporter", "audit"):
+        for service in ("identity", "policy", "secrets", "exporter", "audit", "webhooks"):
             env[f"HYPERSDK_{service.upper()}_GATEWAY_PUBLIC_KEY_FILE"] = str(keys / "gateway.pub")
+        env["HYPERSDK_WEBHOOKS_PUBLISHERS"] = env["HYPERSDK_AUDIT_PUBLISHERS"]
+        env["HYPERSDK_WEBHOOKS_SEALING_KEY_FILE"] = str(self.sealing_key_file)
         env["HYPERSDK_EXPORTER_EXPORT_DIR"] = str(self.state_dir / "exports")
         env["HYPERSDK_EXPORTER_LAB_ROOT"] = str(self.state_dir / "lab")
         if self.extra_publishers:
             publishers = json.loads(env.get("HYPERSDK_AUDIT_PUBLISHERS", "{}"))
             env["HYPERSDK_AUDIT_PUBLISHERS"] = json.dumps({**publishers, **self.extra_publishers})
+            env["HYPERSDK_WEBHOOKS_PUBLISHERS"] = env["HYPERSDK_AUDIT_PUBLISHERS"]
         env.update(self.extra_env)
         return env
 
@@ -425,6 +433,8 @@ path "secret/metadata/hypersdk" { capabilities = ["list"] }
     "exporter": _reads_public_keys("policy"),
     # Audit checks grants and signs the checkpoints of its log with its own key (0047).
     "audit": _signs_with("audit") + _reads_public_keys("audit", "policy"),
+    # Webhooks checks grants; its sealing key is a file of the stack's (0600).
+    "webhooks": _reads_public_keys("policy"),
 }
 """Each service's Vault policy (decisions 0045, 0046); the gateway has no Vault login."""
 
@@ -584,7 +594,7 @@ def _openbao_active(config: StackConfig, client: object, deadline: float) -> Non
 
 
 def supervise(config: StackConfig) -> None:
-    """Run OpenBao and the six services; restart what dies; stop all on SIGTERM."""
+    """Run OpenBao and the services; restart what dies; stop all on SIGTERM."""
     env = config.service_env()
     commands: dict[str, list[str]] = {
         "openbao": [_bao_binary(config), "server", f"-config={write_openbao_config(config)}"]
@@ -871,6 +881,10 @@ def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, s
     # gateway's seal key is a file.
     if not (config.key_dir / "gateway.key").exists():
         generate_key_pair(config.key_dir / "gateway.key", config.key_dir / "gateway.pub")
+    if not config.sealing_key_file.exists():
+        # a Fernet key: 32 random bytes, url-safe base64
+        key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        _private_file(config.sealing_key_file, key + "\n")
     for retired in ("identity.key", "policy.key", "identity.pub", "policy.pub"):
         (config.key_dir / retired).unlink(missing_ok=True)  # from before decision 0046
     _private_dir(config.state_dir / "exports")

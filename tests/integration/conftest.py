@@ -40,6 +40,8 @@ PAM_GROUP = "hsdk-it-ops-" + secrets.token_hex(3)
 
 
 free_port = devstack.free_port
+WEBHOOK_RECEIVER_HOST = "127.0.0.2"
+WEBHOOK_RECEIVER_NETWORK = "127.0.0.2/32"
 
 
 @dataclass
@@ -204,6 +206,16 @@ TEST_ENV = {
     # rotated-from versions live 3 s, graces are looked for twice a second
     "HYPERSDK_SECRETS_ROTATION_GRACE_SECONDS": "3",
     "HYPERSDK_SECRETS_GRACE_SWEEP_INTERVAL_SECONDS": "0.5",
+    # Webhook receivers of the tests listen on 127.0.0.2, reachable only through the
+    # allow-list (127.0.0.1 stays refused); retries after 1 s, then a dead letter; a lease
+    # short enough for a killed worker's claim to lapse within a test.
+    "HYPERSDK_WEBHOOKS_ALLOWED_NETWORKS": json.dumps([WEBHOOK_RECEIVER_NETWORK]),
+    "HYPERSDK_WEBHOOKS_RETRY_SCHEDULE_SECONDS": "[0, 1, 1]",
+    "HYPERSDK_WEBHOOKS_RETRY_JITTER_RATIO": "0",
+    "HYPERSDK_WEBHOOKS_POLL_SECONDS": "0.2",
+    "HYPERSDK_WEBHOOKS_LEASE_SECONDS": "6",
+    "HYPERSDK_WEBHOOKS_DISABLE_AFTER_SECONDS": "2",
+    "HYPERSDK_WEBHOOKS_DISABLE_AFTER_FAILURES": "5",
 }
 
 

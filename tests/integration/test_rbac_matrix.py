@@ -27,6 +27,7 @@ MATRIX = {
 
 ANY = "authenticated"
 NOBODY = "missing-" + secrets.token_hex(3)
+NO_WEBHOOK = "ep_" + secrets.token_hex(12)  # well formed, registered by nobody
 # (method, path, permission); paths name resources that do not exist, so that an allowed call
 # changes nothing, and bodies are empty, so that an allowed write stops at validation.
 ROUTES: list[tuple[str, str, str]] = [
@@ -71,6 +72,19 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/api/v1/webhooks", "system:configure"),
     ("POST", "/api/v1/webhooks", "system:configure"),
     ("DELETE", f"/api/v1/webhooks/{NOBODY}", "system:configure"),
+    ("GET", f"/api/v1/webhooks/{NO_WEBHOOK}", "system:configure"),
+    ("PATCH", f"/api/v1/webhooks/{NO_WEBHOOK}", "system:configure"),
+    ("DELETE", f"/api/v1/webhooks/{NO_WEBHOOK}", "system:configure"),
+    ("POST", f"/api/v1/webhooks/{NO_WEBHOOK}/pause", "system:configure"),
+    ("POST", f"/api/v1/webhooks/{NO_WEBHOOK}/resume", "system:configure"),
+    ("POST", f"/api/v1/webhooks/{NO_WEBHOOK}/rotate", "system:configure"),
+    ("POST", f"/api/v1/webhooks/{NO_WEBHOOK}/test", "system:configure"),
+    ("GET", f"/api/v1/webhooks/{NO_WEBHOOK}/dead-letters", "system:configure"),
+    (
+        "POST",
+        f"/api/v1/webhooks/{NO_WEBHOOK}/dead-letters/wm_{secrets.token_hex(12)}/replay",
+        "system:configure",
+    ),
 ]
 # Calls that end or replace the caller's session run with a session of their own.
 SESSION_ROUTES = [("POST", "/api/v1/auth/refresh"), ("POST", "/api/v1/auth/logout")]

@@ -61,8 +61,8 @@ def _check_up_and_down(config: devstack.StackConfig, bystander: subprocess.Popen
     supervisor = devstack.running_pid(config)
     assert supervisor is not None
     children = _children(supervisor)
-    # OpenBao and the six services.
-    assert len(children) == 7, children
+    # OpenBao and every service.
+    assert len(children) == 1 + len(devstack.SERVICES), children
     password_file = Path(info["admin_password_file"])
     assert oct(password_file.stat().st_mode & 0o777) == "0o600"
     state = config.state_dir.stat()

@@ -1,18 +1,23 @@
 """The webhooks' PostgreSQL stores on a real database of their own (migrations applied).
 
 Endpoints round-trip with their secrets sealed (the table never holds them in clear, a wrong
-key or a secret moved to another row is refused); messages are one per event and endpoint;
-claims are due-ordered, limited, filtered and leased, and two workers claiming at once never
-share a message; dead letters come newest first; and the WebhookService core runs over these
-stores end to end, with an in-memory delivery.
+key or a secret moved to another row is refused), and their health is counted in single
+statements (concurrent failures all counted, a disable taking effect once); messages are one
+per event and endpoint; claims are due-ordered, limited overall and per endpoint, leased, and
+two workers claiming at once never share a message; an attempt's result is written only under
+its own claim, a replay only over a dead letter; dead letters come newest first; and the
+WebhookService core runs over these stores end to end, with an in-memory delivery and the
+PostgreSQL unit of work: every state change commits with its events in the outbox, or neither.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,8 +25,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_kit.database import Database, apply_migrations, create_pool
-from hypersdk_webhooks.adapters.outbound.memory import InMemoryDelivery, InMemoryWebhookEvents
+from hypersdk_kit.outbox import PostgresUnitOfWork
+from hypersdk_webhooks.adapters.outbound.memory import InMemoryDelivery
 from hypersdk_webhooks.adapters.outbound.postgres import (
     MIGRATIONS,
     SCHEMA,
@@ -41,7 +48,7 @@ from hypersdk_webhooks.core.models import (
 )
 from hypersdk_webhooks.core.schedule import RetryPolicy
 from hypersdk_webhooks.core.service import WebhookService
-from hypersdk_webhooks.core.ssrf import AddressPolicy
+from hypersdk_webhooks.core.ssrf import AddressPolicy, Target
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/{database}"
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -89,8 +96,8 @@ class Stores:
 
 @pytest.fixture
 async def stores(db: Database, sealer_key: str) -> Stores:
-    """Both stores over empty tables."""
-    await db.execute(f"TRUNCATE {SCHEMA}.endpoints, {SCHEMA}.messages")
+    """Both stores over empty tables (and an empty outbox)."""
+    await db.execute(f"TRUNCATE {SCHEMA}.endpoints, {SCHEMA}.messages, {SCHEMA}.outbox")
     return Stores(
         db=db,
         endpoints=PostgresEndpointStore(db, sealer=FernetSealer(sealer_key)),
@@ -259,12 +266,92 @@ async def test_saving_an_endpoint_replaces_it(stores: Stores) -> None:
     assert await stores.endpoints.get(ghost.id) is None
 
 
+async def test_concurrent_failures_are_all_counted_and_a_success_clears_them(
+    dsn: str, stores: Stores, sealer_key: str
+) -> None:
+    endpoint = _endpoint()
+    await stores.endpoints.add(endpoint)
+    pool = await create_pool(dsn, size=8)
+    try:
+        # Health through a pool of several connections: the failures really run at once.
+        health = PostgresEndpointStore(Database(pool), sealer=FernetSealer(sealer_key))
+        n = 40
+        nows = [T0 + timedelta(seconds=i) for i in range(n)]
+        after = await asyncio.gather(*(health.record_failure(endpoint.id, now=t) for t in nows))
+        seen = {t: e for t, e in zip(nows, after, strict=True) if e is not None}
+        assert len(seen) == n
+        # each saw its own increment: none was lost to another's
+        assert sorted(e.consecutive_failures for e in seen.values()) == list(range(1, n + 1))
+        # failing since the now of the call that counted first, and never moved after
+        (since,) = [t for t, e in seen.items() if e.consecutive_failures == 1]
+        assert {e.failing_since for e in seen.values()} == {since}
+        stored = await stores.endpoints.get(endpoint.id)
+        assert stored == replace(endpoint, failing_since=since, consecutive_failures=n)
+
+        await health.record_success(endpoint.id)
+        assert await stores.endpoints.get(endpoint.id) == endpoint  # nothing else changed
+        await health.record_success(endpoint.id)  # nothing to clear
+        assert await stores.endpoints.get(endpoint.id) == endpoint
+
+        again = await health.record_failure(endpoint.id, now=T0 + timedelta(hours=1))
+        assert again is not None
+        assert (again.consecutive_failures, again.failing_since) == (1, T0 + timedelta(hours=1))
+        assert await health.record_failure("ep_missing", now=T0) is None
+        await health.record_success("ep_missing")
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await health.record_failure(endpoint.id, now=T0.replace(tzinfo=None))
+    finally:
+        await pool.close()
+
+
+async def test_an_endpoint_is_disabled_once_and_only_while_active(
+    dsn: str, stores: Stores, sealer_key: str
+) -> None:
+    active, paused, racing = (
+        _endpoint(),
+        _endpoint(status=EndpointStatus.PAUSED),
+        _endpoint(),
+    )
+    for endpoint in (active, paused, racing):
+        await stores.endpoints.add(endpoint)
+    later = T0 + timedelta(minutes=3)
+    assert await stores.endpoints.disable(active.id, reason="failing", now=later)
+    disabled = replace(
+        active, status=EndpointStatus.DISABLED, disabled_reason="failing", updated_at=later
+    )
+    assert await stores.endpoints.get(active.id) == disabled
+    assert not await stores.endpoints.disable(active.id, reason="again", now=later + LEASE)
+    assert await stores.endpoints.get(active.id) == disabled  # the first reason stays
+
+    assert not await stores.endpoints.disable(paused.id, reason="failing", now=later)
+    assert await stores.endpoints.get(paused.id) == paused
+    assert not await stores.endpoints.disable("ep_missing", reason="failing", now=later)
+
+    pool = await create_pool(dsn, size=6)
+    try:
+        store = PostgresEndpointStore(Database(pool), sealer=FernetSealer(sealer_key))
+        won = await asyncio.gather(
+            *(store.disable(racing.id, reason=f"worker {n}", now=later) for n in range(12))
+        )
+        assert won.count(True) == 1
+        got = await stores.endpoints.get(racing.id)
+        assert got is not None
+        assert got.status is EndpointStatus.DISABLED
+        assert got.disabled_reason == f"worker {won.index(True)}"
+    finally:
+        await pool.close()
+
+
 async def test_deleting_an_endpoint_deletes_its_messages(stores: Stores) -> None:
     gone, kept = _endpoint(), _endpoint()
     for endpoint in (gone, kept):
         await stores.endpoints.add(endpoint)
     doomed, survivor = _message(gone, "ev-1"), _message(kept, "ev-1")
     assert await stores.messages.add_new([doomed, survivor]) == 2
+    (claimed,) = await stores.messages.claim_due(
+        now=T0, capacity={gone.id: 1}, limit=10, lease=LEASE
+    )
+    assert claimed.id == doomed.id
     assert await stores.endpoints.delete(gone.id)
     assert await stores.endpoints.get(gone.id) is None
     assert await stores.messages.get(doomed.id) is None
@@ -272,7 +359,10 @@ async def test_deleting_an_endpoint_deletes_its_messages(stores: Stores) -> None
     assert not await stores.endpoints.delete(gone.id)
 
     # a worker finishing an attempt of a deleted endpoint's message brings nothing back
-    await stores.messages.save(replace(doomed, state=MessageState.DELIVERED, attempts=1))
+    done = replace(doomed, state=MessageState.DELIVERED, attempts=1, next_attempt_at=None)
+    assert not await stores.messages.settle(done, claimed_until=claimed.leased_until)
+    assert not await stores.messages.settle(done, claimed_until=None)
+    assert not await stores.messages.replay(replace(doomed, state=MessageState.PENDING))
     assert await stores.messages.get(doomed.id) is None
     count = await stores.db.fetchval(
         f"SELECT count(*) FROM {SCHEMA}.messages WHERE endpoint_id = $1", gone.id
@@ -298,6 +388,11 @@ async def test_one_message_per_event_and_endpoint_however_often_added(stores: St
     count = await stores.db.fetchval(f"SELECT count(*) FROM {SCHEMA}.messages")
     assert count == 4  # ev-1 twice, ev-2, ev-3
 
+    # an attempt's result, written under its claim, comes back whole
+    claims = await stores.messages.claim_due(now=T0, capacity={first.id: 10}, limit=10, lease=LEASE)
+    assert len(claims) == 3
+    (claim,) = [m for m in claims if m.id == one.id]
+    assert claim == replace(one, leased_until=T0 + LEASE)
     attempted = replace(
         one,
         attempts=1,
@@ -311,7 +406,7 @@ async def test_one_message_per_event_and_endpoint_however_often_added(stores: St
             detail="answered 503",
         ),
     )
-    await stores.messages.save(attempted)
+    assert await stores.messages.settle(attempted, claimed_until=claim.leased_until)
     assert await stores.messages.get(one.id) == attempted
     assert await stores.messages.get("wm_missing") is None
 
@@ -334,22 +429,78 @@ async def test_claims_take_due_pending_messages_oldest_first_up_to_the_limit(
     everything = [tied_newer, tied_older, later, exactly_now, not_yet, dead, delivered, other]
     assert await stores.messages.add_new(everything) == len(everything)
 
-    async def claim(endpoints: set[str], limit: int) -> list[Message]:
-        return await stores.messages.claim_due(
-            now=T0, endpoints=frozenset(endpoints), limit=limit, lease=LEASE
-        )
+    async def claim(capacity: Mapping[str, int], limit: int) -> list[Message]:
+        return await stores.messages.claim_due(now=T0, capacity=capacity, limit=limit, lease=LEASE)
 
-    first = await claim({mine.id}, 2)
+    first = await claim({mine.id: 10}, 2)
     assert [m.id for m in first] == [tied_older.id, tied_newer.id]
     assert all(m.leased_until == T0 + LEASE for m in first)
     assert first[0] == replace(tied_older, leased_until=T0 + LEASE)
-    assert [m.id for m in await claim({mine.id}, 10)] == [later.id, exactly_now.id]
-    assert await claim({mine.id}, 10) == []
-    assert [m.id for m in await claim({theirs.id}, 10)] == [other.id]
-    assert await claim(set(), 10) == []
+    assert [m.id for m in await claim({mine.id: 10}, 10)] == [later.id, exactly_now.id]
+    assert await claim({mine.id: 10}, 10) == []
+    assert await claim({theirs.id: 1}, 0) == []
+    assert await claim({theirs.id: 0}, 10) == []
+    assert await claim({theirs.id: -1}, 10) == []
+    assert [m.id for m in await claim({theirs.id: 10}, 10)] == [other.id]
+    assert await claim({}, 10) == []
     stored = await stores.messages.get(tied_older.id)
     assert stored is not None
     assert stored.leased_until == T0 + LEASE
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await stores.messages.claim_due(
+            now=T0.replace(tzinfo=None), capacity={mine.id: 1}, limit=1, lease=LEASE
+        )
+
+
+async def test_claims_respect_each_endpoints_capacity_and_the_overall_limit(
+    stores: Stores,
+) -> None:
+    a, b, c = _endpoint(), _endpoint(), _endpoint()
+    for endpoint in (a, b, c):
+        await stores.endpoints.add(endpoint)
+
+    def due(endpoint: Endpoint, event_id: str, seconds_ago: int) -> Message:
+        at = T0 - timedelta(seconds=seconds_ago)
+        return _message(endpoint, event_id, next_attempt_at=at, created_at=at)
+
+    of_a = [due(a, f"a{n}", s) for n, s in enumerate((10, 8, 6, 4, 2))]
+    of_b = [due(b, f"b{n}", s) for n, s in enumerate((9, 7, 5))]
+    of_c = [due(c, f"c{n}", s) for n, s in enumerate((20, 19))]  # the oldest of all
+    assert await stores.messages.add_new([*of_a, *of_b, *of_c]) == 10
+
+    async def claim(capacity: Mapping[str, int], limit: int) -> list[str]:
+        claimed = await stores.messages.claim_due(
+            now=T0, capacity=capacity, limit=limit, lease=LEASE
+        )
+        return [m.id for m in claimed]
+
+    # at most 2 of A and 1 of B, none of C (absent), oldest first across endpoints
+    assert await claim({a.id: 2, b.id: 1}, 10) == [of_a[0].id, of_b[0].id, of_a[1].id]
+    assert await claim({a.id: 2, b.id: 1}, 10) == [of_b[1].id, of_a[2].id, of_a[3].id]
+    # the overall limit takes the oldest among every endpoint's share
+    assert await claim({a.id: 5, b.id: 5, c.id: 5}, 2) == [of_c[0].id, of_c[1].id]
+    assert await claim({a.id: 5, b.id: 5, c.id: 5}, 1) == [of_b[2].id]
+    assert await claim({a.id: 5, b.id: 5, c.id: 5}, 10) == [of_a[4].id]
+
+    # only the messages claimed carry a lease: what a claim locked but left stays free
+    await stores.db.execute(f"UPDATE {SCHEMA}.messages SET leased_until = NULL")
+    assert await claim({a.id: 3, b.id: 3, c.id: 3}, 4) == [
+        of_c[0].id,
+        of_c[1].id,
+        of_a[0].id,
+        of_b[0].id,
+    ]
+    leased = await stores.db.fetch(
+        f"SELECT id FROM {SCHEMA}.messages WHERE leased_until IS NOT NULL ORDER BY id"
+    )
+    assert {r["id"] for r in leased} == {of_c[0].id, of_c[1].id, of_a[0].id, of_b[0].id}
+    assert await claim({a.id: 3, b.id: 3, c.id: 3}, 10) == [
+        of_a[1].id,
+        of_b[1].id,
+        of_a[2].id,
+        of_b[2].id,
+        of_a[3].id,
+    ]
 
 
 async def test_a_claimed_message_comes_due_again_only_when_its_lease_lapses(
@@ -359,10 +510,10 @@ async def test_a_claimed_message_comes_due_again_only_when_its_lease_lapses(
     await stores.endpoints.add(endpoint)
     message = _message(endpoint, "lease-1")
     await stores.messages.add_new([message])
-    mine = frozenset({endpoint.id})
+    mine = {endpoint.id: 10}
 
     async def claim(at: datetime) -> list[str]:
-        claimed = await stores.messages.claim_due(now=at, endpoints=mine, limit=10, lease=LEASE)
+        claimed = await stores.messages.claim_due(now=at, capacity=mine, limit=10, lease=LEASE)
         return [m.id for m in claimed]
 
     assert await claim(T0) == [message.id]
@@ -373,14 +524,103 @@ async def test_a_claimed_message_comes_due_again_only_when_its_lease_lapses(
     assert again is not None
     assert again.leased_until == T0 + 2 * LEASE
 
-    # its attempt failed: saved with no lease, due in 30 s
-    await stores.messages.save(
+    # its attempt failed: settled with no lease, due in 30 s
+    assert await stores.messages.settle(
         replace(
             again, attempts=1, leased_until=None, next_attempt_at=T0 + LEASE + timedelta(seconds=30)
-        )
+        ),
+        claimed_until=again.leased_until,
     )
     assert await claim(T0 + LEASE + timedelta(seconds=29)) == []
     assert await claim(T0 + LEASE + timedelta(seconds=30)) == [message.id]
+
+
+async def test_a_result_is_written_only_under_the_claim_it_was_attempted_under(
+    dsn: str, stores: Stores
+) -> None:
+    endpoint = _endpoint()
+    await stores.endpoints.add(endpoint)
+    message = _message(endpoint, "settle-1")
+    await stores.messages.add_new([message])
+    pools = [await create_pool(dsn, size=1) for _ in range(2)]
+    slow, quick = (PostgresMessageStore(Database(pool)) for pool in pools)
+    capacity = {endpoint.id: 1}
+    try:
+        (stale,) = await slow.claim_due(now=T0, capacity=capacity, limit=1, lease=LEASE)
+        # the slow worker's lease lapses; another worker claims the message again
+        (fresh,) = await quick.claim_due(now=T0 + LEASE, capacity=capacity, limit=1, lease=LEASE)
+        assert (stale.leased_until, fresh.leased_until) == (T0 + LEASE, T0 + 2 * LEASE)
+
+        late = replace(
+            stale,
+            state=MessageState.DELIVERED,
+            attempts=1,
+            next_attempt_at=None,
+            leased_until=None,
+            last_attempt=Attempt(outcome=Outcome.DELIVERED, latency_ms=9.0, status=200),
+        )
+        assert not await slow.settle(late, claimed_until=stale.leased_until)
+        assert not await slow.settle(late, claimed_until=None)
+        assert await stores.messages.get(message.id) == fresh  # nothing changed
+
+        failed = replace(
+            fresh,
+            attempts=1,
+            next_attempt_at=T0 + LEASE + timedelta(seconds=5),
+            leased_until=None,
+            last_attempt=Attempt(outcome=Outcome.TIMEOUT, latency_ms=10_000.0, detail="slow"),
+        )
+        assert await quick.settle(failed, claimed_until=fresh.leased_until)
+        assert await stores.messages.get(message.id) == failed
+        # settled once: the same claim writes nothing more, nor does the stale one
+        assert not await quick.settle(replace(failed, attempts=2), claimed_until=fresh.leased_until)
+        assert not await slow.settle(late, claimed_until=stale.leased_until)
+        assert await stores.messages.get(message.id) == failed
+
+        # a message no longer pending is never written by a settle
+        (third,) = await quick.claim_due(
+            now=T0 + LEASE + timedelta(seconds=5), capacity=capacity, limit=1, lease=LEASE
+        )
+        delivered = replace(
+            third, state=MessageState.DELIVERED, attempts=2, next_attempt_at=None, leased_until=None
+        )
+        assert await quick.settle(delivered, claimed_until=third.leased_until)
+        assert not await quick.settle(
+            replace(delivered, state=MessageState.PENDING), claimed_until=None
+        )
+        assert await stores.messages.get(message.id) == delivered
+    finally:
+        for pool in pools:
+            await pool.close()
+
+
+async def test_only_a_dead_letter_is_replayed(stores: Stores) -> None:
+    endpoint = _endpoint()
+    await stores.endpoints.add(endpoint)
+    failed = Attempt(outcome=Outcome.HTTP_ERROR, latency_ms=3.0, status=500)
+    pending = _message(endpoint, "r1", attempts=1, last_attempt=failed)
+    delivered = _message(endpoint, "r2", state=MessageState.DELIVERED, next_attempt_at=None)
+    dead = _message(
+        endpoint,
+        "r3",
+        state=MessageState.DEAD,
+        attempts=3,
+        next_attempt_at=None,
+        last_attempt=failed,
+    )
+    await stores.messages.add_new([pending, delivered, dead])
+
+    def replayed(message: Message) -> Message:
+        return replace(message, state=MessageState.PENDING, attempts=0, next_attempt_at=T0 + LEASE)
+
+    for alive in (pending, delivered):
+        assert not await stores.messages.replay(replayed(alive))
+        assert await stores.messages.get(alive.id) == alive
+    assert await stores.messages.replay(replayed(dead))
+    assert await stores.messages.get(dead.id) == replayed(dead)
+    assert not await stores.messages.replay(replace(replayed(dead), attempts=7))  # not dead now
+    assert await stores.messages.get(dead.id) == replayed(dead)
+    assert not await stores.messages.replay(replayed(_message(endpoint, "missing")))
 
 
 async def test_workers_claiming_at_once_never_share_a_message(dsn: str, stores: Stores) -> None:
@@ -394,13 +634,14 @@ async def test_workers_claiming_at_once_never_share_a_message(dsn: str, stores: 
     everything = {m.id for m in messages}
     pools = [await create_pool(dsn, size=1) for _ in range(4)]
     workers = [PostgresMessageStore(Database(pool)) for pool in pools]
-    mine = frozenset({endpoint.id})
     try:
 
         async def one_at_a_time(worker: PostgresMessageStore) -> list[str]:
             taken: list[str] = []
             for _ in range(50):
-                claimed = await worker.claim_due(now=T0, endpoints=mine, limit=1, lease=LEASE)
+                claimed = await worker.claim_due(
+                    now=T0, capacity={endpoint.id: 1}, limit=1, lease=LEASE
+                )
                 taken += [m.id for m in claimed]
             return taken
 
@@ -414,7 +655,9 @@ async def test_workers_claiming_at_once_never_share_a_message(dsn: str, stores: 
 
         async def batches(worker: PostgresMessageStore) -> list[str]:
             taken: list[str] = []
-            while claimed := await worker.claim_due(now=T0, endpoints=mine, limit=7, lease=LEASE):
+            while claimed := await worker.claim_due(
+                now=T0, capacity={endpoint.id: 7}, limit=7, lease=LEASE
+            ):
                 taken += [m.id for m in claimed]
             return taken
 
@@ -422,6 +665,83 @@ async def test_workers_claiming_at_once_never_share_a_message(dsn: str, stores: 
         flat = [i for take in takes for i in take]
         assert len(flat) == len(set(flat)) == 100
         assert set(flat) == everything
+    finally:
+        for pool in pools:
+            await pool.close()
+
+
+async def test_workers_claiming_at_once_under_capacities_never_share_a_message(
+    dsn: str, stores: Stores
+) -> None:
+    a, b = _endpoint(), _endpoint()
+    for endpoint in (a, b):
+        await stores.endpoints.add(endpoint)
+    messages = [
+        _message(endpoint, f"cap-{n}", created_at=T0 + timedelta(microseconds=n))
+        for n in range(40)
+        for endpoint in (a, b)
+    ]
+    assert await stores.messages.add_new(messages) == 80
+    owner = {m.id: m.endpoint_id for m in messages}
+    pools = [await create_pool(dsn, size=1) for _ in range(4)]
+    workers = [PostgresMessageStore(Database(pool)) for pool in pools]
+    capacity = {a.id: 2, b.id: 3}
+
+    def within(claimed: list[Message], limit: int) -> bool:
+        of = [owner[m.id] for m in claimed]
+        return len(of) <= limit and of.count(a.id) <= 2 and of.count(b.id) <= 3
+
+    try:
+        # every worker claims once, all at the same time, the limit below the capacities' sum
+        claims = await asyncio.gather(
+            *(w.claim_due(now=T0, capacity=capacity, limit=4, lease=LEASE) for w in workers)
+        )
+        assert all(within(claimed, 4) for claimed in claims)
+        once = [m.id for claimed in claims for m in claimed]
+        assert len(once) == len(set(once))
+        assert once  # at least one worker found messages
+
+        # then each worker claims until nothing is left for it
+        async def until_empty(worker: PostgresMessageStore) -> list[str]:
+            taken: list[str] = []
+            while claimed := await worker.claim_due(
+                now=T0, capacity=capacity, limit=5, lease=LEASE
+            ):
+                assert within(claimed, 5)
+                taken += [m.id for m in claimed]
+            return taken
+
+        takes = await asyncio.gather(*(until_empty(w) for w in workers))
+        flat = once + [i for take in takes for i in take]
+        assert len(flat) == len(set(flat)) == 80
+        assert set(flat) == set(owner)
+    finally:
+        for pool in pools:
+            await pool.close()
+
+
+async def test_a_claim_holds_no_lock_on_what_it_does_not_lease(dsn: str, stores: Stores) -> None:
+    a, b = _endpoint(), _endpoint()
+    for endpoint in (a, b):
+        await stores.endpoints.add(endpoint)
+    messages = [
+        _message(endpoint, f"lock-{n}", created_at=T0 + timedelta(microseconds=n))
+        for n in range(10)
+        for endpoint in (a, b)
+    ]
+    assert await stores.messages.add_new(messages) == 20
+    pools = [await create_pool(dsn, size=1) for _ in range(2)]
+    databases = [Database(pool) for pool in pools]
+    slow, quick = (PostgresMessageStore(database) for database in databases)
+    capacity = {a.id: 10, b.id: 10}
+    try:
+        # a claim of one, its transaction still open (a slow commit, a busy server) ...
+        async with databases[0].transaction():
+            (one,) = await slow.claim_due(now=T0, capacity=capacity, limit=1, lease=LEASE)
+            # ... leaves the 19 others to another worker
+            others = await quick.claim_due(now=T0, capacity=capacity, limit=19, lease=LEASE)
+            assert len(others) == 19
+            assert one.id not in {m.id for m in others}
     finally:
         for pool in pools:
             await pool.close()
@@ -465,72 +785,149 @@ class Clock:
         return self.now
 
 
+@dataclass(frozen=True)
+class OutboxRow:
+    routing_key: str
+    envelope: dict[str, Any]
+    xmin: str
+    """The id of the transaction that wrote it."""
+
+
+async def _outbox(db: Database) -> list[OutboxRow]:
+    rows = await db.fetch(
+        f"SELECT routing_key, envelope, xmin::text AS xmin FROM {SCHEMA}.outbox ORDER BY position"
+    )
+    return [OutboxRow(r["routing_key"], json.loads(r["envelope"]), r["xmin"]) for r in rows]
+
+
+async def _xmin(db: Database, table: str, row_id: str) -> str:
+    """The id of the transaction that last wrote the row."""
+    xmin: str = await db.fetchval(f"SELECT xmin::text FROM {SCHEMA}.{table} WHERE id = $1", row_id)
+    return xmin
+
+
+def _service(stores: Stores, delivery: InMemoryDelivery, clock: Clock, **kw: Any) -> WebhookService:
+    return WebhookService(
+        endpoints=stores.endpoints,
+        messages=stores.messages,
+        delivery=delivery,
+        uow=PostgresUnitOfWork(stores.db, schema=SCHEMA, service="webhooks"),
+        policy=AddressPolicy(),
+        clock=clock,
+        **kw,
+    )
+
+
+async def _deliver(service: WebhookService) -> int:
+    """Claim what is due and wait for its attempts; how many were claimed."""
+    claimed = await service.deliver_due()
+    await service.drain()
+    assert service.in_flight == 0
+    return claimed
+
+
 async def test_the_webhook_service_delivers_retries_dead_letters_and_replays(
     stores: Stores,
 ) -> None:
     failed = Attempt(outcome=Outcome.HTTP_ERROR, latency_ms=3.0, status=500, address="203.0.113.9")
     delivered = Attempt(outcome=Outcome.DELIVERED, latency_ms=2.0, status=204)
     delivery = InMemoryDelivery([delivered, failed, failed, delivered])
-    events, clock = InMemoryWebhookEvents(), Clock()
-    service = WebhookService(
-        endpoints=stores.endpoints,
-        messages=stores.messages,
-        delivery=delivery,
-        events=events,
-        policy=AddressPolicy(),
+    clock = Clock()
+    service = _service(
+        stores,
+        delivery,
+        clock,
         retry=RetryPolicy(delays=(timedelta(0), timedelta(seconds=5)), jitter_ratio=0.0),
-        clock=clock,
     )
     endpoint, secret = await service.register(url=URL, event_types=["exporter.job.*"])
     assert await service.get(endpoint.id) == endpoint
+    (created,) = await _outbox(stores.db)
+    assert created.routing_key == "webhooks.endpoint.created"
+    assert created.envelope["data"]["endpoint_id"] == endpoint.id
+    assert created.xmin == await _xmin(stores.db, "endpoints", endpoint.id)
 
     # an event, redelivered by the bus, makes one message, delivered and signed
     assert await service.dispatch(event_id="e1", event_type="exporter.job.succeeded", body=BODY)
     assert not await service.dispatch(event_id="e1", event_type="exporter.job.succeeded", body=BODY)
     assert not await service.dispatch(event_id="e0", event_type="identity.user.created", body=BODY)
-    assert await service.deliver_due() == 1
-    assert await service.deliver_due() == 0
+    assert await _deliver(service) == 1
+    assert await _deliver(service) == 0
     posted = delivery.posts[0]
     assert posted.body == BODY
     signing.verify(headers=posted.headers, body=BODY, secret=secret, now=int(T0.timestamp()))
-    ((_, first_id, _),) = events.attempts
+    _, attempted = await _outbox(stores.db)
+    assert attempted.routing_key == "webhooks.delivery.attempted"
+    assert attempted.envelope["type"].endswith(".webhooks.delivery.attempted")
+    data = attempted.envelope["data"]
+    assert (data["endpoint_id"], data["event_id"], data["attempt"]) == (endpoint.id, "e1", 1)
+    assert (data["outcome"], data["status"], data["next_attempt_at"]) == ("delivered", 204, None)
+    first_id = data["message_id"]
     first = await stores.messages.get(first_id)
     assert first is not None
-    assert (first.state, first.attempts, first.last_attempt) == (
+    assert (first.state, first.attempts, first.last_attempt, first.leased_until) == (
         MessageState.DELIVERED,
         1,
         delivered,
+        None,
     )
+    assert data["webhook_id"] == first.message_id == posted.headers["webhook-id"]
+    # the event was committed with the message's state, in the same transaction
+    assert attempted.xmin == await _xmin(stores.db, "messages", first_id)
 
     # a second event fails, is retried 5 s later, fails again: a dead letter
     assert await service.dispatch(event_id="e2", event_type="exporter.job.failed", body=BODY)
-    assert await service.deliver_due() == 1
+    assert await _deliver(service) == 1
+    retry = (await _outbox(stores.db))[-1]
+    assert retry.routing_key == "webhooks.delivery.attempted"
+    assert retry.envelope["data"]["next_attempt_at"] is not None
+    assert retry.xmin == await _xmin(stores.db, "endpoints", endpoint.id)  # health, same commit
     clock.now = T0 + timedelta(seconds=4)
-    assert await service.deliver_due() == 0
+    assert await _deliver(service) == 0
     clock.now = T0 + timedelta(seconds=5)
-    assert await service.deliver_due() == 1
-    (dead,) = await service.dead_letters()
-    assert events.dead == [dead.id]
+    assert await _deliver(service) == 1
+    (dead,) = await service.dead_letters(endpoint.id)
     assert (dead.state, dead.attempts, dead.last_attempt) == (MessageState.DEAD, 2, failed)
-    assert await service.dead_letters(endpoint_id=endpoint.id) == [dead]
+    assert await service.dead_letters(endpoint.id, limit=1) == [dead]
+    last_two = (await _outbox(stores.db))[-2:]
+    assert [r.routing_key for r in last_two] == [
+        "webhooks.delivery.attempted",
+        "webhooks.delivery.dead_lettered",
+    ]
+    assert {r.envelope["data"]["message_id"] for r in last_two} == {dead.id}
+    assert {r.xmin for r in last_two} == {await _xmin(stores.db, "messages", dead.id)}
     health = await service.get(endpoint.id)
     assert (health.consecutive_failures, health.failing_since) == (2, T0)
+    with pytest.raises(ServiceError) as missing:
+        await service.dead_letters("ep_missing")
+    assert missing.value.code is ErrorCode.NOT_FOUND
 
     # replayed: delivered under the same webhook-id, and the endpoint is healthy again
-    replayed = await service.replay(dead.id)
+    with pytest.raises(ServiceError) as elsewhere:
+        await service.replay("ep_other", dead.id)
+    assert elsewhere.value.code is ErrorCode.NOT_FOUND
+    with pytest.raises(ServiceError) as alive:
+        await service.replay(endpoint.id, first_id)
+    assert alive.value.code is ErrorCode.CONFLICT
+    replayed = await service.replay(endpoint.id, dead.id)
     assert (replayed.state, replayed.attempts) == (MessageState.PENDING, 0)
-    assert await service.deliver_due() == 1
+    told = (await _outbox(stores.db))[-1]
+    assert told.routing_key == "webhooks.delivery.replayed"
+    assert told.xmin == await _xmin(stores.db, "messages", dead.id)
+    with pytest.raises(ServiceError) as twice:
+        await service.replay(endpoint.id, dead.id)
+    assert twice.value.code is ErrorCode.CONFLICT
+    assert await _deliver(service) == 1
     done = await stores.messages.get(dead.id)
     assert done is not None
     assert done.state is MessageState.DELIVERED
     assert {p.headers["webhook-id"] for p in delivery.posts[1:]} == {dead.message_id}
-    assert await service.dead_letters() == []
+    assert await service.dead_letters(endpoint.id) == []
     assert (await service.get(endpoint.id)).consecutive_failures == 0
 
     # a rotation kept in the store: both secrets sign during the overlap
     _, new = await service.rotate_secret(endpoint.id)
     assert await service.dispatch(event_id="e3", event_type="exporter.job.queued", body=BODY)
-    assert await service.deliver_due() == 1
+    assert await _deliver(service) == 1
     during = delivery.posts[-1].headers
     assert len(during["webhook-signature"].split()) == 2
     for key in (secret, new):
@@ -539,3 +936,134 @@ async def test_the_webhook_service_delivers_retries_dead_letters_and_replays(
     await service.delete(endpoint.id)
     assert await stores.db.fetchval(f"SELECT count(*) FROM {SCHEMA}.messages") == 0
     assert await service.list_endpoints() == []
+    keys = [r.routing_key for r in await _outbox(stores.db)]
+    assert keys == [
+        "webhooks.endpoint.created",
+        *["webhooks.delivery.attempted"] * 3,
+        "webhooks.delivery.dead_lettered",
+        "webhooks.delivery.replayed",
+        "webhooks.delivery.attempted",
+        "webhooks.endpoint.secret_rotated",
+        "webhooks.delivery.attempted",
+        "webhooks.endpoint.deleted",
+    ]
+
+
+class GatedDelivery(InMemoryDelivery):
+    """Delivers once the gate is open: attempts stay in flight until then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def post(
+        self, target: Target, *, headers: Mapping[str, str], body: bytes, timeout_seconds: float
+    ) -> Attempt:
+        self.waiting += 1
+        await self.gate.wait()
+        return await super().post(
+            target, headers=headers, body=body, timeout_seconds=timeout_seconds
+        )
+
+
+async def test_the_service_never_has_more_in_flight_than_an_endpoint_allows(
+    stores: Stores,
+) -> None:
+    delivery, clock = GatedDelivery(), Clock()
+    service = _service(stores, delivery, clock)
+    endpoint, _ = await service.register(url=URL, event_types=["exporter.job.*"], max_in_flight=2)
+    for n in range(5):
+        assert await service.dispatch(
+            event_id=f"f{n}", event_type="exporter.job.succeeded", body=BODY
+        )
+    assert await service.deliver_due() == 2
+    assert await service.deliver_due() == 0  # no free slot while both are in flight
+    for _ in range(50):
+        if delivery.waiting == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert delivery.waiting == 2
+    assert service.in_flight == 2
+    leased = await stores.db.fetchval(
+        f"SELECT count(*) FROM {SCHEMA}.messages WHERE leased_until IS NOT NULL"
+    )
+    assert leased == 2
+    delivery.gate.set()
+    await service.drain()
+    assert await _deliver(service) == 2
+    assert await _deliver(service) == 1
+    assert await _deliver(service) == 0
+    states = await stores.db.fetch(
+        f"SELECT state, count(*) AS n FROM {SCHEMA}.messages WHERE endpoint_id = $1 GROUP BY state",
+        endpoint.id,
+    )
+    assert {r["state"]: r["n"] for r in states} == {"delivered": 5}
+
+
+@pytest.mark.parametrize(
+    ("refused", "delays"),
+    [
+        ("webhooks.delivery.attempted", (timedelta(0), timedelta(seconds=5))),
+        # the second event of the same write: the first must not commit alone either
+        ("webhooks.delivery.dead_lettered", (timedelta(0),)),
+    ],
+)
+async def test_an_attempt_whose_events_cannot_be_stored_leaves_no_state_either(
+    stores: Stores,
+    caplog: pytest.LogCaptureFixture,
+    refused: str,
+    delays: tuple[timedelta, ...],
+) -> None:
+    failed = Attempt(outcome=Outcome.HTTP_ERROR, latency_ms=3.0, status=500)
+    delivery, clock = InMemoryDelivery([failed]), Clock()
+    lease = timedelta(seconds=30)
+    service = _service(
+        stores, delivery, clock, lease=lease, retry=RetryPolicy(delays=delays, jitter_ratio=0.0)
+    )
+    endpoint, _ = await service.register(url=URL, event_types=["exporter.job.*"])
+    assert await service.dispatch(event_id="x1", event_type="exporter.job.failed", body=BODY)
+    message = await stores.messages.get(
+        await stores.db.fetchval(f"SELECT id FROM {SCHEMA}.messages")
+    )
+    assert message is not None
+    before = await _outbox(stores.db)
+
+    # PostgreSQL itself refuses the outbox row: the unit of work's transaction fails
+    await stores.db.execute(
+        f"ALTER TABLE {SCHEMA}.outbox ADD CONSTRAINT refuse_in_test"
+        f" CHECK (routing_key <> '{refused}') NOT VALID"
+    )
+    try:
+        with caplog.at_level(logging.ERROR, logger="hypersdk_webhooks.core.service"):
+            assert await _deliver(service) == 1
+        assert len(delivery.posts) == 1  # the attempt was made
+        assert any(
+            "not attempted" in r.getMessage()
+            and r.exc_info is not None
+            and isinstance(r.exc_info[1], asyncpg.CheckViolationError)
+            for r in caplog.records
+        )
+        # neither the events nor the message's result nor the endpoint's health were written
+        assert await _outbox(stores.db) == before
+        stored = await stores.messages.get(message.id)
+        assert stored == replace(message, leased_until=T0 + lease)
+        assert await stores.endpoints.get(endpoint.id) == endpoint
+    finally:
+        await stores.db.execute(f"ALTER TABLE {SCHEMA}.outbox DROP CONSTRAINT refuse_in_test")
+
+    # the claim lapses and the message is attempted again, this time with its events
+    clock.now = T0 + lease - timedelta(microseconds=1)
+    assert await _deliver(service) == 0
+    clock.now = T0 + lease
+    assert await _deliver(service) == 1
+    stored = await stores.messages.get(message.id)
+    assert stored is not None
+    assert (stored.attempts, stored.last_attempt, stored.leased_until) == (1, failed, None)
+    assert stored.state is (MessageState.DEAD if len(delays) == 1 else MessageState.PENDING)
+    written = (await _outbox(stores.db))[len(before) :]
+    assert refused in [r.routing_key for r in written]
+    assert {r.xmin for r in written} == {await _xmin(stores.db, "messages", message.id)}
+    health = await stores.endpoints.get(endpoint.id)
+    assert health is not None
+    assert (health.consecutive_failures, health.failing_since) == (1, T0 + lease)

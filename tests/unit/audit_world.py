@@ -12,10 +12,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hypersdk_audit.adapters.outbound.memory import InMemoryAuditLog
-from hypersdk_audit.core.attribution import Attribution
 from hypersdk_audit.core.service import AuditService
 from hypersdk_contracts.catalogue import SERVICES
 from hypersdk_contracts.envelope import CloudEvent
+from hypersdk_kit.attribution import Attribution
 from hypersdk_kit.bus import Received
 from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 

@@ -55,6 +55,7 @@ from hypersdk_identity.adapters.inbound import rpc as identity_rpc
 from hypersdk_kit import bus as kit_bus
 from hypersdk_policy.adapters.inbound import rpc as policy_rpc
 from hypersdk_secrets.adapters.inbound import rpc as secrets_rpc
+from hypersdk_webhooks.adapters.inbound import bus as webhooks_bus
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = REPO / "tests" / "data" / "asyncapi-3.0.0.schema.json"
@@ -452,7 +453,7 @@ def _registered_answers(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[type
         result = get_type_hints(answer)["return"]
         found[str(queue)] = (model, None if result is type(None) else result)
 
-    for module in (identity_rpc, policy_rpc, secrets_rpc, exporter_bus, audit_bus):
+    for module in (identity_rpc, policy_rpc, secrets_rpc, exporter_bus, audit_bus, webhooks_bus):
         monkeypatch.setattr(module, "serve_rpc", record)
     unused: Any = object()  # registering only keeps what it is given, for its answers
     identity_rpc.register_rpc(unused, unused, signer=unused, guard=unused, api_keys=unused)
@@ -462,6 +463,7 @@ def _registered_answers(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[type
     audit_bus.register_consumers(
         unused, unused, prefetch=1, batch_size=1, batch_wait_seconds=0.01, guard=unused
     )
+    webhooks_bus.register_rpc(unused, unused, unused)
     return found
 
 

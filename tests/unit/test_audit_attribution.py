@@ -16,7 +16,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hypersdk_audit.adapters.outbound.memory import InMemoryAuditLog
-from hypersdk_audit.core.attribution import Attribution, NotGenuineError
 from hypersdk_audit.core.quarantine import REDACTED, quarantine_record
 from hypersdk_contracts.catalogue import EMITTERS, emitter_of, source_of
 from hypersdk_contracts.envelope import CloudEvent, RequestContext, new_event
@@ -29,6 +28,7 @@ from hypersdk_contracts.events import (
     SessionCreated,
     UserCreated,
 )
+from hypersdk_kit.attribution import Attribution, NotGenuineError
 from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 
 from .audit_world import (

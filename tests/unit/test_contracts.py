@@ -278,7 +278,7 @@ def test_event_catalogue_has_nothing_but_routing_keys() -> None:
 @pytest.mark.parametrize("routing_key", list(RoutingKey))
 def test_routing_keys_are_service_entity_verb(routing_key: RoutingKey) -> None:
     service, entity, verb = routing_key.value.split(".")
-    assert service in {"gateway", "identity", "policy", "secrets", "exporter", "audit"}
+    assert service in {"gateway", "identity", "policy", "secrets", "exporter", "audit", "webhooks"}
     assert entity
     assert verb.endswith(("ed", "en")) or verb in {"read"}  # past tense: created, written, read
 

@@ -35,6 +35,7 @@ from hypersdk_identity.config import IdentitySettings
 from hypersdk_kit.bus import durable_queue
 from hypersdk_policy.config import PolicySettings
 from hypersdk_secrets.config import SecretsSettings
+from hypersdk_webhooks.config import WebhooksSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "hypersdk"
@@ -46,8 +47,8 @@ DEVSTACK = REPO / "tools" / "devstack.py"
 
 RELEASE = "hypersdk"
 NAMESPACE = "hypersdk"
-SERVICES = ("gateway", "identity", "policy", "secrets", "exporter", "audit")
-DATABASE_SERVICES = ("identity", "policy", "exporter", "audit")
+SERVICES = ("gateway", "identity", "policy", "secrets", "exporter", "audit", "webhooks")
+DATABASE_SERVICES = ("identity", "policy", "exporter", "audit", "webhooks")
 UID = 10001
 GATEWAY_PORT = 8080
 HEALTH_PORT = 8081
@@ -55,7 +56,7 @@ HEALTH_PORT = 8081
 KUBE_VERSIONS = ("1.25", kv_utils.latest_version())
 COMPONENT = "app.kubernetes.io/component"
 # The services that may log in to Vault (decisions 0045, 0046); the gateway never does.
-VAULT_CLIENTS = ("identity", "policy", "secrets", "exporter", "audit")
+VAULT_CLIENTS = ("identity", "policy", "secrets", "exporter", "audit", "webhooks")
 VAULT_DIR = "/var/run/secrets/hypersdk/vault"
 NO_TRANSIT = {"vault": {"transit": {"enabled": False}}}
 ADMIN_SECRET = "pg-admin"
@@ -70,7 +71,11 @@ SETTINGS: dict[str, type[BaseModel]] = {
     "secrets": SecretsSettings,
     "exporter": ExporterSettings,
     "audit": AuditSettings,
+    "webhooks": WebhooksSettings,
 }
+# Where the webhooks service's Fernet sealing keys are mounted (services.webhooks).
+SEALING_DIR = "/var/run/secrets/hypersdk/sealing"
+SEALING_SECRET = "hypersdk-webhooks-sealing-key"
 
 
 # ---- rendering helpers ------------------------------------------------------------------------
@@ -228,12 +233,13 @@ def test_render_has_the_expected_objects(objects: list[dict[str, Any]]) -> None:
     for o in objects:
         kinds[o["kind"]] = kinds.get(o["kind"], 0) + 1
     assert kinds == {
-        "Deployment": 6,
-        "Service": 6,
-        "ServiceAccount": 7,  # one per service + the migration hook's
-        "NetworkPolicy": 6,
+        "Deployment": len(SERVICES),
+        "Service": len(SERVICES),
+        "ServiceAccount": len(SERVICES) + 1,  # one per service + the migration hook's
+        # default deny, DNS, gateway, RabbitMQ, PostgreSQL, Vault, webhooks deliveries
+        "NetworkPolicy": 7,
         "PersistentVolumeClaim": 1,
-        "Job": 4,
+        "Job": len(DATABASE_SERVICES),
     }
     for o in objects:
         assert o["metadata"]["namespace"] == NAMESPACE, o["metadata"]["name"]
@@ -300,6 +306,13 @@ def test_schema_validation_catches_an_invalid_manifest() -> None:
         ({"vault": {"caSecret": "Not A Name"}}, "caSecret"),
         ({"vault": {"transit": {"enabled": "yes"}}}, "enabled"),
         ({"vault": {"transit": {"policyKey": ""}}}, "policyKey"),
+        ({"services": {"webhooks": {"sealingKeySecret": ""}}}, "sealingKeySecret"),
+        ({"services": {"webhooks": {"retiredSealingKeys": ["sealing-key"]}}}, "retiredSeal"),
+        ({"services": {"webhooks": {"retiredSealingKeys": ["../x"]}}}, "retiredSealingKeys"),
+        ({"services": {"webhooks": {"allowedNetworks": ["intranet"]}}}, "allowedNetworks"),
+        ({"services": {"webhooks": {"publishers": {"hypersdk-x": "x"}}}}, "publishers"),
+        ({"services": {"audit": {"publishers": {"hypersdk-x": "x"}}}}, "publishers"),
+        ({"services": {"webhooks": {"sealingKeyMountPath": "keys"}}}, "sealingKeyMountPath"),
     ],
 )
 def test_values_schema_rejects_insecure_or_broken_values(
@@ -336,7 +349,7 @@ def _assert_hardened_pod(spec: dict[str, Any], where: str) -> None:
             assert {"cpu", "memory"} <= set(container["resources"][kind]), f"{where} {kind}"
 
 
-def test_six_deployments_are_hardened(objects: list[dict[str, Any]]) -> None:
+def test_every_deployment_is_hardened(objects: list[dict[str, Any]]) -> None:
     service_accounts = of_kind(objects, "ServiceAccount")
     images = set()
     for service in SERVICES:
@@ -354,15 +367,12 @@ def test_six_deployments_are_hardened(objects: list[dict[str, Any]]) -> None:
         assert selector[COMPONENT] == service
         assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     assert images == {"hypersdk:0.1.0"}, "one image for every service"
-    assert (
-        len(
-            {
-                deployment_of(objects, s)["spec"]["template"]["spec"]["serviceAccountName"]
-                for s in SERVICES
-            }
-        )
-        == 6
-    )
+    assert len(
+        {
+            deployment_of(objects, s)["spec"]["template"]["spec"]["serviceAccountName"]
+            for s in SERVICES
+        }
+    ) == len(SERVICES)
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -384,6 +394,7 @@ SIGNING_KEYS = {
     "secrets": SEALS,
     "exporter": SEALS,
     "audit": SEALS,
+    "webhooks": SEALS,
     "gateway": {"SIGNING_KEY_FILE": "gateway.key"},
 }
 # Without transit (vault.transit.enabled=false): every key a file, as before decision 0046.
@@ -405,6 +416,7 @@ SIGNING_KEY_FILES = {
         "CHECKPOINT_KEY_FILE": "audit.key",
         **SEALS,
     },
+    "webhooks": {"POLICY_PUBLIC_KEY_FILE": "policy.pub", **SEALS},
     "gateway": {"SIGNING_KEY_FILE": "gateway.key"},
 }
 # The transit keys each service names, and through which variable (with transit).
@@ -417,6 +429,7 @@ TRANSIT_KEYS = {
         "POLICY_TRANSIT_KEY": "hypersdk-policy",
         "CHECKPOINT_TRANSIT_KEY": "hypersdk-audit",
     },
+    "webhooks": {"POLICY_TRANSIT_KEY": "hypersdk-policy"},
     "gateway": {},
 }
 
@@ -445,9 +458,14 @@ def test_each_service_mounts_only_the_signing_keys_it_needs(
         value = env[f"HYPERSDK_{service.upper()}_{variable}"]["value"]
         assert value == f"{mount['mountPath']}/{file_name}"
     key_files = {
-        n.removeprefix(f"HYPERSDK_{service.upper()}_") for n in env if n.endswith("KEY_FILE")
+        n.removeprefix(f"HYPERSDK_{service.upper()}_")
+        for n, e in env.items()
+        if n.endswith("KEY_FILE") and Path(e["value"]).parent == Path(mount["mountPath"])
     }
-    assert key_files == set(wanted), "no variable names a key file that is not mounted"
+    assert key_files == set(wanted), "no variable names a signing key that is not mounted"
+    for name, entry in env.items():  # any other key file (webhooks' sealing key) is mounted too
+        if name.endswith("KEY_FILE"):
+            assert mounted_file(spec, container, entry["value"]), name
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -526,6 +544,15 @@ def test_environment_contract(objects: list[dict[str, Any]], service: str) -> No
     assert {n.removeprefix(prefix).lower() for n in env} <= fields, sorted(env)
     if service in VAULT_CLIENTS:
         assert env[prefix + "VAULT_ADDR"]["value"] == "https://vault.vault.svc:8200"
+    if service == "webhooks":
+        sealing = env["HYPERSDK_WEBHOOKS_SEALING_KEY_FILE"]["value"]
+        assert sealing == f"{SEALING_DIR}/sealing-key"
+        assert mounted_file(spec, container, sealing) == {
+            "secret": SEALING_SECRET, "key": "sealing-key", "mode": 0o440,
+        }  # fmt: skip
+        assert "HYPERSDK_WEBHOOKS_RETIRED_SEALING_KEY_FILES" not in env, "none by default"
+        for name in ("ALLOWED_NETWORKS", "ALLOWED_HOSTS", "NAMESERVERS"):
+            assert json.loads(env[f"HYPERSDK_WEBHOOKS_{name}"]["value"]) == [], name
     if service == "exporter":
         assert env["HYPERSDK_EXPORTER_JOB_CONCURRENCY"]["value"] == "1"
         assert env["HYPERSDK_EXPORTER_STALE_JOB_SECONDS"]["value"] == "60"
@@ -632,6 +659,10 @@ def test_secrets_may_log_in_with_a_token_instead_of_its_approle() -> None:
             {"services": {"exporter": {"vault": {"approleSecret": ""}}}},
             "services.exporter.vault.approleSecret is required",
         ),
+        (
+            {"services": {"webhooks": {"vault": {"approleSecret": ""}}}},
+            "services.webhooks.vault.approleSecret is required",
+        ),
     ],
 )
 def test_a_service_that_logs_in_needs_exactly_one_login(
@@ -642,12 +673,10 @@ def test_a_service_that_logs_in_needs_exactly_one_login(
 
 
 def test_without_transit_only_secrets_needs_an_approle() -> None:
-    no_approles = {
-        service: {"vault": {"approleSecret": ""}}
-        for service in ("identity", "policy", "exporter", "audit")
-    }
+    transit_clients = [s for s in VAULT_CLIENTS if s != "secrets"]
+    no_approles = {service: {"vault": {"approleSecret": ""}} for service in transit_clients}
     objects = documents(render(NO_TRANSIT | {"services": no_approles}))
-    for service in ("identity", "policy", "exporter", "audit"):
+    for service in transit_clients:
         _, container = pod_of(objects, service)
         assert not [n for n in container_env(container) if "VAULT" in n], service
 
@@ -699,13 +728,16 @@ def test_readme_gives_the_vault_side_of_devstack(chart_values: dict[str, Any]) -
         "policy": transit["policyKey"],
         "audit": transit["auditKey"],
     } == stack.TRANSIT_KEYS
-    assert set(stack.VAULT_POLICIES) == set(VAULT_CLIENTS)
+    # Webhooks only reads policy's public key, as the exporter does; until `make up` runs it,
+    # devstack has no policy of its own for it.
+    policies = {"webhooks": stack.VAULT_POLICIES["exporter"]} | stack.VAULT_POLICIES
+    assert set(policies) == set(VAULT_CLIENTS)
     readme = (CHART / "README.md").read_text()
     blocks = {
         "\n".join(line.strip() for line in block.strip().splitlines())
         for block in re.findall(r"```hcl\n(.*?)```", readme, re.DOTALL)
     }
-    for service, policy in stack.VAULT_POLICIES.items():
+    for service, policy in policies.items():
         assert policy.strip() in blocks, service
         assert f"`hypersdk-{service}`" in readme, service
     for key in stack.TRANSIT_KEYS.values():
@@ -716,12 +748,15 @@ def test_readme_gives_the_vault_side_of_devstack(chart_values: dict[str, Any]) -
     assert f"{REFRESH_SECONDS:g} s" in readme
 
 
-def test_audit_attributes_each_login_of_the_definitions_to_its_service(
-    objects: list[dict[str, Any]],
+@pytest.mark.parametrize("service", ["audit", "webhooks"])
+def test_each_login_of_the_definitions_is_attributed_to_its_service(
+    objects: list[dict[str, Any]], service: str
 ) -> None:
+    """Audit and webhooks trust an event's publisher by its broker-validated login."""
     definitions = json.loads(RABBITMQ_DEFINITIONS.read_text())
-    (container,) = deployment_of(objects, "audit")["spec"]["template"]["spec"]["containers"]
-    publishers = json.loads(container_env(container)["HYPERSDK_AUDIT_PUBLISHERS"]["value"])
+    (container,) = deployment_of(objects, service)["spec"]["template"]["spec"]["containers"]
+    variable = f"HYPERSDK_{service.upper()}_PUBLISHERS"
+    publishers = json.loads(container_env(container)[variable]["value"])
     assert publishers == {
         user["name"]: user["name"].removeprefix("hypersdk-") for user in definitions["users"]
     }
@@ -818,6 +853,11 @@ def test_migrations_run_as_pre_install_hook_jobs(objects: list[dict[str, Any]]) 
     assert len(hook_accounts) == 1
     account = hook_accounts[0]
     account_weight = int(account["metadata"]["annotations"]["helm.sh/hook-weight"])
+    weights = [
+        int(jobs[f"hypersdk-{s}-migrate"]["metadata"]["annotations"]["helm.sh/hook-weight"])
+        for s in DATABASE_SERVICES
+    ]
+    assert weights == sorted(set(weights)), "one after the other, in DATABASE_SERVICES order"
     for service in DATABASE_SERVICES:
         job = jobs[f"hypersdk-{service}-migrate"]
         annotations = job["metadata"]["annotations"]
@@ -855,26 +895,29 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return True
 
 
+ANY_PORT = "any port"
+
+
+def _ports(rules: list[dict[str, Any]]) -> set[int | str]:
+    """The ports some rule allows; ANY_PORT for a rule that names none (every port)."""
+    found: set[int | str] = set()
+    for rule in rules:
+        if "ports" not in rule:
+            found.add(ANY_PORT)
+        found.update(port["port"] for port in rule.get("ports", []))
+    return found
+
+
 def _reachability(
     policies: list[dict[str, Any]], labels: dict[str, str]
-) -> tuple[bool, set[int], set[int]]:
+) -> tuple[bool, set[int | str], set[int | str]]:
     """(isolated both ways, allowed ingress ports, allowed egress ports) of a pod."""
     selecting = [p["spec"] for p in policies if _selects(p["spec"]["podSelector"], labels)]
     isolated = all(
         any(t in s.get("policyTypes", []) for s in selecting) for t in ("Ingress", "Egress")
     )
-    ingress = {
-        port["port"]
-        for s in selecting
-        for rule in s.get("ingress", [])
-        for port in rule.get("ports", [])
-    }
-    egress = {
-        port["port"]
-        for s in selecting
-        for rule in s.get("egress", [])
-        for port in rule.get("ports", [])
-    }
+    ingress = _ports([rule for s in selecting for rule in s.get("ingress", [])])
+    egress = _ports([rule for s in selecting for rule in s.get("egress", [])])
     return isolated, ingress, egress
 
 
@@ -890,6 +933,8 @@ EXPECTED_EGRESS = {  # with transit, every service but the gateway logs in to Va
     "secrets": {53, 5672, 5671, 8200},
     "exporter": {53, 5672, 5671, 5432, 8200},
     "audit": {53, 5672, 5671, 5432, 8200},
+    # and its deliveries: any port, to the addresses of test_webhooks_deliver_to_the_internet_only
+    "webhooks": {53, 5672, 5671, 5432, 8200, ANY_PORT},
 }
 
 
@@ -937,14 +982,186 @@ def test_network_policy_peers_are_configurable() -> None:
     )
     policies = of_kind(objects, "NetworkPolicy")
     assert policies["hypersdk-allow-rabbitmq"]["spec"]["egress"][0]["to"] == peers
-    _, ingress, _ = _reachability(
-        list(policies.values()), _pod_labels(deployment_of(objects, "audit"))
-    )
-    assert ingress == {HEALTH_PORT}
+    for service in SERVICES[1:]:
+        _, ingress, _ = _reachability(
+            list(policies.values()), _pod_labels(deployment_of(objects, service))
+        )
+        assert ingress == {HEALTH_PORT}, service
     _, ingress, _ = _reachability(
         list(policies.values()), _pod_labels(deployment_of(objects, "gateway"))
     )
     assert ingress == {GATEWAY_PORT}
+
+
+# ---- webhooks ---------------------------------------------------------------------------------
+
+# The internet, never the cluster's or other private ranges (the service checks addresses too).
+INTERNET: list[dict[str, Any]] = [
+    {
+        "ipBlock": {
+            "cidr": "0.0.0.0/0",
+            "except": [
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "169.254.0.0/16",
+                "100.64.0.0/10",
+                "127.0.0.0/8",
+            ],
+        }
+    },
+    {"ipBlock": {"cidr": "::/0", "except": ["fc00::/7", "fe80::/10", "::1/128"]}},
+]
+WEBHOOKS_VALUES: dict[str, Any] = {
+    "services": {
+        "webhooks": {
+            "retiredSealingKeys": ["sealing-key-1", "sealing-key-0"],
+            "allowedNetworks": ["10.20.0.0/16", "fd00:20::/64"],
+            "allowedHosts": ["receiver.internal.example"],
+            "nameservers": ["10.0.0.10", "[fd00::53]:5353"],
+        }
+    }
+}
+
+
+def webhooks_settings(
+    container: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> WebhooksSettings:
+    """The webhooks settings its container's environment gives (Secret refs as placeholders)."""
+    placeholders = {
+        "HYPERSDK_WEBHOOKS_AMQP_URL": "amqp://hypersdk-webhooks@mq/hypersdk",
+        "HYPERSDK_WEBHOOKS_DATABASE_URL": "postgresql://hypersdk_webhooks@db/hypersdk",
+        "HYPERSDK_WEBHOOKS_MIGRATION_DATABASE_URL": "postgresql://admin@db/hypersdk",
+    }
+    for name, entry in container_env(container).items():
+        monkeypatch.setenv(name, entry["value"] if "value" in entry else placeholders[name])
+    return WebhooksSettings()  # every field from the environment
+
+
+def delivery_policy(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one NetworkPolicy with an egress rule open on every port: the webhooks deliveries."""
+    (found,) = [
+        p
+        for p in of_kind(objects, "NetworkPolicy").values()
+        if any("ports" not in rule for rule in p["spec"].get("egress", []))
+    ]
+    return found
+
+
+def test_webhooks_deployment_and_migrate_job(
+    objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hypersdk_webhooks.cli import CLI
+
+    assert CLI.schema == "webhooks", "the chart runs `migrate`: the CLI has it"
+    deployment = deployment_of(objects, "webhooks")
+    assert deployment["metadata"]["name"] == "hypersdk-webhooks"
+    assert deployment["spec"]["replicas"] == 2, "SKIP LOCKED leases: replicas side by side"
+    spec, container = pod_of(objects, "webhooks")
+    assert spec["terminationGracePeriodSeconds"] == 40, "an attempt lasts at most 30 s"
+    _, audit = pod_of(objects, "audit")
+    assert container["resources"] == audit["resources"]
+    assert secrets_used(spec) == {
+        "hypersdk-webhooks",
+        "hypersdk-signing-keys",
+        "hypersdk-webhooks-vault-approle",
+        SEALING_SECRET,
+    }
+    settings = webhooks_settings(container, monkeypatch)
+    assert settings.sealing_key_file == Path(SEALING_DIR) / "sealing-key"
+    assert settings.policy_transit_key == "hypersdk-policy"
+    assert settings.publishers["hypersdk-webhooks"] == "webhooks"
+    assert (settings.allowed_networks, settings.allowed_hosts, settings.nameservers) == ([], [], [])
+
+    job = of_kind(objects, "Job")["hypersdk-webhooks-migrate"]
+    (migrate,) = job["spec"]["template"]["spec"]["containers"]
+    assert migrate["command"] == ["python", "-m", "hypersdk_webhooks", "migrate"]
+    env = container_env(migrate)
+    assert env["HYPERSDK_WEBHOOKS_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "hypersdk-webhooks", "key": "database-url",
+    }  # fmt: skip
+    assert "HYPERSDK_WEBHOOKS_MIGRATION_DATABASE_URL" in env
+    assert not [n for n in env if "VAULT" in n]
+    for name, entry in container_env(container).items():  # the service's own environment
+        if "VAULT" not in name:
+            assert env[name] == entry, name
+    monkeypatch.delenv("HYPERSDK_WEBHOOKS_VAULT_ADDR")
+    monkeypatch.delenv("HYPERSDK_WEBHOOKS_VAULT_ROLE_ID_FILE")
+    monkeypatch.delenv("HYPERSDK_WEBHOOKS_VAULT_SECRET_ID_FILE")
+    assert webhooks_settings(migrate, monkeypatch).migration_database_url is not None
+
+
+def test_webhooks_deliver_to_the_internet_only(objects: list[dict[str, Any]]) -> None:
+    """Any port of any public address; no private range; only the webhooks pods."""
+    policy = delivery_policy(objects)
+    assert policy["metadata"]["name"] == "hypersdk-allow-webhooks"
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    assert "ingress" not in policy["spec"]
+    assert policy["spec"]["egress"] == [{"to": INTERNET}]
+    selector = policy["spec"]["podSelector"]
+    for service in SERVICES:
+        labels = _pod_labels(deployment_of(objects, service))
+        assert _selects(selector, labels) is (service == "webhooks"), service
+    for job in of_kind(objects, "Job").values():
+        assert not _selects(selector, _pod_labels(job)), job["metadata"]["name"]
+
+
+def test_webhooks_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    objects = documents(render(WEBHOOKS_VALUES))
+    for o in objects:
+        kubernetes_validate.validate(o, KUBE_VERSIONS[-1], strict=True)
+    spec, container = pod_of(objects, "webhooks")
+    env = container_env(container)
+    retired = json.loads(env["HYPERSDK_WEBHOOKS_RETIRED_SEALING_KEY_FILES"]["value"])
+    assert retired == [f"{SEALING_DIR}/sealing-key-1", f"{SEALING_DIR}/sealing-key-0"]
+    for path, key in zip(retired, ("sealing-key-1", "sealing-key-0"), strict=True):
+        assert mounted_file(spec, container, path) == {
+            "secret": SEALING_SECRET, "key": key, "mode": 0o440,
+        }  # fmt: skip
+    settings = webhooks_settings(container, monkeypatch)
+    assert settings.retired_sealing_key_files == [Path(p) for p in retired]
+    assert settings.allowed_networks == ["10.20.0.0/16", "fd00:20::/64"]
+    assert settings.allowed_hosts == ["receiver.internal.example"]
+    assert settings.nameservers == ["10.0.0.10", "[fd00::53]:5353"]
+    # the allowed networks are opened in the NetworkPolicy too
+    assert delivery_policy(objects)["spec"]["egress"] == [
+        {
+            "to": [
+                *INTERNET,
+                {"ipBlock": {"cidr": "10.20.0.0/16"}},
+                {"ipBlock": {"cidr": "fd00:20::/64"}},
+            ]
+        }
+    ]
+    notes = next(text for path, text in render(WEBHOOKS_VALUES).items() if "NOTES" in path)
+    assert f"{SEALING_SECRET}: sealing-key, sealing-key-1, sealing-key-0" in notes
+
+
+def test_webhooks_sealing_keys_without_transit(
+    objects_without_transit: list[dict[str, Any]],
+) -> None:
+    spec, container = pod_of(objects_without_transit, "webhooks")
+    env = container_env(container)
+    assert mounted_file(spec, container, env["HYPERSDK_WEBHOOKS_SEALING_KEY_FILE"]["value"]) == {
+        "secret": SEALING_SECRET, "key": "sealing-key", "mode": 0o440,
+    }  # fmt: skip
+    assert env["HYPERSDK_WEBHOOKS_POLICY_PUBLIC_KEY_FILE"]["value"].endswith("/policy.pub")
+
+
+def test_readme_documents_webhooks() -> None:
+    readme = (CHART / "README.md").read_text()
+    for text in (
+        "python -m hypersdk_webhooks",
+        "services.webhooks.sealingKeySecret",
+        "retiredSealingKeys",
+        "HYPERSDK_WEBHOOKS_SEALING_KEY_FILE",
+        "HYPERSDK_WEBHOOKS_RETIRED_SEALING_KEY_FILES",
+        "HYPERSDK_WEBHOOKS_ALLOWED_NETWORKS",
+        "hypersdk-webhooks-vault-approle",
+        *(block["ipBlock"]["cidr"] for block in INTERNET),
+        *(cidr for block in INTERNET for cidr in block["ipBlock"]["except"]),
+    ):
+        assert text in readme, text
 
 
 # ---- audit retention (decision 0048) ------------------------------------------------------------
@@ -1003,7 +1220,7 @@ def test_retention_renders_a_cronjob_of_its_own(
     assert "retain" in CLI.extras, "the chart runs a command the audit CLI has"
     kinds = [o["kind"] for o in retention_objects]
     assert kinds.count("CronJob") == 1
-    assert kinds.count("ServiceAccount") == 8  # + the retention job's own
+    assert kinds.count("ServiceAccount") == len(SERVICES) + 2  # + the retention job's own
     assert len(retention_objects) == len(documents(rendered)) + 2
     cronjob, spec = retention_job(retention_objects)
     assert cronjob["metadata"]["name"] == "hypersdk-audit-retention"
@@ -1674,6 +1891,7 @@ def test_rabbitmq_topology(definitions: dict[str, Any]) -> None:
         names.AUDIT_EVENTS_QUEUE,
         names.EXPORT_JOBS_QUEUE,
         names.POLICY_USER_DELETIONS_QUEUE,
+        names.WEBHOOKS_EVENTS_QUEUE,
     ):
         assert queues[queue]["durable"]
         # Exactly what the services declare, or RabbitMQ answers PRECONDITION_FAILED.
@@ -1686,11 +1904,10 @@ def test_rabbitmq_topology(definitions: dict[str, Any]) -> None:
             "destination": dlq,
             "routing_key": queue,
         }.items() <= next(b for b in definitions["bindings"] if b["destination"] == dlq).items()
-    (audit_binding,) = [
-        b for b in definitions["bindings"] if b["destination"] == names.AUDIT_EVENTS_QUEUE
-    ]
-    assert audit_binding["source"] == names.EVENTS_EXCHANGE
-    assert audit_binding["routing_key"] == "#"
+    for whole_stream in (names.AUDIT_EVENTS_QUEUE, names.WEBHOOKS_EVENTS_QUEUE):
+        (binding,) = [b for b in definitions["bindings"] if b["destination"] == whole_stream]
+        assert binding["source"] == names.EVENTS_EXCHANGE
+        assert binding["routing_key"] == "#"
     (deletions,) = [
         b for b in definitions["bindings"] if b["destination"] == names.POLICY_USER_DELETIONS_QUEUE
     ]
@@ -1729,6 +1946,7 @@ def test_rabbitmq_queues_and_exchanges_are_not_shared(definitions: dict[str, Any
         names.AUDIT_EVENTS_QUEUE: "audit",
         names.EXPORT_JOBS_QUEUE: "exporter",
         names.POLICY_USER_DELETIONS_QUEUE: "policy",
+        names.WEBHOOKS_EVENTS_QUEUE: "webhooks",
     }
     for service in SERVICES:
         perms = _permissions(definitions, service)
@@ -1739,12 +1957,12 @@ def test_rabbitmq_queues_and_exchanges_are_not_shared(definitions: dict[str, Any
             dlq = names.dead_letter_queue(queue)
             for kind in ("configure", "read", "write"):
                 assert not rabbit_allows(perms[kind], dlq), (service, kind, dlq)
-        # Only audit binds to the whole event stream; the gateway only to revocations, policy
-        # only to user deletions.
-        binds = service in ("audit", "gateway", "policy")
+        # Only audit and webhooks bind to the whole event stream; the gateway only to
+        # revocations, policy only to user deletions.
+        binds = service in ("audit", "webhooks", "gateway", "policy")
         assert rabbit_allows(perms["read"], names.EVENTS_EXCHANGE) is binds
         topic_read = _topic(definitions, service)["read"]
-        assert rabbit_allows(topic_read, "#") is (service == "audit")
+        assert rabbit_allows(topic_read, "#") is (service in ("audit", "webhooks"))
         assert not rabbit_allows(topic_read, "identity.#")
 
 

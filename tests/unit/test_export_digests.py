@@ -235,7 +235,7 @@ def _state(pid: int) -> str:
     """The process's state letter; "gone" once the loop has reaped it."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: read while it was being reaped
         return "gone"
 
 

@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from hypersdk_contracts.errors import ErrorCode, ServiceError
+from hypersdk_kit.memory import InMemoryUnitOfWork
 from hypersdk_webhooks.adapters.outbound.memory import (
     InMemoryEndpointStore,
     InMemoryMessageStore,
-    InMemoryWebhookEvents,
 )
 from hypersdk_webhooks.core import signing
 from hypersdk_webhooks.core.models import Attempt, EndpointStatus, MessageState, Outcome
@@ -83,8 +83,18 @@ class Rig:
     endpoints: InMemoryEndpointStore
     messages: InMemoryMessageStore
     delivery: ScriptedDelivery
-    events: InMemoryWebhookEvents
+    uow: InMemoryUnitOfWork
     clock: Clock
+
+    def data_of(self, routing_key: str) -> list[dict[str, object]]:
+        """The payloads of the events committed under ``routing_key``, in order."""
+        return [e.data for e in self.uow.events if e.routing_key == routing_key]
+
+    async def deliver(self) -> int:
+        """Claim what is due, and wait for those attempts."""
+        claimed = await self.service.deliver_due()
+        await self.service.drain()
+        return claimed
 
 
 def _rig(
@@ -95,20 +105,20 @@ def _rig(
 ) -> Rig:
     endpoints, messages = InMemoryEndpointStore(), InMemoryMessageStore()
     endpoints.messages = messages
-    events, clock = InMemoryWebhookEvents(), Clock()
+    uow, clock = InMemoryUnitOfWork(service="webhooks", stores=(messages,)), Clock()
     delivery = delivery or ScriptedDelivery()
     service = WebhookService(
         endpoints=endpoints,
         messages=messages,
         delivery=delivery,
-        events=events,
+        uow=uow,
         policy=AddressPolicy(),
         retry=retry or RetryPolicy(jitter_ratio=0.0),
         disable=disable,
         clock=clock,
         rng=random.Random(7),
     )
-    return Rig(service, endpoints, messages, delivery, events, clock)
+    return Rig(service, endpoints, messages, delivery, uow, clock)
 
 
 async def test_a_registered_endpoint_gets_its_secret_once_and_never_shows_it() -> None:
@@ -165,7 +175,7 @@ async def test_a_delivery_is_signed_with_the_endpoints_secret() -> None:
     rig = _rig()
     _, secret = await rig.service.register(url=URL, event_types=["#"])
     await rig.service.dispatch(event_id="e3", event_type="exporter.job.succeeded", body=BODY)
-    assert await rig.service.deliver_due() == 1
+    assert await rig.deliver() == 1
     (posted,) = rig.delivery.posts
     assert posted.body == BODY
     assert posted.headers["content-type"] == "application/cloudevents+json"
@@ -175,8 +185,14 @@ async def test_a_delivery_is_signed_with_the_endpoints_secret() -> None:
     (message,) = rig.messages.messages.values()
     assert message.state is MessageState.DELIVERED
     assert posted.headers["webhook-id"] == message.message_id
-    assert [a.outcome for _, _, a in rig.events.attempts] == [Outcome.DELIVERED]
-    assert await rig.service.deliver_due() == 0  # nothing left
+    (attempted,) = rig.data_of("webhooks.delivery.attempted")
+    assert (attempted["outcome"], attempted["attempt"], attempted["status"]) == (
+        "delivered",
+        1,
+        200,
+    )
+    assert attempted["webhook_id"] == message.message_id
+    assert await rig.deliver() == 0  # nothing left
 
 
 async def test_failures_follow_the_schedule_to_a_dead_letter_and_a_replay_delivers() -> None:
@@ -184,12 +200,12 @@ async def test_failures_follow_the_schedule_to_a_dead_letter_and_a_replay_delive
         delays=(timedelta(0), timedelta(seconds=5), timedelta(seconds=30)), jitter_ratio=0.0
     )
     rig = _rig(delivery=ScriptedDelivery(default=Outcome.HTTP_ERROR), retry=retry)
-    await rig.service.register(url=URL, event_types=["#"])
+    dead_endpoint, _ = await rig.service.register(url=URL, event_types=["#"])
     await rig.service.dispatch(event_id="e4", event_type="exporter.job.failed", body=BODY)
     seen: list[tuple[int, MessageState]] = []
     for step in (timedelta(0), timedelta(seconds=4), timedelta(seconds=1), timedelta(seconds=30)):
         rig.clock.advance(step)
-        attempted = await rig.service.deliver_due()
+        attempted = await rig.deliver()
         (message,) = rig.messages.messages.values()
         seen.append((attempted, message.state))
     # at once, nothing before its 5 s, then at 5 s; the third failure is the last of the schedule
@@ -197,19 +213,19 @@ async def test_failures_follow_the_schedule_to_a_dead_letter_and_a_replay_delive
     assert seen[1] == (0, MessageState.PENDING)
     assert seen[2] == (1, MessageState.PENDING)
     assert seen[3] == (1, MessageState.DEAD)
-    (dead,) = await rig.service.dead_letters()
-    assert rig.events.dead == [dead.id]
+    (dead,) = await rig.service.dead_letters(dead_endpoint.id)
+    assert [d["message_id"] for d in rig.data_of("webhooks.delivery.dead_lettered")] == [dead.id]
     ids = {p.headers["webhook-id"] for p in rig.delivery.posts}
     assert ids == {dead.message_id}  # every attempt under one id: the receiver dedupes
 
     rig.delivery.default = Outcome.DELIVERED
-    replayed = await rig.service.replay(dead.id)
+    replayed = await rig.service.replay(dead_endpoint.id, dead.id)
     assert replayed.state is MessageState.PENDING
-    assert await rig.service.deliver_due() == 1
+    assert await rig.deliver() == 1
     assert rig.messages.messages[dead.id].state is MessageState.DELIVERED
     assert rig.delivery.posts[-1].headers["webhook-id"] == dead.message_id
     with pytest.raises(ServiceError) as caught:
-        await rig.service.replay(dead.id)
+        await rig.service.replay(dead_endpoint.id, dead.id)
     assert caught.value.code is ErrorCode.CONFLICT
 
 
@@ -218,14 +234,14 @@ async def test_during_a_rotation_both_secrets_sign_then_only_the_new_one() -> No
     endpoint, old = await rig.service.register(url=URL, event_types=["#"])
     _, new = await rig.service.rotate_secret(endpoint.id)
     await rig.service.dispatch(event_id="e5", event_type="policy.role.assigned", body=BODY)
-    await rig.service.deliver_due()
+    await rig.deliver()
     during = rig.delivery.posts[-1].headers
     assert len(during["webhook-signature"].split()) == 2
     for secret in (old, new):
         signing.verify(headers=during, body=BODY, secret=secret, now=int(rig.clock.now.timestamp()))
     rig.clock.advance(timedelta(hours=24, seconds=1))
     await rig.service.dispatch(event_id="e6", event_type="policy.role.assigned", body=BODY)
-    await rig.service.deliver_due()
+    await rig.deliver()
     after = rig.delivery.posts[-1].headers
     assert len(after["webhook-signature"].split()) == 1
     now = int(rig.clock.now.timestamp())
@@ -243,16 +259,16 @@ async def test_sustained_failure_disables_the_endpoint_and_resume_starts_over() 
     endpoint, _ = await rig.service.register(url=URL, event_types=["#"])
     for index in range(4):
         await rig.service.dispatch(event_id=f"f{index}", event_type="a.b.c", body=BODY)
-        await rig.service.deliver_due()
+        await rig.deliver()
         rig.clock.advance(timedelta(minutes=30))
     # four failures, but only after an hour of failing is it disabled
     stored = await rig.service.get(endpoint.id)
     assert stored.status is EndpointStatus.DISABLED
-    assert rig.events.disabled == [endpoint.id]
+    assert [d["endpoint_id"] for d in rig.data_of("webhooks.endpoint.disabled")] == [endpoint.id]
     assert "in a row" in stored.disabled_reason
     # disabled: no new messages, nothing attempted
     assert not await rig.service.dispatch(event_id="f9", event_type="a.b.c", body=BODY)
-    assert await rig.service.deliver_due() == 0
+    assert await rig.deliver() == 0
     resumed = await rig.service.resume(endpoint.id)
     assert resumed.status is EndpointStatus.ACTIVE
     assert (resumed.consecutive_failures, resumed.failing_since) == (0, None)
@@ -266,9 +282,9 @@ async def test_one_success_resets_the_failure_count() -> None:
     endpoint, _ = await rig.service.register(url=URL, event_types=["#"])
     await rig.service.dispatch(event_id="g1", event_type="a.b.c", body=BODY)
     for _ in range(2):
-        await rig.service.deliver_due()
+        await rig.deliver()
     assert (await rig.service.get(endpoint.id)).consecutive_failures == 2
-    await rig.service.deliver_due()
+    await rig.deliver()
     assert (await rig.service.get(endpoint.id)).consecutive_failures == 0
 
 
@@ -277,9 +293,9 @@ async def test_a_paused_endpoints_messages_wait_for_its_resume() -> None:
     endpoint, _ = await rig.service.register(url=URL, event_types=["#"])
     await rig.service.pause(endpoint.id)
     assert await rig.service.dispatch(event_id="h1", event_type="a.b.c", body=BODY) == 1
-    assert await rig.service.deliver_due() == 0
+    assert await rig.deliver() == 0
     await rig.service.resume(endpoint.id)
-    assert await rig.service.deliver_due() == 1
+    assert await rig.deliver() == 1
 
 
 async def test_each_endpoint_has_at_most_its_limit_in_flight() -> None:
@@ -287,8 +303,18 @@ async def test_each_endpoint_has_at_most_its_limit_in_flight() -> None:
     await rig.service.register(url=URL, event_types=["#"], max_in_flight=2)
     for index in range(10):
         await rig.service.dispatch(event_id=f"i{index}", event_type="a.b.c", body=BODY)
-    assert await rig.service.deliver_due() == 10
+    claims = []
+    for _ in range(1000):  # as the delivery loop does: claim, wait for a slot, claim again
+        claims.append(await rig.service.deliver_due())
+        if sum(claims) == 10:
+            break
+        rig.service.wakeup.clear()
+        await rig.service.wakeup.wait()
+    await rig.service.drain()
+    assert sum(claims) == 10
+    assert max(claims) <= 2
     assert rig.delivery.most_in_flight == 2
+    assert {m.state for m in rig.messages.messages.values()} == {MessageState.DELIVERED}
 
 
 async def test_a_claim_that_is_never_finished_comes_due_again_after_its_lease() -> None:
@@ -296,12 +322,12 @@ async def test_a_claim_that_is_never_finished_comes_due_again_after_its_lease() 
     rig = _rig()
     endpoint, _ = await rig.service.register(url=URL, event_types=["#"])
     await rig.service.dispatch(event_id="j1", event_type="a.b.c", body=BODY)
-    claim = {"now": rig.clock.now, "endpoints": frozenset({endpoint.id}), "limit": 10}
+    claim = {"now": rig.clock.now, "capacity": {endpoint.id: 10}, "limit": 10}
     lost = await rig.messages.claim_due(**claim, lease=timedelta(seconds=120))
     assert len(lost) == 1  # claimed by a worker that then died
-    assert await rig.service.deliver_due() == 0  # still leased
+    assert await rig.deliver() == 0  # still leased
     rig.clock.advance(timedelta(seconds=121))
-    assert await rig.service.deliver_due() == 1
+    assert await rig.deliver() == 1
     assert rig.messages.messages[lost[0].id].state is MessageState.DELIVERED
 
 
@@ -331,23 +357,25 @@ async def test_a_stored_target_the_policy_now_refuses_is_a_blocked_attempt() -> 
         replace(await rig.service.get(endpoint.id), url="http://10.0.0.8/hook")
     )
     await rig.service.dispatch(event_id="m1", event_type="a.b.c", body=BODY)
-    assert await rig.service.deliver_due() == 1
+    assert await rig.deliver() == 1
     assert not rig.delivery.posts
-    ((_, _, attempt),) = rig.events.attempts
-    assert attempt.outcome is Outcome.BLOCKED_ADDRESS
+    (attempt,) = rig.data_of("webhooks.delivery.attempted")
+    assert attempt["outcome"] == "blocked_address"
     (message,) = rig.messages.messages.values()
     assert message.state is MessageState.PENDING  # retried on the schedule
 
 
 async def test_an_attempt_that_breaks_leaves_its_message_to_come_due_again() -> None:
-    class BrokenEvents(InMemoryWebhookEvents):
-        async def attempted(self, *args: object) -> None:  # type: ignore[override]
-            raise RuntimeError("the outbox is down")
-
     rig = _rig()
-    rig.service._events = BrokenEvents()
+    rig.uow.fail_commits = {"webhooks.delivery.attempted"}  # the first attempt's commit fails
     await rig.service.register(url=URL, event_types=["#"])
     await rig.service.register(url=URL, event_types=["#"])
     await rig.service.dispatch(event_id="n1", event_type="a.b.c", body=BODY)
-    assert await rig.service.deliver_due() == 2  # one failure does not stop the other
+    assert await rig.deliver() == 2  # one failure does not stop the other
     assert len(rig.delivery.posts) == 2
+    # the failed one's result was rolled back: still pending, still leased, attempted again
+    states = sorted(m.state.value for m in rig.messages.messages.values())
+    assert states == ["delivered", "pending"]
+    assert len(rig.data_of("webhooks.delivery.attempted")) == 1
+    rig.clock.advance(timedelta(seconds=121))
+    assert await rig.deliver() == 1

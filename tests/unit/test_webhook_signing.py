@@ -7,11 +7,15 @@ import base64
 import hashlib
 import hmac
 import re
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from hypersdk_webhooks.core import signing
 from hypersdk_webhooks.core.signing import (
     DEFAULT_ROTATION_OVERLAP,
     SigningError,
@@ -458,3 +462,23 @@ def test_a_message_id_needs_both_ids() -> None:
         message_id_for("", "ep-1")
     with pytest.raises(ValueError, match="non-empty"):
         message_id_for("evt-1", "")
+
+
+def test_the_receivers_check_in_the_docs_accepts_ours_and_refuses_a_forgery() -> None:
+    """docs/webhooks.md shows receivers a verifier by hand: it must verify what we send."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "webhooks.md").read_text()
+    code = docs.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/webhooks.md", "exec"), namespace)
+    verify_by_hand = namespace["verify"]
+    old, new = signing.generate_secret(), signing.generate_secret()
+    body = b'{"specversion":"1.0","id":"e1"}'
+    sent = signing.headers(
+        message_id="msg_1", timestamp=int(time.time()), body=body, secrets=(new, old)
+    )
+    verify_by_hand(sent, body, old)  # during a rotation, either secret verifies
+    verify_by_hand(sent, body, new)
+    with pytest.raises(ValueError, match="bad signature"):
+        verify_by_hand(sent, body + b" ", new)
+    with pytest.raises(ValueError, match="bad signature"):
+        verify_by_hand(sent, body, signing.generate_secret())

@@ -1,13 +1,13 @@
 {{/* vim: set filetype=mustache: */}}
 
-{{/* The six services, in start-up order of their dependencies' owners. */}}
+{{/* The seven services, in start-up order of their dependencies' owners. */}}
 {{- define "hypersdk.serviceNames" -}}
-gateway identity policy secrets exporter audit
+gateway identity policy secrets exporter audit webhooks
 {{- end }}
 
 {{/* Services that own a PostgreSQL database (and run migrations). */}}
 {{- define "hypersdk.databaseServices" -}}
-identity policy exporter audit
+identity policy exporter audit webhooks
 {{- end }}
 
 {{- define "hypersdk.name" -}}
@@ -82,13 +82,13 @@ hypersdk.io/egress-vault: "true"
 
 {{/*
 How a service logs in to Vault: "approle", "token" or "" (no Vault login). The secrets
-service always logs in; identity, policy, exporter and audit only when vault.transit.enabled
-(they sign with or read transit keys); the gateway never. A migration Job (.migration) never
+service always logs in; identity, policy, exporter, audit and webhooks only when
+vault.transit.enabled (they sign with or read transit keys); the gateway never. A migration Job (.migration) never
 logs in. A service that needs a login gets exactly one: its AppRole Secret, or (secrets
 only) a token Secret. (dict "root" $ "service" "identity" ["migration" true])
 */}}
 {{- define "hypersdk.vaultLogin" -}}
-{{- $needs := or (eq .service "secrets") (and .root.Values.vault.transit.enabled (has .service (list "identity" "policy" "exporter" "audit"))) }}
+{{- $needs := or (eq .service "secrets") (and .root.Values.vault.transit.enabled (has .service (list "identity" "policy" "exporter" "audit" "webhooks"))) }}
 {{- if and $needs (not .migration) }}
 {{- $vault := (index .root.Values.services .service).vault | default dict }}
 {{- if and $vault.approleSecret $vault.tokenSecret }}
@@ -270,9 +270,29 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
   value: {{ printf "%s/ca.crt" $dir | quote }}
 {{- end }}
 {{- end }}
-{{- if eq .service "audit" }}
-- name: HYPERSDK_AUDIT_PUBLISHERS
+{{- if has .service (list "audit" "webhooks") }}
+- name: {{ $prefix }}PUBLISHERS
   value: {{ toJson ($svc.publishers | default dict) | quote }}
+{{- end }}
+{{- if eq .service "webhooks" }}
+{{- /* The Fernet keys that seal endpoints' signing secrets at rest, as files. */}}
+{{- $sealing := trimSuffix "/" $svc.sealingKeyMountPath }}
+- name: HYPERSDK_WEBHOOKS_SEALING_KEY_FILE
+  value: {{ printf "%s/sealing-key" $sealing | quote }}
+{{- with $svc.retiredSealingKeys }}
+{{- $retired := list }}
+{{- range . }}
+{{- $retired = append $retired (printf "%s/%s" $sealing .) }}
+{{- end }}
+- name: HYPERSDK_WEBHOOKS_RETIRED_SEALING_KEY_FILES
+  value: {{ toJson $retired | quote }}
+{{- end }}
+- name: HYPERSDK_WEBHOOKS_ALLOWED_NETWORKS
+  value: {{ toJson ($svc.allowedNetworks | default list) | quote }}
+- name: HYPERSDK_WEBHOOKS_ALLOWED_HOSTS
+  value: {{ toJson ($svc.allowedHosts | default list) | quote }}
+- name: HYPERSDK_WEBHOOKS_NAMESERVERS
+  value: {{ toJson ($svc.nameservers | default list) | quote }}
 {{- end }}
 {{- if eq .service "exporter" }}
 - name: HYPERSDK_EXPORTER_EXPORT_DIR
@@ -382,6 +402,22 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
               path: ca.crt
       {{- end }}
 {{- end }}
+{{- if eq .service "webhooks" }}
+- name: sealing-keys
+  secret:
+    secretName: {{ required "services.webhooks.sealingKeySecret is required" $svc.sealingKeySecret }}
+    defaultMode: 288 # 0440: readable by the fsGroup only
+    items:
+      - key: sealing-key
+        path: sealing-key
+      {{- range $svc.retiredSealingKeys }}
+      {{- if eq . "sealing-key" }}
+      {{- fail "services.webhooks.retiredSealingKeys: sealing-key is the current key, not a retired one" }}
+      {{- end }}
+      - key: {{ . }}
+        path: {{ . }}
+      {{- end }}
+{{- end }}
 {{- if eq .service "exporter" }}
 - name: exports
   persistentVolumeClaim:
@@ -409,6 +445,11 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
 {{- if include "hypersdk.vaultLogin" . }}
 - name: vault
   mountPath: {{ .root.Values.vault.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if eq .service "webhooks" }}
+- name: sealing-keys
+  mountPath: {{ $svc.sealingKeyMountPath }}
   readOnly: true
 {{- end }}
 {{- if eq .service "exporter" }}

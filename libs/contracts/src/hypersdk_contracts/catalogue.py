@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from hypersdk_contracts.events import EVENT_TYPES
 
-SERVICES = ("gateway", "identity", "policy", "secrets", "exporter", "audit")
+SERVICES = ("gateway", "identity", "policy", "secrets", "exporter", "audit", "webhooks")
 """Every service of the platform."""
+
+QUARANTINE_ID_PREFIX = "q-"
+"""Ids of the events audit chains for quarantined ones: only audit may use the prefix."""
+RESERVED_IDS = {QUARANTINE_ID_PREFIX: "audit"}
+"""Event id prefix -> the one service whose events may carry such an id."""
 
 PRINCIPAL_AUTHORITY = "identity"
 """The service that establishes who a principal is (it authenticates and signs assertions).

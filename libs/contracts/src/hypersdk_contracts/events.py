@@ -558,6 +558,151 @@ class HoldLifted(EventData):
     hold_id: str = Field(description="Id of the hold.")
 
 
+class WebhooksRequestRejected(RequestRejected):
+    """Webhooks refused a request."""
+
+    routing_key = RoutingKey.WEBHOOKS_REQUEST_REJECTED
+
+
+WebhookOutcome = Literal[
+    "delivered",
+    "http_error",
+    "timeout",
+    "connect_failed",
+    "tls_failed",
+    "blocked_address",
+    "unresolvable",
+    "invalid_response",
+]
+"""How one webhook attempt can end (docs/webhooks.md)."""
+
+
+class WebhookEndpointEvent(EventData):
+    """Something happened to a webhook endpoint (its id is the event's subject too)."""
+
+    endpoint_id: str = Field(description="Id of the endpoint.")
+
+
+class WebhookCreated(WebhookEndpointEvent):
+    """A webhook endpoint was registered; its signing secret is never in an event."""
+
+    routing_key = RoutingKey.WEBHOOK_CREATED
+    audit_action = "webhook.create"
+    target: str = Field(
+        description="Scheme, host and port of the URL only: a path or query may hold a token."
+    )
+    event_types: list[str] = Field(description="The event type filters (topic patterns).")
+
+
+class WebhookUpdated(WebhookEndpointEvent):
+    """A webhook endpoint's settings changed."""
+
+    routing_key = RoutingKey.WEBHOOK_UPDATED
+    audit_action = "webhook.update"
+    target: str = Field(description="Scheme, host and port of the URL now.")
+    event_types: list[str] = Field(description="The event type filters now.")
+    changed: list[str] = Field(description="Which settings the request changed.")
+
+
+class WebhookPaused(WebhookEndpointEvent):
+    """A webhook endpoint was paused: its messages wait."""
+
+    routing_key = RoutingKey.WEBHOOK_PAUSED
+    audit_action = "webhook.pause"
+
+
+class WebhookResumed(WebhookEndpointEvent):
+    """A paused or disabled webhook endpoint is sent to again."""
+
+    routing_key = RoutingKey.WEBHOOK_RESUMED
+    audit_action = "webhook.resume"
+
+
+class WebhookDeleted(WebhookEndpointEvent):
+    """A webhook endpoint was removed, with its messages."""
+
+    routing_key = RoutingKey.WEBHOOK_DELETED
+    audit_action = "webhook.delete"
+
+
+class WebhookSecretRotated(WebhookEndpointEvent):
+    """A webhook endpoint got a new signing secret; the old one signs too until the time given."""
+
+    routing_key = RoutingKey.WEBHOOK_SECRET_ROTATED
+    audit_action = "webhook.rotate_secret"
+    previous_valid_until: AwareDatetime = Field(
+        description="Until when attempts carry a signature with the old secret as well, UTC."
+    )
+
+
+class WebhookDisabled(WebhookEndpointEvent):
+    """A webhook endpoint was disabled after sustained failure; resuming it sends again."""
+
+    routing_key = RoutingKey.WEBHOOK_DISABLED
+    audit_action = "webhook.disable"
+    failing_since: AwareDatetime = Field(description="First failure after the last success.")
+    consecutive_failures: int = Field(ge=1, description="Attempts failed in a row.")
+    reason: str = Field(description="Why, for operators.")
+
+
+class WebhookAttemptFacts(WebhookEndpointEvent):
+    """How one attempt ended: never the secret, the body or the receiver's answer."""
+
+    outcome: WebhookOutcome = Field(description="Stable outcome code.")
+    status: int | None = Field(description="HTTP status of the answer, if one came.")
+    latency_ms: float = Field(ge=0, description="From the lookup to the answer, milliseconds.")
+
+    def audit_result(self) -> str:
+        """Success when delivered, else the outcome."""
+        return "success" if self.outcome == "delivered" else f"failure: {self.outcome}"
+
+
+class WebhookTested(WebhookAttemptFacts):
+    """A test event was sent to an endpoint on request (once, no retry)."""
+
+    routing_key = RoutingKey.WEBHOOK_TESTED
+    audit_action = "webhook.test"
+
+
+class DeliveryAttempted(WebhookAttemptFacts):
+    """One attempt to deliver one event to one endpoint."""
+
+    routing_key = RoutingKey.DELIVERY_ATTEMPTED
+    audit_action = "webhook.deliver"
+    message_id: str = Field(description="Id of the message (one event to one endpoint).")
+    webhook_id: str = Field(description="Its Standard Webhooks id (webhook-id header).")
+    event_id: str = Field(description="Id of the event delivered.")
+    event_type: str = Field(description="Routing key of the event delivered.")
+    attempt: int = Field(ge=1, description="Which attempt this was, from 1.")
+    next_attempt_at: AwareDatetime | None = Field(
+        description="When it is tried again; None once delivered or dead."
+    )
+
+
+class DeliveryDeadLettered(WebhookEndpointEvent):
+    """Every retry of a message failed: it is a dead letter, listable and replayable."""
+
+    routing_key = RoutingKey.DELIVERY_DEAD_LETTERED
+    audit_action = "webhook.dead_letter"
+    message_id: str = Field(description="Id of the message.")
+    event_id: str = Field(description="Id of the event it carries.")
+    event_type: str = Field(description="Routing key of that event.")
+    attempts: int = Field(ge=1, description="Attempts made.")
+
+    def audit_result(self) -> str:
+        """Always a failure."""
+        return "failure: retries_exhausted"
+
+
+class DeliveryReplayed(WebhookEndpointEvent):
+    """A dead letter was put back to be delivered, its retries started over."""
+
+    routing_key = RoutingKey.DELIVERY_REPLAYED
+    audit_action = "webhook.replay"
+    message_id: str = Field(description="Id of the message.")
+    event_id: str = Field(description="Id of the event it carries.")
+
+
 EVENT_TYPES: dict[str, type[EventData]] = {
     cls.routing_key.value: cls
     for cls in (
@@ -605,6 +750,18 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         RetentionCut,
         HoldPlaced,
         HoldLifted,
+        WebhooksRequestRejected,
+        WebhookCreated,
+        WebhookUpdated,
+        WebhookPaused,
+        WebhookResumed,
+        WebhookDeleted,
+        WebhookSecretRotated,
+        WebhookDisabled,
+        WebhookTested,
+        DeliveryAttempted,
+        DeliveryDeadLettered,
+        DeliveryReplayed,
     )
 }
 """Payload class of each routing key."""

@@ -22,6 +22,9 @@ AUDIT_EVENTS_QUEUE = "audit.events"
 EXPORT_JOBS_QUEUE = "exporter.jobs"
 """Durable work queue of export commands; exporter workers compete on it."""
 
+WEBHOOKS_EVENTS_QUEUE = "webhooks.events"
+"""The webhooks service's queue, bound with ``#``: each event becomes its endpoints' messages."""
+
 POLICY_USER_DELETIONS_QUEUE = "policy.user-deletions"
 """Policy's queue bound to ``identity.user.deleted``: a deleted user's roles are removed."""
 
@@ -78,6 +81,18 @@ class RoutingKey(StrEnum):
     RETENTION_APPLIED = "audit.retention.applied"
     HOLD_PLACED = "audit.hold.placed"
     HOLD_LIFTED = "audit.hold.lifted"
+    WEBHOOK_CREATED = "webhooks.endpoint.created"
+    WEBHOOK_UPDATED = "webhooks.endpoint.updated"
+    WEBHOOK_PAUSED = "webhooks.endpoint.paused"
+    WEBHOOK_RESUMED = "webhooks.endpoint.resumed"
+    WEBHOOK_DELETED = "webhooks.endpoint.deleted"
+    WEBHOOK_SECRET_ROTATED = "webhooks.endpoint.secret_rotated"  # noqa: S105 - a routing key
+    WEBHOOK_DISABLED = "webhooks.endpoint.disabled"
+    WEBHOOK_TESTED = "webhooks.endpoint.tested"
+    DELIVERY_ATTEMPTED = "webhooks.delivery.attempted"
+    DELIVERY_DEAD_LETTERED = "webhooks.delivery.dead_lettered"
+    DELIVERY_REPLAYED = "webhooks.delivery.replayed"
+    WEBHOOKS_REQUEST_REJECTED = "webhooks.request.rejected"
 
 
 class RpcQueue(StrEnum):
@@ -136,3 +151,14 @@ class RpcQueue(StrEnum):
     AUDIT_LIST_HOLDS = "audit.rpc.list_holds"
     AUDIT_PLACE_HOLD = "audit.rpc.place_hold"
     AUDIT_LIFT_HOLD = "audit.rpc.lift_hold"
+    WEBHOOKS_CREATE = "webhooks.rpc.create_endpoint"
+    WEBHOOKS_LIST = "webhooks.rpc.list_endpoints"
+    WEBHOOKS_GET = "webhooks.rpc.get_endpoint"
+    WEBHOOKS_UPDATE = "webhooks.rpc.update_endpoint"
+    WEBHOOKS_PAUSE = "webhooks.rpc.pause_endpoint"
+    WEBHOOKS_RESUME = "webhooks.rpc.resume_endpoint"
+    WEBHOOKS_DELETE = "webhooks.rpc.delete_endpoint"
+    WEBHOOKS_ROTATE_SECRET = "webhooks.rpc.rotate_secret"  # noqa: S105 - a queue name
+    WEBHOOKS_TEST = "webhooks.rpc.test_endpoint"
+    WEBHOOKS_LIST_DEAD_LETTERS = "webhooks.rpc.list_dead_letters"
+    WEBHOOKS_REPLAY = "webhooks.rpc.replay_message"

@@ -61,6 +61,20 @@ TARGETS: Mapping[str, Callable[[Any], Any]] = {
     RpcQueue.EXPORTER_GET_JOB: attrgetter("job_id"),
     RpcQueue.EXPORTER_CANCEL_JOB: attrgetter("job_id"),
     EXPORT_COMMAND: _vm_of,
+    **{
+        queue: attrgetter("endpoint_id")
+        for queue in (
+            RpcQueue.WEBHOOKS_GET,
+            RpcQueue.WEBHOOKS_UPDATE,
+            RpcQueue.WEBHOOKS_PAUSE,
+            RpcQueue.WEBHOOKS_RESUME,
+            RpcQueue.WEBHOOKS_DELETE,
+            RpcQueue.WEBHOOKS_ROTATE_SECRET,
+            RpcQueue.WEBHOOKS_TEST,
+            RpcQueue.WEBHOOKS_LIST_DEAD_LETTERS,
+            RpcQueue.WEBHOOKS_REPLAY,
+        )
+    },
 }
 """How to read the target of each operation that has one from its request or command."""
 

@@ -935,3 +935,116 @@ class RoleList(Message):
 
     username: str = Field(description="User.")
     roles: list[str] = Field(description="Roles held, sorted.")
+
+
+# ---- webhooks ---------------------------------------------------------------------------------
+
+WEBHOOK_ID_PATTERN = r"^ep_[0-9a-f]{24}$"
+WEBHOOK_MESSAGE_ID_PATTERN = r"^wm_[0-9a-f]{24}$"
+EventTypePattern = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+"""A routing-key pattern; the webhooks service checks its form (and says what is wrong)."""
+
+
+class WebhookView(Message):
+    """A webhook endpoint as the API shows it: never its signing secret."""
+
+    id: str = Field(description="Endpoint id (ep_...).")
+    url: str = Field(description="Where messages are POSTed (normalized).")
+    event_types: list[str] = Field(
+        description="Routing-key patterns it receives: `*` one word, `#` any number."
+    )
+    description: str = Field(description="What it is for.")
+    status: Literal["active", "paused", "disabled"] = Field(description="Whether it is sent to.")
+    timeout_seconds: float = Field(description="Per-attempt timeout.")
+    max_in_flight: int = Field(description="Attempts in flight at once, at most.")
+    created_at: AwareDatetime = Field(description="When it was registered, UTC.")
+    updated_at: AwareDatetime = Field(description="When it last changed, UTC.")
+    failing_since: AwareDatetime | None = Field(
+        description="First failure since the last success (None: not failing)."
+    )
+    consecutive_failures: int = Field(description="Attempts failed in a row.")
+    disabled_reason: str = Field(description="Why it was disabled, when it was.")
+    previous_secret_valid_until: AwareDatetime | None = Field(
+        description="During a rotation's overlap: until when the old secret signs too."
+    )
+
+
+class IssuedWebhook(Message):
+    """An endpoint and its signing secret: the only time the secret is shown."""
+
+    secret: str = Field(
+        repr=False,
+        description="Signing secret (whsec_ + base64); store it now, it is never shown again.",
+    )
+    webhook: WebhookView = Field(description="The endpoint.")
+
+
+class CreateWebhookRequest(RpcRequest):
+    """Register a webhook endpoint (checked: only http(s), no blocked address)."""
+
+    url: str = Field(min_length=1, max_length=2048, description="http or https URL.")
+    event_types: list[EventTypePattern] = Field(
+        min_length=1, max_length=32, description="Routing-key patterns to receive."
+    )
+    description: str = Field(default="", max_length=500, description="What it is for.")
+    timeout_seconds: float = Field(default=10.0, ge=1, le=30, description="Per-attempt timeout.")
+    max_in_flight: int = Field(default=4, ge=1, le=16, description="Attempts in flight at once.")
+
+
+class WebhookIdRequest(RpcRequest):
+    """A request about one endpoint."""
+
+    endpoint_id: str = Field(pattern=WEBHOOK_ID_PATTERN, description="Endpoint id.")
+
+
+class ListWebhooksRequest(RpcRequest):
+    """Every webhook endpoint, oldest first."""
+
+
+class UpdateWebhookRequest(WebhookIdRequest):
+    """Change what is given; the rest stays."""
+
+    url: str | None = Field(default=None, min_length=1, max_length=2048, description="New URL.")
+    event_types: list[EventTypePattern] | None = Field(
+        default=None, min_length=1, max_length=32, description="New patterns."
+    )
+    description: str | None = Field(default=None, max_length=500, description="New description.")
+    timeout_seconds: float | None = Field(default=None, ge=1, le=30, description="New timeout.")
+    max_in_flight: int | None = Field(default=None, ge=1, le=16, description="New limit.")
+
+
+class WebhookAttemptView(Message):
+    """How one attempt ended."""
+
+    outcome: str = Field(description="delivered, http_error, timeout, connect_failed, ...")
+    status: int | None = Field(description="HTTP status of the answer, if one came.")
+    latency_ms: float = Field(description="From the lookup to the answer, milliseconds.")
+    address: str | None = Field(description="The checked address connected to.")
+    detail: str = Field(description="A short explanation (never a secret or the answer body).")
+
+
+class WebhookMessageView(Message):
+    """One event to one endpoint: where its delivery stands."""
+
+    id: str = Field(description="Message id (wm_...).")
+    endpoint_id: str = Field(description="Its endpoint.")
+    event_id: str = Field(description="The event it carries.")
+    event_type: str = Field(description="That event's routing key.")
+    webhook_id: str = Field(description="The webhook-id header, the same on every attempt.")
+    state: Literal["pending", "delivered", "dead"] = Field(description="Where it stands.")
+    attempts: int = Field(description="Attempts made.")
+    created_at: AwareDatetime = Field(description="When the event was taken, UTC.")
+    next_attempt_at: AwareDatetime | None = Field(description="When it is tried next.")
+    last_attempt: WebhookAttemptView | None = Field(description="How the last attempt ended.")
+
+
+class ListDeadLettersRequest(WebhookIdRequest):
+    """An endpoint's dead letters, newest first."""
+
+    limit: int = Field(default=100, ge=1, le=1000, description="At most this many.")
+
+
+class ReplayWebhookMessageRequest(WebhookIdRequest):
+    """Put a dead letter back, due now, its retries started over (same webhook-id)."""
+
+    message_id: str = Field(pattern=WEBHOOK_MESSAGE_ID_PATTERN, description="Message id.")

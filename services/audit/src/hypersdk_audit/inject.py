@@ -16,11 +16,11 @@ from hypersdk_audit.adapters.outbound.postgres import PostgresAuditLog
 from hypersdk_audit.adapters.outbound.signers import KeyFileSigner, TransitCheckpointSigner
 from hypersdk_audit.adapters.outbound.verifier import ChildProcessVerifier
 from hypersdk_audit.config import AuditSettings
-from hypersdk_audit.core.attribution import Attribution
 from hypersdk_audit.core.proofs import CheckpointSigner
 from hypersdk_audit.core.service import AuditService
 from hypersdk_auditproof.checkpoint import SignedCheckpoint
 from hypersdk_contracts.events import AuditRequestRejected, CheckpointSigned
+from hypersdk_kit.attribution import Attribution
 from hypersdk_kit.bus import RabbitEventPublisher, build_broker
 from hypersdk_kit.database import create_pool
 from hypersdk_kit.guard import RequestGuard

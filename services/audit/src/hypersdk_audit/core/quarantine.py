@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from hypersdk_contracts.catalogue import QUARANTINE_ID_PREFIX
 from hypersdk_contracts.envelope import CloudEvent, new_event
 from hypersdk_contracts.events import EventQuarantined
 from hypersdk_kit.logs import redact
@@ -33,7 +34,7 @@ _SECRET_NAMES = (
 )
 _NAMESPACE = uuid.UUID("5b1f3c2e-9a43-4d6c-8a53-7f1e2a9c4d10")
 """Names the id of a quarantine record (uuid5), so a redelivery finds the same one."""
-RECORD_ID_PREFIX = "q-"
+RECORD_ID_PREFIX = QUARANTINE_ID_PREFIX
 """Starts the id of every quarantine record and of the entry that reports it.
 
 Event ids with it are audit's alone (attribution refuses them from anyone else): otherwise a

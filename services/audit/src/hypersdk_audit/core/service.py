@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from hypersdk_audit.core.attribution import Attribution, NotGenuineError
 from hypersdk_audit.core.chain import ChainedEntry, EntryFields
 from hypersdk_audit.core.proofs import (
     CheckpointSigner,
@@ -47,6 +46,7 @@ from hypersdk_auditproof.checkpoint import SignedCheckpoint
 from hypersdk_contracts.envelope import RequestContext, event_envelope
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import CheckpointSigned, EventData, HoldLifted, HoldPlaced
+from hypersdk_kit.attribution import Attribution, NotGenuineError
 from hypersdk_kit.bus import Received
 
 Published = Callable[[SignedCheckpoint], Awaitable[None]]

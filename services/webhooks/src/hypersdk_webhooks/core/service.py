@@ -6,19 +6,41 @@ the retry schedule (``core/schedule.py``), then dead-lettered, listable and repl
 attempt is signed (Standard Webhooks, ``core/signing.py``) with every key of the endpoint that
 is active (both during a rotation's overlap), POSTed to an address checked when it connects
 (``core/ssrf.py``), and told to the platform as an event, without the secret or the body.
+
+Every change of state and the event that tells it commit together (the unit of work's
+outbox), so nothing the audit log should hold is lost to a crash between the two.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import secrets
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
+from hypersdk_contracts.catalogue import source_of
+from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
+from hypersdk_contracts.events import (
+    DeliveryAttempted,
+    DeliveryDeadLettered,
+    DeliveryReplayed,
+    WebhookCreated,
+    WebhookDeleted,
+    WebhookDisabled,
+    WebhookPaused,
+    WebhookResumed,
+    WebhookSecretRotated,
+    WebhookTested,
+    WebhookUpdated,
+)
+from hypersdk_contracts.names import EVENT_TYPE_PREFIX, RoutingKey
+from hypersdk_kit.ports import UnitOfWork
 from hypersdk_webhooks.core import signing, topics
 from hypersdk_webhooks.core.models import (
     Attempt,
@@ -30,16 +52,17 @@ from hypersdk_webhooks.core.models import (
 )
 from hypersdk_webhooks.core.schedule import DisablePolicy, RetryPolicy
 from hypersdk_webhooks.core.ssrf import AddressPolicy, Target, TargetRefusedError, parse_target
-from hypersdk_webhooks.ports.outbound import Delivery, EndpointStore, MessageStore, WebhookEvents
+from hypersdk_webhooks.ports.outbound import Delivery, EndpointStore, MessageStore
 
 logger = logging.getLogger(__name__)
+SERVICE = "webhooks"
 MIN_TIMEOUT_SECONDS = 1.0
 MAX_TIMEOUT_SECONDS = 30.0
 MAX_IN_FLIGHT = 16
 MAX_DESCRIPTION = 500
 CONTENT_TYPE = "application/cloudevents+json"
 USER_AGENT = "HyperSDK-Webhooks/0.1"
-TEST_EVENT_TYPE = "webhooks.endpoint.tested"
+TEST_EVENT_TYPE = RoutingKey.WEBHOOK_TESTED.value
 OWN_EVENTS = "webhooks.#"
 """The service's own events are never delivered: an endpoint filtering ``#`` would otherwise
 make one attempt event per attempt, each a message, without end."""
@@ -47,6 +70,26 @@ make one attempt event per attempt, each a message, without end."""
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def subject_of(endpoint_id: str) -> str:
+    """The CloudEvents subject (and audit resource) of an endpoint's events."""
+    return f"webhooks/{endpoint_id}"
+
+
+def target_of(url: str) -> str:
+    """Scheme, host and port of a URL: what events say of it (a path may hold a token)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One genuine event to dispatch: its id, routing key and the body to deliver."""
+
+    event_id: str
+    event_type: str
+    body: bytes
 
 
 class WebhookService:
@@ -58,7 +101,7 @@ class WebhookService:
         endpoints: EndpointStore,
         messages: MessageStore,
         delivery: Delivery,
-        events: WebhookEvents,
+        uow: UnitOfWork,
         policy: AddressPolicy,
         retry: RetryPolicy | None = None,
         disable: DisablePolicy | None = None,
@@ -70,7 +113,7 @@ class WebhookService:
         self._endpoints = endpoints
         self._messages = messages
         self._delivery = delivery
-        self._events = events
+        self._uow = uow
         self._policy = policy
         self._retry = retry or RetryPolicy()
         self._disable = disable or DisablePolicy()
@@ -78,6 +121,10 @@ class WebhookService:
         self._lease = lease
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._in_flight: dict[str, int] = {}
+        self._attempts: set[asyncio.Task[None]] = set()
+        self.wakeup = asyncio.Event()
+        """Set when something may have come due: new messages, a freed slot, a resume."""
 
     # ---- endpoints -------------------------------------------------------------------------
 
@@ -89,6 +136,7 @@ class WebhookService:
         description: str = "",
         timeout_seconds: float = 10.0,
         max_in_flight: int = 4,
+        context: RequestContext | None = None,
     ) -> tuple[Endpoint, str]:
         """A new active endpoint and its signing secret, which is shown this once."""
         target = self._target(url)
@@ -108,12 +156,22 @@ class WebhookService:
             created_at=now,
             updated_at=now,
         )
-        await self._endpoints.add(endpoint)
+        async with self._uow.transaction():
+            await self._endpoints.add(endpoint)
+            await self._uow.record(
+                WebhookCreated(
+                    endpoint_id=endpoint.id,
+                    target=target_of(endpoint.url),
+                    event_types=list(patterns),
+                ),
+                subject=subject_of(endpoint.id),
+                context=context,
+            )
         return endpoint, secret
 
-    async def get(self, endpoint_id: str) -> Endpoint:
-        """The endpoint, or not_found."""
-        endpoint = await self._endpoints.get(endpoint_id)
+    async def get(self, endpoint_id: str, *, for_update: bool = False) -> Endpoint:
+        """The endpoint, or not_found (locked until the transaction ends, ``for_update``)."""
+        endpoint = await self._endpoints.get(endpoint_id, for_update=for_update)
         if endpoint is None:
             raise ServiceError(ErrorCode.NOT_FOUND, "No webhook endpoint with that id.")
         return endpoint
@@ -131,56 +189,105 @@ class WebhookService:
         description: str | None = None,
         timeout_seconds: float | None = None,
         max_in_flight: int | None = None,
+        context: RequestContext | None = None,
     ) -> Endpoint:
         """Change what is given; the rest stays."""
-        endpoint = await self.get(endpoint_id)
-        changed = replace(
-            endpoint,
-            url=self._target(url).url if url is not None else endpoint.url,
-            event_types=_patterns(event_types) if event_types is not None else endpoint.event_types,
-            description=description if description is not None else endpoint.description,
-            timeout_seconds=timeout_seconds or endpoint.timeout_seconds,
-            max_in_flight=max_in_flight or endpoint.max_in_flight,
-            updated_at=self._clock(),
-        )
-        _check_limits(changed.description, changed.timeout_seconds, changed.max_in_flight)
-        await self._endpoints.save(changed)
+        given = {
+            "url": url,
+            "event_types": event_types,
+            "description": description,
+            "timeout_seconds": timeout_seconds,
+            "max_in_flight": max_in_flight,
+        }
+        new_url = self._target(url).url if url is not None else None
+        patterns = _patterns(event_types) if event_types is not None else None
+        async with self._uow.transaction():
+            endpoint = await self.get(endpoint_id, for_update=True)
+            changed = replace(
+                endpoint,
+                url=new_url or endpoint.url,
+                event_types=patterns or endpoint.event_types,
+                description=description if description is not None else endpoint.description,
+                timeout_seconds=timeout_seconds or endpoint.timeout_seconds,
+                max_in_flight=max_in_flight or endpoint.max_in_flight,
+                updated_at=self._clock(),
+            )
+            _check_limits(changed.description, changed.timeout_seconds, changed.max_in_flight)
+            await self._endpoints.save(changed)
+            await self._uow.record(
+                WebhookUpdated(
+                    endpoint_id=endpoint_id,
+                    target=target_of(changed.url),
+                    event_types=list(changed.event_types),
+                    changed=sorted(name for name, value in given.items() if value is not None),
+                ),
+                subject=subject_of(endpoint_id),
+                context=context,
+            )
         return changed
 
-    async def pause(self, endpoint_id: str) -> Endpoint:
+    async def pause(self, endpoint_id: str, *, context: RequestContext | None = None) -> Endpoint:
         """Stop sending: its messages wait (and come due again) until it is resumed."""
-        return await self._set_status(endpoint_id, EndpointStatus.PAUSED)
+        return await self._set_status(endpoint_id, EndpointStatus.PAUSED, context)
 
-    async def resume(self, endpoint_id: str) -> Endpoint:
+    async def resume(self, endpoint_id: str, *, context: RequestContext | None = None) -> Endpoint:
         """Send again, a paused or a disabled endpoint; its failure count starts over."""
-        return await self._set_status(endpoint_id, EndpointStatus.ACTIVE)
+        resumed = await self._set_status(endpoint_id, EndpointStatus.ACTIVE, context)
+        self.wakeup.set()
+        return resumed
 
-    async def delete(self, endpoint_id: str) -> None:
+    async def delete(self, endpoint_id: str, *, context: RequestContext | None = None) -> None:
         """Remove the endpoint and its messages, or not_found."""
-        if not await self._endpoints.delete(endpoint_id):
-            raise ServiceError(ErrorCode.NOT_FOUND, "No webhook endpoint with that id.")
+        async with self._uow.transaction():
+            if not await self._endpoints.delete(endpoint_id):
+                raise ServiceError(ErrorCode.NOT_FOUND, "No webhook endpoint with that id.")
+            await self._uow.record(
+                WebhookDeleted(endpoint_id=endpoint_id),
+                subject=subject_of(endpoint_id),
+                context=context,
+            )
 
-    async def rotate_secret(self, endpoint_id: str) -> tuple[Endpoint, str]:
+    async def rotate_secret(
+        self, endpoint_id: str, *, context: RequestContext | None = None
+    ) -> tuple[Endpoint, str]:
         """A new signing secret, shown once; the old one still signs during the overlap."""
-        endpoint = await self.get(endpoint_id)
         secret = signing.generate_secret()
-        now = self._clock()
-        rotated = replace(
-            endpoint,
-            keys=endpoint.keys.rotated(secret, now=now, overlap=self._overlap),
-            updated_at=now,
-        )
-        await self._endpoints.save(rotated)
+        async with self._uow.transaction():
+            endpoint = await self.get(endpoint_id, for_update=True)
+            now = self._clock()
+            rotated = replace(
+                endpoint,
+                keys=endpoint.keys.rotated(secret, now=now, overlap=self._overlap),
+                updated_at=now,
+            )
+            await self._endpoints.save(rotated)
+            assert rotated.keys.previous_until is not None
+            await self._uow.record(
+                WebhookSecretRotated(
+                    endpoint_id=endpoint_id, previous_valid_until=rotated.keys.previous_until
+                ),
+                subject=subject_of(endpoint_id),
+                context=context,
+            )
         return rotated, secret
 
-    async def _set_status(self, endpoint_id: str, status: EndpointStatus) -> Endpoint:
-        endpoint = await self.get(endpoint_id)
-        changed = replace(endpoint, status=status, updated_at=self._clock())
-        if status is EndpointStatus.ACTIVE:  # a resumed endpoint's failures start over
-            changed = replace(
-                changed, failing_since=None, consecutive_failures=0, disabled_reason=""
+    async def _set_status(
+        self, endpoint_id: str, status: EndpointStatus, context: RequestContext | None
+    ) -> Endpoint:
+        async with self._uow.transaction():
+            endpoint = await self.get(endpoint_id, for_update=True)
+            changed = replace(endpoint, status=status, updated_at=self._clock())
+            if status is EndpointStatus.ACTIVE:  # a resumed endpoint's failures start over
+                changed = replace(
+                    changed, failing_since=None, consecutive_failures=0, disabled_reason=""
+                )
+            await self._endpoints.save(changed)
+            event = (
+                WebhookResumed(endpoint_id=endpoint_id)
+                if status is EndpointStatus.ACTIVE
+                else WebhookPaused(endpoint_id=endpoint_id)
             )
-        await self._endpoints.save(changed)
+            await self._uow.record(event, subject=subject_of(endpoint_id), context=context)
         return changed
 
     def _target(self, url: str) -> Target:
@@ -196,49 +303,96 @@ class WebhookService:
 
         Idempotent on the event id: a redelivered event makes no second message.
         """
-        if topics.matches(OWN_EVENTS, event_type):
+        return await self.dispatch_batch([Incoming(event_id, event_type, body)])
+
+    async def dispatch_batch(self, events: Sequence[Incoming]) -> int:
+        """:meth:`dispatch` for several events, with one look at the endpoints and one write."""
+        wanted = [e for e in events if not topics.matches(OWN_EVENTS, e.event_type)]
+        if not wanted:
             return 0
         now = self._clock()
+        endpoints = [
+            endpoint
+            for endpoint in await self._endpoints.list()
+            if endpoint.status is not EndpointStatus.DISABLED
+        ]
         messages = [
             Message(
                 id=_new_id("wm"),
                 endpoint_id=endpoint.id,
-                event_id=event_id,
-                event_type=event_type,
-                message_id=signing.message_id_for(event_id, endpoint.id),
-                body=body,
+                event_id=event.event_id,
+                event_type=event.event_type,
+                message_id=signing.message_id_for(event.event_id, endpoint.id),
+                body=event.body,
                 created_at=now,
                 next_attempt_at=now,
             )
-            for endpoint in await self._endpoints.list()
-            if endpoint.status is not EndpointStatus.DISABLED
-            and topics.matches_any(endpoint.event_types, event_type)
+            for event in wanted
+            for endpoint in endpoints
+            if topics.matches_any(endpoint.event_types, event.event_type)
         ]
-        return await self._messages.add_new(messages) if messages else 0
+        made = await self._messages.add_new(messages) if messages else 0
+        if made:
+            self.wakeup.set()
+        return made
 
     # ---- delivery --------------------------------------------------------------------------
 
     async def deliver_due(self, *, limit: int = 100) -> int:
-        """Attempt the messages due now, each endpoint at most its in-flight limit at once."""
+        """Claim what is due within each endpoint's free slots and start attempting it.
+
+        How many were claimed; the attempts run on in the background (:meth:`drain` waits
+        for them). An endpoint never has more than its limit in flight in this process, and
+        nothing is claimed that could not start at once, so a claim's lease runs only while
+        its attempt does.
+        """
         now = self._clock()
-        endpoints = {e.id: e for e in await self._endpoints.list()}
-        active = frozenset(i for i, e in endpoints.items() if e.status is EndpointStatus.ACTIVE)
-        if not active:
+        capacity = {
+            endpoint.id: endpoint.max_in_flight - self._in_flight.get(endpoint.id, 0)
+            for endpoint in await self._endpoints.list()
+            if endpoint.status is EndpointStatus.ACTIVE
+        }
+        capacity = {endpoint_id: free for endpoint_id, free in capacity.items() if free > 0}
+        if not capacity:
             return 0
         due = await self._messages.claim_due(
-            now=now, endpoints=active, limit=limit, lease=self._lease
+            now=now, capacity=capacity, limit=limit, lease=self._lease
         )
-        gates = {i: asyncio.Semaphore(endpoints[i].max_in_flight) for i in active}
-
-        async def attempt(message: Message) -> None:
-            async with gates[message.endpoint_id]:
-                try:
-                    await self._attempt(message)
-                except Exception:  # its lease lapses and it comes due again: at least once
-                    logger.exception("webhook message %s not attempted", message.id)
-
-        await asyncio.gather(*(attempt(message) for message in due))
+        for message in due:
+            self._in_flight[message.endpoint_id] = self._in_flight.get(message.endpoint_id, 0) + 1
+            task = asyncio.create_task(self._run_attempt(message), name=f"webhook {message.id}")
+            self._attempts.add(task)
+            task.add_done_callback(self._attempts.discard)
         return len(due)
+
+    @property
+    def in_flight(self) -> int:
+        """Attempts running in this process."""
+        return len(self._attempts)
+
+    async def drain(self, *, timeout_seconds: float | None = None) -> None:
+        """Wait for the attempts in flight; past the timeout, cancel them (their leases lapse)."""
+        pending = set(self._attempts)
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=timeout_seconds)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+
+    async def _run_attempt(self, message: Message) -> None:
+        try:
+            await self._attempt(message)
+        except Exception:  # its lease lapses and it comes due again: at least once
+            logger.exception("webhook message %s not attempted", message.id)
+        finally:
+            left = self._in_flight.get(message.endpoint_id, 1) - 1
+            if left > 0:
+                self._in_flight[message.endpoint_id] = left
+            else:
+                self._in_flight.pop(message.endpoint_id, None)
+            self.wakeup.set()
 
     async def _attempt(self, message: Message) -> None:
         endpoint = await self._endpoints.get(message.endpoint_id)
@@ -247,62 +401,91 @@ class WebhookService:
         attempt = await self._post(endpoint, message.message_id, message.body)
         now = self._clock()
         attempts = message.attempts + 1
-        if attempt.delivered:
-            done = replace(
-                message,
-                state=MessageState.DELIVERED,
-                attempts=attempts,
-                next_attempt_at=None,
-                leased_until=None,
-                last_attempt=attempt,
-            )
-        else:
+        following = None
+        if not attempt.delivered:
             following = self._retry.next_attempt_at(attempts_made=attempts, now=now, rng=self._rng)
-            done = replace(
-                message,
-                state=MessageState.PENDING if following else MessageState.DEAD,
-                attempts=attempts,
-                next_attempt_at=following,
-                leased_until=None,
-                last_attempt=attempt,
+        if attempt.delivered:
+            state = MessageState.DELIVERED
+        else:
+            state = MessageState.PENDING if following else MessageState.DEAD
+        done = replace(
+            message,
+            state=state,
+            attempts=attempts,
+            next_attempt_at=following,
+            leased_until=None,
+            last_attempt=attempt,
+        )
+        subject = subject_of(endpoint.id)
+        async with self._uow.transaction():
+            # The endpoint's row first, as deleting it does (then its messages): two
+            # transactions never take the two in opposite orders.
+            if await self._endpoints.get(endpoint.id, for_update=True) is None:
+                return
+            if not await self._messages.settle(done, claimed_until=message.leased_until):
+                # Its lease lapsed and another worker claimed it (or it was deleted): that
+                # worker's attempt tells; this one is only logged.
+                logger.warning("webhook message %s was claimed again; result dropped", done.id)
+                return
+            await self._uow.record(
+                DeliveryAttempted(
+                    endpoint_id=endpoint.id,
+                    message_id=done.id,
+                    webhook_id=done.message_id,
+                    event_id=done.event_id,
+                    event_type=done.event_type,
+                    attempt=attempts,
+                    outcome=attempt.outcome.value,
+                    status=attempt.status,
+                    latency_ms=round(attempt.latency_ms, 3),
+                    next_attempt_at=following,
+                ),
+                subject=f"{subject}/messages/{done.id}",
+                context=None,
             )
-        await self._messages.save(done)
-        await self._events.attempted(endpoint, done, attempt)
-        if done.state is MessageState.DEAD:
-            await self._events.dead_lettered(endpoint, done)
-        await self._record_health(endpoint.id, attempt, now)
+            if state is MessageState.DEAD:
+                await self._uow.record(
+                    DeliveryDeadLettered(
+                        endpoint_id=endpoint.id,
+                        message_id=done.id,
+                        event_id=done.event_id,
+                        event_type=done.event_type,
+                        attempts=attempts,
+                    ),
+                    subject=f"{subject}/messages/{done.id}",
+                    context=None,
+                )
+            await self._record_health(endpoint.id, attempt, now)
 
     async def _record_health(self, endpoint_id: str, attempt: Attempt, now: datetime) -> None:
-        endpoint = await self._endpoints.get(endpoint_id)  # as it is now, not as claimed
-        if endpoint is None:
-            return
         if attempt.delivered:
-            if endpoint.consecutive_failures:
-                await self._endpoints.save(
-                    replace(endpoint, failing_since=None, consecutive_failures=0)
-                )
+            await self._endpoints.record_success(endpoint_id)
             return
-        failing = replace(
-            endpoint,
-            failing_since=endpoint.failing_since or now,
-            consecutive_failures=endpoint.consecutive_failures + 1,
-        )
-        disable = failing.status is EndpointStatus.ACTIVE and self._disable.should_disable(
+        failing = await self._endpoints.record_failure(endpoint_id, now=now)
+        if failing is None or failing.status is not EndpointStatus.ACTIVE:
+            return
+        assert failing.failing_since is not None
+        if not self._disable.should_disable(
             failing_since=failing.failing_since,
             consecutive_failures=failing.consecutive_failures,
             now=now,
+        ):
+            return
+        reason = (
+            f"failing since {failing.failing_since:%Y-%m-%dT%H:%M:%SZ}, "
+            f"{failing.consecutive_failures} attempts in a row"
         )
-        if disable:
-            failing = replace(
-                failing,
-                status=EndpointStatus.DISABLED,
-                disabled_reason=f"failing since {failing.failing_since:%Y-%m-%dT%H:%M:%SZ}, "
-                f"{failing.consecutive_failures} attempts in a row",
-                updated_at=now,
+        if await self._endpoints.disable(endpoint_id, reason=reason, now=now):
+            await self._uow.record(
+                WebhookDisabled(
+                    endpoint_id=endpoint_id,
+                    failing_since=failing.failing_since,
+                    consecutive_failures=failing.consecutive_failures,
+                    reason=reason,
+                ),
+                subject=subject_of(endpoint_id),
+                context=None,
             )
-        await self._endpoints.save(failing)
-        if disable:
-            await self._events.endpoint_disabled(failing)
 
     async def _post(self, endpoint: Endpoint, message_id: str, body: bytes) -> Attempt:
         now = self._clock()
@@ -323,37 +506,78 @@ class WebhookService:
             target, headers=headers, body=body, timeout_seconds=endpoint.timeout_seconds
         )
 
-    async def send_test(self, endpoint_id: str, body: bytes) -> Attempt:
+    async def send_test(
+        self, endpoint_id: str, *, context: RequestContext | None = None
+    ) -> Attempt:
         """One signed attempt of a test event now, whatever the endpoint's status; no retry."""
         endpoint = await self.get(endpoint_id)
-        return await self._post(endpoint, _new_id("msg"), body)
+        event_id = _new_id("test")
+        body = probe_body(event_id, endpoint.id, self._clock())
+        attempt = await self._post(endpoint, signing.message_id_for(event_id, endpoint.id), body)
+        await self._uow.record(
+            WebhookTested(
+                endpoint_id=endpoint.id,
+                outcome=attempt.outcome.value,
+                status=attempt.status,
+                latency_ms=round(attempt.latency_ms, 3),
+            ),
+            subject=subject_of(endpoint.id),
+            context=context,
+        )
+        return attempt
 
     # ---- dead letters ----------------------------------------------------------------------
 
-    async def dead_letters(
-        self, *, endpoint_id: str | None = None, limit: int = 100
-    ) -> list[Message]:
-        """Messages whose every retry failed, newest first."""
-        if endpoint_id is not None:
-            await self.get(endpoint_id)
+    async def dead_letters(self, endpoint_id: str, *, limit: int = 100) -> list[Message]:
+        """An endpoint's messages whose every retry failed, newest first."""
+        await self.get(endpoint_id)
         return await self._messages.dead(endpoint_id=endpoint_id, limit=limit)
 
-    async def replay(self, message_id: str) -> Message:
+    async def replay(
+        self, endpoint_id: str, message_id: str, *, context: RequestContext | None = None
+    ) -> Message:
         """A dead letter back to pending, due now, its retries started over (same message id)."""
-        message = await self._messages.get(message_id)
-        if message is None:
-            raise ServiceError(ErrorCode.NOT_FOUND, "No webhook message with that id.")
-        if message.state is not MessageState.DEAD:
-            raise ServiceError(ErrorCode.CONFLICT, "Only a dead letter can be replayed.")
-        replayed = replace(
-            message,
-            state=MessageState.PENDING,
-            attempts=0,
-            next_attempt_at=self._clock(),
-            leased_until=None,
-        )
-        await self._messages.save(replayed)
+        async with self._uow.transaction():
+            message = await self._messages.get(message_id)
+            if message is None or message.endpoint_id != endpoint_id:
+                raise ServiceError(ErrorCode.NOT_FOUND, "No webhook message with that id.")
+            if message.state is not MessageState.DEAD:
+                raise ServiceError(ErrorCode.CONFLICT, "Only a dead letter can be replayed.")
+            replayed = replace(
+                message,
+                state=MessageState.PENDING,
+                attempts=0,
+                next_attempt_at=self._clock(),
+                leased_until=None,
+            )
+            if not await self._messages.replay(replayed):
+                raise ServiceError(ErrorCode.CONFLICT, "Only a dead letter can be replayed.")
+            await self._uow.record(
+                DeliveryReplayed(
+                    endpoint_id=endpoint_id, message_id=message_id, event_id=message.event_id
+                ),
+                subject=f"{subject_of(endpoint_id)}/messages/{message_id}",
+                context=context,
+            )
+        self.wakeup.set()
         return replayed
+
+
+def probe_body(event_id: str, endpoint_id: str, now: datetime) -> bytes:
+    """The CloudEvent a test sends: shaped as every delivery, its data saying it is a test."""
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": source_of(SERVICE),
+            "type": EVENT_TYPE_PREFIX + TEST_EVENT_TYPE,
+            "time": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "subject": subject_of(endpoint_id),
+            "datacontenttype": "application/json",
+            "data": {"endpoint_id": endpoint_id, "test": True},
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def _patterns(event_types: list[str]) -> tuple[str, ...]:

@@ -40,15 +40,18 @@ class Delivery(ABC):
 
 
 class EndpointStore(ABC):
-    """The webhook endpoints (their signing keys with them, encrypted at rest by the adapter)."""
+    """The webhook endpoints (their signing keys with them, encrypted at rest by the adapter).
+
+    Writes join the unit of work's transaction when one is open.
+    """
 
     @abstractmethod
     async def add(self, endpoint: Endpoint) -> None:
         """Store a new endpoint."""
 
     @abstractmethod
-    async def get(self, endpoint_id: str) -> Endpoint | None:
-        """The endpoint, or None."""
+    async def get(self, endpoint_id: str, *, for_update: bool = False) -> Endpoint | None:
+        """The endpoint, or None; ``for_update`` locks it until the transaction ends."""
 
     @abstractmethod
     async def list(self) -> list[Endpoint]:
@@ -56,11 +59,26 @@ class EndpointStore(ABC):
 
     @abstractmethod
     async def save(self, endpoint: Endpoint) -> None:
-        """Replace a stored endpoint."""
+        """Replace a stored endpoint (read ``for_update`` in the same transaction)."""
 
     @abstractmethod
     async def delete(self, endpoint_id: str) -> bool:
         """Remove it and its messages; whether it existed."""
+
+    @abstractmethod
+    async def record_success(self, endpoint_id: str) -> None:
+        """A delivered attempt: its failure record is cleared (in one statement)."""
+
+    @abstractmethod
+    async def record_failure(self, endpoint_id: str, *, now: datetime) -> Endpoint | None:
+        """A failed attempt counted (failing since ``now`` if it was not): the endpoint after.
+
+        One statement, so attempts finishing together are all counted; None if it is gone.
+        """
+
+    @abstractmethod
+    async def disable(self, endpoint_id: str, *, reason: str, now: datetime) -> bool:
+        """Disable it if it is still active; whether this call did."""
 
 
 class MessageStore(ABC):
@@ -72,17 +90,22 @@ class MessageStore(ABC):
 
     @abstractmethod
     async def claim_due(
-        self, *, now: datetime, endpoints: frozenset[str], limit: int, lease: timedelta
+        self, *, now: datetime, capacity: Mapping[str, int], limit: int, lease: timedelta
     ) -> list[Message]:
-        """Pending messages of ``endpoints`` due by ``now`` and not leased, oldest first.
+        """Pending messages due by ``now`` and not leased, oldest first, at most ``limit``.
 
+        At most ``capacity[endpoint]`` of each endpoint, and none of an endpoint not in it.
         Each is leased until ``now + lease``: a worker that dies holding it lets it come due
         again then (at least once).
         """
 
     @abstractmethod
-    async def save(self, message: Message) -> None:
-        """Replace a stored message (its state, attempts, next time, lease)."""
+    async def settle(self, message: Message, *, claimed_until: datetime | None) -> bool:
+        """Write an attempt's result if the message is still under that claim; whether it was."""
+
+    @abstractmethod
+    async def replay(self, message: Message) -> bool:
+        """Write a dead letter back as pending; False if it is no longer dead."""
 
     @abstractmethod
     async def get(self, message_id: str) -> Message | None:
@@ -91,19 +114,3 @@ class MessageStore(ABC):
     @abstractmethod
     async def dead(self, *, endpoint_id: str | None, limit: int) -> list[Message]:
         """Dead letters, newest first, of one endpoint or all."""
-
-
-class WebhookEvents(ABC):
-    """What the delivery side tells the platform (published as events, audited)."""
-
-    @abstractmethod
-    async def attempted(self, endpoint: Endpoint, message: Message, attempt: Attempt) -> None:
-        """One attempt and how it ended (status, latency; never a secret or a body)."""
-
-    @abstractmethod
-    async def dead_lettered(self, endpoint: Endpoint, message: Message) -> None:
-        """A message whose every retry failed."""
-
-    @abstractmethod
-    async def endpoint_disabled(self, endpoint: Endpoint) -> None:
-        """An endpoint disabled after sustained failure."""

@@ -108,6 +108,7 @@ from hypersdk_gateway.adapters.inbound.errors import ErrorEnvelope, envelope_byt
 from hypersdk_gateway.adapters.inbound.middleware import API_PREFIX, ASYNCAPI_PATH, context_of
 from hypersdk_gateway.adapters.inbound.operations import operations_of
 from hypersdk_gateway.adapters.inbound.routing import indexed
+from hypersdk_gateway.adapters.inbound.webhooks import add_webhook_routes
 from hypersdk_gateway.adapters.outbound.accounts import BackendRoleAssignments, BackendUserAccounts
 from hypersdk_gateway.core.credentials import CredentialCache
 from hypersdk_gateway.core.users import UserAdministration
@@ -1208,22 +1209,7 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
         """Change runtime configuration."""
         raise not_implemented("System configuration")
 
-    @api.get("/webhooks", tags=["system"], openapi_extra=system, responses=NOT_BUILT)
-    async def list_webhooks() -> None:
-        """Webhooks."""
-        raise not_implemented("Webhooks")
-
-    @api.post("/webhooks", tags=["system"], openapi_extra=system, responses=NOT_BUILT)
-    async def create_webhook() -> None:
-        """Add a webhook."""
-        raise not_implemented("Webhooks")
-
-    @api.delete(
-        "/webhooks/{webhook_id}", tags=["system"], openapi_extra=system, responses=NOT_BUILT
-    )
-    async def delete_webhook(webhook_id: str) -> None:
-        """Remove a webhook."""
-        raise not_implemented("Webhooks")
+    add_webhook_routes(api, backend, extra=system)
 
     if extend is not None:
         extend(api)

@@ -64,9 +64,17 @@ _ROUTES: dict[str, tuple[str, ...]] = {
     "GET /audit/export": (Q.AUDIT_PUBLIC_KEYS, Q.AUDIT_LIST_CHECKPOINTS, Q.AUDIT_LIST_EVENTS),
     "GET /system/config": (),
     "PUT /system/config": (),
-    "GET /webhooks": (),
-    "POST /webhooks": (),
-    "DELETE /webhooks/{webhook_id}": (),
+    "GET /webhooks": (Q.WEBHOOKS_LIST,),
+    "POST /webhooks": (Q.WEBHOOKS_CREATE,),
+    "GET /webhooks/{webhook_id}": (Q.WEBHOOKS_GET,),
+    "PATCH /webhooks/{webhook_id}": (Q.WEBHOOKS_UPDATE,),
+    "DELETE /webhooks/{webhook_id}": (Q.WEBHOOKS_DELETE,),
+    "POST /webhooks/{webhook_id}/pause": (Q.WEBHOOKS_PAUSE,),
+    "POST /webhooks/{webhook_id}/resume": (Q.WEBHOOKS_RESUME,),
+    "POST /webhooks/{webhook_id}/rotate": (Q.WEBHOOKS_ROTATE_SECRET,),
+    "POST /webhooks/{webhook_id}/test": (Q.WEBHOOKS_TEST,),
+    "GET /webhooks/{webhook_id}/dead-letters": (Q.WEBHOOKS_LIST_DEAD_LETTERS,),
+    "POST /webhooks/{webhook_id}/dead-letters/{message_id}/replay": (Q.WEBHOOKS_REPLAY,),
 }
 
 ROUTE_OPERATIONS: dict[str, list[str]] = {

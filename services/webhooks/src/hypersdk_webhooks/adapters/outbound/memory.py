@@ -6,15 +6,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from hypersdk_webhooks.core.models import Attempt, Endpoint, Message, MessageState, Outcome
-from hypersdk_webhooks.core.ssrf import UNRESOLVABLE, IPAddress, Target, TargetRefusedError
-from hypersdk_webhooks.ports.outbound import (
-    Delivery,
-    EndpointStore,
-    MessageStore,
-    Resolver,
-    WebhookEvents,
+from hypersdk_webhooks.core.models import (
+    Attempt,
+    Endpoint,
+    EndpointStatus,
+    Message,
+    MessageState,
+    Outcome,
 )
+from hypersdk_webhooks.core.ssrf import UNRESOLVABLE, IPAddress, Target, TargetRefusedError
+from hypersdk_webhooks.ports.outbound import Delivery, EndpointStore, MessageStore, Resolver
 
 
 class InMemoryResolver(Resolver):
@@ -100,8 +101,8 @@ class InMemoryEndpointStore(EndpointStore):
         """Store a new endpoint."""
         self.endpoints[endpoint.id] = endpoint
 
-    async def get(self, endpoint_id: str) -> Endpoint | None:
-        """The endpoint, or None."""
+    async def get(self, endpoint_id: str, *, for_update: bool = False) -> Endpoint | None:
+        """The endpoint, or None (one task at a time: nothing to lock)."""
         return self.endpoints.get(endpoint_id)
 
     async def list(self) -> list[Endpoint]:
@@ -117,6 +118,37 @@ class InMemoryEndpointStore(EndpointStore):
         if self.messages is not None:
             self.messages.drop_endpoint(endpoint_id)
         return self.endpoints.pop(endpoint_id, None) is not None
+
+    async def record_success(self, endpoint_id: str) -> None:
+        """Clear its failure record."""
+        endpoint = self.endpoints.get(endpoint_id)
+        if endpoint is not None and endpoint.consecutive_failures:
+            self.endpoints[endpoint_id] = replace(
+                endpoint, failing_since=None, consecutive_failures=0
+            )
+
+    async def record_failure(self, endpoint_id: str, *, now: datetime) -> Endpoint | None:
+        """Count a failure."""
+        endpoint = self.endpoints.get(endpoint_id)
+        if endpoint is None:
+            return None
+        failing = replace(
+            endpoint,
+            failing_since=endpoint.failing_since or now,
+            consecutive_failures=endpoint.consecutive_failures + 1,
+        )
+        self.endpoints[endpoint_id] = failing
+        return failing
+
+    async def disable(self, endpoint_id: str, *, reason: str, now: datetime) -> bool:
+        """Disable it if active."""
+        endpoint = self.endpoints.get(endpoint_id)
+        if endpoint is None or endpoint.status is not EndpointStatus.ACTIVE:
+            return False
+        self.endpoints[endpoint_id] = replace(
+            endpoint, status=EndpointStatus.DISABLED, disabled_reason=reason, updated_at=now
+        )
+        return True
 
 
 class InMemoryMessageStore(MessageStore):
@@ -134,30 +166,49 @@ class InMemoryMessageStore(MessageStore):
         return len(new)
 
     async def claim_due(
-        self, *, now: datetime, endpoints: frozenset[str], limit: int, lease: timedelta
+        self, *, now: datetime, capacity: Mapping[str, int], limit: int, lease: timedelta
     ) -> list[Message]:
-        """Due, unleased pending messages of ``endpoints``, oldest first, now leased."""
+        """Due, unleased pending messages within each endpoint's capacity, oldest first."""
         due = sorted(
             (
                 m
                 for m in self.messages.values()
                 if m.state is MessageState.PENDING
-                and m.endpoint_id in endpoints
+                and m.endpoint_id in capacity
                 and m.next_attempt_at is not None
                 and m.next_attempt_at <= now
                 and (m.leased_until is None or m.leased_until <= now)
             ),
-            key=lambda m: (m.next_attempt_at, m.created_at),
-        )[:limit]
-        claimed = [replace(m, leased_until=now + lease) for m in due]
+            key=lambda m: (m.next_attempt_at, m.created_at, m.id),
+        )
+        taken: dict[str, int] = {}
+        chosen: list[Message] = []
+        for message in due:
+            if len(chosen) == limit:
+                break
+            if taken.get(message.endpoint_id, 0) < capacity[message.endpoint_id]:
+                taken[message.endpoint_id] = taken.get(message.endpoint_id, 0) + 1
+                chosen.append(message)
+        claimed = [replace(m, leased_until=now + lease) for m in chosen]
         for message in claimed:
             self.messages[message.id] = message
         return claimed
 
-    async def save(self, message: Message) -> None:
-        """Replace a stored message (gone with its endpoint: not brought back)."""
-        if message.id in self.messages:
-            self.messages[message.id] = message
+    async def settle(self, message: Message, *, claimed_until: datetime | None) -> bool:
+        """Write the result if the stored message still carries that claim."""
+        stored = self.messages.get(message.id)
+        if stored is None or stored.leased_until != claimed_until:
+            return False
+        self.messages[message.id] = message
+        return True
+
+    async def replay(self, message: Message) -> bool:
+        """Write it back as pending if it is still dead."""
+        stored = self.messages.get(message.id)
+        if stored is None or stored.state is not MessageState.DEAD:
+            return False
+        self.messages[message.id] = message
+        return True
 
     async def get(self, message_id: str) -> Message | None:
         """The message, or None."""
@@ -176,24 +227,3 @@ class InMemoryMessageStore(MessageStore):
         """Forget an endpoint's messages."""
         for key in [k for k, m in self.messages.items() if m.endpoint_id == endpoint_id]:
             del self.messages[key]
-
-
-class InMemoryWebhookEvents(WebhookEvents):
-    """Records what would be published."""
-
-    def __init__(self) -> None:
-        self.attempts: list[tuple[str, str, Attempt]] = []  # endpoint id, message id, attempt
-        self.dead: list[str] = []  # message ids
-        self.disabled: list[str] = []  # endpoint ids
-
-    async def attempted(self, endpoint: Endpoint, message: Message, attempt: Attempt) -> None:
-        """Record an attempt."""
-        self.attempts.append((endpoint.id, message.id, attempt))
-
-    async def dead_lettered(self, endpoint: Endpoint, message: Message) -> None:
-        """Record a dead letter."""
-        self.dead.append(message.id)
-
-    async def endpoint_disabled(self, endpoint: Endpoint) -> None:
-        """Record a disabled endpoint."""
-        self.disabled.append(endpoint.id)

@@ -9,13 +9,14 @@ a lease, so several workers never attempt one message at once and a dead worker'
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from hypersdk_kit.database import Database
+from hypersdk_kit.outbox import OUTBOX_DEAD_MIGRATION, OUTBOX_MIGRATION
 from hypersdk_webhooks.core.models import (
     Attempt,
     Endpoint,
@@ -79,7 +80,16 @@ MIGRATIONS = [
     -- an endpoint's messages: its dead letters, and the cascade when it is deleted
     CREATE INDEX messages_endpoint ON messages (endpoint_id, state, created_at DESC);
     """,
+    OUTBOX_MIGRATION,
+    OUTBOX_DEAD_MIGRATION,
+    """
+    -- claim_due per endpoint: its pending messages in the order they fall due
+    CREATE INDEX messages_endpoint_due ON messages (endpoint_id, next_attempt_at, created_at, id)
+        WHERE state = 'pending';
+    DROP INDEX messages_due;
+    """,
 ]
+
 _ENDPOINT_COLUMNS = (
     "id, url, event_types, description, status, timeout_seconds, max_in_flight, created_at,"
     " updated_at, failing_since, consecutive_failures, disabled_reason, current_secret_sealed,"
@@ -90,6 +100,8 @@ _MESSAGE_COLUMNS = (
     " next_attempt_at, leased_until, last_outcome, last_status, last_latency_ms, last_address,"
     " last_detail"
 )
+CLAIM_ROUNDS = 4
+"""Claiming statements at most per claim, when rows chosen were taken by another worker."""
 _BINDING = b"hypersdk-webhooks/endpoint-secret/v1\x00"
 """Sealed with every secret, before its endpoint's id: what it was sealed for, and where."""
 
@@ -177,10 +189,15 @@ class PostgresEndpointStore(EndpointStore):
             endpoint.keys.previous_until,
         )
 
-    async def get(self, endpoint_id: str) -> Endpoint | None:
-        """One endpoint, its secrets opened."""
+    async def get(self, endpoint_id: str, *, for_update: bool = False) -> Endpoint | None:
+        """One endpoint, its secrets opened (its row locked, ``for_update``).
+
+        ``FOR NO KEY UPDATE``: it serializes writers of the row, yet lets messages be inserted
+        meanwhile (their foreign key takes only a key-share lock on it).
+        """
+        lock = " FOR NO KEY UPDATE" if for_update else ""
         row = await self._pool.fetchrow(
-            f"SELECT {_ENDPOINT_COLUMNS} FROM {SCHEMA}.endpoints WHERE id = $1", endpoint_id
+            f"SELECT {_ENDPOINT_COLUMNS} FROM {SCHEMA}.endpoints WHERE id = $1{lock}", endpoint_id
         )
         return None if row is None else self._endpoint(row)
 
@@ -213,6 +230,37 @@ class PostgresEndpointStore(EndpointStore):
             f"DELETE FROM {SCHEMA}.endpoints WHERE id = $1", endpoint_id
         )
         self._sealed.pop(endpoint_id, None)
+        return status.endswith(" 1")
+
+    async def record_success(self, endpoint_id: str) -> None:
+        """Clear its failure record (no write when there is none)."""
+        await self._pool.execute(
+            f"UPDATE {SCHEMA}.endpoints SET failing_since = NULL, consecutive_failures = 0"
+            " WHERE id = $1 AND consecutive_failures > 0",
+            endpoint_id,
+        )
+
+    async def record_failure(self, endpoint_id: str, *, now: datetime) -> Endpoint | None:
+        """Count a failure in one UPDATE; the endpoint after it."""
+        _require_aware("now", now)
+        row = await self._pool.fetchrow(
+            f"UPDATE {SCHEMA}.endpoints SET failing_since = coalesce(failing_since, $2),"
+            " consecutive_failures = consecutive_failures + 1"
+            f" WHERE id = $1 RETURNING {_ENDPOINT_COLUMNS}",
+            endpoint_id,
+            now,
+        )
+        return None if row is None else self._endpoint(row)
+
+    async def disable(self, endpoint_id: str, *, reason: str, now: datetime) -> bool:
+        """Disable it if it is still active."""
+        status = await self._pool.execute(
+            f"UPDATE {SCHEMA}.endpoints SET status = 'disabled', disabled_reason = $2,"
+            " updated_at = $3 WHERE id = $1 AND status = 'active'",
+            endpoint_id,
+            reason,
+            now,
+        )
         return status.endswith(" 1")
 
     def _seal(self, endpoint: Endpoint) -> tuple[bytes, bytes | None]:
@@ -291,44 +339,107 @@ class PostgresMessageStore(MessageStore):
         return int(status.rsplit(" ", 1)[1])
 
     async def claim_due(
-        self, *, now: datetime, endpoints: frozenset[str], limit: int, lease: timedelta
+        self, *, now: datetime, capacity: Mapping[str, int], limit: int, lease: timedelta
     ) -> list[Message]:
-        """One UPDATE that leases the due rows it could lock; rows other workers hold are skipped.
+        """Lease the due rows it can lock; rows other workers hold are skipped, never waited for.
 
-        The caller's ``now`` decides what is due (as in the in-memory store), not the
-        database's clock.
+        Each round is one statement: the rows are chosen first, without a lock (each
+        endpoint's due rows from its own index range, a LATERAL subquery per endpoint limited
+        to its free slots, then the oldest ``limit`` of them all); only those are then locked
+        (``FOR UPDATE SKIP LOCKED``, their state checked again) and leased. So a claim never
+        holds a row it does not lease. When a chosen row was skipped (another worker took it
+        at that moment), another round claims what is still wanted, choosing past the rows
+        other workers hold (its choice skips locked rows too, so it may hold a few rows it
+        does not lease, for the length of that statement only). The caller's ``now`` decides
+        what is due (as in the in-memory store), not the database's.
         """
         _require_aware("now", now)
-        if not endpoints or limit <= 0:
-            return []
+        free = {endpoint: slots for endpoint, slots in capacity.items() if slots > 0}
+        claimed: list[Message] = []
+        for round_ in range(CLAIM_ROUNDS):
+            if not free or len(claimed) >= limit:
+                break
+            taken, skipped = await self._claim_round(
+                now, free, limit - len(claimed), lease, skip_locked_choice=round_ > 0
+            )
+            claimed += taken
+            for message in taken:
+                free[message.endpoint_id] -= 1
+            free = {endpoint: slots for endpoint, slots in free.items() if slots > 0}
+            if not skipped:
+                break
+        # RETURNING keeps no order: sort as the choice made them.
+        return sorted(claimed, key=lambda m: (m.next_attempt_at, m.created_at, m.id))
+
+    async def _claim_round(
+        self,
+        now: datetime,
+        free: Mapping[str, int],
+        limit: int,
+        lease: timedelta,
+        *,
+        skip_locked_choice: bool,
+    ) -> tuple[list[Message], int]:
+        """One claiming statement: what it leased, and how many chosen rows it had to skip."""
+        wanted = sorted(free.items())
+        past_locked = " FOR UPDATE SKIP LOCKED" if skip_locked_choice else ""
+        due = (
+            "state = 'pending' AND next_attempt_at <= $3"
+            " AND (leased_until IS NULL OR leased_until <= $3)"
+        )
+        # The leased rows, each with the count chosen; when none was leased, one row of NULLs
+        # that still carries the count (the columns of _MESSAGE_COLUMNS, then ``chosen``).
         rows = await self._pool.fetch(
-            f"UPDATE {SCHEMA}.messages SET leased_until = $3"
-            " WHERE id IN ("
-            f" SELECT id FROM {SCHEMA}.messages"
-            " WHERE state = 'pending' AND endpoint_id = ANY($1::text[])"
-            " AND next_attempt_at <= $2 AND (leased_until IS NULL OR leased_until <= $2)"
-            " ORDER BY next_attempt_at, created_at, id"
-            " LIMIT $4 FOR UPDATE SKIP LOCKED)"
-            f" RETURNING {_MESSAGE_COLUMNS}",
-            sorted(endpoints),
+            "WITH chosen AS ("
+            " SELECT m.id FROM unnest($1::text[], $2::int[]) AS e(id, free)"
+            " CROSS JOIN LATERAL ("
+            f" SELECT id, next_attempt_at, created_at FROM {SCHEMA}.messages"
+            f" WHERE endpoint_id = e.id AND {due}"
+            " ORDER BY next_attempt_at, created_at, id LIMIT least(e.free, $5)"
+            f"{past_locked}) AS m"
+            " ORDER BY m.next_attempt_at, m.created_at, m.id LIMIT $5),"
+            f" locked AS (SELECT id FROM {SCHEMA}.messages"
+            f" WHERE id IN (SELECT id FROM chosen) AND {due} FOR UPDATE SKIP LOCKED),"
+            f" leased AS (UPDATE {SCHEMA}.messages SET leased_until = $4"
+            f" WHERE id IN (SELECT id FROM locked) RETURNING {_MESSAGE_COLUMNS})"
+            " SELECT leased.*, (SELECT count(*) FROM chosen) AS chosen FROM leased"
+            " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+            " NULL, NULL, NULL, NULL, NULL, NULL, (SELECT count(*) FROM chosen)"
+            " WHERE NOT EXISTS (SELECT 1 FROM leased)",
+            [endpoint for endpoint, _ in wanted],
+            [slots for _, slots in wanted],
             now,
             now + lease,
             limit,
         )
-        claimed = [_message(row) for row in rows]
-        # RETURNING keeps no order: sort as the subquery chose them.
-        return sorted(claimed, key=lambda m: (m.next_attempt_at, m.created_at, m.id))
+        taken = [_message(row) for row in rows if row["id"] is not None]
+        chosen = int(rows[0]["chosen"]) if rows else 0
+        return taken, chosen - len(taken)
 
-    async def save(self, message: Message) -> None:
-        """Write its state, attempts, next time, lease and last attempt (gone: nothing)."""
-        await self._pool.execute(
+    async def settle(self, message: Message, *, claimed_until: datetime | None) -> bool:
+        """Write an attempt's result, only while the row still carries the claim's lease."""
+        status = await self._pool.execute(
             f"UPDATE {SCHEMA}.messages SET state = $2, attempts = $3, next_attempt_at = $4,"
             " leased_until = $5, last_outcome = $6, last_status = $7, last_latency_ms = $8,"
             " last_address = $9, last_detail = $10"
-            " WHERE id = $1",
+            " WHERE id = $1 AND state = 'pending' AND leased_until IS NOT DISTINCT FROM $11",
+            message.id,
+            *_progress_values(message),
+            claimed_until,
+        )
+        return status.endswith(" 1")
+
+    async def replay(self, message: Message) -> bool:
+        """Write a dead letter back as pending, only while it is dead."""
+        status = await self._pool.execute(
+            f"UPDATE {SCHEMA}.messages SET state = $2, attempts = $3, next_attempt_at = $4,"
+            " leased_until = $5, last_outcome = $6, last_status = $7, last_latency_ms = $8,"
+            " last_address = $9, last_detail = $10"
+            " WHERE id = $1 AND state = 'dead'",
             message.id,
             *_progress_values(message),
         )
+        return status.endswith(" 1")
 
     async def get(self, message_id: str) -> Message | None:
         """One message by its store id."""

@@ -10,7 +10,10 @@ An event is genuine when all of these hold (decision 0029):
    same request ID, and the same actor and source IP where the event names them. The gateway's
    own events need no seal (it is the authority on its requests); an event that names none of
    the three needs none. Identity, the authority on principals, may name the actor where the
-   seal names none (the user who just logged in) or where there is no request at all.
+   seal names none (the user who just logged in) or where there is no request at all;
+4. its id does not start with a prefix another service reserved (audit's quarantine records).
+
+Audit checks it before it chains an event as genuine; webhooks before it delivers one.
 """
 
 from __future__ import annotations
@@ -20,8 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypersdk_audit.core.quarantine import RECORD_ID_PREFIX
-from hypersdk_contracts.catalogue import PRINCIPAL_AUTHORITY, emitter_of, source_of
+from hypersdk_contracts.catalogue import PRINCIPAL_AUTHORITY, RESERVED_IDS, emitter_of, source_of
 from hypersdk_contracts.envelope import CloudEvent
 from hypersdk_contracts.names import EVENT_TYPE_PREFIX
 from hypersdk_kit.trust import AssertionRejectedError, AssertionVerifier
@@ -29,7 +31,6 @@ from hypersdk_kit.trust import AssertionRejectedError, AssertionVerifier
 SEALS_REMEMBERED = 4096
 """Seals whose claims are kept after a check: one request's events often share one."""
 GATEWAY = "gateway"
-AUDIT = "audit"
 
 
 class NotGenuineError(Exception):
@@ -49,6 +50,8 @@ class Attribution:
     """Broker login -> service."""
     seals: AssertionVerifier
     """The gateway's public key, issuer ``gateway``."""
+    reserved_ids: Mapping[str, str] = field(default_factory=lambda: dict(RESERVED_IDS))
+    """Event id prefix -> the only service whose events may carry such an id."""
     _verified: OrderedDict[str, dict[str, Any]] = field(
         default_factory=OrderedDict, init=False, repr=False, compare=False
     )
@@ -68,8 +71,9 @@ class Attribution:
             raise NotGenuineError("wrong_producer", producer=producer)
         if event.source != source_of(producer):
             raise NotGenuineError("wrong_source", producer=producer)
-        if event.id.startswith(RECORD_ID_PREFIX) and producer != AUDIT:
-            raise NotGenuineError("reserved_id", producer=producer)
+        for prefix, owner in self.reserved_ids.items():
+            if event.id.startswith(prefix) and producer != owner:
+                raise NotGenuineError("reserved_id", producer=producer)
         self._check_request_claims(event, producer)
         return producer
 

@@ -1,0 +1,5 @@
+"""Entry point: python -m hypersdk_webhooks."""
+
+from hypersdk_webhooks.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Inbound adapters: the bus (events in, requests), the delivery loop."""

@@ -1,0 +1,147 @@
+"""Composition root of the webhooks service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from faststream.rabbit import RabbitBroker
+
+from hypersdk_contracts.events import WebhooksRequestRejected
+from hypersdk_kit.attribution import Attribution
+from hypersdk_kit.bus import RabbitEventPublisher, build_broker
+from hypersdk_kit.database import create_pool
+from hypersdk_kit.guard import RequestGuard
+from hypersdk_kit.outbox import build_outbox
+from hypersdk_kit.runtime import Component
+from hypersdk_kit.transit import TrustKeys
+from hypersdk_kit.trust import AssertionVerifier, load_public_key
+from hypersdk_webhooks.adapters.inbound.bus import register_consumers
+from hypersdk_webhooks.adapters.inbound.delivery_loop import DeliveryLoop
+from hypersdk_webhooks.adapters.outbound.http_delivery import HttpDelivery
+from hypersdk_webhooks.adapters.outbound.postgres import (
+    SCHEMA,
+    FernetSealer,
+    PostgresEndpointStore,
+    PostgresMessageStore,
+)
+from hypersdk_webhooks.adapters.outbound.resolvers import DnsResolver, SystemResolver
+from hypersdk_webhooks.config import WebhooksSettings, nameserver
+from hypersdk_webhooks.core.service import SERVICE, WebhookService
+from hypersdk_webhooks.core.ssrf import AddressPolicy
+from hypersdk_webhooks.ports.outbound import Resolver
+
+MAX_KEY_FILE_BYTES = 4096
+
+
+def read_key_file(path: Path) -> str:
+    """A sealing key from its file (a missing or unreadable file stops the start, by name)."""
+    try:
+        with path.open("rb") as stream:
+            text = stream.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SystemExit(f"cannot read the sealing key file {path}: {exc.strerror}") from None
+    if len(text) > MAX_KEY_FILE_BYTES:
+        raise SystemExit(f"{path} is too large to be a sealing key")
+    return text.decode("ascii", errors="replace").strip()
+
+
+def sealer_of(settings: WebhooksSettings) -> FernetSealer:
+    """The sealer of signing secrets at rest, from the configured key files."""
+    try:
+        return FernetSealer(
+            read_key_file(settings.sealing_key_file),
+            retired=[read_key_file(path) for path in settings.retired_sealing_key_files],
+        )
+    except ValueError as exc:  # the message never holds the key
+        raise SystemExit(f"bad sealing key: {exc}") from None
+
+
+def resolver_of(settings: WebhooksSettings) -> Resolver:
+    """The configured name servers, else the system's resolver."""
+    if settings.nameservers:
+        return DnsResolver([nameserver(text) for text in settings.nameservers])
+    return SystemResolver()
+
+
+def address_policy(settings: WebhooksSettings) -> AddressPolicy:
+    """What deliveries may reach beyond the public internet (the allow-list)."""
+    return AddressPolicy.from_strings(
+        networks=settings.allowed_networks, hosts=settings.allowed_hosts
+    )
+
+
+@asynccontextmanager
+async def prepare_webhooks(
+    settings: WebhooksSettings,
+) -> AsyncIterator[tuple[WebhookService, RabbitBroker, list[Component]]]:
+    """The webhook use cases wired to PostgreSQL, the bus and the network (nothing started)."""
+    amqp_url = settings.amqp_url.get_secret_value()
+    broker = build_broker(amqp_url, service=SERVICE, tls=settings.amqp_tls)
+    sealer = sealer_of(settings)
+    pool = await create_pool(
+        settings.database_url.get_secret_value(), size=settings.database_pool_size
+    )
+    try:
+        publisher = RabbitEventPublisher(
+            broker, service=SERVICE, declare_topology=settings.declare_topology
+        )
+        outbox = build_outbox(
+            pool, settings=settings, schema=SCHEMA, service=SERVICE, publisher=publisher
+        )
+        policy = address_policy(settings)
+        service = WebhookService(
+            endpoints=PostgresEndpointStore(outbox.database, sealer=sealer),
+            messages=PostgresMessageStore(outbox.database),
+            delivery=HttpDelivery(resolver=resolver_of(settings), policy=policy),
+            uow=outbox.unit_of_work,
+            policy=policy,
+            retry=settings.retry_policy,
+            disable=settings.disable_policy,
+            rotation_overlap=timedelta(seconds=settings.rotation_overlap_seconds),
+            lease=timedelta(seconds=settings.lease_seconds),
+        )
+        keys = TrustKeys(settings)
+        policy_keys = await keys.public(
+            "policy",
+            file=settings.policy_public_key_file,
+            transit_key=settings.policy_transit_key,
+        )
+        seals = AssertionVerifier(
+            load_public_key(settings.gateway_public_key_file), issuer="gateway"
+        )
+        guard = RequestGuard(
+            events=outbox.unit_of_work,
+            rejected=WebhooksRequestRejected,
+            grants=AssertionVerifier(policy_keys, issuer="policy"),
+            seals=seals,
+        )
+        attribution = Attribution(
+            # its own events come back on its queue too (and are never delivered)
+            publishers={**settings.publishers, _login_of(amqp_url): SERVICE},
+            seals=seals,
+        )
+        events = register_consumers(
+            broker,
+            service,
+            attribution=attribution,
+            prefetch=settings.prefetch,
+            batch_size=settings.batch_size,
+            batch_wait_seconds=settings.batch_wait_seconds,
+            guard=guard,
+            declare_topology=settings.declare_topology,
+        )
+        loop = DeliveryLoop(
+            service, poll_seconds=settings.poll_seconds, claim_limit=settings.claim_limit
+        )
+        yield service, broker, [outbox.relay, *keys.components, events, loop]
+    finally:
+        await pool.close()
+
+
+def _login_of(amqp_url: str) -> str:
+    """The broker login in an AMQP URL (RabbitMQ's default, guest, when it names none)."""
+    return unquote(urlsplit(amqp_url).username or "guest")
