@@ -1067,3 +1067,36 @@ async def test_an_attempt_whose_events_cannot_be_stored_leaves_no_state_either(
     health = await stores.endpoints.get(endpoint.id)
     assert health is not None
     assert (health.consecutive_failures, health.failing_since) == (1, T0 + lease)
+
+
+async def test_purging_removes_old_delivered_and_dead_messages_in_batches(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hypersdk_webhooks.adapters.outbound import postgres as webhooks_postgres
+
+    monkeypatch.setattr(webhooks_postgres, "PURGE_BATCH", 3)  # several batches of each state
+    endpoint = _endpoint()
+    await stores.endpoints.add(endpoint)
+    day = timedelta(days=1)
+    old_done = [
+        _message(endpoint, f"pd{n}", state=MessageState.DELIVERED, created_at=T0 - 10 * day)
+        for n in range(7)
+    ]
+    young_done = _message(endpoint, "pd-young", state=MessageState.DELIVERED, created_at=T0)
+    old_dead = [
+        _message(endpoint, f"px{n}", state=MessageState.DEAD, created_at=T0 - 40 * day)
+        for n in range(4)
+    ]
+    young_dead = _message(endpoint, "px-young", state=MessageState.DEAD, created_at=T0 - 10 * day)
+    ancient_pending = _message(endpoint, "pp", created_at=T0 - 400 * day)
+    await stores.messages.add_new([*old_done, young_done, *old_dead, young_dead, ancient_pending])
+
+    removed = await stores.messages.purge(delivered_before=T0 - 7 * day, dead_before=T0 - 30 * day)
+    assert removed == 7 + 4
+    left = {
+        row["event_id"] for row in await stores.db.fetch("SELECT event_id FROM webhooks.messages")
+    }
+    assert left == {"pd-young", "px-young", "pp"}
+    naive = datetime(2026, 1, 1)  # noqa: DTZ001 - the point of the test
+    with pytest.raises(ValueError, match="aware"):
+        await stores.messages.purge(delivered_before=naive, dead_before=T0)

@@ -17,6 +17,7 @@ from hypersdk_webhooks.adapters.outbound.memory import (
     InMemoryEndpointStore,
     InMemoryMessageStore,
 )
+from hypersdk_webhooks.core import service as service_module
 from hypersdk_webhooks.core import signing
 from hypersdk_webhooks.core.models import Attempt, EndpointStatus, MessageState, Outcome
 from hypersdk_webhooks.core.schedule import DisablePolicy, RetryPolicy
@@ -379,3 +380,35 @@ async def test_an_attempt_that_breaks_leaves_its_message_to_come_due_again() -> 
     assert len(rig.data_of("webhooks.delivery.attempted")) == 1
     rig.clock.advance(timedelta(seconds=121))
     assert await rig.deliver() == 1
+
+
+async def test_old_delivered_and_dead_messages_are_purged_pending_ones_never() -> None:
+    retry = RetryPolicy(delays=(timedelta(0),), jitter_ratio=0.0)
+    rig = _rig(delivery=ScriptedDelivery(script=[Outcome.HTTP_ERROR]), retry=retry)
+    waiting, _ = await rig.service.register(url=URL, event_types=["#"])
+    await rig.service.pause(waiting.id)  # its messages stay pending, however old
+    await rig.service.register(url=URL, event_types=["#"])
+    for event_id in ("x1", "x2"):  # to the active endpoint: x1 fails for good, x2 arrives
+        await rig.service.dispatch(event_id=event_id, event_type="a.b.c", body=BODY)
+        await rig.deliver()
+    states = sorted(m.state.value for m in rig.messages.messages.values())
+    assert states == ["dead", "delivered", "pending", "pending"]
+    keep = {"delivered_after": timedelta(days=7), "dead_after": timedelta(days=30)}
+    rig.clock.advance(timedelta(days=6))
+    assert await rig.service.purge(**keep) == 0
+    rig.clock.advance(timedelta(days=2))  # the delivered one is past its 7 days
+    assert await rig.service.purge(**keep) == 1
+    rig.clock.advance(timedelta(days=30))  # the dead letter past its 30
+    assert await rig.service.purge(**keep) == 1
+    left = list(rig.messages.messages.values())
+    assert {(m.endpoint_id, m.state) for m in left} == {(waiting.id, MessageState.PENDING)}
+    assert len(left) == 2
+
+
+async def test_endpoints_are_capped() -> None:
+    rig = _rig()
+    for _ in range(service_module.MAX_ENDPOINTS):
+        await rig.service.register(url=URL, event_types=["#"])
+    with pytest.raises(ServiceError) as caught:
+        await rig.service.register(url=URL, event_types=["#"])
+    assert caught.value.code is ErrorCode.CONFLICT

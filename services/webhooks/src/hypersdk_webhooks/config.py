@@ -94,6 +94,19 @@ class WebhooksSettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings)
     disable_after_failures: int = Field(
         default=10, ge=1, description="...and at least this many attempts in a row."
     )
+    delivered_retention_seconds: float = Field(
+        default=7 * 86400,
+        ge=60,
+        description="Delivered messages are forgotten this long after their event came.",
+    )
+    dead_retention_seconds: float = Field(
+        default=30 * 86400,
+        ge=60,
+        description="Dead letters are forgotten this long after their event came.",
+    )
+    purge_interval_seconds: float = Field(
+        default=300, ge=1, le=86400, description="How often old messages are purged."
+    )
     rotation_overlap_seconds: float = Field(
         default=86400,
         ge=0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -16,7 +17,7 @@ from hypersdk_kit.bus import RabbitEventPublisher, build_broker
 from hypersdk_kit.database import create_pool
 from hypersdk_kit.guard import RequestGuard
 from hypersdk_kit.outbox import build_outbox
-from hypersdk_kit.runtime import Component
+from hypersdk_kit.runtime import Component, Periodic
 from hypersdk_kit.transit import TrustKeys
 from hypersdk_kit.trust import AssertionVerifier, load_public_key
 from hypersdk_webhooks.adapters.inbound.bus import register_consumers
@@ -137,7 +138,16 @@ async def prepare_webhooks(
         loop = DeliveryLoop(
             service, poll_seconds=settings.poll_seconds, claim_limit=settings.claim_limit
         )
-        yield service, broker, [outbox.relay, *keys.components, events, loop]
+        purge = Periodic(
+            "purging old webhook messages",
+            functools.partial(
+                service.purge,
+                delivered_after=timedelta(seconds=settings.delivered_retention_seconds),
+                dead_after=timedelta(seconds=settings.dead_retention_seconds),
+            ),
+            interval_seconds=settings.purge_interval_seconds,
+        )
+        yield service, broker, [outbox.relay, *keys.components, events, loop, purge]
     finally:
         await pool.close()
 

@@ -60,6 +60,8 @@ MIN_TIMEOUT_SECONDS = 1.0
 MAX_TIMEOUT_SECONDS = 30.0
 MAX_IN_FLIGHT = 16
 MAX_DESCRIPTION = 500
+MAX_ENDPOINTS = 200
+"""Endpoints at most: every event is matched against each one's filters."""
 CONTENT_TYPE = "application/cloudevents+json"
 USER_AGENT = "HyperSDK-Webhooks/0.1"
 TEST_EVENT_TYPE = RoutingKey.WEBHOOK_TESTED.value
@@ -142,6 +144,11 @@ class WebhookService:
         target = self._target(url)
         patterns = _patterns(event_types)
         _check_limits(description, timeout_seconds, max_in_flight)
+        if len(await self._endpoints.list()) >= MAX_ENDPOINTS:
+            raise ServiceError(
+                ErrorCode.CONFLICT,
+                f"At most {MAX_ENDPOINTS} webhook endpoints; delete one that is not needed.",
+            )
         secret = signing.generate_secret()
         now = self._clock()
         endpoint = Endpoint(
@@ -525,6 +532,13 @@ class WebhookService:
             context=context,
         )
         return attempt
+
+    async def purge(self, *, delivered_after: timedelta, dead_after: timedelta) -> int:
+        """Forget delivered messages and dead letters older than these; how many went."""
+        now = self._clock()
+        return await self._messages.purge(
+            delivered_before=now - delivered_after, dead_before=now - dead_after
+        )
 
     # ---- dead letters ----------------------------------------------------------------------
 

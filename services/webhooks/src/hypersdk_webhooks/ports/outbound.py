@@ -114,3 +114,7 @@ class MessageStore(ABC):
     @abstractmethod
     async def dead(self, *, endpoint_id: str | None, limit: int) -> list[Message]:
         """Dead letters, newest first, of one endpoint or all."""
+
+    @abstractmethod
+    async def purge(self, *, delivered_before: datetime, dead_before: datetime) -> int:
+        """Remove delivered messages and dead letters created before these; how many."""

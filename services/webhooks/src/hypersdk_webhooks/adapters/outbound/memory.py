@@ -223,6 +223,18 @@ class InMemoryMessageStore(MessageStore):
         ]
         return sorted(dead, key=lambda m: m.created_at, reverse=True)[:limit]
 
+    async def purge(self, *, delivered_before: datetime, dead_before: datetime) -> int:
+        """Forget old delivered and dead messages."""
+        cutoff = {MessageState.DELIVERED: delivered_before, MessageState.DEAD: dead_before}
+        gone = [
+            key
+            for key, m in self.messages.items()
+            if m.state in cutoff and m.created_at < cutoff[m.state]
+        ]
+        for key in gone:
+            del self.messages[key]
+        return len(gone)
+
     def drop_endpoint(self, endpoint_id: str) -> None:
         """Forget an endpoint's messages."""
         for key in [k for k, m in self.messages.items() if m.endpoint_id == endpoint_id]:

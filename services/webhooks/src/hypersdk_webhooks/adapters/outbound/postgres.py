@@ -88,6 +88,10 @@ MIGRATIONS = [
         WHERE state = 'pending';
     DROP INDEX messages_due;
     """,
+    """
+    -- purge: delivered messages by age (dead letters have messages_dead)
+    CREATE INDEX messages_delivered ON messages (created_at) WHERE state = 'delivered';
+    """,
 ]
 
 _ENDPOINT_COLUMNS = (
@@ -465,6 +469,31 @@ class PostgresMessageStore(MessageStore):
                 limit,
             )
         return [_message(row) for row in rows]
+
+    async def purge(self, *, delivered_before: datetime, dead_before: datetime) -> int:
+        """Delete old delivered messages and dead letters, in batches of PURGE_BATCH."""
+        _require_aware("delivered_before", delivered_before)
+        _require_aware("dead_before", dead_before)
+        removed = 0
+        for state, before in (("delivered", delivered_before), ("dead", dead_before)):
+            while True:
+                status = await self._pool.execute(
+                    f"DELETE FROM {SCHEMA}.messages WHERE id IN ("
+                    f" SELECT id FROM {SCHEMA}.messages WHERE state = $1 AND created_at < $2"
+                    " LIMIT $3 FOR UPDATE SKIP LOCKED)",
+                    state,
+                    before,
+                    PURGE_BATCH,
+                )
+                count = int(status.rsplit(" ", 1)[1])
+                removed += count
+                if count < PURGE_BATCH:
+                    break
+        return removed
+
+
+PURGE_BATCH = 5000
+"""Rows one purge statement removes at most: short transactions, however large the backlog."""
 
 
 def _binding(endpoint_id: str) -> bytes:
