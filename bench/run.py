@@ -15,13 +15,17 @@ measures, in one run so that the figures compare side by side:
 6. the audit service: the rate it chains durable entries against a raw consume of the same
    messages from the same broker, and, in a scratch database of 1M entries, checkpoint
    signing, inclusion and consistency proofs and the offline verification of the whole export
-   bundle (bench/audit.py).
+   bundle (bench/audit.py);
+7. webhooks: deliveries/s to a receiver on 127.0.0.2 and the time from an event's publish to
+   its delivery, through the webhooks service (bench/webhooks.py).
 
 ``--only`` runs some phases alone and ``HYPERSDK_BENCH_SECONDS`` shortens each load (a smoke
 run; the figures of docs/benchmarks.md come from a whole run). ``--only exports --section``
-(or ``audit``) rewrites that phase's section of docs/benchmarks.md alone, saying when.
+(or ``audit``, ``webhooks``) rewrites that phase's section of docs/benchmarks.md alone, saying
+when.
 
-Every load targets 127.0.0.1, is bounded in count, and stops by itself.
+Every load targets 127.0.0.1 (webhooks: a receiver on 127.0.0.2), is bounded in count, and
+stops by itself.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import audit
 import audited
 import devstack
 import exports
+import webhooks
 from hypersdk_contracts.envelope import RequestContext
 from hypersdk_contracts.names import RpcQueue
 from hypersdk_contracts.rpc import DecideRequest, RpcRequest
@@ -68,7 +73,7 @@ PASSWORD = "bench-admin-" + secrets.token_hex(6)
 
 
 PHASE_LIMIT_SECONDS = 300
-PHASES = ("policy", "gateway", "audited", "storm", "exports", "audit")
+PHASES = ("policy", "gateway", "audited", "storm", "exports", "audit", "webhooks")
 
 
 async def bounded(
@@ -764,6 +769,8 @@ def render(results: dict[str, Any], command: str) -> str:
         "",
         *audit.render(results["audit"]),
         "",
+        *webhooks.render(results["webhooks"]),
+        "",
     ]
     return "\n".join(lines)
 
@@ -771,6 +778,7 @@ def render(results: dict[str, Any], command: str) -> str:
 SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "exports": lambda results: exports.render(results["exports"]),
     "audit": lambda results: audit.render(results["audit"]),
+    "webhooks": lambda results: webhooks.render(results["webhooks"]),
 }
 """Phases whose section of the docs a run of that phase alone can rewrite (``--section``)."""
 
@@ -856,11 +864,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "HYPERSDK_GATEWAY_LOG_LEVEL": "WARNING",
                 # The failed-login storm comes from many addresses, through loopback.
                 "HYPERSDK_GATEWAY_TRUSTED_PROXIES": '["127.0.0.1"]',
+                # The webhooks phase's receiver (allow-listed), the service's log as the gateway's.
+                **webhooks.EXTRA_ENV,
             },
         ) as config,
-        # Before the platform starts: audit's publishers then include this login.
+        # Before the platform starts: audit's (and webhooks') publishers then include this login.
         (
-            audit.publisher_login(config) if "audit" in phases else contextlib.nullcontext()
+            audit.publisher_login(config)
+            if phases & {"audit", "webhooks"}
+            else contextlib.nullcontext()
         ) as publisher,
     ):
         await asyncio.to_thread(devstack.up, config, admin_password=PASSWORD)
@@ -890,6 +902,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             progress("audit: ingest against a raw consume, proofs at 1M entries")
             results["audit"] = await bounded(
                 audit.measure(config, publisher, Path(state), progress), audit.PHASE_LIMIT_S
+            )
+        if "webhooks" in phases:
+            assert publisher is not None
+            progress("webhooks: deliveries/s and the time from event to delivery")
+            results["webhooks"] = await bounded(
+                webhooks.measure(config, auth, publisher, progress), webhooks.PHASE_LIMIT_S
             )
     return results
 
