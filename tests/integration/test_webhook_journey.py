@@ -319,6 +319,10 @@ def test_a_delivery_cut_short_by_kill_9_is_made_again(stack: Stack, receiver: Re
     first = receiver.wait_for(lambda e: e["data"].get("username") == "whk-killed")
     victim = _webhooks_pid(stack)
     assert victim is not None
+    # what any local user sees of it: no URL, key or password on its command line
+    cmdline = Path(f"/proc/{victim}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[1:3] == [b"-m", b"hypersdk_webhooks"]
+    assert [arg for arg in cmdline[3:] if arg] == []
     os.kill(victim, signal.SIGKILL)
     receiver.delay = 0.0
     _eventually(lambda: _webhooks_pid(stack) not in (None, victim), seconds=30)

@@ -24,10 +24,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hypersdk_contracts.errors import ErrorCode, ServiceError
+from hypersdk_kit.attribution import Attribution
 from hypersdk_kit.database import Database, apply_migrations, create_pool
 from hypersdk_kit.outbox import PostgresUnitOfWork
+from hypersdk_kit.trust import AssertionVerifier
 from hypersdk_webhooks.adapters.outbound.memory import InMemoryDelivery
 from hypersdk_webhooks.adapters.outbound.postgres import (
     MIGRATIONS,
@@ -812,6 +815,10 @@ def _service(stores: Stores, delivery: InMemoryDelivery, clock: Clock, **kw: Any
         messages=stores.messages,
         delivery=delivery,
         uow=PostgresUnitOfWork(stores.db, schema=SCHEMA, service="webhooks"),
+        attribution=Attribution(
+            publishers={},
+            seals=AssertionVerifier(Ed25519PrivateKey.generate().public_key(), issuer="gateway"),
+        ),
         policy=AddressPolicy(),
         clock=clock,
         **kw,

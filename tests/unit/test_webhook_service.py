@@ -4,28 +4,39 @@ retries to a dead letter, replay, rotation overlap, auto-disable and per-endpoin
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hypersdk_contracts.envelope import CloudEvent, event_envelope
 from hypersdk_contracts.errors import ErrorCode, ServiceError
+from hypersdk_contracts.events import JobCompleted, UserCreated
+from hypersdk_kit.attribution import Attribution, PublisherSettings, login_of
+from hypersdk_kit.bus import Received
 from hypersdk_kit.memory import InMemoryUnitOfWork
+from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 from hypersdk_webhooks.adapters.outbound.memory import (
     InMemoryEndpointStore,
     InMemoryMessageStore,
 )
+from hypersdk_webhooks.adapters.outbound.postgres import FernetSealer
 from hypersdk_webhooks.core import service as service_module
 from hypersdk_webhooks.core import signing
 from hypersdk_webhooks.core.models import Attempt, EndpointStatus, MessageState, Outcome
 from hypersdk_webhooks.core.schedule import DisablePolicy, RetryPolicy
 from hypersdk_webhooks.core.service import WebhookService
 from hypersdk_webhooks.core.ssrf import AddressPolicy, Target
+from hypersdk_webhooks.inject import read_key_file
 from hypersdk_webhooks.ports.outbound import Delivery
 
 URL = "https://hooks.example.com/in"
+GATEWAY_KEY = Ed25519PrivateKey.generate()
 BODY = b'{"specversion":"1.0","type":"exporter.job.succeeded","data":{}}'
 
 
@@ -113,6 +124,10 @@ def _rig(
         messages=messages,
         delivery=delivery,
         uow=uow,
+        attribution=Attribution(
+            publishers={"hsdk-exporter": "exporter"},
+            seals=AssertionVerifier(GATEWAY_KEY.public_key(), issuer="gateway"),
+        ),
         policy=AddressPolicy(),
         retry=retry or RetryPolicy(jitter_ratio=0.0),
         disable=disable,
@@ -412,3 +427,65 @@ async def test_endpoints_are_capped() -> None:
     with pytest.raises(ServiceError) as caught:
         await rig.service.register(url=URL, event_types=["#"])
     assert caught.value.code is ErrorCode.CONFLICT
+
+
+def _identity_event() -> CloudEvent:
+    created = UserCreated(username="x")
+    return event_envelope(created, service="identity", subject=None, context=None)
+
+
+async def test_only_genuine_events_from_the_bus_become_messages_without_their_seal() -> None:
+    rig = _rig()
+    await rig.service.register(url=URL, event_types=["#"])
+    seal = AssertionSigner(GATEWAY_KEY, issuer="gateway").sign(
+        {"typ": "request", "rid": "r1", "sub": "alice", "ip": "198.51.100.7"}
+    )
+    done = JobCompleted(job_id="j1", artifacts=[])
+    genuine = event_envelope(done, service="exporter", subject="job/j1", context=None)
+    sealed = genuine.model_copy(
+        update={"id": "e-sealed", "actor": "alice", "request_id": "r1", "seal": seal}
+    )
+    batch = [
+        Received(genuine, user_id="hsdk-exporter"),
+        Received(sealed, user_id="hsdk-exporter"),
+        # the exporter's login speaking for identity
+        Received(
+            event_envelope(
+                UserCreated(username="x"), service="identity", subject=None, context=None
+            ),
+            user_id="hsdk-exporter",
+        ),
+        # a login nobody mapped, and none at all
+        Received(genuine.model_copy(update={"id": "e-stranger"}), user_id="stranger"),
+        Received(genuine.model_copy(update={"id": "e-anonymous"}), user_id=None),
+        # an actor claimed with no seal behind it
+        Received(sealed.model_copy(update={"id": "e-unsealed", "seal": None}), "hsdk-exporter"),
+    ]
+    assert await rig.service.take(batch) == 2
+    bodies = {m.event_id: m.body for m in rig.messages.messages.values()}
+    assert set(bodies) == {genuine.id, "e-sealed"}
+    delivered = json.loads(bodies["e-sealed"])
+    assert delivered["actor"] == "alice"
+    assert "seal" not in delivered
+    assert seal not in bodies["e-sealed"].decode()
+
+
+def test_a_services_own_login_is_attributed_to_it() -> None:
+    settings = PublisherSettings(publishers={"hsdk-audit": "audit"})
+    verifier = AssertionVerifier(GATEWAY_KEY.public_key(), issuer="gateway")
+    url = "amqps://hsdk-web%2Bhooks:pw@broker:5671/hypersdk"
+    attribution = settings.attribution(service="webhooks", amqp_url=url, seals=verifier)
+    assert dict(attribution.publishers) == {"hsdk-audit": "audit", "hsdk-web+hooks": "webhooks"}
+    assert login_of("amqp://broker/") == "guest"
+    with pytest.raises(ValueError, match="not services"):
+        PublisherSettings(publishers={"x": "mailer"})
+
+
+def test_a_sealing_key_file_others_may_read_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "sealing-key"
+    key.write_text(FernetSealer.generate_key() + "\n")
+    key.chmod(0o644)
+    with pytest.raises(SystemExit, match="0600 or 0440"):
+        read_key_file(key)
+    key.chmod(0o440)
+    assert FernetSealer(read_key_file(key))

@@ -22,8 +22,17 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-from hypersdk_contracts.catalogue import PRINCIPAL_AUTHORITY, RESERVED_IDS, emitter_of, source_of
+from pydantic import BaseModel, Field, field_validator
+
+from hypersdk_contracts.catalogue import (
+    PRINCIPAL_AUTHORITY,
+    RESERVED_IDS,
+    SERVICES,
+    emitter_of,
+    source_of,
+)
 from hypersdk_contracts.envelope import CloudEvent
 from hypersdk_contracts.names import EVENT_TYPE_PREFIX
 from hypersdk_kit.trust import AssertionRejectedError, AssertionVerifier
@@ -114,3 +123,31 @@ class Attribution:
         if len(self._verified) > SEALS_REMEMBERED:
             self._verified.popitem(last=False)
         return claims
+
+
+class PublisherSettings(BaseModel):
+    """Who publishes as which service: a mixin of the settings of a service that attributes."""
+
+    publishers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Broker login -> service (JSON object): who really published each event. "
+        "Events from a login not listed here are not genuine; the service's own login is "
+        "implied.",
+    )
+
+    @field_validator("publishers")
+    @classmethod
+    def _known_services(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value.values()) - set(SERVICES))
+        if unknown:
+            raise ValueError(f"not services of the platform: {unknown}")
+        return value
+
+    def attribution(self, *, service: str, amqp_url: str, seals: AssertionVerifier) -> Attribution:
+        """The attribution of the platform's events, ``service``'s own (its login's) included."""
+        return Attribution(publishers={**self.publishers, login_of(amqp_url): service}, seals=seals)
+
+
+def login_of(amqp_url: str) -> str:
+    """The broker login in an AMQP URL (RabbitMQ's default, guest, when it names none)."""
+    return unquote(urlsplit(amqp_url).username or "guest")

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hypersdk_kit.trust import require_private_file
+
 
 @dataclass(frozen=True)
 class AmqpTls:
@@ -29,10 +31,8 @@ class AmqpTls:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.cert_file is not None:
-            if self.key_file is not None and self.key_file.stat().st_mode & 0o037:
-                raise PermissionError(
-                    f"{self.key_file} must be 0600 or 0440 (no group write, nothing for others)"
-                )
+            if self.key_file is not None:
+                require_private_file(self.key_file)
             context.load_cert_chain(self.cert_file, self.key_file)
         return context
 

@@ -181,13 +181,18 @@ def generate_key_pair(private_path: Path, public_path: Path) -> None:
     public_path.chmod(0o644)
 
 
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """Read a PEM Ed25519 private key; refuse one that others may read or anyone may change.
+def require_private_file(path: Path) -> None:
+    """Refuse a key file that others may read or anyone but its owner may change.
 
     Group read is allowed: Kubernetes mounts Secrets 0440 for the pod's fsGroup.
     """
     if path.stat().st_mode & 0o037:
         raise PermissionError(f"{path} must be 0600 or 0440 (no group write, nothing for others)")
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """Read a PEM Ed25519 private key from a private file (:func:`require_private_file`)."""
+    require_private_file(path)
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")

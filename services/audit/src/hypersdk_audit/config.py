@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from hypersdk_contracts.catalogue import SERVICES
+from hypersdk_kit.attribution import PublisherSettings
 from hypersdk_kit.settings import DatabaseSettings
 from hypersdk_kit.transit import PolicyKeySettings
 from hypersdk_kit.vault import VaultClientSettings
 
 
-class AuditSettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings):
-    """Settings of the audit service."""
+class AuditSettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings, PublisherSettings):
+    """Settings of the audit service (events of a login ``publishers`` lacks are quarantined)."""
 
     model_config = SettingsConfigDict(env_prefix="HYPERSDK_AUDIT_", extra="ignore")
 
@@ -29,11 +29,6 @@ class AuditSettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings):
     )
     gateway_public_key_file: Path = Field(
         description="The gateway's Ed25519 public key (PEM), to check the request seal of events."
-    )
-    publishers: dict[str, str] = Field(
-        default_factory=dict,
-        description="Broker login -> service (JSON object): who really published each event. "
-        "Events from a login not listed here are quarantined; audit's own login is implied.",
     )
 
     checkpoint_key_file: Path | None = Field(
@@ -74,11 +69,3 @@ class AuditSettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings):
         if (self.checkpoint_key_file is None) == (self.checkpoint_transit_key is None):
             raise ValueError("set either checkpoint_key_file or checkpoint_transit_key")
         return self
-
-    @field_validator("publishers")
-    @classmethod
-    def _known_services(cls, value: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(value.values()) - set(SERVICES))
-        if unknown:
-            raise ValueError(f"not services of the platform: {unknown}")
-        return value

@@ -6,7 +6,6 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import unquote, urlsplit
 
 import asyncpg
 from faststream.rabbit import RabbitBroker
@@ -20,7 +19,6 @@ from hypersdk_audit.core.proofs import CheckpointSigner
 from hypersdk_audit.core.service import AuditService
 from hypersdk_auditproof.checkpoint import SignedCheckpoint
 from hypersdk_contracts.events import AuditRequestRejected, CheckpointSigned
-from hypersdk_kit.attribution import Attribution
 from hypersdk_kit.bus import RabbitEventPublisher, build_broker
 from hypersdk_kit.database import create_pool
 from hypersdk_kit.guard import RequestGuard
@@ -53,10 +51,10 @@ async def prepare_audit(
         settings.database_url.get_secret_value(), size=settings.database_pool_size
     )
     try:
-        amqp_url = settings.amqp_url.get_secret_value()
-        attribution = Attribution(
-            # Audit's own events come back on its queue under its own login.
-            publishers={**settings.publishers, _login_of(amqp_url): SERVICE},
+        # Audit's own events come back on its queue under its own login.
+        attribution = settings.attribution(
+            service=SERVICE,
+            amqp_url=settings.amqp_url.get_secret_value(),
             seals=AssertionVerifier(
                 load_public_key(settings.gateway_public_key_file), issuer="gateway"
             ),
@@ -127,8 +125,3 @@ async def _publish_checkpoint(events: RabbitEventPublisher, signed: SignedCheckp
     await events.publish(
         CheckpointSigned(**view.model_dump()), subject=f"checkpoint/{view.size}", context=None
     )
-
-
-def _login_of(amqp_url: str) -> str:
-    """The broker login in an AMQP URL (RabbitMQ's default, guest, when it names none)."""
-    return unquote(urlsplit(amqp_url).username or "guest")

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from hypersdk_contracts.catalogue import SERVICES
+from hypersdk_kit.attribution import PublisherSettings
 from hypersdk_kit.settings import DatabaseSettings
 from hypersdk_kit.transit import PolicyKeySettings
 from hypersdk_kit.vault import VaultClientSettings
@@ -19,8 +19,8 @@ MAX_PORT = 65535
 _DEFAULT_SCHEDULE = [delay.total_seconds() for delay in DEFAULT_DELAYS]
 
 
-class WebhooksSettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings):
-    """Settings of the webhooks service."""
+class WebhooksSettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings, PublisherSettings):
+    """Settings of the webhooks service (only events ``publishers`` attributes go out)."""
 
     model_config = SettingsConfigDict(env_prefix="HYPERSDK_WEBHOOKS_", extra="ignore")
 
@@ -28,13 +28,8 @@ class WebhooksSettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings)
         description="The gateway's Ed25519 public key (PEM), to check request seals: of "
         "requests, and of the events delivered (only genuine events go out)."
     )
-    publishers: dict[str, str] = Field(
-        default_factory=dict,
-        description="Broker login -> service (JSON object), as audit's: an event is delivered "
-        "only when the login that published it belongs to the service its type names.",
-    )
     sealing_key_file: Path = Field(
-        description="File (0600) holding the Fernet key that seals signing secrets at rest."
+        description="File (0600 or 0440) holding the Fernet key that seals signing secrets at rest."
     )
     retired_sealing_key_files: list[Path] = Field(
         default_factory=list,
@@ -113,14 +108,6 @@ class WebhooksSettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings)
         le=30 * 86400,
         description="After a rotation, the old secret signs too for this long.",
     )
-
-    @field_validator("publishers")
-    @classmethod
-    def _known_services(cls, value: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(value.values()) - set(SERVICES))
-        if unknown:
-            raise ValueError(f"not services of the platform: {unknown}")
-        return value
 
     @field_validator("allowed_networks")
     @classmethod

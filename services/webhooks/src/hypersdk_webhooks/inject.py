@@ -7,19 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from faststream.rabbit import RabbitBroker
 
 from hypersdk_contracts.events import WebhooksRequestRejected
-from hypersdk_kit.attribution import Attribution
 from hypersdk_kit.bus import RabbitEventPublisher, build_broker
 from hypersdk_kit.database import create_pool
 from hypersdk_kit.guard import RequestGuard
 from hypersdk_kit.outbox import build_outbox
 from hypersdk_kit.runtime import Component, Periodic
 from hypersdk_kit.transit import TrustKeys
-from hypersdk_kit.trust import AssertionVerifier, load_public_key
+from hypersdk_kit.trust import AssertionVerifier, load_public_key, require_private_file
 from hypersdk_webhooks.adapters.inbound.bus import register_consumers
 from hypersdk_webhooks.adapters.inbound.delivery_loop import DeliveryLoop
 from hypersdk_webhooks.adapters.outbound.http_delivery import HttpDelivery
@@ -39,12 +37,13 @@ MAX_KEY_FILE_BYTES = 4096
 
 
 def read_key_file(path: Path) -> str:
-    """A sealing key from its file (a missing or unreadable file stops the start, by name)."""
+    """A sealing key from its private file (one that is not, or missing, stops the start)."""
     try:
+        require_private_file(path)
         with path.open("rb") as stream:
             text = stream.read(MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
-        raise SystemExit(f"cannot read the sealing key file {path}: {exc.strerror}") from None
+        raise SystemExit(f"cannot use the sealing key file {path}: {exc}") from None
     if len(text) > MAX_KEY_FILE_BYTES:
         raise SystemExit(f"{path} is too large to be a sealing key")
     return text.decode("ascii", errors="replace").strip()
@@ -94,11 +93,16 @@ async def prepare_webhooks(
             pool, settings=settings, schema=SCHEMA, service=SERVICE, publisher=publisher
         )
         policy = address_policy(settings)
+        seals = AssertionVerifier(
+            load_public_key(settings.gateway_public_key_file), issuer="gateway"
+        )
         service = WebhookService(
             endpoints=PostgresEndpointStore(outbox.database, sealer=sealer),
             messages=PostgresMessageStore(outbox.database),
             delivery=HttpDelivery(resolver=resolver_of(settings), policy=policy),
             uow=outbox.unit_of_work,
+            # its own events come back on its queue too (and are never delivered)
+            attribution=settings.attribution(service=SERVICE, amqp_url=amqp_url, seals=seals),
             policy=policy,
             retry=settings.retry_policy,
             disable=settings.disable_policy,
@@ -111,24 +115,15 @@ async def prepare_webhooks(
             file=settings.policy_public_key_file,
             transit_key=settings.policy_transit_key,
         )
-        seals = AssertionVerifier(
-            load_public_key(settings.gateway_public_key_file), issuer="gateway"
-        )
         guard = RequestGuard(
             events=outbox.unit_of_work,
             rejected=WebhooksRequestRejected,
             grants=AssertionVerifier(policy_keys, issuer="policy"),
             seals=seals,
         )
-        attribution = Attribution(
-            # its own events come back on its queue too (and are never delivered)
-            publishers={**settings.publishers, _login_of(amqp_url): SERVICE},
-            seals=seals,
-        )
         events = register_consumers(
             broker,
             service,
-            attribution=attribution,
             prefetch=settings.prefetch,
             batch_size=settings.batch_size,
             batch_wait_seconds=settings.batch_wait_seconds,
@@ -150,8 +145,3 @@ async def prepare_webhooks(
         yield service, broker, [outbox.relay, *keys.components, events, loop, purge]
     finally:
         await pool.close()
-
-
-def _login_of(amqp_url: str) -> str:
-    """The broker login in an AMQP URL (RabbitMQ's default, guest, when it names none)."""
-    return unquote(urlsplit(amqp_url).username or "guest")

@@ -7,6 +7,8 @@ attempt is signed (Standard Webhooks, ``core/signing.py``) with every key of the
 is active (both during a rotation's overlap), POSTed to an address checked when it connects
 (``core/ssrf.py``), and told to the platform as an event, without the secret or the body.
 
+Only genuine events are dispatched: each is attributed as audit attributes it (the broker
+login, the catalogue, the request seal), and what goes out is its envelope without the seal.
 Every change of state and the event that tells it commit together (the unit of work's
 outbox), so nothing the audit log should hold is lost to a crash between the two.
 """
@@ -24,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from hypersdk_contracts.catalogue import source_of
-from hypersdk_contracts.envelope import RequestContext
+from hypersdk_contracts.envelope import CloudEvent, RequestContext
 from hypersdk_contracts.errors import ErrorCode, ServiceError
 from hypersdk_contracts.events import (
     DeliveryAttempted,
@@ -40,6 +42,8 @@ from hypersdk_contracts.events import (
     WebhookUpdated,
 )
 from hypersdk_contracts.names import EVENT_TYPE_PREFIX, RoutingKey
+from hypersdk_kit.attribution import Attribution, NotGenuineError
+from hypersdk_kit.bus import Received
 from hypersdk_kit.ports import UnitOfWork
 from hypersdk_webhooks.core import signing, topics
 from hypersdk_webhooks.core.models import (
@@ -104,6 +108,7 @@ class WebhookService:
         messages: MessageStore,
         delivery: Delivery,
         uow: UnitOfWork,
+        attribution: Attribution,
         policy: AddressPolicy,
         retry: RetryPolicy | None = None,
         disable: DisablePolicy | None = None,
@@ -116,6 +121,7 @@ class WebhookService:
         self._messages = messages
         self._delivery = delivery
         self._uow = uow
+        self._attribution = attribution
         self._policy = policy
         self._retry = retry or RetryPolicy()
         self._disable = disable or DisablePolicy()
@@ -304,6 +310,28 @@ class WebhookService:
             raise ServiceError(ErrorCode.VALIDATION_FAILED, f"{exc.message} ({exc.code})") from exc
 
     # ---- events in -------------------------------------------------------------------------
+
+    async def take(self, batch: Sequence[Received]) -> int:
+        """Dispatch the genuine events of a batch from the bus; how many messages were new.
+
+        A forged event (a login publishing what its service may not, a request claim no seal
+        backs) is logged and never sent out; audit keeps it in its quarantine.
+        """
+        genuine = []
+        for received in batch:
+            event = received.event
+            try:
+                self._attribution.producer_of(event, login=received.user_id)
+            except NotGenuineError as refusal:
+                logger.warning(
+                    "event %s (%s) not delivered: %s",
+                    event.id[:64],
+                    event.type[:128],
+                    refusal.reason,
+                )
+                continue
+            genuine.append(Incoming(event.id, event.routing_key, delivered_body(event)))
+        return await self.dispatch_batch(genuine)
 
     async def dispatch(self, *, event_id: str, event_type: str, body: bytes) -> int:
         """One message per endpoint (active or paused) whose filters match; how many were new.
@@ -575,6 +603,11 @@ class WebhookService:
             )
         self.wakeup.set()
         return replayed
+
+
+def delivered_body(event: CloudEvent) -> bytes:
+    """The event as receivers get it: its CloudEvents JSON without the internal request seal."""
+    return event.model_dump_json(by_alias=True, exclude_none=True, exclude={"seal"}).encode()
 
 
 def probe_body(event_id: str, endpoint_id: str, now: datetime) -> bytes:

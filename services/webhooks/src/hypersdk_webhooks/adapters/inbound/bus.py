@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faststream.rabbit import RabbitBroker
 
-from hypersdk_contracts.envelope import CloudEvent
 from hypersdk_contracts.names import WEBHOOKS_EVENTS_QUEUE, RpcQueue
 from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import (
@@ -23,7 +21,6 @@ from hypersdk_contracts.rpc import (
     WebhookMessageView,
     WebhookView,
 )
-from hypersdk_kit.attribution import Attribution, NotGenuineError
 from hypersdk_kit.bus import (
     Authorizer,
     BatchConsumer,
@@ -33,42 +30,15 @@ from hypersdk_kit.bus import (
     serve_rpc,
 )
 from hypersdk_webhooks.core.models import Attempt, Endpoint, Message
-from hypersdk_webhooks.core.service import Incoming, WebhookService
+from hypersdk_webhooks.core.service import WebhookService
 
-logger = logging.getLogger(__name__)
 SYSTEM_CONFIGURE = frozenset({Permission.SYSTEM_CONFIGURE.value})
-
-
-def delivered_body(event: CloudEvent) -> bytes:
-    """The event as receivers get it: its CloudEvents JSON without the internal request seal."""
-    return event.model_dump_json(by_alias=True, exclude_none=True, exclude={"seal"}).encode()
-
-
-def genuine(batch: list[Received], attribution: Attribution) -> list[Incoming]:
-    """The events of a batch that their publishers really produced, to dispatch.
-
-    A forged event (a login publishing what its service may not, a request claim no seal
-    backs) is never sent out; audit keeps it in its quarantine.
-    """
-    incoming = []
-    for received in batch:
-        event = received.event
-        try:
-            attribution.producer_of(event, login=received.user_id)
-        except NotGenuineError as refusal:
-            logger.warning(
-                "event %s (%s) not delivered: %s", event.id[:64], event.type[:128], refusal.reason
-            )
-            continue
-        incoming.append(Incoming(event.id, event.routing_key, delivered_body(event)))
-    return incoming
 
 
 def register_consumers(
     broker: RabbitBroker,
     service: WebhookService,
     *,
-    attribution: Attribution,
     prefetch: int,
     batch_size: int,
     batch_wait_seconds: float,
@@ -78,11 +48,12 @@ def register_consumers(
     """Make every genuine event its endpoints' messages; answer the endpoint requests.
 
     Events are taken in batches and acked once their messages are stored (one INSERT per
-    batch), by the returned consumer: start it once the broker is started.
+    batch), by the returned consumer: start it once the broker is started. Each comes with
+    the broker-validated login that published it, which the core attributes it by.
     """
 
     async def take(batch: list[Received]) -> None:
-        await service.dispatch_batch(genuine(batch, attribution))
+        await service.take(batch)
 
     events = BatchConsumer(
         broker,
