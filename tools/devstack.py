@@ -75,6 +75,10 @@ class StackConfig:
     gateway_port: int = 8080
     vault_port: int = 8200
     health_base_port: int = 18081
+    broker_auth_port: int = 0
+    """Where the webhooks service answers RabbitMQ's HTTP auth backend about AMQP subscription
+    users (0: not served; no subscription can be created). Broker-wide: see
+    :func:`configure_broker_auth`."""
     python: str = sys.executable
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_publishers: dict[str, str] = field(default_factory=dict)
@@ -177,6 +181,9 @@ class StackConfig:
             env[f"HYPERSDK_{service.upper()}_GATEWAY_PUBLIC_KEY_FILE"] = str(keys / "gateway.pub")
         env["HYPERSDK_WEBHOOKS_PUBLISHERS"] = env["HYPERSDK_AUDIT_PUBLISHERS"]
         env["HYPERSDK_WEBHOOKS_SEALING_KEY_FILE"] = str(self.sealing_key_file)
+        if self.broker_auth_port:
+            env["HYPERSDK_WEBHOOKS_BROKER_AUTH_HOST"] = "127.0.0.1"
+            env["HYPERSDK_WEBHOOKS_BROKER_AUTH_PORT"] = str(self.broker_auth_port)
         env["HYPERSDK_EXPORTER_EXPORT_DIR"] = str(self.state_dir / "exports")
         env["HYPERSDK_EXPORTER_LAB_ROOT"] = str(self.state_dir / "lab")
         if self.extra_publishers:
@@ -296,7 +303,9 @@ def bus_definitions(config: StackConfig) -> dict[str, object]:
         )
     for vhost in definitions["vhosts"]:
         vhost["name"] = config.amqp_vhost
-    for section in ("permissions", "topic_permissions", "exchanges", "queues", "bindings"):
+    for section in (
+        "permissions", "topic_permissions", "policies", "exchanges", "queues", "bindings",
+    ):  # fmt: skip
         for item in definitions[section]:
             item["vhost"] = config.amqp_vhost
             if "user" in item:
@@ -350,6 +359,43 @@ def provision_bus(config: StackConfig) -> None:
         check=False,
         capture_output=True,
     )  # fmt: skip
+
+
+BROKER_AUTH_PATHS = ("user", "vhost", "resource", "topic")
+
+
+def broker_auth_expression(port: int) -> str:
+    """The Erlang that points RabbitMQ's HTTP auth backend at ``127.0.0.1:port``.
+
+    Internal users first (the platform's own), then the HTTP backend (subscription users).
+    """
+    paths = ", ".join(
+        f'{{{name}_path, "http://127.0.0.1:{port}/auth/{name}"}}' for name in BROKER_AUTH_PATHS
+    )
+    return (
+        "application:set_env(rabbit, auth_backends,"
+        " [rabbit_auth_backend_internal, rabbit_auth_backend_http]),"
+        " [application:set_env(rabbitmq_auth_backend_http, K, V)"
+        f" || {{K, V}} <- [{{http_method, post}}, {paths}]], ok."
+    )
+
+
+def configure_broker_auth(config: StackConfig) -> None:
+    """Make the local broker ask this stack's webhooks service about logins it does not know.
+
+    Enables ``rabbitmq_auth_backend_http`` (persisted by rabbitmq-plugins) and sets it at
+    run time (``rabbitmqctl eval``: no restart; a broker restart forgets it until the next
+    ``make up``). The setting is broker-wide: the last stack to configure it owns it, so only
+    ``make up``'s stack and the integration tests' session stack do (decision 0054).
+    """
+    if not config.broker_auth_port:
+        return
+    subprocess.run(
+        ["rabbitmq-plugins", "-q", "enable", "rabbitmq_auth_backend_http"],
+        check=True,
+        capture_output=True,
+    )
+    rabbitmqctl("eval", broker_auth_expression(config.broker_auth_port))
 
 
 def retention_env(config: StackConfig, **limits: str) -> dict[str, str]:
@@ -720,9 +766,16 @@ async def _drop_database(config: StackConfig) -> None:
 
 @contextmanager
 def isolated(
-    state_dir: Path, *, prefix: str = "hypersdk-test", extra_env: dict[str, str] | None = None
+    state_dir: Path,
+    *,
+    prefix: str = "hypersdk-test",
+    extra_env: dict[str, str] | None = None,
+    broker_auth: bool = False,
 ) -> Iterator[StackConfig]:
     """A stack config with its own RabbitMQ vhost, database and ports, all removed afterwards.
+
+    With ``broker_auth`` the broker's HTTP auth backend is pointed at this stack (broker-wide:
+    one such stack at a time).
 
     The stack itself is started by the caller (``up``) and stopped here on the way out.
     """
@@ -741,6 +794,7 @@ def isolated(
             gateway_port=free_port(),
             vault_port=free_port(count=2),  # API and raft cluster
             health_base_port=free_port(count=HEALTH_PORTS),
+            broker_auth_port=free_port() if broker_auth else 0,
             extra_env=dict(extra_env or {}),
         )
         try:
@@ -897,6 +951,7 @@ def up(config: StackConfig, *, admin_password: str | None = None) -> dict[str, s
         ensure_dependencies(config)
         asyncio.run(_create_database(config))
         provision_bus(config)
+        configure_broker_auth(config)
         env = config.service_env()
         for service in MIGRATED:
             # As the administrator: creates the service's role, which owns only its schema.
@@ -991,6 +1046,7 @@ def _config_from_env() -> StackConfig:
         state_dir=state_dir.resolve(),
         gateway_port=int(os.environ.get("HYPERSDK_DEV_GATEWAY_PORT", "8080")),
         vault_port=int(os.environ.get("HYPERSDK_DEV_VAULT_PORT", "8200")),
+        broker_auth_port=int(os.environ.get("HYPERSDK_DEV_BROKER_AUTH_PORT", "15690")),
     )
 
 

@@ -220,16 +220,19 @@ TEST_ENV = {
 
 
 @contextmanager
-def isolated_stack_config(state_dir: Path) -> Iterator[devstack.StackConfig]:
+def isolated_stack_config(
+    state_dir: Path, *, broker_auth: bool = False
+) -> Iterator[devstack.StackConfig]:
     """A stack config with its own vhost, database and ports; all removed afterwards."""
-    with devstack.isolated(state_dir, extra_env=TEST_ENV) as config:
+    with devstack.isolated(state_dir, extra_env=TEST_ENV, broker_auth=broker_auth) as config:
         yield config
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with (
-        isolated_stack_config(tmp_path_factory.mktemp("stack")) as config,
+        # the session's stack owns the broker's HTTP auth backend (AMQP subscriptions)
+        isolated_stack_config(tmp_path_factory.mktemp("stack"), broker_auth=True) as config,
         bus_login(config, "identity") as identity_login,
     ):
         devstack.up(config, admin_password=ADMIN_PASSWORD)
@@ -272,6 +275,24 @@ async def close_under(channel: aio_pika.abc.AbstractChannel) -> None:
     """Make RabbitMQ close ``channel``, as a lost connection would; aio-pika then reopens it."""
     with pytest.raises(aio_pika.exceptions.ChannelClosed):
         await channel.declare_exchange("hypersdk.no-such-exchange", passive=True)
+
+
+def service_pid(stack: Stack, service: str) -> int | None:
+    """The pid of ``service``'s process under the stack's supervisor, or None (restarting)."""
+    supervisor = devstack.running_pid(stack.config)
+    assert supervisor is not None
+    module = f"hypersdk_{service}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if parent == supervisor and module in cmdline:
+            return int(entry.name)
+    return None
 
 
 def _port_free(port: int) -> bool:

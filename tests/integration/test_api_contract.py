@@ -188,6 +188,9 @@ DESIGN_ROUTES = {
     ("get", "/api/v1/system/config"), ("put", "/api/v1/system/config"),
     ("get", "/api/v1/webhooks"), ("post", "/api/v1/webhooks"),
     ("delete", "/api/v1/webhooks/{webhook_id}"),
+    ("get", "/api/v1/subscriptions"), ("post", "/api/v1/subscriptions"),
+    ("get", "/api/v1/subscriptions/{subscription_id}"),
+    ("delete", "/api/v1/subscriptions/{subscription_id}"),
     ("get", "/healthz"), ("get", "/readyz"),
 }  # fmt: skip
 NOT_BUILT = {("get", "/api/v1/system/config"), ("put", "/api/v1/system/config")}

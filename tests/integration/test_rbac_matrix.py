@@ -28,8 +28,10 @@ MATRIX = {
 ANY = "authenticated"
 NOBODY = "missing-" + secrets.token_hex(3)
 NO_WEBHOOK = "ep_" + secrets.token_hex(12)  # well formed, registered by nobody
+NO_SUBSCRIPTION = "sb_" + secrets.token_hex(12)  # well formed, created by nobody
 # (method, path, permission); paths name resources that do not exist, so that an allowed call
-# changes nothing, and bodies are empty, so that an allowed write stops at validation.
+# changes nothing, and bodies are empty (or INVALID_BODIES'), so that an allowed write stops at
+# validation.
 ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/api/v1/auth/me", ANY),
     ("GET", "/api/v1/auth/sessions", ANY),
@@ -85,6 +87,11 @@ ROUTES: list[tuple[str, str, str]] = [
         f"/api/v1/webhooks/{NO_WEBHOOK}/dead-letters/wm_{secrets.token_hex(12)}/replay",
         "system:configure",
     ),
+    ("GET", "/api/v1/subscriptions", "system:configure"),
+    ("POST", "/api/v1/subscriptions", "system:configure"),
+    ("GET", f"/api/v1/subscriptions/{NO_SUBSCRIPTION}", "system:configure"),
+    ("DELETE", f"/api/v1/subscriptions/{NOBODY}", "system:configure"),
+    ("DELETE", f"/api/v1/subscriptions/{NO_SUBSCRIPTION}", "system:configure"),
 ]
 # Calls that end or replace the caller's session run with a session of their own.
 SESSION_ROUTES = [("POST", "/api/v1/auth/refresh"), ("POST", "/api/v1/auth/logout")]
@@ -109,8 +116,15 @@ def tokens(stack: Stack) -> dict[str, str]:
     return found
 
 
-def _body(method: str) -> Any:
-    return {} if method in {"POST", "PUT", "PATCH"} else None
+# Writes whose every field is optional, so that an empty body is valid: a field they forbid
+# stops an allowed call at validation instead (an empty body would create a subscription).
+INVALID_BODIES = {("POST", "/api/v1/subscriptions"): {"unknown": True}}
+
+
+def _body(method: str, path: str) -> Any:
+    if method not in {"POST", "PUT", "PATCH"}:
+        return None
+    return INVALID_BODIES.get((method, path), {})
 
 
 def test_the_matrix_is_the_design_briefs(tokens: dict[str, str]) -> None:
@@ -122,11 +136,13 @@ def test_the_matrix_is_the_design_briefs(tokens: dict[str, str]) -> None:
 def test_every_role_on_every_route(
     stack: Stack, tokens: dict[str, str], method: str, path: str, permission: str
 ) -> None:
-    status, body, _ = stack.api.call(method, path, _body(method))
+    status, body, _ = stack.api.call(method, path, _body(method, path))
     assert status == 401, (method, path, body)
     assert body["error"]["code"] == "unauthenticated"
     for role, granted in MATRIX.items():
-        status, body, headers = stack.api.call(method, path, _body(method), token=tokens[role])
+        status, body, headers = stack.api.call(
+            method, path, _body(method, path), token=tokens[role]
+        )
         allowed = permission == ANY or permission in granted
         if allowed:
             assert status not in (401, 403), (role, method, path, status, body)

@@ -26,7 +26,7 @@ from hypersdk_contracts.envelope import CloudEvent, event_envelope
 from hypersdk_contracts.events import JobCompleted, UserCreated
 from hypersdk_webhooks.core import signing
 
-from .conftest import ADMIN_PASSWORD, WEBHOOK_RECEIVER_HOST, Stack, devstack, free_port
+from .conftest import ADMIN_PASSWORD, WEBHOOK_RECEIVER_HOST, Stack, free_port, service_pid
 
 
 @dataclass
@@ -286,22 +286,6 @@ def test_bad_input_gets_clear_errors_and_a_viewer_is_refused(stack: Stack) -> No
     assert (status, denied["error"]["code"]) == (403, "forbidden")
 
 
-def _webhooks_pid(stack: Stack) -> int | None:
-    supervisor = devstack.running_pid(stack.config)
-    assert supervisor is not None
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if parent == supervisor and b"hypersdk_webhooks" in cmdline:
-            return int(entry.name)
-    return None
-
-
 def test_a_delivery_cut_short_by_kill_9_is_made_again(stack: Stack, receiver: Receiver) -> None:
     """At least once: the worker dies mid-attempt; its claim lapses; the restart delivers."""
     api = stack.api
@@ -317,7 +301,7 @@ def test_a_delivery_cut_short_by_kill_9_is_made_again(stack: Stack, receiver: Re
     receiver.delay = 3.0  # the attempt is in flight when the worker dies
     _create_user(stack, admin, "whk-killed")
     first = receiver.wait_for(lambda e: e["data"].get("username") == "whk-killed")
-    victim = _webhooks_pid(stack)
+    victim = service_pid(stack, "webhooks")
     assert victim is not None
     # what any local user sees of it: no URL, key or password on its command line
     cmdline = Path(f"/proc/{victim}/cmdline").read_bytes().split(b"\0")
@@ -325,7 +309,7 @@ def test_a_delivery_cut_short_by_kill_9_is_made_again(stack: Stack, receiver: Re
     assert [arg for arg in cmdline[3:] if arg] == []
     os.kill(victim, signal.SIGKILL)
     receiver.delay = 0.0
-    _eventually(lambda: _webhooks_pid(stack) not in (None, victim), seconds=30)
+    _eventually(lambda: service_pid(stack, "webhooks") not in (None, victim), seconds=30)
 
     def delivered() -> bool:
         rows = stack.db(

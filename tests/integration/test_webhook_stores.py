@@ -38,6 +38,7 @@ from hypersdk_webhooks.adapters.outbound.postgres import (
     FernetSealer,
     PostgresEndpointStore,
     PostgresMessageStore,
+    PostgresSubscriptionStore,
     SecretSealer,
 )
 from hypersdk_webhooks.core import signing
@@ -48,10 +49,12 @@ from hypersdk_webhooks.core.models import (
     Message,
     MessageState,
     Outcome,
+    Subscription,
 )
 from hypersdk_webhooks.core.schedule import RetryPolicy
 from hypersdk_webhooks.core.service import WebhookService
 from hypersdk_webhooks.core.ssrf import AddressPolicy, Target
+from hypersdk_webhooks.core.subscriptions import digest_of
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/{database}"
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -1107,3 +1110,75 @@ async def test_purging_removes_old_delivered_and_dead_messages_in_batches(
     naive = datetime(2026, 1, 1)  # noqa: DTZ001 - the point of the test
     with pytest.raises(ValueError, match="aware"):
         await stores.messages.purge(delivered_before=naive, dead_before=T0)
+
+
+# ---- AMQP subscriptions -----------------------------------------------------------------------
+
+
+def _subscription(n: int, **changes: Any) -> Subscription:
+    values: dict[str, Any] = {
+        "id": f"sb_{n:024x}",
+        "description": f"subscriber {n}",
+        "password_digest": digest_of(f"password-{n}"),
+        "created_at": T0 + timedelta(seconds=n),
+    }
+    return Subscription(**{**values, **changes})
+
+
+@pytest.fixture
+async def subscriptions(db: Database) -> PostgresSubscriptionStore:
+    await db.execute(f"TRUNCATE {SCHEMA}.subscriptions")
+    return PostgresSubscriptionStore(db)
+
+
+async def test_subscriptions_are_stored_listed_deleted_and_removed(
+    subscriptions: PostgresSubscriptionStore,
+) -> None:
+    for n in (2, 1, 3):
+        await subscriptions.add(_subscription(n))
+    assert [s.id for s in await subscriptions.list_active()] == [
+        _subscription(n).id for n in (1, 2, 3)
+    ]
+    assert await subscriptions.get(_subscription(1).id) == _subscription(1)
+    assert await subscriptions.mark_deleted(_subscription(2).id, now=T0)
+    assert not await subscriptions.mark_deleted(_subscription(2).id, now=T0)  # once
+    assert not await subscriptions.mark_deleted("sb_" + "f" * 24, now=T0)
+    assert await subscriptions.count_active() == 2
+    assert [s.id for s in await subscriptions.deleted()] == [_subscription(2).id]
+    found = await subscriptions.get(_subscription(2).id)
+    assert found is not None
+    assert found.deleted_at == T0
+    await subscriptions.remove(_subscription(1).id)  # an active one is never removed
+    assert await subscriptions.get(_subscription(1).id) is not None
+    await subscriptions.remove(_subscription(2).id)
+    assert await subscriptions.get(_subscription(2).id) is None
+
+
+async def test_the_table_refuses_a_bad_id_or_a_password_in_place_of_its_digest(
+    subscriptions: PostgresSubscriptionStore,
+) -> None:
+    with pytest.raises(asyncpg.CheckViolationError):
+        await subscriptions.add(_subscription(1, id="admin"))
+    with pytest.raises(asyncpg.CheckViolationError):
+        await subscriptions.add(_subscription(1, password_digest="hunter2"))
+
+
+async def test_queue_names_are_recorded_once_within_the_limit_and_never_after_deletion(
+    subscriptions: PostgresSubscriptionStore,
+) -> None:
+    sub = _subscription(1)
+    await subscriptions.add(sub)
+    names = [f"sub.{sub.id}.q{i}" for i in range(4)]
+    # declared together from many connections: each recorded once, never past the limit
+    results = await asyncio.gather(
+        *(subscriptions.record_queue(sub.id, name, limit=3) for name in names * 3)
+    )
+    found = await subscriptions.get(sub.id)
+    assert found is not None
+    assert len(found.queues) == 3
+    assert len(set(found.queues)) == 3
+    assert sum(results) == 9  # the three names recorded, each asked three times
+    assert await subscriptions.record_queue(sub.id, found.queues[0], limit=3)
+    assert await subscriptions.mark_deleted(sub.id, now=T0)
+    assert not await subscriptions.record_queue(sub.id, found.queues[0], limit=3)
+    assert not await subscriptions.record_queue(sub.id, "sub.x.new", limit=3)

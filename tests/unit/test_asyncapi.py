@@ -464,6 +464,7 @@ def _registered_answers(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[type
         unused, unused, prefetch=1, batch_size=1, batch_wait_seconds=0.01, guard=unused
     )
     webhooks_bus.register_rpc(unused, unused, unused)
+    webhooks_bus.register_subscription_rpc(unused, unused, unused)
     return found
 
 
@@ -496,3 +497,13 @@ def test_the_command_writes_the_document_as_sorted_indented_json(
     assert json.loads(text) == document
     assert text == json.dumps(document, sort_keys=True, indent=2) + "\n"
     assert printed == text
+
+
+def test_subscribers_receive_every_event_on_their_tap(document: dict[str, Any]) -> None:
+    channel = document["channels"]["public.events"]
+    receive = document["operations"]["public.events.receive"]
+
+    assert channel["address"] == "sub.{subscription_id}"
+    assert set(channel["messages"]) == set(EVENT_TYPES)
+    assert receive["action"] == "receive"
+    assert len(receive["messages"]) == len(EVENT_TYPES)

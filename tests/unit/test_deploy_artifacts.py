@@ -234,10 +234,11 @@ def test_render_has_the_expected_objects(objects: list[dict[str, Any]]) -> None:
         kinds[o["kind"]] = kinds.get(o["kind"], 0) + 1
     assert kinds == {
         "Deployment": len(SERVICES),
-        "Service": len(SERVICES),
+        "Service": len(SERVICES) + 1,  # and the webhooks service's broker authorizer
         "ServiceAccount": len(SERVICES) + 1,  # one per service + the migration hook's
-        # default deny, DNS, gateway, RabbitMQ, PostgreSQL, Vault, webhooks deliveries
-        "NetworkPolicy": 7,
+        # default deny, DNS, gateway, broker authorizer, RabbitMQ, PostgreSQL, Vault, webhooks
+        # deliveries
+        "NetworkPolicy": 8,
         "PersistentVolumeClaim": 1,
         "Job": len(DATABASE_SERVICES),
     }
@@ -379,7 +380,9 @@ def test_every_deployment_is_hardened(objects: list[dict[str, Any]]) -> None:
 def test_probes_hit_health_endpoints(objects: list[dict[str, Any]], service: str) -> None:
     (container,) = deployment_of(objects, service)["spec"]["template"]["spec"]["containers"]
     port = GATEWAY_PORT if service == "gateway" else HEALTH_PORT
-    assert [p["containerPort"] for p in container["ports"]] == [port]
+    # and the webhooks service's broker authorizer (test_the_broker_authorizer_...)
+    assert [p["containerPort"] for p in container["ports"]][:1] == [port]
+    assert len(container["ports"]) == (2 if service == "webhooks" else 1)
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
@@ -938,6 +941,11 @@ EXPECTED_EGRESS = {  # with transit, every service but the gateway logs in to Va
 }
 
 
+BROKER_AUTH_PORT = 15690
+EXPECTED_INGRESS = {"gateway": {GATEWAY_PORT}, "webhooks": {BROKER_AUTH_PORT}}
+"""The broker authorizer, from the RabbitMQ pods only (test_the_broker_authorizer_...)."""
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_network_policy_reachability(objects: list[dict[str, Any]], service: str) -> None:
     policies = list(of_kind(objects, "NetworkPolicy").values())
@@ -946,7 +954,7 @@ def test_network_policy_reachability(objects: list[dict[str, Any]], service: str
     )
     assert isolated, f"{service} is not covered by the default deny"
     assert egress == EXPECTED_EGRESS[service]
-    assert ingress == ({GATEWAY_PORT} if service == "gateway" else set())
+    assert ingress == EXPECTED_INGRESS.get(service, set())
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -986,7 +994,7 @@ def test_network_policy_peers_are_configurable() -> None:
         _, ingress, _ = _reachability(
             list(policies.values()), _pod_labels(deployment_of(objects, service))
         )
-        assert ingress == {HEALTH_PORT}, service
+        assert ingress == {HEALTH_PORT} | EXPECTED_INGRESS.get(service, set()), service
     _, ingress, _ = _reachability(
         list(policies.values()), _pod_labels(deployment_of(objects, "gateway"))
     )
@@ -1104,6 +1112,53 @@ def test_webhooks_deliver_to_the_internet_only(objects: list[dict[str, Any]]) ->
         assert _selects(selector, labels) is (service == "webhooks"), service
     for job in of_kind(objects, "Job").values():
         assert not _selects(selector, _pod_labels(job)), job["metadata"]["name"]
+
+
+def test_the_broker_authorizer_is_served_to_the_rabbitmq_pods_only(
+    objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, container = pod_of(objects, "webhooks")
+    assert {"name": "broker-auth", "containerPort": BROKER_AUTH_PORT, "protocol": "TCP"} in (
+        container["ports"]
+    )
+    settings = webhooks_settings(container, monkeypatch)
+    assert (settings.broker_auth_host, settings.broker_auth_port) == ("0.0.0.0", BROKER_AUTH_PORT)
+    service = of_kind(objects, "Service")["hypersdk-webhooks-mqauth"]
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [
+        {"name": "broker-auth", "port": BROKER_AUTH_PORT, "targetPort": "broker-auth",
+         "protocol": "TCP"}
+    ]  # fmt: skip
+    assert _selects(
+        {"matchLabels": service["spec"]["selector"]},
+        _pod_labels(deployment_of(objects, "webhooks")),
+    )
+    policy = of_kind(objects, "NetworkPolicy")["hypersdk-allow-broker-auth"]
+    assert policy["spec"]["ingress"] == [
+        {
+            "ports": [{"protocol": "TCP", "port": BROKER_AUTH_PORT}],
+            "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "rabbitmq"}}}],
+        }
+    ]
+    for other in SERVICES:
+        assert _selects(
+            policy["spec"]["podSelector"], _pod_labels(deployment_of(objects, other))
+        ) is (other == "webhooks"), other
+
+
+def test_the_broker_authorizer_can_be_off_or_reachable_by_nobody(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    off = documents(render({"services": {"webhooks": {"brokerAuth": {"enabled": False}}}}))
+    _, container = pod_of(off, "webhooks")
+    assert "broker-auth" not in [port["name"] for port in container["ports"]]
+    assert webhooks_settings(container, monkeypatch).broker_auth_port == 0
+    assert "hypersdk-webhooks-mqauth" not in of_kind(off, "Service")
+    assert "hypersdk-allow-broker-auth" not in of_kind(off, "NetworkPolicy")
+    nobody = documents(render({"networkPolicy": {"brokerAuth": {"from": []}}}))
+    assert "hypersdk-allow-broker-auth" not in of_kind(nobody, "NetworkPolicy")
+    for o in off + nobody:
+        kubernetes_validate.validate(o, KUBE_VERSIONS[-1], strict=True)
 
 
 def test_webhooks_values(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1986,6 +2041,49 @@ def test_rabbitmq_policy_reads_only_user_deletions(definitions: dict[str, Any]) 
     topic_read = _topic(definitions, "policy")["read"]
     for key in names.RoutingKey:
         assert rabbit_allows(topic_read, key.value) is (key == names.RoutingKey.USER_DELETED), key
+
+
+def test_rabbitmq_only_webhooks_feeds_the_public_exchange_and_the_taps(
+    definitions: dict[str, Any],
+) -> None:
+    names = contract_names()
+    public = next(e for e in definitions["exchanges"] if e["name"] == names.PUBLIC_EXCHANGE)
+    assert (public["type"], public["durable"], public["internal"]) == ("topic", True, False)
+    tap = "sub.sb_" + "0a" * 12
+    queue = tap + ".events"
+    for service in SERVICES:
+        perms = _permissions(definitions, service)
+        mine = service == "webhooks"
+        assert rabbit_allows(perms["write"], names.PUBLIC_EXCHANGE) is mine, service
+        assert rabbit_allows(perms["read"], names.PUBLIC_EXCHANGE) is mine, service  # e2e source
+        assert rabbit_allows(perms["configure"], tap) is mine, service  # declare, delete
+        assert rabbit_allows(perms["write"], tap) is mine, service  # e2e destination
+        assert rabbit_allows(perms["configure"], queue) is mine, service  # deleted on revoke
+        assert not rabbit_allows(perms["configure"], names.PUBLIC_EXCHANGE), service
+        assert not rabbit_allows(perms["read"], queue), service  # nobody reads a subscriber's
+        assert not rabbit_allows(perms["write"], queue), service
+    webhooks = _permissions(definitions, "webhooks")
+    for look_alike in ("sub.sb_x", "sub.audit", "sub.sb_" + "0a" * 12 + "x", "xsub.sb_" + "0" * 24):
+        assert not rabbit_allows(webhooks["configure"], look_alike), look_alike
+        assert not rabbit_allows(webhooks["write"], look_alike), look_alike
+    (public_topic,) = [
+        t for t in definitions["topic_permissions"] if t["exchange"] == names.PUBLIC_EXCHANGE
+    ]
+    assert public_topic["user"] == "hypersdk-webhooks"
+    assert rabbit_allows(public_topic["write"], "identity.user.created")
+    assert rabbit_allows(public_topic["read"], "#")
+    assert not rabbit_allows(public_topic["read"], "identity.#")
+
+
+def test_rabbitmq_caps_every_subscriber_queue(definitions: dict[str, Any]) -> None:
+    (policy,) = definitions["policies"]
+    assert policy["apply-to"] == "queues"
+    assert policy["definition"] == {
+        "max-length": 100000, "max-length-bytes": 104857600, "overflow": "drop-head",
+    }  # fmt: skip
+    assert rabbit_allows(policy["pattern"], "sub.sb_" + "0a" * 12 + ".events")
+    assert not rabbit_allows(policy["pattern"], "audit.events")
+    assert not rabbit_allows(policy["pattern"], "webhooks.events")
 
 
 @pytest.mark.parametrize("client_cert_required", [True, False])

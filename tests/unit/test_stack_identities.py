@@ -61,8 +61,12 @@ def test_stack_definitions_are_the_production_grants_renamed(tmp_path: Path) -> 
     assert stack["permissions"] == [renamed(p) for p in production["permissions"]]
     assert stack["topic_permissions"] == [renamed(p) for p in production["topic_permissions"]]
     assert stack["vhosts"] == [{"name": vhost}]
-    for section in ("exchanges", "queues", "bindings"):
+    assert production["policies"], "the subscriber-queue cap (decision 0054) is a policy"
+    for section in ("policies", "exchanges", "queues", "bindings"):
         assert stack[section] == [{**item, "vhost": vhost} for item in production[section]]
+    for section, items in stack.items():  # whatever section has a vhost gets the stack's
+        for item in items if isinstance(items, list) else []:
+            assert item.get("vhost", vhost) == vhost, (section, item)
     users = {user["name"]: user for user in stack["users"]}
     assert set(users) == {f"{prefix}-{service}" for service in devstack.SERVICES}
     assert "guest" not in json.dumps(stack)

@@ -24,6 +24,7 @@ from hypersdk_kit.trust import AssertionSigner, AssertionVerifier
 from hypersdk_webhooks.adapters.outbound.memory import (
     InMemoryEndpointStore,
     InMemoryMessageStore,
+    InMemoryPublicFeed,
 )
 from hypersdk_webhooks.adapters.outbound.postgres import FernetSealer
 from hypersdk_webhooks.core import service as service_module
@@ -114,6 +115,7 @@ def _rig(
     delivery: ScriptedDelivery | None = None,
     retry: RetryPolicy | None = None,
     disable: DisablePolicy | None = None,
+    public: InMemoryPublicFeed | None = None,
 ) -> Rig:
     endpoints, messages = InMemoryEndpointStore(), InMemoryMessageStore()
     endpoints.messages = messages
@@ -131,6 +133,7 @@ def _rig(
         policy=AddressPolicy(),
         retry=retry or RetryPolicy(jitter_ratio=0.0),
         disable=disable,
+        public=public,
         clock=clock,
         rng=random.Random(7),
     )
@@ -435,7 +438,8 @@ def _identity_event() -> CloudEvent:
 
 
 async def test_only_genuine_events_from_the_bus_become_messages_without_their_seal() -> None:
-    rig = _rig()
+    public = InMemoryPublicFeed()
+    rig = _rig(public=public)
     await rig.service.register(url=URL, event_types=["#"])
     seal = AssertionSigner(GATEWAY_KEY, issuer="gateway").sign(
         {"typ": "request", "rid": "r1", "sub": "alice", "ip": "198.51.100.7"}
@@ -462,6 +466,9 @@ async def test_only_genuine_events_from_the_bus_become_messages_without_their_se
         Received(sealed.model_copy(update={"id": "e-unsealed", "seal": None}), "hsdk-exporter"),
     ]
     assert await rig.service.take(batch) == 2
+    assert [e.event_id for e in public.published] == [genuine.id, "e-sealed"]
+    assert all("seal" not in json.loads(e.body) for e in public.published)
+    assert all(seal.encode() not in e.body for e in public.published)
     bodies = {m.event_id: m.body for m in rig.messages.messages.values()}
     assert set(bodies) == {genuine.id, "e-sealed"}
     delivered = json.loads(bodies["e-sealed"])
@@ -489,3 +496,18 @@ def test_a_sealing_key_file_others_may_read_is_refused(tmp_path: Path) -> None:
         read_key_file(key)
     key.chmod(0o440)
     assert FernetSealer(read_key_file(key))
+
+
+async def test_a_batch_whose_public_publish_fails_raises_and_makes_no_second_message() -> None:
+    public = InMemoryPublicFeed(fail=True)
+    rig = _rig(public=public)
+    await rig.service.register(url=URL, event_types=["#"])
+    done = JobCompleted(job_id="j1", artifacts=[])
+    event = event_envelope(done, service="exporter", subject="job/j1", context=None)
+    batch = [Received(event, user_id="hsdk-exporter")]
+    with pytest.raises(ConnectionError):  # the batch is not acked: the bus delivers it again
+        await rig.service.take(batch)
+    public.fail = False
+    assert await rig.service.take(batch) == 0  # its message was made the first time
+    assert [e.event_id for e in public.published] == [event.id]
+    assert len(rig.messages.messages) == 1

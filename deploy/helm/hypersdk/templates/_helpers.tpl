@@ -293,6 +293,12 @@ Secrets only ever arrive through secretKeyRef or a mounted file.
   value: {{ toJson ($svc.allowedHosts | default list) | quote }}
 - name: HYPERSDK_WEBHOOKS_NAMESERVERS
   value: {{ toJson ($svc.nameservers | default list) | quote }}
+{{- if $svc.brokerAuth.enabled }}
+- name: HYPERSDK_WEBHOOKS_BROKER_AUTH_HOST
+  value: "0.0.0.0"
+- name: HYPERSDK_WEBHOOKS_BROKER_AUTH_PORT
+  value: {{ $svc.brokerAuth.port | quote }}
+{{- end }}
 {{- end }}
 {{- if eq .service "exporter" }}
 - name: HYPERSDK_EXPORTER_EXPORT_DIR

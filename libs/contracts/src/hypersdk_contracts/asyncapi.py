@@ -41,6 +41,7 @@ from hypersdk_contracts.names import (
     EVENT_TYPE_PREFIX,
     EVENTS_EXCHANGE,
     EXPORT_JOBS_QUEUE,
+    PUBLIC_EXCHANGE,
     RpcQueue,
 )
 from hypersdk_contracts.rpc import (
@@ -56,6 +57,7 @@ from hypersdk_contracts.rpc import (
     ConsistencyProofView,
     CreateApiKeyRequest,
     CreateExportRequest,
+    CreateSubscriptionRequest,
     CreateUserRequest,
     CreateWebhookRequest,
     CredentialValue,
@@ -67,6 +69,7 @@ from hypersdk_contracts.rpc import (
     InclusionProofRequest,
     InclusionProofView,
     IssuedApiKey,
+    IssuedSubscription,
     IssuedWebhook,
     JobIdRequest,
     JobView,
@@ -80,6 +83,7 @@ from hypersdk_contracts.rpc import (
     ListQuarantineRequest,
     ListSecretsRequest,
     ListSessionsRequest,
+    ListSubscriptionsRequest,
     ListUsersRequest,
     ListVerificationsRequest,
     ListVmsRequest,
@@ -115,6 +119,8 @@ from hypersdk_contracts.rpc import (
     SecretRotation,
     SessionView,
     StartVerificationRequest,
+    SubscriptionIdRequest,
+    SubscriptionView,
     UpdateProviderRequest,
     UpdateUserRequest,
     UpdateWebhookRequest,
@@ -219,6 +225,10 @@ RPC_ANSWERS: Mapping[RpcQueue, tuple[type[RpcRequest], Any]] = {
     RpcQueue.WEBHOOKS_TEST: (WebhookIdRequest, WebhookAttemptView),
     RpcQueue.WEBHOOKS_LIST_DEAD_LETTERS: (ListDeadLettersRequest, list[WebhookMessageView]),
     RpcQueue.WEBHOOKS_REPLAY: (ReplayWebhookMessageRequest, WebhookMessageView),
+    RpcQueue.SUBSCRIPTIONS_CREATE: (CreateSubscriptionRequest, IssuedSubscription),
+    RpcQueue.SUBSCRIPTIONS_LIST: (ListSubscriptionsRequest, list[SubscriptionView]),
+    RpcQueue.SUBSCRIPTIONS_GET: (SubscriptionIdRequest, SubscriptionView),
+    RpcQueue.SUBSCRIPTIONS_DELETE: (SubscriptionIdRequest, None),
 }
 """Each request queue's request model and the ``result`` of its ``ok`` replies (None: none).
 
@@ -242,8 +252,14 @@ context. Messages are persistent and published with confirms. The gateway's even
 travel several to a message in the CloudEvents JSON batch format
 (`{CLOUDEVENTS_BATCH_CONTENT_TYPE}`, a JSON array of envelopes of one type): a subscriber
 branches on the content type and treats each envelope as its own event. Event ids are unique;
-delivery is at least once, so subscribers de-duplicate on them. An external subscriber binds a
-queue of its own to the exchange with the routing keys it wants.
+delivery is at least once, so subscribers de-duplicate on them.
+
+**External subscribers** never see `{EVENTS_EXCHANGE}`. The webhooks service forwards every
+genuine event, as its envelope without the internal `seal`, to the topic exchange
+`{PUBLIC_EXCHANGE}` under the same routing key; each AMQP subscription (created through
+`POST /api/v1/subscriptions`) has a RabbitMQ user of its own that may only bind queues named
+`sub.<id>.*` to its tap exchange `sub.<id>` (bound to `{PUBLIC_EXCHANGE}` with `#`) and consume
+from them (docs/webhooks.md).
 
 **Commands** that need a worker go to durable work queues (`{EXPORT_JOBS_QUEUE}`) in the same
 envelope, through the default exchange.
@@ -265,6 +281,7 @@ def asyncapi_document() -> dict[str, Any]:
     _add_events(refs, schemas=schemas, messages=messages, channels=channels, ops=operations)
     _add_commands(refs, schemas=schemas, messages=messages, channels=channels, ops=operations)
     _add_requests(refs, messages=messages, channels=channels, ops=operations)
+    _add_public(channels=channels, ops=operations)
     document: dict[str, Any] = {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
@@ -417,6 +434,49 @@ def _add_events(
                 "tags": [{"name": emitter}],
                 "bindings": {"amqp": _publish_binding(mandatory=False)},
             }
+
+
+PUBLIC_CHANNEL = "public.events"
+"""The channel of an AMQP subscription's tap: every public event, for external subscribers."""
+
+
+def _add_public(*, channels: dict[str, Any], ops: dict[str, Any]) -> None:
+    """An AMQP subscriber's tap (``sub.{subscription_id}``) and what it receives there."""
+    names = sorted(EVENT_TYPES)
+    channels[PUBLIC_CHANNEL] = {
+        "address": "sub.{subscription_id}",
+        "title": "An AMQP subscription's tap",
+        "summary": f"Every genuine event, forwarded to `{PUBLIC_EXCHANGE}` without its seal.",
+        "description": "A durable internal topic exchange bound to "
+        f"`{PUBLIC_EXCHANGE}` with `#`. The subscription's user binds its own queues "
+        "(`sub.{subscription_id}.<name>`) to it with routing-key patterns and consumes "
+        "them; it may do nothing else (docs/webhooks.md).",
+        "parameters": {
+            "subscription_id": {"description": "Id of the subscription (sb_ and 24 hex)."}
+        },
+        "messages": {name: {"$ref": MESSAGES + name} for name in names},
+        "bindings": {
+            "amqp": {
+                "is": "routingKey",
+                "exchange": {
+                    "name": "sub.{subscription_id}",
+                    "type": "topic",
+                    "durable": True,
+                    "autoDelete": False,
+                    "vhost": VHOST,
+                },
+                "bindingVersion": AMQP_BINDING_VERSION,
+            }
+        },
+    }
+    ops[f"{PUBLIC_CHANNEL}.receive"] = {
+        "action": "receive",
+        "channel": {"$ref": f"#/channels/{PUBLIC_CHANNEL}"},
+        "messages": [{"$ref": f"#/channels/{PUBLIC_CHANNEL}/messages/{name}"} for name in names],
+        "title": "An external subscriber reads its queues",
+        "summary": "At least once, deduplicate on the event id.",
+        "tags": [{"name": "subscriber"}],
+    }
 
 
 def _add_commands(

@@ -703,6 +703,26 @@ class DeliveryReplayed(WebhookEndpointEvent):
     event_id: str = Field(description="Id of the event it carries.")
 
 
+class SubscriptionEvent(EventData):
+    """Something happened to an AMQP subscription (its id is the event's subject too)."""
+
+    subscription_id: str = Field(description="Id of the subscription (its broker user name).")
+
+
+class SubscriptionCreated(SubscriptionEvent):
+    """An AMQP subscription was created; its password is never in an event."""
+
+    routing_key = RoutingKey.SUBSCRIPTION_CREATED
+    audit_action = "subscription.create"
+
+
+class SubscriptionDeleted(SubscriptionEvent):
+    """An AMQP subscription was deleted: its user may no longer log in, its tap and queues go."""
+
+    routing_key = RoutingKey.SUBSCRIPTION_DELETED
+    audit_action = "subscription.delete"
+
+
 EVENT_TYPES: dict[str, type[EventData]] = {
     cls.routing_key.value: cls
     for cls in (
@@ -762,6 +782,8 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         DeliveryAttempted,
         DeliveryDeadLettered,
         DeliveryReplayed,
+        SubscriptionCreated,
+        SubscriptionDeleted,
     )
 }
 """Payload class of each routing key."""

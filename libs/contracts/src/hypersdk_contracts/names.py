@@ -25,6 +25,17 @@ EXPORT_JOBS_QUEUE = "exporter.jobs"
 WEBHOOKS_EVENTS_QUEUE = "webhooks.events"
 """The webhooks service's queue, bound with ``#``: each event becomes its endpoints' messages."""
 
+PUBLIC_EXCHANGE = "hypersdk.public"
+"""Durable topic exchange of the public events for external subscribers (decision 0054).
+
+Only the webhooks service writes it: every genuine event, as its CloudEvent without the
+internal seal, routed by its routing key. Subscribers never bind to it directly: each reads
+its own tap, ``sub.<subscription id>``, which the webhooks service binds to it with ``#``.
+"""
+
+SUBSCRIPTION_RESOURCE_PREFIX = "sub."
+"""Every broker name of a subscription starts ``sub.<id>``: its tap exchange, its queues."""
+
 POLICY_USER_DELETIONS_QUEUE = "policy.user-deletions"
 """Policy's queue bound to ``identity.user.deleted``: a deleted user's roles are removed."""
 
@@ -92,6 +103,8 @@ class RoutingKey(StrEnum):
     DELIVERY_ATTEMPTED = "webhooks.delivery.attempted"
     DELIVERY_DEAD_LETTERED = "webhooks.delivery.dead_lettered"
     DELIVERY_REPLAYED = "webhooks.delivery.replayed"
+    SUBSCRIPTION_CREATED = "webhooks.subscription.created"
+    SUBSCRIPTION_DELETED = "webhooks.subscription.deleted"
     WEBHOOKS_REQUEST_REJECTED = "webhooks.request.rejected"
 
 
@@ -162,3 +175,7 @@ class RpcQueue(StrEnum):
     WEBHOOKS_TEST = "webhooks.rpc.test_endpoint"
     WEBHOOKS_LIST_DEAD_LETTERS = "webhooks.rpc.list_dead_letters"
     WEBHOOKS_REPLAY = "webhooks.rpc.replay_message"
+    SUBSCRIPTIONS_CREATE = "webhooks.rpc.create_subscription"
+    SUBSCRIPTIONS_LIST = "webhooks.rpc.list_subscriptions"
+    SUBSCRIPTIONS_GET = "webhooks.rpc.get_subscription"
+    SUBSCRIPTIONS_DELETE = "webhooks.rpc.delete_subscription"

@@ -75,6 +75,8 @@ TARGETS: Mapping[str, Callable[[Any], Any]] = {
             RpcQueue.WEBHOOKS_REPLAY,
         )
     },
+    RpcQueue.SUBSCRIPTIONS_GET: attrgetter("subscription_id"),
+    RpcQueue.SUBSCRIPTIONS_DELETE: attrgetter("subscription_id"),
 }
 """How to read the target of each operation that has one from its request or command."""
 

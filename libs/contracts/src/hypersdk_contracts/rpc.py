@@ -1048,3 +1048,53 @@ class ReplayWebhookMessageRequest(WebhookIdRequest):
     """Put a dead letter back, due now, its retries started over (same webhook-id)."""
 
     message_id: str = Field(pattern=WEBHOOK_MESSAGE_ID_PATTERN, description="Message id.")
+
+
+# ---- AMQP subscriptions -----------------------------------------------------------------------
+
+SUBSCRIPTION_ID_PATTERN = r"^sb_[0-9a-f]{24}$"
+
+
+class SubscriptionView(Message):
+    """An AMQP subscription as the API shows it: never its password."""
+
+    id: str = Field(description="Subscription id (sb_...); also its RabbitMQ user name.")
+    description: str = Field(description="What it is for.")
+    created_at: AwareDatetime = Field(description="When it was created, UTC.")
+    exchange: str = Field(
+        description="Its tap exchange (`sub.<id>`): bind queues to it with routing-key "
+        "patterns; it carries every public event."
+    )
+    queue_prefix: str = Field(
+        description="Its queues must be named with this prefix (`sub.<id>.`)."
+    )
+    queues: list[str] = Field(description="Queue names it has declared so far, sorted.")
+    max_queues: int = Field(description="How many queue names it may declare at most.")
+
+
+class IssuedSubscription(Message):
+    """A subscription and its broker password: the only time the password is shown."""
+
+    username: str = Field(description="RabbitMQ user name (the subscription id).")
+    password: str = Field(
+        repr=False,
+        description="RabbitMQ password; store it now, it is never shown again.",
+    )
+    vhost: str = Field(description="The RabbitMQ virtual host to connect to.")
+    subscription: SubscriptionView = Field(description="The subscription.")
+
+
+class CreateSubscriptionRequest(RpcRequest):
+    """Create an AMQP subscription: a broker user of its own, reading only its own queues."""
+
+    description: str = Field(default="", max_length=500, description="What it is for.")
+
+
+class SubscriptionIdRequest(RpcRequest):
+    """A request about one subscription."""
+
+    subscription_id: str = Field(pattern=SUBSCRIPTION_ID_PATTERN, description="Subscription id.")
+
+
+class ListSubscriptionsRequest(RpcRequest):
+    """Every AMQP subscription, oldest first."""

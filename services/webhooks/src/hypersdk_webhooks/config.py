@@ -102,6 +102,25 @@ class WebhooksSettings(DatabaseSettings, VaultClientSettings, PolicyKeySettings,
     purge_interval_seconds: float = Field(
         default=300, ge=1, le=86400, description="How often old messages are purged."
     )
+    broker_auth_host: str = Field(
+        default="127.0.0.1",
+        description="Address the broker authorizer listens on: RabbitMQ's HTTP auth backend "
+        "asks it about subscription users (decision 0054). Only the broker may reach it.",
+    )
+    broker_auth_port: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_PORT,
+        description="Its port; 0: not served, and AMQP subscriptions cannot be created.",
+    )
+    subscriber_vhost: str = Field(
+        default="",
+        max_length=255,
+        description="The virtual host subscribers connect to; empty: the one of AMQP_URL.",
+    )
+    max_subscriptions: int = Field(
+        default=100, ge=1, le=1000, description="AMQP subscriptions at most."
+    )
     rotation_overlap_seconds: float = Field(
         default=86400,
         ge=0,

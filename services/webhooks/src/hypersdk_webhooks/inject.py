@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from faststream.rabbit import RabbitBroker
 
@@ -18,19 +19,23 @@ from hypersdk_kit.outbox import build_outbox
 from hypersdk_kit.runtime import Component, Periodic
 from hypersdk_kit.transit import TrustKeys
 from hypersdk_kit.trust import AssertionVerifier, load_public_key, require_private_file
+from hypersdk_webhooks.adapters.inbound.broker_auth import BrokerAuthServer
 from hypersdk_webhooks.adapters.inbound.bus import register_consumers
 from hypersdk_webhooks.adapters.inbound.delivery_loop import DeliveryLoop
+from hypersdk_webhooks.adapters.outbound.broker import RabbitPublicFeed, RabbitTaps
 from hypersdk_webhooks.adapters.outbound.http_delivery import HttpDelivery
 from hypersdk_webhooks.adapters.outbound.postgres import (
     SCHEMA,
     FernetSealer,
     PostgresEndpointStore,
     PostgresMessageStore,
+    PostgresSubscriptionStore,
 )
 from hypersdk_webhooks.adapters.outbound.resolvers import DnsResolver, SystemResolver
 from hypersdk_webhooks.config import WebhooksSettings, nameserver
 from hypersdk_webhooks.core.service import SERVICE, WebhookService
 from hypersdk_webhooks.core.ssrf import AddressPolicy
+from hypersdk_webhooks.core.subscriptions import SubscriptionService
 from hypersdk_webhooks.ports.outbound import Resolver
 
 MAX_KEY_FILE_BYTES = 4096
@@ -74,6 +79,14 @@ def address_policy(settings: WebhooksSettings) -> AddressPolicy:
     )
 
 
+def subscriber_vhost(settings: WebhooksSettings) -> str:
+    """The configured one, else the virtual host of the service's own AMQP URL."""
+    if settings.subscriber_vhost:
+        return settings.subscriber_vhost
+    path = urlsplit(settings.amqp_url.get_secret_value()).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
 @asynccontextmanager
 async def prepare_webhooks(
     settings: WebhooksSettings,
@@ -108,6 +121,15 @@ async def prepare_webhooks(
             disable=settings.disable_policy,
             rotation_overlap=timedelta(seconds=settings.rotation_overlap_seconds),
             lease=timedelta(seconds=settings.lease_seconds),
+            public=RabbitPublicFeed(broker, declare_topology=settings.declare_topology),
+        )
+        subscriptions = SubscriptionService(
+            store=PostgresSubscriptionStore(outbox.database),
+            taps=RabbitTaps(broker, declare_topology=settings.declare_topology),
+            uow=outbox.unit_of_work,
+            vhost=subscriber_vhost(settings),
+            enabled=settings.broker_auth_port != 0,
+            max_subscriptions=settings.max_subscriptions,
         )
         keys = TrustKeys(settings)
         policy_keys = await keys.public(
@@ -128,6 +150,7 @@ async def prepare_webhooks(
             batch_size=settings.batch_size,
             batch_wait_seconds=settings.batch_wait_seconds,
             guard=guard,
+            subscriptions=subscriptions,
             declare_topology=settings.declare_topology,
         )
         loop = DeliveryLoop(
@@ -142,6 +165,19 @@ async def prepare_webhooks(
             ),
             interval_seconds=settings.purge_interval_seconds,
         )
-        yield service, broker, [outbox.relay, *keys.components, events, loop, purge]
+        tear_down = Periodic(
+            "removing deleted subscriptions' broker objects",
+            subscriptions.tear_down,
+            interval_seconds=settings.poll_seconds * 10,
+        )
+        components: list[Component] = [outbox.relay, *keys.components, events, loop, purge]
+        components.append(tear_down)
+        if settings.broker_auth_port:
+            components.append(
+                BrokerAuthServer(
+                    subscriptions, host=settings.broker_auth_host, port=settings.broker_auth_port
+                )
+            )
+        yield service, broker, components
     finally:
         await pool.close()

@@ -93,3 +93,29 @@ class Message:
     next_attempt_at: datetime | None = None
     leased_until: datetime | None = None
     last_attempt: Attempt | None = None
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One genuine event to dispatch and publish: its id, routing key and the body sent out."""
+
+    event_id: str
+    event_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A subscriber's broker user and what it has declared."""
+
+    id: str
+    description: str
+    password_digest: str
+    created_at: datetime
+    queues: tuple[str, ...] = ()
+    deleted_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        """Not deleted."""
+        return self.deleted_at is None

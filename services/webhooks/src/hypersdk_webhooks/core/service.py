@@ -21,7 +21,7 @@ import logging
 import random
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -50,13 +50,14 @@ from hypersdk_webhooks.core.models import (
     Attempt,
     Endpoint,
     EndpointStatus,
+    Incoming,
     Message,
     MessageState,
     Outcome,
 )
 from hypersdk_webhooks.core.schedule import DisablePolicy, RetryPolicy
 from hypersdk_webhooks.core.ssrf import AddressPolicy, Target, TargetRefusedError, parse_target
-from hypersdk_webhooks.ports.outbound import Delivery, EndpointStore, MessageStore
+from hypersdk_webhooks.ports.outbound import Delivery, EndpointStore, MessageStore, PublicFeed
 
 logger = logging.getLogger(__name__)
 SERVICE = "webhooks"
@@ -89,15 +90,6 @@ def target_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
-@dataclass(frozen=True)
-class Incoming:
-    """One genuine event to dispatch: its id, routing key and the body to deliver."""
-
-    event_id: str
-    event_type: str
-    body: bytes
-
-
 class WebhookService:
     """Endpoints and the delivery of their messages."""
 
@@ -114,6 +106,7 @@ class WebhookService:
         disable: DisablePolicy | None = None,
         rotation_overlap: timedelta = timedelta(hours=24),
         lease: timedelta = timedelta(seconds=120),
+        public: PublicFeed | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
     ) -> None:
@@ -127,6 +120,7 @@ class WebhookService:
         self._disable = disable or DisablePolicy()
         self._overlap = rotation_overlap
         self._lease = lease
+        self._public = public
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._in_flight: dict[str, int] = {}
@@ -314,6 +308,9 @@ class WebhookService:
     async def take(self, batch: Sequence[Received]) -> int:
         """Dispatch the genuine events of a batch from the bus; how many messages were new.
 
+        Each genuine event is then published to the public exchange (with ``public``), for
+        AMQP subscriptions, before the batch is acknowledged: a failure makes the bus deliver
+        the batch again (no message is made twice; subscribers may see an event twice).
         A forged event (a login publishing what its service may not, a request claim no seal
         backs) is logged and never sent out; audit keeps it in its quarantine.
         """
@@ -331,7 +328,10 @@ class WebhookService:
                 )
                 continue
             genuine.append(Incoming(event.id, event.routing_key, delivered_body(event)))
-        return await self.dispatch_batch(genuine)
+        made = await self.dispatch_batch(genuine)
+        if self._public is not None and genuine:
+            await self._public.publish(genuine)
+        return made
 
     async def dispatch(self, *, event_id: str, event_type: str, body: bytes) -> int:
         """One message per endpoint (active or paused) whose filters match; how many were new.

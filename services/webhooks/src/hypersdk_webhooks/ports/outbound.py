@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from ipaddress import IPv4Address, IPv6Address
 
-from hypersdk_webhooks.core.models import Attempt, Endpoint, Message
+from hypersdk_webhooks.core.models import Attempt, Endpoint, Incoming, Message, Subscription
 from hypersdk_webhooks.core.ssrf import Target
 
 IPAddress = IPv4Address | IPv6Address
@@ -118,3 +118,59 @@ class MessageStore(ABC):
     @abstractmethod
     async def purge(self, *, delivered_before: datetime, dead_before: datetime) -> int:
         """Remove delivered messages and dead letters created before these; how many."""
+
+
+class SubscriptionStore(ABC):
+    """AMQP subscriptions, deleted ones kept until their broker objects are removed."""
+
+    @abstractmethod
+    async def add(self, subscription: Subscription) -> None:
+        """Insert a new subscription."""
+
+    @abstractmethod
+    async def get(self, subscription_id: str) -> Subscription | None:
+        """One subscription (a deleted one too), or None."""
+
+    @abstractmethod
+    async def list_active(self) -> list[Subscription]:
+        """Those not deleted, oldest first."""
+
+    @abstractmethod
+    async def count_active(self) -> int:
+        """How many are not deleted."""
+
+    @abstractmethod
+    async def mark_deleted(self, subscription_id: str, *, now: datetime) -> bool:
+        """Mark an active one deleted; False if there is none."""
+
+    @abstractmethod
+    async def deleted(self) -> list[Subscription]:
+        """Those marked deleted and not removed yet."""
+
+    @abstractmethod
+    async def remove(self, subscription_id: str) -> None:
+        """Forget it (once its broker objects are gone)."""
+
+    @abstractmethod
+    async def record_queue(self, subscription_id: str, queue: str, *, limit: int) -> bool:
+        """Add a queue name to an active one's unless it holds ``limit``; whether it is there."""
+
+
+class BrokerTaps(ABC):
+    """The broker objects of subscriptions, made and removed by the service's own login."""
+
+    @abstractmethod
+    async def open(self, subscription_id: str) -> None:
+        """Declare its tap exchange and bind it to the public exchange with ``#`` (idempotent)."""
+
+    @abstractmethod
+    async def close(self, subscription_id: str, *, queues: Sequence[str]) -> None:
+        """Delete these queues and its tap (idempotent: what is gone already is fine)."""
+
+
+class PublicFeed(ABC):
+    """The public exchange that subscriptions' taps read."""
+
+    @abstractmethod
+    async def publish(self, events: Sequence[Incoming]) -> None:
+        """Publish each, confirmed by the broker; raise if the broker could not take them."""

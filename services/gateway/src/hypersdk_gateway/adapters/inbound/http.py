@@ -108,6 +108,7 @@ from hypersdk_gateway.adapters.inbound.errors import ErrorEnvelope, envelope_byt
 from hypersdk_gateway.adapters.inbound.middleware import API_PREFIX, ASYNCAPI_PATH, context_of
 from hypersdk_gateway.adapters.inbound.operations import operations_of
 from hypersdk_gateway.adapters.inbound.routing import indexed
+from hypersdk_gateway.adapters.inbound.subscriptions import add_subscription_routes
 from hypersdk_gateway.adapters.inbound.webhooks import add_webhook_routes
 from hypersdk_gateway.adapters.outbound.accounts import BackendRoleAssignments, BackendUserAccounts
 from hypersdk_gateway.core.credentials import CredentialCache
@@ -1210,6 +1211,7 @@ def build_api(  # noqa: PLR0915 - the route table of docs/contracts.md, one stat
         raise not_implemented("System configuration")
 
     add_webhook_routes(api, backend, extra=system)
+    add_subscription_routes(api, backend, extra=system)
 
     if extend is not None:
         extend(api)

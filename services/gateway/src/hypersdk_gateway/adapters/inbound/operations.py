@@ -75,6 +75,10 @@ _ROUTES: dict[str, tuple[str, ...]] = {
     "POST /webhooks/{webhook_id}/test": (Q.WEBHOOKS_TEST,),
     "GET /webhooks/{webhook_id}/dead-letters": (Q.WEBHOOKS_LIST_DEAD_LETTERS,),
     "POST /webhooks/{webhook_id}/dead-letters/{message_id}/replay": (Q.WEBHOOKS_REPLAY,),
+    "GET /subscriptions": (Q.SUBSCRIPTIONS_LIST,),
+    "POST /subscriptions": (Q.SUBSCRIPTIONS_CREATE,),
+    "GET /subscriptions/{subscription_id}": (Q.SUBSCRIPTIONS_GET,),
+    "DELETE /subscriptions/{subscription_id}": (Q.SUBSCRIPTIONS_DELETE,),
 }
 
 ROUTE_OPERATIONS: dict[str, list[str]] = {

@@ -10,11 +10,16 @@ from faststream.rabbit import RabbitBroker
 from hypersdk_contracts.names import WEBHOOKS_EVENTS_QUEUE, RpcQueue
 from hypersdk_contracts.permissions import Permission
 from hypersdk_contracts.rpc import (
+    CreateSubscriptionRequest,
     CreateWebhookRequest,
+    IssuedSubscription,
     IssuedWebhook,
     ListDeadLettersRequest,
+    ListSubscriptionsRequest,
     ListWebhooksRequest,
     ReplayWebhookMessageRequest,
+    SubscriptionIdRequest,
+    SubscriptionView,
     UpdateWebhookRequest,
     WebhookAttemptView,
     WebhookIdRequest,
@@ -29,8 +34,14 @@ from hypersdk_kit.bus import (
     events_exchange,
     serve_rpc,
 )
-from hypersdk_webhooks.core.models import Attempt, Endpoint, Message
+from hypersdk_webhooks.core.models import Attempt, Endpoint, Message, Subscription
 from hypersdk_webhooks.core.service import WebhookService
+from hypersdk_webhooks.core.subscriptions import (
+    MAX_QUEUES,
+    SubscriptionService,
+    queue_prefix_of,
+    tap_of,
+)
 
 SYSTEM_CONFIGURE = frozenset({Permission.SYSTEM_CONFIGURE.value})
 
@@ -43,6 +54,7 @@ def register_consumers(
     batch_size: int,
     batch_wait_seconds: float,
     guard: Authorizer,
+    subscriptions: SubscriptionService,
     declare_topology: bool = True,
 ) -> BatchConsumer:
     """Make every genuine event its endpoints' messages; answer the endpoint requests.
@@ -65,6 +77,7 @@ def register_consumers(
         max_wait_seconds=batch_wait_seconds,
     )
     register_rpc(broker, service, guard)
+    register_subscription_rpc(broker, subscriptions, guard)
     return events
 
 
@@ -140,6 +153,53 @@ def register_rpc(broker: RabbitBroker, service: WebhookService, guard: Authorize
     serve(RpcQueue.WEBHOOKS_TEST, WebhookIdRequest, test)
     serve(RpcQueue.WEBHOOKS_LIST_DEAD_LETTERS, ListDeadLettersRequest, dead_letters)
     serve(RpcQueue.WEBHOOKS_REPLAY, ReplayWebhookMessageRequest, replay)
+
+
+def register_subscription_rpc(
+    broker: RabbitBroker, subscriptions: SubscriptionService, guard: Authorizer
+) -> None:
+    """AMQP subscriptions; every request needs system:configure too (docs/webhooks.md)."""
+
+    async def create(request: CreateSubscriptionRequest) -> IssuedSubscription:
+        subscription, password = await subscriptions.create(
+            description=request.description, context=request.context
+        )
+        return IssuedSubscription(
+            username=subscription.id,
+            password=password,
+            vhost=subscriptions.vhost,
+            subscription=subscription_view(subscription),
+        )
+
+    async def list_all(request: ListSubscriptionsRequest) -> list[SubscriptionView]:
+        return [subscription_view(found) for found in await subscriptions.list()]
+
+    async def get(request: SubscriptionIdRequest) -> SubscriptionView:
+        return subscription_view(await subscriptions.get(request.subscription_id))
+
+    async def delete(request: SubscriptionIdRequest) -> None:
+        await subscriptions.delete(request.subscription_id, context=request.context)
+
+    def serve(queue: RpcQueue, model: type[Any], handler: Callable[[Any], Awaitable[Any]]) -> None:
+        serve_rpc(broker, queue, model, handler, permissions=SYSTEM_CONFIGURE, authorizer=guard)
+
+    serve(RpcQueue.SUBSCRIPTIONS_CREATE, CreateSubscriptionRequest, create)
+    serve(RpcQueue.SUBSCRIPTIONS_LIST, ListSubscriptionsRequest, list_all)
+    serve(RpcQueue.SUBSCRIPTIONS_GET, SubscriptionIdRequest, get)
+    serve(RpcQueue.SUBSCRIPTIONS_DELETE, SubscriptionIdRequest, delete)
+
+
+def subscription_view(subscription: Subscription) -> SubscriptionView:
+    """A subscription as the API shows it (no password, no digest)."""
+    return SubscriptionView(
+        id=subscription.id,
+        description=subscription.description,
+        created_at=subscription.created_at,
+        exchange=tap_of(subscription.id),
+        queue_prefix=queue_prefix_of(subscription.id),
+        queues=sorted(subscription.queues),
+        max_queues=MAX_QUEUES,
+    )
 
 
 def webhook_view(endpoint: Endpoint) -> WebhookView:

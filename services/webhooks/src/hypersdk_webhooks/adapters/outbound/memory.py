@@ -10,12 +10,22 @@ from hypersdk_webhooks.core.models import (
     Attempt,
     Endpoint,
     EndpointStatus,
+    Incoming,
     Message,
     MessageState,
     Outcome,
+    Subscription,
 )
 from hypersdk_webhooks.core.ssrf import UNRESOLVABLE, IPAddress, Target, TargetRefusedError
-from hypersdk_webhooks.ports.outbound import Delivery, EndpointStore, MessageStore, Resolver
+from hypersdk_webhooks.ports.outbound import (
+    BrokerTaps,
+    Delivery,
+    EndpointStore,
+    MessageStore,
+    PublicFeed,
+    Resolver,
+    SubscriptionStore,
+)
 
 
 class InMemoryResolver(Resolver):
@@ -239,3 +249,92 @@ class InMemoryMessageStore(MessageStore):
         """Forget an endpoint's messages."""
         for key in [k for k, m in self.messages.items() if m.endpoint_id == endpoint_id]:
             del self.messages[key]
+
+
+class InMemorySubscriptionStore(SubscriptionStore):
+    """Subscriptions in a dict."""
+
+    def __init__(self) -> None:
+        self.subscriptions: dict[str, Subscription] = {}
+
+    async def add(self, subscription: Subscription) -> None:
+        """Insert (ids are unique)."""
+        assert subscription.id not in self.subscriptions
+        self.subscriptions[subscription.id] = subscription
+
+    async def get(self, subscription_id: str) -> Subscription | None:
+        """By id."""
+        return self.subscriptions.get(subscription_id)
+
+    async def list_active(self) -> list[Subscription]:
+        """Not deleted, oldest first."""
+        active = [s for s in self.subscriptions.values() if s.active]
+        return sorted(active, key=lambda s: (s.created_at, s.id))
+
+    async def count_active(self) -> int:
+        """How many are not deleted."""
+        return len(await self.list_active())
+
+    async def mark_deleted(self, subscription_id: str, *, now: datetime) -> bool:
+        """Mark an active one."""
+        found = self.subscriptions.get(subscription_id)
+        if found is None or not found.active:
+            return False
+        self.subscriptions[subscription_id] = replace(found, deleted_at=now)
+        return True
+
+    async def deleted(self) -> list[Subscription]:
+        """Marked and not removed."""
+        return [s for s in self.subscriptions.values() if not s.active]
+
+    async def remove(self, subscription_id: str) -> None:
+        """Forget it."""
+        self.subscriptions.pop(subscription_id, None)
+
+    async def record_queue(self, subscription_id: str, queue: str, *, limit: int) -> bool:
+        """Add the name, within the limit."""
+        found = self.subscriptions.get(subscription_id)
+        if found is None or not found.active:
+            return False
+        if queue in found.queues:
+            return True
+        if len(found.queues) >= limit:
+            return False
+        self.subscriptions[subscription_id] = replace(found, queues=(*found.queues, queue))
+        return True
+
+
+@dataclass
+class InMemoryTaps(BrokerTaps):
+    """Which taps are open, which queues were deleted; ``fail`` makes every call raise."""
+
+    open_taps: set[str] = field(default_factory=set)
+    deleted_queues: list[str] = field(default_factory=list)
+    fail: bool = False
+
+    async def open(self, subscription_id: str) -> None:
+        """Open it."""
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.open_taps.add(subscription_id)
+
+    async def close(self, subscription_id: str, *, queues: Sequence[str]) -> None:
+        """Close it and delete the queues."""
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.deleted_queues.extend(queues)
+        self.open_taps.discard(subscription_id)
+
+
+@dataclass
+class InMemoryPublicFeed(PublicFeed):
+    """What was published; ``fail`` makes the next publish raise."""
+
+    published: list[Incoming] = field(default_factory=list)
+    fail: bool = False
+
+    async def publish(self, events: Sequence[Incoming]) -> None:
+        """Keep them."""
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.published.extend(events)

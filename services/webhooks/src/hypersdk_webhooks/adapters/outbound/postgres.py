@@ -24,9 +24,10 @@ from hypersdk_webhooks.core.models import (
     Message,
     MessageState,
     Outcome,
+    Subscription,
 )
 from hypersdk_webhooks.core.signing import SigningKeys
-from hypersdk_webhooks.ports.outbound import EndpointStore, MessageStore
+from hypersdk_webhooks.ports.outbound import EndpointStore, MessageStore, SubscriptionStore
 
 SCHEMA = "webhooks"
 MIGRATIONS = [
@@ -91,6 +92,20 @@ MIGRATIONS = [
     """
     -- purge: delivered messages by age (dead letters have messages_dead)
     CREATE INDEX messages_delivered ON messages (created_at) WHERE state = 'delivered';
+    """,
+    """
+    -- AMQP subscriptions (decision 0054): a deleted one stays until its broker objects go
+    CREATE TABLE subscriptions (
+        id text PRIMARY KEY CONSTRAINT subscriptions_id_form CHECK (id ~ '^sb_[0-9a-f]{24}$'),
+        description text NOT NULL DEFAULT '',
+        password_digest text NOT NULL
+            CONSTRAINT subscriptions_digest_form CHECK (password_digest ~ '^[0-9a-f]{64}$'),
+        created_at timestamptz NOT NULL,
+        queues text[] NOT NULL DEFAULT '{}',
+        deleted_at timestamptz
+    );
+    CREATE INDEX subscriptions_created_at ON subscriptions (created_at, id)
+        WHERE deleted_at IS NULL;
     """,
 ]
 
@@ -577,6 +592,102 @@ def _message(row: Any) -> Message:
         next_attempt_at=row["next_attempt_at"],
         leased_until=row["leased_until"],
         last_attempt=last,
+    )
+
+
+_SUBSCRIPTION_COLUMNS = "id, description, password_digest, created_at, queues, deleted_at"
+
+
+class PostgresSubscriptionStore(SubscriptionStore):
+    """AMQP subscriptions in ``webhooks.subscriptions`` (their passwords as digests only)."""
+
+    def __init__(self, pool: Database) -> None:
+        self._pool = pool
+
+    async def add(self, subscription: Subscription) -> None:
+        """Insert a new subscription."""
+        await self._pool.execute(
+            f"INSERT INTO {SCHEMA}.subscriptions ({_SUBSCRIPTION_COLUMNS})"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            subscription.id,
+            subscription.description,
+            subscription.password_digest,
+            subscription.created_at,
+            list(subscription.queues),
+            subscription.deleted_at,
+        )
+
+    async def get(self, subscription_id: str) -> Subscription | None:
+        """One subscription (a deleted one too), or None."""
+        row = await self._pool.fetchrow(
+            f"SELECT {_SUBSCRIPTION_COLUMNS} FROM {SCHEMA}.subscriptions WHERE id = $1",
+            subscription_id,
+        )
+        return None if row is None else _subscription(row)
+
+    async def list_active(self) -> list[Subscription]:
+        """Those not deleted, oldest first."""
+        rows = await self._pool.fetch(
+            f"SELECT {_SUBSCRIPTION_COLUMNS} FROM {SCHEMA}.subscriptions"
+            " WHERE deleted_at IS NULL ORDER BY created_at, id"
+        )
+        return [_subscription(row) for row in rows]
+
+    async def count_active(self) -> int:
+        """How many are not deleted."""
+        count = await self._pool.fetchval(
+            f"SELECT count(*) FROM {SCHEMA}.subscriptions WHERE deleted_at IS NULL"
+        )
+        return int(count)
+
+    async def mark_deleted(self, subscription_id: str, *, now: datetime) -> bool:
+        """Mark an active one deleted; False if there is none."""
+        _require_aware("now", now)
+        found = await self._pool.fetchval(
+            f"UPDATE {SCHEMA}.subscriptions SET deleted_at = $2"
+            " WHERE id = $1 AND deleted_at IS NULL RETURNING id",
+            subscription_id,
+            now,
+        )
+        return found is not None
+
+    async def deleted(self) -> list[Subscription]:
+        """Those marked deleted and not removed yet."""
+        rows = await self._pool.fetch(
+            f"SELECT {_SUBSCRIPTION_COLUMNS} FROM {SCHEMA}.subscriptions"
+            " WHERE deleted_at IS NOT NULL ORDER BY deleted_at, id"
+        )
+        return [_subscription(row) for row in rows]
+
+    async def remove(self, subscription_id: str) -> None:
+        """Forget it (once its broker objects are gone)."""
+        await self._pool.execute(
+            f"DELETE FROM {SCHEMA}.subscriptions WHERE id = $1 AND deleted_at IS NOT NULL",
+            subscription_id,
+        )
+
+    async def record_queue(self, subscription_id: str, queue: str, *, limit: int) -> bool:
+        """One UPDATE: the row lock orders it against a deletion and other declarations."""
+        found = await self._pool.fetchval(
+            f"UPDATE {SCHEMA}.subscriptions SET queues = CASE WHEN $2 = ANY(queues)"
+            " THEN queues ELSE array_append(queues, $2) END"
+            " WHERE id = $1 AND deleted_at IS NULL"
+            " AND ($2 = ANY(queues) OR cardinality(queues) < $3) RETURNING id",
+            subscription_id,
+            queue,
+            limit,
+        )
+        return found is not None
+
+
+def _subscription(row: Any) -> Subscription:
+    return Subscription(
+        id=row["id"],
+        description=row["description"],
+        password_digest=row["password_digest"],
+        created_at=row["created_at"],
+        queues=tuple(row["queues"]),
+        deleted_at=row["deleted_at"],
     )
 
 
