@@ -191,3 +191,23 @@ async def test_beyond_the_connection_limit_a_client_is_told_busy(
     assert answer.startswith(b"HTTP/1.1 503")
     for _, writer in held:
         writer.close()
+
+
+async def test_stopping_closes_open_connections_without_an_error_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service = SubscriptionService(
+        store=InMemorySubscriptionStore(), taps=InMemoryTaps(),
+        uow=InMemoryUnitOfWork(service="w"), vhost=VHOST,
+    )  # fmt: skip
+    server = BrokerAuthServer(service, host="127.0.0.1", port=0)
+    await server.start()
+    assert server.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"POST /auth/user HTTP/1.1\r\n")  # a request in the middle, idle
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(server.stop(), timeout=5)
+    assert await asyncio.wait_for(reader.read(), timeout=5) == b""
+    writer.close()
+    await asyncio.sleep(0.05)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

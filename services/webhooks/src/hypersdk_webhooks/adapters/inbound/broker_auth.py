@@ -46,6 +46,7 @@ class BrokerAuthServer:
         self._port = port
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self.port: int | None = None
         """The port listened on, once started (``port=0`` asks the system for one)."""
 
@@ -62,10 +63,14 @@ class BrokerAuthServer:
         if self._server is None:
             return
         self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*self._handlers, return_exceptions=True)
+        # Closing each connection ends its handler (it reads EOF). Cancelling the handlers
+        # instead would make asyncio log each one as an error.
+        for writer in list(self._writers):
+            writer.close()
+        if self._handlers:
+            _, stuck = await asyncio.wait(set(self._handlers), timeout=5)
+            for task in stuck:
+                task.cancel()
         await self._server.wait_closed()
         self._server = None
 
@@ -73,6 +78,7 @@ class BrokerAuthServer:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
+        self._writers.add(writer)
         try:
             if len(self._handlers) > MAX_CONNECTIONS:
                 await _answer(writer, 503, b"busy", keep_alive=False)
@@ -86,6 +92,7 @@ class BrokerAuthServer:
             pass
         finally:
             self._handlers.discard(task)
+            self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
