@@ -135,7 +135,7 @@ class RabbitTaps(BrokerTaps):
         """Delete the queues (cancelling their consumers), then the tap and its bindings.
 
         A queue that another connection holds exclusively cannot be deleted: it goes when
-        that connection closes, and the tap's deletion has cut it off already.
+        that connection closes, and deleting the tap next cuts it off meanwhile.
         """
         connection = broker_connection(self._broker)
         for queue in queues:
