@@ -2080,6 +2080,8 @@ def test_rabbitmq_caps_every_subscriber_queue(definitions: dict[str, Any]) -> No
     assert policy["apply-to"] == "queues"
     assert policy["definition"] == {
         "max-length": 100000, "max-length-bytes": 104857600, "overflow": "drop-head",
+        # a stream queue ignores max-length and truncates whole segments only: small ones
+        "stream-max-segment-size-bytes": 10485760,
     }  # fmt: skip
     assert rabbit_allows(policy["pattern"], "sub.sb_" + "0a" * 12 + ".events")
     assert not rabbit_allows(policy["pattern"], "audit.events")
