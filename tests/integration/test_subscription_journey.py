@@ -121,6 +121,9 @@ async def test_a_subscriber_reads_public_events_from_its_own_queue_and_nothing_e
         }
         for what, op in refusals.items():
             assert "ACCESS_REFUSED" in await _refused(connection, op), what
+        # and the check itself tells an allowed operation apart
+        with pytest.raises(AssertionError, match="allowed"):
+            await _refused(connection, lambda ch: ch.declare_queue(queue_name, durable=True))
 
         # the API lists what it declared, never the password
         status, found, _ = api.call("GET", f"/api/v1/subscriptions/{sub_id}", token=admin)
